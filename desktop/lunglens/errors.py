@@ -1,0 +1,70 @@
+"""Typed errors that name the file and tell the user what to do.
+
+Every failure a user can cause with an input (a file, a folder, a model) is one of these, so the
+CLI, the batch runner and the GUI can report it as one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LungLensError(Exception):
+    """Base class: ``str(err)`` is a complete sentence meant for the user."""
+
+    def __init__(self, path: str | Path | None, reason: str, hint: str = "") -> None:
+        self.path = str(path) if path is not None else None
+        self.reason = reason
+        self.hint = hint
+        where = f"{self.path}: " if self.path else ""
+        tail = f" {hint}" if hint else ""
+        super().__init__(f"{where}{reason}.{tail}".replace("..", "."))
+
+    @property
+    def code(self) -> str:
+        """Short machine-readable name used in results files (e.g. ``CorruptFile``)."""
+        return type(self).__name__
+
+
+class ScanError(LungLensError):
+    """A scan could not be turned into an image."""
+
+
+class UnreadablePath(ScanError):
+    """The path does not exist, is not readable, or is an empty folder."""
+
+
+class UnsupportedFile(ScanError):
+    """The file is not an image or DICOM format LungLens reads."""
+
+
+class CorruptFile(ScanError):
+    """The file claims a known format but its content is damaged or truncated."""
+
+
+class NoPixelData(ScanError):
+    """A DICOM file without Pixel Data (7FE0,0010), e.g. a structured report or a KOS."""
+
+
+class UnsupportedTransferSyntax(ScanError):
+    """A DICOM Transfer Syntax (0002,0010) with no installed decoder."""
+
+
+class ImageTooLarge(ScanError):
+    """More pixels than the configured limit (decompression-bomb guard)."""
+
+
+class NotChestImage(ScanError):
+    """The scan's modality or body part is not a chest CT or chest X-ray."""
+
+
+class ModelError(LungLensError):
+    """A model could not be used."""
+
+
+class ModelRefused(ModelError):
+    """A model file failed its integrity check (SHA-256 mismatch, missing file, bad manifest)."""
+
+
+class ModelNotFound(ModelError):
+    """No shipped model has that name, or none fits the scan's modality."""
