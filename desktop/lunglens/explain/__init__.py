@@ -1,0 +1,18 @@
+"""Explanations: class activation maps, overlays, and the activation gallery."""
+
+from lunglens.explain.cam import cam_map
+from lunglens.explain.gallery import ChannelMap, activation_maps, tile
+from lunglens.explain.methods import CAM_METHODS, raw_cam
+from lunglens.explain.overlay import COLORMAPS, overlay, save_png
+
+__all__ = [
+    "CAM_METHODS",
+    "COLORMAPS",
+    "ChannelMap",
+    "activation_maps",
+    "cam_map",
+    "overlay",
+    "raw_cam",
+    "save_png",
+    "tile",
+]

@@ -1,0 +1,33 @@
+"""CPU inference with onnxruntime: cached engines, scan classification, series aggregation."""
+
+from lunglens.inference.aggregate import AGGREGATORS, aggregate, top_slices
+from lunglens.inference.classify import (
+    Cancelled,
+    ModalityMismatch,
+    classify_scan,
+    decide,
+    label_index,
+    result_from_probs,
+    slice_probabilities,
+)
+from lunglens.inference.engine import Engine, batches, clear_engines, get_engine, physical_cores
+from lunglens.inference.result import ScanResult
+
+__all__ = [
+    "AGGREGATORS",
+    "Cancelled",
+    "Engine",
+    "ModalityMismatch",
+    "ScanResult",
+    "aggregate",
+    "batches",
+    "classify_scan",
+    "clear_engines",
+    "decide",
+    "get_engine",
+    "label_index",
+    "physical_cores",
+    "result_from_probs",
+    "slice_probabilities",
+    "top_slices",
+]

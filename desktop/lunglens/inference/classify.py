@@ -1,0 +1,169 @@
+"""Classify one scan: every slice scored, series aggregated, CAM for the most suspicious slice."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from lunglens.errors import ScanError
+from lunglens.inference.aggregate import aggregate, top_slices
+from lunglens.inference.engine import Engine, batches, get_engine
+from lunglens.inference.result import ScanResult
+from lunglens.io.scan import Scan
+from lunglens.models.registry import ModelInfo, default_model_for
+from lunglens.preprocess import to_model_input
+
+#: ``progress(done_slices, total_slices)``, called after each batch.
+Progress = Callable[[int, int], None]
+
+#: Slices per onnxruntime call: big enough to amortize per-call overhead, small enough that a
+#: 128x128 batch stays a few MB and the progress bar moves.
+BATCH_SIZE = 16
+
+
+class Cancelled(Exception):
+    """Raised by :func:`classify_scan` when its ``cancel`` event is set."""
+
+
+class ModalityMismatch(ScanError):
+    """The scan's modality (from DICOM) differs from the model's (e.g. a CXR with a CT model)."""
+
+
+def label_index(info: ModelInfo, label: str | int | None) -> int:
+    """Index of ``label`` (name or index); ``None`` -> the positive label."""
+    if label is None:
+        return info.positive_index
+    if isinstance(label, int):
+        if not 0 <= label < len(info.labels):
+            raise ValueError(f"class index {label} out of range for {list(info.labels)}")
+        return label
+    if label not in info.labels:
+        raise ValueError(f"unknown class {label!r}; model {info.name} has {list(info.labels)}")
+    return info.labels.index(label)
+
+
+def decide(probs: np.ndarray, info: ModelInfo) -> tuple[str, bool]:
+    """Return ``(prediction, flagged)`` for a ``[C]`` probability vector.
+
+    Flagging uses the manifest threshold on the positive class; the prediction agrees with the
+    flag (positive label when flagged, else the most probable other label), so a threshold other
+    than 0.5 never produces a "covid" prediction that is not flagged or vice versa.
+    """
+    pos = info.positive_index
+    flagged = bool(probs[pos] >= info.threshold)
+    if flagged:
+        return info.positive_label, True
+    others = [i for i in range(len(info.labels)) if i != pos]
+    return info.labels[max(others, key=lambda i: probs[i])], False
+
+
+def slice_probabilities(
+    engine: Engine,
+    images: np.ndarray,
+    *,
+    batch_size: int = BATCH_SIZE,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
+    """``[S, C]`` probabilities of every slice of an ``[S, H, W]`` stack, in batches."""
+    size = engine.info.input_size
+    out = np.empty((images.shape[0], len(engine.info.labels)), np.float32)
+    for part in batches(images.shape[0], batch_size):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("classification cancelled")
+        out[part] = engine.predict(to_model_input(images[part], size), ("probs",))["probs"]
+        if progress is not None:
+            progress(part.stop, images.shape[0])
+    return out
+
+
+def result_from_probs(
+    info: ModelInfo, source: str, slice_probs: np.ndarray, *, modality: str = "unknown",
+    cam_class: str | int | None = None,
+) -> ScanResult:
+    """Build a :class:`ScanResult` (without CAM) from per-slice probabilities."""
+    method, k = info.series_aggregation
+    probs = aggregate(slice_probs, info.positive_index, method, k)
+    prediction, flagged = decide(probs, info)
+    cam_idx = label_index(info, cam_class)
+    return ScanResult(
+        source=source,
+        model=info.name,
+        model_version=info.version,
+        model_sha256=info.sha256,
+        labels=info.labels,
+        probs={label: float(p) for label, p in zip(info.labels, probs, strict=True)},
+        prediction=prediction,
+        positive_label=info.positive_label,
+        positive_prob=float(probs[info.positive_index]),
+        flagged=flagged,
+        threshold=info.threshold,
+        n_slices=int(slice_probs.shape[0]),
+        slice_probs=slice_probs,
+        top_slices=top_slices(slice_probs, info.positive_index, 3),
+        representative_slice=top_slices(slice_probs, cam_idx, 1)[0],
+        cam_class=info.labels[cam_idx],
+        modality=modality,
+        model_modality=info.modality,
+    )
+
+
+def classify_scan(
+    scan: Scan,
+    info: ModelInfo | None = None,
+    *,
+    with_cam: bool = True,
+    cam_class: str | int | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> ScanResult:
+    """Score every slice of ``scan`` and explain the most suspicious one.
+
+    Parameters
+    ----------
+    scan
+        A loaded scan (:func:`lunglens.io.load_scan`).
+    info
+        The model; default: :func:`lunglens.models.default_model_for` the scan's modality.
+        Plain images have modality ``"unknown"`` and need an explicit model.
+    with_cam
+        Also compute the class activation maps of the representative slice (one extra call
+        on one slice; batch scoring turns this off).
+    cam_class
+        Label (or index) whose most probable slice is the representative one; default: the
+        positive label.
+    progress, cancel
+        ``progress(done, total)`` after each batch of slices (GUI progress bar); setting
+        ``cancel`` stops between batches with :class:`Cancelled`.
+
+    Raises
+    ------
+    ModelNotFound
+        No model given and none fits the scan's modality.
+    ModelRefused
+        The model failed its integrity check.
+    """
+    if info is None:
+        info = default_model_for(scan.modality)
+    label_index(info, cam_class)  # fail fast on a bad label, before any work
+    start = time.perf_counter()
+    engine = get_engine(info)
+    probs = slice_probabilities(engine, scan.image, batch_size=batch_size, progress=progress,
+                                cancel=cancel)
+    result = result_from_probs(info, scan.source, probs, modality=scan.modality,
+                               cam_class=cam_class)
+    if with_cam:
+        rep = scan.image[result.representative_slice]
+        batch = to_model_input(rep, info.input_size)
+        result.cam = engine.predict(batch, ("cam",))["cam"][0].astype(np.float32)
+    if scan.modality in ("ct", "cxr") and scan.modality != info.modality:
+        result.notes.append(
+            f"the scan is {scan.modality.upper()} but model {info.name} was trained on "
+            f"{info.modality.upper()} images; the score is not meaningful"
+        )
+    result.elapsed_ms = (time.perf_counter() - start) * 1000.0
+    return result

@@ -1,0 +1,108 @@
+"""The :class:`ScanResult` every classification returns (CLI, GUI, batch and reports read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lunglens import DISCLAIMER
+
+
+@dataclass
+class ScanResult:
+    """Outcome of classifying one scan (an image or a CT series).
+
+    Attributes
+    ----------
+    source
+        What was scored (the scan's source path).
+    model, model_version, model_sha256
+        The exact model that produced the numbers (for audit and reproducibility).
+    labels
+        Class names, in the model's output order.
+    probs
+        Label -> probability; for a series the aggregate (see
+        :mod:`lunglens.inference.aggregate`).
+    prediction
+        The positive label when ``flagged``, else the most probable other label.
+    positive_label, positive_prob
+        The triage class and its (aggregated) probability.
+    flagged
+        ``positive_prob >= threshold``: the scan should be looked at first.
+    threshold
+        The model's operating threshold from its manifest.
+    n_slices
+        Slices scored (1 for a single image).
+    slice_probs
+        float32 ``[S, C]`` per-slice probabilities.
+    top_slices
+        Indices of the most suspicious slices (highest positive probability), best first.
+    representative_slice
+        The slice the CAM belongs to (most probable for ``cam_class``).
+    cam_class
+        Label the representative slice was chosen for (default: the positive label).
+    cam
+        float32 ``[C, h, w]`` raw class activation maps of the representative slice, or
+        ``None`` when not requested. Turn into a heat map with :func:`lunglens.explain.cam_map`.
+    elapsed_ms
+        Wall time of preprocessing plus inference.
+    modality
+        The scan's modality; ``model_modality`` the model's.
+    notes
+        Warnings worth showing (e.g. a model of another modality was used).
+    disclaimer
+        :data:`lunglens.DISCLAIMER`, carried with every result so no output omits it.
+    """
+
+    source: str
+    model: str
+    model_version: str
+    model_sha256: str
+    labels: tuple[str, ...]
+    probs: dict[str, float]
+    prediction: str
+    positive_label: str
+    positive_prob: float
+    flagged: bool
+    threshold: float
+    n_slices: int
+    slice_probs: np.ndarray
+    top_slices: list[int]
+    representative_slice: int
+    cam_class: str
+    cam: np.ndarray | None = None
+    elapsed_ms: float = 0.0
+    modality: str = "unknown"
+    model_modality: str = "unknown"
+    notes: list[str] = field(default_factory=list)
+    disclaimer: str = DISCLAIMER
+
+    def to_dict(self, *, slice_probs: bool = False) -> dict[str, Any]:
+        """JSON-ready dict (no arrays except optional per-slice probabilities)."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "model": self.model,
+            "model_version": self.model_version,
+            "model_sha256": self.model_sha256,
+            "modality": self.modality,
+            "model_modality": self.model_modality,
+            "labels": list(self.labels),
+            "probs": {k: round(float(v), 6) for k, v in self.probs.items()},
+            "prediction": self.prediction,
+            "positive_label": self.positive_label,
+            "positive_prob": round(float(self.positive_prob), 6),
+            "flagged": self.flagged,
+            "threshold": self.threshold,
+            "n_slices": self.n_slices,
+            "top_slices": list(self.top_slices),
+            "representative_slice": self.representative_slice,
+            "cam_class": self.cam_class,
+            "elapsed_ms": round(self.elapsed_ms, 2),
+            "notes": list(self.notes),
+            "disclaimer": self.disclaimer,
+        }
+        if slice_probs:
+            out["slice_probs"] = np.round(self.slice_probs, 6).tolist()
+        return out

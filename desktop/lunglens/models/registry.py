@@ -1,0 +1,319 @@
+"""Registry of shipped models: discover ``models/*/manifest.json``, check them, pick one.
+
+A model folder is trusted only after its ``model.onnx`` matches the SHA-256 recorded in the
+manifest, so a truncated download or an edited file can never silently produce scores. Listing is
+cheap (manifests only); hashing happens in :func:`verify_model`, which the inference engine calls
+once before it creates a session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lunglens.errors import ModelError, ModelNotFound, ModelRefused
+from lunglens.models.location import models_dir as _models_dir
+from lunglens.preprocess import WINDOW_PRESETS, Window
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+_REQUIRED = ("name", "version", "modality", "labels", "positive_label", "input", "file", "sha256")
+
+#: Preferred model per modality when several fit. Unlisted modalities fall back to the
+#: alphabetically first model of that modality, so adding a model never needs code changes.
+PREFERRED: dict[str, tuple[str, ...]] = {
+    "ct": ("squeezenet-light-ct",),
+    "cxr": ("squeezenet-light-cxr",),
+}
+
+
+@dataclass(frozen=True)
+class GalleryLayer:
+    """One activation output a model exposes for the activation gallery (``act_<k>``)."""
+
+    output: str
+    layer: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the app needs to know about one shipped model (parsed ``manifest.json``).
+
+    Attributes
+    ----------
+    name, version, architecture, modality
+        Identity of the model; ``modality`` is ``"ct"`` or ``"cxr"``.
+    labels
+        Class names in the order of the ``probs`` output.
+    positive_label
+        The label whose probability ranks scans (``"covid"``).
+    input_size
+        ``(H, W)`` the image is resized to before inference.
+    window
+        CT window the model was trained with (for DICOM loading), or ``None``.
+    threshold
+        Operating point: a scan is flagged when its positive probability is >= this.
+    sha256
+        Expected hash of ``model.onnx``.
+    gallery
+        Activation outputs available for the gallery.
+    path
+        The model folder; ``onnx_path`` is the ONNX file inside it.
+    manifest
+        The full parsed manifest (metrics, training, intended use...).
+    """
+
+    name: str
+    version: str
+    architecture: str
+    modality: str
+    labels: tuple[str, ...]
+    positive_label: str
+    input_size: tuple[int, int]
+    window: Window | None
+    threshold: float
+    sha256: str
+    gallery: tuple[GalleryLayer, ...]
+    path: Path
+    onnx_path: Path
+    manifest: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def positive_index(self) -> int:
+        """Index of :attr:`positive_label` in :attr:`labels`."""
+        return self.labels.index(self.positive_label)
+
+    @property
+    def series_aggregation(self) -> tuple[str, int]:
+        """``(method, k)`` for CT series, from the manifest (default ``("top_k_mean", 3)``)."""
+        agg = self.manifest.get("series_aggregation") or {}
+        return str(agg.get("method", "top_k_mean")), int(agg.get("k", 3))
+
+    @property
+    def short_hash(self) -> str:
+        """First 12 hex digits of the SHA-256, for display."""
+        return self.sha256[:12]
+
+
+def _parse_window(raw: Any) -> Window | None:
+    if not raw:
+        return None
+    if isinstance(raw, str):
+        return WINDOW_PRESETS.get(raw)
+    if "center" in raw and "width" in raw:
+        return Window(float(raw["center"]), float(raw["width"]), str(raw.get("name", "custom")))
+    return WINDOW_PRESETS.get(str(raw.get("name", "")))
+
+
+def load_manifest(folder: str | os.PathLike[str]) -> ModelInfo:
+    """Parse ``folder/manifest.json`` into a :class:`ModelInfo` (no hashing).
+
+    Raises
+    ------
+    ModelRefused
+        Missing or unreadable manifest, invalid JSON, missing keys, inconsistent labels, or a
+        missing ONNX file.
+    """
+    folder = Path(folder)
+    mpath = folder / MANIFEST
+    try:
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelRefused(mpath, "no manifest.json in the model folder") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelRefused(
+            mpath, f"manifest is not valid JSON ({exc})", "Reinstall the model folder."
+        ) from exc
+    if not isinstance(data, dict):
+        raise ModelRefused(mpath, "manifest is not a JSON object", "Reinstall the model folder.")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ModelRefused(mpath, f"manifest lacks {', '.join(missing)}", "Reinstall the model.")
+    try:
+        labels = tuple(str(x) for x in data["labels"])
+        positive = str(data["positive_label"])
+        inp = data["input"]
+        size_raw = inp.get("size") or inp["shape"][-2:]
+        input_size = (int(size_raw[0]), int(size_raw[1]))
+        outputs = data.get("outputs") or {}
+        gallery = tuple(
+            GalleryLayer(str(g["output"]), str(g.get("layer", g["output"])),
+                         tuple(int(s) for s in g.get("shape", ())))
+            for g in outputs.get("gallery", [])
+        )
+        info = ModelInfo(
+            name=str(data["name"]),
+            version=str(data["version"]),
+            architecture=str(data.get("architecture", "")),
+            modality=str(data["modality"]),
+            labels=labels,
+            positive_label=positive,
+            input_size=input_size,
+            window=_parse_window(inp.get("window")),
+            threshold=float(data.get("threshold", 0.5)),
+            sha256=str(data["sha256"]).lower(),
+            gallery=gallery,
+            path=folder,
+            onnx_path=folder / str(data["file"]),
+            manifest=data,
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ModelRefused(mpath, f"manifest is malformed ({exc!r})", "Reinstall the model.") from exc
+    if positive not in labels:
+        raise ModelRefused(mpath, f"positive_label {positive!r} is not one of {list(labels)}")
+    if len(labels) < 2:
+        raise ModelRefused(mpath, "a model needs at least two labels")
+    if not info.onnx_path.is_file():
+        raise ModelRefused(
+            info.onnx_path, "model file is missing", "Reinstall the model folder."
+        )
+    return info
+
+
+def discover_models(
+    models_dir: str | os.PathLike[str] | None = None,
+) -> tuple[list[ModelInfo], list[ModelError]]:
+    """Parse every ``<models_dir>/*/manifest.json``.
+
+    Returns
+    -------
+    models, problems
+        Valid models sorted by name, and one :class:`~lunglens.errors.ModelError` per folder
+        that could not be used (so one bad folder never hides the good ones).
+    """
+    root = _models_dir(models_dir)
+    models: dict[str, ModelInfo] = {}
+    problems: list[ModelError] = []
+    if not root.is_dir():
+        return [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not (folder / MANIFEST).exists():
+            continue  # not a model folder (e.g. a README or scratch space)
+        try:
+            info = load_manifest(folder)
+        except ModelError as exc:
+            problems.append(exc)
+            continue
+        if info.name in models:
+            problems.append(ModelRefused(folder, f"duplicate model name {info.name!r}"))
+            continue
+        models[info.name] = info
+    return [models[k] for k in sorted(models)], problems
+
+
+def list_models(models_dir: str | os.PathLike[str] | None = None) -> list[ModelInfo]:
+    """Return the usable models; bad folders are logged as warnings, never fatal."""
+    models, problems = discover_models(models_dir)
+    for problem in problems:
+        log.warning("skipping model: %s", problem)
+    return models
+
+
+def get_model(name: str, models_dir: str | os.PathLike[str] | None = None) -> ModelInfo:
+    """Return the model called ``name``.
+
+    Raises
+    ------
+    ModelNotFound
+        No valid model of that name (the message lists the available ones).
+    ModelRefused
+        A folder of that name exists but its manifest is broken.
+    """
+    models, problems = discover_models(models_dir)
+    by_name = {m.name: m for m in models}
+    if name in by_name:
+        return by_name[name]
+    for problem in problems:
+        # A folder named like the model whose manifest or ONNX file is broken: say so.
+        if problem.path and name in (Path(problem.path).parent.name, Path(problem.path).name):
+            raise problem
+    available = ", ".join(by_name) or "none"
+    raise ModelNotFound(
+        _models_dir(models_dir), f"no model named {name!r} (available: {available})",
+        "Run 'lunglens models' to list them.",
+    )
+
+
+def default_model_for(
+    modality: str, models_dir: str | os.PathLike[str] | None = None
+) -> ModelInfo:
+    """Return the model used for ``modality`` (``"ct"`` or ``"cxr"``) when none is chosen.
+
+    Raises
+    ------
+    ModelNotFound
+        No installed model handles that modality (e.g. ``"unknown"`` for a plain PNG).
+    """
+    models = list_models(models_dir)
+    fitting = {m.name: m for m in models if m.modality == modality}
+    for name in PREFERRED.get(modality, ()):
+        if name in fitting:
+            return fitting[name]
+    if fitting:
+        return fitting[sorted(fitting)[0]]
+    if modality not in ("ct", "cxr"):
+        raise ModelNotFound(
+            None, f"the scan's modality is {modality!r}, so no model can be chosen automatically",
+            "Choose one with --model (see 'lunglens models').",
+        )
+    raise ModelNotFound(
+        _models_dir(models_dir), f"no installed model handles {modality!r} scans",
+        "Install a model folder or pick one with --model.",
+    )
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_verified(info: ModelInfo) -> bytes:
+    """Return the ONNX bytes after checking their SHA-256.
+
+    The engine builds its session from these exact bytes, so the file cannot change between
+    the check and the load.
+
+    Raises
+    ------
+    ModelRefused
+        Missing file or hash mismatch (tampered, truncated or replaced model).
+    """
+    try:
+        data = info.onnx_path.read_bytes()
+    except OSError as exc:
+        raise ModelRefused(info.onnx_path, f"model file cannot be read ({exc.strerror})",
+                           "Reinstall the model folder.") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != info.sha256:
+        raise ModelRefused(
+            info.onnx_path,
+            f"model {info.name} {info.version} failed its integrity check: SHA-256 is "
+            f"{actual[:12]}..., manifest says {info.sha256[:12]}... (file size {len(data)} bytes); "
+            "the file is damaged, truncated or was modified",
+            "Reinstall the model folder; do not use it.",
+        )
+    return data
+
+
+def verify_model(info: ModelInfo) -> ModelInfo:
+    """Check ``info``'s ONNX file against its manifest hash; return ``info`` when it matches.
+
+    Raises
+    ------
+    ModelRefused
+        The file is missing or its SHA-256 differs from the manifest.
+    """
+    read_verified(info)
+    return info

@@ -1,0 +1,138 @@
+"""A tiny synthetic model that honours the ONNX + manifest contract (DESIGN.md, "Model files").
+
+The weights are chosen by hand so tests can predict the output:
+
+* ``act_0`` channel 0 responds to bright pixels (> 0.5), channel 1 to dark pixels (< 0.5);
+* the "covid" feature map is the bright response, the "non-covid" one the dark response;
+* so a bright image scores high for ``covid``, a dark one low, and the ``covid`` CAM peaks where a
+  bright blob sits in a dark image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+SIZE = 32
+CAM = 8
+LABELS = ["covid", "non-covid"]
+
+
+def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
+
+
+def build_onnx(size: int = SIZE) -> onnx.ModelProto:
+    """Return the synthetic classifier: input ``image`` [N,1,size,size] -> probs, cam, act_0."""
+    w1 = np.zeros((4, 1, 3, 3), np.float32)
+    w1[0] = 1.0 / 9.0
+    w1[1] = -1.0 / 9.0
+    w1[2, 0, :, 0], w1[2, 0, :, 2] = -1.0, 1.0
+    w1[3] = 0.1
+    b1 = np.array([-0.5, 0.5, 0.0, 0.0], np.float32)
+    w2 = np.zeros((2, 4, 1, 1), np.float32)
+    w2[0, 0] = 1.0
+    w2[1, 1] = 1.0
+    wfc = np.array([[8.0, 0.0], [0.0, 8.0]], np.float32)
+    bfc = np.zeros(2, np.float32)
+    pool = size // CAM
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["act_0"]),
+        helper.make_node("AveragePool", ["act_0"], ["pooled"], kernel_shape=[pool, pool],
+                         strides=[pool, pool]),
+        helper.make_node("Conv", ["pooled", "w2"], ["f_pre"]),
+        helper.make_node("Relu", ["f_pre"], ["feats"]),
+        helper.make_node("GlobalAveragePool", ["feats"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        helper.make_node("Conv", ["feats", "wcam"], ["cam"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "synthetic",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2]),
+            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 2, CAM, CAM]),
+            helper.make_tensor_value_info("act_0", TensorProto.FLOAT, ["N", 4, size, size]),
+        ],
+        [_init("w1", w1), _init("b1", b1), _init("w2", w2), _init("wfc", wfc),
+         _init("bfc", bfc), _init("wcam", wfc.reshape(2, 2, 1, 1))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_model(
+    folder: Path,
+    *,
+    name: str = "synthetic-ct",
+    modality: str = "ct",
+    version: str = "0.0.1",
+    size: int = SIZE,
+    **manifest_extra: Any,
+) -> Path:
+    """Write ``folder/{model.onnx, manifest.json, MODEL_CARD.md}``; return ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = build_onnx(size).SerializeToString()
+    (folder / "model.onnx").write_bytes(data)
+    manifest: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "architecture": "synthetic brightness detector (tests only)",
+        "modality": modality,
+        "labels": LABELS,
+        "positive_label": "covid",
+        "input": {"name": "image", "shape": [1, size, size], "size": [size, size],
+                  "range": [0.0, 1.0],
+                  "window": {"name": "lung", "center": -600, "width": 1500}},
+        "outputs": {"probs": {"shape": ["N", 2]},
+                    "cam": {"shape": ["N", 2, CAM, CAM], "layer": "head"},
+                    "gallery": [{"output": "act_0", "layer": "conv1", "shape": [4, size, size]}]},
+        "file": "model.onnx",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "threshold": 0.5,
+        "threshold_rule": "fixed at 0.5 for tests",
+        "intended_use": "tests only",
+        "series_aggregation": {"method": "top_k_mean", "k": 3},
+    }
+    manifest.update(manifest_extra)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    (folder / "MODEL_CARD.md").write_text("# synthetic\nTests only.\n", encoding="utf-8")
+    return folder
+
+
+def make_models_dir(root: Path) -> Path:
+    """A models folder with a CT and a CXR synthetic model."""
+    write_model(root / "synthetic-ct", name="synthetic-ct", modality="ct")
+    write_model(root / "synthetic-cxr", name="synthetic-cxr", modality="cxr")
+    return root
+
+
+def blob_image(h: int = 64, w: int = 64, center: tuple[int, int] = (16, 44),
+               radius: int = 6) -> np.ndarray:
+    """Dark float image in [0, 1] with one bright disc at ``center`` (row, col)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.full((h, w), 0.1, np.float32)
+    img[(yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2] = 0.95
+    return img
+
+
+def write_png(path: Path, value: float, size: int = 24) -> Path:
+    """A flat grey PNG (``value`` in [0, 1]); brighter -> higher ``covid`` probability."""
+    from PIL import Image
+
+    arr = np.full((size, size), int(round(value * 255)), np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path

@@ -1,0 +1,100 @@
+"""CAM maps, overlays and the activation gallery; memory stays flat over many calls."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx_fixtures import blob_image, make_models_dir
+
+from lunglens.explain import activation_maps, cam_map, overlay, raw_cam, save_png, tile
+from lunglens.inference import classify_scan, clear_engines, get_engine
+from lunglens.io.scan import Scan
+from lunglens.models import get_model
+
+
+@pytest.fixture
+def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
+    clear_engines()
+    return get_engine(get_model("synthetic-ct", make_models_dir(tmp_path / "models")))
+
+
+def test_cam_peak_lands_on_bright_blob(engine) -> None:  # type: ignore[no-untyped-def]
+    img = blob_image(96, 96, center=(70, 24), radius=8)
+    res = classify_scan(Scan("blob", img[None], modality="ct"), engine.info)
+    heat = cam_map(res, "covid", img.shape)
+    assert heat.shape == (96, 96) and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() == pytest.approx(1.0)
+    peak = np.unravel_index(int(heat.argmax()), heat.shape)
+    assert abs(peak[0] - 70) <= 12 and abs(peak[1] - 24) <= 12
+    # the far corner carries no evidence for "covid"
+    assert heat[:20, 70:].max() < 0.1
+    # same map from the raw [C, h, w] array
+    np.testing.assert_allclose(cam_map(res.cam, 0, img.shape), heat)
+
+
+def test_cam_map_rejects_ambiguous_input_and_handles_all_negative() -> None:
+    with pytest.raises(ValueError, match="integer"):
+        cam_map(np.zeros((2, 4, 4)), None)
+    flat = cam_map(-np.ones((4, 4), np.float32), None, (8, 8))
+    assert flat.shape == (8, 8) and not flat.any()
+
+
+def test_overlay_and_png(tmp_path: Path) -> None:
+    img = blob_image(40, 50)
+    heat = np.zeros((10, 10), np.float32)
+    heat[2, 7] = 1.0
+    rgb = overlay(img, heat, alpha=0.5)
+    assert rgb.shape == (40, 50, 3) and rgb.dtype == np.uint8
+    assert not np.array_equal(rgb[..., 0], rgb[..., 2])  # colour was added
+    out = tmp_path / "cam.png"
+    save_png(rgb, out)
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.size == (50, 40) and im.mode == "RGB"
+    with pytest.raises(ValueError, match="colormap"):
+        overlay(img, heat, colormap="rainbow-unicorn")
+
+
+def test_activation_gallery(engine) -> None:  # type: ignore[no-untyped-def]
+    img = blob_image(32, 32, center=(8, 8), radius=4)
+    maps = activation_maps(engine, img, "act_0", top_n=3)
+    assert len(maps) == 3
+    assert [m.mean for m in maps] == sorted((m.mean for m in maps), reverse=True)
+    assert maps[0].channel == 1  # dark detector dominates a mostly dark image
+    for m in maps:
+        assert m.map.shape == (32, 32) and 0.0 <= m.map.min() and m.map.max() <= 1.0
+    grid = tile(maps, cols=2)
+    assert grid.shape == (32 * 2 + 1, 32 * 2 + 1)
+    assert raw_cam(engine, img).shape == (2, 8, 8)
+
+
+def _rss_kb() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * 4
+    except OSError:  # not Linux: the tracemalloc check still runs
+        return 0
+
+
+def test_memory_flat_over_many_calls(engine) -> None:  # type: ignore[no-untyped-def]
+    img = blob_image(64, 64)
+    for _ in range(30):  # warm up arenas and caches
+        activation_maps(engine, img, "act_0")
+        cam_map(raw_cam(engine, img), 0, img.shape)
+    gc.collect()
+    tracemalloc.start()
+    base_py = tracemalloc.get_traced_memory()[0]
+    base_rss = _rss_kb()
+    for _ in range(300):
+        activation_maps(engine, img, "act_0")
+        overlay(img, cam_map(raw_cam(engine, img), 0, img.shape))
+    gc.collect()
+    grown_py = tracemalloc.get_traced_memory()[0] - base_py
+    tracemalloc.stop()
+    assert grown_py < 256 * 1024, f"Python heap grew {grown_py} bytes over 300 calls"
+    assert _rss_kb() - base_rss < 20 * 1024, "RSS grew more than 20 MB over 300 calls"

@@ -1,0 +1,110 @@
+"""Inference engine and scan classification on the synthetic model."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx_fixtures import blob_image, make_models_dir
+
+from lunglens import DISCLAIMER
+from lunglens.errors import ModelNotFound
+from lunglens.inference import (
+    Cancelled,
+    aggregate,
+    classify_scan,
+    clear_engines,
+    get_engine,
+    physical_cores,
+)
+from lunglens.io.scan import Scan
+from lunglens.models import get_model
+
+
+@pytest.fixture
+def mdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    clear_engines()
+    root = make_models_dir(tmp_path / "models")
+    monkeypatch.setenv("LUNGLENS_MODELS_DIR", str(root))
+    return root
+
+
+def test_engine_is_cached_and_asks_only_requested_outputs(mdir: Path) -> None:
+    info = get_model("synthetic-ct", mdir)
+    engine = get_engine(info)
+    assert get_engine(info) is engine
+    assert engine.session.get_session_options().intra_op_num_threads == physical_cores()
+    out = engine.predict(np.full((3, 1, 32, 32), 0.9, np.float32))
+    assert list(out) == ["probs"] and out["probs"].shape == (3, 2)
+    np.testing.assert_allclose(out["probs"].sum(axis=1), 1.0, rtol=1e-5)
+    both = engine.predict(np.zeros((1, 1, 32, 32), np.float32), ("probs", "cam"))
+    assert both["cam"].shape == (1, 2, 8, 8)
+    with pytest.raises(KeyError, match="available"):
+        engine.predict(np.zeros((1, 1, 32, 32), np.float32), ("nope",))
+
+
+def test_single_image_result(mdir: Path) -> None:
+    scan = Scan("bright.png", np.full((1, 50, 40), 0.9, np.float32), modality="ct")
+    res = classify_scan(scan)
+    assert res.model == "synthetic-ct" and res.n_slices == 1
+    assert res.prediction == "covid" and res.flagged and res.positive_prob > 0.9
+    assert set(res.probs) == {"covid", "non-covid"}
+    assert res.cam is not None and res.cam.shape == (2, 8, 8)
+    assert res.disclaimer == DISCLAIMER
+    assert res.to_dict()["prediction"] == "covid"
+
+
+def test_series_top_k_mean_names_suspicious_slices(mdir: Path) -> None:
+    values = [0.1] * 20
+    for i, v in zip((4, 11, 17), (0.95, 0.9, 0.85), strict=True):
+        values[i] = v
+    stack = np.stack([np.full((32, 32), v, np.float32) for v in values])
+    seen: list[tuple[int, int]] = []
+    res = classify_scan(Scan("series", stack, modality="ct", kind="dicom-series"),
+                        progress=lambda d, t: seen.append((d, t)), batch_size=8)
+    assert res.n_slices == 20 and res.slice_probs.shape == (20, 2)
+    assert res.top_slices == [4, 11, 17]
+    assert res.representative_slice == 4
+    expected = res.slice_probs[[4, 11, 17], 0].mean()
+    assert res.positive_prob == pytest.approx(expected, rel=1e-6)
+    assert res.flagged  # 3 clearly positive slices flag the series; a plain mean would not
+    assert res.slice_probs[:, 0].mean() < 0.5
+    assert seen == [(8, 20), (16, 20), (20, 20)]
+
+
+def test_aggregate_keeps_a_distribution() -> None:
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]], np.float32)
+    agg = aggregate(p, 0, "top_k_mean", 2)
+    np.testing.assert_allclose(agg, [0.75, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(aggregate(p, 0, "max"), [0.9, 0.1])
+    with pytest.raises(ValueError, match="unknown"):
+        aggregate(p, 0, "median")
+
+
+def test_unknown_modality_needs_a_model(mdir: Path) -> None:
+    scan = Scan("plain.png", np.zeros((1, 32, 32), np.float32))
+    with pytest.raises(ModelNotFound, match="--model"):
+        classify_scan(scan)
+    res = classify_scan(scan, get_model("synthetic-ct"), with_cam=False)
+    assert res.cam is None and not res.flagged and res.prediction == "non-covid"
+
+
+def test_cxr_default_and_modality_note(mdir: Path) -> None:
+    scan = Scan("cxr.dcm", blob_image()[None], modality="cxr")
+    assert classify_scan(scan).model == "synthetic-cxr"
+    res = classify_scan(scan, get_model("synthetic-ct"))
+    assert res.notes and "CXR" in res.notes[0]
+
+
+def test_cam_class_and_cancel(mdir: Path) -> None:
+    stack = np.stack([np.full((32, 32), v, np.float32) for v in (0.9, 0.1, 0.5)])
+    res = classify_scan(Scan("s", stack, modality="ct"), cam_class="non-covid")
+    assert res.cam_class == "non-covid" and res.representative_slice == 1
+    with pytest.raises(ValueError, match="unknown class"):
+        classify_scan(Scan("s", stack, modality="ct"), cam_class="flu")
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled):
+        classify_scan(Scan("s", stack, modality="ct"), cancel=ev)
