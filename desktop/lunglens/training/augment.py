@@ -1,0 +1,58 @@
+"""Batch augmentation on tensors (runs on the training device, no per-image Python loop).
+
+As in the light-SqueezeNet and COVID-ResNet papers: random rotation, shift, scale, shear,
+horizontal flip and Gaussian noise, plus a small brightness/contrast jitter because the CT
+sources differ mostly in their grey levels (see ../shared/data/README.md, "known traps").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotate_deg: float = 15.0
+    shift: float = 0.08  # fraction of the image size
+    scale: tuple[float, float] = (0.9, 1.25)  # > 1 zooms in
+    shear_deg: float = 8.0
+    hflip: float = 0.5
+    noise_std: float = 0.03
+    brightness: float = 0.08
+    contrast: float = 0.15
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Augment a batch ``[N, 1, H, W]`` in [0, 1]; returns a new tensor in [0, 1]."""
+    n = x.shape[0]
+    dev = x.device
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=gen, device="cpu").to(dev) * (hi - lo) + lo
+
+    ang = u(-cfg.rotate_deg, cfg.rotate_deg) * math.pi / 180
+    sh = u(-cfg.shear_deg, cfg.shear_deg) * math.pi / 180
+    s = 1.0 / u(*cfg.scale)  # affine_grid maps output->input, so zoom-in = smaller sampling
+    flip = torch.where(u(0, 1) < cfg.hflip, -1.0, 1.0)
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0] = s * cos * flip
+    theta[:, 0, 1] = s * (-sin + torch.tan(sh) * cos)
+    theta[:, 1, 0] = s * sin * flip
+    theta[:, 1, 1] = s * (cos + torch.tan(sh) * sin)
+    theta[:, 0, 2] = u(-cfg.shift, cfg.shift) * 2
+    theta[:, 1, 2] = u(-cfg.shift, cfg.shift) * 2
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    c = u(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
+    b = u(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1)
+    mean = out.mean((2, 3), keepdim=True)
+    out = (out - mean) * c + mean + b
+    sigma = u(0, cfg.noise_std).view(n, 1, 1, 1)
+    noise = torch.randn(out.shape, generator=gen, device="cpu").to(dev)
+    out = out + noise * sigma
+    return out.clamp_(0.0, 1.0)

@@ -1,0 +1,160 @@
+"""Model card (MODEL_CARD.md) and evaluation plots (ROC, confusion matrix) for models/<name>/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.1f}%"
+
+
+def _ci(m: dict) -> str:
+    if m["lo"] != m["lo"]:
+        return _pct(m["mean"])
+    return f"{_pct(m['mean'])} ({_pct(m['lo'])}-{_pct(m['hi'])})"
+
+
+def write_plots(work: Path, out: Path, ds, positive: int, threshold: float) -> None:
+    """ROC of pooled out-of-fold predictions (one curve per fold) and the confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lunglens.training.metrics import decide, roc_auc, roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    k = 0
+    while (work / f"fold{k}_test.npz").exists():
+        z = np.load(work / f"fold{k}_test.npz")
+        y = (ds.labels[z["idx"]] == positive).astype(int)
+        fpr, tpr, _ = roc_curve(y, z["probs"][:, positive])
+        ax.plot(fpr, tpr, lw=1, label=f"fold {k} AUC {roc_auc(y, z['probs'][:, positive]):.3f}")
+        k += 1
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"ROC, '{ds.classes[positive]}' vs rest (test folds)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png")
+    plt.close(fig)
+
+    z = np.load(work / "oof.npz")
+    pred = decide(z["probs"], positive, threshold)
+    n = len(ds.classes)
+    cm = np.zeros((n, n), int)
+    for t, p in zip(z["labels"], pred, strict=True):
+        cm[t, p] += 1
+    fig, ax = plt.subplots(figsize=(4, 3.6), dpi=100)
+    ax.imshow(cm, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(n), ds.classes)
+    ax.set_yticks(range(n), ds.classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Out-of-fold, threshold {threshold:.2f}")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png")
+    plt.close(fig)
+
+
+def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
+    m = manifest
+    q = m["quantization"]
+    par = q["parity_validation_fold"]
+    t = m["training"]
+    lines = [
+        f"# Model card: {m['name']} {m['version']}",
+        "",
+        "> **Triage aid only - not a diagnosis.** Trained from scratch on small public research "
+        "data sets; not validated on scans from any hospital.",
+        "",
+        "## Model",
+        f"- Architecture: {m['architecture']}.",
+        f"- Modality: {m['modality']}; labels {m['labels']}; positive label `{m['positive_label']}`.",
+        f"- Input: `image` float32 [N, 1, {m['input']['size'][0]}, {m['input']['size'][1]}] in [0, 1]"
+        + (f", CT {m['input']['window']['name']} window (W {m['input']['window']['width']:.0f} / "
+           f"L {m['input']['window']['center']:.0f}) for DICOM" if m["input"].get("window") else "")
+        + "; the whole image is resized (stretched) to that size.",
+        f"- File: `model.onnx`, INT8 ({q['scheme']}), SHA-256 `{m['sha256']}`.",
+        f"- Operating threshold {m['threshold']}: {m['threshold_rule']}.",
+        "",
+        "## Training",
+        f"- Data: {t['data']}. Pretrained weights: none ({t['note']}).",
+        f"- Recipe `lunglens-train {preset.name}`: resolution {t['resolution']} px, up to "
+        f"{t['epochs_max']} epochs, Adam, label smoothing, class weights, ReduceLROnPlateau "
+        f"(factor 0.5, patience 3), early stopping; augmentation {t['augmentation']}.",
+        f"- Device: {t['device']}. Final model: {t['final_model'].get('epochs_run')} epochs, best "
+        f"epoch {t['final_model'].get('best_epoch')}, {t['final_model'].get('seconds', 0) / 60:.1f} min; "
+        f"cross-validation {t['cv_seconds'] / 60:.1f} min.",
+        "",
+        "## Quantization",
+        f"- Calibration: {q['calibration_images']} training images, {q['calibration_method']}. "
+        f"INT8 op types: {', '.join(q['quantized_op_types'])}; kept in float: "
+        f"{', '.join(q['float_op_types'])} (nodes {', '.join(q['float_nodes']) or 'none'}).",
+        f"- Parity on validation fold ({par['n']} images): decision agreement {_pct(par['agreement'])}, "
+        f"accuracy float {_pct(par['accuracy_float'])} vs INT8 {_pct(par['accuracy_int8'])} "
+        f"({par['accuracy_change_points']:+.2f} points), max |dp| {par['max_abs_prob_diff']:.3f}.",
+        "",
+        "## Evaluation (group-wise cross-validation)",
+    ]
+    if metrics is None:
+        lines.append("- Pending: cross-validation has not finished.")
+    else:
+        s = metrics["at_shipped_threshold"]
+        pos = m["positive_label"]
+        pc = s["per_class"][pos]
+        lines += [
+            f"- {metrics['scheme']}. Mean over 5 test folds with 95% t-intervals, at the shipped "
+            "threshold:",
+            f"  - accuracy {_ci(s['accuracy'])}, macro-F1 {_ci(s['macro_f1'])}",
+            f"  - `{pos}`: sensitivity {_ci(pc['sensitivity'])}, specificity {_ci(pc['specificity'])}, "
+            f"precision {_ci(pc['precision'])}, F1 {_ci(pc['f1'])}, AUC {_ci(pc['auc'])}",
+            "",
+            "| class | sensitivity | specificity | precision | F1 | AUC |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c, v in s["per_class"].items():
+            lines.append(f"| {c} | {_ci(v['sensitivity'])} | {_ci(v['specificity'])} | "
+                         f"{_ci(v['precision'])} | {_ci(v['f1'])} | {_ci(v['auc'])} |")
+        own = metrics["at_fold_threshold"]
+        lines += [
+            "",
+            f"- With each fold's own validation-chosen threshold (the procedure, not one number): "
+            f"accuracy {_ci(own['accuracy'])}, `{pos}` sensitivity "
+            f"{_ci(own['per_class'][pos]['sensitivity'])}.",
+            "",
+            "### Per source (pooled out-of-fold predictions, shipped threshold)",
+            "",
+            "| source | n | accuracy | " + " | ".join(f"sens. {c}" for c in m["labels"]) + " |",
+            "|---|---|---|" + "---|" * len(m["labels"]),
+        ]
+        for src, r in metrics["per_source"].items():
+            lines.append(f"| {src} | {r['n']} | {_pct(r['accuracy'])} | "
+                         + " | ".join(_pct(r["per_class"][c]["sensitivity"]) for c in m["labels"])
+                         + " |")
+        lines += ["", "![ROC](roc.png) ![Confusion](confusion.png)"]
+    lines += [
+        "",
+        "## Limits and what was not tested",
+        "- Sources differ in look (lung-masked, cropped, round field of view); several sources "
+        "hold a single class, so part of what the model learned may be the source, not the "
+        "disease. Expect lower accuracy on scans from a new hospital.",
+        "- Evaluated on 2-D images/slices only; whole-series aggregation (top-3 mean) is not "
+        "validated against patient-level labels.",
+        "- CV metrics are from PyTorch fp32 fold models; the shipped INT8 model's parity was "
+        "measured on its validation fold only.",
+        "- Not tested: other diseases that look like COVID-19 on imaging beyond those in the data, "
+        "children, scanners/protocols outside the public sets.",
+        "",
+        "## Intended use",
+        f"- {m['intended_use']}",
+    ]
+    (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")

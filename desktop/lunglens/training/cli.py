@@ -1,0 +1,62 @@
+"""``lunglens-train``: reproduce a shipped model end to end.
+
+Examples
+--------
+``lunglens-train ct-squeezenet`` trains, cross-validates, exports and quantizes
+``models/squeezenet-light-ct/`` (CPU: 128 px; CUDA: 224 px with mixed precision).
+``torchrun --nproc_per_node=4 -m lunglens.training.cli ct-efficientnet-b5`` uses 4 GPUs.
+Killed runs resume: run the same command again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from lunglens.training.pipeline import Pipeline, PipelineOptions, default_workdir
+from lunglens.training.presets import PRESETS
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lunglens-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("preset", choices=sorted(PRESETS))
+    ap.add_argument("--data-root", type=Path, default=_repo_root().parent / "shared" / "data")
+    ap.add_argument("--models-dir", type=Path, default=_repo_root() / "models")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--device", choices=["auto", "cpu"], default="auto")
+    ap.add_argument("--size", type=int, default=None, help="override the preset resolution")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="class-balanced subset (smoke tests)")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--skip-cv", action="store_true", help="final model only (no CV metrics)")
+    ap.add_argument("--calib-images", type=int, default=300)
+    ap.add_argument("--calibration", choices=["MinMax", "Entropy", "Percentile"], default="MinMax")
+    ap.add_argument("--version", default="1.0.0")
+    args = ap.parse_args(argv)
+    preset = PRESETS[args.preset]
+    opts = PipelineOptions(
+        data_root=args.data_root, models_dir=args.models_dir,
+        workdir=args.workdir or default_workdir(preset.model_name), device=args.device,
+        size=args.size, epochs=args.epochs, limit=args.limit, folds=args.folds,
+        skip_cv=args.skip_cv, calib_images=args.calib_images, calibration=args.calibration,
+        version=args.version,
+    )
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
+
+    Pipeline(preset, opts, log).run()
+    log("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

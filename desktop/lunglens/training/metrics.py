@@ -1,0 +1,128 @@
+"""Classification metrics per class, with confidence intervals across folds (numpy only).
+
+One-vs-rest per class: accuracy, sensitivity (recall), specificity, precision, F1 and ROC AUC
+(Mann-Whitney U statistic, ties counted half). Across the k group-wise folds the 95% interval
+is mean +- t(0.975, k-1) * sd / sqrt(k); per data source the pooled out-of-fold predictions are
+used, because several sources hold a single class (then only the defined metrics are given).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve; NaN when only one class is present."""
+    pos, neg = score[y_true == 1], score[y_true == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    allv = np.concatenate([pos, neg])[order]
+    ranks = np.empty(len(allv))
+    i = 0
+    while i < len(allv):  # average ranks over ties
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[i : j + 1] = (i + j) / 2 + 1
+        i = j + 1
+    r = np.empty(len(allv))
+    r[order] = ranks
+    return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-positive rate, true-positive rate and thresholds (descending)."""
+    thr = np.unique(score)[::-1]
+    p, n = max((y_true == 1).sum(), 1), max((y_true == 0).sum(), 1)
+    tpr = np.array([((score >= t) & (y_true == 1)).sum() / p for t in thr])
+    fpr = np.array([((score >= t) & (y_true == 0)).sum() / n for t in thr])
+    return np.r_[0.0, fpr], np.r_[0.0, tpr], np.r_[np.inf, thr]
+
+
+def _div(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray | None) -> dict:
+    tp = int(((y_pred == 1) & (y_true == 1)).sum())
+    tn = int(((y_pred == 0) & (y_true == 0)).sum())
+    fp = int(((y_pred == 1) & (y_true == 0)).sum())
+    fn = int(((y_pred == 0) & (y_true == 1)).sum())
+    sens, prec = _div(tp, tp + fn), _div(tp, tp + fp)
+    return dict(
+        n=len(y_true), tp=tp, tn=tn, fp=fp, fn=fn,
+        accuracy=_div(tp + tn, len(y_true)), sensitivity=sens, specificity=_div(tn, tn + fp),
+        precision=prec, f1=_div(2 * prec * sens, prec + sens) if tp else (0.0 if fp + fn else float("nan")),
+        auc=roc_auc(y_true, score) if score is not None else float("nan"),
+    )
+
+
+def decide(probs: np.ndarray, positive: int, threshold: float) -> np.ndarray:
+    """Decision rule: the positive class when its probability >= threshold, else the most
+    probable of the other classes (for two classes: plain thresholding)."""
+    others = probs.copy()
+    others[:, positive] = -1.0
+    return np.where(probs[:, positive] >= threshold, positive, others.argmax(1))
+
+
+def classification_report(
+    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: int, threshold: float
+) -> dict:
+    """Overall accuracy, macro-F1 and per-class one-vs-rest metrics at a decision rule."""
+    pred = decide(probs, positive, threshold)
+    per_class = {
+        c: binary_metrics((y_true == k).astype(int), (pred == k).astype(int), probs[:, k])
+        for k, c in enumerate(classes)
+    }
+    f1s = [m["f1"] for m in per_class.values() if not math.isnan(m["f1"])]
+    confusion = np.zeros((len(classes), len(classes)), dtype=int)
+    for t, p in zip(y_true, pred, strict=True):
+        confusion[t, p] += 1
+    return dict(
+        n=len(y_true), threshold=float(threshold),
+        accuracy=float((pred == y_true).mean()) if len(y_true) else float("nan"),
+        macro_f1=float(np.mean(f1s)) if f1s else float("nan"),
+        per_class=per_class, confusion=confusion.tolist(),
+    )
+
+
+def choose_threshold(y_pos: np.ndarray, p_pos: np.ndarray, min_sensitivity: float = 0.95) -> float:
+    """Largest threshold whose sensitivity on these (validation) images is >= min_sensitivity.
+
+    A triage aid must not miss positives; among thresholds meeting the sensitivity floor, the
+    largest gives the best specificity. Falls back to 0.5 when there are no positives.
+    """
+    pos = np.sort(p_pos[y_pos == 1])
+    if len(pos) == 0:
+        return 0.5
+    k = int(math.floor((1.0 - min_sensitivity) * len(pos)))
+    return float(min(pos[k], 0.99))
+
+
+def mean_ci(values: Sequence[float]) -> dict:
+    """Mean and 95% t-interval across folds (NaNs dropped)."""
+    v = np.array([x for x in values if not math.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return dict(mean=float("nan"), lo=float("nan"), hi=float("nan"), k=0)
+    if len(v) == 1:
+        return dict(mean=float(v[0]), lo=float("nan"), hi=float("nan"), k=1)
+    half = _T975.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))
+    return dict(mean=float(v.mean()), lo=float(v.mean() - half), hi=float(v.mean() + half), k=len(v))
+
+
+def summarize_folds(reports: Sequence[dict], classes: Sequence[str]) -> dict:
+    """Mean and CI across fold reports for overall and per-class metrics."""
+    keys = ["accuracy", "sensitivity", "specificity", "precision", "f1", "auc"]
+    return dict(
+        accuracy=mean_ci([r["accuracy"] for r in reports]),
+        macro_f1=mean_ci([r["macro_f1"] for r in reports]),
+        per_class={
+            c: {k: mean_ci([r["per_class"][c][k] for r in reports]) for k in keys} for c in classes
+        },
+    )

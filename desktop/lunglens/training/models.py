@@ -1,0 +1,163 @@
+"""Model definitions and a small registry (``create_model``), in the spirit of timm.
+
+Every model here takes a single-channel image normalized inside the network and exposes:
+
+* ``features(x)`` -> the last feature maps ``[N, K, h, w]`` (the ones the classifier pools),
+* ``classifier`` -> an ``nn.Linear(K, C)`` applied after global average pooling,
+* ``gallery_layers`` -> ordered ``{name: module}`` whose outputs the viewer shows.
+
+With a pooling + linear head, the class activation map of class ``c`` is
+``sum_k W[c, k] * F_k`` (Zhou et al., CVPR 2016), which equals Grad-CAM for this head
+(Selvaraju et al., ICCV 2017), so no gradients are needed at run time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+#: Normalization baked into every exported graph: x in [0, 1] -> (x - MEAN) / STD.
+NORM_MEAN = 0.5
+NORM_STD = 0.25
+
+
+class Fire(nn.Module):
+    """SqueezeNet fire module without bypass, with BatchNorm after the squeeze conv and ELU.
+
+    Iandola et al. 2016 (SqueezeNet), as modified by Polsinelli et al. 2020 ("A light CNN for
+    detecting COVID-19 from CT scans of the chest"): BatchNorm between squeeze and activation
+    and ELU instead of ReLU, which lets the network train from scratch (plain SqueezeNet stayed
+    at chance for 9 epochs here, see DESIGN.md).
+    """
+
+    def __init__(self, in_ch: int, squeeze: int, expand: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(in_ch, squeeze, 1, bias=False)
+        self.bn = nn.BatchNorm2d(squeeze)
+        self.act = nn.ELU(inplace=True)
+        self.expand1 = nn.Conv2d(squeeze, expand, 1)
+        self.expand3 = nn.Conv2d(squeeze, expand, 3, padding=1)
+        self.act_out = nn.ELU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.act(self.bn(self.squeeze(x)))
+        return self.act_out(torch.cat([self.expand1(s), self.expand3(s)], 1))
+
+
+class SqueezeNetLight(nn.Module):
+    """The light SqueezeNet for CT (about 1.3 M parameters).
+
+    Layout (input ``H x W``; sizes for 128 x 128 in brackets): conv 3x3/2 + ELU [64],
+    maxpool [32], fire2, fire3 [32], maxpool [16], fire4, fire5 [16], maxpool [8],
+    fire6..fire9 [8]; a transposed conv (kernel 4, stride 4) upsamples fire9 x4 [32] and is
+    concatenated in depth with fire3 (the second fire module); a 1x1 conv with 128 filters +
+    BatchNorm + ELU; global average pooling; linear classifier. The skip from fire3 gives the
+    CAM a 4x finer grid than fire9 alone, which matters for small ground-glass opacities.
+    """
+
+    def __init__(self, num_classes: int = 2, in_chans: int = 1, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, 64, 3, stride=2, padding=1), nn.ELU(inplace=True)
+        )
+        self.pool = nn.MaxPool2d(2)
+        self.fire2 = Fire(64, 16, 64)
+        self.fire3 = Fire(128, 16, 64)
+        self.fire4 = Fire(128, 32, 128)
+        self.fire5 = Fire(256, 32, 128)
+        self.fire6 = Fire(256, 48, 192)
+        self.fire7 = Fire(384, 48, 192)
+        self.fire8 = Fire(384, 64, 256)
+        self.fire9 = Fire(512, 64, 256)
+        self.up = nn.ConvTranspose2d(512, 64, kernel_size=4, stride=4)
+        self.up_act = nn.ELU(inplace=True)
+        self.head = nn.Sequential(
+            nn.Conv2d(128 + 64, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ELU(inplace=True)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(128, num_classes)
+        self.gallery_layers: OrderedDict[str, nn.Module] = OrderedDict(
+            [
+                ("stem", self.stem),
+                ("fire3", self.fire3),
+                ("fire5", self.fire5),
+                ("fire9", self.fire9),
+                ("upsample", self.up_act),
+                ("head", self.head),
+            ]
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - NORM_MEAN) / NORM_STD
+        x = self.pool(self.stem(x))
+        f3 = self.fire3(self.fire2(x))
+        x = self.pool(f3)
+        x = self.pool(self.fire5(self.fire4(x)))
+        x = self.fire9(self.fire8(self.fire7(self.fire6(x))))
+        up = self.up_act(self.up(x))
+        return self.head(torch.cat([f3, up], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        return self.classifier(self.dropout(f.mean((2, 3))))
+
+
+class TimmClassifier(nn.Module):
+    """Wraps a timm backbone (e.g. EfficientNet-B5) in the same interface.
+
+    ``timm.create_model(..., pretrained=False)``: no weights are downloaded (none can be here).
+    Gallery layers are the outputs of each stage, not all of the network's layers.
+    """
+
+    def __init__(self, timm_name: str, num_classes: int, in_chans: int = 1, drop_rate=0.3):
+        super().__init__()
+        import timm
+
+        self.backbone = timm.create_model(
+            timm_name, pretrained=False, num_classes=0, global_pool="", in_chans=in_chans,
+            drop_rate=0.0,
+        )
+        self.dropout = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(self.backbone.num_features, num_classes)
+        self.gallery_layers: OrderedDict[str, nn.Module] = OrderedDict()
+        blocks = getattr(self.backbone, "blocks", None)
+        if blocks is not None:
+            for i, stage in enumerate(blocks):
+                self.gallery_layers[f"stage{i + 1}"] = stage
+        if hasattr(self.backbone, "conv_head"):
+            self.gallery_layers["head"] = self.backbone.bn2
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features((x - NORM_MEAN) / NORM_STD)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        return self.classifier(self.dropout(f.mean((2, 3))))
+
+
+_REGISTRY: dict[str, Callable[[int], nn.Module]] = {
+    "squeezenet-light": lambda c: SqueezeNetLight(num_classes=c),
+    "efficientnet-b5": lambda c: TimmClassifier("efficientnet_b5", c),
+    "efficientnet-b0": lambda c: TimmClassifier("efficientnet_b0", c),
+}
+
+
+def list_architectures() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(_REGISTRY)
+
+
+def create_model(arch: str, num_classes: int) -> nn.Module:
+    """Build an untrained model by registry name (no pretrained weights exist offline)."""
+    try:
+        factory = _REGISTRY[arch]
+    except KeyError:
+        raise KeyError(f"unknown architecture {arch!r}; known: {list_architectures()}") from None
+    return factory(num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

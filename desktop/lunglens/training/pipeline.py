@@ -1,0 +1,325 @@
+"""The end-to-end recipe behind ``lunglens-train NAME``: CV, final model, ONNX, INT8, model card.
+
+Stages (each skipped when its output exists, so a killed run resumes where it stopped):
+
+1. decode the data set once at the training size (cached in ``<workdir>/images_<size>.npz``);
+2. ``final``: train on every fold but ``val_fold``; ``val_fold`` early-stops and picks the
+   operating threshold;
+3. ``export`` to ONNX (float) and check it against PyTorch;
+4. ``quantize`` to INT8 (QDQ) with calibration on training images; parity on ``val_fold``;
+5. write ``models/<name>/`` (model.onnx = INT8, manifest.json, MODEL_CARD.md) so the app can use
+   the model while the cross-validation runs;
+6. ``cv``: group-wise k-fold; fold k is the test fold, fold (k+1) mod k early-stops and picks
+   that fold's threshold, the rest train. Test-fold predictions are pooled for per-source metrics;
+7. update the manifest, metrics.json, ROC and confusion plots, and the model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lunglens.training.data import ImageSet, load_imageset
+from lunglens.training.device import setup_runtime
+from lunglens.training.presets import Preset
+from lunglens.training.train import TrainConfig, load_best, predict_probs, train_run
+
+N_FOLDS = 5
+
+
+@dataclass
+class PipelineOptions:
+    data_root: Path
+    models_dir: Path
+    workdir: Path
+    device: str = "auto"
+    size: int | None = None
+    epochs: int | None = None
+    limit: int | None = None  # smoke tests: a small class-balanced subset
+    folds: int = N_FOLDS
+    val_fold: int = 0
+    skip_cv: bool = False
+    calib_images: int = 300
+    calibration: str = "MinMax"
+    min_sensitivity: float = 0.95
+    version: str = "1.0.0"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json(obj) -> str:
+    def clean(o):
+        if isinstance(o, float) and (o != o):  # NaN -> null (strict JSON)
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if isinstance(o, (np.floating,)):
+            return clean(float(o))
+        if isinstance(o, (np.integer,)):
+            return int(o)
+        return o
+
+    return json.dumps(clean(obj), indent=2)
+
+
+class Pipeline:
+    def __init__(self, preset: Preset, opts: PipelineOptions, log=print) -> None:
+        self.p, self.o, self.log = preset, opts, log
+        self.rt = setup_runtime(opts.device)
+        cuda = self.rt.device.type == "cuda"
+        self.size = opts.size or (preset.size_cuda if cuda else preset.size_cpu)
+        epochs = opts.epochs or (preset.epochs_cuda if cuda else preset.epochs_cpu)
+        self.cfg = TrainConfig(arch=preset.arch, size=self.size, epochs=epochs,
+                               batch_size=preset.batch_size, lr=preset.lr,
+                               channels_last=preset.arch.startswith("efficientnet"))
+        self.work = opts.workdir
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out = opts.models_dir / preset.model_name
+        self.state_path = self.work / "state.json"
+        self.state: dict = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def save_state(self) -> None:
+        self.state_path.write_text(_json(self.state))
+
+    def data(self) -> ImageSet:
+        cache = self.work / f"images_{self.size}.npz"
+        manifest = self.o.data_root / self.p.data / "manifest.csv"
+        if cache.exists():
+            z = np.load(cache, allow_pickle=True)
+            from lunglens.training.data import read_manifest
+
+            recs = read_manifest(manifest)
+            keep = z["keep"].tolist()
+            recs = [recs[i] for i in keep]
+            return ImageSet(z["images"], z["labels"], recs, list(z["classes"]))
+        t0 = time.time()
+        ds = load_imageset(manifest, self.size, limit=self.o.limit)
+        all_recs = {str(r.path): i for i, r in enumerate(__import__(
+            "lunglens.training.data", fromlist=["read_manifest"]).read_manifest(manifest))}
+        keep = np.array([all_recs[str(r.path)] for r in ds.records])
+        np.savez(cache, images=ds.images, labels=ds.labels, classes=np.array(ds.classes),
+                 keep=keep)
+        self.log(f"decoded {len(ds.labels)} images at {self.size}px in {time.time() - t0:.0f}s")
+        return ds
+
+    def positive(self, ds: ImageSet) -> int:
+        return ds.classes.index(self.p.positive_label)
+
+    # -- stages ----------------------------------------------------------------------------
+    def run(self) -> dict:
+        ds = self.data()
+        self.log(f"{self.p.name}: {len(ds.labels)} images, classes {ds.classes}, size {self.size}, "
+                 f"device {self.rt.describe()}")
+        self.stage_final(ds)
+        if not self.rt.is_main:
+            return {}
+        self.stage_export(ds)
+        self.stage_quantize(ds)
+        self.write_model_dir(ds)
+        if not self.o.skip_cv:
+            self.stage_cv(ds)
+            self.write_model_dir(ds)
+        return self.state
+
+    def stage_final(self, ds: ImageSet) -> None:
+        v = self.o.val_fold
+        train_idx = ds.folds([f for f in range(self.o.folds) if f != v])
+        val_idx = ds.folds([v])
+        facts = train_run(ds, train_idx, val_idx, self.cfg, self.rt, self.work / "final", self.log)
+        self.state["final"] = {k: v for k, v in facts.items() if k != "history"}
+        self.save_state()
+
+    def stage_export(self, ds: ImageSet) -> None:
+        from lunglens.training.export import export_onnx
+
+        fp32 = self.work / "model_fp32.onnx"
+        if "export" in self.state and fp32.exists():
+            return
+        model = load_best(self.work / "final", self.p.arch, len(ds.classes))
+        self.state["export"] = export_onnx(model, self.size, fp32)
+        self.log(f"exported ONNX; max |probs(torch) - probs(onnx)| = "
+                 f"{self.state['export']['probs_max_abs_diff']:.2e}")
+        self.save_state()
+
+    def stage_quantize(self, ds: ImageSet) -> None:
+        from lunglens.training.metrics import choose_threshold
+        from lunglens.training.quantize import onnx_probs, parity, quantize_model
+
+        int8 = self.work / "model_int8.onnx"
+        if "quantization" in self.state and int8.exists():
+            return
+        v = self.o.val_fold
+        train_idx = ds.folds([f for f in range(self.o.folds) if f != v])
+        val_idx = ds.folds([v])
+        rng = np.random.default_rng(0)
+        calib = train_idx[rng.permutation(len(train_idx))[: self.o.calib_images]]
+        q = quantize_model(self.work / "model_fp32.onnx", int8, ds.images[calib],
+                           method=self.o.calibration)
+        pos = self.positive(ds)
+        p32 = onnx_probs(self.work / "model_fp32.onnx", ds.images[val_idx])
+        p8 = onnx_probs(int8, ds.images[val_idx])
+        y = ds.labels[val_idx]
+        thr = choose_threshold((y == pos).astype(int), p8[:, pos], self.o.min_sensitivity)
+        q["parity_validation_fold"] = parity(p32, p8, y, pos, thr)
+        self.state["quantization"] = q
+        self.state["threshold"] = thr
+        np.savez(self.work / "final_val_probs.npz", fp32=p32, int8=p8, labels=y)
+        self.log(f"INT8: agreement {q['parity_validation_fold']['agreement']:.4f}, accuracy change "
+                 f"{q['parity_validation_fold']['accuracy_change_points']:+.2f} points, "
+                 f"threshold {thr:.3f}")
+        self.save_state()
+
+    def stage_cv(self, ds: ImageSet) -> None:
+        from lunglens.training.metrics import choose_threshold
+
+        pos = self.positive(ds)
+        for k in range(self.o.folds):
+            key = f"fold{k}"
+            if key in self.state.get("cv", {}):
+                continue
+            vf = (k + 1) % self.o.folds
+            tr = ds.folds([f for f in range(self.o.folds) if f not in (k, vf)])
+            va, te = ds.folds([vf]), ds.folds([k])
+            facts = train_run(ds, tr, va, self.cfg, self.rt, self.work / key, self.log)
+            model = load_best(self.work / key, self.p.arch, len(ds.classes)).to(self.rt.device)
+            pv = predict_probs(model, ds.images[va], self.rt)
+            pt = predict_probs(model, ds.images[te], self.rt)
+            thr = choose_threshold((ds.labels[va] == pos).astype(int), pv[:, pos],
+                                   self.o.min_sensitivity)
+            np.savez(self.work / f"{key}_test.npz", probs=pt, idx=te, threshold=thr)
+            self.state.setdefault("cv", {})[key] = dict(
+                test_fold=k, val_fold=vf, threshold=thr, n_train=len(tr), n_val=len(va),
+                n_test=len(te), best_epoch=facts["best_epoch"], seconds=facts["seconds"])
+            self.save_state()
+
+    # -- outputs ---------------------------------------------------------------------------
+    def cv_metrics(self, ds: ImageSet) -> dict | None:
+        from lunglens.training.metrics import classification_report, summarize_folds
+
+        cv = self.state.get("cv", {})
+        if len(cv) < self.o.folds:
+            return None
+        pos = self.positive(ds)
+        shipped = float(self.state["threshold"])
+        per_fold_own, per_fold_shipped = [], []
+        all_idx, all_probs = [], []
+        for k in range(self.o.folds):
+            z = np.load(self.work / f"fold{k}_test.npz")
+            y = ds.labels[z["idx"]]
+            per_fold_own.append(classification_report(y, z["probs"], ds.classes, pos, float(z["threshold"])))
+            per_fold_shipped.append(classification_report(y, z["probs"], ds.classes, pos, shipped))
+            all_idx.append(z["idx"])
+            all_probs.append(z["probs"])
+        idx, probs = np.concatenate(all_idx), np.concatenate(all_probs)
+        y = ds.labels[idx]
+        src = ds.sources[idx]
+        per_source = {
+            s: classification_report(y[src == s], probs[src == s], ds.classes, pos, shipped)
+            for s in sorted(set(src))
+        }
+        for rep in per_source.values():
+            rep.pop("confusion", None)
+        np.savez(self.work / "oof.npz", idx=idx, probs=probs, labels=y)
+        return dict(
+            scheme=f"group-wise {self.o.folds}-fold CV on the manifest's `fold` column; test fold k, "
+            "validation fold k+1 (early stopping, per-fold threshold), 3 folds train; PyTorch fp32",
+            at_shipped_threshold=summarize_folds(per_fold_shipped, ds.classes),
+            at_fold_threshold=summarize_folds(per_fold_own, ds.classes),
+            folds_at_shipped_threshold=[
+                {k: r[k] for k in ("n", "accuracy", "macro_f1", "confusion")}
+                | {"sensitivity": r["per_class"][self.p.positive_label]["sensitivity"],
+                   "specificity": r["per_class"][self.p.positive_label]["specificity"],
+                   "auc": r["per_class"][self.p.positive_label]["auc"]}
+                for r in per_fold_shipped],
+            pooled_out_of_fold=classification_report(y, probs, ds.classes, pos, shipped),
+            per_source=per_source,
+        )
+
+    def write_model_dir(self, ds: ImageSet) -> None:
+        from lunglens.training.card import write_card, write_plots
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        model_path = self.out / "model.onnx"
+        shutil.copyfile(self.work / "model_int8.onnx", model_path)
+        metrics = self.cv_metrics(ds)
+        if metrics is not None:
+            (self.out / "metrics.json").write_text(_json(metrics))
+            write_plots(self.work, self.out, ds, self.positive(ds), float(self.state["threshold"]))
+        ex = self.state["export"]
+        counts = {c: int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
+        manifest = dict(
+            name=self.p.model_name, version=self.o.version,
+            architecture=_ARCH_TEXT.get(self.p.arch, self.p.arch),
+            arch=self.p.arch, modality=self.p.modality, labels=ds.classes,
+            positive_label=self.p.positive_label,
+            input=dict(name="image", shape=[1, self.size, self.size], size=[self.size, self.size],
+                       range=[0.0, 1.0], dtype="float32",
+                       window=(dict(name=self.p.window[0], center=self.p.window[1],
+                                    width=self.p.window[2]) if self.p.window else None),
+                       resize="whole image stretched to size (cv2 INTER_AREA), lunglens.preprocess",
+                       normalization="inside the graph: (x - 0.5) / 0.25"),
+            outputs=dict(probs=dict(shape=["N", len(ds.classes)]),
+                         cam=dict(shape=["N", *ex["shapes"]["cam"]], layer="head",
+                                  method="CAM (classifier weights x last feature maps)"),
+                         gallery=ex["gallery"]),
+            file="model.onnx", sha256=sha256(model_path),
+            threshold=round(float(self.state["threshold"]), 4),
+            threshold_rule=(f"largest threshold with sensitivity >= {self.o.min_sensitivity} for "
+                            f"'{self.p.positive_label}' on validation fold {self.o.val_fold} "
+                            "(INT8 model); flagged when P(positive) >= threshold"
+                            + ("; otherwise the most probable other class" if len(ds.classes) > 2 else "")),
+            series_aggregation=dict(method="top_k_mean", k=3),
+            quantization=self.state["quantization"],
+            export=dict(opset=ex["opset"], probs_max_abs_diff_vs_pytorch=ex["probs_max_abs_diff"]),
+            metrics=(dict(cv=metrics) if metrics else dict(cv="pending: cross-validation not finished")),
+            training=dict(
+                data=f"../shared/data/{self.p.data} ({len(ds.labels)} images: {counts})",
+                preset=self.p.name, resolution=self.size, epochs_max=self.cfg.epochs,
+                final_model=self.state.get("final", {}),
+                config={k: v for k, v in asdict(self.cfg).items() if k != "augment"},
+                augmentation=asdict(self.cfg.augment),
+                device=self.rt.describe(), host=platform.processor() or platform.machine(),
+                pretrained=False,
+                note="trained from scratch: no pretrained weights are available offline",
+                checkpoint=str((self.work / "final" / "best.pt").resolve()),
+                cv_seconds=sum(f["seconds"] for f in self.state.get("cv", {}).values()),
+            ),
+            intended_use=(
+                "Triage aid for chest "
+                + ("CT slices" if self.p.modality == "ct" else "X-rays")
+                + ": ranks scans so a radiologist reviews likely COVID-19 first. Not a diagnosis; "
+                "not validated on data from any hospital; research use."),
+        )
+        (self.out / "manifest.json").write_text(_json(manifest))
+        write_card(self.out, manifest, metrics, self.p)
+        self.log(f"wrote {self.out}")
+
+
+_ARCH_TEXT = {
+    "squeezenet-light": "SqueezeNet-light (Polsinelli et al. 2020): SqueezeNet without bypass, "
+    "BatchNorm after each squeeze conv, ELU, ConvTranspose x4 of fire9 concatenated with fire3, "
+    "1x1 conv 128, global average pooling, linear",
+    "efficientnet-b5": "EfficientNet-B5 (Tan & Le 2019, timm definition), 1 input channel, "
+    "global average pooling, linear",
+}
+
+
+def default_workdir(name: str) -> Path:
+    return Path(os.environ.get("LUNGLENS_RUNS", "runs")) / name

@@ -1,0 +1,197 @@
+"""One training run: train on some folds, early-stop on a validation fold, checkpoint each epoch.
+
+Recipe (Polsinelli et al. 2020; COVID-ResNet, Farooq & Hafeez 2020): Adam, cross-entropy with
+label smoothing and inverse-frequency class weights, ReduceLROnPlateau(factor 0.5, patience 3)
+on the validation loss, early stopping on validation loss, augmentation from
+:mod:`lunglens.training.augment`. A run resumes from ``last.pt`` after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lunglens.training.augment import AugmentConfig, augment
+from lunglens.training.data import ImageSet
+from lunglens.training.device import Runtime
+from lunglens.training.models import create_model
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "squeezenet-light"
+    size: int = 128
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    patience: int = 5  # early stopping, in epochs without val-loss improvement
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    seed: int = 0
+    channels_last: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def _batches(x: np.ndarray, bs: int):
+    for i in range(0, len(x), bs):
+        yield x[i : i + bs]
+
+
+def to_tensor(images: np.ndarray, rt: Runtime, channels_last: bool = False) -> torch.Tensor:
+    t = torch.from_numpy(images).to(rt.device, non_blocking=True).float().div_(255.0)[:, None]
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: np.ndarray, rt: Runtime, bs: int = 64,
+                  channels_last: bool = False) -> np.ndarray:
+    """Softmax probabilities ``[N, C]`` for uint8 images ``[N, H, W]``."""
+    model.eval()
+    out = []
+    for chunk in _batches(images, bs):
+        with rt.autocast():
+            logits = model(to_tensor(chunk, rt, channels_last))
+        out.append(torch.softmax(logits.float(), 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalized to mean 1 (imbalanced X-ray classes need them)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    w = counts.sum() / np.maximum(counts, 1) / n_classes
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def train_run(
+    data: ImageSet,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    rt: Runtime,
+    workdir: Path,
+    log=print,
+) -> dict:
+    """Train one model; returns facts about the run (best epoch, losses, wall time).
+
+    ``workdir`` receives ``last.pt`` (every epoch, for resume), ``best.pt`` (lowest validation
+    loss) and ``history.json``. If ``done.json`` exists the run is skipped.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    done = workdir / "done.json"
+    if done.exists():
+        log(f"[{workdir.name}] already trained, skipping")
+        return json.loads(done.read_text())
+    torch.manual_seed(cfg.seed)
+    n_classes = len(data.classes)
+    model = create_model(cfg.arch, n_classes).to(rt.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
+    scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+    weights = class_weights(data.labels[train_idx], n_classes).to(rt.device)
+    history: list[dict] = []
+    start_epoch, best_loss, bad_epochs, elapsed = 0, math.inf, 0, 0.0
+    last = workdir / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location=rt.device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        start_epoch, best_loss, bad_epochs = ck["epoch"] + 1, ck["best_loss"], ck["bad_epochs"]
+        history, elapsed = ck["history"], ck["elapsed"]
+        log(f"[{workdir.name}] resumed at epoch {start_epoch}")
+    ddp_model: nn.Module = model
+    if rt.distributed:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    y_val = data.labels[val_idx]
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        ddp_model.train()
+        rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+        order = train_idx[rng.permutation(len(train_idx))]
+        order = order[rt.rank :: rt.world_size]
+        total, seen = 0.0, 0
+        for chunk in _batches(order, cfg.batch_size):
+            if len(chunk) < 2:
+                continue  # BatchNorm needs more than one sample
+            x = augment(to_tensor(data.images[chunk], rt), cfg.augment, gen)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(data.labels[chunk]).to(rt.device)
+            with rt.autocast():
+                logits = ddp_model(x)
+                loss = F.cross_entropy(
+                    logits.float(), y, weight=weights, label_smoothing=cfg.label_smoothing
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total += float(loss.detach()) * len(chunk)
+            seen += len(chunk)
+        train_loss = total / max(seen, 1)
+        probs = predict_probs(model, data.images[val_idx], rt, channels_last=cfg.channels_last)
+        val_loss = float(
+            F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-7)), torch.from_numpy(y_val))
+        )
+        val_acc = float((probs.argmax(1) == y_val).mean())
+        sched.step(val_loss)
+        dt = time.time() - t0
+        elapsed += dt
+        history.append(
+            dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_acc=val_acc,
+                 lr=opt.param_groups[0]["lr"], seconds=dt)
+        )
+        improved = val_loss < best_loss - 1e-4
+        if improved:
+            best_loss, bad_epochs = val_loss, 0
+            if rt.is_main:
+                torch.save({"model": model.state_dict(), "epoch": epoch, "cfg": asdict(cfg),
+                            "classes": data.classes}, workdir / "best.pt")
+        else:
+            bad_epochs += 1
+        log(
+            f"[{workdir.name}] epoch {epoch + 1}/{cfg.epochs} train_loss {train_loss:.4f} "
+            f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} lr {opt.param_groups[0]['lr']:.1e} "
+            f"{dt:.0f}s{' *' if improved else ''}"
+        )
+        if rt.is_main:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "epoch": epoch, "best_loss": best_loss,
+                        "bad_epochs": bad_epochs, "history": history, "elapsed": elapsed},
+                       last.with_suffix(".tmp"))
+            last.with_suffix(".tmp").replace(last)
+        if bad_epochs >= cfg.patience:
+            log(f"[{workdir.name}] early stop after epoch {epoch + 1}")
+            break
+    best_epoch = int(np.argmin([h["val_loss"] for h in history])) if history else -1
+    facts = dict(best_epoch=best_epoch + 1, epochs_run=len(history), seconds=elapsed,
+                 best_val_loss=best_loss, history=history, n_train=len(train_idx),
+                 n_val=len(val_idx))
+    if rt.is_main:
+        (workdir / "history.json").write_text(json.dumps(facts, indent=1))
+        done.write_text(json.dumps(facts))
+    return facts
+
+
+def load_best(workdir: Path, arch: str, n_classes: int, device: str = "cpu") -> nn.Module:
+    model = create_model(arch, n_classes)
+    ck = torch.load(workdir / "best.pt", map_location=device, weights_only=False)
+    model.load_state_dict(ck["model"])
+    return model.eval()
