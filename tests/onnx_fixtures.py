@@ -132,7 +132,7 @@ def write_png(path: Path, value: float, size: int = 24) -> Path:
     """A flat grey PNG (``value`` in [0, 1]); brighter -> higher ``covid`` probability."""
     from PIL import Image
 
-    arr = np.full((size, size), int(round(value * 255)), np.uint8)
+    arr = np.full((size, size), round(value * 255), np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
     return path

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx_fixtures import blob_image, make_models_dir
 
 from lunglens.explain import activation_maps, cam_map, overlay, raw_cam, save_png, tile
 from lunglens.inference import classify_scan, clear_engines, get_engine
 from lunglens.io.scan import Scan
 from lunglens.models import get_model
+from onnx_fixtures import blob_image, make_models_dir
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx_fixtures import blob_image, make_models_dir
 
 from lunglens import DISCLAIMER
 from lunglens.errors import ModelNotFound
@@ -21,6 +20,7 @@ from lunglens.inference import (
 )
 from lunglens.io.scan import Scan
 from lunglens.models import get_model
+from onnx_fixtures import blob_image, make_models_dir
 
 
 @pytest.fixture

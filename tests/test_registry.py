@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from onnx_fixtures import make_models_dir, write_model
 
 from lunglens.errors import ModelNotFound, ModelRefused
 from lunglens.inference import clear_engines, get_engine
@@ -18,6 +17,7 @@ from lunglens.models import (
     models_dir,
     verify_model,
 )
+from onnx_fixtures import make_models_dir, write_model
 
 
 @pytest.fixture

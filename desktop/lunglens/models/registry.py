@@ -166,7 +166,9 @@ def load_manifest(folder: str | os.PathLike[str]) -> ModelInfo:
             manifest=data,
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ModelRefused(mpath, f"manifest is malformed ({exc!r})", "Reinstall the model.") from exc
+        raise ModelRefused(
+            mpath, f"manifest is malformed ({exc!r})", "Reinstall the model."
+        ) from exc
     if positive not in labels:
         raise ModelRefused(mpath, f"positive_label {positive!r} is not one of {list(labels)}")
     if len(labels) < 2:
