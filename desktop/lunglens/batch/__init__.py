@@ -1,0 +1,30 @@
+"""Batch scoring of folders into a resumable results CSV."""
+
+from lunglens.batch.events import BatchEvent, Finished, Progress, Row, Started, Summary
+from lunglens.batch.results_csv import (
+    ResultsExist,
+    ResumeConflict,
+    columns,
+    open_results,
+    read_rows,
+    repair_torn_tail,
+)
+from lunglens.batch.runner import discover, error_text, score
+
+__all__ = [
+    "BatchEvent",
+    "Finished",
+    "Progress",
+    "ResultsExist",
+    "ResumeConflict",
+    "Row",
+    "Started",
+    "Summary",
+    "columns",
+    "discover",
+    "error_text",
+    "open_results",
+    "read_rows",
+    "repair_torn_tail",
+    "score",
+]

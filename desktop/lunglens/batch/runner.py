@@ -1,0 +1,276 @@
+"""Batch scoring: folders in, one durable results row per scan out.
+
+Decoding (PNG/JPEG/DICOM, often the slow part) runs in a pool of ``workers`` threads while the main
+thread feeds batches to the single onnxruntime session, so the CPU is never idle waiting for I/O.
+Threads rather than processes: the decoders (Pillow, OpenCV, pydicom's pixel handlers) release the
+GIL for the heavy work and threads start instantly on Windows laptops. Only a bounded number of
+decoded scans is held at a time, so memory does not grow with the size of the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lunglens.batch.events import BatchEvent, Finished, Progress, Row, Started, Summary
+from lunglens.batch.results_csv import open_results, utc_now
+from lunglens.errors import LungLensError, ScanError
+from lunglens.inference.classify import ModalityMismatch, result_from_probs
+from lunglens.inference.engine import Engine, get_engine
+from lunglens.inference.result import ScanResult
+from lunglens.io.scan import Scan
+from lunglens.models.registry import ModelInfo
+from lunglens.preprocess import to_model_input
+from lunglens.report.audit import append_audit
+
+#: Slices per onnxruntime call in batch mode.
+BATCH_SIZE = 16
+
+
+@dataclass
+class _Decoded:
+    key: str
+    scan: Scan | None
+    error: str
+    decode_ms: float
+
+
+def error_text(exc: BaseException) -> str:
+    """``"<ErrorCode>: message"`` for the ``error`` column."""
+    code = exc.code if isinstance(exc, LungLensError) else type(exc).__name__
+    return f"{code}: {exc}"
+
+
+def _decode(source: object, key: str, info: ModelInfo) -> _Decoded:
+    from lunglens.io import load_source
+
+    start = time.perf_counter()
+    try:
+        scan = load_source(source)  # type: ignore[arg-type]
+        if scan.modality in ("ct", "cxr") and scan.modality != info.modality:
+            raise ModalityMismatch(
+                key, f"the scan is {scan.modality.upper()} but model {info.name} is for "
+                f"{info.modality.upper()}", "Score it with a model for its modality (--model).",
+            )
+        return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0)
+    except Exception as exc:  # a bad file must never stop the run: it becomes an error row
+        return _Decoded(key, None, error_text(exc), (time.perf_counter() - start) * 1000.0)
+
+
+def _base_row(key: str, info: ModelInfo) -> dict[str, str]:
+    return {"path": key, "model": info.name, "model_version": info.version,
+            "model_sha256": info.sha256}
+
+
+def result_row(result: ScanResult, key: str, info: ModelInfo, elapsed_ms: float,
+               patient_id: str | None = None) -> dict[str, str]:
+    """The CSV row of a successful scan (the ``path`` column is the source key)."""
+    row = _base_row(key, info)
+    row.update(status="ok", error="", prediction=result.prediction,
+               flagged="true" if result.flagged else "false",
+               n_slices=str(result.n_slices),
+               top_slices=";".join(str(i) for i in result.top_slices),
+               elapsed_ms=f"{elapsed_ms:.1f}", scored_at=utc_now())
+    for label in info.labels:
+        row[f"p_{label}"] = f"{result.probs[label]:.6f}"
+    if patient_id is not None:
+        row["patient_id"] = patient_id
+    return row
+
+
+def error_row(key: str, info: ModelInfo, error: str, elapsed_ms: float = 0.0) -> dict[str, str]:
+    """The CSV row of a scan that could not be scored."""
+    row = _base_row(key, info)
+    row.update(status="error", error=error, elapsed_ms=f"{elapsed_ms:.1f}", scored_at=utc_now())
+    return row
+
+
+def _score_decoded(engine: Engine, items: list[_Decoded], batch_size: int,
+                   include_ids: bool) -> list[dict[str, str]]:
+    """Run all slices of ``items`` through the engine in batches; one row per item."""
+    info = engine.info
+    slices = [im for it in items if it.scan is not None for im in it.scan.image]
+    start = time.perf_counter()
+    probs = np.empty((len(slices), len(info.labels)), np.float32)
+    for lo in range(0, len(slices), batch_size):
+        chunk = to_model_input(slices[lo : lo + batch_size], info.input_size)
+        probs[lo : lo + len(chunk)] = engine.predict(chunk, ("probs",))["probs"]
+    infer_ms = (time.perf_counter() - start) * 1000.0
+    per_slice = infer_ms / max(1, len(slices))
+    rows: list[dict[str, str]] = []
+    offset = 0
+    for it in items:
+        if it.scan is None:
+            rows.append(error_row(it.key, info, it.error, it.decode_ms))
+            continue
+        n = it.scan.n_slices
+        result = result_from_probs(info, it.key, probs[offset : offset + n],
+                                   modality=it.scan.modality)
+        offset += n
+        pid = it.scan.metadata.get("patient_id", "") if include_ids else None
+        rows.append(result_row(result, it.key, info, it.decode_ms + per_slice * n, pid))
+    return rows
+
+
+def discover(paths: Iterable[str | os.PathLike[str]], recursive: bool = True
+             ) -> tuple[list[tuple[str, object]], list[tuple[str, str]]]:
+    """Expand ``paths`` into ``(key, source)`` scoring units and ``(key, error text)`` failures.
+
+    Keys are unique: a file reached through two overlapping paths is scored once.
+    """
+    from lunglens.io import discover_sources
+
+    units: dict[str, object] = {}
+    failures: dict[str, str] = {}
+    for p in paths:
+        try:
+            sources, errors = discover_sources(Path(p), recursive=recursive)
+        except ScanError as exc:
+            failures.setdefault(str(p), error_text(exc))
+            continue
+        for src in sources:
+            units.setdefault(src.key, src)
+        for key, err in errors:
+            failures.setdefault(str(key), error_text(err))
+    return list(units.items()), [(k, v) for k, v in failures.items() if k not in units]
+
+
+def score(
+    paths: Iterable[str | os.PathLike[str]],
+    info: ModelInfo,
+    out_csv: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    workers: int = 2,
+    cancel: threading.Event | None = None,
+    batch_size: int = BATCH_SIZE,
+    include_ids: bool = False,
+    recursive: bool = True,
+    audit: bool = True,
+) -> Iterator[BatchEvent]:
+    """Score every scan under ``paths`` into ``out_csv``; yield events as it goes.
+
+    Parameters
+    ----------
+    paths
+        Files and folders; folders are searched recursively and DICOM series grouped
+        (:func:`lunglens.io.discover_sources`).
+    info
+        The model (verified before anything is written).
+    out_csv
+        Results CSV (contract columns, see :mod:`lunglens.batch.results_csv`).
+    resume
+        Skip scans already in ``out_csv`` (after repairing a torn last row).
+    overwrite
+        Replace an existing ``out_csv``. Without ``resume`` or ``overwrite`` an existing
+        non-empty file is refused (:class:`~lunglens.batch.results_csv.ResultsExist`).
+    workers
+        Decoder threads feeding the single inference session.
+    cancel
+        When set, no new scans are started; the decoded batch in hand is scored and written,
+        then :class:`Finished` is yielded with ``summary.cancelled``.
+    include_ids
+        Add a ``patient_id`` column (off by default: results files often leave the hospital).
+
+    Yields
+    ------
+    Started, Row, Progress, Finished
+        :class:`Started` once, a :class:`Row` and a :class:`Progress` per scan, and
+        :class:`Finished` last.
+    """
+    t0 = time.perf_counter()
+    engine = get_engine(info)  # refuses a tampered model before a file is touched
+    writer = open_results(out_csv, info, resume=resume, overwrite=overwrite,
+                          include_ids=include_ids)
+    path_list = [str(p) for p in paths]
+    counts: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    skipped = 0
+    cancelled = False
+    total = 0
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lunglens-decode")
+    try:
+        units, failures = discover(path_list, recursive)
+        skipped = sum(1 for k, _ in units if k in writer.done)
+        skipped += sum(1 for k, _ in failures if k in writer.done)
+        units = [(k, s) for k, s in units if k not in writer.done]
+        failures = [(k, e) for k, e in failures if k not in writer.done]
+        total = len(units) + len(failures)
+        yield Started(total=total, skipped=skipped, out_csv=writer.path)
+
+        def emit(row: dict[str, str]) -> Iterator[BatchEvent]:
+            writer.write(row)
+            counts["done"] += 1
+            if row["status"] == "ok":
+                counts["ok"] += 1
+                counts["flagged"] += row["flagged"] == "true"
+            else:
+                counts["errors"] += 1
+                codes[row["error"].split(":", 1)[0]] += 1
+            yield Row(row)
+            elapsed = time.perf_counter() - t0
+            rate = counts["done"] / elapsed if elapsed > 0 else 0.0
+            eta = (total - counts["done"]) / rate if rate > 0 else float("inf")
+            yield Progress(counts["done"], total, rate, eta)
+
+        for key, err in failures:
+            if cancel is not None and cancel.is_set():
+                break
+            yield from emit(error_row(key, info, err))
+
+        ahead = max(2, 2 * workers)  # decoded-or-decoding scans held at once
+        queue: deque[Future[_Decoded]] = deque()
+        todo = iter(units)
+        pending: list[_Decoded] = []
+        pending_slices = 0
+        exhausted = False
+        while True:
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+            while not cancelled and not exhausted and len(queue) < ahead:
+                nxt = next(todo, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                queue.append(pool.submit(_decode, nxt[1], nxt[0], info))
+            if queue and not cancelled:
+                item = queue.popleft().result()
+                pending.append(item)
+                pending_slices += item.scan.n_slices if item.scan is not None else 0
+            # Score when a batch is full, when nothing more is coming, or when cancelling
+            # (the decoded scans in hand are the "in-flight" ones and are finished).
+            if pending and (pending_slices >= batch_size or not queue or cancelled):
+                for row in _score_decoded(engine, pending, batch_size, include_ids):
+                    yield from emit(row)
+                pending, pending_slices = [], 0
+            if cancelled or (exhausted and not queue and not pending):
+                break
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        writer.close()
+    if cancel is not None and cancel.is_set():
+        cancelled = True
+    summary = Summary(
+        out_csv=writer.path, model=info.name, model_version=info.version,
+        model_sha256=info.sha256, total=total, done=counts["done"], ok=counts["ok"],
+        errors=counts["errors"], flagged=counts["flagged"], skipped=skipped,
+        cancelled=cancelled, elapsed_s=time.perf_counter() - t0, error_codes=dict(codes),
+    )
+    if audit:
+        append_audit("score", {
+            "inputs": path_list, "out_csv": str(writer.path), "model": info.name,
+            "model_version": info.version, "model_sha256": info.sha256, "total": total,
+            "done": summary.done, "ok": summary.ok, "errors": summary.errors,
+            "flagged": summary.flagged, "skipped": skipped, "cancelled": cancelled,
+            "resume": resume, "elapsed_s": round(summary.elapsed_s, 3),
+        })
+    yield Finished(summary)
