@@ -33,14 +33,14 @@ def write_html_report(
     info: ModelInfo,
     out_html: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Write the summary report for ``csv_path`` (default ``results.html`` beside it).
+    """Write the summary report for ``csv_path``; default beside it (``x.csv`` -> ``x.html``).
 
     Contains the disclaimer, the model's name/version/hash, a score histogram with the
     threshold line, outcome counts, the flagged scans sorted by probability, and the errors.
     Charts are embedded as base64 PNG, so the file has no external references.
     """
     csv_path = Path(csv_path)
-    out = Path(out_html) if out_html is not None else csv_path.with_name("results.html")
+    out = Path(out_html) if out_html is not None else csv_path.with_suffix(".html")
     rows = read_rows(csv_path)
     pcol = f"p_{info.positive_label}"
     ok = [r for r in rows if r["status"] == "ok"]
