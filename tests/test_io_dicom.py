@@ -17,7 +17,9 @@ DICOM = DATA / "dicom"
 TS_DIR = DICOM / "chest-ct-transfer-syntaxes"
 pytestmark = pytest.mark.skipif(not DICOM.is_dir(), reason=f"{DICOM} not available")
 
-TS_FILES = sorted(p.name for p in TS_DIR.glob("*") if "LICENSE" not in p.name) if TS_DIR.is_dir() else []
+TS_FILES = (
+    sorted(p.name for p in TS_DIR.glob("*") if "LICENSE" not in p.name) if TS_DIR.is_dir() else []
+)
 REF = "CTImage.dcm"
 LOSSLESS = [
     "CTImage.dcm_BigEndianExplicitTransferSyntax_1.2.840.10008.1.2.2.dcm",
@@ -125,12 +127,18 @@ def test_cr_monochrome1_is_inverted_so_lungs_are_dark() -> None:
     assert scan.window == Window(15000, 30000, "file")  # WindowCenter/Width of the file
     im = scan.image[0]
     h, w = im.shape
-    lungs = (im[h // 3 : h // 2, w // 5 : w // 3].mean() + im[h // 3 : h // 2, 2 * w // 3 : 4 * w // 5].mean()) / 2
+    lungs = (
+        im[h // 3 : h // 2, w // 5 : w // 3].mean()
+        + im[h // 3 : h // 2, 2 * w // 3 : 4 * w // 5].mean()
+    ) / 2
     mediastinum = im[h // 3 : h // 2, 9 * w // 20 : 11 * w // 20].mean()
     assert lungs < mediastinum - 0.15, (lungs, mediastinum)  # like a normal chest X-ray display
     # without the inversion the relation flips: proves the inversion happened after VOI
     plain = scan.window.apply(scan.raw[0], invert=False)
-    assert plain[h // 3 : h // 2, w // 5 : w // 3].mean() > plain[h // 3 : h // 2, 9 * w // 20 : 11 * w // 20].mean()
+    assert (
+        plain[h // 3 : h // 2, w // 5 : w // 3].mean()
+        > plain[h // 3 : h // 2, 9 * w // 20 : 11 * w // 20].mean()
+    )
     assert np.allclose(im, 1.0 - plain)
 
 

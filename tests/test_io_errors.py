@@ -34,13 +34,17 @@ needs_data = pytest.mark.skipif(not DICOM.is_dir(), reason="shared DICOM data no
 
 def _png_bytes(size: tuple[int, int] = (64, 64)) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, size[::-1], np.uint8)).save(buf, "PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, size[::-1], np.uint8)).save(
+        buf, "PNG"
+    )
     return buf.getvalue()
 
 
 def _jpeg_bytes() -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (256, 256), np.uint8)).save(buf, "JPEG")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (256, 256), np.uint8)).save(
+        buf, "JPEG"
+    )
     return buf.getvalue()
 
 
@@ -48,8 +52,13 @@ def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims width x height but holds no image data: a bomb's header."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    )
 
 
 def _retagged(tmp: Path, name: str, src: Path = CT_EXPLICIT, **attrs: object) -> Path:
@@ -69,6 +78,7 @@ def _write(name: str, data: bytes | Callable[[], bytes]) -> Callable[[Path], Pat
         p = tmp / name
         p.write_bytes(data() if callable(data) else data)
         return p
+
     return make
 
 
@@ -78,6 +88,7 @@ def _cut(src: Path, name: str, frac: float | int) -> Callable[[Path], Path]:
         n = int(len(raw) * frac) if isinstance(frac, float) else frac
         (tmp / name).write_bytes(raw[:n])
         return tmp / name
+
     return make
 
 
@@ -87,39 +98,94 @@ RANDOM = np.random.default_rng(42).integers(0, 256, 4096, dtype=np.uint8).tobyte
 CASES = [
     ("zero-byte png", _write("empty.png", b""), CorruptFile, "empty", False),
     ("zero-byte dcm", _write("empty.dcm", b""), CorruptFile, "empty", False),
-    ("truncated png", _write("cut.png", lambda: _png_bytes()[:200]), CorruptFile, "truncated", False),
-    ("truncated jpeg", _write("cut.jpg", lambda: _jpeg_bytes()[:1500]), CorruptFile, "truncated", False),
+    (
+        "truncated png",
+        _write("cut.png", lambda: _png_bytes()[:200]),
+        CorruptFile,
+        "truncated",
+        False,
+    ),
+    (
+        "truncated jpeg",
+        _write("cut.jpg", lambda: _jpeg_bytes()[:1500]),
+        CorruptFile,
+        "truncated",
+        False,
+    ),
     ("random bytes .png", _write("noise.png", RANDOM), CorruptFile, "content", False),
     ("random bytes .dcm", _write("noise.dcm", RANDOM), CorruptFile, "content", False),
     ("random bytes no ext", _write("noise.bin", RANDOM), UnsupportedFile, "not an image", False),
     ("text file", _write("notes.txt", b"hello\n" * 50), UnsupportedFile, "not an image", False),
-    ("png bomb header", _write("bomb.png", _png_header_only(60000, 60000)), ImageTooLarge,
-     "pixels", False),
+    (
+        "png bomb header",
+        _write("bomb.png", _png_header_only(60000, 60000)),
+        ImageTooLarge,
+        "pixels",
+        False,
+    ),
     ("truncated dicom pixels", _cut(CT_EXPLICIT, "cut.dcm", 0.5), CorruptFile, "truncated", True),
-    ("truncated dicom header", _cut(CT_EXPLICIT, "cuthdr.dcm", 1500), CorruptFile, "truncated",
-     True),
+    (
+        "truncated dicom header",
+        _cut(CT_EXPLICIT, "cuthdr.dcm", 1500),
+        CorruptFile,
+        "truncated",
+        True,
+    ),
     ("truncated j2k dicom", _cut(CT_J2K, "cutj2k.dcm", 0.6), CorruptFile, "truncated", True),
-    ("no pixel data", lambda tmp: DICOM / "ct-misc" / "no-pixel-data.dcm", NoPixelData,
-     "pixel data", True),
-    ("made-up transfer syntax", lambda tmp: _retagged(tmp, "madeup.dcm",
-     TransferSyntaxUID="1.2.826.0.1.3680043.9.9999.1"), UnsupportedTransferSyntax,
-     "transfer syntax", True),
-    ("mpeg2", lambda tmp: _retagged(tmp, "mpeg2.dcm", CT_J2K,
-                                                   TransferSyntaxUID="1.2.840.10008.1.2.4.100"),
-     UnsupportedTransferSyntax, "mpeg2", True),
-    ("dicom bomb header", lambda tmp: _retagged(tmp, "bomb.dcm", Rows=65535, Columns=65535,
-     NumberOfFrames=100), ImageTooLarge, "pixels", True),
+    (
+        "no pixel data",
+        lambda tmp: DICOM / "ct-misc" / "no-pixel-data.dcm",
+        NoPixelData,
+        "pixel data",
+        True,
+    ),
+    (
+        "made-up transfer syntax",
+        lambda tmp: _retagged(tmp, "madeup.dcm", TransferSyntaxUID="1.2.826.0.1.3680043.9.9999.1"),
+        UnsupportedTransferSyntax,
+        "transfer syntax",
+        True,
+    ),
+    (
+        "mpeg2",
+        lambda tmp: _retagged(
+            tmp, "mpeg2.dcm", CT_J2K, TransferSyntaxUID="1.2.840.10008.1.2.4.100"
+        ),
+        UnsupportedTransferSyntax,
+        "mpeg2",
+        True,
+    ),
+    (
+        "dicom bomb header",
+        lambda tmp: _retagged(tmp, "bomb.dcm", Rows=65535, Columns=65535, NumberOfFrames=100),
+        ImageTooLarge,
+        "pixels",
+        True,
+    ),
     ("missing file", lambda tmp: tmp / "nope.dcm", UnreadablePath, "no such", False),
-    ("empty folder", lambda tmp: (tmp / "emptydir").mkdir() or tmp / "emptydir", UnreadablePath,
-     "empty", False),
-    ("folder without dicom", lambda tmp: (tmp / "txtdir").mkdir() or (
-        (tmp / "txtdir" / "a.txt").write_text("x") and tmp / "txtdir"), UnsupportedFile,
-     "no dicom", False),
+    (
+        "empty folder",
+        lambda tmp: (tmp / "emptydir").mkdir() or tmp / "emptydir",
+        UnreadablePath,
+        "empty",
+        False,
+    ),
+    (
+        "folder without dicom",
+        lambda tmp: (
+            (tmp / "txtdir").mkdir()
+            or ((tmp / "txtdir" / "a.txt").write_text("x") and tmp / "txtdir")
+        ),
+        UnsupportedFile,
+        "no dicom",
+        False,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("make", "etype", "keyword", "data"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("make", "etype", "keyword", "data"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_bad_input_gives_typed_error(tmp_path: Path, make, etype, keyword: str, data: bool) -> None:
     if data and not DICOM.is_dir():
         pytest.skip("shared DICOM data not available")

@@ -38,13 +38,18 @@ def test_jpeg_grey_close(tmp_path: Path) -> None:
     assert abs(im[:, :8].mean() - 100 / 255) < 0.01 and abs(im[:, -8:].mean() - 200 / 255) < 0.01
 
 
-@pytest.mark.parametrize(("fmt", "vmax", "divisor"), [
-    ("png", 4095, 4095),    # 12-bit detector data in a 16-bit PNG -> /4095
-    ("png", 65535, 65535),  # full-range 16-bit -> /65535
-    ("tiff", 1023, 1023),   # 10-bit in a 16-bit TIFF
-    ("tiff", 200, 255),     # never below 8 bits
-])
-def test_16bit_scaled_by_actual_bit_range(tmp_path: Path, fmt: str, vmax: int, divisor: int) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "vmax", "divisor"),
+    [
+        ("png", 4095, 4095),  # 12-bit detector data in a 16-bit PNG -> /4095
+        ("png", 65535, 65535),  # full-range 16-bit -> /65535
+        ("tiff", 1023, 1023),  # 10-bit in a 16-bit TIFF
+        ("tiff", 200, 255),  # never below 8 bits
+    ],
+)
+def test_16bit_scaled_by_actual_bit_range(
+    tmp_path: Path, fmt: str, vmax: int, divisor: int
+) -> None:
     arr = np.linspace(0, vmax, 64 * 8).astype(np.uint16).reshape(8, 64)
     path = tmp_path / f"w.{fmt}"
     Image.fromarray(arr).save(path)
@@ -75,7 +80,7 @@ def test_rgba_composited_on_black(tmp_path: Path) -> None:
     arr[..., :3] = 255
     arr[:, 0, 3] = 255  # opaque white
     arr[:, 1, 3] = 128  # half transparent white
-    arr[:, 2, 3] = 0    # fully transparent white -> black
+    arr[:, 2, 3] = 0  # fully transparent white -> black
     path = tmp_path / "a.png"
     Image.fromarray(arr, "RGBA").save(path)
     im = load_scan(path).image[0]
@@ -100,7 +105,9 @@ def test_palette_image(tmp_path: Path) -> None:
 def test_rgb_bmp_and_multipage_tiff(tmp_path: Path) -> None:
     bmp = tmp_path / "c.bmp"
     Image.fromarray(np.full((3, 5, 3), (10, 20, 30), np.uint8)).save(bmp)
-    assert load_scan(bmp).image[0, 1, 1] == pytest.approx(float(LUMA @ [10, 20, 30]) / 255, abs=1e-6)
+    assert load_scan(bmp).image[0, 1, 1] == pytest.approx(
+        float(LUMA @ [10, 20, 30]) / 255, abs=1e-6
+    )
     tif = tmp_path / "m.tiff"
     pages = [Image.fromarray(np.full((4, 4), v, np.uint8)) for v in (50, 150)]
     pages[0].save(tif, save_all=True, append_images=pages[1:])

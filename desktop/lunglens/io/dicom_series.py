@@ -10,6 +10,7 @@ name files by SOP Instance UID or by arrival order.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +130,12 @@ def read_headers(paths: Iterable[Path]) -> FolderHeaders:
 
 def group_series(images: Sequence[tuple[Path, Dataset]]) -> list[SeriesInfo]:
     """Group headers by SeriesInstanceUID (0020,000E), largest series first."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lazily converted UIDs may warn about invalid VRs
+        return _group_series(images)
+
+
+def _group_series(images: Sequence[tuple[Path, Dataset]]) -> list[SeriesInfo]:
     groups: dict[str, SeriesInfo] = {}
     for path, ds in images:
         uid = str(ds.get("SeriesInstanceUID", "") or _NO_UID)
