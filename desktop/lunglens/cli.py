@@ -229,6 +229,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"{summary.done} scored: {summary.ok} ok, {summary.flagged} flagged, "
           f"{summary.errors} errors ({summary.skipped} skipped as already done) "
           f"in {summary.elapsed_s:.1f} s -> {summary.out_csv}")
+    if summary.ignored:
+        print(f"{len(summary.ignored)} files ignored (not scans), e.g. {summary.ignored[0]}")
     if summary.error_codes:
         print("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.error_codes.items())))
     if not args.no_report:

@@ -49,6 +49,8 @@ class Summary:
     cancelled: bool = False
     elapsed_s: float = 0.0
     error_codes: dict[str, int] = field(default_factory=dict)
+    #: Files in the folders that are not scans (DICOM SR/KO, text), one note each; no rows.
+    ignored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ class ResultsWriter:
         self.header = header
         #: Keys (``path`` column) already present with a complete row.
         self.done = done
-        self._fh: IO[str] = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        self._fh: IO[str] = open(path, "a", encoding="utf-8", newline="")
 
     def write(self, row: Mapping[str, object]) -> None:
         """Append one row (missing columns are empty) and make it durable."""

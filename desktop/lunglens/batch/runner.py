@@ -120,27 +120,48 @@ def _score_decoded(engine: Engine, items: list[_Decoded], batch_size: int,
     return rows
 
 
-def discover(paths: Iterable[str | os.PathLike[str]], recursive: bool = True
+def discover(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
+             ignored: list[str] | None = None,
              ) -> tuple[list[tuple[str, object]], list[tuple[str, str]]]:
     """Expand ``paths`` into ``(key, source)`` scoring units and ``(key, error text)`` failures.
 
-    Keys are unique: a file reached through two overlapping paths is scored once.
+    Keys are unique: a file reached through two overlapping paths is scored once. Files found
+    in folders that hold no image (DICOM SR/KO/DICOMDIR, text files) are not scans: they get no
+    row (a study folder with a dose report is not an error) and are described in ``ignored``.
     """
     from lunglens.io import discover_sources
 
     units: dict[str, object] = {}
     failures: dict[str, str] = {}
     for p in paths:
+        notes: list[str] = []
         try:
-            sources, errors = discover_sources(Path(p), recursive=recursive)
+            sources, errors = discover_sources(Path(p), recursive=recursive, ignored=notes)
         except ScanError as exc:
             failures.setdefault(str(p), error_text(exc))
             continue
+        if Path(p).is_file() and not sources and not errors:
+            # A file the user named explicitly is never silently skipped (e.g. a DICOM SR):
+            # loading it gives the typed reason for its error row.
+            failures.setdefault(str(p), _load_error(Path(p)))
+        elif ignored is not None:
+            ignored.extend(notes)
         for src in sources:
             units.setdefault(src.key, src)
         for key, err in errors:
             failures.setdefault(str(key), error_text(err))
     return list(units.items()), [(k, v) for k, v in failures.items() if k not in units]
+
+
+def _load_error(path: Path) -> str:
+    from lunglens.errors import UnsupportedFile
+    from lunglens.io import load_scan
+
+    try:
+        load_scan(path)
+    except Exception as exc:
+        return error_text(exc)
+    return error_text(UnsupportedFile(path, "not a scan LungLens can score"))
 
 
 def score(
@@ -195,11 +216,12 @@ def score(
     counts: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     skipped = 0
+    ignored_notes: list[str] = []
     cancelled = False
     total = 0
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lunglens-decode")
     try:
-        units, failures = discover(path_list, recursive)
+        units, failures = discover(path_list, recursive, ignored_notes)
         skipped = sum(1 for k, _ in units if k in writer.done)
         skipped += sum(1 for k, _ in failures if k in writer.done)
         units = [(k, s) for k, s in units if k not in writer.done]
@@ -264,6 +286,7 @@ def score(
         model_sha256=info.sha256, total=total, done=counts["done"], ok=counts["ok"],
         errors=counts["errors"], flagged=counts["flagged"], skipped=skipped,
         cancelled=cancelled, elapsed_s=time.perf_counter() - t0, error_codes=dict(codes),
+        ignored=tuple(ignored_notes),
     )
     if audit:
         append_audit("score", {
@@ -271,6 +294,7 @@ def score(
             "model_version": info.version, "model_sha256": info.sha256, "total": total,
             "done": summary.done, "ok": summary.ok, "errors": summary.errors,
             "flagged": summary.flagged, "skipped": skipped, "cancelled": cancelled,
-            "resume": resume, "elapsed_s": round(summary.elapsed_s, 3),
+            "ignored": len(ignored_notes), "resume": resume,
+            "elapsed_s": round(summary.elapsed_s, 3),
         })
     yield Finished(summary)
