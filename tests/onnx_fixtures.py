@@ -136,3 +136,81 @@ def write_png(path: Path, value: float, size: int = 24) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
     return path
+
+
+NO_PIXEL_DICOM = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom"
+                  / "ct-misc" / "no-pixel-data.dcm").resolve()
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def write_bad_inputs(folder: Path) -> dict[str, str]:
+    """Write one broken file per failure mode; return ``{file name: expected error code}``.
+
+    The 20000x20000 PNG is crafted (IHDR + a tiny IDAT, 100 bytes), so the test never allocates
+    the 400-megapixel image: the reader must refuse it from the header.
+    """
+    import io
+    import os
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    noise = (rng.random((64, 64)) * 255).astype(np.uint8)
+    (folder / "zero-byte.png").write_bytes(b"")
+    for fmt, name in (("PNG", "truncated.png"), ("JPEG", "truncated.jpg")):
+        buf = io.BytesIO()
+        Image.fromarray(noise).save(buf, fmt)
+        data = buf.getvalue()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    (folder / "random.dcm").write_bytes(os.urandom(4096))
+    (folder / "text.png").write_text("this is not an image\n", encoding="utf-8")
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)
+    (folder / "huge.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 2501)) + _png_chunk(b"IEND", b"")
+    )
+    return {
+        "zero-byte.png": "CorruptFile",
+        "truncated.png": "CorruptFile",
+        "truncated.jpg": "CorruptFile",
+        "random.dcm": "CorruptFile",
+        "text.png": "CorruptFile",
+        "huge.png": "ImageTooLarge",
+    }
+
+
+SLOW_SITECUSTOMIZE = '''
+import os, time
+from lunglens.inference import engine as _engine
+_orig = _engine.Engine.predict
+def _slow(self, batch, outputs=("probs",)):
+    time.sleep(float(os.environ.get("LUNGLENS_TEST_DELAY_S", "0.05")) * len(batch))
+    return _orig(self, batch, outputs)
+_engine.Engine.predict = _slow
+'''
+
+
+def slow_env(tmp: Path, delay_s: float = 0.05) -> dict[str, str]:
+    """Environment for a subprocess whose model takes ``delay_s`` per image.
+
+    A ``sitecustomize.py`` on ``PYTHONPATH`` wraps ``Engine.predict``, so the real
+    ``python -m lunglens`` entry point runs unchanged (no test hooks in the product).
+    """
+    import os
+
+    hook = tmp / "slowhook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(SLOW_SITECUSTOMIZE, encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH", "")]))
+    env["LUNGLENS_TEST_DELAY_S"] = str(delay_s)
+    return env

@@ -1,0 +1,248 @@
+"""Batch scoring: CSV contract, bad inputs, cancel, resume (including after SIGKILL)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from lunglens.batch import (
+    Finished,
+    Progress,
+    ResultsExist,
+    ResumeConflict,
+    Row,
+    Started,
+    columns,
+    read_rows,
+    repair_torn_tail,
+    score,
+)
+from lunglens.inference import clear_engines
+from lunglens.models import ModelInfo, get_model
+from onnx_fixtures import NO_PIXEL_DICOM, make_models_dir, slow_env, write_bad_inputs, write_png
+
+CONTRACT = ["path", "status", "error", "model", "model_version", "model_sha256", "prediction",
+            "p_covid", "p_non-covid", "flagged", "n_slices", "top_slices", "elapsed_ms",
+            "scored_at"]
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    clear_engines()
+    mdir = make_models_dir(tmp_path / "models")
+    monkeypatch.setenv("LUNGLENS_MODELS_DIR", str(mdir))
+    monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+@pytest.fixture
+def info(env: Path) -> ModelInfo:
+    return get_model("synthetic-ct")
+
+
+def _pngs(folder: Path, n: int) -> list[Path]:
+    return [write_png(folder / f"sub{i % 3}" / f"img{i:03d}.png", (i % 10) / 9.0)
+            for i in range(n)]
+
+
+def _csv_records(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))
+
+
+def test_csv_contract(env: Path, info: ModelInfo) -> None:
+    files = _pngs(env / "imgs", 12)
+    out = env / "results.csv"
+    events = list(score([env / "imgs"], info, out))
+    assert isinstance(events[0], Started) and events[0].total == 12
+    assert isinstance(events[-1], Finished)
+    assert sum(isinstance(e, Row) for e in events) == 12
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert progress[-1].done == progress[-1].total == 12 and progress[-1].rate > 0
+    records = _csv_records(out)
+    assert records[0] == CONTRACT == columns(info.labels)
+    assert out.read_bytes().endswith(b"\n") and len(records) == 13
+    rows = read_rows(out)
+    assert {r["path"] for r in rows} == {str(f) for f in files}
+    for r in rows:
+        assert r["status"] == "ok" and r["error"] == ""
+        assert (r["model"], r["model_version"], r["model_sha256"]) == (
+            info.name, info.version, info.sha256)
+        p1, p2 = float(r["p_covid"]), float(r["p_non-covid"])
+        assert 0 <= p1 <= 1 and abs(p1 + p2 - 1) < 1e-4
+        assert r["flagged"] in ("true", "false")
+        assert (r["flagged"] == "true") == (p1 >= info.threshold)
+        assert r["prediction"] == ("covid" if r["flagged"] == "true" else "non-covid")
+        assert int(r["n_slices"]) == 1 and r["top_slices"] == "0"
+        assert float(r["elapsed_ms"]) >= 0
+        assert datetime.fromisoformat(r["scored_at"]).utcoffset().total_seconds() == 0
+    summary = events[-1].summary
+    assert (summary.ok, summary.errors, summary.done) == (12, 0, 12)
+    assert summary.flagged == sum(r["flagged"] == "true" for r in rows)
+    audit = [json.loads(x) for x in (env / "data" / "audit.log").read_text().splitlines()]
+    assert audit[-1]["event"] == "score" and audit[-1]["model_sha256"] == info.sha256
+    assert audit[-1]["out_csv"] == str(out) and audit[-1]["ok"] == 12
+
+
+def test_bad_inputs_become_error_rows(env: Path, info: ModelInfo) -> None:
+    expected = write_bad_inputs(env / "bad")
+    _pngs(env / "bad", 2)
+    (env / "bad" / "sub0" / "notes.txt").write_text("ignored", encoding="utf-8")
+    explicit = env / "sr.dcm"
+    explicit.write_bytes(NO_PIXEL_DICOM.read_bytes())
+    (env / "bad" / "report-sr.dcm").write_bytes(NO_PIXEL_DICOM.read_bytes())
+    out = env / "bad.csv"
+    events = list(score([env / "bad", explicit, env / "missing"], info, out, workers=2))
+    rows = {Path(r["path"]).name: r for r in read_rows(out)}
+    for name, code in expected.items():
+        assert rows[name]["status"] == "error", name
+        assert rows[name]["error"].startswith(f"{code}: "), rows[name]["error"]
+        assert rows[name]["prediction"] == "" and rows[name]["p_covid"] == ""
+    assert rows["sr.dcm"]["error"].startswith("NoPixelData: ")
+    assert rows["missing"]["error"].startswith("UnreadablePath: ")
+    assert sum(r["status"] == "ok" for r in rows.values()) == 2
+    # a non-image DICOM object inside a folder (dose report, SR) is not a scan: no row
+    assert "report-sr.dcm" not in rows
+    summary = events[-1].summary  # type: ignore[attr-defined]
+    assert any("report-sr.dcm" in note for note in summary.ignored)
+    assert summary.errors == len(expected) + 2 and summary.ok == 2
+    assert len(_csv_records(out)) == 1 + len(rows)  # every row once, no extras
+
+
+def test_existing_csv_needs_resume_and_same_model(env: Path, info: ModelInfo) -> None:
+    _pngs(env / "imgs", 3)
+    out = env / "r.csv"
+    list(score([env / "imgs"], info, out))
+    with pytest.raises(ResultsExist, match="--resume"):
+        list(score([env / "imgs"], info, out))
+    other = get_model("synthetic-cxr")
+    with pytest.raises(ResumeConflict, match="synthetic-ct"):
+        list(score([env / "imgs"], other, out, resume=True))
+    text = out.read_text()
+    out.write_text(text.replace("p_non-covid", "p_normal", 1))
+    with pytest.raises(ResumeConflict, match="columns"):
+        list(score([env / "imgs"], info, out, resume=True))
+    out.write_text(text)
+    events = list(score([env / "imgs"], info, out, overwrite=True))
+    assert events[-1].summary.done == 3  # type: ignore[attr-defined]
+
+
+def test_torn_tail_is_repaired_on_resume(env: Path, info: ModelInfo) -> None:
+    files = _pngs(env / "imgs", 6)
+    out = env / "r.csv"
+    list(score([env / "imgs"], info, out))
+    lines = out.read_text().splitlines(keepends=True)
+    # Simulate a kill mid-write: the last two rows are lost, the third-last is half written.
+    out.write_text("".join(lines[:-3]) + lines[-3][:25])
+    assert repair_torn_tail(out) == 25
+    out.write_text("".join(lines[:-3]) + lines[-3][:25])
+    events = list(score([env / "imgs"], info, out, resume=True))
+    assert isinstance(events[0], Started) and events[0].skipped == 3 and events[0].total == 3
+    keys = [r[0] for r in _csv_records(out)[1:]]
+    assert sorted(keys) == sorted(str(f) for f in files) and len(keys) == len(set(keys))
+
+
+def test_cancel_keeps_written_rows_valid(env: Path, info: ModelInfo) -> None:
+    files = _pngs(env / "imgs", 40)
+    out = env / "r.csv"
+    cancel = threading.Event()
+    events = []
+    for ev in score([env / "imgs"], info, out, cancel=cancel, batch_size=4):
+        events.append(ev)
+        if isinstance(ev, Row) and sum(isinstance(e, Row) for e in events) == 5:
+            cancel.set()
+    summary = events[-1].summary  # type: ignore[attr-defined]
+    assert summary.cancelled and 5 <= summary.done < 40
+    rows = read_rows(out)
+    assert len(rows) == summary.done == len(_csv_records(out)) - 1
+    events = list(score([env / "imgs"], info, out, resume=True))
+    assert events[0].skipped == summary.done  # type: ignore[attr-defined]
+    keys = [r["path"] for r in read_rows(out)]
+    assert sorted(keys) == sorted(str(f) for f in files)
+
+
+def test_series_rows_name_slices(env: Path, info: ModelInfo) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    src = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom" / "ct-misc"
+    ct = (src / "693_UNCI.dcm").resolve()
+    if not ct.exists():
+        pytest.skip("shared DICOM data not available")
+    series = env / "series"
+    series.mkdir()
+    uid = pydicom.uid.generate_uid()
+    for i in range(4):
+        ds = pydicom.dcmread(ct)
+        ds.SeriesInstanceUID = uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(i * 5)]
+        ds.save_as(series / f"s{i}.dcm")
+    out = env / "r.csv"
+    list(score([series], info, out))
+    rows = read_rows(out)
+    assert len(rows) == 1, rows
+    assert rows[0]["status"] == "ok", rows[0]["error"]
+    assert rows[0]["n_slices"] == "4" and len(rows[0]["top_slices"].split(";")) == 3
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(env: Path, info: ModelInfo) -> None:
+    files = _pngs(env / "imgs", 60)
+    out = env / "results.csv"
+    cmd = [sys.executable, "-m", "lunglens", "score", str(env / "imgs"), "--out", str(out),
+           "--model", "synthetic-ct", "--no-report"]
+    proc = subprocess.Popen(cmd, env=slow_env(env, 0.05), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= 18:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done_before = out.read_bytes().count(b"\n") - 1
+    assert 17 <= done_before < 60, "the run finished before it could be killed"
+    # Also simulate the worst case, a kill in the middle of a row.
+    with open(out, "ab") as fh:
+        fh.write(str(files[0]).encode()[:10])
+    rerun = subprocess.run([*cmd, "--resume"], env=dict(os.environ), capture_output=True,
+                           text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    records = _csv_records(out)
+    assert records[0] == CONTRACT
+    keys = [r[0] for r in records[1:]]
+    assert sorted(keys) == sorted(str(f) for f in files)  # every file exactly once
+    assert all(len(r) == len(CONTRACT) for r in records)
+    assert out.read_bytes().endswith(b"\n")
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_resumes(env: Path) -> None:
+    _pngs(env / "imgs", 40)
+    out = env / "results.csv"
+    cmd = [sys.executable, "-m", "lunglens", "score", str(env / "imgs"), "--out", str(out),
+           "--model", "synthetic-ct", "--no-report"]
+    proc = subprocess.Popen(cmd, env=slow_env(env, 0.05), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    records = _csv_records(out)
+    assert all(len(r) == len(CONTRACT) for r in records) and len(records) < 41
