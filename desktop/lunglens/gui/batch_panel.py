@@ -1,0 +1,451 @@
+"""Batch panel: score a folder into a resumable results CSV while the viewer stays usable.
+
+:func:`lunglens.batch.score` does the work in a pool worker and yields events; this panel turns
+them into a progress bar (count, rate, ETA) and a sortable table that fills in as rows are written.
+Rows are buffered and flushed to the table a few times a second, so a folder of thousands of small
+images cannot flood the GUI thread with one table update per scan. The CSV on disk is the source
+of truth: *Resume* reloads it into the table and skips what is done.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSortFilterProxyModel, Qt, QTimer, Signal
+from PySide6.QtGui import QBrush, QColor, QStandardItem, QStandardItemModel
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lunglens.batch import Finished, Progress, Row, Started, read_rows, score
+from lunglens.gui.workers import Worker, WorkerPool
+from lunglens.models import ModelInfo
+from lunglens.report import data_dir
+
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
+KEY_ROLE = Qt.ItemDataRole.UserRole + 2
+FLAGGED_BRUSH = QBrush(QColor(255, 214, 214))
+ERROR_BRUSH = QBrush(QColor(235, 235, 235))
+FLUSH_MS = 150
+
+
+def write_report(csv_path: str, info: ModelInfo) -> Path:
+    """Worker body: the core HTML summary (matplotlib charts take a moment)."""
+    from lunglens.report import write_html_report
+
+    return Path(write_html_report(csv_path, info))
+
+
+def format_eta(seconds: float) -> str:
+    """``m:ss`` (or ``h:mm:ss``); ``--`` while the rate is unknown."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "--"
+    s = round(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class BatchPanel(QWidget):
+    """Folder scoring with progress, cancel, resume and a live results table.
+
+    Signals
+    -------
+    openRequested(key)
+        A row was double-clicked: the viewer should open that scan (the results key: a file
+        path, or ``folder#SeriesInstanceUID``).
+    errorOccurred(message)
+        Something failed (shown in the main window's banner).
+    started(), finished(object)
+        A run began / ended (``finished`` carries the :class:`lunglens.batch.Summary`, or
+        ``None`` when the run failed before scoring).
+    """
+
+    openRequested = Signal(str)
+    errorOccurred = Signal(str)
+    started = Signal()
+    finished = Signal(object)
+
+    def __init__(self, pool: WorkerPool, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.pool = pool
+        self._models: dict[str, ModelInfo] = {}
+        self._worker: Worker | None = None
+        self._buffer: list[dict[str, str]] = []
+        self._columns: list[tuple[str, str]] = []
+        self.summary: Any = None
+        self.last_progress: Progress | None = None
+        self.report_path: Path | None = None
+
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("Folder of scans (images, DICOM files, series)")
+        self.folder_edit.textChanged.connect(self._suggest_csv)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse_folder)
+        self.model_combo = QComboBox()
+        self.model_combo.currentIndexChanged.connect(lambda _i: self._suggest_csv())
+        self.csv_edit = QLineEdit()
+        self.csv_edit.setPlaceholderText("Results CSV")
+        self._csv_auto = True
+        self.csv_edit.textEdited.connect(lambda _t: setattr(self, "_csv_auto", False))
+        csv_browse = QPushButton("…")
+        csv_browse.setMaximumWidth(32)
+        csv_browse.clicked.connect(self._browse_csv)
+        self.resume_box = QCheckBox("Resume (skip scans already in the CSV)")
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.clicked.connect(self._export_csv_dialog)
+        self.report_button = QPushButton("Summary report")
+        self.report_button.clicked.connect(self.make_report)
+        for b in (self.export_button, self.report_button):
+            b.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("%v / %m")
+        self.status = QLabel("Choose a folder and press Start.")
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.model = QStandardItemModel(0, 0, self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setSortRole(SORT_ROLE)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setAlternatingRowColors(False)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.doubleClicked.connect(self._on_double_click)
+        self.table.setToolTip("Double-click a row to open the scan in the viewer")
+
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setInterval(FLUSH_MS)
+        self._flush_timer.timeout.connect(self.flush)
+
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder_edit, 1)
+        folder_row.addWidget(browse)
+        csv_row = QHBoxLayout()
+        csv_row.addWidget(self.csv_edit, 1)
+        csv_row.addWidget(csv_browse)
+        form = QFormLayout()
+        form.addRow("Folder", folder_row)
+        form.addRow("Model", self.model_combo)
+        form.addRow("Results", csv_row)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.resume_box)
+        buttons.addStretch(1)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.export_button)
+        buttons.addWidget(self.report_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.table, 1)
+
+    # configuration ------------------------------------------------------------------------
+    def set_models(self, models: list[ModelInfo], preferred: str = "") -> None:
+        """Fill the model chooser; ``preferred`` (e.g. the viewer's model) is selected."""
+        current = preferred or self.current_model_name()
+        self._models = {m.name: m for m in models}
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for m in models:
+            self.model_combo.addItem(f"{m.name}  ({m.modality.upper()}, v{m.version})", m.name)
+        idx = self.model_combo.findData(current)
+        self.model_combo.setCurrentIndex(max(0, idx))
+        self.model_combo.blockSignals(False)
+        self.start_button.setEnabled(bool(models))
+        self._suggest_csv()
+
+    def current_model_name(self) -> str:
+        data = self.model_combo.currentData()
+        return str(data) if data else ""
+
+    def current_model(self) -> ModelInfo | None:
+        return self._models.get(self.current_model_name())
+
+    def set_folder(self, folder: str) -> None:
+        self.folder_edit.setText(folder)
+
+    def csv_path(self) -> str:
+        return self.csv_edit.text().strip()
+
+    def _suggest_csv(self, _text: str = "") -> None:
+        """Default CSV in the user data folder: a PACS export or CD may be read-only."""
+        if not self._csv_auto:
+            return
+        folder = self.folder_edit.text().strip()
+        model = self.current_model_name()
+        if not folder or not model:
+            return
+        name = Path(folder).name or "scans"
+        self.csv_edit.setText(str(data_dir() / "results" / f"{name}-{model}.csv"))
+
+    def _browse_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder to score", self.folder_edit.text())
+        if folder:
+            self.set_folder(folder)
+
+    def _browse_csv(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Results CSV", self.csv_path(), "CSV (*.csv)")
+        if path:
+            self._csv_auto = False
+            self.csv_edit.setText(path)
+
+    # running ------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def start(self) -> bool:
+        """Start (or resume) scoring; returns False (with a reason shown) when it cannot."""
+        if self._worker is not None:
+            return False
+        folder = self.folder_edit.text().strip()
+        info = self.current_model()
+        out_csv = self.csv_path()
+        if not folder or not os.path.exists(folder):
+            self._fail(f"Batch: choose an existing folder (got {folder!r}).")
+            return False
+        if info is None:
+            self._fail("Batch: no model installed.")
+            return False
+        if not out_csv:
+            self._fail("Batch: choose where to write the results CSV.")
+            return False
+        resume = self.resume_box.isChecked()
+        try:
+            Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._fail(f"Batch: cannot create {Path(out_csv).parent} ({exc.strerror}).")
+            return False
+        self._setup_columns(info)
+        self.model.removeRows(0, self.model.rowCount())
+        if resume and os.path.exists(out_csv):
+            try:
+                self._append_rows(read_rows(out_csv))  # what is already done stays visible
+            except Exception as exc:  # a torn or foreign CSV: the core says why on start
+                self.status.setText(f"Could not preload {out_csv}: {exc}")
+        self.summary = None
+        self.last_progress = None
+        self.report_path = None
+        worker = Worker(score, [folder], info, out_csv, resume=resume, workers=2,
+                        pass_cancel=True, generator=True)
+        worker.signals.item.connect(self._on_event)
+        worker.signals.error.connect(self._on_error)
+        worker.signals.finished.connect(self._on_finished)
+        self._worker = worker
+        self.progress.setRange(0, 0)
+        self.status.setText("Looking for scans…")
+        self.start_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.export_button.setEnabled(False)
+        self.report_button.setEnabled(False)
+        self._flush_timer.start()
+        self.pool.start(worker)
+        self.started.emit()
+        return True
+
+    def cancel(self) -> None:
+        """Stop after the scans in flight; rows written so far stay valid (resume later)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            self.cancel_button.setEnabled(False)
+            self.status.setText("Cancelling after the scans in flight…")
+
+    def _on_event(self, ev: object) -> None:
+        if isinstance(ev, Row):
+            self._buffer.append(ev.row)
+        elif isinstance(ev, Progress):
+            self.last_progress = ev
+        elif isinstance(ev, Started):
+            self.progress.setRange(0, max(1, ev.total))
+            self.progress.setValue(0)
+            skipped = f", {ev.skipped} already done" if ev.skipped else ""
+            self.status.setText(f"{ev.total} scans to score{skipped} → {ev.out_csv}")
+            self.csv_edit.setText(str(ev.out_csv))
+        elif isinstance(ev, Finished):
+            self.summary = ev.summary
+
+    def flush(self) -> None:
+        """Move buffered rows into the table and refresh the progress line."""
+        if self._buffer:
+            rows, self._buffer = self._buffer, []
+            self._append_rows(rows)
+        p = self.last_progress
+        if p is not None:
+            self.progress.setRange(0, max(1, p.total))
+            self.progress.setValue(p.done)
+            self.status.setText(
+                f"{p.done}/{p.total} scans · {p.rate:.1f} scans/s · ETA {format_eta(p.eta_s)}"
+            )
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._fail(f"Batch failed: {exc}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._flush_timer.stop()
+        self.flush()
+        self.start_button.setEnabled(bool(self._models))
+        self.cancel_button.setEnabled(False)
+        has_csv = bool(self.csv_path()) and os.path.exists(self.csv_path())
+        self.export_button.setEnabled(has_csv)
+        self.report_button.setEnabled(has_csv)
+        s = self.summary
+        if s is not None:
+            self.progress.setRange(0, max(1, s.total))
+            self.progress.setValue(s.done)
+            state = "Cancelled" if s.cancelled else "Done"
+            skipped = f", {s.skipped} skipped (already done)" if s.skipped else ""
+            hint = " Tick Resume and press Start to continue." if s.cancelled else ""
+            self.status.setText(
+                f"{state}: {s.done}/{s.total} scored, {s.ok} ok, {s.flagged} flagged, "
+                f"{s.errors} errors{skipped} in {s.elapsed_s:.1f} s.{hint}"
+            )
+            if s.cancelled:
+                self.resume_box.setChecked(True)
+        else:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+        self.finished.emit(s)
+
+    def _fail(self, message: str) -> None:
+        self.status.setText(message)
+        self.errorOccurred.emit(message)
+
+    # table --------------------------------------------------------------------------------
+    def _setup_columns(self, info: ModelInfo) -> None:
+        pos = info.positive_label
+        self._columns = [
+            ("path", "Scan"), ("status", "Status"), ("prediction", "Prediction"),
+            (f"p_{pos}", f"P({pos})"), ("flagged", "Flagged"), ("n_slices", "Slices"),
+            ("elapsed_ms", "ms"), ("error", "Error"),
+        ]
+        self.model.setColumnCount(len(self._columns))
+        self.model.setHorizontalHeaderLabels([title for _k, title in self._columns])
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.table.setColumnWidth(0, 260)
+
+    def _append_rows(self, rows: list[dict[str, str]]) -> None:
+        if not self._columns:
+            info = self.current_model()
+            if info is None:
+                return
+            self._setup_columns(info)
+        self.table.setSortingEnabled(False)  # one sort after the batch, not one per row
+        for row in rows:
+            self.model.appendRow(self._items(row))
+        self.table.setSortingEnabled(True)
+
+    def _items(self, row: dict[str, str]) -> list[QStandardItem]:
+        key = row.get("path", "")
+        flagged = row.get("flagged") == "true"
+        error = row.get("status") != "ok"
+        items: list[QStandardItem] = []
+        for col, _title in self._columns:
+            value = row.get(col, "")
+            sort_value: Any = value
+            text = value
+            if col == "path":
+                text = _short_key(value)
+            elif col.startswith("p_") or col in ("elapsed_ms", "n_slices"):
+                try:
+                    sort_value = float(value)
+                    text = f"{sort_value:.3f}" if col.startswith("p_") else value
+                except ValueError:
+                    sort_value = -1.0
+            elif col == "flagged":
+                text = "yes" if flagged else ("" if error else "no")
+            item = QStandardItem(text)
+            item.setData(sort_value, SORT_ROLE)
+            item.setData(key, KEY_ROLE)
+            item.setToolTip(value if col in ("path", "error") else text)
+            if flagged:
+                item.setBackground(FLAGGED_BRUSH)
+            elif error:
+                item.setBackground(ERROR_BRUSH)
+            items.append(item)
+        return items
+
+    def row_count(self) -> int:
+        return self.model.rowCount()
+
+    def row_keys(self) -> list[str]:
+        return [str(self.model.item(r, 0).data(KEY_ROLE)) for r in range(self.model.rowCount())]
+
+    def _on_double_click(self, index: Any) -> None:
+        key = index.data(KEY_ROLE)
+        if key:
+            self.openRequested.emit(str(key))
+
+    # outputs ------------------------------------------------------------------------------
+    def export_csv(self, target: str) -> Path:
+        """Copy the results CSV to ``target`` (the file on disk is the complete record)."""
+        src = self.csv_path()
+        if Path(src).resolve() != Path(target).resolve():
+            shutil.copyfile(src, target)
+        return Path(target)
+
+    def _export_csv_dialog(self) -> None:
+        target, _ = QFileDialog.getSaveFileName(self, "Export results CSV", self.csv_path(),
+                                                "CSV (*.csv)")
+        if target:
+            try:
+                self.export_csv(target)
+                self.status.setText(f"Exported {target}")
+            except OSError as exc:
+                self._fail(f"Could not export the CSV: {exc}")
+
+    def make_report(self) -> None:
+        """Write the HTML summary next to the CSV in a worker."""
+        info = self.current_model()
+        if info is None or not self.csv_path():
+            return
+        self.report_button.setEnabled(False)
+        self.status.setText("Writing the summary report…")
+        worker = Worker(write_report, self.csv_path(), info)
+        worker.signals.result.connect(self._on_report)
+        worker.signals.error.connect(lambda exc: self._fail(f"Report failed: {exc}"))
+        worker.signals.finished.connect(lambda: self.report_button.setEnabled(True))
+        self.pool.start(worker)
+
+    def _on_report(self, path: Path) -> None:
+        self.report_path = path
+        self.status.setText(f"Summary report written: {path}")
+
+
+def _short_key(key: str) -> str:
+    """Display name of a results key: the file name, or ``folder#…uid-tail`` for a series."""
+    if "#" in key:
+        folder, uid = key.rsplit("#", 1)
+        return f"{Path(folder).name}#…{uid[-8:]}"
+    return Path(key).name or key

@@ -1,0 +1,242 @@
+"""Classification panel: model chooser, probabilities, prediction, model identity, disclaimer.
+
+It shows a :class:`~lunglens.inference.ScanResult` and nothing else: every number on it was
+computed by the core, so the panel, the CLI and the reports can never disagree. The model's name,
+version and hash are always visible so a screenshot of a result identifies the exact model.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lunglens import DISCLAIMER
+from lunglens.inference import ScanResult
+from lunglens.models import ModelInfo
+
+#: Bar colours: the positive class stands out, the others stay neutral.
+POSITIVE_STYLE = "QProgressBar::chunk { background-color: #d9534f; }"
+OTHER_STYLE = "QProgressBar::chunk { background-color: #5b8def; }"
+
+
+class ClassifyPanel(QWidget):
+    """Model choice and the result of the current scan.
+
+    Signals
+    -------
+    classifyRequested()
+        The user pressed *Classify* (or changed model with a scan open).
+    cancelRequested()
+        Stop the running classification.
+    modelChanged(name)
+        Another model was chosen in the combo box.
+    sliceRequested(index)
+        A row of the suspicious-slices list was clicked.
+    """
+
+    classifyRequested = Signal()
+    cancelRequested = Signal()
+    modelChanged = Signal(str)
+    sliceRequested = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._models: dict[str, ModelInfo] = {}
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Model used for this scan (default: the one for its modality)")
+        self.model_combo.currentIndexChanged.connect(self._on_model_index)
+        self.classify_button = QPushButton("Classify")
+        self.classify_button.setToolTip("Score the scan (Ctrl+Return)")
+        self.classify_button.clicked.connect(self.classifyRequested)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancelRequested)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(True)
+
+        self.prediction_label = QLabel("No result")
+        self.prediction_label.setObjectName("prediction")
+        font = self.prediction_label.font()
+        font.setPointSizeF(font.pointSizeF() * 1.3)
+        font.setBold(True)
+        self.prediction_label.setFont(font)
+        self.prediction_label.setWordWrap(True)
+        self.threshold_label = QLabel("")
+        self.threshold_label.setWordWrap(True)
+        self.bars_box = QGroupBox("Probabilities")
+        self.bars_layout = QFormLayout(self.bars_box)
+        self.bars: dict[str, QProgressBar] = {}
+        self.model_label = QLabel("")
+        self.model_label.setWordWrap(True)
+        self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.notes_label = QLabel("")
+        self.notes_label.setWordWrap(True)
+        self.notes_label.setStyleSheet("color: #b35c00;")
+        self.slices_box = QGroupBox("Most suspicious slices")
+        self.slices_list = QListWidget()
+        self.slices_list.setToolTip("Click to show the slice")
+        self.slices_list.itemActivated.connect(self._on_slice_item)
+        self.slices_list.itemClicked.connect(self._on_slice_item)
+        QVBoxLayout(self.slices_box).addWidget(self.slices_list)
+        self.slices_box.setVisible(False)
+        self.disclaimer_label = QLabel(DISCLAIMER)
+        self.disclaimer_label.setWordWrap(True)
+        self.disclaimer_label.setObjectName("disclaimer")
+        self.disclaimer_label.setStyleSheet(
+            "QLabel#disclaimer { background: #fff3cd; color: #5c4400; border: 1px solid #e0c060;"
+            " padding: 4px; }"
+        )
+
+        top = QHBoxLayout()
+        top.addWidget(self.model_combo, 1)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.classify_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Model"))
+        layout.addLayout(top)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.prediction_label)
+        layout.addWidget(self.threshold_label)
+        layout.addWidget(self.bars_box)
+        layout.addWidget(self.slices_box)
+        layout.addWidget(self.notes_label)
+        layout.addWidget(self.model_label)
+        layout.addStretch(1)
+        layout.addWidget(self.disclaimer_label)
+
+    # models -------------------------------------------------------------------------------
+    def set_models(self, models: list[ModelInfo]) -> None:
+        """Fill the chooser (``name  (modality, version)``), keeping the current choice."""
+        current = self.current_model_name()
+        self._models = {m.name: m for m in models}
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for m in models:
+            self.model_combo.addItem(f"{m.name}  ({m.modality.upper()}, v{m.version})", m.name)
+        if current in self._models:
+            self.model_combo.setCurrentIndex(self.model_combo.findData(current))
+        self.model_combo.blockSignals(False)
+        self.classify_button.setEnabled(bool(models))
+        if not models:
+            self.prediction_label.setText("No model installed")
+
+    def select_model(self, name: str) -> None:
+        """Choose ``name`` without emitting ``modelChanged`` (used on scan load)."""
+        idx = self.model_combo.findData(name)
+        if idx >= 0:
+            self.model_combo.blockSignals(True)
+            self.model_combo.setCurrentIndex(idx)
+            self.model_combo.blockSignals(False)
+
+    def current_model_name(self) -> str:
+        data = self.model_combo.currentData()
+        return str(data) if data else ""
+
+    def current_model(self) -> ModelInfo | None:
+        return self._models.get(self.current_model_name())
+
+    def _on_model_index(self, _index: int) -> None:
+        self.modelChanged.emit(self.current_model_name())
+
+    # running state ------------------------------------------------------------------------
+    def set_running(self, running: bool) -> None:
+        """Busy state: cancel enabled, progress bar busy until the first progress report."""
+        self.classify_button.setEnabled(not running and bool(self._models))
+        self.cancel_button.setEnabled(running)
+        if running:
+            self.progress.setRange(0, 0)
+            self.prediction_label.setText("Classifying…")
+
+    def set_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(done)
+        self.progress.setFormat(f"{done}/{total} slices" if total > 1 else "%p%")
+
+    # result -------------------------------------------------------------------------------
+    def clear_result(self, message: str = "No result") -> None:
+        self.prediction_label.setText(message)
+        self.prediction_label.setStyleSheet("")
+        self.threshold_label.setText("")
+        self.model_label.setText("")
+        self.notes_label.setText("")
+        for bar in self.bars.values():
+            bar.setValue(0)
+        self.slices_list.clear()
+        self.slices_box.setVisible(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
+    def show_result(self, result: ScanResult, positions: list[float] | None = None) -> None:
+        """Display ``result``; ``positions`` (mm) label the suspicious slices of a series."""
+        self.set_running(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.progress.setFormat("done")
+        self._rebuild_bars(result)
+        for label, bar in self.bars.items():
+            p = float(result.probs.get(label, 0.0))
+            bar.setValue(round(p * 1000))
+            bar.setFormat(f"{p:.1%}")
+        series = result.n_slices > 1
+        what = f"Series of {result.n_slices} slices: " if series else ""
+        verdict = "FLAGGED" if result.flagged else "not flagged"
+        self.prediction_label.setText(f"{what}{result.prediction} ({verdict})")
+        color = "#b00020" if result.flagged else "#1b6e20"
+        self.prediction_label.setStyleSheet(f"color: {color};")
+        rule = "mean of the top slices" if series else "image"
+        self.threshold_label.setText(
+            f"P({result.positive_label}) = {result.positive_prob:.3f} ({rule}); flagged when "
+            f">= operating threshold {result.threshold:.3f}"
+        )
+        self.model_label.setText(
+            f"Model {result.model} v{result.model_version}\nSHA-256 {result.model_sha256[:16]}…"
+            f"\n{result.elapsed_ms:.0f} ms"
+        )
+        self.model_label.setToolTip(result.model_sha256)
+        self.notes_label.setText("\n".join(result.notes))
+        self.disclaimer_label.setText(result.disclaimer or DISCLAIMER)
+        self.slices_list.clear()
+        self.slices_box.setVisible(series)
+        if series:
+            pos_idx = result.labels.index(result.positive_label)
+            for idx in result.top_slices:
+                p = float(result.slice_probs[idx, pos_idx])
+                where = ""
+                if positions is not None and idx < len(positions):
+                    where = f" at {positions[idx]:.1f} mm"
+                item = QListWidgetItem(f"slice {idx + 1}{where}: P={p:.3f}")
+                item.setData(Qt.ItemDataRole.UserRole, int(idx))
+                self.slices_list.addItem(item)
+
+    def _rebuild_bars(self, result: ScanResult) -> None:
+        if list(self.bars) == list(result.labels):
+            return
+        while self.bars_layout.rowCount():
+            self.bars_layout.removeRow(0)
+        self.bars = {}
+        for label in result.labels:
+            bar = QProgressBar()
+            bar.setRange(0, 1000)
+            bar.setTextVisible(True)
+            bar.setStyleSheet(POSITIVE_STYLE if label == result.positive_label else OTHER_STYLE)
+            self.bars_layout.addRow(label, bar)
+            self.bars[label] = bar
+
+    def _on_slice_item(self, item: QListWidgetItem) -> None:
+        self.sliceRequested.emit(int(item.data(Qt.ItemDataRole.UserRole)))

@@ -1,0 +1,259 @@
+"""Activation gallery dock: the most active channel maps of one of the model's gallery layers.
+
+The maps come from :func:`lunglens.explain.activation_maps`, run in a pool worker (a big model's
+early layers are large), and are cached per (scan, slice, model, layer, N) so flipping between
+layers or re-opening the dock is instant and costs no extra inference. The dock only computes
+while it is visible: a hidden gallery must not slow down classification on a small laptop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QIcon, QPixmap
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QHBoxLayout,
+    QLabel,
+    QListView,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lunglens.explain import ChannelMap, activation_maps, overlay
+from lunglens.gui.image_view import to_qimage
+from lunglens.gui.workers import Worker, WorkerPool
+from lunglens.inference import get_engine
+from lunglens.models import ModelInfo
+
+THUMB = 88
+GALLERY_COLORMAP = "viridis"
+
+
+def compute_maps(info: ModelInfo, image2d: np.ndarray, output: str, top_n: int) -> list[ChannelMap]:
+    """Worker body: the core gallery on the cached engine (created on first use)."""
+    return activation_maps(get_engine(info), image2d, output, top_n)
+
+
+def map_rgb(channel: ChannelMap) -> np.ndarray:
+    """Color one [0, 1] channel map with the core overlay (no pixel math in the GUI)."""
+    return overlay(np.zeros_like(channel.map), channel.map, alpha=1.0, colormap=GALLERY_COLORMAP)
+
+
+class GalleryDock(QDockWidget):
+    """Dock listing the model's gallery layers and a grid of channel maps.
+
+    Signals
+    -------
+    computed(int)
+        Number of maps shown after a computation or a cache hit.
+    failed(str)
+        A computation failed; the main window shows the message in its banner.
+    """
+
+    computed = Signal(int)
+    failed = Signal(str)
+
+    def __init__(self, pool: WorkerPool, parent: QWidget | None = None) -> None:
+        super().__init__("Activation gallery", parent)
+        self.setObjectName("gallery_dock")
+        self.pool = pool
+        self.cache: dict[Hashable, list[ChannelMap]] = {}
+        self._context: tuple[Any, int, np.ndarray, ModelInfo] | None = None
+        self._worker: Worker | None = None
+        self._pending_key: Hashable | None = None
+        self.maps: list[ChannelMap] = []
+
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("Layer of the model (from its manifest)")
+        self.layer_combo.currentIndexChanged.connect(lambda _i: self.refresh())
+        self.top_n = QSpinBox()
+        self.top_n.setRange(1, 64)
+        self.top_n.setValue(16)
+        self.top_n.setPrefix("top ")
+        self.top_n.setToolTip("Channels with the highest mean activation")
+        self.top_n.valueChanged.connect(lambda _v: self.refresh())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setMaximumHeight(12)
+        self.progress.setTextVisible(False)
+        self.status = QLabel("Open and classify a scan to see what the model's layers respond to.")
+        self.status.setWordWrap(True)
+        self.grid = QListWidget()
+        self.grid.setViewMode(QListView.ViewMode.IconMode)
+        self.grid.setIconSize(QSize(THUMB, THUMB))
+        self.grid.setResizeMode(QListView.ResizeMode.Adjust)
+        self.grid.setMovement(QListView.Movement.Static)
+        self.grid.setSpacing(4)
+        self.grid.setUniformItemSizes(True)
+        self.grid.currentRowChanged.connect(self.enlarge)
+        self.preview = QLabel("Click a map to enlarge it")
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview.setMinimumHeight(160)
+        self.preview_caption = QLabel("")
+        self.preview_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
+
+        row = QHBoxLayout()
+        row.addWidget(self.layer_combo, 1)
+        row.addWidget(self.top_n)
+        row.addWidget(self.cancel_button)
+        preview_box = QWidget()
+        pv = QVBoxLayout(preview_box)
+        pv.setContentsMargins(0, 0, 0, 0)
+        pv.addWidget(self.preview, 1)
+        pv.addWidget(self.preview_caption)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.grid)
+        split.addWidget(preview_box)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.addLayout(row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(split, 1)
+        self.setWidget(body)
+        self.visibilityChanged.connect(self._on_visibility)
+
+    def _on_visibility(self, visible: bool) -> None:
+        if visible:
+            self.refresh()
+
+    # context ------------------------------------------------------------------------------
+    def set_context(self, scan_key: Any, slice_index: int, image2d: np.ndarray | None,
+                    info: ModelInfo | None) -> None:
+        """The slice and model the gallery is about; recomputes (or hits the cache) if shown."""
+        if image2d is None or info is None:
+            self._context = None
+            self.layer_combo.blockSignals(True)
+            self.layer_combo.clear()
+            self.layer_combo.blockSignals(False)
+            self._show([])
+            return
+        old_model = self._context[3].name if self._context else None
+        self._context = (scan_key, slice_index, image2d, info)
+        if old_model != info.name or self.layer_combo.count() != len(info.gallery):
+            self.layer_combo.blockSignals(True)
+            self.layer_combo.clear()
+            for layer in info.gallery:
+                shape = "x".join(str(s) for s in layer.shape)
+                self.layer_combo.addItem(f"{layer.layer}  [{shape}]", layer.output)
+            self.layer_combo.blockSignals(False)
+        if not info.gallery:
+            self._show([])
+            self.status.setText(f"Model {info.name} lists no gallery layers in its manifest.")
+            return
+        self.refresh()
+
+    def clear_cache(self) -> None:
+        """Forget maps of the previous scan (called when another scan is opened)."""
+        self.cache.clear()
+
+    def current_key(self) -> Hashable | None:
+        if self._context is None or self.layer_combo.currentIndex() < 0:
+            return None
+        scan_key, idx, _img, info = self._context
+        return (scan_key, idx, info.name, info.sha256, self.layer_combo.currentData(),
+                self.top_n.value())
+
+    # computation --------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Show the maps for the current context: from the cache, or start a worker."""
+        key = self.current_key()
+        if key is None or self._context is None or not self.isVisible():
+            return
+        if key in self.cache:
+            self._show(self.cache[key])
+            return
+        if self._worker is not None:
+            if self._pending_key == key:
+                return
+            self._worker.cancel()  # its result is ignored by key below
+        _scan, idx, image2d, info = self._context
+        output = str(self.layer_combo.currentData())
+        worker = Worker(compute_maps, info, image2d, output, self.top_n.value())
+        self._worker, self._pending_key = worker, key
+        worker.signals.result.connect(lambda maps, k=key: self._on_result(k, maps))
+        worker.signals.error.connect(self._on_error)
+        worker.signals.finished.connect(lambda w=worker: self._on_finished(w))
+        self.progress.setRange(0, 0)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"Computing {self.layer_combo.currentText()} for slice {idx + 1}…")
+        self.pool.start(worker)
+
+    def cancel(self) -> None:
+        """Stop waiting for the running computation (its result will be dropped)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            self._pending_key = None
+            self.status.setText("Cancelled.")
+            self._idle()
+
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def _on_result(self, key: Hashable, maps: list[ChannelMap]) -> None:
+        self.cache[key] = maps
+        if key == self.current_key() and key == self._pending_key:
+            self._show(maps)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText(f"Gallery failed: {exc}")
+        self.failed.emit(str(exc))
+
+    def _on_finished(self, worker: Worker) -> None:
+        if worker is self._worker:
+            self._worker = None
+            self._pending_key = None
+            self._idle()
+
+    def _idle(self) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.cancel_button.setEnabled(False)
+
+    # display ------------------------------------------------------------------------------
+    def _show(self, maps: list[ChannelMap]) -> None:
+        self.maps = list(maps)
+        self.grid.clear()
+        for m in maps:
+            pix = QPixmap.fromImage(to_qimage(map_rgb(m)))
+            icon = QIcon(pix.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio,
+                                    Qt.TransformationMode.SmoothTransformation))
+            item = QListWidgetItem(icon, f"ch {m.channel}")
+            item.setToolTip(f"channel {m.channel}, mean activation {m.mean:.3g}")
+            self.grid.addItem(item)
+        if maps and self._context is not None:
+            self.status.setText(
+                f"{len(maps)} most active channels of {self.layer_combo.currentText()}, "
+                f"slice {self._context[1] + 1}. Click one to enlarge."
+            )
+        self.preview.setPixmap(QPixmap())
+        self.preview.setText("Click a map to enlarge it" if maps else "")
+        self.preview_caption.setText("")
+        self.computed.emit(len(maps))
+
+    def enlarge(self, row: int) -> None:
+        """Show map ``row`` big under the grid."""
+        if not 0 <= row < len(self.maps):
+            return
+        m = self.maps[row]
+        pix = QPixmap.fromImage(to_qimage(map_rgb(m)))
+        side = max(128, min(self.preview.width(), self.preview.height()) - 4)
+        self.preview.setPixmap(pix.scaled(side, side, Qt.AspectRatioMode.KeepAspectRatio,
+                                          Qt.TransformationMode.FastTransformation))
+        self.preview_caption.setText(f"channel {m.channel} (mean activation {m.mean:.3g})")

@@ -1,0 +1,92 @@
+"""Side panel with the scan's attributes that matter for reading it (DICOM tags, notes).
+
+Shows what the core reader collected in :attr:`lunglens.io.Scan.metadata` plus the loader's notes
+(fallbacks used, files ignored), so a surprising image can be explained without a DICOM browser.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lunglens.io import Scan
+
+#: Display order and names of the metadata keys the readers produce; unknown keys follow.
+LABELS: dict[str, str] = {
+    "dicom_modality": "Modality (0008,0060)",
+    "body_part": "Body part (0018,0015)",
+    "series_description": "Series (0008,103E)",
+    "study_description": "Study (0008,1030)",
+    "manufacturer": "Manufacturer (0008,0070)",
+    "rows": "Rows (0028,0010)",
+    "columns": "Columns (0028,0011)",
+    "frames": "Frames (0028,0008)",
+    "pixel_spacing": "Pixel spacing mm (0028,0030)",
+    "slice_thickness": "Slice thickness mm (0018,0050)",
+    "photometric": "Photometric (0028,0004)",
+    "window": "Window used",
+    "file_window": "Window in file (0028,1050/1051)",
+    "transfer_syntax": "Transfer syntax (0002,0010)",
+    "sop_class": "SOP class (0008,0016)",
+    "patient_id": "Patient ID (0010,0020)",
+    "study_uid": "Study UID (0020,000D)",
+    "series_uid": "Series UID (0020,000E)",
+}
+
+
+class TagsPanel(QWidget):
+    """Two-column table: attribute, value."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["Attribute", "Value"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setWordWrap(True)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.table)
+
+    def show_scan(self, scan: Scan | None) -> None:
+        """Fill the table from ``scan`` (``None`` clears it)."""
+        self.table.setRowCount(0)
+        if scan is None:
+            return
+        rows: list[tuple[str, str]] = [
+            ("Source", scan.source),
+            ("Kind", scan.kind),
+            ("LungLens modality", scan.modality.upper()),
+            ("Size", f"{scan.n_slices} x {scan.image.shape[1]} x {scan.image.shape[2]}"),
+        ]
+        meta = dict(scan.metadata)
+        for key, title in LABELS.items():
+            if meta.get(key):
+                rows.append((title, meta.pop(key)))
+        rows.extend((k, v) for k, v in sorted(meta.items()) if v)
+        rows.extend(("Note", note) for note in scan.notes)
+        self.table.setRowCount(len(rows))
+        for r, (k, v) in enumerate(rows):
+            self.table.setItem(r, 0, QTableWidgetItem(k))
+            item = QTableWidgetItem(v)
+            item.setToolTip(v)
+            self.table.setItem(r, 1, item)
+        self.table.resizeRowsToContents()
+
+    def value(self, attribute: str) -> str:
+        """Value shown for ``attribute`` (first column text), or ``""``."""
+        for r in range(self.table.rowCount()):
+            key = self.table.item(r, 0)
+            if key is not None and key.text() == attribute:
+                val = self.table.item(r, 1)
+                return val.text() if val is not None else ""
+        return ""
