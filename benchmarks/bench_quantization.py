@@ -1,0 +1,73 @@
+"""INT8 vs float onnxruntime latency of a shipped model, measured in one run.
+
+Usage: ``python benchmarks/bench_quantization.py [squeezenet-light-ct] [--threads 2]``
+
+Compares ``models/<name>/model.onnx`` (INT8, shipped) with ``models/<name>/model_fp32.onnx``
+(the float export the INT8 file was quantized from). Runs are interleaved (fp32, int8, fp32,
+...) so background load hits both alike; the median of each is reported with the ratio.
+Outputs requested: ``probs`` + ``cam`` (what the viewer asks for) for one image, ``probs`` only
+for a batch (what batch scoring asks for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def interleaved(sessions: dict, feed: dict, outputs: list[str], reps: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():  # warm-up
+        for _ in range(3):
+            s.run(outputs, feed)
+    for _ in range(reps):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(outputs, feed)
+            times[k].append((time.perf_counter() - t) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", default="squeezenet-light-ct")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=50)
+    args = ap.parse_args()
+    d = ROOT / "models" / args.model
+    import json
+
+    size = json.loads((d / "manifest.json").read_text())["input"]["size"]
+    sess = {"fp32": session(d / "model_fp32.onnx", args.threads),
+            "int8": session(d / "model.onnx", args.threads)}
+    rng = np.random.default_rng(0)
+    one = {"image": rng.random((1, 1, *size), dtype=np.float32)}
+    batch = {"image": rng.random((args.batch, 1, *size), dtype=np.float32)}
+    r1 = interleaved(sess, one, ["probs", "cam"], args.reps)
+    rb = interleaved(sess, batch, ["probs"], max(5, args.reps // 5))
+    print(f"model {args.model} input {size} threads {args.threads} onnxruntime {ort.__version__}")
+    print(f"1 image  (probs+cam): fp32 {r1['fp32']:.2f} ms  int8 {r1['int8']:.2f} ms  "
+          f"speed-up {r1['fp32'] / r1['int8']:.2f}x")
+    print(f"batch {args.batch} (probs):   fp32 {rb['fp32']:.1f} ms  int8 {rb['int8']:.1f} ms  "
+          f"speed-up {rb['fp32'] / rb['int8']:.2f}x  "
+          f"({args.batch / rb['int8'] * 1000:.0f} images/s INT8)")
+
+
+if __name__ == "__main__":
+    main()

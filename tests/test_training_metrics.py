@@ -1,0 +1,64 @@
+"""Metrics of the training module against hand-computed values (numpy only, fast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lunglens.training.metrics import (
+    binary_metrics,
+    choose_threshold,
+    classification_report,
+    decide,
+    mean_ci,
+    roc_auc,
+)
+
+
+
+def test_binary_metrics_hand_computed() -> None:
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    p = np.array([1, 1, 0, 0, 0, 1, 0, 1])
+    m = binary_metrics(y, p, None)
+    assert (m["tp"], m["tn"], m["fp"], m["fn"]) == (3, 3, 1, 1)
+    assert m["sensitivity"] == pytest.approx(0.75)
+    assert m["specificity"] == pytest.approx(0.75)
+    assert m["precision"] == pytest.approx(0.75)
+    assert m["f1"] == pytest.approx(0.75)
+
+
+def test_auc_matches_pairwise_definition() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.random(200) + 0.3 * y, 2)  # ties on purpose
+    pos, neg = s[y == 1], s[y == 0]
+    pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (
+        len(pos) * len(neg)
+    )
+    assert roc_auc(y, s) == pytest.approx(pairwise)
+    assert np.isnan(roc_auc(np.ones(5), np.arange(5.0)))
+
+
+def test_threshold_meets_sensitivity_floor() -> None:
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(rng.normal(0.35 + 0.3 * y, 0.15), 0, 1)
+    thr = choose_threshold(y, p, 0.95)
+    sens = ((p >= thr) & (y == 1)).sum() / (y == 1).sum()
+    assert sens >= 0.95
+    assert ((p >= thr + 0.02) & (y == 1)).sum() / (y == 1).sum() < sens or thr >= 0.99
+
+
+def test_three_class_decision_rule_and_report() -> None:
+    probs = np.array([[0.30, 0.50, 0.20], [0.10, 0.20, 0.70], [0.60, 0.30, 0.10]])
+    assert decide(probs, 0, 0.25).tolist() == [0, 2, 0]
+    rep = classification_report(np.array([0, 2, 1]), probs, ["covid", "normal", "pneumonia"], 0, 0.25)
+    assert rep["accuracy"] == pytest.approx(2 / 3)
+    assert rep["confusion"] == [[1, 0, 0], [1, 0, 0], [0, 0, 1]]
+
+
+def test_mean_ci_t_interval() -> None:
+    ci = mean_ci([0.9, 0.92, 0.94, 0.96, 0.98])
+    half = 2.776 * np.std([0.9, 0.92, 0.94, 0.96, 0.98], ddof=1) / np.sqrt(5)
+    assert ci["mean"] == pytest.approx(0.94)
+    assert ci["hi"] - ci["mean"] == pytest.approx(half)

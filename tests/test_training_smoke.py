@@ -1,0 +1,97 @@
+"""Training smoke test: 1 epoch on ~40 CT images at low resolution, export, quantize, manifest.
+
+Needs the ``train`` extra (torch) and ../shared/data; runs in CI with ``-m slow``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.train,
+    pytest.mark.skipif(not (DATA / "ct-covid-binary").is_dir(), reason="../shared/data missing"),
+]
+
+
+def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from lunglens.training.cli import main
+
+    models = tmp_path / "models"
+    rc = main(["ct-squeezenet", "--limit", "40", "--size", "48", "--epochs", "1", "--folds", "5",
+               "--calib-images", "16", "--workdir", str(tmp_path / "work"),
+               "--models-dir", str(models), "--device", "cpu"])
+    assert rc == 0
+    out = models / "squeezenet-light-ct"
+    manifest = json.loads((out / "manifest.json").read_text())
+    onnx_bytes = (out / "model.onnx").read_bytes()
+    assert manifest["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+    assert manifest["labels"] == ["covid", "non-covid"]
+    assert manifest["input"]["size"] == [48, 48]
+    assert 0.0 < manifest["threshold"] < 1.0
+    # The exported float graph matches PyTorch.
+    assert manifest["export"]["probs_max_abs_diff_vs_pytorch"] < 1e-4
+    # INT8 QDQ graph: quantized convolutions present.
+    import onnx
+
+    ops = {n.op_type for n in onnx.load_from_string(onnx_bytes).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    # Contract: probs sum to 1, cam has one map per class, gallery outputs as the manifest says.
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((3, 1, 48, 48), dtype=np.float32)
+    gallery = manifest["outputs"]["gallery"]
+    names = ["probs", "cam"] + [g["output"] for g in gallery]
+    res = dict(zip(names, sess.run(names, {"image": x}), strict=True))
+    np.testing.assert_allclose(res["probs"].sum(1), 1.0, atol=1e-5)
+    assert res["cam"].shape[:2] == (3, 2)
+    for g in gallery:
+        assert list(res[g["output"]].shape[1:]) == g["shape"]
+    # CV ran on every fold and produced per-class metrics with intervals and per-source rows.
+    metrics = json.loads((out / "metrics.json").read_text())
+    acc = metrics["at_shipped_threshold"]["accuracy"]
+    assert acc["k"] == 5 and 0.0 <= acc["mean"] <= 1.0
+    assert set(metrics["per_source"]) <= {"covid-ct-ucsd", "ct-512", "misc", "mosmed",
+                                          "normal-ct-512", "sars-cov-2-ct"}
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "not a diagnosis" in card and manifest["sha256"] in card
+    assert (out / "roc.png").stat().st_size > 1000
+
+
+def test_training_loader_matches_app_loader() -> None:
+    """Training must see exactly what the app feeds the model for the same file."""
+    from lunglens.io import load_scan
+    from lunglens.preprocess import to_model_input
+    from lunglens.training.data import load_imageset
+
+    manifest = DATA / "ct-covid-binary" / "manifest.csv"
+    ds = load_imageset(manifest, 64, limit=4)
+    for img, rec in zip(ds.images, ds.records, strict=True):
+        app = to_model_input(load_scan(rec.path).image[0], (64, 64))[0, 0]
+        assert np.abs(img.astype(np.float32) / 255.0 - app).max() <= 0.5 / 255 + 1e-6
+
+
+def test_resume_skips_finished_runs(tmp_path: Path) -> None:
+    from lunglens.training.data import load_imageset
+    from lunglens.training.device import setup_runtime
+    from lunglens.training.train import TrainConfig, train_run
+
+    ds = load_imageset(DATA / "ct-covid-binary" / "manifest.csv", 32, limit=12)
+    idx = np.arange(len(ds.labels))
+    cfg = TrainConfig(size=32, epochs=2, batch_size=4)
+    rt = setup_runtime("cpu")
+    first = train_run(ds, idx[:8], idx[8:], cfg, rt, tmp_path / "run", log=lambda m: None)
+    assert first["epochs_run"] == 2 and (tmp_path / "run" / "best.pt").exists()
+    logs: list[str] = []
+    again = train_run(ds, idx[:8], idx[8:], cfg, rt, tmp_path / "run", log=logs.append)
+    assert again["epochs_run"] == 2 and "skipping" in logs[0]
