@@ -151,3 +151,27 @@ def test_help_documents_exit_codes() -> None:
     assert proc.returncode == 0
     for code in ("130", "model refused", "usage error"):
         assert code in proc.stdout
+
+
+CT_DICOM = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom" / "ct-misc"
+            / "693_UNCI.dcm").resolve()
+
+
+@pytest.mark.skipif(not CT_DICOM.exists(), reason="shared DICOM data not available")
+def test_patient_id_only_when_asked(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["classify", str(CT_DICOM), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["modality"] == "ct" and data["model"] == "synthetic-ct"  # chosen by modality
+    assert "patient_id" not in data
+    assert main(["classify", str(CT_DICOM), "--json", "--include-ids"]) == 0
+    pid = json.loads(capsys.readouterr().out)["patient_id"]
+    assert pid
+    out = env / "r.csv"
+    assert main(["score", str(CT_DICOM), "--out", str(out), "--no-report"]) == 0
+    assert "patient_id" not in out.read_text().splitlines()[0]
+    out2 = env / "r2.csv"
+    assert main(["score", str(CT_DICOM), "--out", str(out2), "--include-ids",
+                 "--no-report"]) == 0
+    assert out2.read_text().splitlines()[0].endswith(",patient_id")
+    assert out2.read_text().splitlines()[1].endswith("," + pid)
+    assert pid not in out.read_text() and pid not in (env / "data" / "audit.log").read_text()
