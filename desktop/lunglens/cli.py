@@ -321,10 +321,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         name = Path(src.key.split("#")[0]).name
         try:
             scan: Scan = load_source(src)
+            # Bundled samples are named "<modality>-...": plain JPEGs carry no modality tag.
+            modality = scan.modality
+            if modality == "unknown" and name.split("-", 1)[0] in ("ct", "cxr"):
+                modality = name.split("-", 1)[0]
             if args.model:
-                info = _choose_model(args, scan.modality)
-            elif scan.modality in ("ct", "cxr"):
-                info = default_model_for(scan.modality, args.models_dir)
+                info = _choose_model(args, modality)
+            elif modality in ("ct", "cxr"):
+                info = default_model_for(modality, args.models_dir)
             else:
                 info = default_model_for("ct", args.models_dir)
                 if not warned:
@@ -332,7 +336,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          f"CT model {info.name}")
                     warned = True
             res = classify_scan(scan, info, with_cam=False)
-            rows.append((name, scan.modality, f"{info.name} {info.version}", res.prediction,
+            rows.append((name, modality, f"{info.name} {info.version}", res.prediction,
                          f"{res.positive_prob:.3f}", "yes" if res.flagged else "no"))
         except LungLensError as exc:
             failed += 1
