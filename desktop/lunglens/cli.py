@@ -97,8 +97,8 @@ def _print_result(result: Any, out: TextIO) -> None:
     print(f"prediction:  {result.prediction} ({flag}; threshold {result.threshold:.2f} on "
           f"p({result.positive_label}))", file=out)
     if result.n_slices > 1:
-        print(f"slices:      {result.n_slices}; most suspicious: "
-              + ", ".join(str(i) for i in result.top_slices), file=out)
+        print(f"slices:      {result.n_slices}; most suspicious (1 = first): "
+              + ", ".join(str(i + 1) for i in result.top_slices), file=out)
     print(f"elapsed:     {result.elapsed_ms:.0f} ms", file=out)
     for note in result.notes:
         print(f"note:        {note}", file=out)
