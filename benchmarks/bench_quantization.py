@@ -54,19 +54,25 @@ def main() -> None:
     import json
 
     size = json.loads((d / "manifest.json").read_text())["input"]["size"]
-    sess = {"fp32": session(d / "model_fp32.onnx", args.threads),
-            "int8": session(d / "model.onnx", args.threads)}
+    sess = {
+        "fp32": session(d / "model_fp32.onnx", args.threads),
+        "int8": session(d / "model.onnx", args.threads),
+    }
     rng = np.random.default_rng(0)
     one = {"image": rng.random((1, 1, *size), dtype=np.float32)}
     batch = {"image": rng.random((args.batch, 1, *size), dtype=np.float32)}
     r1 = interleaved(sess, one, ["probs", "cam"], args.reps)
     rb = interleaved(sess, batch, ["probs"], max(5, args.reps // 5))
     print(f"model {args.model} input {size} threads {args.threads} onnxruntime {ort.__version__}")
-    print(f"1 image  (probs+cam): fp32 {r1['fp32']:.2f} ms  int8 {r1['int8']:.2f} ms  "
-          f"speed-up {r1['fp32'] / r1['int8']:.2f}x")
-    print(f"batch {args.batch} (probs):   fp32 {rb['fp32']:.1f} ms  int8 {rb['int8']:.1f} ms  "
-          f"speed-up {rb['fp32'] / rb['int8']:.2f}x  "
-          f"({args.batch / rb['int8'] * 1000:.0f} images/s INT8)")
+    print(
+        f"1 image  (probs+cam): fp32 {r1['fp32']:.2f} ms  int8 {r1['int8']:.2f} ms  "
+        f"speed-up {r1['fp32'] / r1['int8']:.2f}x"
+    )
+    print(
+        f"batch {args.batch} (probs):   fp32 {rb['fp32']:.1f} ms  int8 {rb['int8']:.1f} ms  "
+        f"speed-up {rb['fp32'] / rb['int8']:.2f}x  "
+        f"({args.batch / rb['int8'] * 1000:.0f} images/s INT8)"
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from lunglens.training.metrics import (
 )
 
 
-
 def test_binary_metrics_hand_computed() -> None:
     y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
     p = np.array([1, 1, 0, 0, 0, 1, 0, 1])
@@ -52,7 +51,9 @@ def test_threshold_meets_sensitivity_floor() -> None:
 def test_three_class_decision_rule_and_report() -> None:
     probs = np.array([[0.30, 0.50, 0.20], [0.10, 0.20, 0.70], [0.60, 0.30, 0.10]])
     assert decide(probs, 0, 0.25).tolist() == [0, 2, 0]
-    rep = classification_report(np.array([0, 2, 1]), probs, ["covid", "normal", "pneumonia"], 0, 0.25)
+    rep = classification_report(
+        np.array([0, 2, 1]), probs, ["covid", "normal", "pneumonia"], 0, 0.25
+    )
     assert rep["accuracy"] == pytest.approx(2 / 3)
     assert rep["confusion"] == [[1, 0, 0], [1, 0, 0], [0, 0, 1]]
 

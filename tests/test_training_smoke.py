@@ -29,9 +29,27 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     from lunglens.training.cli import main
 
     models = tmp_path / "models"
-    rc = main(["ct-squeezenet", "--limit", "40", "--size", "48", "--epochs", "1", "--folds", "5",
-               "--calib-images", "16", "--workdir", str(tmp_path / "work"),
-               "--models-dir", str(models), "--device", "cpu"])
+    rc = main(
+        [
+            "ct-squeezenet",
+            "--limit",
+            "40",
+            "--size",
+            "48",
+            "--epochs",
+            "1",
+            "--folds",
+            "5",
+            "--calib-images",
+            "16",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--models-dir",
+            str(models),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     out = models / "squeezenet-light-ct"
     manifest = json.loads((out / "manifest.json").read_text())
@@ -61,8 +79,14 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     acc = metrics["at_shipped_threshold"]["accuracy"]
     assert acc["k"] == 5 and 0.0 <= acc["mean"] <= 1.0
-    assert set(metrics["per_source"]) <= {"covid-ct-ucsd", "ct-512", "misc", "mosmed",
-                                          "normal-ct-512", "sars-cov-2-ct"}
+    assert set(metrics["per_source"]) <= {
+        "covid-ct-ucsd",
+        "ct-512",
+        "misc",
+        "mosmed",
+        "normal-ct-512",
+        "sars-cov-2-ct",
+    }
     card = (out / "MODEL_CARD.md").read_text()
     assert "not a diagnosis" in card and manifest["sha256"] in card
     assert (out / "roc.png").stat().st_size > 1000

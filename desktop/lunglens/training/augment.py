@@ -26,7 +26,9 @@ class AugmentConfig:
     contrast: float = 0.15
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None
+) -> torch.Tensor:
     """Augment a batch ``[N, 1, H, W]`` in [0, 1]; returns a new tensor in [0, 1]."""
     n = x.shape[0]
     dev = x.device

@@ -53,8 +53,14 @@ def write_plots(work: Path, out: Path, ds, positive: int, threshold: float) -> N
     ax.imshow(cm, cmap="Blues")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
     ax.set_xticks(range(n), ds.classes)
     ax.set_yticks(range(n), ds.classes)
     ax.set_xlabel("predicted")
@@ -78,10 +84,16 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
         "",
         "## Model",
         f"- Architecture: {m['architecture']}.",
-        f"- Modality: {m['modality']}; labels {m['labels']}; positive label `{m['positive_label']}`.",
-        f"- Input: `image` float32 [N, 1, {m['input']['size'][0]}, {m['input']['size'][1]}] in [0, 1]"
-        + (f", CT {m['input']['window']['name']} window (W {m['input']['window']['width']:.0f} / "
-           f"L {m['input']['window']['center']:.0f}) for DICOM" if m["input"].get("window") else "")
+        f"- Modality: {m['modality']}; labels {m['labels']}; "
+        f"positive label `{m['positive_label']}`.",
+        f"- Input: `image` float32 [N, 1, {m['input']['size'][0]}, {m['input']['size'][1]}] "
+        "in [0, 1]"
+        + (
+            f", CT {m['input']['window']['name']} window (W {m['input']['window']['width']:.0f} / "
+            f"L {m['input']['window']['center']:.0f}) for DICOM"
+            if m["input"].get("window")
+            else ""
+        )
         + "; the whole image is resized (stretched) to that size.",
         f"- File: `model.onnx`, INT8 ({q['scheme']}), SHA-256 `{m['sha256']}`.",
         f"- Operating threshold {m['threshold']}: {m['threshold_rule']}.",
@@ -92,14 +104,16 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
         f"{t['epochs_max']} epochs, Adam, label smoothing, class weights, ReduceLROnPlateau "
         f"(factor 0.5, patience 3), early stopping; augmentation {t['augmentation']}.",
         f"- Device: {t['device']}. Final model: {t['final_model'].get('epochs_run')} epochs, best "
-        f"epoch {t['final_model'].get('best_epoch')}, {t['final_model'].get('seconds', 0) / 60:.1f} min; "
+        f"epoch {t['final_model'].get('best_epoch')}, "
+        f"{t['final_model'].get('seconds', 0) / 60:.1f} min; "
         f"cross-validation {t['cv_seconds'] / 60:.1f} min.",
         "",
         "## Quantization",
         f"- Calibration: {q['calibration_images']} training images, {q['calibration_method']}. "
         f"INT8 op types: {', '.join(q['quantized_op_types'])}; kept in float: "
         f"{', '.join(q['float_op_types'])} (nodes {', '.join(q['float_nodes']) or 'none'}).",
-        f"- Parity on validation fold ({par['n']} images): decision agreement {_pct(par['agreement'])}, "
+        f"- Parity on validation fold ({par['n']} images): "
+        f"decision agreement {_pct(par['agreement'])}, "
         f"accuracy float {_pct(par['accuracy_float'])} vs INT8 {_pct(par['accuracy_int8'])} "
         f"({par['accuracy_change_points']:+.2f} points), max |dp| {par['max_abs_prob_diff']:.3f}.",
         "",
@@ -115,15 +129,18 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
             f"- {metrics['scheme']}. Mean over 5 test folds with 95% t-intervals, at the shipped "
             "threshold:",
             f"  - accuracy {_ci(s['accuracy'])}, macro-F1 {_ci(s['macro_f1'])}",
-            f"  - `{pos}`: sensitivity {_ci(pc['sensitivity'])}, specificity {_ci(pc['specificity'])}, "
+            f"  - `{pos}`: sensitivity {_ci(pc['sensitivity'])}, "
+            f"specificity {_ci(pc['specificity'])}, "
             f"precision {_ci(pc['precision'])}, F1 {_ci(pc['f1'])}, AUC {_ci(pc['auc'])}",
             "",
             "| class | sensitivity | specificity | precision | F1 | AUC |",
             "|---|---|---|---|---|---|",
         ]
         for c, v in s["per_class"].items():
-            lines.append(f"| {c} | {_ci(v['sensitivity'])} | {_ci(v['specificity'])} | "
-                         f"{_ci(v['precision'])} | {_ci(v['f1'])} | {_ci(v['auc'])} |")
+            lines.append(
+                f"| {c} | {_ci(v['sensitivity'])} | {_ci(v['specificity'])} | "
+                f"{_ci(v['precision'])} | {_ci(v['f1'])} | {_ci(v['auc'])} |"
+            )
         own = metrics["at_fold_threshold"]
         lines += [
             "",
@@ -137,9 +154,11 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
             "|---|---|---|" + "---|" * len(m["labels"]),
         ]
         for src, r in metrics["per_source"].items():
-            lines.append(f"| {src} | {r['n']} | {_pct(r['accuracy'])} | "
-                         + " | ".join(_pct(r["per_class"][c]["sensitivity"]) for c in m["labels"])
-                         + " |")
+            lines.append(
+                f"| {src} | {r['n']} | {_pct(r['accuracy'])} | "
+                + " | ".join(_pct(r["per_class"][c]["sensitivity"]) for c in m["labels"])
+                + " |"
+            )
         lines += ["", "![ROC](roc.png) ![Confusion](confusion.png)"]
     lines += [
         "",

@@ -24,8 +24,11 @@ def _repo_root() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="lunglens-train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="lunglens-train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("preset", choices=sorted(PRESETS))
     ap.add_argument("--data-root", type=Path, default=_repo_root().parent / "shared" / "data")
     ap.add_argument("--models-dir", type=Path, default=_repo_root() / "models")
@@ -42,10 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     preset = PRESETS[args.preset]
     opts = PipelineOptions(
-        data_root=args.data_root, models_dir=args.models_dir,
-        workdir=args.workdir or default_workdir(preset.model_name), device=args.device,
-        size=args.size, epochs=args.epochs, limit=args.limit, folds=args.folds,
-        skip_cv=args.skip_cv, calib_images=args.calib_images, calibration=args.calibration,
+        data_root=args.data_root,
+        models_dir=args.models_dir,
+        workdir=args.workdir or default_workdir(preset.model_name),
+        device=args.device,
+        size=args.size,
+        epochs=args.epochs,
+        limit=args.limit,
+        folds=args.folds,
+        skip_cv=args.skip_cv,
+        calib_images=args.calib_images,
+        calibration=args.calibration,
         version=args.version,
     )
     t0 = time.time()

@@ -37,7 +37,8 @@ class Runtime:
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
-        return f"{name} x{self.world_size} ({amp}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        return f"{name} x{self.world_size} ({amp}, torch {torch.__version__}, {threads} threads)"
 
 
 def setup_runtime(prefer: str = "auto") -> Runtime:

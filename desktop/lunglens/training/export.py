@@ -22,9 +22,10 @@ class ContractWrapper(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.layer_names = list(model.gallery_layers)  # type: ignore[attr-defined]
+        layers: dict[str, nn.Module] = getattr(model, "gallery_layers")  # noqa: B009
+        self.layer_names = list(layers)
         self._acts: dict[str, torch.Tensor] = {}
-        for name, module in model.gallery_layers.items():  # type: ignore[attr-defined]
+        for name, module in layers.items():
             module.register_forward_hook(self._hook(name))
 
     def _hook(self, name: str):
@@ -59,8 +60,15 @@ def export_onnx(model: nn.Module, size: int, path: Path, opset: int = 17) -> dic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, (x,), str(path), input_names=["image"], output_names=names,
-            dynamic_axes=dyn, opset_version=opset, dynamo=False, do_constant_folding=True,
+            wrapper,
+            (x,),
+            str(path),
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes=dyn,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
         )
     wrapper.eval()  # export restores the wrapper's (training) mode; compare in eval mode
     onnx.checker.check_model(str(path), full_check=True)
@@ -72,7 +80,12 @@ def export_onnx(model: nn.Module, size: int, path: Path, opset: int = 17) -> dic
     layer_names = wrapper.layer_names
     shapes = {n: list(g.shape[1:]) for n, g in zip(names, got, strict=True)}
     return dict(
-        opset=opset, max_abs_diff=diffs, probs_max_abs_diff=diffs["probs"], shapes=shapes,
-        gallery=[{"output": f"act_{i}", "layer": ln, "shape": shapes[f"act_{i}"]}
-                 for i, ln in enumerate(layer_names)],
+        opset=opset,
+        max_abs_diff=diffs,
+        probs_max_abs_diff=diffs["probs"],
+        shapes=shapes,
+        gallery=[
+            {"output": f"act_{i}", "layer": ln, "shape": shapes[f"act_{i}"]}
+            for i, ln in enumerate(layer_names)
+        ],
     )

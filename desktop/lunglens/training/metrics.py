@@ -56,9 +56,16 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray | N
     fn = int(((y_pred == 0) & (y_true == 1)).sum())
     sens, prec = _div(tp, tp + fn), _div(tp, tp + fp)
     return dict(
-        n=len(y_true), tp=tp, tn=tn, fp=fp, fn=fn,
-        accuracy=_div(tp + tn, len(y_true)), sensitivity=sens, specificity=_div(tn, tn + fp),
-        precision=prec, f1=_div(2 * prec * sens, prec + sens) if tp else (0.0 if fp + fn else float("nan")),
+        n=len(y_true),
+        tp=tp,
+        tn=tn,
+        fp=fp,
+        fn=fn,
+        accuracy=_div(tp + tn, len(y_true)),
+        sensitivity=sens,
+        specificity=_div(tn, tn + fp),
+        precision=prec,
+        f1=_div(2 * prec * sens, prec + sens) if tp else (0.0 if fp + fn else float("nan")),
         auc=roc_auc(y_true, score) if score is not None else float("nan"),
     )
 
@@ -85,10 +92,12 @@ def classification_report(
     for t, p in zip(y_true, pred, strict=True):
         confusion[t, p] += 1
     return dict(
-        n=len(y_true), threshold=float(threshold),
+        n=len(y_true),
+        threshold=float(threshold),
         accuracy=float((pred == y_true).mean()) if len(y_true) else float("nan"),
         macro_f1=float(np.mean(f1s)) if f1s else float("nan"),
-        per_class=per_class, confusion=confusion.tolist(),
+        per_class=per_class,
+        confusion=confusion.tolist(),
     )
 
 
@@ -101,7 +110,7 @@ def choose_threshold(y_pos: np.ndarray, p_pos: np.ndarray, min_sensitivity: floa
     pos = np.sort(p_pos[y_pos == 1])
     if len(pos) == 0:
         return 0.5
-    k = int(math.floor((1.0 - min_sensitivity) * len(pos)))
+    k = math.floor((1.0 - min_sensitivity) * len(pos))
     return float(min(pos[k], 0.99))
 
 
@@ -113,7 +122,9 @@ def mean_ci(values: Sequence[float]) -> dict:
     if len(v) == 1:
         return dict(mean=float(v[0]), lo=float("nan"), hi=float("nan"), k=1)
     half = _T975.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))
-    return dict(mean=float(v.mean()), lo=float(v.mean() - half), hi=float(v.mean() + half), k=len(v))
+    return dict(
+        mean=float(v.mean()), lo=float(v.mean() - half), hi=float(v.mean() + half), k=len(v)
+    )
 
 
 def summarize_folds(reports: Sequence[dict], classes: Sequence[str]) -> dict:

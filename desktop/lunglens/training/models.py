@@ -119,21 +119,25 @@ class TimmClassifier(nn.Module):
         import timm
 
         self.backbone = timm.create_model(
-            timm_name, pretrained=False, num_classes=0, global_pool="", in_chans=in_chans,
+            timm_name,
+            pretrained=False,
+            num_classes=0,
+            global_pool="",
+            in_chans=in_chans,
             drop_rate=0.0,
         )
         self.dropout = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(self.backbone.num_features, num_classes)
+        self.classifier = nn.Linear(int(getattr(self.backbone, "num_features")), num_classes)  # noqa: B009
         self.gallery_layers: OrderedDict[str, nn.Module] = OrderedDict()
-        blocks = getattr(self.backbone, "blocks", None)
+        blocks: nn.Sequential | None = getattr(self.backbone, "blocks", None)
         if blocks is not None:
             for i, stage in enumerate(blocks):
                 self.gallery_layers[f"stage{i + 1}"] = stage
         if hasattr(self.backbone, "conv_head"):
-            self.gallery_layers["head"] = self.backbone.bn2
+            self.gallery_layers["head"] = getattr(self.backbone, "bn2")  # noqa: B009
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features((x - NORM_MEAN) / NORM_STD)
+        return self.backbone.forward_features((x - NORM_MEAN) / NORM_STD)  # type: ignore[operator]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)

@@ -85,14 +85,21 @@ class Pipeline:
         cuda = self.rt.device.type == "cuda"
         self.size = opts.size or (preset.size_cuda if cuda else preset.size_cpu)
         epochs = opts.epochs or (preset.epochs_cuda if cuda else preset.epochs_cpu)
-        self.cfg = TrainConfig(arch=preset.arch, size=self.size, epochs=epochs,
-                               batch_size=preset.batch_size, lr=preset.lr,
-                               channels_last=preset.arch.startswith("efficientnet"))
+        self.cfg = TrainConfig(
+            arch=preset.arch,
+            size=self.size,
+            epochs=epochs,
+            batch_size=preset.batch_size,
+            lr=preset.lr,
+            channels_last=preset.arch.startswith("efficientnet"),
+        )
         self.work = opts.workdir
         self.work.mkdir(parents=True, exist_ok=True)
         self.out = opts.models_dir / preset.model_name
         self.state_path = self.work / "state.json"
-        self.state: dict = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.state: dict = (
+            json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        )
 
     # -- helpers ---------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -111,11 +118,16 @@ class Pipeline:
             return ImageSet(z["images"], z["labels"], recs, list(z["classes"]))
         t0 = time.time()
         ds = load_imageset(manifest, self.size, limit=self.o.limit)
-        all_recs = {str(r.path): i for i, r in enumerate(__import__(
-            "lunglens.training.data", fromlist=["read_manifest"]).read_manifest(manifest))}
+        all_recs = {
+            str(r.path): i
+            for i, r in enumerate(
+                __import__("lunglens.training.data", fromlist=["read_manifest"]).read_manifest(
+                    manifest
+                )
+            )
+        }
         keep = np.array([all_recs[str(r.path)] for r in ds.records])
-        np.savez(cache, images=ds.images, labels=ds.labels, classes=np.array(ds.classes),
-                 keep=keep)
+        np.savez(cache, images=ds.images, labels=ds.labels, classes=np.array(ds.classes), keep=keep)
         self.log(f"decoded {len(ds.labels)} images at {self.size}px in {time.time() - t0:.0f}s")
         return ds
 
@@ -125,8 +137,10 @@ class Pipeline:
     # -- stages ----------------------------------------------------------------------------
     def run(self) -> dict:
         ds = self.data()
-        self.log(f"{self.p.name}: {len(ds.labels)} images, classes {ds.classes}, size {self.size}, "
-                 f"device {self.rt.describe()}")
+        self.log(
+            f"{self.p.name}: {len(ds.labels)} images, classes {ds.classes}, size {self.size}, "
+            f"device {self.rt.describe()}"
+        )
         self.stage_final(ds)
         if not self.rt.is_main:
             return {}
@@ -154,8 +168,10 @@ class Pipeline:
             return
         model = load_best(self.work / "final", self.p.arch, len(ds.classes))
         self.state["export"] = export_onnx(model, self.size, fp32)
-        self.log(f"exported ONNX; max |probs(torch) - probs(onnx)| = "
-                 f"{self.state['export']['probs_max_abs_diff']:.2e}")
+        self.log(
+            f"exported ONNX; max |probs(torch) - probs(onnx)| = "
+            f"{self.state['export']['probs_max_abs_diff']:.2e}"
+        )
         self.save_state()
 
     def stage_quantize(self, ds: ImageSet) -> None:
@@ -170,8 +186,9 @@ class Pipeline:
         val_idx = ds.folds([v])
         rng = np.random.default_rng(0)
         calib = train_idx[rng.permutation(len(train_idx))[: self.o.calib_images]]
-        q = quantize_model(self.work / "model_fp32.onnx", int8, ds.images[calib],
-                           method=self.o.calibration)
+        q = quantize_model(
+            self.work / "model_fp32.onnx", int8, ds.images[calib], method=self.o.calibration
+        )
         pos = self.positive(ds)
         p32 = onnx_probs(self.work / "model_fp32.onnx", ds.images[val_idx])
         p8 = onnx_probs(int8, ds.images[val_idx])
@@ -181,9 +198,11 @@ class Pipeline:
         self.state["quantization"] = q
         self.state["threshold"] = thr
         np.savez(self.work / "final_val_probs.npz", fp32=p32, int8=p8, labels=y)
-        self.log(f"INT8: agreement {q['parity_validation_fold']['agreement']:.4f}, accuracy change "
-                 f"{q['parity_validation_fold']['accuracy_change_points']:+.2f} points, "
-                 f"threshold {thr:.3f}")
+        self.log(
+            f"INT8: agreement {q['parity_validation_fold']['agreement']:.4f}, accuracy change "
+            f"{q['parity_validation_fold']['accuracy_change_points']:+.2f} points, "
+            f"threshold {thr:.3f}"
+        )
         self.save_state()
 
     def stage_cv(self, ds: ImageSet) -> None:
@@ -201,12 +220,20 @@ class Pipeline:
             model = load_best(self.work / key, self.p.arch, len(ds.classes)).to(self.rt.device)
             pv = predict_probs(model, ds.images[va], self.rt)
             pt = predict_probs(model, ds.images[te], self.rt)
-            thr = choose_threshold((ds.labels[va] == pos).astype(int), pv[:, pos],
-                                   self.o.min_sensitivity)
+            thr = choose_threshold(
+                (ds.labels[va] == pos).astype(int), pv[:, pos], self.o.min_sensitivity
+            )
             np.savez(self.work / f"{key}_test.npz", probs=pt, idx=te, threshold=thr)
             self.state.setdefault("cv", {})[key] = dict(
-                test_fold=k, val_fold=vf, threshold=thr, n_train=len(tr), n_val=len(va),
-                n_test=len(te), best_epoch=facts["best_epoch"], seconds=facts["seconds"])
+                test_fold=k,
+                val_fold=vf,
+                threshold=thr,
+                n_train=len(tr),
+                n_val=len(va),
+                n_test=len(te),
+                best_epoch=facts["best_epoch"],
+                seconds=facts["seconds"],
+            )
             self.save_state()
 
     # -- outputs ---------------------------------------------------------------------------
@@ -223,7 +250,9 @@ class Pipeline:
         for k in range(self.o.folds):
             z = np.load(self.work / f"fold{k}_test.npz")
             y = ds.labels[z["idx"]]
-            per_fold_own.append(classification_report(y, z["probs"], ds.classes, pos, float(z["threshold"])))
+            per_fold_own.append(
+                classification_report(y, z["probs"], ds.classes, pos, float(z["threshold"]))
+            )
             per_fold_shipped.append(classification_report(y, z["probs"], ds.classes, pos, shipped))
             all_idx.append(z["idx"])
             all_probs.append(z["probs"])
@@ -238,16 +267,20 @@ class Pipeline:
             rep.pop("confusion", None)
         np.savez(self.work / "oof.npz", idx=idx, probs=probs, labels=y)
         return dict(
-            scheme=f"group-wise {self.o.folds}-fold CV on the manifest's `fold` column; test fold k, "
+            scheme=f"group-wise {self.o.folds}-fold CV on the manifest's `fold` column; "
+            "test fold k, "
             "validation fold k+1 (early stopping, per-fold threshold), 3 folds train; PyTorch fp32",
             at_shipped_threshold=summarize_folds(per_fold_shipped, ds.classes),
             at_fold_threshold=summarize_folds(per_fold_own, ds.classes),
             folds_at_shipped_threshold=[
                 {k: r[k] for k in ("n", "accuracy", "macro_f1", "confusion")}
-                | {"sensitivity": r["per_class"][self.p.positive_label]["sensitivity"],
-                   "specificity": r["per_class"][self.p.positive_label]["specificity"],
-                   "auc": r["per_class"][self.p.positive_label]["auc"]}
-                for r in per_fold_shipped],
+                | {
+                    "sensitivity": r["per_class"][self.p.positive_label]["sensitivity"],
+                    "specificity": r["per_class"][self.p.positive_label]["specificity"],
+                    "auc": r["per_class"][self.p.positive_label]["auc"],
+                }
+                for r in per_fold_shipped
+            ],
             pooled_out_of_fold=classification_report(y, probs, ds.classes, pos, shipped),
             per_source=per_source,
         )
@@ -265,37 +298,61 @@ class Pipeline:
         ex = self.state["export"]
         counts = {c: int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
         manifest = dict(
-            name=self.p.model_name, version=self.o.version,
+            name=self.p.model_name,
+            version=self.o.version,
             architecture=_ARCH_TEXT.get(self.p.arch, self.p.arch),
-            arch=self.p.arch, modality=self.p.modality, labels=ds.classes,
+            arch=self.p.arch,
+            modality=self.p.modality,
+            labels=ds.classes,
             positive_label=self.p.positive_label,
-            input=dict(name="image", shape=[1, self.size, self.size], size=[self.size, self.size],
-                       range=[0.0, 1.0], dtype="float32",
-                       window=(dict(name=self.p.window[0], center=self.p.window[1],
-                                    width=self.p.window[2]) if self.p.window else None),
-                       resize="whole image stretched to size (cv2 INTER_AREA), lunglens.preprocess",
-                       normalization="inside the graph: (x - 0.5) / 0.25"),
-            outputs=dict(probs=dict(shape=["N", len(ds.classes)]),
-                         cam=dict(shape=["N", *ex["shapes"]["cam"]], layer="head",
-                                  method="CAM (classifier weights x last feature maps)"),
-                         gallery=ex["gallery"]),
-            file="model.onnx", sha256=sha256(model_path),
+            input=dict(
+                name="image",
+                shape=[1, self.size, self.size],
+                size=[self.size, self.size],
+                range=[0.0, 1.0],
+                dtype="float32",
+                window=(
+                    dict(name=self.p.window[0], center=self.p.window[1], width=self.p.window[2])
+                    if self.p.window
+                    else None
+                ),
+                resize="whole image stretched to size (cv2 INTER_AREA), lunglens.preprocess",
+                normalization="inside the graph: (x - 0.5) / 0.25",
+            ),
+            outputs=dict(
+                probs=dict(shape=["N", len(ds.classes)]),
+                cam=dict(
+                    shape=["N", *ex["shapes"]["cam"]],
+                    layer="head",
+                    method="CAM (classifier weights x last feature maps)",
+                ),
+                gallery=ex["gallery"],
+            ),
+            file="model.onnx",
+            sha256=sha256(model_path),
             threshold=round(float(self.state["threshold"]), 4),
-            threshold_rule=(f"largest threshold with sensitivity >= {self.o.min_sensitivity} for "
-                            f"'{self.p.positive_label}' on validation fold {self.o.val_fold} "
-                            "(INT8 model); flagged when P(positive) >= threshold"
-                            + ("; otherwise the most probable other class" if len(ds.classes) > 2 else "")),
+            threshold_rule=(
+                f"largest threshold with sensitivity >= {self.o.min_sensitivity} for "
+                f"'{self.p.positive_label}' on validation fold {self.o.val_fold} "
+                "(INT8 model); flagged when P(positive) >= threshold"
+                + ("; otherwise the most probable other class" if len(ds.classes) > 2 else "")
+            ),
             series_aggregation=dict(method="top_k_mean", k=3),
             quantization=self.state["quantization"],
             export=dict(opset=ex["opset"], probs_max_abs_diff_vs_pytorch=ex["probs_max_abs_diff"]),
-            metrics=(dict(cv=metrics) if metrics else dict(cv="pending: cross-validation not finished")),
+            metrics=(
+                dict(cv=metrics) if metrics else dict(cv="pending: cross-validation not finished")
+            ),
             training=dict(
                 data=f"../shared/data/{self.p.data} ({len(ds.labels)} images: {counts})",
-                preset=self.p.name, resolution=self.size, epochs_max=self.cfg.epochs,
+                preset=self.p.name,
+                resolution=self.size,
+                epochs_max=self.cfg.epochs,
                 final_model=self.state.get("final", {}),
                 config={k: v for k, v in asdict(self.cfg).items() if k != "augment"},
                 augmentation=asdict(self.cfg.augment),
-                device=self.rt.describe(), host=platform.processor() or platform.machine(),
+                device=self.rt.describe(),
+                host=platform.processor() or platform.machine(),
                 pretrained=False,
                 note="trained from scratch: no pretrained weights are available offline",
                 checkpoint=str((self.work / "final" / "best.pt").resolve()),
@@ -305,7 +362,8 @@ class Pipeline:
                 "Triage aid for chest "
                 + ("CT slices" if self.p.modality == "ct" else "X-rays")
                 + ": ranks scans so a radiologist reviews likely COVID-19 first. Not a diagnosis; "
-                "not validated on data from any hospital; research use."),
+                "not validated on data from any hospital; research use."
+            ),
         )
         (self.out / "manifest.json").write_text(_json(manifest))
         write_card(self.out, manifest, metrics, self.p)

@@ -36,7 +36,10 @@ def _output_ops(model_path: Path, outputs: Sequence[str]) -> list[str]:
     m = onnx.load(str(model_path))
     keep = []
     for node in m.graph.node:
-        if node.op_type in {"Softmax", "Einsum", "MatMul", "Gemm"} or set(node.output) & {"probs", "cam"}:
+        if node.op_type in {"Softmax", "Einsum", "MatMul", "Gemm"} or set(node.output) & {
+            "probs",
+            "cam",
+        }:
             keep.append(node.name)
     return keep
 
@@ -67,22 +70,32 @@ def quantize_model(
         op_types = sorted({n.op_type for n in onnx.load(str(pre)).graph.node} - set(keep_float_ops))
         # ConvTranspose stays float: onnxruntime has no INT8 ConvTranspose kernel, so QDQ would
         # only add a weight dequantization per run (measured slower than float).
-        quant_ops = [o for o in op_types if o in {"Conv", "MaxPool", "Concat",
-                                                   "GlobalAveragePool", "ReduceMean", "Add", "Mul"}]
+        quant_ops = [
+            o
+            for o in op_types
+            if o in {"Conv", "MaxPool", "Concat", "GlobalAveragePool", "ReduceMean", "Add", "Mul"}
+        ]
         t0 = time.time()
         quantize_static(
-            str(pre), str(int8_path), _Reader(calib_images),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(pre),
+            str(int8_path),
+            _Reader(calib_images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, method),
-            nodes_to_exclude=exclude, op_types_to_quantize=quant_ops,
+            nodes_to_exclude=exclude,
+            op_types_to_quantize=quant_ops,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     return dict(
         scheme="static QDQ, activations uint8 asymmetric, weights int8 symmetric"
         + (" per-channel" if per_channel else " per-tensor"),
-        calibration_method=method, calibration_images=len(calib_images),
-        quantized_op_types=quant_ops, float_nodes=exclude,
+        calibration_method=method,
+        calibration_images=len(calib_images),
+        quantized_op_types=quant_ops,
+        float_nodes=exclude,
         float_op_types=sorted(set(op_types) - set(quant_ops)),
         seconds=round(time.time() - t0, 1),
     )
@@ -94,23 +107,27 @@ def onnx_probs(path: Path, images: np.ndarray, batch: int = 64) -> np.ndarray:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = [
-        sess.run(["probs"], {"image": (images[i : i + batch].astype(np.float32) / 255.0)[:, None]})[0]
+        sess.run(["probs"], {"image": (images[i : i + batch].astype(np.float32) / 255.0)[:, None]})[
+            0
+        ]
         for i in range(0, len(images), batch)
     ]
     return np.concatenate(out)
 
 
-def parity(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray, positive: int,
-           threshold: float) -> dict:
+def parity(
+    fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray, positive: int, threshold: float
+) -> dict:
     """INT8 vs float: decision agreement and accuracy change on the same images."""
     from lunglens.training.metrics import decide
 
     d32, d8 = decide(fp32, positive, threshold), decide(int8, positive, threshold)
     return dict(
-        n=len(labels), agreement=float((d32 == d8).mean()),
-        accuracy_float=float((d32 == labels).mean()), accuracy_int8=float((d8 == labels).mean()),
+        n=len(labels),
+        agreement=float((d32 == d8).mean()),
+        accuracy_float=float((d32 == labels).mean()),
+        accuracy_int8=float((d8 == labels).mean()),
         accuracy_change_points=float(((d8 == labels).mean() - (d32 == labels).mean()) * 100),
         max_abs_prob_diff=float(np.abs(fp32 - int8).max()),
         mean_abs_prob_diff=float(np.abs(fp32 - int8).mean()),
     )
-

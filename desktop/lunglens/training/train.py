@@ -53,8 +53,9 @@ def to_tensor(images: np.ndarray, rt: Runtime, channels_last: bool = False) -> t
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: np.ndarray, rt: Runtime, bs: int = 64,
-                  channels_last: bool = False) -> np.ndarray:
+def predict_probs(
+    model: nn.Module, images: np.ndarray, rt: Runtime, bs: int = 64, channels_last: bool = False
+) -> np.ndarray:
     """Softmax probabilities ``[N, C]`` for uint8 images ``[N, H, W]``."""
     model.eval()
     out = []
@@ -155,15 +156,28 @@ def train_run(
         dt = time.time() - t0
         elapsed += dt
         history.append(
-            dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_acc=val_acc,
-                 lr=opt.param_groups[0]["lr"], seconds=dt)
+            dict(
+                epoch=epoch,
+                train_loss=train_loss,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                lr=opt.param_groups[0]["lr"],
+                seconds=dt,
+            )
         )
         improved = val_loss < best_loss - 1e-4
         if improved:
             best_loss, bad_epochs = val_loss, 0
             if rt.is_main:
-                torch.save({"model": model.state_dict(), "epoch": epoch, "cfg": asdict(cfg),
-                            "classes": data.classes}, workdir / "best.pt")
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "epoch": epoch,
+                        "cfg": asdict(cfg),
+                        "classes": data.classes,
+                    },
+                    workdir / "best.pt",
+                )
         else:
             bad_epochs += 1
         log(
@@ -172,18 +186,33 @@ def train_run(
             f"{dt:.0f}s{' *' if improved else ''}"
         )
         if rt.is_main:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "epoch": epoch, "best_loss": best_loss,
-                        "bad_epochs": bad_epochs, "history": history, "elapsed": elapsed},
-                       last.with_suffix(".tmp"))
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "epoch": epoch,
+                    "best_loss": best_loss,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "elapsed": elapsed,
+                },
+                last.with_suffix(".tmp"),
+            )
             last.with_suffix(".tmp").replace(last)
         if bad_epochs >= cfg.patience:
             log(f"[{workdir.name}] early stop after epoch {epoch + 1}")
             break
     best_epoch = int(np.argmin([h["val_loss"] for h in history])) if history else -1
-    facts = dict(best_epoch=best_epoch + 1, epochs_run=len(history), seconds=elapsed,
-                 best_val_loss=best_loss, history=history, n_train=len(train_idx),
-                 n_val=len(val_idx))
+    facts = dict(
+        best_epoch=best_epoch + 1,
+        epochs_run=len(history),
+        seconds=elapsed,
+        best_val_loss=best_loss,
+        history=history,
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+    )
     if rt.is_main:
         (workdir / "history.json").write_text(json.dumps(facts, indent=1))
         done.write_text(json.dumps(facts))
