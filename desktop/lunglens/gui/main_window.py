@@ -165,15 +165,18 @@ class MainWindow(QMainWindow):
         self.slider.setToolTip("Slice (wheel, PgUp/PgDn)")
         self.slider.valueChanged.connect(self.set_slice)
         self.slice_label = QLabel("")
-        self.slice_label.setMinimumWidth(170)
+        self.slice_label.setMinimumWidth(110)
         self.window_combo = QComboBox()
         self.window_combo.addItem("Window: as loaded", "")
         for name, w in WINDOW_PRESETS.items():
             self.window_combo.addItem(f"{name.capitalize()} (W{w.width:g} L{w.center:g})", name)
+        self.window_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.window_combo.setMinimumContentsLength(12)
         self.window_combo.setToolTip("CT window presets; right-drag on the image adjusts W/L")
         self.window_combo.activated.connect(self._on_window_combo)
         self.window_label = QLabel("")
-        self.window_label.setMinimumWidth(120)
+        self.window_label.setMinimumWidth(90)
         self.fit_button = QPushButton("Fit")
         self.fit_button.setToolTip("Fit the image (F)")
         self.fit_button.clicked.connect(self.view.fit)
@@ -249,14 +252,15 @@ class MainWindow(QMainWindow):
 
     def _build_status(self) -> None:
         self.pixel_label = QLabel("")
-        self.pixel_label.setMinimumWidth(190)
+        self.pixel_label.setMinimumWidth(150)
         self.zoom_label = QLabel("")
         self.status_progress_label = QLabel("")
         sb = self.statusBar()
         sb.addPermanentWidget(self.status_progress_label)
         sb.addPermanentWidget(self.pixel_label)
         sb.addPermanentWidget(self.zoom_label)
-        disclaimer = QLabel(DISCLAIMER)
+        disclaimer = QLabel("Triage aid only")  # full text in the panel; keeps the bar narrow
+        disclaimer.setToolTip(DISCLAIMER)
         disclaimer.setStyleSheet("color: #8a6d00;")
         sb.addPermanentWidget(disclaimer)
 
@@ -446,8 +450,6 @@ class MainWindow(QMainWindow):
         self.gallery.clear_cache()
         self.display_window = scan.window if scan.raw is not None else None
         self.window_combo.setCurrentIndex(0)
-        ct = scan.raw is not None and scan.modality == "ct"
-        self.window_combo.setEnabled(ct)
         self.view.series_mode = scan.n_slices > 1
         self.slider.blockSignals(True)
         self.slider.setRange(0, scan.n_slices - 1)
@@ -455,6 +457,7 @@ class MainWindow(QMainWindow):
         self.slider.blockSignals(False)
         self.slider.setVisible(scan.n_slices > 1)
         self._set_viewer_enabled(True)
+        self.window_combo.setEnabled(scan.raw is not None and scan.modality == "ct")
         self.placeholder.hide()
         self.view.show()
         self.view.fit_mode = True
