@@ -22,14 +22,14 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QPoint, QSettings, Qt  # noqa: E402
-from PySide6.QtGui import QImage  # noqa: E402
+from PySide6.QtCore import QPoint, QSettings, Qt
+from PySide6.QtGui import QImage
 
-from lunglens import DISCLAIMER  # noqa: E402
-from lunglens.gui.main_window import MainWindow  # noqa: E402
-from lunglens.gui.settings import Settings  # noqa: E402
-from lunglens.inference import clear_engines  # noqa: E402
-from onnx_fixtures import make_models_dir, write_png  # noqa: E402
+from lunglens import DISCLAIMER
+from lunglens.gui.main_window import MainWindow
+from lunglens.gui.settings import Settings
+from lunglens.inference import clear_engines
+from onnx_fixtures import make_models_dir, write_png
 
 pytestmark = pytest.mark.gui
 
@@ -311,7 +311,7 @@ def test_batch_with_bad_file_table_and_open(qtbot, window: MainWindow, env: Path
     panel.table.sortByColumn(3, Qt.SortOrder.DescendingOrder)
     top = panel.proxy.index(0, 3).data()
     assert float(top) >= float(panel.proxy.index(5, 3).data())
-    bad = [r for r in range(panel.row_count()) if panel.model.item(r, 1).text() == "error"][0]
+    bad = next(r for r in range(panel.row_count()) if panel.model.item(r, 1).text() == "error")
     assert "bad.png" in panel.model.item(bad, 0).text() and panel.model.item(bad, 7).text()
     # double-click opens the scan in the viewer
     with qtbot.waitSignal(window.scanLoaded, timeout=TIMEOUT):
@@ -421,14 +421,15 @@ def test_drop_and_app_run_entry_point(qtbot, window: MainWindow, ct_file: Path,
     assert app_mod.run([]) == 0
 
 
-def test_no_gui_thread_numpy_on_large_series_slider(qtbot, window: MainWindow,
+def test_slider_shows_the_core_slice(qtbot, window: MainWindow,
                                                     ct_series: Path) -> None:
     """Scrolling shows the right pixels: the slider displays exactly the core's slice."""
     with qtbot.waitSignal(window.scanLoaded, timeout=TIMEOUT):
         window.open_path(str(ct_series))
     assert window.scan is not None
     window.slider.setValue(3)
-    shown = window.view.image_item.pixmap().toImage().convertToFormat(QImage.Format.Format_Grayscale8)
+    pixmap = window.view.image_item.pixmap()
+    shown = pixmap.toImage().convertToFormat(QImage.Format.Format_Grayscale8)
     ptr = shown.constBits()
     arr = np.frombuffer(ptr, np.uint8).reshape(shown.height(), shown.bytesPerLine())[:, :512]
     expected = np.clip(np.rint(window.scan.image[3] * 255), 0, 255).astype(np.uint8)
