@@ -36,6 +36,23 @@ def create_app(argv: Sequence[str] | None = None) -> QApplication:
     return app
 
 
+#: PySide6 releases whose Python wrappers drop references to None/True on every signal emit and
+#: model update on Python < 3.12 (measured: -1 refcount of True per ``Signal.emit``), which
+#: aborts the interpreter ("deallocating True") after a few thousand emits, i.e. mid-batch.
+BROKEN_PYSIDE = {"6.12.0"}
+
+
+def binding_problem() -> str:
+    """A sentence describing a known-bad Qt binding in use, or ``""``."""
+    import PySide6
+
+    if PySide6.__version__ in BROKEN_PYSIDE and sys.version_info < (3, 12):
+        return (f"PySide6 {PySide6.__version__} has a reference-counting bug on Python "
+                f"{sys.version_info.major}.{sys.version_info.minor} that can crash long "
+                "sessions (batch scoring). Install another PySide6 version, e.g. 6.11.3.")
+    return ""
+
+
 def open_paths(window: MainWindow, paths: Sequence[str]) -> None:
     """Open the first path in the viewer; the others go to the recent files menu."""
     if not paths:
@@ -61,5 +78,8 @@ def run(paths: list[str] | None = None) -> int:
     app = create_app()
     window = MainWindow(Settings())
     window.show()
+    problem = binding_problem()
+    if problem:
+        window.show_error(problem)
     open_paths(window, list(paths or []))
     return int(app.exec())
