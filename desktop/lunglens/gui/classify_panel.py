@@ -27,6 +27,7 @@ from lunglens.inference import ScanResult
 from lunglens.models import ModelInfo
 
 #: Bar colours: the positive class stands out, the others stay neutral.
+BAR_STYLE = "QProgressBar { border: 1px solid #aaa; border-radius: 2px; text-align: center; }"
 POSITIVE_STYLE = "QProgressBar::chunk { background-color: #d9534f; }"
 OTHER_STYLE = "QProgressBar::chunk { background-color: #5b8def; }"
 
@@ -234,7 +235,9 @@ class ClassifyPanel(QWidget):
             bar = QProgressBar()
             bar.setRange(0, 1000)
             bar.setTextVisible(True)
-            bar.setStyleSheet(POSITIVE_STYLE if label == result.positive_label else OTHER_STYLE)
+            bar.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            bar.setStyleSheet(BAR_STYLE + (POSITIVE_STYLE if label == result.positive_label
+                                           else OTHER_STYLE))
             self.bars_layout.addRow(label, bar)
             self.bars[label] = bar
 

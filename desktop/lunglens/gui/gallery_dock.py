@@ -102,7 +102,8 @@ class GalleryDock(QDockWidget):
         self.grid.currentRowChanged.connect(self.enlarge)
         self.preview = QLabel("Click a map to enlarge it")
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.preview.setMinimumHeight(160)
+        self.preview.setMinimumHeight(120)
+        self.grid.setMinimumHeight(2 * THUMB + 40)
         self.preview_caption = QLabel("")
         self.preview_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
 
@@ -120,6 +121,7 @@ class GalleryDock(QDockWidget):
         split.addWidget(preview_box)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
+        split.setSizes([300, 200])
         body = QWidget()
         layout = QVBoxLayout(body)
         layout.addLayout(row)

@@ -237,6 +237,7 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.tags_dock)
 
         self.gallery = GalleryDock(self.pool)
+        self.gallery.visibilityChanged.connect(self._on_gallery_visible)
         self.gallery.failed.connect(lambda m: self.show_error(f"Activation gallery: {m}"))
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.gallery)
         self.gallery.hide()
@@ -339,6 +340,9 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         else:
             self.resize(1400, 900)
+            # First run: room for the attribute values and the panel, the image gets the rest.
+            self.resizeDocks([self.tags_dock, self.classify_dock], [300, 360],
+                             Qt.Orientation.Horizontal)
         state = self.settings.state()
         if state is not None:
             self.restoreState(state)
@@ -798,6 +802,12 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getSaveFileName(self, "Save report", default, "PDF (*.pdf)")
         if path:
             self.save_report(path)
+
+    def _on_gallery_visible(self, visible: bool) -> None:
+        """Give the gallery most of the right column's height when it is opened."""
+        if visible and not self.gallery.isFloating():
+            self.resizeDocks([self.classify_dock, self.gallery], [2, 3],
+                             Qt.Orientation.Vertical)
 
     # gallery ------------------------------------------------------------------------------
     def _update_gallery_context(self) -> None:

@@ -6,6 +6,8 @@ Shows what the core reader collected in :attr:`lunglens.io.Scan.metadata` plus t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
@@ -63,22 +65,28 @@ class TagsPanel(QWidget):
         if scan is None:
             return
         rows: list[tuple[str, str]] = [
-            ("Source", scan.source),
+            ("Source", Path(scan.source.split("#")[0]).name or scan.source),
             ("Kind", scan.kind),
             ("LungLens modality", scan.modality.upper()),
             ("Size", f"{scan.n_slices} x {scan.image.shape[1]} x {scan.image.shape[2]}"),
         ]
         meta = dict(scan.metadata)
+        tips: dict[int, str] = {0: scan.source}
         for key, title in LABELS.items():
             if meta.get(key):
-                rows.append((title, meta.pop(key)))
+                name, _, tag = title.partition(" (")
+                if tag:
+                    tips[len(rows)] = f"DICOM ({tag}"
+                rows.append((name, meta.pop(key)))
         rows.extend((k, v) for k, v in sorted(meta.items()) if v)
         rows.extend(("Note", note) for note in scan.notes)
         self.table.setRowCount(len(rows))
         for r, (k, v) in enumerate(rows):
-            self.table.setItem(r, 0, QTableWidgetItem(k))
+            name_item = QTableWidgetItem(k)
+            name_item.setToolTip(tips.get(r, k))
+            self.table.setItem(r, 0, name_item)
             item = QTableWidgetItem(v)
-            item.setToolTip(v)
+            item.setToolTip(tips.get(r, v) if r == 0 else v)
             self.table.setItem(r, 1, item)
         self.table.resizeRowsToContents()
 
