@@ -125,6 +125,9 @@ def main() -> int:
           f"median {np.median(g):.1f}, p99 {np.percentile(g, 99):.1f}, max {g.max():.1f}")
     print(f"ticks delayed > 50 ms: {(g > 50).sum()}, > 100 ms: {(g > 100).sum()}")
     print(f"MAX_GUI_GAP_MS {g.max() + args.interval_ms:.1f}")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
