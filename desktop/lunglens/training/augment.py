@@ -16,14 +16,16 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    rotate_deg: float = 15.0
-    shift: float = 0.08  # fraction of the image size
-    scale: tuple[float, float] = (0.9, 1.25)  # > 1 zooms in
-    shear_deg: float = 8.0
+    # Moderate ranges: with the stronger ones first tried (15 deg, 8% shift, 0.9-1.25 scale,
+    # +-15% contrast) the model still under-fitted the training folds after 6 CPU epochs.
+    rotate_deg: float = 10.0
+    shift: float = 0.06  # fraction of the image size
+    scale: tuple[float, float] = (0.95, 1.2)  # > 1 zooms in
+    shear_deg: float = 5.0
     hflip: float = 0.5
-    noise_std: float = 0.03
-    brightness: float = 0.08
-    contrast: float = 0.15
+    noise_std: float = 0.02
+    brightness: float = 0.05
+    contrast: float = 0.1
 
 
 def augment(

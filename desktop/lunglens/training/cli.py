@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="class-balanced subset (smoke tests)")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument(
+        "--val-fold",
+        type=int,
+        default=None,
+        help="final model's validation fold (default: the most representative)",
+    )
     ap.add_argument("--skip-cv", action="store_true", help="final model only (no CV metrics)")
     ap.add_argument("--calib-images", type=int, default=300)
     ap.add_argument("--calibration", choices=["MinMax", "Entropy", "Percentile"], default="MinMax")
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         folds=args.folds,
         skip_cv=args.skip_cv,
+        val_fold=args.val_fold,
         calib_images=args.calib_images,
         calibration=args.calibration,
         version=args.version,

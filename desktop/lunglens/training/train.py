@@ -34,7 +34,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
-    patience: int = 5  # early stopping, in epochs without val-loss improvement
+    patience: int = 4  # early stopping, in epochs without val-loss improvement
     plateau_patience: int = 3
     plateau_factor: float = 0.5
     seed: int = 0
