@@ -4,7 +4,8 @@ Decoding (PNG/JPEG/DICOM, often the slow part) runs in a pool of ``workers`` thr
 thread feeds batches to the single onnxruntime session, so the CPU is never idle waiting for I/O.
 Threads rather than processes: the decoders (Pillow, OpenCV, pydicom's pixel handlers) release the
 GIL for the heavy work and threads start instantly on Windows laptops. Only a bounded number of
-decoded scans is held at a time, so memory does not grow with the size of the folder.
+decoded scans is held at a time (see :func:`_lookahead`), so memory does not grow with the size of
+the folder.
 """
 
 from __future__ import annotations
@@ -118,6 +119,19 @@ def _score_decoded(engine: Engine, items: list[_Decoded], batch_size: int,
         pid = it.scan.metadata.get("patient_id", "") if include_ids else None
         rows.append(result_row(result, it.key, info, it.decode_ms + per_slice * n, pid))
     return rows
+
+
+def _lookahead(workers: int, batch_size: int, items: int, slices: int) -> int:
+    """How many scans may be submitted for decoding ahead of the inference loop.
+
+    Enough single images to decode the next batch while the current one runs
+    (``batch_size + 2 * workers``), but only ``workers + 1`` when scans turn out to be series
+    (hundreds of slices each), so a folder of CT series never holds more than a few decoded
+    series in memory.
+    """
+    per_item = slices / items if items else 1.0
+    wanted = int(np.ceil(batch_size / max(per_item, 1.0))) + 2 * workers
+    return max(workers + 1, min(batch_size + 2 * workers, wanted))
 
 
 def discover(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
@@ -249,7 +263,7 @@ def score(
                 break
             yield from emit(error_row(key, info, err))
 
-        ahead = max(2, 2 * workers)  # decoded-or-decoding scans held at once
+        seen_items = seen_slices = 0
         queue: deque[Future[_Decoded]] = deque()
         todo = iter(units)
         pending: list[_Decoded] = []
@@ -258,7 +272,8 @@ def score(
         while True:
             if cancel is not None and cancel.is_set():
                 cancelled = True
-            while not cancelled and not exhausted and len(queue) < ahead:
+            while not cancelled and not exhausted and len(queue) < _lookahead(
+                    workers, batch_size, seen_items, seen_slices):
                 nxt = next(todo, None)
                 if nxt is None:
                     exhausted = True
@@ -267,7 +282,9 @@ def score(
             if queue and not cancelled:
                 item = queue.popleft().result()
                 pending.append(item)
-                pending_slices += item.scan.n_slices if item.scan is not None else 0
+                n = item.scan.n_slices if item.scan is not None else 0
+                pending_slices += n
+                seen_items, seen_slices = seen_items + 1, seen_slices + n
             # Score when a batch is full, when nothing more is coming, or when cancelling
             # (the decoded scans in hand are the "in-flight" ones and are finished).
             if pending and (pending_slices >= batch_size or not queue or cancelled):
