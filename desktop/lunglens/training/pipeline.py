@@ -115,7 +115,7 @@ class Pipeline:
             recs = read_manifest(manifest)
             keep = z["keep"].tolist()
             recs = [recs[i] for i in keep]
-            return ImageSet(z["images"], z["labels"], recs, list(z["classes"]))
+            return ImageSet(z["images"], z["labels"], recs, [str(c) for c in z["classes"]])
         t0 = time.time()
         ds = load_imageset(manifest, self.size, limit=self.o.limit)
         all_recs = {
@@ -313,6 +313,9 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         model_path = self.out / "model.onnx"
         shutil.copyfile(self.work / "model_int8.onnx", model_path)
+        # The float graph INT8 was made from: the reference for benchmarks and parity checks.
+        fp32_path = self.out / "model_fp32.onnx"
+        shutil.copyfile(self.work / "model_fp32.onnx", fp32_path)
         metrics = self.cv_metrics(ds)
         if metrics is not None:
             (self.out / "metrics.json").write_text(_json(metrics))
@@ -352,6 +355,11 @@ class Pipeline:
             ),
             file="model.onnx",
             sha256=sha256(model_path),
+            reference_fp32=dict(
+                file=fp32_path.name,
+                sha256=sha256(fp32_path),
+                use="benchmarks and INT8 parity only; the app runs model.onnx",
+            ),
             threshold=round(float(self.state["threshold"]), 4),
             threshold_rule=(
                 f"largest threshold with sensitivity >= {self.o.min_sensitivity} for "

@@ -200,7 +200,7 @@ def train_run(
                 last.with_suffix(".tmp"),
             )
             last.with_suffix(".tmp").replace(last)
-        if bad_epochs >= cfg.patience:
+        if bad_epochs >= cfg.patience and epoch + 1 < cfg.epochs:
             log(f"[{workdir.name}] early stop after epoch {epoch + 1}")
             break
     best_epoch = int(np.argmin([h["val_loss"] for h in history])) if history else -1
