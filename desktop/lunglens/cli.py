@@ -401,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "score the bundled sample scans")
     p.add_argument("--no-gui", action="store_true", help="print a table even with a display")
     p.add_argument("--model", help="model for all samples (default: by modality)")
+
+    from lunglens.selftest import add_parser as add_selftest  # installation check (#8)
+    add_selftest(add)
     return parser
 
 
