@@ -152,11 +152,20 @@ def classify_scan(
     label_index(info, cam_class)  # fail fast on a bad label, before any work
     start = time.perf_counter()
     engine = get_engine(info)
-    probs = slice_probabilities(engine, scan.image, batch_size=batch_size, progress=progress,
-                                cancel=cancel)
+    single_cam = None
+    if scan.n_slices == 1 and with_cam:  # one call for both outputs: the common case
+        out = engine.predict(to_model_input(scan.image[0], info.input_size), ("probs", "cam"))
+        probs, single_cam = out["probs"], out["cam"][0].astype(np.float32)
+        if progress is not None:
+            progress(1, 1)
+    else:
+        probs = slice_probabilities(engine, scan.image, batch_size=batch_size,
+                                    progress=progress, cancel=cancel)
     result = result_from_probs(info, scan.source, probs, modality=scan.modality,
                                cam_class=cam_class)
-    if with_cam:
+    if single_cam is not None:
+        result.cam = single_cam
+    elif with_cam:
         rep = scan.image[result.representative_slice]
         batch = to_model_input(rep, info.input_size)
         result.cam = engine.predict(batch, ("cam",))["cam"][0].astype(np.float32)
