@@ -1,0 +1,165 @@
+"""The self-contained bundle (issue #8): build it from a clean checkout and use it.
+
+Slow (about 2-4 minutes on 2 cores): ``git clone`` of this repository at HEAD into a temporary
+folder, ``packaging/build.py --use-current-env`` (PyInstaller from the test environment; the spec
+excludes torch & co.), then the bundled binary is run with a sanitized environment (no virtualenv
+on PATH, no PYTHONPATH, offscreen Qt, data and home in the temporary folder, cwd outside the
+repository):
+
+* ``lunglens selftest`` passes (model hashes, one inference, pylibjpeg plugins, J2K/RLE DICOM,
+  Qt platform plugins) and reports running as a bundled app from the bundle's own folders;
+* ``lunglens models --verify`` passes;
+* ``lunglens score resources/samples --out x.csv`` writes one row per sample, ``ok`` for every
+  scan the source tree also scores (the CXR DICOM is refused by the CT model there too), with
+  the same probabilities as the source tree run in this environment.
+
+No network is used: the build reuses the installed PyInstaller and packages.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+#: Regression ceiling for the unpacked bundle (measured ~445 MiB with OpenCV 5 and PySide6 6.11;
+#: see packaging/README.md for the breakdown and the 250 MB target).
+MAX_BUNDLE_MIB = 520
+
+
+def _bundle_env(tmp: Path) -> dict[str, str]:
+    """The environment a clinic laptop would have: no venv, no Python paths, no display."""
+    venv_dirs = {str(Path(sys.prefix).resolve()), str(Path(sys.executable).resolve().parent)}
+    if os.environ.get("VIRTUAL_ENV"):
+        venv_dirs.add(str(Path(os.environ["VIRTUAL_ENV"]).resolve()))
+    path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+            if p and not any(str(Path(p).resolve()).startswith(v) for v in venv_dirs)]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON", "LUNGLENS_", "QT_", "CONDA")) and k not in
+           ("VIRTUAL_ENV", "DISPLAY", "WAYLAND_DISPLAY", "LD_LIBRARY_PATH", "MPLBACKEND")}
+    (tmp / "home").mkdir(exist_ok=True)
+    env.update(PATH=os.pathsep.join(path), QT_QPA_PLATFORM="offscreen",
+               LUNGLENS_DATA_DIR=str(tmp / "data"), HOME=str(tmp / "home"),
+               XDG_CONFIG_HOME=str(tmp / "home" / ".config"))
+    return env
+
+
+def _rows(csv_path: Path) -> dict[str, dict[str, str]]:
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        return {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Build the bundle from a clean clone; return (bundle folder, clone)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the bundle test builds the Linux bundle (see packaging/README.md for Windows)")
+    try:
+        import PyInstaller  # noqa: F401
+    except ImportError:
+        pytest.skip("PyInstaller is not installed (it is in the 'test' extra: "
+                    "pip install -e '.[test]')")
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs git and a git checkout to clone from")
+    tmp = tmp_path_factory.mktemp("bundle")
+    clone = tmp / "src" / "lunglens"
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(clone)],
+                   check=True)
+    if not any((clone / "models").glob("*/manifest.json")):
+        pytest.skip("no model committed in models/ at HEAD: nothing to bundle")
+    shared = REPO.parent / "shared"
+    if shared.is_dir():  # same layout as a developer checkout (not needed by the build)
+        (clone.parent / "shared").symlink_to(shared)
+    nice = ["nice", "-n", "10"] if shutil.which("nice") else []
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LUNGLENS_MODELS_DIR")}
+    proc = subprocess.run(
+        [*nice, sys.executable, str(clone / "packaging" / "build.py"), "--use-current-env",
+         "--dist", str(tmp / "dist"), "--work", str(tmp / "work"), "--no-archive"],
+        env=env, cwd=clone, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    shutil.rmtree(tmp / "work", ignore_errors=True)
+    return tmp / "dist" / "lunglens", clone
+
+
+def _run(exe: Path, args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    run_dir = tmp / "run"
+    run_dir.mkdir(exist_ok=True)
+    return subprocess.run([str(exe), *args], env=_bundle_env(tmp), cwd=run_dir,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_bundle_layout(bundle: tuple[Path, Path]) -> None:
+    folder, _ = bundle
+    internal = folder / "_internal"
+    assert (folder / "lunglens").is_file() and os.access(folder / "lunglens", os.X_OK)
+    for leaked in ("torch", "torchvision", "timm", "onnx", "onnxscript", "tkinter"):
+        assert not (internal / leaked).exists(), f"{leaked} must not be bundled"
+    assert not (internal / "lunglens" / "training").exists()
+    assert list(internal.glob("models/*/manifest.json")), "models not bundled"
+    assert (internal / "resources" / "samples").is_dir()
+    for dist in ("pylibjpeg", "pylibjpeg_openjpeg", "pylibjpeg_libjpeg", "pylibjpeg_rle"):
+        assert list(internal.glob(f"{dist}-*.dist-info/entry_points.txt")), dist
+    assert (internal / "PySide6" / "Qt" / "plugins" / "platforms" / "libqxcb.so").is_file()
+    desktop = (folder / "share" / "applications" / "lunglens.desktop").read_text()
+    assert "Exec=lunglens gui %F" in desktop and "Icon=lunglens" in desktop
+    assert (folder / "share/icons/hicolor/256x256/apps/lunglens.png").is_file()
+    assert (folder / "install.sh").is_file()
+    size_mib = sum(f.stat().st_size for f in folder.rglob("*")
+                   if f.is_file() and not f.is_symlink()) / 2**20
+    print(f"bundle size: {size_mib:.1f} MiB")
+    assert size_mib < MAX_BUNDLE_MIB
+
+
+def test_bundle_selftest(bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, _ = bundle
+    proc = _run(folder / "lunglens", ["selftest"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "self-test PASSED" in out and "(bundled app;" in out
+    assert f"models:    {folder / '_internal' / 'models'}" in out  # its own models, not the repo's
+    assert "libjpeg, openjpeg, rle" in out and "RLE Lossless" in out and "JPEG 2000" in out
+    proc = _run(folder / "lunglens", ["models", "--verify"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verified" in proc.stdout
+
+
+def test_bundle_scores_samples_like_source(bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, clone = bundle
+    samples = clone / "resources" / "samples"
+    expected_files = sorted(p.name for p in samples.iterdir() if p.suffix != ".md")
+    out_csv = tmp_path / "x.csv"
+    proc = _run(folder / "lunglens", ["score", str(samples), "--out", str(out_csv)], tmp_path)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr  # 1: some scans errored
+    rows = _rows(out_csv)
+    assert sorted(rows) == expected_files, "one row per sample"
+
+    # The same command from the clone's source tree in this Python environment.
+    ref_csv = tmp_path / "ref.csv"
+    env = dict(os.environ, PYTHONPATH=str(clone / "desktop"),
+               LUNGLENS_MODELS_DIR=str(clone / "models"), LUNGLENS_DATA_DIR=str(tmp_path / "d2"),
+               QT_QPA_PLATFORM="offscreen")
+    ref = subprocess.run([sys.executable, "-m", "lunglens", "score", str(samples), "--out",
+                          str(ref_csv), "--no-report"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert ref.returncode == proc.returncode, ref.stdout + ref.stderr
+    ref_rows = _rows(ref_csv)
+    for name, row in rows.items():
+        want = ref_rows[name]
+        assert row["status"] == want["status"], (name, row["error"], want["error"])
+        if want["status"] == "ok":
+            assert row["model_sha256"] == want["model_sha256"]
+            assert row["prediction"] == want["prediction"]
+            for key in (k for k in want if k.startswith("p_")):
+                assert float(row[key]) == pytest.approx(float(want[key]), abs=1e-4), (name, key)
+    ok = {name for name, row in rows.items() if row["status"] == "ok"}
+    # Compressed CT DICOM (JPEG 2000, RLE) and the plain images must score in the bundle.
+    assert {"ct-dicom-693_J2KR.dcm", "ct-dicom-enhanced-2frames-rle.dcm"} <= ok
+    assert len(ok) >= len(expected_files) - 1, rows

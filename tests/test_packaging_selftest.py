@@ -1,0 +1,59 @@
+"""``lunglens selftest`` (the check the bundle runs after install), in-process and fast."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from lunglens import selftest
+from lunglens.cli import main
+from lunglens.inference import clear_engines
+from onnx_fixtures import make_models_dir
+
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    clear_engines()
+    return make_models_dir(tmp_path / "models")
+
+
+def test_selftest_passes_with_good_models(models: Path) -> None:
+    out = io.StringIO()
+    assert selftest.run(models, RESOURCES, gui=False, out=out) == 0
+    text = out.getvalue()
+    assert "self-test PASSED" in text
+    assert "synthetic-ct 0.0.1 [ct]" in text and "synthetic-cxr 0.0.1 [cxr]" in text
+    assert "pylibjpeg plugins" in text and "libjpeg, openjpeg, rle" in text
+    assert "RLE Lossless" in text and "JPEG 2000" in text  # compressed samples decoded
+    assert "FAIL" not in text
+
+
+def test_selftest_fails_on_tampered_model(models: Path) -> None:
+    onnx = models / "synthetic-cxr" / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    out = io.StringIO()
+    assert selftest.run(models, RESOURCES, gui=False, out=out) == 1
+    text = out.getvalue()
+    assert "FAIL  synthetic-cxr" in text and "integrity check" in text
+    assert "ok    synthetic-ct" in text  # one bad model never hides the good ones
+    assert "self-test FAILED (1 failed)" in text
+
+
+def test_selftest_fails_without_models_or_samples(tmp_path: Path) -> None:
+    out = io.StringIO()
+    assert selftest.run(tmp_path / "none", tmp_path / "nothing", gui=False, out=out) == 1
+    text = out.getvalue()
+    assert "no model folders found" in text and "no compressed DICOM sample" in text
+
+
+def test_cli_selftest_subcommand(models: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LUNGLENS_RESOURCES_DIR", str(RESOURCES))
+    assert main(["--models-dir", str(models), "selftest", "--no-gui"]) == 0
+    assert "self-test PASSED" in capsys.readouterr().out
