@@ -5,8 +5,8 @@ Kept outside the package so the bundle's start-up order is explicit:
 * Windows: onnxruntime is imported **before** PySide6. Qt's wheels ship their own (older)
   ``msvcp140.dll``; when Qt loads first, onnxruntime's ``onnxruntime_pybind11_state.pyd`` binds
   to it and fails with "DLL load failed" or crashes in the first session.
-* The windowed Windows executable (``lunglens-gui.exe``) has no console: ``sys.stdout``/``sys.stderr`` are
-  ``None``, so they are pointed at ``os.devnull`` before the CLI prints anything.
+* The windowed Windows executable (``lunglens-gui.exe``) has no console: ``sys.stdout`` and
+  ``sys.stderr`` are ``None``, so they are pointed at ``os.devnull`` before the CLI prints.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 
 def main() -> int:
     if sys.stdout is None or sys.stderr is None:  # windowed build: no console attached
-        devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (lives as long as the app)
+        devnull = open(os.devnull, "w", encoding="utf-8")  # lives as long as the app
         sys.stdout = sys.stdout or devnull
         sys.stderr = sys.stderr or devnull
     if sys.platform == "win32":

@@ -105,7 +105,8 @@ def test_bundle_layout(bundle: tuple[Path, Path]) -> None:
     assert not (internal / "lunglens" / "training").exists()
     assert list(internal.glob("models/*/manifest.json")), "models not bundled"
     assert (internal / "resources" / "samples").is_dir()
-    for dist in ("pylibjpeg", "pylibjpeg_openjpeg", "pylibjpeg_libjpeg", "pylibjpeg_rle"):
+    assert list(internal.glob("pylibjpeg-*.dist-info/METADATA"))
+    for dist in ("pylibjpeg_openjpeg", "pylibjpeg_libjpeg", "pylibjpeg_rle"):  # the plugins
         assert list(internal.glob(f"{dist}-*.dist-info/entry_points.txt")), dist
     assert (internal / "PySide6" / "Qt" / "plugins" / "platforms" / "libqxcb.so").is_file()
     desktop = (folder / "share" / "applications" / "lunglens.desktop").read_text()
