@@ -10,6 +10,7 @@ from lunglens.training.metrics import (
     choose_threshold,
     classification_report,
     decide,
+    macro_auc,
     mean_ci,
     roc_auc,
 )
@@ -63,3 +64,16 @@ def test_mean_ci_t_interval() -> None:
     half = 2.776 * np.std([0.9, 0.92, 0.94, 0.96, 0.98], ddof=1) / np.sqrt(5)
     assert ci["mean"] == pytest.approx(0.94)
     assert ci["hi"] - ci["mean"] == pytest.approx(half)
+
+
+def test_macro_auc_averages_one_vs_rest() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2])
+    perfect = np.eye(3)[y] * 0.8 + 0.1
+    assert macro_auc(y, perfect) == pytest.approx(1.0)
+    # class 2 ranked exactly backwards, the others perfect: (1 + 1 + 0) / 3
+    probs = perfect.copy()
+    probs[:, 2] = [0.9, 0.9, 0.9, 0.9, 0.0, 0.0]
+    assert macro_auc(y, probs) == pytest.approx(2 / 3)
+    # a class absent from y is skipped, not counted as NaN
+    assert macro_auc(np.array([0, 0, 1, 1]), np.eye(3)[[0, 0, 1, 1]]) == pytest.approx(1.0)
+    assert np.isnan(macro_auc(np.array([0, 0]), np.eye(3)[[0, 0]]))

@@ -119,3 +119,34 @@ def test_resume_skips_finished_runs(tmp_path: Path) -> None:
     logs: list[str] = []
     again = train_run(ds, idx[:8], idx[8:], cfg, rt, tmp_path / "run", log=logs.append)
     assert again["epochs_run"] == 2 and "skipping" in logs[0]
+
+
+def test_modality_check_data_and_export(tmp_path: Path) -> None:
+    """The modality check's data are both sets relabelled by modality with their own groups and
+    folds, and its network exports with the app's ONNX contract and matches PyTorch."""
+    from lunglens.inference.engine import Engine
+    from lunglens.models import load_manifest
+    from lunglens.training.export import export_onnx
+    from lunglens.training.modality import records
+    from lunglens.training.models import create_model
+
+    recs = records(DATA)
+    labels = [r.label for r in recs]
+    assert labels.count("ct") == 4597 and labels.count("cxr") == 782
+    assert all(r.group.split("/", 1)[0] in ("ct-covid-binary", "cxr-3class") for r in recs)
+    groups_by_fold: dict[str, set[int]] = {}
+    for r in recs:
+        groups_by_fold.setdefault(r.group, set()).add(r.fold)
+    assert all(len(f) == 1 for f in groups_by_fold.values())  # group-wise folds survive
+
+    model = create_model("modality-net", 2).eval()
+    out = tmp_path / "m.onnx"
+    facts = export_onnx(model, 64, out)
+    assert facts["probs_max_abs_diff"] < 1e-5
+    assert [g["output"] for g in facts["gallery"]] == ["act_0", "act_1"]
+    # the shipped folder's manifest parses as a modality check and its file loads in the engine
+    shipped = Path(__file__).resolve().parents[1] / "models" / "modality-check"
+    info = load_manifest(shipped)
+    assert info.task == "modality-check" and info.labels == ("ct", "cxr")
+    x = np.zeros((1, 1, 64, 64), np.float32)
+    assert Engine(info).predict(x)["probs"].shape == (1, 2)

@@ -6,6 +6,25 @@ from pathlib import Path
 
 import numpy as np
 
+# What the data sets' README measured about their sources (../shared/data/README.md).
+_LIMITS = {
+    "ct": [
+        "- Sources differ in look (`normal-ct-512` is lung-masked on black, `ct-512`/`mosmed` "
+        "have a round grey field of view, `sars-cov-2-ct` is cropped to the lungs) and several "
+        "hold a single class, so part of what the model learned is the source, not the disease "
+        "(see the within-source AUC above). Expect lower accuracy on scans from a new hospital.",
+        "- Evaluated on 2-D slices only; whole-series aggregation (top-3 mean) is not validated "
+        "against patient-level labels.",
+    ],
+    "cxr": [
+        "- Small and imbalanced (782 images; `normal` 89) and source-confounded: each class leans "
+        "on one source (see the per-source table), so part of what the model learned is the "
+        "source, not the disease. Expect lower accuracy on X-rays from a new hospital.",
+        "- Frontal (PA/AP) adult X-rays only; lateral views and portable bedside artefacts beyond "
+        "those in the public sets were not tested.",
+    ],
+}
+
 
 def _pct(x) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.1f}%"
@@ -102,7 +121,9 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
         f"- Data: {t['data']}. Pretrained weights: none ({t['note']}).",
         f"- Recipe `lunglens-train {preset.name}`: resolution {t['resolution']} px, up to "
         f"{t['epochs_max']} epochs, Adam, label smoothing, class weights, ReduceLROnPlateau "
-        f"(factor 0.5, patience 3), early stopping; augmentation {t['augmentation']}.",
+        f"(factor 0.5, patience 3) and early stopping on the validation fold's "
+        f"{t.get('monitor', 'unweighted cross-entropy')} (checkpoint with the best value kept); "
+        f"augmentation {t['augmentation']}.",
         f"- Device: {t['device']}. Final model: {t['final_model'].get('epochs_run')} epochs, best "
         f"epoch {t['final_model'].get('best_epoch')}, "
         f"{t['final_model'].get('seconds', 0) / 60:.1f} min; "
@@ -150,24 +171,26 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
             "",
             "### Per source (pooled out-of-fold predictions, shipped threshold)",
             "",
-            "| source | n | accuracy | " + " | ".join(f"sens. {c}" for c in m["labels"]) + " |",
-            "|---|---|---|" + "---|" * len(m["labels"]),
+            "Within-source AUC of `" + pos + "` (n/a where a source holds one class) is the "
+            "honest test of whether the model sees the disease or the source: near 50% means it "
+            "cannot separate the classes once the source's look is fixed.",
+            "",
+            "| source | n | accuracy | "
+            + " | ".join(f"sens. {c}" for c in m["labels"])
+            + f" | AUC `{pos}` within source |",
+            "|---|---|---|" + "---|" * (len(m["labels"]) + 1),
         ]
         for src, r in metrics["per_source"].items():
             lines.append(
                 f"| {src} | {r['n']} | {_pct(r['accuracy'])} | "
                 + " | ".join(_pct(r["per_class"][c]["sensitivity"]) for c in m["labels"])
-                + " |"
+                + f" | {_pct(r['per_class'][pos].get('auc'))} |"
             )
         lines += ["", "![ROC](roc.png) ![Confusion](confusion.png)"]
     lines += [
         "",
         "## Limits and what was not tested",
-        "- Sources differ in look (lung-masked, cropped, round field of view); several sources "
-        "hold a single class, so part of what the model learned may be the source, not the "
-        "disease. Expect lower accuracy on scans from a new hospital.",
-        "- Evaluated on 2-D images/slices only; whole-series aggregation (top-3 mean) is not "
-        "validated against patient-level labels.",
+        *_LIMITS[m["modality"]],
         "- CV metrics are from PyTorch fp32 fold models; the shipped INT8 model's parity was "
         "measured on its validation fold only.",
         "- Not tested: other diseases that look like COVID-19 on imaging beyond those in the data, "

@@ -5,6 +5,8 @@ Examples
 ``lunglens-train ct-squeezenet`` trains, cross-validates, exports and quantizes
 ``models/squeezenet-light-ct/`` (CPU: 128 px; CUDA: 224 px with mixed precision).
 ``torchrun --nproc_per_node=4 -m lunglens.training.cli ct-efficientnet-b5`` uses 4 GPUs.
+``lunglens-train modality-check`` trains the image-level CT-vs-X-ray check
+(``models/modality-check/``).
 Killed runs resume: run the same command again.
 """
 
@@ -18,6 +20,9 @@ from pathlib import Path
 from lunglens.training.pipeline import Pipeline, PipelineOptions, default_workdir
 from lunglens.training.presets import PRESETS
 
+#: Not a triage preset: the CT-vs-X-ray routing model (lunglens.training.modality).
+MODALITY_CHECK = "modality-check"
+
 
 def _repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
@@ -29,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("preset", choices=sorted(PRESETS))
+    ap.add_argument("preset", choices=[*sorted(PRESETS), MODALITY_CHECK])
     ap.add_argument("--data-root", type=Path, default=_repo_root().parent / "shared" / "data")
     ap.add_argument("--models-dir", type=Path, default=_repo_root() / "models")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -49,6 +54,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", choices=["MinMax", "Entropy", "Percentile"], default="MinMax")
     ap.add_argument("--version", default="1.0.0")
     args = ap.parse_args(argv)
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
+
+    if args.preset == MODALITY_CHECK:
+        from lunglens.training import modality
+
+        modality.run(
+            args.data_root,
+            args.models_dir,
+            args.workdir or default_workdir(MODALITY_CHECK),
+            epochs=args.epochs or 16,
+            device=args.device,
+            version=args.version,
+            log=log,
+        )
+        log("done")
+        return 0
     preset = PRESETS[args.preset]
     opts = PipelineOptions(
         data_root=args.data_root,
@@ -65,11 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         calibration=args.calibration,
         version=args.version,
     )
-    t0 = time.time()
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
-
     Pipeline(preset, opts, log).run()
     log("done")
     return 0

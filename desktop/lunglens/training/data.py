@@ -39,15 +39,8 @@ def read_manifest(manifest: Path) -> list[Record]:
 
 def load_unit_image(path: Path) -> np.ndarray:
     """Decode one training image to float32 [H, W] in [0, 1] with the app's scan loader."""
-    try:
-        from lunglens.io import load_scan
-    except ImportError:  # TEMPORARY until lunglens.io lands; 8-bit gray JPEG -> /255 is identical
-        from PIL import Image
+    from lunglens.io import load_scan
 
-        from lunglens.preprocess import uint8_to_unit
-
-        with Image.open(path) as im:
-            return uint8_to_unit(np.asarray(im.convert("L")))
     return load_scan(path).image[0]
 
 
@@ -101,11 +94,19 @@ def load_imageset(
             keep += [rows[i] for i in rng.permutation(len(rows))[:per]]
         records = keep
 
+    return load_records(records, size, classes, workers)
+
+
+def load_records(
+    records: Sequence[Record], size: int, classes: Sequence[str], workers: int = 2
+) -> ImageSet:
+    """Decode ``records`` at ``size x size`` (uint8) with the app's loader and preprocessing."""
+
     def one(rec: Record) -> np.ndarray:
         im = to_model_input(load_unit_image(rec.path), (size, size))[0, 0]
         return np.round(im * 255.0).astype(np.uint8)
 
     with ThreadPoolExecutor(workers) as pool:
         images = np.stack(list(pool.map(one, records)))
-    labels = np.array([classes.index(r.label) for r in records], dtype=np.int64)
-    return ImageSet(images, labels, records, classes)
+    labels = np.array([list(classes).index(r.label) for r in records], dtype=np.int64)
+    return ImageSet(images, labels, list(records), [str(c) for c in classes])

@@ -36,6 +36,16 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
     return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
+    """Mean one-vs-rest ROC AUC over the classes present in ``y`` (NaN if fewer than two).
+
+    Threshold-free, so it is what model selection monitors (the threshold is chosen afterwards).
+    """
+    aucs = [roc_auc((y == c).astype(int), probs[:, c]) for c in range(probs.shape[1])]
+    aucs = [a for a in aucs if not np.isnan(a)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
 def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False-positive rate, true-positive rate and thresholds (descending)."""
     thr = np.unique(score)[::-1]

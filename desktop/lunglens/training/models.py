@@ -13,6 +13,7 @@ With a pooling + linear head, the class activation map of class ``c`` is
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -144,7 +145,37 @@ class TimmClassifier(nn.Module):
         return self.classifier(self.dropout(f.mean((2, 3))))
 
 
+class ModalityNet(nn.Module):
+    """Tiny CNN (about 25 k parameters) that tells a chest CT slice from a chest X-ray.
+
+    The image-level modality check of the viewer: plain PNG/JPEG files carry no DICOM
+    ``Modality`` (0008,0060), and a DICOM header can be wrong, so the app looks at the pixels
+    too. Four stride-2 conv + BatchNorm + ReLU blocks at 64 px, global average pooling, linear;
+    the same ``features``/``classifier``/``gallery_layers`` interface as the triage models, so it
+    exports with the same ONNX contract.
+    """
+
+    def __init__(self, num_classes: int = 2, in_chans: int = 1) -> None:
+        super().__init__()
+        chans = [in_chans, 8, 16, 32, 64]
+        blocks: list[nn.Module] = []
+        for a, b in itertools.pairwise(chans):
+            blocks += [nn.Conv2d(a, b, 3, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
+        self.body = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(chans[-1], num_classes)
+        self.gallery_layers: OrderedDict[str, nn.Module] = OrderedDict(
+            [("block2", self.body[5]), ("block4", self.body[11])]
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - NORM_MEAN) / NORM_STD)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
 _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
+    "modality-net": lambda c: ModalityNet(num_classes=c),
     "squeezenet-light": lambda c: SqueezeNetLight(num_classes=c),
     "efficientnet-b5": lambda c: TimmClassifier("efficientnet_b5", c),
     "efficientnet-b0": lambda c: TimmClassifier("efficientnet_b0", c),

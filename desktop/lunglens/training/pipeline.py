@@ -89,6 +89,9 @@ class Pipeline:
             arch=preset.arch,
             size=self.size,
             epochs=epochs,
+            # from scratch, early epochs are noisy: no early stop in the first half of the budget
+            min_epochs=epochs // 2,
+            patience=max(4, epochs // 5),
             batch_size=preset.batch_size,
             lr=preset.lr,
             channels_last=preset.arch.startswith("efficientnet"),
@@ -321,7 +324,7 @@ class Pipeline:
             (self.out / "metrics.json").write_text(_json(metrics))
             write_plots(self.work, self.out, ds, self.positive(ds), float(self.state["threshold"]))
         ex = self.state["export"]
-        counts = {c: int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
+        counts = {str(c): int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
         manifest = dict(
             name=self.p.model_name,
             version=self.o.version,
@@ -378,6 +381,11 @@ class Pipeline:
                 preset=self.p.name,
                 resolution=self.size,
                 epochs_max=self.cfg.epochs,
+                monitor=(
+                    "macro one-vs-rest ROC AUC"
+                    if self.cfg.monitor == "auc"
+                    else "unweighted cross-entropy"
+                ),
                 final_model=self.state.get("final", {}),
                 config={k: v for k, v in asdict(self.cfg).items() if k != "augment"},
                 augmentation=asdict(self.cfg.augment),

@@ -39,7 +39,7 @@ PRESETS: dict[str, Preset] = {
             "covid",
             128,
             224,
-            10,
+            14,
             40,
             window=("lung", -600.0, 1500.0),
         ),
