@@ -57,3 +57,25 @@ def test_cli_selftest_subcommand(models: Path, capsys: pytest.CaptureFixture[str
     monkeypatch.setenv("LUNGLENS_RESOURCES_DIR", str(RESOURCES))
     assert main(["--models-dir", str(models), "selftest", "--no-gui"]) == 0
     assert "self-test PASSED" in capsys.readouterr().out
+
+
+def test_selftest_checks_the_shipped_models_including_the_modality_check() -> None:
+    """The repository's own models: triage models score a sample of their modality, the
+    modality check must name the family of a bundled CT and X-ray sample."""
+    out = io.StringIO()
+    repo_models = RESOURCES.parent / "models"
+    assert selftest.run(repo_models, RESOURCES, gui=False, out=out) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "modality-check 1.0.0 [any]" in text
+    assert "ct-dicom-chest-j2k.dcm -> ct" in text and "cxr-dicom-dx-nccid-j2k.dcm -> cxr" in text
+
+
+def test_selftest_fails_when_the_modality_check_is_wrong(tmp_path: Path) -> None:
+    """A "modality check" that answers the same for every image must fail the self-test."""
+    from onnx_fixtures import write_modality_check
+
+    models = tmp_path / "models"
+    write_modality_check(models / "synthetic-modality")
+    out = io.StringIO()
+    assert selftest.run(models, RESOURCES, gui=False, out=out) == 1
+    assert "but the check says" in out.getvalue()
