@@ -112,11 +112,21 @@ def write_model(
     return folder
 
 
-def make_models_dir(root: Path) -> Path:
-    """A models folder with a CT and a CXR synthetic model."""
+def make_models_dir(root: Path, modality_check: bool = False) -> Path:
+    """A models folder with a CT and a CXR synthetic model (and, if asked, a modality check)."""
     write_model(root / "synthetic-ct", name="synthetic-ct", modality="ct")
     write_model(root / "synthetic-cxr", name="synthetic-cxr", modality="cxr")
+    if modality_check:
+        write_modality_check(root / "synthetic-modality")
     return root
+
+
+def write_modality_check(folder: Path) -> Path:
+    """The brightness detector as a modality check: bright images "look like" X-rays, dark ones
+    like CT; a flat image at 1.0 or 0.0 gets p = 0.98 (confident), one at 0.5 gets p = 0.5."""
+    return write_model(folder, name="synthetic-modality", modality="any",
+                       task="modality-check", labels=["cxr", "ct"], positive_label="cxr",
+                       warn_probability=0.9)
 
 
 def blob_image(h: int = 64, w: int = 64, center: tuple[int, int] = (16, 44),

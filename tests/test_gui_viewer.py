@@ -29,7 +29,7 @@ from lunglens import DISCLAIMER
 from lunglens.gui.main_window import MainWindow
 from lunglens.gui.settings import Settings
 from lunglens.inference import clear_engines
-from onnx_fixtures import make_models_dir, write_png
+from onnx_fixtures import make_models_dir, write_modality_check, write_png
 
 pytestmark = pytest.mark.gui
 
@@ -252,6 +252,26 @@ def test_plain_image_and_model_choice(qtbot, window: MainWindow, tmp_path: Path)
     assert window.result.model == "synthetic-cxr"
 
 
+def test_plain_image_routed_by_modality_check(qtbot, window: MainWindow, env: Path,
+                                              tmp_path: Path) -> None:
+    """With a modality check installed, a bright plain image "looks like" an X-ray: the X-ray
+    model is chosen, the status bar says why, and the result panel shows the check's note."""
+    write_modality_check(env / "models" / "synthetic-modality")
+    assert [m.name for m in window.models] == ["synthetic-ct", "synthetic-cxr"]  # not offered
+    on_load: list[str] = []
+    window.scanLoaded.connect(lambda _s: on_load.append(window.statusBar().currentMessage()))
+    open_and_classify(qtbot, window, write_png(tmp_path / "bright.png", 1.0, size=40))
+    assert window.classify_panel.current_model_name() == "synthetic-cxr"
+    assert window.result is not None and window.result.model == "synthetic-cxr"
+    assert on_load and "chest X-ray" in on_load[0] and "synthetic-cxr" in on_load[0]
+    assert "chest X-ray" in window.classify_panel.notes_label.text()
+    # choosing the CT model for it anyway is allowed, with a visible warning
+    with qtbot.waitSignal(window.resultReady, timeout=TIMEOUT):
+        idx = window.classify_panel.model_combo.findData("synthetic-ct")
+        window.classify_panel.model_combo.setCurrentIndex(idx)
+    assert "not meaningful" in window.classify_panel.notes_label.text()
+
+
 def test_errors_are_shown_not_raised(qtbot, window: MainWindow, tmp_path: Path,
                                      shared_data: Path) -> None:
     bad = tmp_path / "broken.png"
@@ -440,3 +460,11 @@ def test_slider_shows_the_core_slice(qtbot, window: MainWindow,
 def _no_leftover_dirs(tmp_path: Path) -> Iterator[None]:
     yield
     shutil.rmtree(tmp_path / "series", ignore_errors=True)
+
+
+def test_app_icon_from_resources(qtbot) -> None:
+    from lunglens.gui.app import app_icon
+
+    icon = app_icon()
+    assert not icon.isNull()
+    assert not icon.pixmap(64, 64).isNull()

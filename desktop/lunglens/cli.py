@@ -69,17 +69,26 @@ def _err(msg: str) -> None:
 # --------------------------------------------------------------------------- model choice
 
 
-def _choose_model(args: argparse.Namespace, modality: str) -> ModelInfo:
-    """``--model`` if given, else the default for ``modality``; unknown -> CT with a warning."""
+def _choose_model(args: argparse.Namespace, scan: Scan) -> ModelInfo:
+    """``--model`` if given, else by the DICOM modality or, for plain images, the image check.
+
+    Without an installed modality check a plain image falls back to the CT model, with a
+    warning on stderr.
+    """
+    from lunglens.errors import ModelNotFound
+    from lunglens.inference import choose_model
     from lunglens.models import default_model_for, get_model
 
     if args.model:
         return get_model(args.model, args.models_dir)
-    if modality in ("ct", "cxr"):
-        return default_model_for(modality, args.models_dir)
+    try:
+        return choose_model(scan, args.models_dir)
+    except ModelNotFound:
+        if scan.modality in ("ct", "cxr"):
+            raise
     info = default_model_for("ct", args.models_dir)
-    _err(f"warning: the input has no modality information (plain image); using the CT model "
-         f"{info.name}. Pass --model to choose another.")
+    _err(f"warning: {Path(scan.source).name} has no modality information (plain image) and no "
+         f"modality check is installed; using the CT model {info.name}. Pass --model to choose.")
     return info
 
 
@@ -117,7 +126,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     except ScanError as exc:
         _err(f"{exc.code}: {exc}")
         return EXIT_BAD_INPUT
-    info = _choose_model(args, scan.modality)
+    info = _choose_model(args, scan)
     if args.cam_class is not None and args.cam_class not in info.labels:
         raise UsageError(f"--cam-class {args.cam_class!r} is not a label of model {info.name} "
                          f"({', '.join(info.labels)})")
@@ -192,7 +201,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.model:
-        info = _choose_model(args, "unknown")
+        from lunglens.models import get_model
+
+        info = get_model(args.model, args.models_dir)
     else:  # one model per results file; scans are usually CT, so the CT model is the default
         from lunglens.models import default_model_for
 
@@ -305,7 +316,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from lunglens.errors import LungLensError
     from lunglens.inference import classify_scan
     from lunglens.io import discover_sources, load_source
-    from lunglens.models import default_model_for, resources_dir
+    from lunglens.models import resources_dir
 
     samples = resources_dir() / "samples"
     sources = discover_sources(samples, recursive=True)[0] if samples.is_dir() else []
@@ -316,26 +327,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _run_gui([str(p) for s in sources for p in s.paths[:1]])
     rows: list[tuple[str, ...]] = []
     failed = 0
-    warned = False
+    inferred = False
     for src in sources:
         name = Path(src.key.split("#")[0]).name
         try:
             scan: Scan = load_source(src)
-            # Bundled samples are named "<modality>-...": plain JPEGs carry no modality tag.
-            modality = scan.modality
-            if modality == "unknown" and name.split("-", 1)[0] in ("ct", "cxr"):
-                modality = name.split("-", 1)[0]
-            if args.model:
-                info = _choose_model(args, modality)
-            elif modality in ("ct", "cxr"):
-                info = default_model_for(modality, args.models_dir)
-            else:
-                info = default_model_for("ct", args.models_dir)
-                if not warned:
-                    _err("warning: plain images carry no modality; they are scored with the "
-                         f"CT model {info.name}")
-                    warned = True
+            info = _choose_model(args, scan)
             res = classify_scan(scan, info, with_cam=False)
+            modality = scan.modality
+            if modality not in ("ct", "cxr"):  # plain image: routed by the image check
+                modality, inferred = f"{info.modality}*", True
             rows.append((name, modality, f"{info.name} {info.version}", res.prediction,
                          f"{res.positive_prob:.3f}", "yes" if res.flagged else "no"))
         except LungLensError as exc:
@@ -345,6 +346,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if inferred:
+        print("\n* plain image: modality inferred from the pixels by the modality check")
     print(f"\nprobability = p(positive class). {DISCLAIMER}")
     return EXIT_ERRORS if failed else EXIT_OK
 

@@ -109,6 +109,40 @@ def _check_model(info: ModelInfo, files: list[Path]) -> str:
             f"p({info.positive_label})={result.positive_prob:.3f}")
 
 
+def _check_modality_model(info: ModelInfo, files: list[Path]) -> str:
+    """The modality check must name the family of one bundled CT and one X-ray sample."""
+    import numpy as np
+
+    from lunglens.inference import get_engine
+    from lunglens.io import load_scan
+    from lunglens.models import verify_model
+    from lunglens.preprocess import to_model_input
+
+    verify_model(info)
+    engine = get_engine(info)
+    said = []
+    for family in info.labels:
+        path = next((p for p in sorted(files, key=lambda p: (p.suffix.lower() != ".dcm", p.name))
+                     if p.name.startswith(f"{family}-")), None)
+        if path is None:
+            continue
+        scan = load_scan(path)
+        image = scan.image[scan.n_slices // 2]
+        probs = engine.predict(to_model_input(image, info.input_size))["probs"][0]
+        got = info.labels[int(np.argmax(probs))]
+        if got != family:
+            raise ValueError(f"{path.name} is {family} but the check says {got} "
+                             f"(p={float(probs.max()):.2f})")
+        said.append(f"{path.name} -> {got} (p={float(probs.max()):.2f})")
+    if not said:
+        raise ValueError("no bundled sample to check it on")
+    return f"sha256 {info.short_hash} matches; " + ", ".join(said)
+
+
+#: What each kind of model (manifest ``task``) is checked with.
+_MODEL_CHECKS = {"triage": _check_model, "modality-check": _check_modality_model}
+
+
 def _check_dicom(path: Path) -> tuple[str, bool]:
     import numpy as np
     import pydicom
@@ -193,8 +227,12 @@ def run(
     for problem in problems:
         rep.fail("model folder", str(problem))
     for info in models:
+        check = _MODEL_CHECKS.get(info.task)
+        if check is None:
+            rep.fail(f"{info.name} {info.version}", f"unknown model task {info.task!r}")
+            continue
         rep.check(f"{info.name} {info.version} [{info.modality}]",
-                  lambda info=info: _check_model(info, files))  # type: ignore[misc]
+                  lambda info=info, check=check: check(info, files))  # type: ignore[misc]
 
     rep.line("DICOM decoding (bundled samples):")
     rep.check("pylibjpeg plugins", _check_pylibjpeg)

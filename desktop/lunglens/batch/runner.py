@@ -26,6 +26,7 @@ from lunglens.batch.results_csv import open_results, utc_now
 from lunglens.errors import LungLensError, ScanError
 from lunglens.inference.classify import ModalityMismatch, result_from_probs
 from lunglens.inference.engine import Engine, get_engine
+from lunglens.inference.modality import check_modality
 from lunglens.inference.result import ScanResult
 from lunglens.io.scan import Scan
 from lunglens.models.registry import ModelInfo
@@ -61,6 +62,14 @@ def _decode(source: object, key: str, info: ModelInfo) -> _Decoded:
                 key, f"the scan is {scan.modality.upper()} but model {info.name} is for "
                 f"{info.modality.upper()}", "Score it with a model for its modality (--model).",
             )
+        if scan.modality not in ("ct", "cxr"):  # plain image: only the pixels can tell
+            check = check_modality(scan, info.path.parent)
+            if check is not None and check.confident and check.modality != info.modality:
+                raise ModalityMismatch(
+                    key, f"plain image that {check.looks_like()} ({check.model}), but model "
+                    f"{info.name} is for {info.modality.upper()}",
+                    "Score it with a model for its modality (--model).",
+                )
         return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0)
     except Exception as exc:  # a bad file must never stop the run: it becomes an error row
         return _Decoded(key, None, error_text(exc), (time.perf_counter() - start) * 1000.0)

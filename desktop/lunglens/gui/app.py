@@ -11,12 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from PySide6.QtCore import QCoreApplication, Qt
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import QApplication
 
 from lunglens import __version__
 from lunglens.gui.main_window import MainWindow
 from lunglens.gui.settings import APPLICATION, ORGANIZATION, Settings
+from lunglens.models import resources_dir
 
 
 def create_app(argv: Sequence[str] | None = None) -> QApplication:
@@ -33,7 +34,18 @@ def create_app(argv: Sequence[str] | None = None) -> QApplication:
     QCoreApplication.setApplicationVersion(__version__)
     app = QApplication(list(argv) if argv is not None else [sys.argv[0]])
     app.setApplicationDisplayName("LungLens")
+    app.setWindowIcon(app_icon())
     return app
+
+
+def app_icon() -> QIcon:
+    """The LungLens icon (window title bar, task bar, alt-tab); empty if resources are missing."""
+    icon = QIcon()
+    icons = resources_dir() / "icons"
+    for name in ("lunglens.svg", "lunglens-256.png"):
+        if (icons / name).is_file():
+            icon.addFile(str(icons / name))
+    return icon
 
 
 #: PySide6 releases whose Python wrappers drop references to None/True on every signal emit and

@@ -51,7 +51,15 @@ from lunglens.gui.image_view import ImageView
 from lunglens.gui.settings import Settings
 from lunglens.gui.tags_panel import TagsPanel
 from lunglens.gui.workers import Worker, WorkerPool
-from lunglens.inference import Cancelled, ScanResult, classify_scan, get_engine, label_index
+from lunglens.inference import (
+    Cancelled,
+    ModalityCheck,
+    ScanResult,
+    check_modality,
+    classify_scan,
+    get_engine,
+    label_index,
+)
 from lunglens.io import Scan, discover_sources, load_scan, load_source
 from lunglens.io.dicom_file import percentile_window
 from lunglens.models import ModelInfo, default_model_for, list_models
@@ -74,6 +82,14 @@ def load_target(target: str) -> Scan:
                 return load_source(src)
         return load_scan(folder)
     return load_scan(target)
+
+
+def load_and_check(target: str, models_dir: Any = None) -> tuple[Scan, ModalityCheck | None]:
+    """Worker body: :func:`load_target`, plus the image-level modality check for plain images
+    (they carry no DICOM Modality, so the check picks the default model family)."""
+    scan = load_target(target)
+    check = check_modality(scan, models_dir) if scan.modality not in ("ct", "cxr") else None
+    return scan, check
 
 
 def slice_cam(info: ModelInfo, image2d: np.ndarray) -> np.ndarray:
@@ -415,9 +431,9 @@ class MainWindow(QMainWindow):
         """Load ``path`` (file, folder or batch results key) in a worker; shows it when done."""
         if self._load_worker is not None:
             self._load_worker.cancel()  # its result will be ignored
-        worker = Worker(load_target, str(path))
+        worker = Worker(load_and_check, str(path), self.models_dir)
         worker.signals.result.connect(
-            lambda scan, w=worker, p=str(path): self._on_loaded(w, p, scan))
+            lambda res, w=worker, p=str(path): self._on_loaded(w, p, *res))
         worker.signals.error.connect(
             lambda exc, w=worker: None if w.cancelled else self.show_error(_message(exc)))
         worker.signals.finished.connect(lambda w=worker: self._on_load_finished(w))
@@ -430,11 +446,12 @@ class MainWindow(QMainWindow):
             self._load_worker = None
             self.status_progress_label.setText("")
 
-    def _on_loaded(self, worker: Worker, path: str, scan: Scan) -> None:
+    def _on_loaded(self, worker: Worker, path: str, scan: Scan,
+                   check: ModalityCheck | None = None) -> None:
         if worker.cancelled:
             return
         self.banner.dismiss()
-        self.set_scan(scan)
+        self.set_scan(scan, check)
         real = path.split("#")[0] if "#" in path and not os.path.exists(path) else path
         self.settings.add_recent(real)
         folder = real if os.path.isdir(real) else str(Path(real).parent)
@@ -442,8 +459,12 @@ class MainWindow(QMainWindow):
         if self.settings.auto_classify() and self.models:
             self.classify()
 
-    def set_scan(self, scan: Scan) -> None:
-        """Display ``scan`` and reset everything derived from the previous one."""
+    def set_scan(self, scan: Scan, check: ModalityCheck | None = None) -> None:
+        """Display ``scan`` and reset everything derived from the previous one.
+
+        ``check`` is the image-level modality check of a plain image (computed by the loading
+        worker); it picks the default model family.
+        """
         self.cancel_classification()
         self.scan = scan
         self.scan_id = next(_scan_ids)
@@ -467,7 +488,7 @@ class MainWindow(QMainWindow):
         self.view.fit_mode = True
         self.slice_index = 0
         self.tags_panel.show_scan(scan)
-        self._choose_model_for(scan)
+        self._choose_model_for(scan, check)
         self.classify_panel.clear_result("Not classified yet")
         self.cam_controls.set_available(False)
         self.view.set_overlay(None)
@@ -478,9 +499,12 @@ class MainWindow(QMainWindow):
             self.show_status(note)
         self.scanLoaded.emit(scan)
 
-    def _choose_model_for(self, scan: Scan) -> None:
+    def _choose_model_for(self, scan: Scan, check: ModalityCheck | None = None) -> None:
+        modality = scan.modality
+        if modality not in ("ct", "cxr") and check is not None:
+            modality = check.modality
         try:
-            info = default_model_for(scan.modality, self.models_dir)
+            info = default_model_for(modality, self.models_dir)
         except ModelError:
             if scan.modality == "unknown" and self.models:
                 self.show_status(
@@ -488,6 +512,10 @@ class MainWindow(QMainWindow):
                     "fits it.", 15000)
             return
         self.classify_panel.select_model(info.name)
+        if scan.modality not in ("ct", "cxr") and check is not None:
+            self.show_status(
+                f"Plain image: it {check.looks_like()}, so {info.name} was chosen; "
+                "pick another model in the list if that is wrong.", 15000)
 
     def _set_viewer_enabled(self, on: bool) -> None:
         for w in (self.slider, self.window_combo, self.fit_button, self.one_button):

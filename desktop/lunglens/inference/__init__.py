@@ -11,21 +11,31 @@ from lunglens.inference.classify import (
     slice_probabilities,
 )
 from lunglens.inference.engine import Engine, batches, clear_engines, get_engine, physical_cores
+from lunglens.inference.modality import (
+    ModalityCheck,
+    check_modality,
+    choose_model,
+    modality_notes,
+)
 from lunglens.inference.result import ScanResult
 
 __all__ = [
     "AGGREGATORS",
     "Cancelled",
     "Engine",
+    "ModalityCheck",
     "ModalityMismatch",
     "ScanResult",
     "aggregate",
     "batches",
+    "check_modality",
+    "choose_model",
     "classify_scan",
     "clear_engines",
     "decide",
     "get_engine",
     "label_index",
+    "modality_notes",
     "physical_cores",
     "result_from_probs",
     "slice_probabilities",

@@ -11,9 +11,10 @@ import numpy as np
 from lunglens.errors import ScanError
 from lunglens.inference.aggregate import aggregate, top_slices
 from lunglens.inference.engine import Engine, batches, get_engine
+from lunglens.inference.modality import check_modality, choose_model, modality_notes
 from lunglens.inference.result import ScanResult
 from lunglens.io.scan import Scan
-from lunglens.models.registry import ModelInfo, default_model_for
+from lunglens.models.registry import ModelInfo
 from lunglens.preprocess import to_model_input
 
 #: ``progress(done_slices, total_slices)``, called after each batch.
@@ -120,6 +121,7 @@ def classify_scan(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     batch_size: int = BATCH_SIZE,
+    modality_check: bool = True,
 ) -> ScanResult:
     """Score every slice of ``scan`` and explain the most suspicious one.
 
@@ -128,8 +130,8 @@ def classify_scan(
     scan
         A loaded scan (:func:`lunglens.io.load_scan`).
     info
-        The model; default: :func:`lunglens.models.default_model_for` the scan's modality.
-        Plain images have modality ``"unknown"`` and need an explicit model.
+        The model; default: :func:`lunglens.inference.modality.choose_model` (the DICOM
+        modality, else the image-level check for plain images).
     with_cam
         Also compute the class activation maps of the representative slice (one extra call
         on one slice; batch scoring turns this off).
@@ -139,6 +141,10 @@ def classify_scan(
     progress, cancel
         ``progress(done, total)`` after each batch of slices (GUI progress bar); setting
         ``cancel`` stops between batches with :class:`Cancelled`.
+    modality_check
+        Run the image-level modality check (:mod:`lunglens.inference.modality`) from the
+        model's folder: it routes plain images when ``info`` is None and adds a note when the
+        image looks like the other modality than the header or the model.
 
     Raises
     ------
@@ -147,8 +153,11 @@ def classify_scan(
     ModelRefused
         The model failed its integrity check.
     """
+    check = None
+    if modality_check:
+        check = check_modality(scan, info.path.parent if info is not None else None)
     if info is None:
-        info = default_model_for(scan.modality)
+        info = choose_model(scan, check=check)
     label_index(info, cam_class)  # fail fast on a bad label, before any work
     start = time.perf_counter()
     engine = get_engine(info)
@@ -169,6 +178,7 @@ def classify_scan(
         rep = scan.image[result.representative_slice]
         batch = to_model_input(rep, info.input_size)
         result.cam = engine.predict(batch, ("cam",))["cam"][0].astype(np.float32)
+    result.notes.extend(modality_notes(scan, info, check))
     if scan.modality in ("ct", "cxr") and scan.modality != info.modality:
         result.notes.append(
             f"the scan is {scan.modality.upper()} but model {info.name} was trained on "

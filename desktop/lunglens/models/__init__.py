@@ -9,6 +9,7 @@ from lunglens.models.registry import (
     get_model,
     list_models,
     load_manifest,
+    modality_checker,
     sha256_of,
     verify_model,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "get_model",
     "list_models",
     "load_manifest",
+    "modality_checker",
     "models_dir",
     "resources_dir",
     "sha256_of",

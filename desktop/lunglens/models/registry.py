@@ -24,6 +24,9 @@ from lunglens.preprocess import WINDOW_PRESETS, Window
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+#: Manifest ``task`` values.
+TRIAGE = "triage"
+MODALITY_CHECK = "modality-check"
 _REQUIRED = ("name", "version", "modality", "labels", "positive_label", "input", "file", "sha256")
 
 #: Preferred model per modality when several fit. Unlisted modalities fall back to the
@@ -96,6 +99,11 @@ class ModelInfo:
         """``(method, k)`` for CT series, from the manifest (default ``("top_k_mean", 3)``)."""
         agg = self.manifest.get("series_aggregation") or {}
         return str(agg.get("method", "top_k_mean")), int(agg.get("k", 3))
+
+    @property
+    def task(self) -> str:
+        """``"triage"`` (COVID-19 models) or ``"modality-check"`` (the CT-vs-X-ray router)."""
+        return str(self.manifest.get("task", TRIAGE))
 
     @property
     def short_hash(self) -> str:
@@ -211,12 +219,24 @@ def discover_models(
     return [models[k] for k in sorted(models)], problems
 
 
-def list_models(models_dir: str | os.PathLike[str] | None = None) -> list[ModelInfo]:
-    """Return the usable models; bad folders are logged as warnings, never fatal."""
+def list_models(
+    models_dir: str | os.PathLike[str] | None = None, task: str | None = TRIAGE
+) -> list[ModelInfo]:
+    """Return the usable models of ``task`` (``None``: all); bad folders are logged, not fatal.
+
+    The default lists only triage models: the modality check is a helper the user never
+    picks, so model choosers and defaults must not offer it.
+    """
     models, problems = discover_models(models_dir)
     for problem in problems:
         log.warning("skipping model: %s", problem)
-    return models
+    return [m for m in models if task is None or m.task == task]
+
+
+def modality_checker(models_dir: str | os.PathLike[str] | None = None) -> ModelInfo | None:
+    """The installed image-level modality check (``task: modality-check``), if any."""
+    found = list_models(models_dir, task=MODALITY_CHECK)
+    return found[0] if found else None
 
 
 def get_model(name: str, models_dir: str | os.PathLike[str] | None = None) -> ModelInfo:

@@ -1,0 +1,131 @@
+"""Which model family fits a scan: the DICOM header, and an image-level check of the pixels.
+
+DICOM files say what they are in ``Modality`` (0008,0060): CT, or CR/DX for radiographs. Plain
+PNG/JPEG files say nothing, and headers can be misleading (secondary captures are ``OT``). The
+shipped ``modality-check`` model (a tiny CNN trained on the CT and X-ray data sets, see
+:mod:`lunglens.training.modality` and its model card) looks at the image itself:
+
+* plain images are routed by it (the user can still choose another model);
+* a warning is raised when it is confident (``warn_probability`` in its manifest, 0.9) that
+  the image is of the other modality than the DICOM header or the chosen model.
+
+Without that model installed everything still works: plain images then need a model choice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from lunglens.errors import ModelError
+from lunglens.inference.engine import get_engine
+from lunglens.io.scan import Scan
+from lunglens.models.registry import ModelInfo, default_model_for, modality_checker
+from lunglens.preprocess import to_model_input
+
+_NAMES = {"ct": "a CT slice", "cxr": "a chest X-ray"}
+
+
+@dataclass(frozen=True)
+class ModalityCheck:
+    """The image-level check's answer for one scan.
+
+    Attributes
+    ----------
+    modality
+        ``"ct"`` or ``"cxr"``: the more probable of the two.
+    probability
+        Its probability.
+    confident
+        ``probability >= warn_probability`` of the check's manifest.
+    model
+        ``"name version"`` of the check, for notes and audit.
+    """
+
+    modality: str
+    probability: float
+    confident: bool
+    model: str
+
+    def looks_like(self) -> str:
+        return f"looks like {_NAMES.get(self.modality, self.modality)} (p={self.probability:.2f})"
+
+
+def check_modality(
+    scan: Scan, models_dir: str | os.PathLike[str] | None = None
+) -> ModalityCheck | None:
+    """Run the modality check on the scan's middle slice; ``None`` if it is not installed.
+
+    A broken check model (failed hash, unloadable) is treated as not installed: it only ever
+    adds warnings, so it must never stop a scan from being read.
+    """
+    info = modality_checker(models_dir)
+    if info is None:
+        return None
+    try:
+        engine = get_engine(info)
+    except ModelError:
+        return None
+    image = scan.image[scan.n_slices // 2]
+    probs = engine.predict(to_model_input(image, info.input_size), ("probs",))["probs"][0]
+    idx = int(np.argmax(probs))
+    warn_at = float(info.manifest.get("warn_probability", 0.9))
+    return ModalityCheck(
+        modality=info.labels[idx],
+        probability=float(probs[idx]),
+        confident=bool(probs[idx] >= warn_at),
+        model=f"{info.name} {info.version}",
+    )
+
+
+def routing_modality(scan: Scan, check: ModalityCheck | None) -> str:
+    """The modality used to pick a default model: the header's, else the image check's."""
+    if scan.modality in ("ct", "cxr"):
+        return scan.modality
+    return check.modality if check is not None else scan.modality
+
+
+def choose_model(
+    scan: Scan, models_dir: str | os.PathLike[str] | None = None,
+    check: ModalityCheck | None = None,
+) -> ModelInfo:
+    """The default triage model for ``scan``: by DICOM modality, else by the image check.
+
+    Raises
+    ------
+    ModelNotFound
+        A plain image and no modality check installed, or no model for that modality.
+    """
+    if check is None and scan.modality not in ("ct", "cxr"):
+        check = check_modality(scan, models_dir)
+    return default_model_for(routing_modality(scan, check), models_dir)
+
+
+def modality_notes(scan: Scan, info: ModelInfo, check: ModalityCheck | None) -> list[str]:
+    """What the user must know about modality: how a plain image looks, and disagreements.
+
+    The header's own disagreement with the model (a DICOM CT scored with an X-ray model) is
+    reported by :func:`lunglens.inference.classify_scan` whether or not the check is installed;
+    these notes add what only the pixels can tell.
+    """
+    notes = []
+    if scan.modality not in ("ct", "cxr") and check is not None:
+        notes.append(
+            f"plain image without modality information; the image {check.looks_like()} "
+            f"by {check.model}"
+        )
+    if check is None or not check.confident:
+        return notes
+    if scan.modality in ("ct", "cxr") and check.modality != scan.modality:
+        notes.append(
+            f"the DICOM header says {scan.modality.upper()}, but the image {check.looks_like()}; "
+            "check that the file is what it claims to be"
+        )
+    elif check.modality != info.modality:
+        notes.append(
+            f"the image {check.looks_like()}, but model {info.name} is for "
+            f"{info.modality.upper()} scans; the score is not meaningful"
+        )
+    return notes
