@@ -137,6 +137,7 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
         f"decision agreement {_pct(par['agreement'])}, "
         f"accuracy float {_pct(par['accuracy_float'])} vs INT8 {_pct(par['accuracy_int8'])} "
         f"({par['accuracy_change_points']:+.2f} points), max |dp| {par['max_abs_prob_diff']:.3f}.",
+        *_quantization_trials(q),
         "",
         "## Evaluation (group-wise cross-validation)",
     ]
@@ -200,3 +201,22 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
         f"- {m['intended_use']}",
     ]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def _quantization_trials(q: dict) -> list[str]:
+    """The measured candidates when the recipe was chosen by ``search_quantization``."""
+    if not q.get("trials"):
+        return []
+    rows = [
+        f"- Recipe chosen by measurement ({q['selection']}):",
+        "",
+        "| calibration | kept in float | agreement | accuracy change | max abs dp | ms / image |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in q["trials"]:
+        rows.append(
+            f"| {t['calibration_method']} | {', '.join(t['kept_float']) or '-'} | "
+            f"{_pct(t['agreement'])} | {t['accuracy_change_points']:+.2f} points | "
+            f"{t['max_abs_prob_diff']:.3f} | {t['single_image_ms']:.1f} |"
+        )
+    return rows

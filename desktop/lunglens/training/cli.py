@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--skip-cv", action="store_true", help="final model only (no CV metrics)")
     ap.add_argument("--calib-images", type=int, default=300)
-    ap.add_argument("--calibration", choices=["MinMax", "Entropy", "Percentile"], default="MinMax")
+    ap.add_argument(
+        "--calibration",
+        choices=["MinMax", "Entropy", "Percentile", "auto"],
+        default=None,
+        help="INT8 calibration (default: the preset's; auto = measure candidates, keep the best)",
+    )
     ap.add_argument("--version", default="1.0.0")
     args = ap.parse_args(argv)
     t0 = time.time()

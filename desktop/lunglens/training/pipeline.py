@@ -48,7 +48,7 @@ class PipelineOptions:
     val_fold: int | None = None  # None: the fold most like the whole set (representative_fold)
     skip_cv: bool = False
     calib_images: int = 300
-    calibration: str = "MinMax"
+    calibration: str | None = None  # None: the preset's (a method name or "auto": search)
     min_sensitivity: float = 0.95
     version: str = "1.0.0"
 
@@ -201,7 +201,12 @@ class Pipeline:
 
     def stage_quantize(self, ds: ImageSet) -> None:
         from lunglens.training.metrics import choose_threshold
-        from lunglens.training.quantize import onnx_probs, parity, quantize_model
+        from lunglens.training.quantize import (
+            onnx_probs,
+            parity,
+            quantize_model,
+            search_quantization,
+        )
 
         int8 = self.work / "model_int8.onnx"
         if "quantization" in self.state and int8.exists():
@@ -211,15 +216,23 @@ class Pipeline:
         val_idx = ds.folds([v])
         rng = np.random.default_rng(0)
         calib = train_idx[rng.permutation(len(train_idx))[: self.o.calib_images]]
-        q = quantize_model(
-            self.work / "model_fp32.onnx", int8, ds.images[calib], method=self.o.calibration
-        )
         pos = self.positive(ds)
-        p32 = onnx_probs(self.work / "model_fp32.onnx", ds.images[val_idx])
-        p8 = onnx_probs(int8, ds.images[val_idx])
         y = ds.labels[val_idx]
-        thr = choose_threshold((y == pos).astype(int), p8[:, pos], self.o.min_sensitivity)
-        q["parity_validation_fold"] = parity(p32, p8, y, pos, thr)
+        fp32 = self.work / "model_fp32.onnx"
+        method = self.o.calibration or self.p.calibration
+        if method == "auto":
+            q, p32, p8, thr = search_quantization(
+                fp32, int8, ds.images[calib], ds.images[val_idx], y, pos,
+                lambda yp, pp: choose_threshold(yp, pp, self.o.min_sensitivity),
+            )
+            for t in q["trials"]:
+                self.log(f"quantization trial {t}")
+        else:
+            q = quantize_model(fp32, int8, ds.images[calib], method=method)
+            p32 = onnx_probs(fp32, ds.images[val_idx])
+            p8 = onnx_probs(int8, ds.images[val_idx])
+            thr = choose_threshold((y == pos).astype(int), p8[:, pos], self.o.min_sensitivity)
+            q["parity_validation_fold"] = parity(p32, p8, y, pos, thr)
         self.state["quantization"] = q
         self.state["threshold"] = thr
         np.savez(self.work / "final_val_probs.npz", fp32=p32, int8=p8, labels=y)

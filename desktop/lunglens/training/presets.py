@@ -25,6 +25,8 @@ class Preset:
     lr: float = 1e-3
     window: tuple[str, float, float] | None = None
     cam_layer: str = "head"
+    # "auto": try calibration methods and float-op sets, keep the one that holds accuracy
+    calibration: str = "MinMax"
 
 
 PRESETS: dict[str, Preset] = {
@@ -55,6 +57,7 @@ PRESETS: dict[str, Preset] = {
             6,
             30,
             batch_size=16,
+            calibration="auto",
             window=("lung", -600.0, 1500.0),
         ),
         Preset(
@@ -81,6 +84,7 @@ PRESETS: dict[str, Preset] = {
             12,
             40,
             batch_size=16,
+            calibration="auto",
         ),
     ]
 }
