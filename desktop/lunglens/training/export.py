@@ -89,3 +89,21 @@ def export_onnx(model: nn.Module, size: int, path: Path, opset: int = 17) -> dic
             for i, ln in enumerate(layer_names)
         ],
     )
+
+
+def input_contract(size: int, window: tuple[str, float, float] | None = None) -> dict:
+    """The manifest's ``input`` block: what the app feeds the graph (DESIGN.md model contract).
+
+    ``window`` is the CT display window ``(name, center, width)`` the training images were
+    rendered with, so the app renders DICOM slices the same way.
+    """
+    return dict(
+        name="image",
+        shape=[1, size, size],
+        size=[size, size],
+        range=[0.0, 1.0],
+        dtype="float32",
+        window=dict(name=window[0], center=window[1], width=window[2]) if window else None,
+        resize="whole image stretched to size (cv2 INTER_AREA), lunglens.preprocess",
+        normalization="inside the graph: (x - 0.5) / 0.25",
+    )

@@ -27,7 +27,7 @@ import numpy as np
 from lunglens.training.augment import AugmentConfig
 from lunglens.training.data import ImageSet, Record, load_records, read_manifest
 from lunglens.training.device import setup_runtime
-from lunglens.training.export import export_onnx
+from lunglens.training.export import export_onnx, input_contract
 from lunglens.training.metrics import classification_report, mean_ci
 from lunglens.training.pipeline import _json, sha256
 from lunglens.training.train import TrainConfig, load_best, predict_probs, train_run
@@ -177,15 +177,7 @@ def run(
         modality="any",
         labels=CLASSES,
         positive_label="cxr",
-        input=dict(
-            name="image",
-            shape=[1, cfg.size, cfg.size],
-            size=[cfg.size, cfg.size],
-            range=[0.0, 1.0],
-            dtype="float32",
-            window=None,
-            resize="whole image stretched to size (cv2 INTER_AREA), lunglens.preprocess",
-        ),
+        input=input_contract(cfg.size),
         outputs=dict(probs="[N, 2] softmax over labels", gallery=export["gallery"]),
         file="model.onnx",
         sha256=sha256(onnx_path),

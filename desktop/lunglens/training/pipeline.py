@@ -337,6 +337,8 @@ class Pipeline:
             (self.out / "metrics.json").write_text(_json(metrics))
             write_plots(self.work, self.out, ds, self.positive(ds), float(self.state["threshold"]))
         ex = self.state["export"]
+        from lunglens.training.export import input_contract
+
         counts = {str(c): int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
         manifest = dict(
             name=self.p.model_name,
@@ -346,20 +348,7 @@ class Pipeline:
             modality=self.p.modality,
             labels=ds.classes,
             positive_label=self.p.positive_label,
-            input=dict(
-                name="image",
-                shape=[1, self.size, self.size],
-                size=[self.size, self.size],
-                range=[0.0, 1.0],
-                dtype="float32",
-                window=(
-                    dict(name=self.p.window[0], center=self.p.window[1], width=self.p.window[2])
-                    if self.p.window
-                    else None
-                ),
-                resize="whole image stretched to size (cv2 INTER_AREA), lunglens.preprocess",
-                normalization="inside the graph: (x - 0.5) / 0.25",
-            ),
+            input=input_contract(self.size, self.p.window),
             outputs=dict(
                 probs=dict(shape=["N", len(ds.classes)]),
                 cam=dict(
