@@ -76,11 +76,9 @@ def test_search_measures_every_candidate_and_keeps_a_qualifying_one(tmp_path: Pa
     np.testing.assert_allclose(onnx_probs(int8, x[64:]), p8, atol=1e-6)
     np.testing.assert_allclose(onnx_probs(fp32, x[64:]), p32, atol=1e-6)
     par = report["parity_validation_fold"]
-    chosen = next(
-        t for t in trials
-        if t["calibration_method"] == report["calibration_method"]
-        and t["agreement"] == par["agreement"]
-    )
+    chosen = trials[report["chosen_trial"]]
+    assert chosen["calibration_method"] == report["calibration_method"]
+    assert chosen["agreement"] == par["agreement"]
     qualifying = [
         t for t in trials if t["agreement"] >= 0.99 and t["accuracy_change_points"] >= -0.5
     ]
