@@ -468,3 +468,18 @@ def test_app_icon_from_resources(qtbot) -> None:
     icon = app_icon()
     assert not icon.isNull()
     assert not icon.pixmap(64, 64).isNull()
+
+
+def test_classification_stays_visible_with_gallery_and_batch_docks(
+        qtbot, window: MainWindow, ct_file: Path) -> None:
+    """Opening the gallery and the batch dock must not squeeze the result out of view."""
+    from lunglens.gui.main_window import CLASSIFY_MIN_HEIGHT
+
+    open_and_classify(qtbot, window, ct_file)
+    window.gallery.show()
+    window.batch_dock.show()
+    qtbot.waitUntil(lambda: window.batch_dock.isVisible() and window.gallery.isVisible())
+    qtbot.wait(50)
+    scroll = window.classify_dock.widget()
+    assert scroll.height() >= CLASSIFY_MIN_HEIGHT
+    assert window.gallery.height() > 0 and window.batch_dock.height() > 0

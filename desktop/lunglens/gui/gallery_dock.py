@@ -102,8 +102,11 @@ class GalleryDock(QDockWidget):
         self.grid.currentRowChanged.connect(self.enlarge)
         self.preview = QLabel("Click a map to enlarge it")
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.preview.setMinimumHeight(120)
-        self.grid.setMinimumHeight(2 * THUMB + 40)
+        # Small minimums (one row of maps, a thumbnail-sized preview; the splitter between them
+        # and the dock resize up): with the batch dock open the window must still fit a
+        # 1366x768 laptop screen.
+        self.preview.setMinimumHeight(64)
+        self.grid.setMinimumHeight(THUMB + 24)
         self.preview_caption = QLabel("")
         self.preview_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
 

@@ -104,6 +104,11 @@ def write_pdf(scan: Scan, result: ScanResult, out_pdf: str) -> Path:
     return Path(scan_pdf(scan, result, out_pdf))
 
 
+#: Smallest height of the classification dock's content: down to the predicted label, and
+#: small enough that viewer + gallery + batch dock fit a 1366x768 screen.
+CLASSIFY_MIN_HEIGHT = 160
+
+
 class MainWindow(QMainWindow):
     """The viewer.
 
@@ -241,6 +246,9 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setWidget(side)
         scroll.setMinimumWidth(300)
+        # The prediction and probability bars must stay in view when the gallery and batch
+        # docks take their share of the screen (seen squeezed to the model chooser at 1400x900).
+        scroll.setMinimumHeight(CLASSIFY_MIN_HEIGHT)
         self.classify_dock = QDockWidget("Classification")
         self.classify_dock.setObjectName("classify_dock")
         self.classify_dock.setWidget(scroll)
