@@ -203,8 +203,7 @@ class Pipeline:
         from lunglens.training.metrics import choose_threshold
         from lunglens.training.quantize import (
             onnx_probs,
-            parity,
-            quantize_model,
+            quantize_and_score,
             search_quantization,
         )
 
@@ -220,19 +219,21 @@ class Pipeline:
         y = ds.labels[val_idx]
         fp32 = self.work / "model_fp32.onnx"
         method = self.o.calibration or self.p.calibration
+
+        def threshold(y_pos: np.ndarray, p_pos: np.ndarray) -> float:
+            return choose_threshold(y_pos, p_pos, self.o.min_sensitivity)
+
         if method == "auto":
             q, p32, p8, thr = search_quantization(
-                fp32, int8, ds.images[calib], ds.images[val_idx], y, pos,
-                lambda yp, pp: choose_threshold(yp, pp, self.o.min_sensitivity),
+                fp32, int8, ds.images[calib], ds.images[val_idx], y, pos, threshold
             )
             for t in q["trials"]:
                 self.log(f"quantization trial {t}")
         else:
-            q = quantize_model(fp32, int8, ds.images[calib], method=method)
             p32 = onnx_probs(fp32, ds.images[val_idx])
-            p8 = onnx_probs(int8, ds.images[val_idx])
-            thr = choose_threshold((y == pos).astype(int), p8[:, pos], self.o.min_sensitivity)
-            q["parity_validation_fold"] = parity(p32, p8, y, pos, thr)
+            q, p8, thr = quantize_and_score(
+                fp32, int8, ds.images[calib], ds.images[val_idx], y, pos, p32, threshold, method
+            )
         self.state["quantization"] = q
         self.state["threshold"] = thr
         np.savez(self.work / "final_val_probs.npz", fp32=p32, int8=p8, labels=y)

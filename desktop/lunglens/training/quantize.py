@@ -153,6 +153,35 @@ QUANT_CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def quantize_and_score(
+    fp32_path: Path,
+    int8_path: Path,
+    calib_images: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    positive: int,
+    p32: np.ndarray,
+    choose_threshold,
+    method: str = "MinMax",
+    keep_float_ops: Sequence[str] = (),
+) -> tuple[dict, np.ndarray, float]:
+    """Quantize one way, then score the INT8 file on the validation fold against the float one.
+
+    ``p32`` are the float model's validation probabilities; the threshold is chosen on the INT8
+    model's own (``choose_threshold(y_positive, p_positive)``), since that is what ships.
+
+    Returns
+    -------
+    report (with ``parity_validation_fold``), INT8 validation probabilities, threshold
+    """
+    q = quantize_model(fp32_path, int8_path, calib_images, method=method,
+                       keep_float_ops=keep_float_ops)
+    p8 = onnx_probs(int8_path, val_images)
+    thr = float(choose_threshold((val_labels == positive).astype(int), p8[:, positive]))
+    q["parity_validation_fold"] = parity(p32, p8, val_labels, positive, thr)
+    return q, p8, thr
+
+
 def _single_image_ms(path: Path, image: np.ndarray, runs: int = 20) -> float:
     """Median latency (ms) of one ``probs`` call on one image: a tie-breaker, not a benchmark."""
     import onnxruntime as ort
@@ -194,16 +223,15 @@ def search_quantization(
     report, fp32 validation probabilities, INT8 validation probabilities, threshold
     """
     p32 = onnx_probs(fp32_path, val_images)
-    y_pos = (val_labels == positive).astype(int)
     trials: list[dict] = []
     best: tuple[tuple, dict, np.ndarray, float, Path] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         for i, (method, keep) in enumerate(candidates):
             path = Path(tmp) / f"cand{i}.onnx"
-            q = quantize_model(fp32_path, path, calib_images, method=method, keep_float_ops=keep)
-            p8 = onnx_probs(path, val_images)
-            thr = float(choose_threshold(y_pos, p8[:, positive]))
-            par = parity(p32, p8, val_labels, positive, thr)
+            q, p8, thr = quantize_and_score(fp32_path, path, calib_images, val_images,
+                                            val_labels, positive, p32, choose_threshold,
+                                            method, keep)
+            par = q["parity_validation_fold"]
             ms = round(_single_image_ms(path, val_images[0]), 2)  # ranked as reported
             trial = dict(
                 calibration_method=method,
@@ -222,7 +250,6 @@ def search_quantization(
             # Rank: meets the bar first; then faster (if it does) or higher agreement.
             rank = (ok, -ms if ok else par["agreement"])
             if best is None or rank > best[0]:
-                q["parity_validation_fold"] = par
                 q["chosen_trial"] = i
                 best = (rank, q, p8, thr, path)
         assert best is not None
