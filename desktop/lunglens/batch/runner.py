@@ -26,10 +26,10 @@ from lunglens.batch.results_csv import open_results, utc_now
 from lunglens.errors import LungLensError, ScanError
 from lunglens.inference.classify import ModalityMismatch, result_from_probs
 from lunglens.inference.engine import Engine, get_engine
-from lunglens.inference.modality import check_modality
+from lunglens.inference.modality import check_with
 from lunglens.inference.result import ScanResult
 from lunglens.io.scan import Scan
-from lunglens.models.registry import ModelInfo
+from lunglens.models.registry import ModelInfo, modality_checker
 from lunglens.preprocess import to_model_input
 from lunglens.report.audit import append_audit
 
@@ -51,7 +51,7 @@ def error_text(exc: BaseException) -> str:
     return f"{code}: {exc}"
 
 
-def _decode(source: object, key: str, info: ModelInfo) -> _Decoded:
+def _decode(source: object, key: str, info: ModelInfo, checker: ModelInfo | None) -> _Decoded:
     from lunglens.io import load_source
 
     start = time.perf_counter()
@@ -62,8 +62,8 @@ def _decode(source: object, key: str, info: ModelInfo) -> _Decoded:
                 key, f"the scan is {scan.modality.upper()} but model {info.name} is for "
                 f"{info.modality.upper()}", "Score it with a model for its modality (--model).",
             )
-        if scan.modality not in ("ct", "cxr"):  # plain image: only the pixels can tell
-            check = check_modality(scan, info.path.parent)
+        if scan.modality not in ("ct", "cxr") and checker is not None:
+            check = check_with(checker, scan)  # plain image: only the pixels can tell
             if check is not None and check.confident and check.modality != info.modality:
                 raise ModalityMismatch(
                     key, f"plain image that {check.looks_like()} ({check.model}), but model "
@@ -233,6 +233,7 @@ def score(
     """
     t0 = time.perf_counter()
     engine = get_engine(info)  # refuses a tampered model before a file is touched
+    checker = modality_checker(info.path.parent)  # the image check for plain images, if any
     writer = open_results(out_csv, info, resume=resume, overwrite=overwrite,
                           include_ids=include_ids)
     path_list = [str(p) for p in paths]
@@ -287,7 +288,7 @@ def score(
                 if nxt is None:
                     exhausted = True
                     break
-                queue.append(pool.submit(_decode, nxt[1], nxt[0], info))
+                queue.append(pool.submit(_decode, nxt[1], nxt[0], info, checker))
             if queue and not cancelled:
                 item = queue.popleft().result()
                 pending.append(item)

@@ -59,6 +59,7 @@ from lunglens.inference import (
     classify_scan,
     get_engine,
     label_index,
+    routing_modality,
 )
 from lunglens.io import Scan, discover_sources, load_scan, load_source
 from lunglens.io.dicom_file import percentile_window
@@ -508,11 +509,8 @@ class MainWindow(QMainWindow):
         self.scanLoaded.emit(scan)
 
     def _choose_model_for(self, scan: Scan, check: ModalityCheck | None = None) -> None:
-        modality = scan.modality
-        if modality not in ("ct", "cxr") and check is not None:
-            modality = check.modality
         try:
-            info = default_model_for(modality, self.models_dir)
+            info = default_model_for(routing_modality(scan, check), self.models_dir)
         except ModelError:
             if scan.modality == "unknown" and self.models:
                 self.show_status(

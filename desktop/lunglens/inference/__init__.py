@@ -16,6 +16,7 @@ from lunglens.inference.modality import (
     check_modality,
     choose_model,
     modality_notes,
+    routing_modality,
 )
 from lunglens.inference.result import ScanResult
 
@@ -38,6 +39,7 @@ __all__ = [
     "modality_notes",
     "physical_cores",
     "result_from_probs",
+    "routing_modality",
     "slice_probabilities",
     "top_slices",
 ]

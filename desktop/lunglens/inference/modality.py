@@ -62,8 +62,12 @@ def check_modality(
     adds warnings, so it must never stop a scan from being read.
     """
     info = modality_checker(models_dir)
-    if info is None:
-        return None
+    return None if info is None else check_with(info, scan)
+
+
+def check_with(info: ModelInfo, scan: Scan) -> ModalityCheck | None:
+    """:func:`check_modality` with the check model already found (batches look it up once,
+    not by re-reading every manifest for each plain image)."""
     try:
         engine = get_engine(info)
     except ModelError:
