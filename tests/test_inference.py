@@ -45,6 +45,50 @@ def test_engine_is_cached_and_asks_only_requested_outputs(mdir: Path) -> None:
         engine.predict(np.zeros((1, 1, 32, 32), np.float32), ("nope",))
 
 
+def test_engine_runs_only_the_graph_the_requested_outputs_need(mdir: Path) -> None:
+    import onnxruntime as ort
+
+    info = get_model("synthetic-ct", mdir)
+    engine = get_engine(info)
+    x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
+    full = ort.InferenceSession(str(info.onnx_path), providers=["CPUExecutionProvider"])
+    want = full.run(None, {"image": x})
+    names = [o.name for o in full.get_outputs()]
+    assert len(names) > 2  # the fixture has gallery outputs to prune away
+    # a session per output set, holding just those outputs, with the full graph's values
+    for outputs in (("probs",), ("probs", "cam"), ("cam", "probs"), tuple(names)):
+        got = engine.predict(x, outputs)
+        sess = engine._session(outputs)
+        assert {o.name for o in sess.get_outputs()} == set(outputs)
+        for name in outputs:
+            np.testing.assert_allclose(got[name], want[names.index(name)], rtol=1e-6, atol=1e-7)
+    probs_only = engine._session(("probs",))
+    assert engine._session(("probs",)) is probs_only  # cached
+    # the cache is bounded however many output sets are asked for
+    for name in names[2:]:
+        engine.predict(x, ("probs", name))
+    assert len(engine._sessions) <= engine.MAX_SESSIONS
+
+
+def test_unparsable_model_with_a_matching_hash_is_refused(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+    import json
+
+    from lunglens.errors import ModelRefused
+    from lunglens.inference.engine import Engine
+
+    root = make_models_dir(tmp_path / "models")
+    folder = root / "synthetic-ct"
+    bad = b"\x08\x07garbage that is not a protobuf graph\xff" * 10
+    (folder / "model.onnx").write_bytes(bad)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(bad).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelRefused, match="not a readable ONNX graph"):
+        Engine(get_model("synthetic-ct", root))
+
+
 def test_single_image_result(mdir: Path) -> None:
     scan = Scan("bright.png", np.full((1, 50, 40), 0.9, np.float32), modality="ct")
     res = classify_scan(scan)
