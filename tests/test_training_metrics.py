@@ -64,6 +64,11 @@ def test_mean_ci_t_interval() -> None:
     half = 2.776 * np.std([0.9, 0.92, 0.94, 0.96, 0.98], ddof=1) / np.sqrt(5)
     assert ci["mean"] == pytest.approx(0.94)
     assert ci["hi"] - ci["mean"] == pytest.approx(half)
+    assert ci["mean"] - ci["lo"] == pytest.approx(half)
+    # near 100% the interval is cut at the metric's range, the mean is not
+    high = mean_ci([0.99, 1.0, 1.0, 0.98, 1.0])
+    assert high["hi"] == 1.0 and high["lo"] < high["mean"] == pytest.approx(0.994)
+    assert mean_ci([0.0, 0.01, 0.0, 0.02, 0.0])["lo"] == 0.0
 
 
 def test_macro_auc_averages_one_vs_rest() -> None:

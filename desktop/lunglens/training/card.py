@@ -90,6 +90,28 @@ def write_plots(work: Path, out: Path, ds, positive: int, threshold: float) -> N
     plt.close(fig)
 
 
+_REWRITE_TEXT = {
+    "elu_as_min_exp_max": "ELU as max(x, exp(min(x, 0)) - 1)",
+    "block_transposed_conv_as_conv_depth_to_space":
+        "the kernel-4/stride-4 transposed conv as a 1x1 conv + DepthToSpace",
+}
+
+
+def _export_line(export: dict) -> list[str]:
+    """How the float graph was written (the rewrites compute the same function)."""
+    if not export:
+        return []
+    rewrites = [_REWRITE_TEXT.get(r, r) for r in export.get("graph_rewrites", [])]
+    diff = export.get("probs_max_abs_diff_vs_pytorch")
+    return [
+        f"- ONNX export: opset {export.get('opset', '?')}"
+        + (f"; exact rewrites for onnxruntime's CPU kernels: {'; '.join(rewrites)}"
+           if rewrites else "")
+        + (f"; max |probs(PyTorch) - probs(ONNX float)| {diff:.1e}" if diff is not None else "")
+        + "."
+    ]
+
+
 def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
     m = manifest
     q = m["quantization"]
@@ -130,6 +152,7 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
         f"cross-validation {t['cv_seconds'] / 60:.1f} min.",
         "",
         "## Quantization",
+        *_export_line(m.get("export") or {}),
         f"- Calibration: {q['calibration_images']} training images, {q['calibration_method']}. "
         f"INT8 op types: {', '.join(q['quantized_op_types'])}; kept in float: "
         f"{', '.join(q['float_op_types'])} (nodes {', '.join(q['float_nodes']) or 'none'}).",

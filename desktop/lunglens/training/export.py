@@ -4,16 +4,82 @@ Input ``image``: float32 ``[N, 1, H, W]`` in [0, 1] (normalization is inside the
 Outputs: ``probs`` ``[N, C]`` (softmax), ``cam`` ``[N, C, h, w]`` (classifier weights x last
 feature maps: CAM, Zhou et al. 2016, equal to Grad-CAM for a pooling + linear head), and
 ``act_<k>`` for each gallery layer.
+
+The exported graph computes exactly the trained function but is written for onnxruntime's CPU
+kernels (:func:`inference_graph`): measured on the shipped CT SqueezeNet, onnxruntime's ``Elu``
+kernel took 39% of an INT8 batch, 13x slower per element than its ``Exp``.
 """
 
 from __future__ import annotations
 
+import copy
+import types
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def _elu_as_exp(self: nn.ELU, x: torch.Tensor) -> torch.Tensor:
+    # ELU(x) = x for x > 0, alpha * (exp(x) - 1) otherwise (Clevert et al. 2016), written as
+    # max(x, alpha * (exp(min(x, 0)) - 1)): Min/Exp/Sub/Max have vectorized onnxruntime kernels,
+    # Elu has not. Exact for alpha >= 0 up to float rounding (exp(x) - 1 vs expm1: < 1e-7).
+    neg = torch.exp(torch.clamp(x, max=0.0)) - 1.0
+    if self.alpha != 1.0:
+        neg = neg * self.alpha
+    return torch.maximum(x, neg)
+
+
+def _transposed_conv_as_pixel_shuffle(self: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    # With kernel == stride and no padding the output blocks do not overlap:
+    # y[o, s*i + a, s*j + b] = sum_c x[c, i, j] * W[c, o, a, b] + bias[o], i.e. a 1x1 conv to
+    # C_out * s * s channels followed by a depth-to-space (ONNX DepthToSpace, mode CRD). The 1x1
+    # conv gets onnxruntime's INT8 kernel, which ConvTranspose lacks.
+    s = self.stride[0]
+    w = self.weight.permute(1, 2, 3, 0).reshape(-1, self.in_channels, 1, 1)
+    b = None if self.bias is None else self.bias.repeat_interleave(s * s)
+    return F.pixel_shuffle(F.conv2d(x, w, b), s)
+
+
+def _is_block_transposed_conv(m: nn.Module) -> bool:
+    return (
+        isinstance(m, nn.ConvTranspose2d)
+        and m.kernel_size == m.stride
+        and m.kernel_size[0] == m.kernel_size[1]
+        and m.padding == (0, 0)
+        and m.output_padding == (0, 0)
+        and m.dilation == (1, 1)
+        and m.groups == 1
+    )
+
+
+#: Rewrites applied by :func:`inference_graph`: (name, applies to module, replacement forward).
+GRAPH_REWRITES = (
+    ("elu_as_min_exp_max", lambda m: isinstance(m, nn.ELU) and m.alpha >= 0, _elu_as_exp),
+    ("block_transposed_conv_as_conv_depth_to_space", _is_block_transposed_conv,
+     _transposed_conv_as_pixel_shuffle),
+)
+
+
+def inference_graph(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` whose modules compute the same function with faster ONNX ops.
+
+    The copy shares no state with ``model`` (training is unaffected); forward hooks and
+    ``gallery_layers`` keep working because modules are kept and only their ``forward`` is
+    replaced. Returns the copy and the names of the rewrites that applied (for the manifest).
+    """
+    model = copy.deepcopy(model)
+    applied: list[str] = []
+    for module in model.modules():
+        for name, applies, forward in GRAPH_REWRITES:
+            if applies(module):
+                module.forward = types.MethodType(forward, module)
+                if name not in applied:
+                    applied.append(name)
+    return model, applied
 
 
 class ContractWrapper(nn.Module):
@@ -38,8 +104,10 @@ class ContractWrapper(nn.Module):
         feats = self.model.features(image)  # type: ignore[operator]
         logits = self.model.classifier(feats.mean((2, 3)))  # type: ignore[operator]
         probs = torch.softmax(logits, 1)
-        weight = self.model.classifier.weight  # type: ignore[union-attr]
-        cam = torch.einsum("ck,nkhw->nchw", weight, feats)
+        weight: torch.Tensor = self.model.classifier.weight  # type: ignore[union-attr,assignment]
+        # cam[n, c] = sum_k w[c, k] * feats[n, k]: a 1x1 convolution (one fused kernel in
+        # onnxruntime; the equivalent Einsum costs two transposes and a batched MatMul).
+        cam = F.conv2d(feats, weight[:, :, None, None])
         return (probs, cam, *[self._acts[n] for n in self.layer_names])
 
 
@@ -53,7 +121,8 @@ def export_onnx(model: nn.Module, size: int, path: Path, opset: int = 17) -> dic
     import onnx
     import onnxruntime as ort
 
-    wrapper = ContractWrapper(model.cpu()).eval()
+    fast, rewrites = inference_graph(model.cpu().eval())
+    wrapper = ContractWrapper(fast).eval()
     names = output_names(model)
     x = torch.rand(2, 1, size, size)
     dyn = {"image": {0: "N"}, **{n: {0: "N"} for n in names}}
@@ -74,13 +143,16 @@ def export_onnx(model: nn.Module, size: int, path: Path, opset: int = 17) -> dic
     onnx.checker.check_model(str(path), full_check=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        ref = [t.numpy() for t in wrapper(x)]
+        # the reference is the model as trained (not the rewritten copy): the check covers the
+        # rewrites too
+        ref = [t.numpy() for t in ContractWrapper(copy.deepcopy(model).eval())(x)]
     got = sess.run(names, {"image": x.numpy()})
     diffs = {n: float(np.abs(a - b).max()) for n, a, b in zip(names, ref, got, strict=True)}
     layer_names = wrapper.layer_names
     shapes = {n: list(g.shape[1:]) for n, g in zip(names, got, strict=True)}
     return dict(
         opset=opset,
+        graph_rewrites=rewrites,
         max_abs_diff=diffs,
         probs_max_abs_diff=diffs["probs"],
         shapes=shapes,

@@ -124,17 +124,21 @@ def choose_threshold(y_pos: np.ndarray, p_pos: np.ndarray, min_sensitivity: floa
     return float(min(pos[k], 0.99))
 
 
-def mean_ci(values: Sequence[float]) -> dict:
-    """Mean and 95% t-interval across folds (NaNs dropped)."""
+def mean_ci(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0)) -> dict:
+    """Mean and 95% t-interval across folds (NaNs dropped), truncated to ``bounds``.
+
+    Every metric reported here is a proportion: near 100% the symmetric t-interval of five
+    folds spills past 1 ("99.3%-100.1%"), which no reader should see; the interval is cut at
+    the metric's range instead (the mean is unchanged).
+    """
     v = np.array([x for x in values if not math.isnan(x)], dtype=np.float64)
     if len(v) == 0:
         return dict(mean=float("nan"), lo=float("nan"), hi=float("nan"), k=0)
     if len(v) == 1:
         return dict(mean=float(v[0]), lo=float("nan"), hi=float("nan"), k=1)
     half = _T975.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))
-    return dict(
-        mean=float(v.mean()), lo=float(v.mean() - half), hi=float(v.mean() + half), k=len(v)
-    )
+    lo, hi = max(bounds[0], v.mean() - half), min(bounds[1], v.mean() + half)
+    return dict(mean=float(v.mean()), lo=float(lo), hi=float(hi), k=len(v))
 
 
 def summarize_folds(reports: Sequence[dict], classes: Sequence[str]) -> dict:

@@ -189,7 +189,8 @@ def run(
             f"{WARN_PROBABILITY}"
         ),
         export=dict(
-            opset=export["opset"], probs_max_abs_diff_vs_pytorch=export["probs_max_abs_diff"]
+            opset=export["opset"], graph_rewrites=export["graph_rewrites"],
+            probs_max_abs_diff_vs_pytorch=export["probs_max_abs_diff"],
         ),
         metrics=dict(
             scheme=(

@@ -375,7 +375,11 @@ class Pipeline:
             ),
             series_aggregation=dict(method="top_k_mean", k=3),
             quantization=self.state["quantization"],
-            export=dict(opset=ex["opset"], probs_max_abs_diff_vs_pytorch=ex["probs_max_abs_diff"]),
+            export=dict(
+                opset=ex["opset"],
+                graph_rewrites=ex.get("graph_rewrites", []),
+                probs_max_abs_diff_vs_pytorch=ex["probs_max_abs_diff"],
+            ),
             metrics=(
                 dict(cv=metrics) if metrics else dict(cv="pending: cross-validation not finished")
             ),

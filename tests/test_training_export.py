@@ -1,0 +1,82 @@
+"""ONNX export rewrites (``inference_graph``): same function as the trained model, faster ops."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+pytestmark = pytest.mark.train
+
+
+def _op_types(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_squeezenet_light_exports_without_elu_or_transposed_conv(tmp_path: Path) -> None:
+    """The light SqueezeNet's ELUs and its x4 transposed conv become Min/Exp/Max and a 1x1 conv
+    + DepthToSpace; every output (probs, CAM, gallery) matches PyTorch on the trained graph."""
+    from lunglens.training.export import export_onnx
+    from lunglens.training.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("squeezenet-light", 2).eval()
+    # random BatchNorm statistics, so ELU sees negative and positive inputs of any scale
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    out = tmp_path / "m.onnx"
+    facts = export_onnx(model, 64, out)
+    assert facts["graph_rewrites"] == ["elu_as_min_exp_max",
+                                       "block_transposed_conv_as_conv_depth_to_space"]
+    ops = _op_types(out)
+    assert not ops & {"Elu", "ConvTranspose", "Einsum"}
+    assert {"Exp", "Max", "DepthToSpace"} <= ops
+    # export_onnx compares with the model as trained (nn.ELU, nn.ConvTranspose2d)
+    assert max(facts["max_abs_diff"].values()) < 1e-4
+    assert facts["probs_max_abs_diff"] < 1e-5
+    # the model itself is untouched: training still uses the original modules
+    assert type(model.up).forward is torch.nn.ConvTranspose2d.forward
+    assert "forward" not in vars(model.up) and "forward" not in vars(model.fire2.act)
+
+
+class _Other(torch.nn.Module):
+    """ELU with alpha != 1 and an overlapping transposed conv (kernel 4, stride 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv = nn.Conv2d(1, 8, 3, 2, 1)
+        self.act = nn.ELU(alpha=0.5)
+        self.up = nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1)
+        self.classifier = nn.Linear(8, 2)
+        self.gallery_layers = OrderedDict([("act", self.act)])
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.conv(x) - 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+def test_rewrites_apply_only_where_exact(tmp_path: Path) -> None:
+    from lunglens.training.export import export_onnx
+
+    torch.manual_seed(1)
+    out = tmp_path / "o.onnx"
+    facts = export_onnx(_Other().eval(), 32, out)
+    assert facts["graph_rewrites"] == ["elu_as_min_exp_max"]  # overlapping: left alone
+    ops = _op_types(out)
+    assert "ConvTranspose" in ops and "Elu" not in ops and "Mul" in ops  # alpha kept
+    assert max(facts["max_abs_diff"].values()) < 1e-5
+    with torch.no_grad():
+        x = torch.randn(1, 8, 5, 5) * 4
+        np.testing.assert_allclose(torch.nn.functional.elu(x, 0.5).numpy(),
+                                   torch.maximum(x, 0.5 * (torch.exp(x.clamp(max=0)) - 1)).numpy(),
+                                   atol=1e-6)
