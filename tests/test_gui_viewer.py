@@ -483,3 +483,20 @@ def test_classification_stays_visible_with_gallery_and_batch_docks(
     scroll = window.classify_dock.widget()
     assert scroll.height() >= CLASSIFY_MIN_HEIGHT
     assert window.gallery.height() > 0 and window.batch_dock.height() > 0
+
+
+def test_window_with_every_dock_open_fits_a_laptop_screen(qtbot, window: MainWindow) -> None:
+    """1366x768 (minus title bar and taskbar): the docks scroll rather than grow the window
+    (it needed 794 px, so the status bar with the triage-aid notice fell off the screen)."""
+    from lunglens.gui.main_window import MAX_WINDOW_MIN_HEIGHT
+
+    for dock in (window.classify_dock, window.tags_dock, window.gallery, window.batch_dock):
+        dock.show()
+    qtbot.waitUntil(lambda: window.batch_dock.isVisible() and window.gallery.isVisible())
+    assert window.minimumSizeHint().height() <= MAX_WINDOW_MIN_HEIGHT
+    assert window.minimumSizeHint().width() <= 1366
+    window.resize(1366, MAX_WINDOW_MIN_HEIGHT)
+    qtbot.wait(50)
+    assert window.height() <= MAX_WINDOW_MIN_HEIGHT
+    assert window.statusBar().isVisible()
+    assert window.statusBar().geometry().bottom() < window.height()

@@ -32,11 +32,15 @@ from PySide6.QtWidgets import (
 
 from lunglens.explain import ChannelMap, activation_maps, overlay
 from lunglens.gui.image_view import to_qimage
+from lunglens.gui.scroll import scrollable
 from lunglens.gui.workers import Worker, WorkerPool
 from lunglens.inference import get_engine
 from lunglens.models import ModelInfo
 
 THUMB = 88
+#: Smallest height of the gallery's content (the layer chooser and a row of maps; the rest
+#: scrolls), so the window with every dock open still fits a 1366x768 screen.
+GALLERY_MIN_HEIGHT = 150
 GALLERY_COLORMAP = "viridis"
 
 
@@ -131,7 +135,7 @@ class GalleryDock(QDockWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(split, 1)
-        self.setWidget(body)
+        self.setWidget(scrollable(body, GALLERY_MIN_HEIGHT))
         self.visibilityChanged.connect(self._on_visibility)
 
     def _on_visibility(self, visible: bool) -> None:

@@ -32,7 +32,6 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QPushButton,
-    QScrollArea,
     QSlider,
     QVBoxLayout,
     QWidget,
@@ -48,6 +47,7 @@ from lunglens.gui.cam_controls import CamControls
 from lunglens.gui.classify_panel import ClassifyPanel
 from lunglens.gui.gallery_dock import GalleryDock
 from lunglens.gui.image_view import ImageView
+from lunglens.gui.scroll import scrollable
 from lunglens.gui.settings import Settings
 from lunglens.gui.tags_panel import TagsPanel
 from lunglens.gui.workers import Worker, WorkerPool
@@ -108,6 +108,11 @@ def write_pdf(scan: Scan, result: ScanResult, out_pdf: str) -> Path:
 #: Smallest height of the classification dock's content: down to the predicted label, and
 #: small enough that viewer + gallery + batch dock fit a 1366x768 screen.
 CLASSIFY_MIN_HEIGHT = 160
+#: Smallest height of the batch dock's content (its form, buttons and progress; the table and
+#: the rest scroll): with every dock open the window fits a 1366x768 screen under a title bar
+#: and a taskbar (``MAX_WINDOW_MIN_HEIGHT``).
+BATCH_MIN_HEIGHT = 150
+MAX_WINDOW_MIN_HEIGHT = 700
 
 
 class MainWindow(QMainWindow):
@@ -243,13 +248,9 @@ class MainWindow(QMainWindow):
         sv = QVBoxLayout(side)
         sv.addWidget(self.classify_panel, 1)
         sv.addWidget(self.cam_controls)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(side)
-        scroll.setMinimumWidth(300)
         # The prediction and probability bars must stay in view when the gallery and batch
         # docks take their share of the screen (seen squeezed to the model chooser at 1400x900).
-        scroll.setMinimumHeight(CLASSIFY_MIN_HEIGHT)
+        scroll = scrollable(side, CLASSIFY_MIN_HEIGHT, min_width=300)
         self.classify_dock = QDockWidget("Classification")
         self.classify_dock.setObjectName("classify_dock")
         self.classify_dock.setWidget(scroll)
@@ -272,7 +273,7 @@ class MainWindow(QMainWindow):
         self.batch_panel.errorOccurred.connect(self.show_error)
         self.batch_dock = QDockWidget("Batch scoring")
         self.batch_dock.setObjectName("batch_dock")
-        self.batch_dock.setWidget(self.batch_panel)
+        self.batch_dock.setWidget(scrollable(self.batch_panel, BATCH_MIN_HEIGHT))
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.batch_dock)
         self.batch_dock.hide()
 
