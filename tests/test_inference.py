@@ -55,8 +55,8 @@ def test_engine_runs_only_the_graph_the_requested_outputs_need(mdir: Path) -> No
     want = full.run(None, {"image": x})
     names = [o.name for o in full.get_outputs()]
     assert len(names) > 2  # the fixture has gallery outputs to prune away
-    # a session per output set, holding just those outputs, with the full graph's values
-    for outputs in (("probs",), ("probs", "cam"), ("cam", "probs"), tuple(names)):
+    # probs / cam: a session per output set, holding just those outputs
+    for outputs in (("probs",), ("probs", "cam"), ("cam", "probs"), ("cam",)):
         got = engine.predict(x, outputs)
         sess = engine._session(outputs)
         assert {o.name for o in sess.get_outputs()} == set(outputs)
@@ -64,10 +64,15 @@ def test_engine_runs_only_the_graph_the_requested_outputs_need(mdir: Path) -> No
             np.testing.assert_allclose(got[name], want[names.index(name)], rtol=1e-6, atol=1e-7)
     probs_only = engine._session(("probs",))
     assert engine._session(("probs",)) is probs_only  # cached
-    # the cache is bounded however many output sets are asked for
+    # gallery layers share one full-graph session, whatever layer is browsed
+    full_sess = engine._session((names[2],))
+    assert {o.name for o in full_sess.get_outputs()} == set(names)
     for name in names[2:]:
-        engine.predict(x, ("probs", name))
-    assert len(engine._sessions) <= engine.MAX_SESSIONS
+        got = engine.predict(x, (name,))
+        np.testing.assert_allclose(got[name], want[names.index(name)], rtol=1e-6, atol=1e-7)
+        assert engine._session((name,)) is full_sess
+    assert engine._session(tuple(names)) is full_sess
+    assert len(engine._sessions) == 4 <= engine.MAX_SESSIONS  # probs, probs+cam, cam, full
 
 
 def test_unparsable_model_with_a_matching_hash_is_refused(tmp_path: Path,

@@ -77,8 +77,13 @@ class Engine:
         Intra-op threads; default ``$LUNGLENS_THREADS`` or the number of physical cores.
     """
 
-    #: Pruned sessions kept per engine (least recently used dropped first): the app asks for
-    #: three output sets (probs; probs + cam; the gallery), so memory stays bounded.
+    #: Outputs that get a graph pruned to them: what is asked for per scan (batch scoring wants
+    #: ``probs``, the viewer ``probs`` + ``cam``). Gallery layers (``act_<k>``) are asked for one
+    #: at a time when someone browses them; they share the full graph, so flipping through the
+    #: layers builds no session.
+    PRUNED_OUTPUTS = frozenset({"probs", "cam"})
+    #: Sessions kept per engine (least recently used dropped first): the subsets of
+    #: ``PRUNED_OUTPUTS`` plus the full graph, so memory stays bounded.
     MAX_SESSIONS = 4
 
     def __init__(self, info: ModelInfo, *, threads: int | None = None) -> None:
@@ -103,8 +108,10 @@ class Engine:
         self.session = self._session(("probs",))  # fails here, not mid-batch, if unloadable
 
     def _session(self, outputs: Sequence[str]) -> ort.InferenceSession:
-        """The session for exactly ``outputs`` (created on first use, then cached)."""
+        """The session that computes ``outputs`` (created on first use, then cached)."""
         key = frozenset(outputs)
+        if not key <= self.PRUNED_OUTPUTS:
+            key = frozenset(self.output_names)
         with self._lock:
             sess = self._sessions.get(key)
             if sess is not None:
