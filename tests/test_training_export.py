@@ -75,6 +75,10 @@ def test_rewrites_apply_only_where_exact(tmp_path: Path) -> None:
     ops = _op_types(out)
     assert "ConvTranspose" in ops and "Elu" not in ops and "Mul" in ops  # alpha kept
     assert max(facts["max_abs_diff"].values()) < 1e-5
+    # alpha > 1: max(x, alpha * (exp(min(x, 0)) - 1)) would pick x just below 0, so no rewrite
+    from lunglens.training.export import inference_graph
+
+    assert inference_graph(torch.nn.Sequential(torch.nn.ELU(alpha=2.0)))[1] == []
     with torch.no_grad():
         x = torch.randn(1, 8, 5, 5) * 4
         np.testing.assert_allclose(torch.nn.functional.elu(x, 0.5).numpy(),

@@ -26,7 +26,10 @@ from torch import nn
 def _elu_as_exp(self: nn.ELU, x: torch.Tensor) -> torch.Tensor:
     # ELU(x) = x for x > 0, alpha * (exp(x) - 1) otherwise (Clevert et al. 2016), written as
     # max(x, alpha * (exp(min(x, 0)) - 1)): Min/Exp/Sub/Max have vectorized onnxruntime kernels,
-    # Elu has not. Exact for alpha >= 0 up to float rounding (exp(x) - 1 vs expm1: < 1e-7).
+    # Elu has not. Exact for 0 <= alpha <= 1 up to float rounding (exp(x) - 1 vs expm1: < 1e-7):
+    # for x <= 0, f(x) = alpha * (exp(x) - 1) - x has f(0) = 0 and f' = alpha * exp(x) - 1 <= 0,
+    # so the max picks the ELU branch; for x > 0 the second term is 0. For alpha > 1 it would not
+    # (near 0, alpha * x < x), so such ELUs are left alone.
     neg = torch.exp(torch.clamp(x, max=0.0)) - 1.0
     if self.alpha != 1.0:
         neg = neg * self.alpha
@@ -58,7 +61,7 @@ def _is_block_transposed_conv(m: nn.Module) -> bool:
 
 #: Rewrites applied by :func:`inference_graph`: (name, applies to module, replacement forward).
 GRAPH_REWRITES = (
-    ("elu_as_min_exp_max", lambda m: isinstance(m, nn.ELU) and m.alpha >= 0, _elu_as_exp),
+    ("elu_as_min_exp_max", lambda m: isinstance(m, nn.ELU) and 0 <= m.alpha <= 1, _elu_as_exp),
     ("block_transposed_conv_as_conv_depth_to_space", _is_block_transposed_conv,
      _transposed_conv_as_pixel_shuffle),
 )
