@@ -8,9 +8,9 @@ Measures, in one run on this machine:
 3. peak RSS of the process;
 4. RSS growth over many classify calls (memory must stay flat);
 5. the same model in PyTorch fp32 (checkpoint from the manifest's ``training.checkpoint``) for
-   latency and throughput ratios (random weights when the training checkpoint is not on this
-   machine: the speed of dense fp32 inference does not depend on them). Skipped with a message
-   when torch is missing.
+   latency and throughput ratios, measured in alternating rounds with the app's engine (random
+   weights when the training checkpoint is not on this machine: the speed of dense fp32
+   inference does not depend on them). Skipped with a message when torch is missing.
 
 Usage::
 
@@ -114,9 +114,8 @@ def onnx_batch_throughput(info: ModelInfo, batch: np.ndarray, bs: int = 16) -> f
     return len(batch) / (time.perf_counter() - t)
 
 
-def torch_baseline(info: ModelInfo, single: np.ndarray, batch: np.ndarray, reps: int,
-                   bs: int = 16) -> tuple[list[float], float] | str:
-    """PyTorch fp32 latency (probs + CAM) and throughput, or the reason it was skipped."""
+def torch_runner(info: ModelInfo):
+    """A PyTorch fp32 ``run(x, cam)`` of the same model, or the reason it cannot be built."""
     try:
         import torch
 
@@ -148,18 +147,51 @@ def torch_baseline(info: ModelInfo, single: np.ndarray, batch: np.ndarray, reps:
             if cam:
                 torch.einsum("kc,nchw->nkhw", weight, feats)
 
-    for _ in range(5):
-        run(single, True)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        run(single, True)
-        times.append((time.perf_counter() - t) * 1000)
-    run(batch[:bs], False)
-    t = time.perf_counter()
-    for i in range(0, len(batch), bs):
-        run(batch[i : i + bs], False)
-    return times, len(batch) / (time.perf_counter() - t)
+    return run
+
+
+def compare_with_torch(info: ModelInfo, single: np.ndarray, batch: np.ndarray, reps: int,
+                       rounds: int = 5, bs: int = 16) -> None:
+    """ONNX (the app's engine) vs PyTorch fp32, measured in alternating rounds.
+
+    Each round times ``reps`` single-image calls (probs + CAM) and one pass over ``batch`` in
+    batches of ``bs`` (probs) for each engine in turn, so a slower or faster spell of a shared
+    machine hits both alike; the medians over all calls / rounds are compared.
+    """
+    run = torch_runner(info)
+    if isinstance(run, str):
+        print(f"[5] PyTorch fp32 baseline skipped: {run}")
+        return
+    engine = get_engine(info)
+
+    def onnx_run(x: np.ndarray, cam: bool) -> None:
+        engine.predict(x, ("probs", "cam") if cam else ("probs",))
+
+    engines = {"onnx": onnx_run, "torch": run}
+    lat: dict[str, list[float]] = {k: [] for k in engines}
+    tput: dict[str, list[float]] = {k: [] for k in engines}
+    for fn in engines.values():  # warm-up
+        for _ in range(5):
+            fn(single, True)
+        fn(batch[:bs], False)
+    for _ in range(rounds):
+        for name, fn in engines.items():
+            for _ in range(reps):
+                t = time.perf_counter()
+                fn(single, True)
+                lat[name].append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            for i in range(0, len(batch), bs):
+                fn(batch[i : i + bs], False)
+            tput[name].append(len(batch) / (time.perf_counter() - t))
+    lo, lt = statistics.median(lat["onnx"]), statistics.median(lat["torch"])
+    to, tt = statistics.median(tput["onnx"]), statistics.median(tput["torch"])
+    print(f"[5] preprocessed image -> probs + CAM ({rounds} alternating rounds): PyTorch fp32 "
+          f"median {lt:.2f} ms vs ONNX {lo:.2f} ms (ONNX speed-up x{lt / lo:.2f})")
+    print(f"    batch throughput (batches of {bs}, probs): PyTorch {tt:.1f} slices/s vs ONNX "
+          f"{to:.1f} (x{to / tt:.2f}); per round x"
+          + ", x".join(f"{o / t:.2f}" for o, t in zip(tput["onnx"], tput["torch"], strict=True)))
+    print(f"    peak RSS with torch loaded: {peak_rss_mb():.1f} MB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,23 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[3] peak RSS so far: {peak_rss_mb():.1f} MB")
 
     single = to_model_input(imgs[0], info.input_size)
-    base = torch_baseline(info, single, batch, args.reps)
-    if isinstance(base, str):
-        print(f"[5] PyTorch fp32 baseline skipped: {base}")
-    else:
-        t_lat, t_tp = base
-        engine = get_engine(info)
-        o_lat = []
-        for _ in range(args.reps):
-            t = time.perf_counter()
-            engine.predict(single, ("probs", "cam"))
-            o_lat.append((time.perf_counter() - t) * 1000)
-        print(f"[5] PyTorch fp32, preprocessed image -> probs + CAM: median "
-              f"{statistics.median(t_lat):.2f} ms vs ONNX {statistics.median(o_lat):.2f} ms "
-              f"(ONNX speed-up x{statistics.median(t_lat) / statistics.median(o_lat):.2f})")
-        print(f"    batch throughput: PyTorch {t_tp:.1f} slices/s vs ONNX {onnx_tp:.1f} "
-              f"(x{onnx_tp / t_tp:.2f})")
-        print(f"    peak RSS with torch loaded: {peak_rss_mb():.1f} MB")
+    compare_with_torch(info, single, batch, args.reps)
     return 0
 
 
