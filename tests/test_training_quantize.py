@@ -90,3 +90,20 @@ def test_search_measures_every_candidate_and_keeps_a_qualifying_one(tmp_path: Pa
     if chosen["kept_float"] == ["Mul"]:
         assert "Mul" in report["float_op_types"]
     assert 0.0 < thr < 1.0 and "fastest" in report["selection"]
+
+
+def test_ops_kept_in_float_are_reported_as_float(tmp_path: Path) -> None:
+    """An op type left in float by request is reported as float (it was dropped from the
+    report before, so a card could claim an all-INT8 SiLU that was not)."""
+    from lunglens.training.export import export_onnx
+    from lunglens.training.quantize import quantize_model
+
+    torch.manual_seed(0)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_onnx(_TinySENet().eval(), 32, fp32)
+    x, _ = _images(32, np.random.default_rng(1))
+    report = quantize_model(fp32, int8, x, keep_float_ops=("Mul",))
+    assert "Mul" in report["float_op_types"] and "Mul" not in report["quantized_op_types"]
+    assert "Conv" in report["quantized_op_types"]
+    every = quantize_model(fp32, tmp_path / "all.onnx", x)
+    assert "Mul" in every["quantized_op_types"] and "Mul" not in every["float_op_types"]
