@@ -58,6 +58,11 @@ class NotChestImage(ScanError):
     """The scan's modality or body part is not a chest CT or chest X-ray."""
 
 
+class ModalityMismatch(ScanError):
+    """The scan's modality (DICOM header, or the pixel check for plain images) is not the
+    model's (e.g. a chest X-ray given to the CT model); batch scoring writes an error row."""
+
+
 class ModelError(LungLensError):
     """A model could not be used."""
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from lunglens.batch.events import BatchEvent, Finished, Progress, Row, Started, Summary
 from lunglens.batch.results_csv import open_results, utc_now
-from lunglens.errors import LungLensError, ScanError
-from lunglens.inference.classify import ModalityMismatch, result_from_probs
+from lunglens.errors import LungLensError, ModalityMismatch, ScanError
+from lunglens.inference.classify import result_from_probs
 from lunglens.inference.engine import Engine, get_engine
 from lunglens.inference.modality import check_with
 from lunglens.inference.result import ScanResult

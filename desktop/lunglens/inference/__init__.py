@@ -1,9 +1,9 @@
 """CPU inference with onnxruntime: cached engines, scan classification, series aggregation."""
 
+from lunglens.errors import ModalityMismatch  # re-exported: callers met it here first
 from lunglens.inference.aggregate import AGGREGATORS, aggregate, top_slices
 from lunglens.inference.classify import (
     Cancelled,
-    ModalityMismatch,
     classify_scan,
     decide,
     label_index,

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lunglens.errors import ScanError
 from lunglens.inference.aggregate import aggregate, top_slices
 from lunglens.inference.engine import Engine, batches, get_engine
 from lunglens.inference.modality import check_modality, choose_model, modality_notes
@@ -27,10 +26,6 @@ BATCH_SIZE = 16
 
 class Cancelled(Exception):
     """Raised by :func:`classify_scan` when its ``cancel`` event is set."""
-
-
-class ModalityMismatch(ScanError):
-    """The scan's modality (from DICOM) differs from the model's (e.g. a CXR with a CT model)."""
 
 
 def label_index(info: ModelInfo, label: str | int | None) -> int:
