@@ -55,15 +55,15 @@ def test_engine_runs_only_the_graph_the_requested_outputs_need(mdir: Path) -> No
     want = full.run(None, {"image": x})
     names = [o.name for o in full.get_outputs()]
     assert len(names) > 2  # the fixture has gallery outputs to prune away
-    # probs / cam: a session per output set, holding just those outputs
-    for outputs in (("probs",), ("probs", "cam"), ("cam", "probs"), ("cam",)):
+    # batch scoring's graph holds probs alone; the viewer's probs + cam (cam alone too)
+    for outputs, graph in ((("probs",), {"probs"}), (("probs", "cam"), {"probs", "cam"}),
+                           (("cam", "probs"), {"probs", "cam"}), (("cam",), {"probs", "cam"})):
         got = engine.predict(x, outputs)
-        sess = engine._session(outputs)
-        assert {o.name for o in sess.get_outputs()} == set(outputs)
+        assert {o.name for o in engine._session(outputs).get_outputs()} == graph
         for name in outputs:
             np.testing.assert_allclose(got[name], want[names.index(name)], rtol=1e-6, atol=1e-7)
     probs_only = engine._session(("probs",))
-    assert engine._session(("probs",)) is probs_only  # cached
+    assert engine._session(("probs",)) is probs_only is engine.session  # cached
     # gallery layers share one full-graph session, whatever layer is browsed
     full_sess = engine._session((names[2],))
     assert {o.name for o in full_sess.get_outputs()} == set(names)
@@ -72,24 +72,61 @@ def test_engine_runs_only_the_graph_the_requested_outputs_need(mdir: Path) -> No
         np.testing.assert_allclose(got[name], want[names.index(name)], rtol=1e-6, atol=1e-7)
         assert engine._session((name,)) is full_sess
     assert engine._session(tuple(names)) is full_sess
-    assert len(engine._sessions) == 4 <= engine.MAX_SESSIONS  # probs, probs+cam, cam, full
+    assert len(engine._sessions) == 3  # bounded: probs, probs + cam, full
+    with pytest.raises(ValueError, match="at least one output"):
+        engine.predict(x, ())
 
 
-def test_unparsable_model_with_a_matching_hash_is_refused(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_graph_onnx_cannot_prune_runs_whole(mdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx.utils
+
+    def broken(*_a, **_k):
+        raise ValueError("extractor does not support this graph")
+
+    monkeypatch.setattr(onnx.utils, "Extractor", broken)
+    info = get_model("synthetic-ct", mdir)
+    from lunglens.inference.engine import Engine
+
+    engine = Engine(info)
+    out = engine.predict(np.full((1, 1, 32, 32), 0.9, np.float32))
+    assert out["probs"].shape == (1, 2)
+    assert {o.name for o in engine.session.get_outputs()} == set(engine.output_names)
+
+
+def _rewrite_model(folder: Path, data: bytes) -> None:
+    """Replace ``model.onnx`` and give the manifest its hash (the engine's checks after it)."""
     import hashlib
     import json
+
+    (folder / "model.onnx").write_bytes(data)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_model_without_an_image_input_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
 
     from lunglens.errors import ModelRefused
     from lunglens.inference.engine import Engine
 
     root = make_models_dir(tmp_path / "models")
     folder = root / "synthetic-ct"
-    bad = b"\x08\x07garbage that is not a protobuf graph\xff" * 10
-    (folder / "model.onnx").write_bytes(bad)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["sha256"] = hashlib.sha256(bad).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    model = onnx.load(str(folder / "model.onnx"))
+    model.graph.initializer.append(  # the input is fed by an initializer: nothing to feed
+        numpy_helper.from_array(np.zeros((1, 1, 32, 32), np.float32), model.graph.input[0].name))
+    _rewrite_model(folder, model.SerializeToString())
+    with pytest.raises(ModelRefused, match="exactly one image input"):
+        Engine(get_model("synthetic-ct", root))
+
+
+def test_unparsable_model_with_a_matching_hash_is_refused(tmp_path: Path) -> None:
+    from lunglens.errors import ModelRefused
+    from lunglens.inference.engine import Engine
+
+    root = make_models_dir(tmp_path / "models")
+    _rewrite_model(root / "synthetic-ct", b"\x08\x07garbage that is not a protobuf graph\xff" * 10)
     with pytest.raises(ModelRefused, match="not a readable ONNX graph"):
         Engine(get_model("synthetic-ct", root))
 

@@ -84,3 +84,29 @@ def test_rewrites_apply_only_where_exact(tmp_path: Path) -> None:
         np.testing.assert_allclose(torch.nn.functional.elu(x, 0.5).numpy(),
                                    torch.maximum(x, 0.5 * (torch.exp(x.clamp(max=0)) - 1)).numpy(),
                                    atol=1e-6)
+
+
+def test_export_refuses_a_graph_that_differs_from_the_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong rewrite (here ELU exported as ReLU) stops the export instead of shipping."""
+    from lunglens.training import export
+
+    wrong = (("elu_as_relu", lambda m: isinstance(m, torch.nn.ELU),
+              lambda self, x: torch.relu(x)),)
+    monkeypatch.setattr(export, "GRAPH_REWRITES", wrong)
+    torch.manual_seed(2)
+    with pytest.raises(RuntimeError, match="differs from the PyTorch model"):
+        export.export_onnx(_Other().eval(), 32, tmp_path / "bad.onnx")
+
+
+def test_block_transposed_conv_keeps_an_explicit_output_size() -> None:
+    from lunglens.training.export import inference_graph
+
+    up = torch.nn.ConvTranspose2d(4, 2, 2, stride=2).eval()
+    fast = inference_graph(torch.nn.Sequential(up))[0][0]
+    x = torch.randn(1, 4, 3, 3)
+    with torch.no_grad():
+        np.testing.assert_allclose(fast(x).numpy(), up(x).numpy(), atol=1e-6)
+        # output_size (7 = 2 * 3 + 1 needs output padding): the original op, not the rewrite
+        np.testing.assert_allclose(fast(x, output_size=[7, 7]).numpy(),
+                                   up(x, output_size=[7, 7]).numpy(), atol=1e-6)

@@ -1,20 +1,20 @@
-"""One cached onnxruntime session per model, tuned for small CPU-only laptops.
+"""Cached onnxruntime engines (one per model), tuned for small CPU-only laptops.
 
 Creating an ``InferenceSession`` costs far more than running a small model, so the app keeps one
 engine per model (:func:`get_engine`) for its lifetime. Callers ask only for the outputs they
 need (batch scoring wants ``probs`` alone). onnxruntime itself runs every node of a graph
 whatever outputs are fetched (microsoft/onnxruntime#16483), and a graph output pins its tensor in
-float, which blocks the QDQ -> QLinearConv fusion behind it; so each set of outputs asked for
-gets its own session on the graph pruned to those outputs (``onnx.utils.Extractor``). Measured
-on the CT SqueezeNet (2 cores, batch 16): ``probs`` from the pruned graph 10-20% faster than from
-the full one.
+float, which blocks the QDQ -> QLinearConv fusion behind it; so an engine holds up to three
+sessions: the graph pruned to ``probs`` (batch scoring), pruned to ``probs`` + ``cam`` (the
+viewer) and the full graph (the activation gallery), pruned with ``onnx.utils.Extractor``.
+Measured on the CT SqueezeNet (2 cores, batch 16): ``probs`` from the pruned graph 10-20% faster
+than from the full one.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -64,7 +64,7 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
 
 
 class Engine:
-    """A verified model with its onnxruntime session.
+    """A verified model with its onnxruntime sessions.
 
     Prefer :func:`get_engine`, which caches one engine per model. ``Engine.predict`` is safe to
     call from several threads (onnxruntime sessions are thread-safe for ``run``).
@@ -75,23 +75,29 @@ class Engine:
         The model; its ONNX file is hashed before loading and refused on mismatch.
     threads
         Intra-op threads; default ``$LUNGLENS_THREADS`` or the number of physical cores.
+
+    Raises
+    ------
+    ModelRefused
+        Hash mismatch, unreadable graph, no image input or no ``probs`` output, or onnxruntime
+        cannot load the ``probs`` graph. The viewer's and the gallery's sessions are built on
+        their first use and raise the same error there.
     """
 
-    #: Outputs that get a graph pruned to them: what is asked for per scan (batch scoring wants
-    #: ``probs``, the viewer ``probs`` + ``cam``). Gallery layers (``act_<k>``) are asked for one
-    #: at a time when someone browses them; they share the full graph, so flipping through the
-    #: layers builds no session.
-    PRUNED_OUTPUTS = frozenset({"probs", "cam"})
-    #: Sessions kept per engine (least recently used dropped first): the subsets of
-    #: ``PRUNED_OUTPUTS`` plus the full graph, so memory stays bounded.
-    MAX_SESSIONS = 4
+    #: The graphs an engine builds, by the outputs they keep (``None``: the full graph). A
+    #: request is served by the first graph holding all its outputs: batch scoring asks for
+    #: ``probs``, the viewer for ``probs`` + ``cam`` (or ``cam`` alone), the gallery for one
+    #: ``act_<k>`` at a time (all layers share the full graph, so browsing them builds nothing).
+    GRAPHS: tuple[frozenset[str] | None, ...] = (
+        frozenset({"probs"}), frozenset({"probs", "cam"}), None,
+    )
 
     def __init__(self, info: ModelInfo, *, threads: int | None = None) -> None:
         import onnx  # lazily: only engines need it, and it costs ~0.1 s to import
 
         self.info = info
         self._threads = threads
-        data = read_verified(info)  # sessions are built from the bytes that were hashed
+        data = read_verified(info)  # hashed before it is parsed
         try:
             self._graph = onnx.load_model_from_string(data)
         except Exception as exc:  # protobuf DecodeError and onnx's own errors
@@ -99,43 +105,58 @@ class Engine:
                                "Reinstall the model folder.") from exc
         graph = self._graph.graph
         initializers = {t.name for t in graph.initializer}
-        self.input_name = next((i.name for i in graph.input if i.name not in initializers), "")
+        inputs = [i.name for i in graph.input if i.name not in initializers]
+        if len(inputs) != 1:
+            raise ModelRefused(info.onnx_path, f"model needs exactly one image input, has "
+                               f"{inputs} (contract)")
+        self.input_name = inputs[0]
         self.output_names = tuple(o.name for o in graph.output)
         if "probs" not in self.output_names:
             raise ModelRefused(info.onnx_path, "model has no 'probs' output (contract)")
-        self._sessions: OrderedDict[frozenset[str], ort.InferenceSession] = OrderedDict()
+        self._sessions: dict[frozenset[str], ort.InferenceSession] = {}
         self._lock = threading.Lock()
-        self.session = self._session(("probs",))  # fails here, not mid-batch, if unloadable
+        self.session = self._session(("probs",))  # batch scoring's: fails here, not mid-batch
 
-    def _session(self, outputs: Sequence[str]) -> ort.InferenceSession:
-        """The session that computes ``outputs`` (created on first use, then cached)."""
-        key = frozenset(outputs)
-        if not key <= self.PRUNED_OUTPUTS:
-            key = frozenset(self.output_names)
-        with self._lock:
-            sess = self._sessions.get(key)
-            if sess is not None:
-                self._sessions.move_to_end(key)
-                return sess
-            if key == frozenset(self.output_names):
-                data = self._graph.SerializeToString()
-            else:
+    def _graph_key(self, outputs: Sequence[str]) -> frozenset[str]:
+        wanted = set(outputs)
+        for keep in self.GRAPHS:
+            if keep is None or wanted <= keep:
+                return frozenset(self.output_names if keep is None else keep)
+        raise AssertionError("GRAPHS ends with the full graph")  # pragma: no cover
+
+    def _build(self, key: frozenset[str]) -> ort.InferenceSession:
+        data = None
+        if key != frozenset(self.output_names):
+            try:
                 import onnx.utils
 
                 wanted = [o for o in self.output_names if o in key]  # contract order
-                pruned = onnx.utils.Extractor(self._graph).extract_model([self.input_name], wanted)
-                data = pruned.SerializeToString()
-            try:
-                sess = ort.InferenceSession(data, sess_options=_session_options(self._threads),
-                                            providers=["CPUExecutionProvider"])
-            except Exception as exc:  # onnxruntime raises its own (non-exported) exceptions
-                raise ModelRefused(self.info.onnx_path,
-                                   f"onnxruntime cannot load the model ({exc})",
-                                   "Reinstall the model folder.") from exc
-            self._sessions[key] = sess
-            while len(self._sessions) > self.MAX_SESSIONS:
-                self._sessions.popitem(last=False)
-            return sess
+                data = onnx.utils.Extractor(self._graph).extract_model(
+                    [self.input_name], wanted).SerializeToString()
+            except Exception:  # pruning only saves time: a graph onnx cannot prune runs whole
+                data = None
+        if data is None:
+            data = self._graph.SerializeToString()
+        try:
+            return ort.InferenceSession(data, sess_options=_session_options(self._threads),
+                                        providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own (non-exported) exception types
+            raise ModelRefused(self.info.onnx_path,
+                               f"onnxruntime cannot load the model ({exc})",
+                               "Reinstall the model folder.") from exc
+
+    def _session(self, outputs: Sequence[str]) -> ort.InferenceSession:
+        """The session for ``outputs`` (built on first use, outside the lock, then cached)."""
+        key = self._graph_key(outputs)
+        with self._lock:
+            sess = self._sessions.get(key)
+        if sess is None:
+            # 40-90 ms: built unlocked so calls served by other sessions do not wait; when two
+            # threads race, the first one stored wins and the other is dropped.
+            built = self._build(key)
+            with self._lock:
+                sess = self._sessions.setdefault(key, built)
+        return sess
 
     def predict(
         self, batch: np.ndarray, outputs: Sequence[str] = ("probs",)
@@ -147,14 +168,16 @@ class Engine:
         batch
             Model input as produced by :func:`lunglens.preprocess.to_model_input`.
         outputs
-            Output names to compute (``"probs"``, ``"cam"``, ``"act_<k>"``); only the nodes
-            these need are run.
+            Output names to compute (``"probs"``, ``"cam"``, ``"act_<k>"``, at least one):
+            ``probs`` and ``cam`` run a graph pruned to them (see ``GRAPHS``).
 
         Returns
         -------
         dict
             Output name -> array with leading dimension ``N``.
         """
+        if not outputs:
+            raise ValueError("ask for at least one output (e.g. 'probs')")
         unknown = [o for o in outputs if o not in self.output_names]
         if unknown:
             raise KeyError(f"model {self.info.name} has no output(s) {unknown}; "

@@ -91,9 +91,9 @@ def write_plots(work: Path, out: Path, ds, positive: int, threshold: float) -> N
 
 
 _REWRITE_TEXT = {
-    "elu_as_min_exp_max": "ELU as max(x, exp(min(x, 0)) - 1)",
+    "elu_as_min_exp_max": "ELU as max(x, alpha * (exp(min(x, 0)) - 1))",
     "block_transposed_conv_as_conv_depth_to_space":
-        "the kernel-4/stride-4 transposed conv as a 1x1 conv + DepthToSpace",
+        "transposed convs with kernel = stride as a 1x1 conv + DepthToSpace",
 }
 
 

@@ -377,7 +377,7 @@ class Pipeline:
             quantization=self.state["quantization"],
             export=dict(
                 opset=ex["opset"],
-                graph_rewrites=ex.get("graph_rewrites", []),
+                graph_rewrites=ex.get("graph_rewrites", []),  # [] in states from older runs
                 probs_max_abs_diff_vs_pytorch=ex["probs_max_abs_diff"],
             ),
             metrics=(
