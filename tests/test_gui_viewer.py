@@ -505,3 +505,15 @@ def test_window_with_every_dock_open_fits_a_laptop_screen(qtbot, window: MainWin
     # and at that height the result and the batch table still get room of their own
     assert window.classify_dock.height() >= CLASSIFY_MIN_HEIGHT
     assert window.batch_dock.widget().height() >= BATCH_MIN_HEIGHT
+
+
+def test_batch_dock_opens_at_a_modest_height(qtbot, window: MainWindow) -> None:
+    """First run: Qt would split the height evenly and leave the scan a strip."""
+    from lunglens.gui.main_window import BATCH_DEFAULT_HEIGHT
+
+    window.resize(1366, 740)
+    window.batch_dock.show()
+    qtbot.waitUntil(window.batch_dock.isVisible)
+    qtbot.wait(50)
+    assert abs(window.batch_dock.height() - BATCH_DEFAULT_HEIGHT) <= 30
+    assert window.centralWidget().height() > window.batch_dock.height()

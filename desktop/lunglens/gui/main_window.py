@@ -112,6 +112,9 @@ CLASSIFY_MIN_HEIGHT = 160
 #: the rest scroll): with every dock open the window fits a 1366x768 screen under a title bar
 #: and a taskbar (``MAX_WINDOW_MIN_HEIGHT``).
 BATCH_MIN_HEIGHT = 150
+#: The batch dock's height the first time it opens (form, progress and 2-3 table rows); the
+#: user's own size is kept from then on (window state in the settings).
+BATCH_DEFAULT_HEIGHT = 290
 MAX_WINDOW_MIN_HEIGHT = 700
 
 
@@ -372,9 +375,16 @@ class MainWindow(QMainWindow):
         state = self.settings.state()
         if state is not None:
             self.restoreState(state)
+        else:  # first run: Qt would split the height evenly and shrink the scan to a strip
+            self.batch_dock.visibilityChanged.connect(self._first_batch_dock_height)
         last = self.settings.last_folder()
         if last:
             self.batch_panel.set_folder(last)
+
+    def _first_batch_dock_height(self, visible: bool) -> None:
+        if visible:
+            self.batch_dock.visibilityChanged.disconnect(self._first_batch_dock_height)
+            self.resizeDocks([self.batch_dock], [BATCH_DEFAULT_HEIGHT], Qt.Orientation.Vertical)
 
     def reload_models(self) -> None:
         """Re-read the model registry (manifests only; hashing happens in the worker)."""
