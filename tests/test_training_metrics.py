@@ -82,3 +82,24 @@ def test_macro_auc_averages_one_vs_rest() -> None:
     # a class absent from y is skipped, not counted as NaN
     assert macro_auc(np.array([0, 0, 1, 1]), np.eye(3)[[0, 0, 1, 1]]) == pytest.approx(1.0)
     assert np.isnan(macro_auc(np.array([0, 0]), np.eye(3)[[0, 0]]))
+
+
+def test_group_report_aggregates_slices_like_the_app() -> None:
+    from lunglens.training.metrics import group_report
+
+    # patient a: covid, one clear slice among normal ones (top-2 mean 0.55 -> flagged at 0.5;
+    # the plain mean 0.3 would miss it); b: non-covid, all low; c: mixed labels -> left out
+    pos_p = np.array([0.9, 0.2, 0.1, 0.1, 0.2, 0.3, 0.8, 0.1])
+    probs = np.stack([pos_p, 1 - pos_p], axis=1)
+    y = np.array([0, 0, 0, 0, 1, 1, 0, 1])
+    groups = np.array(["a", "a", "a", "a", "b", "b", "c", "c"])
+    rep = group_report(y, probs, groups, ["covid", "non-covid"], 0, 0.5, "top_k_mean", 2)
+    assert rep["groups"] == 2 and rep["mixed_groups_skipped"] == 1
+    assert rep["slices_per_group"] == {"median": 3.0, "max": 4}
+    r = rep["report"]
+    assert r["n"] == 2 and r["accuracy"] == 1.0
+    assert r["per_class"]["covid"]["sensitivity"] == 1.0
+    assert r["per_class"]["covid"]["specificity"] == 1.0
+    # with the plain mean the covid patient falls below the threshold
+    mean = group_report(y, probs, groups, ["covid", "non-covid"], 0, 0.5, "mean", 2)
+    assert mean["report"]["per_class"]["covid"]["sensitivity"] == 0.0

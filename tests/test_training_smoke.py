@@ -87,8 +87,14 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
         "normal-ct-512",
         "sars-cov-2-ct",
     }
+    # CT: the app's series rule checked per patient (group) on the same predictions
+    series = metrics["per_patient_series"]
+    assert series["aggregation"] == manifest["series_aggregation"]
+    assert 0 < series["groups"] <= 40 and set(series["per_source"]) <= set(metrics["per_source"])
+    assert series["report"]["n"] == series["groups"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "not a diagnosis" in card and manifest["sha256"] in card
+    assert "### Per patient" in card
     assert (out / "roc.png").stat().st_size > 1000
 
 

@@ -151,3 +151,47 @@ def summarize_folds(reports: Sequence[dict], classes: Sequence[str]) -> dict:
             c: {k: mean_ci([r["per_class"][c][k] for r in reports]) for k in keys} for c in classes
         },
     )
+
+
+def group_report(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray,
+    classes: Sequence[str],
+    positive: int,
+    threshold: float,
+    method: str = "top_k_mean",
+    k: int = 3,
+) -> dict:
+    """Metrics per patient (group) with the app's series aggregation.
+
+    The app scores a CT series by aggregating its slices (:func:`lunglens.inference.aggregate`,
+    the manifest's ``series_aggregation``); slice-level CV does not say how that rule behaves.
+    Here each group's out-of-fold slice probabilities are aggregated the same way and the group
+    is classified at ``threshold``. Groups whose slices carry different labels have no single
+    truth and are left out (counted in ``mixed_groups_skipped``).
+    """
+    from lunglens.inference.aggregate import aggregate
+
+    keep_y, keep_p, slices = [], [], []
+    mixed = 0
+    for g in dict.fromkeys(groups.tolist()):  # first-seen order, deterministic
+        sel = groups == g
+        labels = np.unique(y_true[sel])
+        if len(labels) != 1:
+            mixed += 1
+            continue
+        keep_y.append(int(labels[0]))
+        keep_p.append(aggregate(probs[sel], positive, method, k))
+        slices.append(int(sel.sum()))
+    rep = classification_report(np.array(keep_y, dtype=int),
+                                np.array(keep_p).reshape(-1, len(classes)), classes, positive,
+                                threshold)
+    return dict(
+        aggregation=dict(method=method, k=k),
+        groups=len(keep_y),
+        mixed_groups_skipped=mixed,
+        slices_per_group=dict(median=float(np.median(slices)) if slices else float("nan"),
+                              max=int(max(slices)) if slices else 0),
+        report=rep,
+    )

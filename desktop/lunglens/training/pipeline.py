@@ -33,6 +33,8 @@ from lunglens.training.presets import Preset
 from lunglens.training.train import TrainConfig, load_best, predict_probs, train_run
 
 N_FOLDS = 5
+#: How the app aggregates a CT series (written to the manifest, checked per patient in the CV).
+SERIES_METHOD, SERIES_K = "top_k_mean", 3
 
 
 @dataclass
@@ -276,6 +278,25 @@ class Pipeline:
             self.save_state()
 
     # -- outputs ---------------------------------------------------------------------------
+    def series_metrics(self, y: np.ndarray, probs: np.ndarray, groups: np.ndarray,
+                       sources: np.ndarray, classes: list[str], threshold: float) -> dict:
+        """Per-patient metrics with the app's series rule, overall and per source."""
+        from lunglens.training.metrics import group_report
+
+        pos = classes.index(self.p.positive_label)
+        series = group_report(y, probs, groups, classes, pos, threshold, SERIES_METHOD, SERIES_K)
+        per_source = {}
+        for s in sorted(set(sources.tolist())):
+            sel = sources == s
+            r = group_report(y[sel], probs[sel], groups[sel], classes, pos, threshold,
+                             SERIES_METHOD, SERIES_K)
+            m = r["report"]["per_class"][self.p.positive_label]
+            per_source[s] = dict(groups=r["groups"], accuracy=r["report"]["accuracy"],
+                                 sensitivity=m["sensitivity"], specificity=m["specificity"],
+                                 auc=m["auc"])
+        series["per_source"] = per_source
+        return series
+
     def cv_metrics(self, ds: ImageSet) -> dict | None:
         from lunglens.training.metrics import classification_report, summarize_folds
 
@@ -305,6 +326,9 @@ class Pipeline:
         for rep in per_source.values():
             rep.pop("confusion", None)
         np.savez(self.work / "oof.npz", idx=idx, probs=probs, labels=y)
+        series = None
+        if self.p.modality == "ct":  # CT series are aggregated in the app: check that rule too
+            series = self.series_metrics(y, probs, ds.groups[idx], src, ds.classes, shipped)
         return dict(
             scheme=f"group-wise {self.o.folds}-fold CV on the manifest's `fold` column; "
             "test fold k, "
@@ -322,6 +346,7 @@ class Pipeline:
             ],
             pooled_out_of_fold=classification_report(y, probs, ds.classes, pos, shipped),
             per_source=per_source,
+            per_patient_series=series,
         )
 
     def write_model_dir(self, ds: ImageSet) -> None:
@@ -373,7 +398,7 @@ class Pipeline:
                 "(INT8 model); flagged when P(positive) >= threshold"
                 + ("; otherwise the most probable other class" if len(ds.classes) > 2 else "")
             ),
-            series_aggregation=dict(method="top_k_mean", k=3),
+            series_aggregation=dict(method=SERIES_METHOD, k=SERIES_K),
             quantization=self.state["quantization"],
             export=dict(
                 opset=ex["opset"],
