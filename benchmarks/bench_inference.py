@@ -133,8 +133,10 @@ def torch_runner(info: ModelInfo):
         model.load_state_dict(state.get("model", state))
         print(f"PyTorch baseline: trained weights from {ckpt}")
     else:  # checkpoints stay on the training machine; dense fp32 speed does not depend on them
-        print("PyTorch baseline: same architecture, random weights (checkpoint not on this "
-              "machine; fp32 dense inference time does not depend on the weight values)")
+        print(
+            "PyTorch baseline: same architecture, random weights (checkpoint not on this "
+            "machine; fp32 dense inference time does not depend on the weight values)"
+        )
     model.eval()
     weight = model.classifier.weight  # type: ignore[union-attr]
 
@@ -150,8 +152,9 @@ def torch_runner(info: ModelInfo):
     return run
 
 
-def compare_with_torch(info: ModelInfo, single: np.ndarray, batch: np.ndarray, reps: int,
-                       rounds: int = 5, bs: int = 16) -> None:
+def compare_with_torch(
+    info: ModelInfo, single: np.ndarray, batch: np.ndarray, reps: int, rounds: int = 5, bs: int = 16
+) -> None:
     """ONNX (the app's engine) vs PyTorch fp32, measured in alternating rounds.
 
     Each round times ``reps`` single-image calls (probs + CAM) and one pass over ``batch`` in
@@ -186,11 +189,15 @@ def compare_with_torch(info: ModelInfo, single: np.ndarray, batch: np.ndarray, r
             tput[name].append(len(batch) / (time.perf_counter() - t))
     lo, lt = statistics.median(lat["onnx"]), statistics.median(lat["torch"])
     to, tt = statistics.median(tput["onnx"]), statistics.median(tput["torch"])
-    print(f"[5] preprocessed image -> probs + CAM ({rounds} alternating rounds): PyTorch fp32 "
-          f"median {lt:.2f} ms vs ONNX {lo:.2f} ms (ONNX speed-up x{lt / lo:.2f})")
-    print(f"    batch throughput (batches of {bs}, probs): PyTorch {tt:.1f} slices/s vs ONNX "
-          f"{to:.1f} (x{to / tt:.2f}); per round x"
-          + ", x".join(f"{o / t:.2f}" for o, t in zip(tput["onnx"], tput["torch"], strict=True)))
+    print(
+        f"[5] preprocessed image -> probs + CAM ({rounds} alternating rounds): PyTorch fp32 "
+        f"median {lt:.2f} ms vs ONNX {lo:.2f} ms (ONNX speed-up x{lt / lo:.2f})"
+    )
+    print(
+        f"    batch throughput (batches of {bs}, probs): PyTorch {tt:.1f} slices/s vs ONNX "
+        f"{to:.1f} (x{to / tt:.2f}); per round x"
+        + ", x".join(f"{o / t:.2f}" for o, t in zip(tput["onnx"], tput["torch"], strict=True))
+    )
     print(f"    peak RSS with torch loaded: {peak_rss_mb():.1f} MB")
 
 
@@ -204,13 +211,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
 
-    info = get_model(args.model, args.models_dir) if args.model else default_model_for(
-        "ct", args.models_dir)
+    info = (
+        get_model(args.model, args.models_dir)
+        if args.model
+        else default_model_for("ct", args.models_dir)
+    )
     quant = info.manifest.get("quantization", {})
-    print(f"model {info.name} {info.version} ({info.short_hash}), input {info.input_size}, "
-          f"quantization: {quant.get('scheme', quant.get('format', '?'))}")
-    print(f"cpu: {physical_cores()} physical cores, {os.cpu_count()} logical; python "
-          f"{sys.version.split()[0]}")
+    print(
+        f"model {info.name} {info.version} ({info.short_hash}), input {info.input_size}, "
+        f"quantization: {quant.get('scheme', quant.get('format', '?'))}"
+    )
+    print(
+        f"cpu: {physical_cores()} physical cores, {os.cpu_count()} logical; python "
+        f"{sys.version.split()[0]}"
+    )
     files = ct_slices(args.n)
     sample = files[0]
 
@@ -219,12 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"session create + verify: {(time.perf_counter() - t) * 1000:.0f} ms")
 
     lat = bench_latency(info, sample, args.reps)
-    print(f"[1] single image file -> probs + CAM: median {statistics.median(lat):.1f} ms, "
-          f"p90 {pct(lat, 90):.1f} ms ({args.reps} runs)")
+    print(
+        f"[1] single image file -> probs + CAM: median {statistics.median(lat):.1f} ms, "
+        f"p90 {pct(lat, 90):.1f} ms ({args.reps} runs)"
+    )
 
     elapsed, ok, errors = bench_score(info, files, args.workers)
-    print(f"[2] score {len(files)} CT slices end to end ({args.workers} decoders): "
-          f"{elapsed:.1f} s = {len(files) / elapsed:.1f} slices/s ({ok} ok, {errors} errors)")
+    print(
+        f"[2] score {len(files)} CT slices end to end ({args.workers} decoders): "
+        f"{elapsed:.1f} s = {len(files) / elapsed:.1f} slices/s ({ok} ok, {errors} errors)"
+    )
 
     imgs = [load_scan(f).image[0] for f in files]
     batch = to_model_input(imgs, info.input_size)
@@ -232,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    inference only, batches of 16: {onnx_tp:.1f} slices/s")
 
     before, after, per_call = bench_memory(info, sample, args.calls)
-    print(f"[4] {args.calls} classify calls (probs + CAM, {per_call:.2f} ms each): RSS "
-          f"{before:.1f} -> {after:.1f} MB (growth {after - before:+.1f} MB)")
+    print(
+        f"[4] {args.calls} classify calls (probs + CAM, {per_call:.2f} ms each): RSS "
+        f"{before:.1f} -> {after:.1f} MB (growth {after - before:+.1f} MB)"
+    )
     print(f"[3] peak RSS so far: {peak_rss_mb():.1f} MB")
 
     single = to_model_input(imgs[0], info.input_size)

@@ -32,8 +32,7 @@ def session(path: Path, threads: int, outputs: list[str]) -> ort.InferenceSessio
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     graph = onnx.utils.Extractor(onnx.load(str(path))).extract_model(["image"], outputs)
-    return ort.InferenceSession(graph.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def interleaved(sessions: dict, feed: dict, outputs: list[str], reps: int) -> dict[str, float]:
@@ -90,10 +89,15 @@ def main() -> None:
     one = {"image": images[:1]}
     batch = {"image": images}
     viewer = ["probs", "cam"]
-    r1 = interleaved({k: session(f, args.threads, viewer) for k, f in files.items()}, one,
-                     viewer, args.reps)
-    rb = interleaved({k: session(f, args.threads, ["probs"]) for k, f in files.items()}, batch,
-                     ["probs"], max(10, args.reps // 2))
+    r1 = interleaved(
+        {k: session(f, args.threads, viewer) for k, f in files.items()}, one, viewer, args.reps
+    )
+    rb = interleaved(
+        {k: session(f, args.threads, ["probs"]) for k, f in files.items()},
+        batch,
+        ["probs"],
+        max(10, args.reps // 2),
+    )
     print(f"model {args.model} input {size} threads {args.threads} onnxruntime {ort.__version__}")
     print(
         f"1 image  (probs+cam): fp32 {r1['fp32']:.2f} ms  int8 {r1['int8']:.2f} ms  "

@@ -54,8 +54,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     params = count_parameters(create_model(args.arch, 2))
-    print(f"{args.arch}: {params / 1e6:.1f} M parameters; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {args.epochs} epochs per run")
+    print(
+        f"{args.arch}: {params / 1e6:.1f} M parameters; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {args.epochs} epochs per run"
+    )
     per_epoch_images = 0.8 * CT_IMAGES + 0.2 * CT_IMAGES / 3  # train + cheap validation
     cv_epoch_images = 0.6 * CT_IMAGES + 0.2 * CT_IMAGES / 3
     print(f"{'size':>5} {'s/img':>8} {'final h':>8} {'CV h':>8} {'total h':>8}")

@@ -124,12 +124,18 @@ def main() -> int:
     import numpy as np
 
     g = np.array(gaps[1:]) - args.interval_ms
-    print(f"viewer: {sample.name} with {win.result.model if win.result else '?'}; gallery layer "
-          f"{win.gallery.layer_combo.currentText()!r}, maps: {len(win.gallery.maps)}")
-    print(f"batch: {s.done if s else '?'} scans in {elapsed:.1f} s "
-          f"({(s.done if s else 0) / elapsed:.1f} scans/s)")
-    print(f"GUI timer ticks: {len(g)}; extra delay per tick (ms): "
-          f"median {np.median(g):.1f}, p99 {np.percentile(g, 99):.1f}, max {g.max():.1f}")
+    print(
+        f"viewer: {sample.name} with {win.result.model if win.result else '?'}; gallery layer "
+        f"{win.gallery.layer_combo.currentText()!r}, maps: {len(win.gallery.maps)}"
+    )
+    print(
+        f"batch: {s.done if s else '?'} scans in {elapsed:.1f} s "
+        f"({(s.done if s else 0) / elapsed:.1f} scans/s)"
+    )
+    print(
+        f"GUI timer ticks: {len(g)}; extra delay per tick (ms): "
+        f"median {np.median(g):.1f}, p99 {np.percentile(g, 99):.1f}, max {g.max():.1f}"
+    )
     print(f"ticks delayed > 50 ms: {(g > 50).sum()}, > 100 ms: {(g > 100).sum()}")
     print(f"MAX_GUI_GAP_MS {g.max() + args.interval_ms:.1f}")
     import shutil

@@ -109,9 +109,18 @@ def archive(bundle: Path, version: str) -> Path:
 
 
 def selftest(bundle: Path) -> tuple[int, float]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LUNGLENS_MODELS_DIR",
-                        "LUNGLENS_RESOURCES_DIR")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "PYTHONPATH",
+            "PYTHONHOME",
+            "VIRTUAL_ENV",
+            "LUNGLENS_MODELS_DIR",
+            "LUNGLENS_RESOURCES_DIR",
+        )
+    }
     env.setdefault("QT_QPA_PLATFORM", "offscreen")
     t0 = time.perf_counter()
     rc = subprocess.run([str(bundle / EXE), "selftest"], env=env, cwd=bundle.parent).returncode
@@ -119,21 +128,43 @@ def selftest(bundle: Path) -> tuple[int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--use-current-env", action="store_true",
-                    help="build with this Python instead of a clean venv (needs pyinstaller)")
-    ap.add_argument("--venv", type=Path, default=PACKAGING / "build" / "venv",
-                    help="where the clean build venv goes (default packaging/build/venv)")
-    ap.add_argument("--dist", type=Path, default=PACKAGING / "dist",
-                    help="output folder (default packaging/dist)")
-    ap.add_argument("--work", type=Path, default=PACKAGING / "build" / "pyinstaller",
-                    help="PyInstaller work folder")
-    ap.add_argument("--pip-args", default="",
-                    help="extra pip arguments for the build venv, e.g. "
-                         "'--no-index --find-links /media/wheels' (offline build)")
-    ap.add_argument("--pyinstaller", default="pyinstaller>=6.10",
-                    help="PyInstaller requirement for the build venv")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--use-current-env",
+        action="store_true",
+        help="build with this Python instead of a clean venv (needs pyinstaller)",
+    )
+    ap.add_argument(
+        "--venv",
+        type=Path,
+        default=PACKAGING / "build" / "venv",
+        help="where the clean build venv goes (default packaging/build/venv)",
+    )
+    ap.add_argument(
+        "--dist",
+        type=Path,
+        default=PACKAGING / "dist",
+        help="output folder (default packaging/dist)",
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=PACKAGING / "build" / "pyinstaller",
+        help="PyInstaller work folder",
+    )
+    ap.add_argument(
+        "--pip-args",
+        default="",
+        help="extra pip arguments for the build venv, e.g. "
+        "'--no-index --find-links /media/wheels' (offline build)",
+    )
+    ap.add_argument(
+        "--pyinstaller",
+        default="pyinstaller>=6.10",
+        help="PyInstaller requirement for the build venv",
+    )
     ap.add_argument("--no-selftest", action="store_true", help="skip the bundle's self-test")
     ap.add_argument("--no-archive", action="store_true", help="skip the .tar.gz / .zip")
     args = ap.parse_args(argv)
@@ -152,22 +183,50 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONNOUSERSITE="1")
     env.pop("PYTHONPATH", None)
     t0 = time.perf_counter()
-    run([py, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN",
-         "--distpath", dist, "--workpath", work, PACKAGING / "lunglens.spec"], env=env)
+    run(
+        [
+            py,
+            "-m",
+            "PyInstaller",
+            "--noconfirm",
+            "--clean",
+            "--log-level",
+            "WARN",
+            "--distpath",
+            dist,
+            "--workpath",
+            work,
+            PACKAGING / "lunglens.spec",
+        ],
+        env=env,
+    )
     t_pyi = time.perf_counter() - t0
     if not IS_WIN:
         add_desktop_files(bundle)
 
     size = dir_size(bundle)
     version = subprocess.run(
-        [py, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import lunglens; "
-                   "print(lunglens.__version__)", REPO / "desktop"],
-        capture_output=True, text=True, check=True).stdout.strip()
+        [
+            py,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import lunglens; "
+            "print(lunglens.__version__)",
+            REPO / "desktop",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     report: dict[str, object] = {
-        "version": version, "bundle": str(bundle), "bundle_bytes": size,
-        "bundle_mb": round(size / 2**20, 1), "files": sum(1 for _ in bundle.rglob("*")),
-        "env_seconds": round(t_env, 1), "pyinstaller_seconds": round(t_pyi, 1),
-        "python": platform.python_version(), "platform": platform.platform(),
+        "version": version,
+        "bundle": str(bundle),
+        "bundle_bytes": size,
+        "bundle_mb": round(size / 2**20, 1),
+        "files": sum(1 for _ in bundle.rglob("*")),
+        "env_seconds": round(t_env, 1),
+        "pyinstaller_seconds": round(t_pyi, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
     }
     log(f"bundle: {bundle} ({size / 2**20:.1f} MiB, {report['files']} files)")
 
@@ -183,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         out = archive(bundle, version)
         report["archive"], report["archive_mb"] = str(out), round(out.stat().st_size / 2**20, 1)
-        log(f"archive: {out} ({out.stat().st_size / 2**20:.1f} MiB, "
-            f"{time.perf_counter() - t0:.0f} s)")
+        log(
+            f"archive: {out} ({out.stat().st_size / 2**20:.1f} MiB, "
+            f"{time.perf_counter() - t0:.0f} s)"
+        )
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)
     (dist / "build-report.json").write_text(json.dumps(report, indent=2))
     log(f"done in {report['total_seconds']} s; report: {dist / 'build-report.json'}")

@@ -75,8 +75,11 @@ class Elf:
     @property
     def debug_bytes(self) -> int:
         """Bytes in sections that ``strip --strip-unneeded`` removes (debug info, symtab)."""
-        return sum(s.size for s in self.sections
-                   if s.name.startswith(".debug") or s.name in (".symtab", ".strtab"))
+        return sum(
+            s.size
+            for s in self.sections
+            if s.name.startswith(".debug") or s.name in (".symtab", ".strtab")
+        )
 
     def segments_congruent(self) -> bool:
         """Every PT_LOAD has offset == vaddr modulo its alignment (else ld.so refuses it)."""
@@ -85,7 +88,7 @@ class Elf:
     def section_data(self, data: bytes, name: str) -> bytes:
         for s in self.sections:
             if s.name == name:
-                return data[s.offset:s.offset + s.size]
+                return data[s.offset : s.offset + s.size]
         raise KeyError(name)
 
     def symbol(self, data: bytes, name: str) -> tuple[int, int]:
@@ -94,7 +97,8 @@ class Elf:
         strtab = self.sections[dynsym.link]
         for i in range(dynsym.size // 24):
             st_name, _, _, shndx, value, size = struct.unpack_from(
-                "<IBBHQQ", data, dynsym.offset + 24 * i)
+                "<IBBHQQ", data, dynsym.offset + 24 * i
+            )
             if shndx and _cstr(data, strtab.offset + st_name) == name:
                 sec = self.sections[shndx]
                 return value - sec.addr + sec.offset, size
@@ -102,7 +106,7 @@ class Elf:
 
 
 def _cstr(data: bytes, offset: int) -> str:
-    return data[offset:data.index(b"\0", offset)].decode("ascii", "replace")
+    return data[offset : data.index(b"\0", offset)].decode("ascii", "replace")
 
 
 def read_elf(path: str | os.PathLike[str], data: bytes | None = None) -> Elf | None:
@@ -121,15 +125,23 @@ def read_elf(path: str | os.PathLike[str], data: bytes | None = None) -> Elf | N
         phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from("<HHHHH", data, 0x36)
         for i in range(phnum):
             p_type, _, p_offset, p_vaddr, _, _, _, p_align = struct.unpack_from(
-                "<IIQQQQQQ", data, phoff + i * phentsize)
+                "<IIQQQQQQ", data, phoff + i * phentsize
+            )
             if p_type == PT_LOAD:
                 elf.loads.append((p_offset, p_vaddr, p_align))
-        raw = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-               for i in range(shnum)]
+        raw = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
         names_at = raw[shstrndx][4] if shnum else 0
         for name, s_type, _, addr, offset, size, link, *_ in raw:
-            elf.sections.append(Section(_cstr(data, names_at + name), s_type, addr, offset,
-                                        size if s_type != SHT_NOBITS else 0, link))
+            elf.sections.append(
+                Section(
+                    _cstr(data, names_at + name),
+                    s_type,
+                    addr,
+                    offset,
+                    size if s_type != SHT_NOBITS else 0,
+                    link,
+                )
+            )
         for s in elf.sections:
             if s.type != SHT_DYNAMIC:
                 continue
@@ -154,8 +166,9 @@ def _mib(n: int) -> str:
 # ----------------------------------------------------------------------------- stripping
 
 
-def strip_debug_info(binaries: Iterable[TocEntry], workdir: Path,
-                     log: Callable[[str], None] = print) -> list[TocEntry]:
+def strip_debug_info(
+    binaries: Iterable[TocEntry], workdir: Path, log: Callable[[str], None] = print
+) -> list[TocEntry]:
     """Return ``binaries`` with stripped copies (in ``workdir``) of files that carry debug info.
 
     A stripped copy is used only if ``strip`` succeeds, the copy parses, its ``DT_NEEDED``
@@ -174,8 +187,9 @@ def strip_debug_info(binaries: Iterable[TocEntry], workdir: Path,
             continue
         target = workdir / "stripped" / dest
         target.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([strip, "--strip-unneeded", "-o", str(target), src],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [strip, "--strip-unneeded", "-o", str(target), src], capture_output=True, text=True
+        )
         new = read_elf(target) if proc.returncode == 0 else None
         if new is None or new.needed != elf.needed or not new.segments_congruent():
             refused.append(dest)
@@ -185,9 +199,14 @@ def strip_debug_info(binaries: Iterable[TocEntry], workdir: Path,
         saved += os.path.getsize(src) - os.path.getsize(target)
         n_stripped += 1
         out.append((dest, str(target), typecode))
-    log(f"bundle_trim: stripped {n_stripped} binaries, {_mib(saved)} saved"
-        + (f"; kept unstripped (strip would break their layout): {', '.join(refused)}"
-           if refused else ""))
+    log(
+        f"bundle_trim: stripped {n_stripped} binaries, {_mib(saved)} saved"
+        + (
+            f"; kept unstripped (strip would break their layout): {', '.join(refused)}"
+            if refused
+            else ""
+        )
+    )
     return out
 
 
@@ -204,8 +223,9 @@ def _prunable(dest: str, typecode: str) -> bool:
     return "/" not in dest or dest.startswith("PySide6/Qt/lib/")
 
 
-def prune_unreferenced(binaries: Iterable[TocEntry],
-                       log: Callable[[str], None] = print) -> list[TocEntry]:
+def prune_unreferenced(
+    binaries: Iterable[TocEntry], log: Callable[[str], None] = print
+) -> list[TocEntry]:
     """Drop prunable libraries outside the ``DT_NEEDED`` closure of the other binaries."""
     entries = list(binaries)
     by_dest = {dest: (src, tc) for dest, src, tc in entries}
@@ -241,12 +261,16 @@ def prune_unreferenced(binaries: Iterable[TocEntry],
         if dest in dropped:
             dropped_bytes += os.path.getsize(src)
             continue
-        if tc == "SYMLINK" and os.path.normpath(
-                os.path.join(os.path.dirname(dest), src)) in dropped:
+        if (
+            tc == "SYMLINK"
+            and os.path.normpath(os.path.join(os.path.dirname(dest), src)) in dropped
+        ):
             continue
         out.append((dest, src, tc))
-    log(f"bundle_trim: dropped {len(dropped)} libraries no kept binary links to "
-        f"({_mib(dropped_bytes)}): {', '.join(sorted(d.rsplit('/', 1)[-1] for d in dropped))}")
+    log(
+        f"bundle_trim: dropped {len(dropped)} libraries no kept binary links to "
+        f"({_mib(dropped_bytes)}): {', '.join(sorted(d.rsplit('/', 1)[-1] for d in dropped))}"
+    )
     return out
 
 
@@ -277,8 +301,9 @@ def _parse_icu_common(blob: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     items = []
     for i, (name_off, data_off) in enumerate(toc):
         end = toc[i + 1][1] if i + 1 < count else len(blob) - header_size
-        items.append((_cstr(blob, header_size + name_off),
-                      blob[header_size + data_off:header_size + end]))
+        items.append(
+            (_cstr(blob, header_size + name_off), blob[header_size + data_off : header_size + end])
+        )
     return blob[:header_size], items
 
 
@@ -298,8 +323,12 @@ def _build_icu_common(header: bytes, items: list[tuple[str, bytes]]) -> bytes:
     return bytes(out + body)
 
 
-def filter_icu_data(src: str, workdir: Path, keep: Callable[[str], bool] = icu_keep_item,
-                    log: Callable[[str], None] = print) -> str:
+def filter_icu_data(
+    src: str,
+    workdir: Path,
+    keep: Callable[[str], bool] = icu_keep_item,
+    log: Callable[[str], None] = print,
+) -> str:
     """Path of a rebuilt ``libicudata.so.NN`` with only the kept items, or ``src`` on failure."""
     try:
         data = Path(src).read_bytes()
@@ -311,7 +340,7 @@ def filter_icu_data(src: str, workdir: Path, keep: Callable[[str], bool] = icu_k
             return src
         symbol = f"icudt{m.group(1)}_dat"
         offset, size = elf.symbol(data, symbol)
-        header, items = _parse_icu_common(data[offset:offset + size])
+        header, items = _parse_icu_common(data[offset : offset + size])
         kept = [(name, item) for name, item in items if keep(name)]
         if not any("/coll/" in name for name, _ in kept):
             raise ValueError("the filter would drop the collation data")
@@ -322,19 +351,29 @@ def filter_icu_data(src: str, workdir: Path, keep: Callable[[str], bool] = icu_k
         asm = out_dir / "icudata.s"
         asm.write_text(
             f".section .rodata\n.globl {symbol}\n.type {symbol}, @object\n.balign 16\n"
-            f"{symbol}:\n.incbin \"{dat}\"\n.size {symbol}, . - {symbol}\n"
-            ".section .note.GNU-stack,\"\",@progbits\n", encoding="ascii")
+            f'{symbol}:\n.incbin "{dat}"\n.size {symbol}, . - {symbol}\n'
+            '.section .note.GNU-stack,"",@progbits\n',
+            encoding="ascii",
+        )
         obj, lib = out_dir / "icudata.o", out_dir / elf.soname
         subprocess.run(["as", "-o", str(obj), str(asm)], check=True, capture_output=True)
-        subprocess.run(["ld", "-shared", "-z", "noexecstack", "-soname", elf.soname, "-o",
-                        str(lib), str(obj)], check=True, capture_output=True)
+        subprocess.run(
+            ["ld", "-shared", "-z", "noexecstack", "-soname", elf.soname, "-o", str(lib), str(obj)],
+            check=True,
+            capture_output=True,
+        )
         new = read_elf(lib)
-        if new is None or new.soname != elf.soname or new.symbol(lib.read_bytes(), symbol)[1] \
-                != dat.stat().st_size:
+        if (
+            new is None
+            or new.soname != elf.soname
+            or new.symbol(lib.read_bytes(), symbol)[1] != dat.stat().st_size
+        ):
             raise ValueError("the rebuilt library does not export the data")
     except (OSError, ValueError, KeyError, StopIteration, subprocess.CalledProcessError) as exc:
         log(f"bundle_trim: ICU data kept in full ({type(exc).__name__}: {exc})")
         return src
-    log(f"bundle_trim: ICU data {_mib(size)} -> {_mib(dat.stat().st_size)} "
-        f"({len(kept)} of {len(items)} items)")
+    log(
+        f"bundle_trim: ICU data {_mib(size)} -> {_mib(dat.stat().st_size)} "
+        f"({len(kept)} of {len(items)} items)"
+    )
     return str(lib)

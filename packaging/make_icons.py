@@ -27,8 +27,9 @@ def main() -> None:
     renderer.render(painter)
     painter.end()
     image.save(str(png))
-    Image.open(png).save(ICONS / "lunglens.ico",
-                         sizes=[(16, 16), (32, 32), (48, 48), (64, 64), (256, 256)])
+    Image.open(png).save(
+        ICONS / "lunglens.ico", sizes=[(16, 16), (32, 32), (48, 48), (64, 64), (256, 256)]
+    )
     print(f"wrote {png} and {ICONS / 'lunglens.ico'}")
 
 

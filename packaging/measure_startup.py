@@ -25,16 +25,20 @@ DEFAULT_EXE = Path(__file__).resolve().parent / "dist" / "lunglens" / "lunglens"
 
 
 def window_shown(env: dict[str, str], title: str) -> bool:
-    out = subprocess.run(["xwininfo", "-root", "-tree"], env=env, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["xwininfo", "-root", "-tree"], env=env, capture_output=True, text=True
+    ).stdout
     return any(f'"{title}' in line for line in out.splitlines())
 
 
 def start_xvfb() -> tuple[subprocess.Popen[bytes], str]:
     for n in range(90, 110):
         if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1600x1000x24", "-nolisten",
-                                     "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                ["Xvfb", f":{n}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 if Path(f"/tmp/.X11-unix/X{n}").exists():
@@ -61,8 +65,9 @@ def evict(folder: Path) -> int:
 
 def measure(exe: Path, env: dict[str, str], timeout: float, title: str) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(exe)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         while time.perf_counter() - t0 < timeout:
             if proc.poll() is not None:
@@ -85,14 +90,20 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--title", default="LungLens")
-    ap.add_argument("--no-evict", action="store_true",
-                    help="do not evict the bundle from the page cache before the first run")
+    ap.add_argument(
+        "--no-evict",
+        action="store_true",
+        help="do not evict the bundle from the page cache before the first run",
+    )
     args = ap.parse_args()
     if not shutil.which("xwininfo"):
         raise SystemExit("xwininfo not found (apt-get install x11-utils)")
     xvfb = None
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "QT_QPA_PLATFORM")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "QT_QPA_PLATFORM")
+    }
     if not env.get("DISPLAY"):
         xvfb, env["DISPLAY"] = start_xvfb()
     data = tempfile.mkdtemp(prefix="lunglens-start-")
@@ -104,16 +115,24 @@ def main() -> int:
                 evict(args.exe.resolve().parent)
             secs = measure(args.exe, env, args.timeout, args.title)
             times.append(secs)
-            print(f"run {i + 1} ({'cold' if i == 0 else 'warm'}): window after {secs:.2f} s",
-                  flush=True)
+            print(
+                f"run {i + 1} ({'cold' if i == 0 else 'warm'}): window after {secs:.2f} s",
+                flush=True,
+            )
     finally:
         if xvfb is not None:
             xvfb.terminate()
             xvfb.wait(10)
         shutil.rmtree(data, ignore_errors=True)
-    print(json.dumps({"exe": str(args.exe), "first_s": round(times[0], 2),
-                      "warm_median_s": round(sorted(times[1:] or times)[len(times[1:] or times)
-                                                                         // 2], 2)}))
+    print(
+        json.dumps(
+            {
+                "exe": str(args.exe),
+                "first_s": round(times[0], 2),
+                "warm_median_s": round(sorted(times[1:] or times)[len(times[1:] or times) // 2], 2),
+            }
+        )
+    )
     return 0
 
 

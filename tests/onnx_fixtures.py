@@ -45,8 +45,9 @@ def build_onnx(size: int = SIZE) -> onnx.ModelProto:
     nodes = [
         helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["act_0"]),
-        helper.make_node("AveragePool", ["act_0"], ["pooled"], kernel_shape=[pool, pool],
-                         strides=[pool, pool]),
+        helper.make_node(
+            "AveragePool", ["act_0"], ["pooled"], kernel_shape=[pool, pool], strides=[pool, pool]
+        ),
         helper.make_node("Conv", ["pooled", "w2"], ["f_pre"]),
         helper.make_node("Relu", ["f_pre"], ["feats"]),
         helper.make_node("GlobalAveragePool", ["feats"], ["gap"]),
@@ -64,8 +65,14 @@ def build_onnx(size: int = SIZE) -> onnx.ModelProto:
             helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 2, CAM, CAM]),
             helper.make_tensor_value_info("act_0", TensorProto.FLOAT, ["N", 4, size, size]),
         ],
-        [_init("w1", w1), _init("b1", b1), _init("w2", w2), _init("wfc", wfc),
-         _init("bfc", bfc), _init("wcam", wfc.reshape(2, 2, 1, 1))],
+        [
+            _init("w1", w1),
+            _init("b1", b1),
+            _init("w2", w2),
+            _init("wfc", wfc),
+            _init("bfc", bfc),
+            _init("wcam", wfc.reshape(2, 2, 1, 1)),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -93,12 +100,18 @@ def write_model(
         "modality": modality,
         "labels": LABELS,
         "positive_label": "covid",
-        "input": {"name": "image", "shape": [1, size, size], "size": [size, size],
-                  "range": [0.0, 1.0],
-                  "window": {"name": "lung", "center": -600, "width": 1500}},
-        "outputs": {"probs": {"shape": ["N", 2]},
-                    "cam": {"shape": ["N", 2, CAM, CAM], "layer": "head"},
-                    "gallery": [{"output": "act_0", "layer": "conv1", "shape": [4, size, size]}]},
+        "input": {
+            "name": "image",
+            "shape": [1, size, size],
+            "size": [size, size],
+            "range": [0.0, 1.0],
+            "window": {"name": "lung", "center": -600, "width": 1500},
+        },
+        "outputs": {
+            "probs": {"shape": ["N", 2]},
+            "cam": {"shape": ["N", 2, CAM, CAM], "layer": "head"},
+            "gallery": [{"output": "act_0", "layer": "conv1", "shape": [4, size, size]}],
+        },
         "file": "model.onnx",
         "sha256": hashlib.sha256(data).hexdigest(),
         "threshold": 0.5,
@@ -124,13 +137,20 @@ def make_models_dir(root: Path, modality_check: bool = False) -> Path:
 def write_modality_check(folder: Path) -> Path:
     """The brightness detector as a modality check: bright images "look like" X-rays, dark ones
     like CT; a flat image at 1.0 or 0.0 gets p = 0.98 (confident), one at 0.5 gets p = 0.5."""
-    return write_model(folder, name="synthetic-modality", modality="any",
-                       task="modality-check", labels=["cxr", "ct"], positive_label="cxr",
-                       warn_probability=0.9)
+    return write_model(
+        folder,
+        name="synthetic-modality",
+        modality="any",
+        task="modality-check",
+        labels=["cxr", "ct"],
+        positive_label="cxr",
+        warn_probability=0.9,
+    )
 
 
-def blob_image(h: int = 64, w: int = 64, center: tuple[int, int] = (16, 44),
-               radius: int = 6) -> np.ndarray:
+def blob_image(
+    h: int = 64, w: int = 64, center: tuple[int, int] = (16, 44), radius: int = 6
+) -> np.ndarray:
     """Dark float image in [0, 1] with one bright disc at ``center`` (row, col)."""
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.full((h, w), 0.1, np.float32)
@@ -148,8 +168,15 @@ def write_png(path: Path, value: float, size: int = 24) -> Path:
     return path
 
 
-NO_PIXEL_DICOM = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom"
-                  / "ct-misc" / "no-pixel-data.dcm").resolve()
+NO_PIXEL_DICOM = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "data"
+    / "dicom"
+    / "ct-misc"
+    / "no-pixel-data.dcm"
+).resolve()
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
@@ -185,8 +212,10 @@ def write_bad_inputs(folder: Path) -> dict[str, str]:
     (folder / "text.png").write_text("this is not an image\n", encoding="utf-8")
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)
     (folder / "huge.png").write_bytes(
-        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 2501)) + _png_chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 2501))
+        + _png_chunk(b"IEND", b"")
     )
     return {
         "zero-byte.png": "CorruptFile",
@@ -198,7 +227,7 @@ def write_bad_inputs(folder: Path) -> dict[str, str]:
     }
 
 
-SLOW_SITECUSTOMIZE = '''
+SLOW_SITECUSTOMIZE = """
 import os, time
 from lunglens.inference import engine as _engine
 _orig = _engine.Engine.predict
@@ -206,7 +235,7 @@ def _slow(self, batch, outputs=("probs",)):
     time.sleep(float(os.environ.get("LUNGLENS_TEST_DELAY_S", "0.05")) * len(batch))
     return _orig(self, batch, outputs)
 _engine.Engine.predict = _slow
-'''
+"""
 
 
 def slow_env(tmp: Path, delay_s: float = 0.05) -> dict[str, str]:

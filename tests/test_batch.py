@@ -31,9 +31,22 @@ from lunglens.inference import clear_engines
 from lunglens.models import ModelInfo, get_model
 from onnx_fixtures import NO_PIXEL_DICOM, make_models_dir, slow_env, write_bad_inputs, write_png
 
-CONTRACT = ["path", "status", "error", "model", "model_version", "model_sha256", "prediction",
-            "p_covid", "p_non-covid", "flagged", "n_slices", "top_slices", "elapsed_ms",
-            "scored_at"]
+CONTRACT = [
+    "path",
+    "status",
+    "error",
+    "model",
+    "model_version",
+    "model_sha256",
+    "prediction",
+    "p_covid",
+    "p_non-covid",
+    "flagged",
+    "n_slices",
+    "top_slices",
+    "elapsed_ms",
+    "scored_at",
+]
 
 
 @pytest.fixture
@@ -51,8 +64,7 @@ def info(env: Path) -> ModelInfo:
 
 
 def _pngs(folder: Path, n: int) -> list[Path]:
-    return [write_png(folder / f"sub{i % 3}" / f"img{i:03d}.png", (i % 10) / 9.0)
-            for i in range(n)]
+    return [write_png(folder / f"sub{i % 3}" / f"img{i:03d}.png", (i % 10) / 9.0) for i in range(n)]
 
 
 def _csv_records(path: Path) -> list[list[str]]:
@@ -77,7 +89,10 @@ def test_csv_contract(env: Path, info: ModelInfo) -> None:
     for r in rows:
         assert r["status"] == "ok" and r["error"] == ""
         assert (r["model"], r["model_version"], r["model_sha256"]) == (
-            info.name, info.version, info.sha256)
+            info.name,
+            info.version,
+            info.sha256,
+        )
         p1, p2 = float(r["p_covid"]), float(r["p_non-covid"])
         assert 0 <= p1 <= 1 and abs(p1 + p2 - 1) < 1e-4
         assert r["flagged"] in ("true", "false")
@@ -199,10 +214,21 @@ def test_series_rows_name_slices(env: Path, info: ModelInfo) -> None:
 def test_resume_after_sigkill(env: Path, info: ModelInfo) -> None:
     files = _pngs(env / "imgs", 60)
     out = env / "results.csv"
-    cmd = [sys.executable, "-m", "lunglens", "score", str(env / "imgs"), "--out", str(out),
-           "--model", "synthetic-ct", "--no-report"]
-    proc = subprocess.Popen(cmd, env=slow_env(env, 0.05), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "lunglens",
+        "score",
+        str(env / "imgs"),
+        "--out",
+        str(out),
+        "--model",
+        "synthetic-ct",
+        "--no-report",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=slow_env(env, 0.05), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if out.exists() and out.read_bytes().count(b"\n") >= 18:
@@ -216,8 +242,9 @@ def test_resume_after_sigkill(env: Path, info: ModelInfo) -> None:
     # Also simulate the worst case, a kill in the middle of a row.
     with open(out, "ab") as fh:
         fh.write(str(files[0]).encode()[:10])
-    rerun = subprocess.run([*cmd, "--resume"], env=dict(os.environ), capture_output=True,
-                           text=True, timeout=120)
+    rerun = subprocess.run(
+        [*cmd, "--resume"], env=dict(os.environ), capture_output=True, text=True, timeout=120
+    )
     assert rerun.returncode == 0, rerun.stderr
     records = _csv_records(out)
     assert records[0] == CONTRACT
@@ -231,10 +258,21 @@ def test_resume_after_sigkill(env: Path, info: ModelInfo) -> None:
 def test_ctrl_c_exits_130_and_resumes(env: Path) -> None:
     _pngs(env / "imgs", 40)
     out = env / "results.csv"
-    cmd = [sys.executable, "-m", "lunglens", "score", str(env / "imgs"), "--out", str(out),
-           "--model", "synthetic-ct", "--no-report"]
-    proc = subprocess.Popen(cmd, env=slow_env(env, 0.05), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "lunglens",
+        "score",
+        str(env / "imgs"),
+        "--out",
+        str(out),
+        "--model",
+        "synthetic-ct",
+        "--no-report",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=slow_env(env, 0.05), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if out.exists() and out.read_bytes().count(b"\n") >= 3:

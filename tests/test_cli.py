@@ -49,8 +49,22 @@ def test_classify_text_cam_and_audit(env: Path, capsys: pytest.CaptureFixture[st
 
 def test_classify_json_and_model_choice(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     img = write_png(env / "bright.png", 0.95)
-    assert main(["classify", str(img), "--model", "synthetic-cxr", "--json",
-                 "--cam-class", "non-covid", "--pdf", str(env / "r.pdf")]) == 0
+    assert (
+        main(
+            [
+                "classify",
+                str(img),
+                "--model",
+                "synthetic-cxr",
+                "--json",
+                "--cam-class",
+                "non-covid",
+                "--pdf",
+                str(env / "r.pdf"),
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["model"] == "synthetic-cxr" and data["flagged"] is True
     assert data["prediction"] == "covid" and data["cam_class"] == "non-covid"
@@ -70,11 +84,16 @@ def test_classify_json_and_model_choice(env: Path, capsys: pytest.CaptureFixture
         (["score", "{img}", "--out", "{out}", "--workers", "0"], 2, "--workers"),
     ],
 )
-def test_exit_codes(env: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int,
-                    message: str) -> None:
+def test_exit_codes(
+    env: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
     (env / "bad.png").write_text("not a png")
-    paths = {"bad": env / "bad.png", "missing": env / "nope.png",
-             "img": write_png(env / "ok.png", 0.5), "out": env / "o.csv"}
+    paths = {
+        "bad": env / "bad.png",
+        "missing": env / "nope.png",
+        "img": write_png(env / "ok.png", 0.5),
+        "out": env / "o.csv",
+    }
     argv = [a.format(**{k: str(v) for k, v in paths.items()}) for a in argv]
     assert main(argv) == code
     err = capsys.readouterr().err
@@ -109,11 +128,16 @@ def test_score_exit_codes_and_report(env: Path, capsys: pytest.CaptureFixture[st
     assert main(["score", str(env / "imgs"), "--out", str(out)]) == 2  # exists, no --resume
     assert main(["score", str(env / "imgs"), "--out", str(out), "--resume"]) == 0
     (env / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    assert main(["score", str(env / "imgs"), "--out", str(out), "--resume",
-                 "--no-report"]) == 1  # one new scan errored
+    assert (
+        main(["score", str(env / "imgs"), "--out", str(out), "--resume", "--no-report"]) == 1
+    )  # one new scan errored
     assert "CorruptFile 1" in capsys.readouterr().out
-    assert main(["score", str(env / "imgs"), "--out", str(out), "--resume",
-                 "--model", "synthetic-cxr"]) == 2  # other model: resume refused
+    assert (
+        main(
+            ["score", str(env / "imgs"), "--out", str(out), "--resume", "--model", "synthetic-cxr"]
+        )
+        == 2
+    )  # other model: resume refused
     assert [a["event"] for a in _audit(env)].count("score") == 3
 
 
@@ -124,8 +148,9 @@ def test_models_listing(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--models-dir", str(env / "empty"), "models"]) == 4
 
 
-def test_demo_prints_table_without_display(env: Path, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_prints_table_without_display(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     res = env / "resources"
     write_png(res / "samples" / "bright.png", 0.95)
     write_png(res / "samples" / "dark.png", 0.05)
@@ -138,23 +163,32 @@ def test_demo_prints_table_without_display(env: Path, monkeypatch: pytest.Monkey
     assert main(["demo"]) == 1
 
 
-def test_gui_missing_is_a_clear_message(env: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_gui_missing_is_a_clear_message(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "lunglens.gui.app", None)  # import fails
     assert main([]) == 1
     assert "desktop app cannot start" in capsys.readouterr().err
 
 
 def test_help_documents_exit_codes() -> None:
-    proc = subprocess.run([sys.executable, "-m", "lunglens", "--help"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lunglens", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0
     for code in ("130", "model refused", "usage error"):
         assert code in proc.stdout
 
 
-CT_DICOM = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom" / "ct-misc"
-            / "693_UNCI.dcm").resolve()
+CT_DICOM = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "data"
+    / "dicom"
+    / "ct-misc"
+    / "693_UNCI.dcm"
+).resolve()
 
 
 @pytest.mark.skipif(not CT_DICOM.exists(), reason="shared DICOM data not available")
@@ -170,8 +204,7 @@ def test_patient_id_only_when_asked(env: Path, capsys: pytest.CaptureFixture[str
     assert main(["score", str(CT_DICOM), "--out", str(out), "--no-report"]) == 0
     assert "patient_id" not in out.read_text().splitlines()[0]
     out2 = env / "r2.csv"
-    assert main(["score", str(CT_DICOM), "--out", str(out2), "--include-ids",
-                 "--no-report"]) == 0
+    assert main(["score", str(CT_DICOM), "--out", str(out2), "--include-ids", "--no-report"]) == 0
     assert out2.read_text().splitlines()[0].endswith(",patient_id")
     assert out2.read_text().splitlines()[1].endswith("," + pid)
     assert pid not in out.read_text() and pid not in (env / "data" / "audit.log").read_text()

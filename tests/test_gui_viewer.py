@@ -176,8 +176,9 @@ def test_series_slices_and_suspicious_list(qtbot, window: MainWindow, ct_series:
     assert window.slice_label.text().startswith("Slice 1/5")
 
 
-def test_cam_toggle_opacity_class_and_export(qtbot, window: MainWindow, ct_series: Path,
-                                             tmp_path: Path) -> None:
+def test_cam_toggle_opacity_class_and_export(
+    qtbot, window: MainWindow, ct_series: Path, tmp_path: Path
+) -> None:
     open_and_classify(qtbot, window, ct_series)
     cam = window.cam_controls
     assert cam.show_box.isEnabled()
@@ -252,8 +253,9 @@ def test_plain_image_and_model_choice(qtbot, window: MainWindow, tmp_path: Path)
     assert window.result.model == "synthetic-cxr"
 
 
-def test_plain_image_routed_by_modality_check(qtbot, window: MainWindow, env: Path,
-                                              tmp_path: Path) -> None:
+def test_plain_image_routed_by_modality_check(
+    qtbot, window: MainWindow, env: Path, tmp_path: Path
+) -> None:
     """With a modality check installed, a bright plain image "looks like" an X-ray: the X-ray
     model is chosen, the status bar says why, and the result panel shows the check's note."""
     write_modality_check(env / "models" / "synthetic-modality")
@@ -272,8 +274,9 @@ def test_plain_image_routed_by_modality_check(qtbot, window: MainWindow, env: Pa
     assert "not meaningful" in window.classify_panel.notes_label.text()
 
 
-def test_errors_are_shown_not_raised(qtbot, window: MainWindow, tmp_path: Path,
-                                     shared_data: Path) -> None:
+def test_errors_are_shown_not_raised(
+    qtbot, window: MainWindow, tmp_path: Path, shared_data: Path
+) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with qtbot.waitSignal(window.errorShown, timeout=TIMEOUT) as sig:
@@ -322,8 +325,10 @@ def test_batch_with_bad_file_table_and_open(qtbot, window: MainWindow, env: Path
     assert panel.progress.value() == panel.progress.maximum() == 7
     assert panel.status.text().startswith("Done: 7/7")
     # flagged rows highlighted, error row grey, table sortable by probability
-    colors = {panel.model.item(r, 1).text(): panel.model.item(r, 0).background().color().name()
-              for r in range(panel.row_count())}
+    colors = {
+        panel.model.item(r, 1).text(): panel.model.item(r, 0).background().color().name()
+        for r in range(panel.row_count())
+    }
     assert colors["error"] == "#ebebeb"
     flagged = [r for r in range(panel.row_count()) if panel.model.item(r, 4).text() == "yes"]
     assert len(flagged) == 3
@@ -344,13 +349,15 @@ def test_batch_with_bad_file_table_and_open(qtbot, window: MainWindow, env: Path
     panel.make_report()
     qtbot.waitUntil(lambda: panel.report_path is not None, timeout=60_000)
     assert panel.report_path is not None and panel.report_path.read_text("utf-8").startswith(
-        "<!DOCTYPE html>")
+        "<!DOCTYPE html>"
+    )
     # the audit log went to LUNGLENS_DATA_DIR
     assert (env / "data" / "audit.log").exists()
 
 
-def test_batch_cancel_and_resume(qtbot, window: MainWindow, env: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batch_cancel_and_resume(
+    qtbot, window: MainWindow, env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = env / "many"
     for i in range(40):
         write_png(folder / f"s{i:03d}.png", (i % 10) / 10, size=32)
@@ -370,8 +377,10 @@ def test_batch_cancel_and_resume(qtbot, window: MainWindow, env: Path,
     monkeypatch.setattr(runner, "_decode", slow)
     with qtbot.waitSignal(panel.finished, timeout=60_000) as sig:
         panel.start()
-        qtbot.waitUntil(lambda: panel.last_progress is not None and panel.last_progress.done >= 3,
-                        timeout=30_000)
+        qtbot.waitUntil(
+            lambda: panel.last_progress is not None and panel.last_progress.done >= 3,
+            timeout=30_000,
+        )
         assert panel.cancel_button.isEnabled()
         panel.cancel()
     first = sig.args[0]
@@ -422,15 +431,21 @@ def test_settings_remembered(qtbot, settings: Settings, ct_file: Path) -> None:
     assert str(ct_file) in [a.text() for a in again.recent_menu.actions()]
 
 
-def test_drop_and_app_run_entry_point(qtbot, window: MainWindow, ct_file: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_drop_and_app_run_entry_point(
+    qtbot, window: MainWindow, ct_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from PySide6.QtCore import QMimeData, QPointF, QUrl
     from PySide6.QtGui import QDropEvent
 
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(ct_file))])
-    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime,
-                       Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
+    event = QDropEvent(
+        QPointF(10, 10),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     with qtbot.waitSignal(window.scanLoaded, timeout=TIMEOUT):
         window.dropEvent(event)
     # run() exists and returns the loop's exit code; exec is stubbed so the test does not block
@@ -441,8 +456,7 @@ def test_drop_and_app_run_entry_point(qtbot, window: MainWindow, ct_file: Path,
     assert app_mod.run([]) == 0
 
 
-def test_slider_shows_the_core_slice(qtbot, window: MainWindow,
-                                                    ct_series: Path) -> None:
+def test_slider_shows_the_core_slice(qtbot, window: MainWindow, ct_series: Path) -> None:
     """Scrolling shows the right pixels: the slider displays exactly the core's slice."""
     with qtbot.waitSignal(window.scanLoaded, timeout=TIMEOUT):
         window.open_path(str(ct_series))
@@ -471,7 +485,8 @@ def test_app_icon_from_resources(qtbot) -> None:
 
 
 def test_classification_stays_visible_with_gallery_and_batch_docks(
-        qtbot, window: MainWindow, ct_file: Path) -> None:
+    qtbot, window: MainWindow, ct_file: Path
+) -> None:
     """Opening the gallery and the batch dock must not squeeze the result out of view."""
     from lunglens.gui.main_window import CLASSIFY_MIN_HEIGHT
 

@@ -56,8 +56,12 @@ def test_engine_runs_only_the_graph_the_requested_outputs_need(mdir: Path) -> No
     names = [o.name for o in full.get_outputs()]
     assert len(names) > 2  # the fixture has gallery outputs to prune away
     # batch scoring's graph holds probs alone; the viewer's probs + cam (cam alone too)
-    for outputs, graph in ((("probs",), {"probs"}), (("probs", "cam"), {"probs", "cam"}),
-                           (("cam", "probs"), {"probs", "cam"}), (("cam",), {"probs", "cam"})):
+    for outputs, graph in (
+        (("probs",), {"probs"}),
+        (("probs", "cam"), {"probs", "cam"}),
+        (("cam", "probs"), {"probs", "cam"}),
+        (("cam",), {"probs", "cam"}),
+    ):
         got = engine.predict(x, outputs)
         assert {o.name for o in engine._session(outputs).get_outputs()} == graph
         for name in outputs:
@@ -115,7 +119,8 @@ def test_model_without_an_image_input_is_refused(tmp_path: Path) -> None:
     folder = root / "synthetic-ct"
     model = onnx.load(str(folder / "model.onnx"))
     model.graph.initializer.append(  # the input is fed by an initializer: nothing to feed
-        numpy_helper.from_array(np.zeros((1, 1, 32, 32), np.float32), model.graph.input[0].name))
+        numpy_helper.from_array(np.zeros((1, 1, 32, 32), np.float32), model.graph.input[0].name)
+    )
     _rewrite_model(folder, model.SerializeToString())
     with pytest.raises(ModelRefused, match="exactly one image input"):
         Engine(get_model("synthetic-ct", root))
@@ -148,8 +153,11 @@ def test_series_top_k_mean_names_suspicious_slices(mdir: Path) -> None:
         values[i] = v
     stack = np.stack([np.full((32, 32), v, np.float32) for v in values])
     seen: list[tuple[int, int]] = []
-    res = classify_scan(Scan("series", stack, modality="ct", kind="dicom-series"),
-                        progress=lambda d, t: seen.append((d, t)), batch_size=8)
+    res = classify_scan(
+        Scan("series", stack, modality="ct", kind="dicom-series"),
+        progress=lambda d, t: seen.append((d, t)),
+        batch_size=8,
+    )
     assert res.n_slices == 20 and res.slice_probs.shape == (20, 2)
     assert res.top_slices == [4, 11, 17]
     assert res.representative_slice == 4

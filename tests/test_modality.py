@@ -67,8 +67,7 @@ def test_confident_mismatch_with_the_chosen_model_is_a_note(models: Path, tmp_pa
     scan = load_scan(write_png(tmp_path / "bright.png", 1.0))
     res = classify_scan(scan, get_model("synthetic-ct", models))
     assert res.model == "synthetic-ct"
-    assert any("looks like a chest X-ray" in n and "synthetic-ct is for CT" in n
-               for n in res.notes)
+    assert any("looks like a chest X-ray" in n and "synthetic-ct is for CT" in n for n in res.notes)
 
 
 def test_unsure_check_routes_but_never_warns(models: Path, tmp_path: Path) -> None:
@@ -81,8 +80,9 @@ def test_unsure_check_routes_but_never_warns(models: Path, tmp_path: Path) -> No
         assert not any("not meaningful" in n for n in res.notes)
 
 
-def test_dicom_header_disagreeing_with_the_pixels(models: Path, tmp_path: Path,
-                                                  shared_data: Path) -> None:
+def test_dicom_header_disagreeing_with_the_pixels(
+    models: Path, tmp_path: Path, shared_data: Path
+) -> None:
     """A CT whose lung-window rendering is white everywhere "looks like" an X-ray here."""
     import pydicom
 
@@ -98,8 +98,9 @@ def test_dicom_header_disagreeing_with_the_pixels(models: Path, tmp_path: Path,
     assert any("DICOM header says CT" in n and "chest X-ray" in n for n in res.notes)
 
 
-def test_without_a_check_plain_images_need_a_model(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_check_plain_images_need_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clear_engines()
     root = make_models_dir(tmp_path / "models")
     monkeypatch.setenv("LUNGLENS_MODELS_DIR", str(root))
@@ -119,8 +120,9 @@ def test_tampered_check_is_ignored_not_fatal(models: Path, tmp_path: Path) -> No
     assert res.model == "synthetic-ct" and res.notes == []
 
 
-def test_cli_classify_routes_plain_images(models: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_classify_routes_plain_images(
+    models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     png = write_png(tmp_path / "bright.png", 1.0)
     assert main(["classify", str(png), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -128,8 +130,9 @@ def test_cli_classify_routes_plain_images(models: Path, tmp_path: Path,
     assert any("chest X-ray" in n for n in out["notes"])
 
 
-def test_batch_plain_image_of_the_other_modality_is_an_error_row(models: Path,
-                                                                  tmp_path: Path) -> None:
+def test_batch_plain_image_of_the_other_modality_is_an_error_row(
+    models: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "in"
     write_png(folder / "bright.png", 1.0)
     write_png(folder / "dark.png", 0.0)
@@ -158,14 +161,17 @@ def shipped(monkeypatch: pytest.MonkeyPatch) -> Path:
     ("relpath", "expected"),
     [
         ("dicom/chest-cr/RG1_J2KI.dcm", "cxr"),
-        ("dicom/chest-dx/1.3.6.1.4.1.11129.5.5.110503645592756492463169821050252582267888.dcm",
-         "cxr"),
+        (
+            "dicom/chest-dx/1.3.6.1.4.1.11129.5.5.110503645592756492463169821050252582267888.dcm",
+            "cxr",
+        ),
         ("dicom/chest-ct-transfer-syntaxes/CTImage.dcm", "ct"),
         ("dicom/ct-misc/693_UNCI.dcm", "ct"),
     ],
 )
-def test_shipped_check_on_real_dicom(shipped: Path, shared_data: Path, relpath: str,
-                                     expected: str) -> None:
+def test_shipped_check_on_real_dicom(
+    shipped: Path, shared_data: Path, relpath: str, expected: str
+) -> None:
     check = check_modality(load_scan(shared_data / relpath))
     assert check is not None, "models/modality-check is not installed"
     assert check.modality == expected

@@ -42,21 +42,32 @@ def _bundle_env(tmp: Path) -> dict[str, str]:
     venv_dirs = {str(Path(sys.prefix).resolve()), str(Path(sys.executable).resolve().parent)}
     if os.environ.get("VIRTUAL_ENV"):
         venv_dirs.add(str(Path(os.environ["VIRTUAL_ENV"]).resolve()))
-    path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-            if p and not any(str(Path(p).resolve()).startswith(v) for v in venv_dirs)]
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTHON", "LUNGLENS_", "QT_", "CONDA")) and k not in
-           ("VIRTUAL_ENV", "DISPLAY", "WAYLAND_DISPLAY", "LD_LIBRARY_PATH", "MPLBACKEND")}
+    path = [
+        p
+        for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+        if p and not any(str(Path(p).resolve()).startswith(v) for v in venv_dirs)
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "LUNGLENS_", "QT_", "CONDA"))
+        and k not in ("VIRTUAL_ENV", "DISPLAY", "WAYLAND_DISPLAY", "LD_LIBRARY_PATH", "MPLBACKEND")
+    }
     (tmp / "home").mkdir(exist_ok=True)
-    env.update(PATH=os.pathsep.join(path), QT_QPA_PLATFORM="offscreen",
-               LUNGLENS_DATA_DIR=str(tmp / "data"), HOME=str(tmp / "home"),
-               XDG_CONFIG_HOME=str(tmp / "home" / ".config"))
+    env.update(
+        PATH=os.pathsep.join(path),
+        QT_QPA_PLATFORM="offscreen",
+        LUNGLENS_DATA_DIR=str(tmp / "data"),
+        HOME=str(tmp / "home"),
+        XDG_CONFIG_HOME=str(tmp / "home" / ".config"),
+    )
     return env
 
 
 def _bundle_trim():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bundle_trim",
-                                                  REPO / "packaging" / "bundle_trim.py")
+    spec = importlib.util.spec_from_file_location(
+        "bundle_trim", REPO / "packaging" / "bundle_trim.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("bundle_trim", module)
@@ -77,14 +88,14 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     try:
         import PyInstaller  # noqa: F401
     except ImportError:
-        pytest.skip("PyInstaller is not installed (it is in the 'test' extra: "
-                    "pip install -e '.[test]')")
+        pytest.skip(
+            "PyInstaller is not installed (it is in the 'test' extra: pip install -e '.[test]')"
+        )
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs git and a git checkout to clone from")
     tmp = tmp_path_factory.mktemp("bundle")
     clone = tmp / "src" / "lunglens"
-    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(clone)],
-                   check=True)
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(clone)], check=True)
     if not any((clone / "models").glob("*/manifest.json")):
         pytest.skip("no model committed in models/ at HEAD: nothing to bundle")
     shared = REPO.parent / "shared"
@@ -93,9 +104,23 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     nice = ["nice", "-n", "10"] if shutil.which("nice") else []
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LUNGLENS_MODELS_DIR")}
     proc = subprocess.run(
-        [*nice, sys.executable, str(clone / "packaging" / "build.py"), "--use-current-env",
-         "--dist", str(tmp / "dist"), "--work", str(tmp / "work"), "--no-archive"],
-        env=env, cwd=clone, capture_output=True, text=True, timeout=1800)
+        [
+            *nice,
+            sys.executable,
+            str(clone / "packaging" / "build.py"),
+            "--use-current-env",
+            "--dist",
+            str(tmp / "dist"),
+            "--work",
+            str(tmp / "work"),
+            "--no-archive",
+        ],
+        env=env,
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, f"build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     shutil.rmtree(tmp / "work", ignore_errors=True)
     return tmp / "dist" / "lunglens", clone
@@ -104,8 +129,14 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _run(exe: Path, args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
     run_dir = tmp / "run"
     run_dir.mkdir(exist_ok=True)
-    return subprocess.run([str(exe), *args], env=_bundle_env(tmp), cwd=run_dir,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(exe), *args],
+        env=_bundle_env(tmp),
+        cwd=run_dir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_bundle_layout(bundle: tuple[Path, Path]) -> None:
@@ -123,13 +154,20 @@ def test_bundle_layout(bundle: tuple[Path, Path]) -> None:
     assert (internal / "PySide6" / "Qt" / "plugins" / "platforms" / "libqxcb.so").is_file()
     assert (internal / "PySide6" / "Qt" / "plugins" / "imageformats" / "libqsvg.so").is_file()
     # Trimmed (packaging/lunglens.spec, packaging/bundle_trim.py): unused plugins/libraries...
-    for gone in ("PySide6/Qt/lib/libQt6Network.so.6", "PySide6/Qt/plugins/imageformats/libqtiff.so",
-                 "yaml", "jinja2", "libssl.so.3", "matplotlib/mpl-data/fonts/ttf/STIXGeneral.ttf"):
+    for gone in (
+        "PySide6/Qt/lib/libQt6Network.so.6",
+        "PySide6/Qt/plugins/imageformats/libqtiff.so",
+        "yaml",
+        "jinja2",
+        "libssl.so.3",
+        "matplotlib/mpl-data/fonts/ttf/STIXGeneral.ttf",
+    ):
         assert not (internal / gone).exists(), f"{gone} should be trimmed"
     assert not list(internal.glob("PIL/_avif*")) and list(internal.glob("PIL/_imaging.*"))
     # ...the ICU data reduced, debug info stripped.
-    assert all(p.stat().st_size < 12 * 2**20
-               for p in internal.glob("PySide6/Qt/lib/libicudata.so.*"))
+    assert all(
+        p.stat().st_size < 12 * 2**20 for p in internal.glob("PySide6/Qt/lib/libicudata.so.*")
+    )
     trim = _bundle_trim()
     for lib in internal.glob("libpython3*.so*"):
         elf = trim.read_elf(lib)
@@ -138,8 +176,10 @@ def test_bundle_layout(bundle: tuple[Path, Path]) -> None:
     assert "Exec=lunglens gui %F" in desktop and "Icon=lunglens" in desktop
     assert (folder / "share/icons/hicolor/256x256/apps/lunglens.png").is_file()
     assert (folder / "install.sh").is_file()
-    size_mib = sum(f.stat().st_size for f in folder.rglob("*")
-                   if f.is_file() and not f.is_symlink()) / 2**20
+    size_mib = (
+        sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+        / 2**20
+    )
     print(f"bundle size: {size_mib:.1f} MiB")
     assert size_mib < MAX_BUNDLE_MIB
 
@@ -157,23 +197,47 @@ def test_bundle_selftest(bundle: tuple[Path, Path], tmp_path: Path) -> None:
     assert "verified" in proc.stdout
 
 
-def _score_both_ways(folder: Path, clone: Path, model: str, tmp: Path,
-                     ) -> tuple[dict[str, dict[str, str]], int]:
+def _score_both_ways(
+    folder: Path,
+    clone: Path,
+    model: str,
+    tmp: Path,
+) -> tuple[dict[str, dict[str, str]], int]:
     """Score the samples with ``model`` in the bundle and from the clone's source; compare."""
     samples = clone / "resources" / "samples"
     out_csv = tmp / f"{model}.csv"
-    proc = _run(folder / "lunglens",
-                ["score", str(samples), "--model", model, "--out", str(out_csv)], tmp)
+    proc = _run(
+        folder / "lunglens", ["score", str(samples), "--model", model, "--out", str(out_csv)], tmp
+    )
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr  # 1: some scans errored
     rows = _rows(out_csv)
     # The same command from the clone's source tree in this Python environment.
     ref_csv = tmp / f"{model}-ref.csv"
-    env = dict(os.environ, PYTHONPATH=str(clone / "desktop"),
-               LUNGLENS_MODELS_DIR=str(clone / "models"), LUNGLENS_DATA_DIR=str(tmp / "d2"),
-               QT_QPA_PLATFORM="offscreen")
-    ref = subprocess.run([sys.executable, "-m", "lunglens", "score", str(samples), "--model",
-                          model, "--out", str(ref_csv), "--no-report"], env=env,
-                         capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(clone / "desktop"),
+        LUNGLENS_MODELS_DIR=str(clone / "models"),
+        LUNGLENS_DATA_DIR=str(tmp / "d2"),
+        QT_QPA_PLATFORM="offscreen",
+    )
+    ref = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lunglens",
+            "score",
+            str(samples),
+            "--model",
+            model,
+            "--out",
+            str(ref_csv),
+            "--no-report",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ref.returncode == proc.returncode, ref.stdout + ref.stderr
     ref_rows = _rows(ref_csv)
     assert sorted(rows) == sorted(ref_rows)
@@ -212,7 +276,8 @@ def test_bundle_scores_samples_like_source(bundle: tuple[Path, Path], tmp_path: 
             assert other[name]["error"].startswith("ModalityMismatch"), other[name]["error"]
     # Compressed DICOM (JPEG 2000 CT and DX, RLE enhanced CT) decodes inside the bundle.
     assert {"ct-dicom-chest-j2k.dcm", "ct-dicom-enhanced-2frames-rle.dcm"} <= {
-        n for n, r in ct_rows.items() if r["status"] == "ok"}
+        n for n, r in ct_rows.items() if r["status"] == "ok"
+    }
     assert "cxr-dicom-dx-nccid-j2k.dcm" in {n for n, r in cxr_rows.items() if r["status"] == "ok"}
 
 
@@ -247,11 +312,16 @@ def test_bundle_icu_data_serves_qt(bundle: tuple[Path, Path]) -> None:
     if not own.is_file():
         pytest.skip(f"this environment's Qt has no {libs[0].name}")
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    full = subprocess.run([sys.executable, "-c", _ICU_PROBE], env=env, capture_output=True,
-                          text=True, timeout=120)
-    reduced = subprocess.run([sys.executable, "-c", _ICU_PROBE],
-                             env=dict(env, LD_PRELOAD=str(libs[0])), capture_output=True,
-                             text=True, timeout=120)
+    full = subprocess.run(
+        [sys.executable, "-c", _ICU_PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
+    reduced = subprocess.run(
+        [sys.executable, "-c", _ICU_PROBE],
+        env=dict(env, LD_PRELOAD=str(libs[0])),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert full.returncode == 0, full.stderr
     assert reduced.returncode == 0, reduced.stderr
     assert reduced.stdout == full.stdout

@@ -52,8 +52,9 @@ def test_selftest_fails_without_models_or_samples(tmp_path: Path) -> None:
     assert "no model folders found" in text and "no compressed DICOM sample" in text
 
 
-def test_cli_selftest_subcommand(models: Path, capsys: pytest.CaptureFixture[str],
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_selftest_subcommand(
+    models: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LUNGLENS_RESOURCES_DIR", str(RESOURCES))
     assert main(["--models-dir", str(models), "selftest", "--no-gui"]) == 0
     assert "self-test PASSED" in capsys.readouterr().out

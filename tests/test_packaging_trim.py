@@ -63,11 +63,12 @@ def test_icu_package_roundtrip_and_filter(qt_lib: Path, tmp_path: Path) -> None:
     elf = bt.read_elf(lib, data)
     assert elf is not None and elf.soname
     offset, size = elf.symbol(data, f"icudt{elf.soname.rsplit('.', 1)[1]}_dat")
-    header, items = bt._parse_icu_common(data[offset:offset + size])
+    header, items = bt._parse_icu_common(data[offset : offset + size])
     rebuilt = bt._build_icu_common(header, items)
     assert len(rebuilt) == size
-    assert bt._parse_icu_common(rebuilt)[1] == [(n, b.ljust(len(b) + -len(b) % 16, b"\0"))
-                                                for n, b in items]
+    assert bt._parse_icu_common(rebuilt)[1] == [
+        (n, b.ljust(len(b) + -len(b) % 16, b"\0")) for n, b in items
+    ]
     names = [n for n, _ in items]
     kept = [n for n in names if bt.icu_keep_item(n)]
     assert any(n.endswith("/coll/root.res") for n in kept)
@@ -85,15 +86,19 @@ def test_icu_package_roundtrip_and_filter(qt_lib: Path, tmp_path: Path) -> None:
     new_data = out.read_bytes()
     new_offset, new_size = new.symbol(new_data, f"icudt{elf.soname.rsplit('.', 1)[1]}_dat")
     assert new_offset % 16 == 0
-    assert [n for n, _ in bt._parse_icu_common(new_data[new_offset:new_offset + new_size])[1]] \
-        == kept
+    assert [
+        n for n, _ in bt._parse_icu_common(new_data[new_offset : new_offset + new_size])[1]
+    ] == kept
 
 
 def test_prune_drops_libraries_nobody_links(qt_lib: Path) -> None:
     ext = qt_lib.parent.parent / "QtCore.abi3.so"
     toc = [("PySide6/QtCore.abi3.so", str(ext), "EXTENSION")]
-    for name in ("libQt6Core.so.6", "libQt6Network.so.6", *(p.name for p in
-                                                             qt_lib.glob("libicu*.so.*"))):
+    for name in (
+        "libQt6Core.so.6",
+        "libQt6Network.so.6",
+        *(p.name for p in qt_lib.glob("libicu*.so.*")),
+    ):
         if (qt_lib / name).is_file():
             toc.append((f"PySide6/Qt/lib/{name}", str(qt_lib / name), "BINARY"))
     toc.append(("libQt6Network.so.6", "PySide6/Qt/lib/libQt6Network.so.6", "SYMLINK"))

@@ -33,8 +33,10 @@ def test_squeezenet_light_exports_without_elu_or_transposed_conv(tmp_path: Path)
             m.running_var.uniform_(0.5, 2)
     out = tmp_path / "m.onnx"
     facts = export_onnx(model, 64, out)
-    assert facts["graph_rewrites"] == ["elu_as_min_exp_max",
-                                       "block_transposed_conv_as_conv_depth_to_space"]
+    assert facts["graph_rewrites"] == [
+        "elu_as_min_exp_max",
+        "block_transposed_conv_as_conv_depth_to_space",
+    ]
     ops = _op_types(out)
     assert not ops & {"Elu", "ConvTranspose", "Einsum"}
     assert {"Exp", "Max", "DepthToSpace"} <= ops
@@ -81,18 +83,20 @@ def test_rewrites_apply_only_where_exact(tmp_path: Path) -> None:
     assert inference_graph(torch.nn.Sequential(torch.nn.ELU(alpha=2.0)))[1] == []
     with torch.no_grad():
         x = torch.randn(1, 8, 5, 5) * 4
-        np.testing.assert_allclose(torch.nn.functional.elu(x, 0.5).numpy(),
-                                   torch.maximum(x, 0.5 * (torch.exp(x.clamp(max=0)) - 1)).numpy(),
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            torch.nn.functional.elu(x, 0.5).numpy(),
+            torch.maximum(x, 0.5 * (torch.exp(x.clamp(max=0)) - 1)).numpy(),
+            atol=1e-6,
+        )
 
 
 def test_export_refuses_a_graph_that_differs_from_the_model(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A wrong rewrite (here ELU exported as ReLU) stops the export instead of shipping."""
     from lunglens.training import export
 
-    wrong = (("elu_as_relu", lambda m: isinstance(m, torch.nn.ELU),
-              lambda self, x: torch.relu(x)),)
+    wrong = (("elu_as_relu", lambda m: isinstance(m, torch.nn.ELU), lambda self, x: torch.relu(x)),)
     monkeypatch.setattr(export, "GRAPH_REWRITES", wrong)
     torch.manual_seed(2)
     with pytest.raises(RuntimeError, match="differs from the PyTorch model"):
@@ -108,5 +112,6 @@ def test_block_transposed_conv_keeps_an_explicit_output_size() -> None:
     with torch.no_grad():
         np.testing.assert_allclose(fast(x).numpy(), up(x).numpy(), atol=1e-6)
         # output_size (7 = 2 * 3 + 1 needs output padding): the original op, not the rewrite
-        np.testing.assert_allclose(fast(x, output_size=[7, 7]).numpy(),
-                                   up(x, output_size=[7, 7]).numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            fast(x, output_size=[7, 7]).numpy(), up(x, output_size=[7, 7]).numpy(), atol=1e-6
+        )

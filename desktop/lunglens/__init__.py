@@ -6,6 +6,4 @@ radiologist can look at the most suspicious ones first. It is **not** a diagnost
 
 __version__ = "0.1.0"
 
-DISCLAIMER = (
-    "Triage aid only - not a diagnosis. Results must be reviewed by a qualified clinician."
-)
+DISCLAIMER = "Triage aid only - not a diagnosis. Results must be reviewed by a qualified clinician."

@@ -87,8 +87,10 @@ def _choose_model(args: argparse.Namespace, scan: Scan) -> ModelInfo:
         if scan.modality in ("ct", "cxr"):
             raise
     info = default_model_for("ct", args.models_dir)
-    _err(f"warning: {Path(scan.source).name} has no modality information (plain image) and no "
-         f"modality check is installed; using the CT model {info.name}. Pass --model to choose.")
+    _err(
+        f"warning: {Path(scan.source).name} has no modality information (plain image) and no "
+        f"modality check is installed; using the CT model {info.name}. Pass --model to choose."
+    )
     return info
 
 
@@ -98,16 +100,23 @@ def _choose_model(args: argparse.Namespace, scan: Scan) -> ModelInfo:
 def _print_result(result: Any, out: TextIO) -> None:
     print(f"file:        {result.source}", file=out)
     print(f"modality:    {result.modality}", file=out)
-    print(f"model:       {result.model} {result.model_version} ({result.model_sha256[:12]})",
-          file=out)
+    print(
+        f"model:       {result.model} {result.model_version} ({result.model_sha256[:12]})", file=out
+    )
     for label, p in result.probs.items():
         print(f"p({label}):{' ' * max(1, 10 - len(label))}{p:.4f}", file=out)
     flag = "FLAGGED" if result.flagged else "not flagged"
-    print(f"prediction:  {result.prediction} ({flag}; threshold {result.threshold:.2f} on "
-          f"p({result.positive_label}))", file=out)
+    print(
+        f"prediction:  {result.prediction} ({flag}; threshold {result.threshold:.2f} on "
+        f"p({result.positive_label}))",
+        file=out,
+    )
     if result.n_slices > 1:
-        print(f"slices:      {result.n_slices}; most suspicious (1 = first): "
-              + ", ".join(str(i + 1) for i in result.top_slices), file=out)
+        print(
+            f"slices:      {result.n_slices}; most suspicious (1 = first): "
+            + ", ".join(str(i + 1) for i in result.top_slices),
+            file=out,
+        )
     print(f"elapsed:     {result.elapsed_ms:.0f} ms", file=out)
     for note in result.notes:
         print(f"note:        {note}", file=out)
@@ -128,8 +137,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     info = _choose_model(args, scan)
     if args.cam_class is not None and args.cam_class not in info.labels:
-        raise UsageError(f"--cam-class {args.cam_class!r} is not a label of model {info.name} "
-                         f"({', '.join(info.labels)})")
+        raise UsageError(
+            f"--cam-class {args.cam_class!r} is not a label of model {info.name} "
+            f"({', '.join(info.labels)})"
+        )
     want_cam = bool(args.cam or args.pdf)
     result = classify_scan(scan, info, with_cam=want_cam, cam_class=args.cam_class)
     outputs: list[str] = []
@@ -150,12 +161,20 @@ def cmd_classify(args: argparse.Namespace) -> int:
         _print_result(result, sys.stdout)
         for path in outputs:
             print(f"wrote:       {path}")
-    append_audit("classify", {
-        "input": str(args.file), "model": info.name, "model_version": info.version,
-        "model_sha256": info.sha256, "n_slices": result.n_slices,
-        "prediction": result.prediction, "positive_prob": round(result.positive_prob, 6),
-        "flagged": result.flagged, "outputs": outputs,
-    })
+    append_audit(
+        "classify",
+        {
+            "input": str(args.file),
+            "model": info.name,
+            "model_version": info.version,
+            "model_sha256": info.sha256,
+            "n_slices": result.n_slices,
+            "prediction": result.prediction,
+            "positive_prob": round(result.positive_prob, 6),
+            "flagged": result.flagged,
+            "outputs": outputs,
+        },
+    )
     return EXIT_OK
 
 
@@ -180,8 +199,9 @@ class ProgressLine:
             width = 30
             bar = "#" * int(frac * width)
             eta_txt = f"{int(eta // 60)}:{int(eta % 60):02d}" if eta != float("inf") else "?"
-            self.stream.write(f"\r[{bar:<{width}}] {done}/{total} {rate:5.1f} scans/s "
-                              f"ETA {eta_txt}  ")
+            self.stream.write(
+                f"\r[{bar:<{width}}] {done}/{total} {rate:5.1f} scans/s ETA {eta_txt}  "
+            )
             if done >= total:
                 self.stream.write("\n")
         else:
@@ -223,8 +243,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     bar = ProgressLine()
     summary = None
     try:
-        events = score(args.paths, info, args.out, resume=args.resume, overwrite=args.overwrite,
-                       workers=args.workers, cancel=cancel, include_ids=args.include_ids)
+        events = score(
+            args.paths,
+            info,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            workers=args.workers,
+            cancel=cancel,
+            include_ids=args.include_ids,
+        )
         for ev in events:
             if isinstance(ev, Started):
                 skipped = f", {ev.skipped} already done" if ev.skipped else ""
@@ -237,9 +265,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     assert summary is not None
-    print(f"{summary.done} scored: {summary.ok} ok, {summary.flagged} flagged, "
-          f"{summary.errors} errors ({summary.skipped} skipped as already done) "
-          f"in {summary.elapsed_s:.1f} s -> {summary.out_csv}")
+    print(
+        f"{summary.done} scored: {summary.ok} ok, {summary.flagged} flagged, "
+        f"{summary.errors} errors ({summary.skipped} skipped as already done) "
+        f"in {summary.elapsed_s:.1f} s -> {summary.out_csv}"
+    )
     if summary.ignored:
         print(f"{len(summary.ignored)} files ignored (not scans), e.g. {summary.ignored[0]}")
     if summary.error_codes:
@@ -278,9 +308,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             except ModelError as exc:
                 refused += 1
                 status = f"  REFUSED: {exc}"
-        print(f"  {m.name} {m.version}  [{m.modality}]  labels={','.join(m.labels)}  "
-              f"input={m.input_size[0]}x{m.input_size[1]}  threshold={m.threshold:.3f}  "
-              f"sha256={m.short_hash}{status}")
+        print(
+            f"  {m.name} {m.version}  [{m.modality}]  labels={','.join(m.labels)}  "
+            f"input={m.input_size[0]}x{m.input_size[1]}  threshold={m.threshold:.3f}  "
+            f"sha256={m.short_hash}{status}"
+        )
     for problem in problems:
         print(f"  unusable: {problem}")
     if args.verify and (refused or problems):
@@ -301,8 +333,10 @@ def _run_gui(paths: Sequence[str]) -> int:
     try:
         from lunglens.gui.app import run  # lazy: Qt is only loaded for the app
     except ImportError as exc:
-        _err(f"the desktop app cannot start ({exc}). The command line still works: "
-             "see 'lunglens --help'.")
+        _err(
+            f"the desktop app cannot start ({exc}). The command line still works: "
+            "see 'lunglens --help'."
+        )
         return EXIT_ERRORS
     return int(run(list(paths)) or 0)
 
@@ -337,8 +371,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             modality = scan.modality
             if modality not in ("ct", "cxr"):  # plain image: routed by the image check
                 modality, inferred = f"{info.modality}*", True
-            rows.append((name, modality, f"{info.name} {info.version}", res.prediction,
-                         f"{res.positive_prob:.3f}", "yes" if res.flagged else "no"))
+            rows.append(
+                (
+                    name,
+                    modality,
+                    f"{info.name} {info.version}",
+                    res.prediction,
+                    f"{res.positive_prob:.3f}",
+                    "yes" if res.flagged else "no",
+                )
+            )
         except LungLensError as exc:
             failed += 1
             rows.append((name, "?", "-", f"error: {exc.code}", "-", "-"))
@@ -360,19 +402,29 @@ def build_parser() -> argparse.ArgumentParser:
     from lunglens import __version__
 
     parser = argparse.ArgumentParser(
-        prog="lunglens", description="Offline COVID-19 triage aid for chest CT and X-ray.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="lunglens",
+        description="Offline COVID-19 triage aid for chest CT and X-ray.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"lunglens {__version__}")
-    parser.add_argument("--models-dir", help="folder of models (default: $LUNGLENS_MODELS_DIR "
-                        "or the installed models)")
+    parser.add_argument(
+        "--models-dir",
+        help="folder of models (default: $LUNGLENS_MODELS_DIR or the installed models)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str
-            ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(func=func)
         return p
 
@@ -406,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model for all samples (default: by modality)")
 
     from lunglens.selftest import add_parser as add_selftest  # installation check (#8)
+
     add_selftest(add)
     return parser
 

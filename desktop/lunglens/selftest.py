@@ -74,8 +74,10 @@ def _sample_for(info: ModelInfo, files: list[Path]) -> Scan:
     from lunglens.io.scan import Scan
 
     prefix = f"{info.modality}-"
-    ordered = sorted((p for p in files if p.name.startswith(prefix)),
-                     key=lambda p: (p.suffix.lower() != ".dcm", p.name))
+    ordered = sorted(
+        (p for p in files if p.name.startswith(prefix)),
+        key=lambda p: (p.suffix.lower() != ".dcm", p.name),
+    )
     for path in ordered:
         try:
             scan = load_scan(path)
@@ -105,8 +107,10 @@ def _check_model(info: ModelInfo, files: list[Path]) -> str:
         raise ValueError(f"probabilities are not a distribution: {result.probs}")
     if result.cam is None or not np.all(np.isfinite(result.cam)):
         raise ValueError("no finite class activation map")
-    return (f"sha256 {info.short_hash} matches; scored {Path(scan.source).name}: "
-            f"p({info.positive_label})={result.positive_prob:.3f}")
+    return (
+        f"sha256 {info.short_hash} matches; scored {Path(scan.source).name}: "
+        f"p({info.positive_label})={result.positive_prob:.3f}"
+    )
 
 
 def _check_modality_model(info: ModelInfo, files: list[Path]) -> str:
@@ -122,8 +126,14 @@ def _check_modality_model(info: ModelInfo, files: list[Path]) -> str:
     engine = get_engine(info)
     said = []
     for family in info.labels:
-        path = next((p for p in sorted(files, key=lambda p: (p.suffix.lower() != ".dcm", p.name))
-                     if p.name.startswith(f"{family}-")), None)
+        path = next(
+            (
+                p
+                for p in sorted(files, key=lambda p: (p.suffix.lower() != ".dcm", p.name))
+                if p.name.startswith(f"{family}-")
+            ),
+            None,
+        )
         if path is None:
             continue
         scan = load_scan(path)
@@ -131,8 +141,9 @@ def _check_modality_model(info: ModelInfo, files: list[Path]) -> str:
         probs = engine.predict(to_model_input(image, info.input_size))["probs"][0]
         got = info.labels[int(np.argmax(probs))]
         if got != family:
-            raise ValueError(f"{path.name} is {family} but the check says {got} "
-                             f"(p={float(probs.max()):.2f})")
+            raise ValueError(
+                f"{path.name} is {family} but the check says {got} (p={float(probs.max()):.2f})"
+            )
         said.append(f"{path.name} -> {got} (p={float(probs.max()):.2f})")
     if not said:
         raise ValueError("no bundled sample to check it on")
@@ -165,8 +176,11 @@ def _check_dicom(path: Path) -> tuple[str, bool]:
 
 #: pylibjpeg decoder plugins (distribution -> module): pylibjpeg finds them through their
 #: ``pylibjpeg.pixel_data_decoders`` entry points, i.e. through the packages' dist-info metadata.
-PYLIBJPEG_PLUGINS = {"pylibjpeg-openjpeg": "openjpeg", "pylibjpeg-libjpeg": "libjpeg",
-                     "pylibjpeg-rle": "rle"}
+PYLIBJPEG_PLUGINS = {
+    "pylibjpeg-openjpeg": "openjpeg",
+    "pylibjpeg-libjpeg": "libjpeg",
+    "pylibjpeg-rle": "rle",
+}
 
 
 def _check_pylibjpeg() -> str:
@@ -175,8 +189,10 @@ def _check_pylibjpeg() -> str:
     found = {ep.value.split(":")[0] for ep in entry_points(group="pylibjpeg.pixel_data_decoders")}
     missing = [dist for dist, mod in PYLIBJPEG_PLUGINS.items() if mod not in found]
     if missing:
-        raise ImportError(f"pylibjpeg decoder plugins not registered: {', '.join(missing)} "
-                          "(their entry-point metadata is missing from this install)")
+        raise ImportError(
+            f"pylibjpeg decoder plugins not registered: {', '.join(missing)} "
+            "(their entry-point metadata is missing from this install)"
+        )
     import pylibjpeg.utils
 
     decoders = pylibjpeg.utils.get_pixel_data_decoders()
@@ -192,8 +208,10 @@ def _check_qt() -> str:
     found = sorted(p.name for p in plugins.glob("*")) if plugins.is_dir() else []
     want = {"win32": "qwindows", "darwin": "qcocoa"}.get(sys.platform, "libqxcb")
     if not any(name.startswith(want) for name in found):
-        raise FileNotFoundError(f"Qt platform plugin {want} missing in {plugins} "
-                                f"(found: {', '.join(found) or 'nothing'})")
+        raise FileNotFoundError(
+            f"Qt platform plugin {want} missing in {plugins} "
+            f"(found: {', '.join(found) or 'nothing'})"
+        )
     return f"PySide6 {pyside_version}, platform plugins: {len(found)} in {plugins}"
 
 
@@ -213,8 +231,10 @@ def run(
     rep = _Report(out or sys.stdout)
     t0 = time.perf_counter()
     frozen = "bundled app" if getattr(sys, "frozen", False) else "Python install"
-    rep.line(f"LungLens {__version__} self-test ({frozen}; Python {platform.python_version()}, "
-             f"{platform.system()} {platform.machine()})")
+    rep.line(
+        f"LungLens {__version__} self-test ({frozen}; Python {platform.python_version()}, "
+        f"{platform.system()} {platform.machine()})"
+    )
     mdir, rdir = find_models(models_dir), find_resources(resources_dir)
     rep.line(f"models:    {mdir}")
     rep.line(f"resources: {rdir}")
@@ -231,14 +251,17 @@ def run(
         if check is None:
             rep.fail(f"{info.name} {info.version}", f"unknown model task {info.task!r}")
             continue
-        rep.check(f"{info.name} {info.version} [{info.modality}]",
-                  lambda info=info, check=check: check(info, files))  # type: ignore[misc]
+        rep.check(
+            f"{info.name} {info.version} [{info.modality}]",
+            lambda info=info, check=check: check(info, files),  # type: ignore[misc]
+        )
 
     rep.line("DICOM decoding (bundled samples):")
     rep.check("pylibjpeg plugins", _check_pylibjpeg)
     dicoms = [p for p in files if p.suffix.lower() == ".dcm"]
     compressed = 0
     for path in dicoms:
+
         def one(path: Path = path) -> str:
             nonlocal compressed
             detail, is_compressed = _check_dicom(path)
@@ -265,6 +288,9 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 def add_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``selftest`` with the CLI's ``add(name, func, help)`` helper."""
-    p = add("selftest", cmd_selftest,
-            "check this installation: model hashes and inference, DICOM decoders, Qt")
+    p = add(
+        "selftest",
+        cmd_selftest,
+        "check this installation: model hashes and inference, DICOM decoders, Qt",
+    )
     p.add_argument("--no-gui", action="store_true", help="skip the Qt check (servers)")

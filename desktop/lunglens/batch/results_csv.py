@@ -158,8 +158,11 @@ def open_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     has_content = path.exists() and path.stat().st_size > 0
     if has_content and not (resume or overwrite):
-        raise ResultsExist(path, "the results file already exists",
-                           "Pass --resume to continue it or choose another --out.")
+        raise ResultsExist(
+            path,
+            "the results file already exists",
+            "Pass --resume to continue it or choose another --out.",
+        )
     if not has_content or overwrite:
         _write_atomic(path, ",".join(header) + "\n")
         return ResultsWriter(path, header, set())

@@ -59,14 +59,17 @@ def _decode(source: object, key: str, info: ModelInfo, checker: ModelInfo | None
         scan = load_source(source)  # type: ignore[arg-type]
         if scan.modality in ("ct", "cxr") and scan.modality != info.modality:
             raise ModalityMismatch(
-                key, f"the scan is {scan.modality.upper()} but model {info.name} is for "
-                f"{info.modality.upper()}", "Score it with a model for its modality (--model).",
+                key,
+                f"the scan is {scan.modality.upper()} but model {info.name} is for "
+                f"{info.modality.upper()}",
+                "Score it with a model for its modality (--model).",
             )
         if scan.modality not in ("ct", "cxr") and checker is not None:
             check = check_with(checker, scan)  # plain image: only the pixels can tell
             if check is not None and check.confident and check.modality != info.modality:
                 raise ModalityMismatch(
-                    key, f"plain image that {check.looks_like()} ({check.model}), but model "
+                    key,
+                    f"plain image that {check.looks_like()} ({check.model}), but model "
                     f"{info.name} is for {info.modality.upper()}",
                     "Score it with a model for its modality (--model).",
                 )
@@ -76,19 +79,29 @@ def _decode(source: object, key: str, info: ModelInfo, checker: ModelInfo | None
 
 
 def _base_row(key: str, info: ModelInfo) -> dict[str, str]:
-    return {"path": key, "model": info.name, "model_version": info.version,
-            "model_sha256": info.sha256}
+    return {
+        "path": key,
+        "model": info.name,
+        "model_version": info.version,
+        "model_sha256": info.sha256,
+    }
 
 
-def result_row(result: ScanResult, key: str, info: ModelInfo, elapsed_ms: float,
-               patient_id: str | None = None) -> dict[str, str]:
+def result_row(
+    result: ScanResult, key: str, info: ModelInfo, elapsed_ms: float, patient_id: str | None = None
+) -> dict[str, str]:
     """The CSV row of a successful scan (the ``path`` column is the source key)."""
     row = _base_row(key, info)
-    row.update(status="ok", error="", prediction=result.prediction,
-               flagged="true" if result.flagged else "false",
-               n_slices=str(result.n_slices),
-               top_slices=";".join(str(i) for i in result.top_slices),
-               elapsed_ms=f"{elapsed_ms:.1f}", scored_at=utc_now())
+    row.update(
+        status="ok",
+        error="",
+        prediction=result.prediction,
+        flagged="true" if result.flagged else "false",
+        n_slices=str(result.n_slices),
+        top_slices=";".join(str(i) for i in result.top_slices),
+        elapsed_ms=f"{elapsed_ms:.1f}",
+        scored_at=utc_now(),
+    )
     for label in info.labels:
         row[f"p_{label}"] = f"{result.probs[label]:.6f}"
     if patient_id is not None:
@@ -103,8 +116,9 @@ def error_row(key: str, info: ModelInfo, error: str, elapsed_ms: float = 0.0) ->
     return row
 
 
-def _score_decoded(engine: Engine, items: list[_Decoded], batch_size: int,
-                   include_ids: bool) -> list[dict[str, str]]:
+def _score_decoded(
+    engine: Engine, items: list[_Decoded], batch_size: int, include_ids: bool
+) -> list[dict[str, str]]:
     """Run all slices of ``items`` through the engine in batches; one row per item."""
     info = engine.info
     slices = [im for it in items if it.scan is not None for im in it.scan.image]
@@ -122,8 +136,9 @@ def _score_decoded(engine: Engine, items: list[_Decoded], batch_size: int,
             rows.append(error_row(it.key, info, it.error, it.decode_ms))
             continue
         n = it.scan.n_slices
-        result = result_from_probs(info, it.key, probs[offset : offset + n],
-                                   modality=it.scan.modality)
+        result = result_from_probs(
+            info, it.key, probs[offset : offset + n], modality=it.scan.modality
+        )
         offset += n
         pid = it.scan.metadata.get("patient_id", "") if include_ids else None
         rows.append(result_row(result, it.key, info, it.decode_ms + per_slice * n, pid))
@@ -143,9 +158,11 @@ def _lookahead(workers: int, batch_size: int, items: int, slices: int) -> int:
     return max(workers + 1, min(batch_size + 2 * workers, wanted))
 
 
-def discover(paths: Iterable[str | os.PathLike[str]], recursive: bool = True,
-             ignored: list[str] | None = None,
-             ) -> tuple[list[tuple[str, object]], list[tuple[str, str]]]:
+def discover(
+    paths: Iterable[str | os.PathLike[str]],
+    recursive: bool = True,
+    ignored: list[str] | None = None,
+) -> tuple[list[tuple[str, object]], list[tuple[str, str]]]:
     """Expand ``paths`` into ``(key, source)`` scoring units and ``(key, error text)`` failures.
 
     Keys are unique: a file reached through two overlapping paths is scored once. Files found
@@ -234,8 +251,9 @@ def score(
     t0 = time.perf_counter()
     engine = get_engine(info)  # refuses a tampered model before a file is touched
     checker = modality_checker(info.path.parent)  # the image check for plain images, if any
-    writer = open_results(out_csv, info, resume=resume, overwrite=overwrite,
-                          include_ids=include_ids)
+    writer = open_results(
+        out_csv, info, resume=resume, overwrite=overwrite, include_ids=include_ids
+    )
     path_list = [str(p) for p in paths]
     counts: Counter[str] = Counter()
     codes: Counter[str] = Counter()
@@ -282,8 +300,11 @@ def score(
         while True:
             if cancel is not None and cancel.is_set():
                 cancelled = True
-            while not cancelled and not exhausted and len(queue) < _lookahead(
-                    workers, batch_size, seen_items, seen_slices):
+            while (
+                not cancelled
+                and not exhausted
+                and len(queue) < _lookahead(workers, batch_size, seen_items, seen_slices)
+            ):
                 nxt = next(todo, None)
                 if nxt is None:
                     exhausted = True
@@ -309,19 +330,40 @@ def score(
     if cancel is not None and cancel.is_set():
         cancelled = True
     summary = Summary(
-        out_csv=writer.path, model=info.name, model_version=info.version,
-        model_sha256=info.sha256, total=total, done=counts["done"], ok=counts["ok"],
-        errors=counts["errors"], flagged=counts["flagged"], skipped=skipped,
-        cancelled=cancelled, elapsed_s=time.perf_counter() - t0, error_codes=dict(codes),
+        out_csv=writer.path,
+        model=info.name,
+        model_version=info.version,
+        model_sha256=info.sha256,
+        total=total,
+        done=counts["done"],
+        ok=counts["ok"],
+        errors=counts["errors"],
+        flagged=counts["flagged"],
+        skipped=skipped,
+        cancelled=cancelled,
+        elapsed_s=time.perf_counter() - t0,
+        error_codes=dict(codes),
         ignored=tuple(ignored_notes),
     )
     if audit:
-        append_audit("score", {
-            "inputs": path_list, "out_csv": str(writer.path), "model": info.name,
-            "model_version": info.version, "model_sha256": info.sha256, "total": total,
-            "done": summary.done, "ok": summary.ok, "errors": summary.errors,
-            "flagged": summary.flagged, "skipped": skipped, "cancelled": cancelled,
-            "ignored": len(ignored_notes), "resume": resume,
-            "elapsed_s": round(summary.elapsed_s, 3),
-        })
+        append_audit(
+            "score",
+            {
+                "inputs": path_list,
+                "out_csv": str(writer.path),
+                "model": info.name,
+                "model_version": info.version,
+                "model_sha256": info.sha256,
+                "total": total,
+                "done": summary.done,
+                "ok": summary.ok,
+                "errors": summary.errors,
+                "flagged": summary.flagged,
+                "skipped": skipped,
+                "cancelled": cancelled,
+                "ignored": len(ignored_notes),
+                "resume": resume,
+                "elapsed_s": round(summary.elapsed_s, 3),
+            },
+        )
     yield Finished(summary)

@@ -59,9 +59,11 @@ def binding_problem() -> str:
     import PySide6
 
     if PySide6.__version__ in BROKEN_PYSIDE and sys.version_info < (3, 12):
-        return (f"PySide6 {PySide6.__version__} has a reference-counting bug on Python "
-                f"{sys.version_info.major}.{sys.version_info.minor} that can crash long "
-                "sessions (batch scoring). Install another PySide6 version, e.g. 6.11.3.")
+        return (
+            f"PySide6 {PySide6.__version__} has a reference-counting bug on Python "
+            f"{sys.version_info.major}.{sys.version_info.minor} that can crash long "
+            "sessions (batch scoring). Install another PySide6 version, e.g. 6.11.3."
+        )
     return ""
 
 

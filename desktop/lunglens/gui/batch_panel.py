@@ -256,8 +256,16 @@ class BatchPanel(QWidget):
         self.summary = None
         self.last_progress = None
         self.report_path = None
-        worker = Worker(score, [folder], info, out_csv, resume=resume, workers=2,
-                        pass_cancel=True, generator=True)
+        worker = Worker(
+            score,
+            [folder],
+            info,
+            out_csv,
+            resume=resume,
+            workers=2,
+            pass_cancel=True,
+            generator=True,
+        )
         worker.signals.item.connect(self._on_event)
         worker.signals.error.connect(self._on_error)
         worker.signals.finished.connect(self._on_finished)
@@ -345,9 +353,14 @@ class BatchPanel(QWidget):
     def _setup_columns(self, info: ModelInfo) -> None:
         pos = info.positive_label
         self._columns = [
-            ("path", "Scan"), ("status", "Status"), ("prediction", "Prediction"),
-            (f"p_{pos}", f"P({pos})"), ("flagged", "Flagged"), ("n_slices", "Slices"),
-            ("elapsed_ms", "ms"), ("error", "Error"),
+            ("path", "Scan"),
+            ("status", "Status"),
+            ("prediction", "Prediction"),
+            (f"p_{pos}", f"P({pos})"),
+            ("flagged", "Flagged"),
+            ("n_slices", "Slices"),
+            ("elapsed_ms", "ms"),
+            ("error", "Error"),
         ]
         self.model.setColumnCount(len(self._columns))
         self.model.setHorizontalHeaderLabels([title for _k, title in self._columns])
@@ -416,8 +429,9 @@ class BatchPanel(QWidget):
         return Path(target)
 
     def _export_csv_dialog(self) -> None:
-        target, _ = QFileDialog.getSaveFileName(self, "Export results CSV", self.csv_path(),
-                                                "CSV (*.csv)")
+        target, _ = QFileDialog.getSaveFileName(
+            self, "Export results CSV", self.csv_path(), "CSV (*.csv)"
+        )
         if target:
             try:
                 self.export_csv(target)

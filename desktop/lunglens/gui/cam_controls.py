@@ -96,8 +96,9 @@ class CamControls(QGroupBox):
         self.set_available(False)
 
     # state --------------------------------------------------------------------------------
-    def set_available(self, available: bool,
-                      reason: str = "Classify the scan to get a CAM") -> None:
+    def set_available(
+        self, available: bool, reason: str = "Classify the scan to get a CAM"
+    ) -> None:
         """Enable the controls once a result with a CAM exists."""
         for w in (self.show_box, self.class_combo, self.export_button):
             w.setEnabled(available)

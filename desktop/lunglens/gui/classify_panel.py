@@ -236,8 +236,9 @@ class ClassifyPanel(QWidget):
             bar.setRange(0, 1000)
             bar.setTextVisible(True)
             bar.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            bar.setStyleSheet(BAR_STYLE + (POSITIVE_STYLE if label == result.positive_label
-                                           else OTHER_STYLE))
+            bar.setStyleSheet(
+                BAR_STYLE + (POSITIVE_STYLE if label == result.positive_label else OTHER_STYLE)
+            )
             self.bars_layout.addRow(label, bar)
             self.bars[label] = bar
 

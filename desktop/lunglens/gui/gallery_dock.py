@@ -143,8 +143,9 @@ class GalleryDock(QDockWidget):
             self.refresh()
 
     # context ------------------------------------------------------------------------------
-    def set_context(self, scan_key: Any, slice_index: int, image2d: np.ndarray | None,
-                    info: ModelInfo | None) -> None:
+    def set_context(
+        self, scan_key: Any, slice_index: int, image2d: np.ndarray | None, info: ModelInfo | None
+    ) -> None:
         """The slice and model the gallery is about; recomputes (or hits the cache) if shown."""
         if image2d is None or info is None:
             self._context = None
@@ -176,8 +177,14 @@ class GalleryDock(QDockWidget):
         if self._context is None or self.layer_combo.currentIndex() < 0:
             return None
         scan_key, idx, _img, info = self._context
-        return (scan_key, idx, info.name, info.sha256, self.layer_combo.currentData(),
-                self.top_n.value())
+        return (
+            scan_key,
+            idx,
+            info.name,
+            info.sha256,
+            self.layer_combo.currentData(),
+            self.top_n.value(),
+        )
 
     # computation --------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -241,8 +248,14 @@ class GalleryDock(QDockWidget):
         self.grid.clear()
         for m in maps:
             pix = QPixmap.fromImage(to_qimage(map_rgb(m)))
-            icon = QIcon(pix.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio,
-                                    Qt.TransformationMode.SmoothTransformation))
+            icon = QIcon(
+                pix.scaled(
+                    THUMB,
+                    THUMB,
+                    Qt.AspectRatioMode.KeepAspectRatio,
+                    Qt.TransformationMode.SmoothTransformation,
+                )
+            )
             item = QListWidgetItem(icon, f"ch {m.channel}")
             item.setToolTip(f"channel {m.channel}, mean activation {m.mean:.3g}")
             self.grid.addItem(item)
@@ -263,6 +276,12 @@ class GalleryDock(QDockWidget):
         m = self.maps[row]
         pix = QPixmap.fromImage(to_qimage(map_rgb(m)))
         side = max(128, min(self.preview.width(), self.preview.height()) - 4)
-        self.preview.setPixmap(pix.scaled(side, side, Qt.AspectRatioMode.KeepAspectRatio,
-                                          Qt.TransformationMode.FastTransformation))
+        self.preview.setPixmap(
+            pix.scaled(
+                side,
+                side,
+                Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.FastTransformation,
+            )
+        )
         self.preview_caption.setText(f"channel {m.channel} (mean activation {m.mean:.3g})")

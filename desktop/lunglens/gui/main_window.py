@@ -68,9 +68,7 @@ from lunglens.preprocess import WINDOW_PRESETS, Window
 
 _scan_ids = itertools.count(1)
 
-IMAGE_FILTER = (
-    "Scans (*.dcm *.dicom *.ima *.png *.jpg *.jpeg *.tif *.tiff *.bmp);;All files (*)"
-)
+IMAGE_FILTER = "Scans (*.dcm *.dicom *.ima *.png *.jpg *.jpeg *.tif *.tiff *.bmp);;All files (*)"
 
 
 def load_target(target: str) -> Scan:
@@ -146,8 +144,9 @@ class MainWindow(QMainWindow):
     camReady = Signal()
     reportSaved = Signal(str)
 
-    def __init__(self, settings: Settings | None = None,
-                 models_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, models_dir: str | os.PathLike[str] | None = None
+    ) -> None:
         super().__init__()
         self.settings = settings or Settings()
         self.models_dir = models_dir
@@ -201,7 +200,8 @@ class MainWindow(QMainWindow):
         for name, w in WINDOW_PRESETS.items():
             self.window_combo.addItem(f"{name.capitalize()} (W{w.width:g} L{w.center:g})", name)
         self.window_combo.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.window_combo.setMinimumContentsLength(12)
         self.window_combo.setToolTip("CT window presets; right-drag on the image adjusts W/L")
         self.window_combo.activated.connect(self._on_window_combo)
@@ -294,9 +294,13 @@ class MainWindow(QMainWindow):
         disclaimer.setStyleSheet("color: #8a6d00;")
         sb.addPermanentWidget(disclaimer)
 
-    def _action(self, text: str, slot: Any,
-                shortcut: QKeySequence | QKeySequence.StandardKey | str | None = None,
-                tip: str = "") -> QAction:
+    def _action(
+        self,
+        text: str,
+        slot: Any,
+        shortcut: QKeySequence | QKeySequence.StandardKey | str | None = None,
+        tip: str = "",
+    ) -> QAction:
         act = QAction(text, self)
         if shortcut is not None:
             act.setShortcut(QKeySequence(shortcut))
@@ -309,12 +313,17 @@ class MainWindow(QMainWindow):
     def _build_actions(self) -> None:
         a = self._action
         self.open_action = a("&Open scan…", self._open_file_dialog, QKeySequence.StandardKey.Open)
-        self.open_folder_action = a("Open &folder (DICOM series)…", self._open_folder_dialog,
-                                    "Ctrl+Shift+O")
+        self.open_folder_action = a(
+            "Open &folder (DICOM series)…", self._open_folder_dialog, "Ctrl+Shift+O"
+        )
         self.recent_menu = QMenu("Open &recent", self)
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
-        self.pdf_action = a("Save &report PDF…", self._save_pdf_dialog, "Ctrl+P",
-                            "One-page PDF of the current result")
+        self.pdf_action = a(
+            "Save &report PDF…",
+            self._save_pdf_dialog,
+            "Ctrl+P",
+            "One-page PDF of the current result",
+        )
         self.export_action = a("&Export CAM overlay PNG…", self._export_png_dialog, "Ctrl+E")
         quit_action = a("&Quit", self.close, QKeySequence.StandardKey.Quit)
         file_menu = self.menuBar().addMenu("&File")
@@ -329,25 +338,35 @@ class MainWindow(QMainWindow):
 
         self.fit_action = a("&Fit", self.view.fit, "F")
         self.actual_action = a("&1:1", self.view.actual_size, "1")
-        self.zoom_in_action = a("Zoom &in", lambda: self.view.zoom(1.25),
-                                QKeySequence.StandardKey.ZoomIn)
-        self.zoom_out_action = a("Zoom &out", lambda: self.view.zoom(0.8),
-                                 QKeySequence.StandardKey.ZoomOut)
+        self.zoom_in_action = a(
+            "Zoom &in", lambda: self.view.zoom(1.25), QKeySequence.StandardKey.ZoomIn
+        )
+        self.zoom_out_action = a(
+            "Zoom &out", lambda: self.view.zoom(0.8), QKeySequence.StandardKey.ZoomOut
+        )
         self.cam_action = a("Toggle &CAM overlay", self.toggle_cam, "C")
-        self.next_action = a("&Next slice", lambda: self.set_slice(self.slice_index + 1),
-                             "PgDown")
-        self.prev_action = a("&Previous slice", lambda: self.set_slice(self.slice_index - 1),
-                             "PgUp")
+        self.next_action = a("&Next slice", lambda: self.set_slice(self.slice_index + 1), "PgDown")
+        self.prev_action = a(
+            "&Previous slice", lambda: self.set_slice(self.slice_index - 1), "PgUp"
+        )
         self.first_action = a("First slice", lambda: self.set_slice(0), "Home")
         self.last_action = a("Last slice", lambda: self.set_slice(10**9), "End")
         view_menu = self.menuBar().addMenu("&View")
-        for act in (self.fit_action, self.actual_action, self.zoom_in_action,
-                    self.zoom_out_action, self.cam_action, self.next_action, self.prev_action):
+        for act in (
+            self.fit_action,
+            self.actual_action,
+            self.zoom_in_action,
+            self.zoom_out_action,
+            self.cam_action,
+            self.next_action,
+            self.prev_action,
+        ):
             view_menu.addAction(act)
         wl_menu = view_menu.addMenu("&Window (CT)")
         for i, name in enumerate(WINDOW_PRESETS):
-            wl_menu.addAction(a(name.capitalize(), lambda _c=False, n=name: self.set_window(n),
-                                f"Ctrl+{i + 1}"))
+            wl_menu.addAction(
+                a(name.capitalize(), lambda _c=False, n=name: self.set_window(n), f"Ctrl+{i + 1}")
+            )
         wl_menu.addAction(a("As loaded", lambda: self.set_window(None), "Ctrl+0"))
         view_menu.addSeparator()
         for dock in (self.classify_dock, self.tags_dock, self.gallery, self.batch_dock):
@@ -370,8 +389,9 @@ class MainWindow(QMainWindow):
         else:
             self.resize(1400, 900)
             # First run: room for the attribute values and the panel, the image gets the rest.
-            self.resizeDocks([self.tags_dock, self.classify_dock], [300, 360],
-                             Qt.Orientation.Horizontal)
+            self.resizeDocks(
+                [self.tags_dock, self.classify_dock], [300, 360], Qt.Orientation.Horizontal
+            )
         state = self.settings.state()
         if state is not None:
             self.restoreState(state)
@@ -396,8 +416,10 @@ class MainWindow(QMainWindow):
         self.classify_panel.set_models(self.models)
         self.batch_panel.set_models(self.models)
         if not self.models:
-            self.show_error("No model is installed, so scans cannot be classified. "
-                            "Reinstall LungLens or set LUNGLENS_MODELS_DIR.")
+            self.show_error(
+                "No model is installed, so scans cannot be classified. "
+                "Reinstall LungLens or set LUNGLENS_MODELS_DIR."
+            )
 
     # messages -----------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
@@ -414,14 +436,16 @@ class MainWindow(QMainWindow):
 
     # opening ------------------------------------------------------------------------------
     def _open_file_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open scan", self.settings.last_folder(),
-                                              IMAGE_FILTER)
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open scan", self.settings.last_folder(), IMAGE_FILTER
+        )
         if path:
             self.open_path(path)
 
     def _open_folder_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Open DICOM series folder",
-                                                  self.settings.last_folder())
+        folder = QFileDialog.getExistingDirectory(
+            self, "Open DICOM series folder", self.settings.last_folder()
+        )
         if folder:
             self.open_path(folder)
 
@@ -453,9 +477,11 @@ class MainWindow(QMainWindow):
             self._load_worker.cancel()  # its result will be ignored
         worker = Worker(load_and_check, str(path), self.models_dir)
         worker.signals.result.connect(
-            lambda res, w=worker, p=str(path): self._on_loaded(w, p, *res))
+            lambda res, w=worker, p=str(path): self._on_loaded(w, p, *res)
+        )
         worker.signals.error.connect(
-            lambda exc, w=worker: None if w.cancelled else self.show_error(_message(exc)))
+            lambda exc, w=worker: None if w.cancelled else self.show_error(_message(exc))
+        )
         worker.signals.finished.connect(lambda w=worker: self._on_load_finished(w))
         self._load_worker = worker
         self.status_progress_label.setText(f"Loading {Path(str(path).split('#')[0]).name}…")
@@ -466,8 +492,9 @@ class MainWindow(QMainWindow):
             self._load_worker = None
             self.status_progress_label.setText("")
 
-    def _on_loaded(self, worker: Worker, path: str, scan: Scan,
-                   check: ModalityCheck | None = None) -> None:
+    def _on_loaded(
+        self, worker: Worker, path: str, scan: Scan, check: ModalityCheck | None = None
+    ) -> None:
         if worker.cancelled:
             return
         self.banner.dismiss()
@@ -526,13 +553,17 @@ class MainWindow(QMainWindow):
             if scan.modality == "unknown" and self.models:
                 self.show_status(
                     "Plain image without modality: check that the chosen model (CT or X-ray) "
-                    "fits it.", 15000)
+                    "fits it.",
+                    15000,
+                )
             return
         self.classify_panel.select_model(info.name)
         if scan.modality not in ("ct", "cxr") and check is not None:
             self.show_status(
                 f"Plain image: it {check.looks_like()}, so {info.name} was chosen; "
-                "pick another model in the list if that is wrong.", 15000)
+                "pick another model in the list if that is wrong.",
+                15000,
+            )
 
     def _set_viewer_enabled(self, on: bool) -> None:
         for w in (self.slider, self.window_combo, self.fit_button, self.one_button):
@@ -543,8 +574,11 @@ class MainWindow(QMainWindow):
         """Float [0, 1] slice as displayed: re-windowed by the core when W/L was changed."""
         assert self.scan is not None
         i = self.slice_index if index is None else index
-        if self.display_window is not None and self.scan.raw is not None \
-                and self.display_window != self.scan.window:
+        if (
+            self.display_window is not None
+            and self.scan.raw is not None
+            and self.display_window != self.scan.window
+        ):
             return self.display_window.apply(self.scan.raw[i], invert=self.scan.inverted)
         return self.scan.image[i]
 
@@ -644,12 +678,20 @@ class MainWindow(QMainWindow):
             self.show_error("No model is installed, so the scan cannot be classified.")
             return
         self.cancel_classification()
-        worker = Worker(classify_scan, self.scan, info, with_cam=True,
-                        cam_class=None, pass_progress=True, pass_cancel=True)
+        worker = Worker(
+            classify_scan,
+            self.scan,
+            info,
+            with_cam=True,
+            cam_class=None,
+            pass_progress=True,
+            pass_cancel=True,
+        )
         sid = self.scan_id
         worker.signals.progress.connect(self.classify_panel.set_progress)
         worker.signals.result.connect(
-            lambda res, w=worker, i=info: self._on_classified(w, sid, i, res))
+            lambda res, w=worker, i=info: self._on_classified(w, sid, i, res)
+        )
         worker.signals.error.connect(lambda exc, w=worker: self._on_classify_error(w, exc))
         worker.signals.finished.connect(lambda w=worker: self._on_classify_finished(w))
         self._classify_worker = worker
@@ -674,8 +716,7 @@ class MainWindow(QMainWindow):
         self.classify_panel.clear_result("Classification failed")
         self.show_error(f"Classification failed: {_message(exc)}")
 
-    def _on_classified(self, worker: Worker, sid: int, info: ModelInfo,
-                       result: ScanResult) -> None:
+    def _on_classified(self, worker: Worker, sid: int, info: ModelInfo, result: ScanResult) -> None:
         if worker.cancelled or sid != self.scan_id or self.scan is None:
             return
         self.result = result
@@ -692,8 +733,10 @@ class MainWindow(QMainWindow):
             self.set_slice(result.representative_slice)
         self.update_cam()
         self._update_gallery_context()
-        self.show_status(f"{Path(result.source).name}: {result.prediction} "
-                         f"(P={result.positive_prob:.3f}) with {info.name} v{info.version}")
+        self.show_status(
+            f"{Path(result.source).name}: {result.prediction} "
+            f"(P={result.positive_prob:.3f}) with {info.name} v{info.version}"
+        )
         self.resultReady.emit(result)
 
     def _on_model_changed(self, _name: str) -> None:
@@ -755,7 +798,8 @@ class MainWindow(QMainWindow):
         self.view.set_overlay(heat)
         self.view.set_overlay_visible(heat is not None)
         self.cam_controls.status_label.setText(
-            f"CAM of slice {self.slice_index + 1}" if self.scan.n_slices > 1 else "")
+            f"CAM of slice {self.slice_index + 1}" if self.scan.n_slices > 1 else ""
+        )
         self.camReady.emit()
 
     def _request_slice_cam(self, index: int) -> None:
@@ -767,9 +811,9 @@ class MainWindow(QMainWindow):
         worker = Worker(slice_cam, info, self.scan.image[index])
         sid = self.scan_id
         worker.signals.result.connect(
-            lambda cam, w=worker, i=index: self._on_slice_cam(w, sid, i, cam))
-        worker.signals.error.connect(
-            lambda exc: self.show_error(f"CAM failed: {_message(exc)}"))
+            lambda cam, w=worker, i=index: self._on_slice_cam(w, sid, i, cam)
+        )
+        worker.signals.error.connect(lambda exc: self.show_error(f"CAM failed: {_message(exc)}"))
         worker.signals.finished.connect(lambda w=worker: self._on_cam_finished(w))
         self._cam_worker, self._cam_pending = worker, index
         self.cam_controls.status_label.setText(f"Computing the CAM of slice {index + 1}…")
@@ -802,8 +846,12 @@ class MainWindow(QMainWindow):
         cls = self.cam_controls.current_class() or self.result.cam_class
         idx = label_index(info, cls) if info is not None else self.result.labels.index(cls)
         image = self.display_image()
-        rgb = overlay(image, cam_map(raw, idx, image.shape), alpha=self.cam_controls.alpha(),
-                      colormap=self.cam_controls.colormap())
+        rgb = overlay(
+            image,
+            cam_map(raw, idx, image.shape),
+            alpha=self.cam_controls.alpha(),
+            colormap=self.cam_controls.colormap(),
+        )
         save_png(rgb, path)
         return Path(path)
 
@@ -851,8 +899,7 @@ class MainWindow(QMainWindow):
     def _on_gallery_visible(self, visible: bool) -> None:
         """Give the gallery most of the right column's height when it is opened."""
         if visible and not self.gallery.isFloating():
-            self.resizeDocks([self.classify_dock, self.gallery], [2, 3],
-                             Qt.Orientation.Vertical)
+            self.resizeDocks([self.classify_dock, self.gallery], [2, 3], Qt.Orientation.Vertical)
 
     # gallery ------------------------------------------------------------------------------
     def _update_gallery_context(self) -> None:
@@ -878,4 +925,3 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, LungLensError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-

@@ -34,8 +34,9 @@ def _max(slice_probs: np.ndarray, positive: int, k: int) -> np.ndarray:
 AGGREGATORS: dict[str, Selector] = {"top_k_mean": _top_k, "mean": _all, "max": _max}
 
 
-def aggregate(slice_probs: np.ndarray, positive: int, method: str = "top_k_mean",
-              k: int = 3) -> np.ndarray:
+def aggregate(
+    slice_probs: np.ndarray, positive: int, method: str = "top_k_mean", k: int = 3
+) -> np.ndarray:
     """Aggregate ``[S, C]`` slice probabilities into one ``[C]`` probability vector.
 
     The method picks slices (for ``top_k_mean`` the k with the highest positive probability)

@@ -77,7 +77,11 @@ def slice_probabilities(
 
 
 def result_from_probs(
-    info: ModelInfo, source: str, slice_probs: np.ndarray, *, modality: str = "unknown",
+    info: ModelInfo,
+    source: str,
+    slice_probs: np.ndarray,
+    *,
+    modality: str = "unknown",
     cam_class: str | int | None = None,
 ) -> ScanResult:
     """Build a :class:`ScanResult` (without CAM) from per-slice probabilities."""
@@ -163,10 +167,12 @@ def classify_scan(
         if progress is not None:
             progress(1, 1)
     else:
-        probs = slice_probabilities(engine, scan.image, batch_size=batch_size,
-                                    progress=progress, cancel=cancel)
-    result = result_from_probs(info, scan.source, probs, modality=scan.modality,
-                               cam_class=cam_class)
+        probs = slice_probabilities(
+            engine, scan.image, batch_size=batch_size, progress=progress, cancel=cancel
+        )
+    result = result_from_probs(
+        info, scan.source, probs, modality=scan.modality, cam_class=cam_class
+    )
     if single_cam is not None:
         result.cam = single_cam
     elif with_cam:

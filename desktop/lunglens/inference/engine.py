@@ -89,7 +89,9 @@ class Engine:
     #: ``probs``, the viewer for ``probs`` + ``cam`` (or ``cam`` alone), the gallery for one
     #: ``act_<k>`` at a time (all layers share the full graph, so browsing them builds nothing).
     GRAPHS: tuple[frozenset[str] | None, ...] = (
-        frozenset({"probs"}), frozenset({"probs", "cam"}), None,
+        frozenset({"probs"}),
+        frozenset({"probs", "cam"}),
+        None,
     )
 
     def __init__(self, info: ModelInfo, *, threads: int | None = None) -> None:
@@ -101,14 +103,16 @@ class Engine:
         try:
             self._graph = onnx.load_model_from_string(data)
         except Exception as exc:  # protobuf DecodeError and onnx's own errors
-            raise ModelRefused(info.onnx_path, f"not a readable ONNX graph ({exc})",
-                               "Reinstall the model folder.") from exc
+            raise ModelRefused(
+                info.onnx_path, f"not a readable ONNX graph ({exc})", "Reinstall the model folder."
+            ) from exc
         graph = self._graph.graph
         initializers = {t.name for t in graph.initializer}
         inputs = [i.name for i in graph.input if i.name not in initializers]
         if len(inputs) != 1:
-            raise ModelRefused(info.onnx_path, f"model needs exactly one image input, has "
-                               f"{inputs} (contract)")
+            raise ModelRefused(
+                info.onnx_path, f"model needs exactly one image input, has {inputs} (contract)"
+            )
         self.input_name = inputs[0]
         self.output_names = tuple(o.name for o in graph.output)
         if "probs" not in self.output_names:
@@ -131,19 +135,27 @@ class Engine:
                 import onnx.utils
 
                 wanted = [o for o in self.output_names if o in key]  # contract order
-                data = onnx.utils.Extractor(self._graph).extract_model(
-                    [self.input_name], wanted).SerializeToString()
+                data = (
+                    onnx.utils.Extractor(self._graph)
+                    .extract_model([self.input_name], wanted)
+                    .SerializeToString()
+                )
             except Exception:  # pruning only saves time: a graph onnx cannot prune runs whole
                 data = None
         if data is None:
             data = self._graph.SerializeToString()
         try:
-            return ort.InferenceSession(data, sess_options=_session_options(self._threads),
-                                        providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(
+                data,
+                sess_options=_session_options(self._threads),
+                providers=["CPUExecutionProvider"],
+            )
         except Exception as exc:  # onnxruntime raises its own (non-exported) exception types
-            raise ModelRefused(self.info.onnx_path,
-                               f"onnxruntime cannot load the model ({exc})",
-                               "Reinstall the model folder.") from exc
+            raise ModelRefused(
+                self.info.onnx_path,
+                f"onnxruntime cannot load the model ({exc})",
+                "Reinstall the model folder.",
+            ) from exc
 
     def _session(self, outputs: Sequence[str]) -> ort.InferenceSession:
         """The session for ``outputs`` (built on first use, outside the lock, then cached)."""
@@ -180,8 +192,10 @@ class Engine:
             raise ValueError("ask for at least one output (e.g. 'probs')")
         unknown = [o for o in outputs if o not in self.output_names]
         if unknown:
-            raise KeyError(f"model {self.info.name} has no output(s) {unknown}; "
-                           f"available: {list(self.output_names)}")
+            raise KeyError(
+                f"model {self.info.name} has no output(s) {unknown}; "
+                f"available: {list(self.output_names)}"
+            )
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != 1:
             raise ValueError(f"expected a [N, 1, H, W] batch, got {batch.shape}")

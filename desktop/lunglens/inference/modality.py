@@ -92,7 +92,8 @@ def routing_modality(scan: Scan, check: ModalityCheck | None) -> str:
 
 
 def choose_model(
-    scan: Scan, models_dir: str | os.PathLike[str] | None = None,
+    scan: Scan,
+    models_dir: str | os.PathLike[str] | None = None,
     check: ModalityCheck | None = None,
 ) -> ModelInfo:
     """The default triage model for ``scan``: by DICOM modality, else by the image check.

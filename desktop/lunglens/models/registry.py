@@ -153,8 +153,11 @@ def load_manifest(folder: str | os.PathLike[str]) -> ModelInfo:
         input_size = (int(size_raw[0]), int(size_raw[1]))
         outputs = data.get("outputs") or {}
         gallery = tuple(
-            GalleryLayer(str(g["output"]), str(g.get("layer", g["output"])),
-                         tuple(int(s) for s in g.get("shape", ())))
+            GalleryLayer(
+                str(g["output"]),
+                str(g.get("layer", g["output"])),
+                tuple(int(s) for s in g.get("shape", ())),
+            )
             for g in outputs.get("gallery", [])
         )
         info = ModelInfo(
@@ -182,9 +185,7 @@ def load_manifest(folder: str | os.PathLike[str]) -> ModelInfo:
     if len(labels) < 2:
         raise ModelRefused(mpath, "a model needs at least two labels")
     if not info.onnx_path.is_file():
-        raise ModelRefused(
-            info.onnx_path, "model file is missing", "Reinstall the model folder."
-        )
+        raise ModelRefused(info.onnx_path, "model file is missing", "Reinstall the model folder.")
     return info
 
 
@@ -259,14 +260,13 @@ def get_model(name: str, models_dir: str | os.PathLike[str] | None = None) -> Mo
             raise problem
     available = ", ".join(by_name) or "none"
     raise ModelNotFound(
-        _models_dir(models_dir), f"no model named {name!r} (available: {available})",
+        _models_dir(models_dir),
+        f"no model named {name!r} (available: {available})",
         "Run 'lunglens models' to list them.",
     )
 
 
-def default_model_for(
-    modality: str, models_dir: str | os.PathLike[str] | None = None
-) -> ModelInfo:
+def default_model_for(modality: str, models_dir: str | os.PathLike[str] | None = None) -> ModelInfo:
     """Return the model used for ``modality`` (``"ct"`` or ``"cxr"``) when none is chosen.
 
     Raises
@@ -283,11 +283,13 @@ def default_model_for(
         return fitting[sorted(fitting)[0]]
     if modality not in ("ct", "cxr"):
         raise ModelNotFound(
-            None, f"the scan's modality is {modality!r}, so no model can be chosen automatically",
+            None,
+            f"the scan's modality is {modality!r}, so no model can be chosen automatically",
             "Choose one with --model (see 'lunglens models').",
         )
     raise ModelNotFound(
-        _models_dir(models_dir), f"no installed model handles {modality!r} scans",
+        _models_dir(models_dir),
+        f"no installed model handles {modality!r} scans",
         "Install a model folder or pick one with --model.",
     )
 
@@ -315,8 +317,11 @@ def read_verified(info: ModelInfo) -> bytes:
     try:
         data = info.onnx_path.read_bytes()
     except OSError as exc:
-        raise ModelRefused(info.onnx_path, f"model file cannot be read ({exc.strerror})",
-                           "Reinstall the model folder.") from exc
+        raise ModelRefused(
+            info.onnx_path,
+            f"model file cannot be read ({exc.strerror})",
+            "Reinstall the model folder.",
+        ) from exc
     actual = hashlib.sha256(data).hexdigest()
     if actual != info.sha256:
         raise ModelRefused(

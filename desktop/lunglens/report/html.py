@@ -45,12 +45,15 @@ def write_html_report(
     pcol = f"p_{info.positive_label}"
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"] != "ok"]
-    flagged = sorted((r for r in ok if r["flagged"] == "true"),
-                     key=lambda r: float(r[pcol]), reverse=True)
-    counts = {"flagged": len(flagged), "not flagged": len(ok) - len(flagged),
-              "error": len(errors)}
-    hist = data_uri(figure_png(score_histogram([float(r[pcol]) for r in ok], info.threshold,
-                                               info.positive_label)))
+    flagged = sorted(
+        (r for r in ok if r["flagged"] == "true"), key=lambda r: float(r[pcol]), reverse=True
+    )
+    counts = {"flagged": len(flagged), "not flagged": len(ok) - len(flagged), "error": len(errors)}
+    hist = data_uri(
+        figure_png(
+            score_histogram([float(r[pcol]) for r in ok], info.threshold, info.positive_label)
+        )
+    )
     bars = data_uri(figure_png(count_bars(counts)))
     codes = Counter(r["error"].split(":", 1)[0] for r in errors)
     parts = [
@@ -74,21 +77,27 @@ def write_html_report(
         f"<h2>Flagged scans ({len(flagged)}), most suspicious first</h2>",
     ]
     if flagged:
-        parts.append(f"<table><tr><th>#</th><th>p({_esc(info.positive_label)})</th>"
-                     "<th>scan</th><th>slices</th><th>most suspicious slices</th></tr>")
+        parts.append(
+            f"<table><tr><th>#</th><th>p({_esc(info.positive_label)})</th>"
+            "<th>scan</th><th>slices</th><th>most suspicious slices</th></tr>"
+        )
         for i, r in enumerate(flagged, 1):
-            parts.append(f"<tr><td>{i}</td><td>{float(r[pcol]):.3f}</td><td>{_esc(r['path'])}"
-                         f"</td><td>{_esc(r['n_slices'])}</td><td>{_esc(r['top_slices'])}"
-                         "</td></tr>")
+            parts.append(
+                f"<tr><td>{i}</td><td>{float(r[pcol]):.3f}</td><td>{_esc(r['path'])}"
+                f"</td><td>{_esc(r['n_slices'])}</td><td>{_esc(r['top_slices'])}"
+                "</td></tr>"
+            )
         parts.append("</table>")
     else:
         parts.append("<p>None.</p>")
     parts.append(f"<h2>Errors ({len(errors)})</h2>")
     if errors:
-        parts.append("<p>" + ", ".join(f"{_esc(c)}: {n}" for c, n in codes.most_common())
-                     + "</p><table><tr><th>scan</th><th>error</th></tr>")
-        parts += [f"<tr><td>{_esc(r['path'])}</td><td>{_esc(r['error'])}</td></tr>"
-                  for r in errors]
+        parts.append(
+            "<p>"
+            + ", ".join(f"{_esc(c)}: {n}" for c, n in codes.most_common())
+            + "</p><table><tr><th>scan</th><th>error</th></tr>"
+        )
+        parts += [f"<tr><td>{_esc(r['path'])}</td><td>{_esc(r['error'])}</td></tr>" for r in errors]
         parts.append("</table>")
     else:
         parts.append("<p>None.</p>")

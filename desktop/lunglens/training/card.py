@@ -93,8 +93,9 @@ def write_plots(work: Path, out: Path, ds, positive: int, threshold: float) -> N
 
 _REWRITE_TEXT = {
     "elu_as_min_exp_max": "ELU as max(x, alpha * (exp(min(x, 0)) - 1))",
-    "block_transposed_conv_as_conv_depth_to_space":
-        "transposed convs with kernel = stride as a 1x1 conv + DepthToSpace",
+    "block_transposed_conv_as_conv_depth_to_space": (
+        "transposed convs with kernel = stride as a 1x1 conv + DepthToSpace"
+    ),
 }
 
 
@@ -106,8 +107,11 @@ def _export_line(export: dict) -> list[str]:
     diff = export.get("probs_max_abs_diff_vs_pytorch")
     return [
         f"- ONNX export: opset {export.get('opset', '?')}"
-        + (f"; exact rewrites for onnxruntime's CPU kernels: {'; '.join(rewrites)}"
-           if rewrites else "")
+        + (
+            f"; exact rewrites for onnxruntime's CPU kernels: {'; '.join(rewrites)}"
+            if rewrites
+            else ""
+        )
         + (f"; max |probs(PyTorch) - probs(ONNX float)| {diff:.1e}" if diff is not None else "")
         + "."
     ]
@@ -251,8 +255,10 @@ def _series_lines(series: dict | None, pos: str) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for src, r in series.get("per_source", {}).items():
-        lines.append(f"| {src} | {r['groups']} | {_pct(r['accuracy'])} | "
-                     f"{_pct(r['sensitivity'])} | {_pct(r['specificity'])} | {_pct(r['auc'])} |")
+        lines.append(
+            f"| {src} | {r['groups']} | {_pct(r['accuracy'])} | "
+            f"{_pct(r['sensitivity'])} | {_pct(r['specificity'])} | {_pct(r['auc'])} |"
+        )
     return lines
 
 

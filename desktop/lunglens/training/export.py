@@ -36,8 +36,9 @@ def _elu_as_exp(self: nn.ELU, x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(x, neg)
 
 
-def _transposed_conv_as_pixel_shuffle(self: nn.ConvTranspose2d, x: torch.Tensor,
-                                      output_size: list[int] | None = None) -> torch.Tensor:
+def _transposed_conv_as_pixel_shuffle(
+    self: nn.ConvTranspose2d, x: torch.Tensor, output_size: list[int] | None = None
+) -> torch.Tensor:
     # With kernel == stride and no padding the output blocks do not overlap:
     # y[o, s*i + a, s*j + b] = sum_c x[c, i, j] * W[c, o, a, b] + bias[o], i.e. a 1x1 conv to
     # C_out * s * s channels followed by a depth-to-space (ONNX DepthToSpace, mode CRD). The 1x1
@@ -65,8 +66,11 @@ def _is_block_transposed_conv(m: nn.Module) -> bool:
 #: Rewrites applied by :func:`inference_graph`: (name, applies to module, replacement forward).
 GRAPH_REWRITES = (
     ("elu_as_min_exp_max", lambda m: isinstance(m, nn.ELU) and 0 <= m.alpha <= 1, _elu_as_exp),
-    ("block_transposed_conv_as_conv_depth_to_space", _is_block_transposed_conv,
-     _transposed_conv_as_pixel_shuffle),
+    (
+        "block_transposed_conv_as_conv_depth_to_space",
+        _is_block_transposed_conv,
+        _transposed_conv_as_pixel_shuffle,
+    ),
 )
 
 
@@ -170,8 +174,10 @@ def export_onnx(model: nn.Module, size: int, path: Path, opset: int = 17) -> dic
     scale = {n: max(1.0, float(np.abs(a).max())) for n, a in zip(names, ref, strict=True)}
     bad = {n: d for n, d in diffs.items() if d > EXPORT_TOLERANCE * scale[n]}
     if bad:
-        raise RuntimeError(f"ONNX export of {path.name} differs from the PyTorch model: {bad} "
-                           f"(tolerance {EXPORT_TOLERANCE} x max |output|)")
+        raise RuntimeError(
+            f"ONNX export of {path.name} differs from the PyTorch model: {bad} "
+            f"(tolerance {EXPORT_TOLERANCE} x max |output|)"
+        )
     layer_names = wrapper.layer_names
     shapes = {n: list(g.shape[1:]) for n, g in zip(names, got, strict=True)}
     return dict(

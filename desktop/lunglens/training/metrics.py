@@ -184,14 +184,20 @@ def group_report(
         keep_y.append(int(labels[0]))
         keep_p.append(aggregate(probs[sel], positive, method, k))
         slices.append(int(sel.sum()))
-    rep = classification_report(np.array(keep_y, dtype=int),
-                                np.array(keep_p).reshape(-1, len(classes)), classes, positive,
-                                threshold)
+    rep = classification_report(
+        np.array(keep_y, dtype=int),
+        np.array(keep_p).reshape(-1, len(classes)),
+        classes,
+        positive,
+        threshold,
+    )
     return dict(
         aggregation=dict(method=method, k=k),
         groups=len(keep_y),
         mixed_groups_skipped=mixed,
-        slices_per_group=dict(median=float(np.median(slices)) if slices else float("nan"),
-                              max=int(max(slices)) if slices else 0),
+        slices_per_group=dict(
+            median=float(np.median(slices)) if slices else float("nan"),
+            max=int(max(slices)) if slices else 0,
+        ),
         report=rep,
     )

@@ -70,8 +70,14 @@ def config(epochs: int) -> TrainConfig:
         lr=2e-3,
         monitor="loss",
         augment=AugmentConfig(
-            rotate_deg=15.0, shift=0.1, scale=(0.8, 1.25), shear_deg=8.0, hflip=0.5,
-            noise_std=0.03, brightness=0.2, contrast=0.35,
+            rotate_deg=15.0,
+            shift=0.1,
+            scale=(0.8, 1.25),
+            shear_deg=8.0,
+            hflip=0.5,
+            noise_std=0.03,
+            brightness=0.2,
+            contrast=0.35,
         ),
     )
 
@@ -148,9 +154,7 @@ def run(
         )
         for s in sorted(set(sources))
     }
-    sens = {
-        c: mean_ci([r["per_class"][c]["sensitivity"] for r in reports]) for c in CLASSES
-    }
+    sens = {c: mean_ci([r["per_class"][c]["sensitivity"] for r in reports]) for c in CLASSES}
     log(f"{NAME}: CV accuracy {acc['mean']:.4f} ({acc['lo']:.4f}-{acc['hi']:.4f})")
 
     val = 4
@@ -189,7 +193,8 @@ def run(
             f"{WARN_PROBABILITY}"
         ),
         export=dict(
-            opset=export["opset"], graph_rewrites=export["graph_rewrites"],
+            opset=export["opset"],
+            graph_rewrites=export["graph_rewrites"],
             probs_max_abs_diff_vs_pytorch=export["probs_max_abs_diff"],
         ),
         metrics=dict(
@@ -213,8 +218,10 @@ def run(
             host=platform.processor() or platform.machine(),
             pretrained=False,
             final_model=dict(
-                best_epoch=final["best_epoch"], epochs_run=final["epochs_run"],
-                seconds=final["seconds"], val_fold=val,
+                best_epoch=final["best_epoch"],
+                epochs_run=final["epochs_run"],
+                seconds=final["seconds"],
+                val_fold=val,
             ),
             cv_seconds=cv_seconds,
         ),
@@ -265,17 +272,12 @@ def card(m: dict) -> str:
         "## Evaluation",
         f"- {met['scheme']}: accuracy {100 * acc['mean']:.2f}% "
         f"(95% CI {100 * acc['lo']:.2f}-{100 * acc['hi']:.2f}%); sensitivity "
-        + ", ".join(
-            f"`{c}` {100 * v['mean']:.2f}%" for c, v in met["sensitivity"].items()
-        )
+        + ", ".join(f"`{c}` {100 * v['mean']:.2f}%" for c, v in met["sensitivity"].items())
         + ".",
         "",
         "| source | n | accuracy |",
         "|---|---|---|",
-        *[
-            f"| {s} | {v['n']} | {100 * v['accuracy']:.1f}% |"
-            for s, v in met["per_source"].items()
-        ],
+        *[f"| {s} | {v['n']} | {100 * v['accuracy']:.1f}% |" for s, v in met["per_source"].items()],
         "",
         f"- External check on the real DICOM files of `../shared/data/dicom` (never trained on, "
         f"rendered by the app's loader with the CT lung window / the X-ray VOI LUT): "

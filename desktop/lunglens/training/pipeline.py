@@ -278,8 +278,15 @@ class Pipeline:
             self.save_state()
 
     # -- outputs ---------------------------------------------------------------------------
-    def series_metrics(self, y: np.ndarray, probs: np.ndarray, groups: np.ndarray,
-                       sources: np.ndarray, classes: list[str], threshold: float) -> dict:
+    def series_metrics(
+        self,
+        y: np.ndarray,
+        probs: np.ndarray,
+        groups: np.ndarray,
+        sources: np.ndarray,
+        classes: list[str],
+        threshold: float,
+    ) -> dict:
         """Per-patient metrics with the app's series rule, overall and per source."""
         from lunglens.training.metrics import group_report
 
@@ -288,12 +295,17 @@ class Pipeline:
         per_source = {}
         for s in sorted(set(sources.tolist())):
             sel = sources == s
-            r = group_report(y[sel], probs[sel], groups[sel], classes, pos, threshold,
-                             SERIES_METHOD, SERIES_K)
+            r = group_report(
+                y[sel], probs[sel], groups[sel], classes, pos, threshold, SERIES_METHOD, SERIES_K
+            )
             m = r["report"]["per_class"][self.p.positive_label]
-            per_source[s] = dict(groups=r["groups"], accuracy=r["report"]["accuracy"],
-                                 sensitivity=m["sensitivity"], specificity=m["specificity"],
-                                 auc=m["auc"])
+            per_source[s] = dict(
+                groups=r["groups"],
+                accuracy=r["report"]["accuracy"],
+                sensitivity=m["sensitivity"],
+                specificity=m["specificity"],
+                auc=m["auc"],
+            )
         series["per_source"] = per_source
         return series
 

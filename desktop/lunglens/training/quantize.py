@@ -175,8 +175,9 @@ def quantize_and_score(
     -------
     report (with ``parity_validation_fold``), INT8 validation probabilities, threshold
     """
-    q = quantize_model(fp32_path, int8_path, calib_images, method=method,
-                       keep_float_ops=keep_float_ops)
+    q = quantize_model(
+        fp32_path, int8_path, calib_images, method=method, keep_float_ops=keep_float_ops
+    )
     p8 = onnx_probs(int8_path, val_images)
     thr = float(choose_threshold((val_labels == positive).astype(int), p8[:, positive]))
     q["parity_validation_fold"] = parity(p32, p8, val_labels, positive, thr)
@@ -229,9 +230,18 @@ def search_quantization(
     with tempfile.TemporaryDirectory() as tmp:
         for i, (method, keep) in enumerate(candidates):
             path = Path(tmp) / f"cand{i}.onnx"
-            q, p8, thr = quantize_and_score(fp32_path, path, calib_images, val_images,
-                                            val_labels, positive, p32, choose_threshold,
-                                            method, keep)
+            q, p8, thr = quantize_and_score(
+                fp32_path,
+                path,
+                calib_images,
+                val_images,
+                val_labels,
+                positive,
+                p32,
+                choose_threshold,
+                method,
+                keep,
+            )
             par = q["parity_validation_fold"]
             ms = round(_single_image_ms(path, val_images[0]), 2)  # ranked as reported
             trial = dict(
