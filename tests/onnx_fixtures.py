@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import SHARED_DATA
+
 SIZE = 32
 CAM = 8
 LABELS = ["covid", "non-covid"]
@@ -168,15 +170,7 @@ def write_png(path: Path, value: float, size: int = 24) -> Path:
     return path
 
 
-NO_PIXEL_DICOM = (
-    Path(__file__).resolve().parents[1]
-    / ".."
-    / "shared"
-    / "data"
-    / "dicom"
-    / "ct-misc"
-    / "no-pixel-data.dcm"
-).resolve()
+NO_PIXEL_DICOM = SHARED_DATA / "dicom" / "ct-misc" / "no-pixel-data.dcm"
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_DATA
 from lunglens.batch import (
     Finished,
     Progress,
@@ -188,8 +189,7 @@ def test_cancel_keeps_written_rows_valid(env: Path, info: ModelInfo) -> None:
 
 def test_series_rows_name_slices(env: Path, info: ModelInfo) -> None:
     pydicom = pytest.importorskip("pydicom")
-    src = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom" / "ct-misc"
-    ct = (src / "693_UNCI.dcm").resolve()
+    ct = SHARED_DATA / "dicom" / "ct-misc" / "693_UNCI.dcm"
     if not ct.exists():
         pytest.skip("shared DICOM data not available")
     series = env / "series"
@@ -210,30 +210,40 @@ def test_series_rows_name_slices(env: Path, info: ModelInfo) -> None:
     assert rows[0]["n_slices"] == "4" and len(rows[0]["top_slices"].split(";")) == 3
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill(env: Path, info: ModelInfo) -> None:
-    files = _pngs(env / "imgs", 60)
-    out = env / "results.csv"
-    cmd = [
+def _score_cmd(folder: Path, out: Path) -> list[str]:
+    """``lunglens score`` in a child process (the kill tests signal it)."""
+    return [
         sys.executable,
         "-m",
         "lunglens",
         "score",
-        str(env / "imgs"),
+        str(folder),
         "--out",
         str(out),
         "--model",
         "synthetic-ct",
         "--no-report",
     ]
+
+
+def _wait_for_lines(out: Path, n: int, timeout: float = 60) -> None:
+    """Poll until the results file holds ``n`` lines (header included) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= n:
+            return
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(env: Path, info: ModelInfo) -> None:
+    files = _pngs(env / "imgs", 60)
+    out = env / "results.csv"
+    cmd = _score_cmd(env / "imgs", out)
     proc = subprocess.Popen(
         cmd, env=slow_env(env, 0.05), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if out.exists() and out.read_bytes().count(b"\n") >= 18:
-            break
-        time.sleep(0.02)
+    _wait_for_lines(out, 18)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -258,26 +268,11 @@ def test_resume_after_sigkill(env: Path, info: ModelInfo) -> None:
 def test_ctrl_c_exits_130_and_resumes(env: Path) -> None:
     _pngs(env / "imgs", 40)
     out = env / "results.csv"
-    cmd = [
-        sys.executable,
-        "-m",
-        "lunglens",
-        "score",
-        str(env / "imgs"),
-        "--out",
-        str(out),
-        "--model",
-        "synthetic-ct",
-        "--no-report",
-    ]
+    cmd = _score_cmd(env / "imgs", out)
     proc = subprocess.Popen(
         cmd, env=slow_env(env, 0.05), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if out.exists() and out.read_bytes().count(b"\n") >= 3:
-            break
-        time.sleep(0.02)
+    _wait_for_lines(out, 3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

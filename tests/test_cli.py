@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_DATA
 from lunglens import DISCLAIMER
 from lunglens.cli import main
 from lunglens.inference import clear_engines
@@ -180,15 +181,7 @@ def test_help_documents_exit_codes() -> None:
         assert code in proc.stdout
 
 
-CT_DICOM = (
-    Path(__file__).resolve().parents[1]
-    / ".."
-    / "shared"
-    / "data"
-    / "dicom"
-    / "ct-misc"
-    / "693_UNCI.dcm"
-).resolve()
+CT_DICOM = SHARED_DATA / "dicom" / "ct-misc" / "693_UNCI.dcm"
 
 
 @pytest.mark.skipif(not CT_DICOM.exists(), reason="shared DICOM data not available")
