@@ -26,12 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def session(path: Path, threads: int, outputs: list[str]) -> ort.InferenceSession:
     import onnx
-    import onnx.utils
+
+    from lunglens.inference.engine import pruned_graph
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    graph = onnx.utils.Extractor(onnx.load(str(path))).extract_model(["image"], outputs)
+    graph = pruned_graph(onnx.load(str(path)), "image", outputs)
     return ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

@@ -16,12 +16,16 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from lunglens.errors import ModelRefused
 from lunglens.models.registry import ModelInfo, read_verified
+
+if TYPE_CHECKING:
+    import onnx
 
 #: Environment override for the number of intra-op threads (default: physical cores).
 THREADS_ENV = "LUNGLENS_THREADS"
@@ -50,6 +54,19 @@ def physical_cores() -> int:
     except OSError:
         pass
     return max(1, os.cpu_count() or 1)
+
+
+def pruned_graph(
+    graph: onnx.ModelProto, input_name: str, outputs: Sequence[str]
+) -> onnx.ModelProto:
+    """``graph`` cut down to the nodes that ``outputs`` need (``onnx.utils.Extractor``).
+
+    onnxruntime runs every node of a graph whatever is fetched, so this is how a caller gets
+    only the work it asks for (the engine's sessions; benchmarks that must run what it runs).
+    """
+    import onnx.utils
+
+    return onnx.utils.Extractor(graph).extract_model([input_name], list(outputs))
 
 
 def _session_options(threads: int | None) -> ort.SessionOptions:
@@ -131,15 +148,9 @@ class Engine:
     def _build(self, key: frozenset[str]) -> ort.InferenceSession:
         data = None
         if key != frozenset(self.output_names):
+            wanted = [o for o in self.output_names if o in key]  # contract order
             try:
-                import onnx.utils
-
-                wanted = [o for o in self.output_names if o in key]  # contract order
-                data = (
-                    onnx.utils.Extractor(self._graph)
-                    .extract_model([self.input_name], wanted)
-                    .SerializeToString()
-                )
+                data = pruned_graph(self._graph, self.input_name, wanted).SerializeToString()
             except Exception:  # pruning only saves time: a graph onnx cannot prune runs whole
                 data = None
         if data is None:
