@@ -31,19 +31,15 @@ class _Reader:
         return next(self._it, None)
 
 
-def _output_ops(model_path: Path, outputs: Sequence[str]) -> list[str]:
-    """Nodes that produce the contract's outputs other than feature activations we want INT8."""
-    import onnx
-
-    m = onnx.load(str(model_path))
-    keep = []
-    for node in m.graph.node:
-        if node.op_type in {"Softmax", "Einsum", "MatMul", "Gemm"} or set(node.output) & {
-            "probs",
-            "cam",
-        }:
-            keep.append(node.name)
-    return keep
+def _output_ops(graph, outputs: Sequence[str]) -> list[str]:
+    """Nodes that produce ``outputs`` (probabilities, CAM) or the head ops before them: they
+    stay float, unlike the feature activations."""
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type in {"Softmax", "Einsum", "MatMul", "Gemm"}
+        or set(node.output) & set(outputs)
+    ]
 
 
 def quantize_model(
@@ -66,10 +62,11 @@ def quantize_model(
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        exclude = _output_ops(pre, ["probs", "cam"])
         import onnx
 
-        op_types = sorted({n.op_type for n in onnx.load(str(pre)).graph.node})
+        graph = onnx.load(str(pre)).graph
+        exclude = _output_ops(graph, ["probs", "cam"])
+        op_types = sorted({n.op_type for n in graph.node})
         # ConvTranspose stays float: onnxruntime has no INT8 ConvTranspose kernel, so QDQ would
         # only add a weight dequantization per run (measured slower than float).
         quant_ops = [
