@@ -62,7 +62,11 @@ def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return cv2.resize(image.astype(np.float32, copy=False), (w, h), interpolation=interp)
 
 
-def to_model_input(images: np.ndarray | Sequence[np.ndarray], size: Sequence[int]) -> np.ndarray:
+def to_model_input(
+    images: np.ndarray | Sequence[np.ndarray],
+    size: Sequence[int],
+    prep: Preprocessing | None = None,
+) -> np.ndarray:
     """Turn one 2-D image or a sequence/stack of them into the model's ``[N, 1, H, W]`` input.
 
     Parameters
@@ -72,14 +76,275 @@ def to_model_input(images: np.ndarray | Sequence[np.ndarray], size: Sequence[int
         float in [0, 1] (as produced by :func:`lunglens.io.load_scan`).
     size
         ``(H, W)`` from the model manifest.
+    prep
+        The model's crop/intensity step (manifest ``input.preprocessing``); ``None``: none.
     """
-    if isinstance(images, np.ndarray) and images.ndim == 2:
-        images = [images]
-    batch = np.stack([resize(np.asarray(im), size) for im in images])
-    np.clip(batch, 0.0, 1.0, out=batch)
-    return np.ascontiguousarray(batch[:, None, :, :], dtype=np.float32)
+    return model_input_with_boxes(images, size, prep or IDENTITY)[0]
 
 
 def uint8_to_unit(image: np.ndarray) -> np.ndarray:
     """8-bit grayscale -> float32 [0, 1] (the training images are 8-bit JPEGs)."""
     return image.astype(np.float32) / np.float32(255.0)
+
+
+# -- field of view: crop to the body, normalize intensity ------------------------------------
+#
+# The public CT sources each have a look of their own (../shared/data/README.md, "known traps"):
+# round low-contrast fields of view (ct-512, mosmed), lungs masked on black (normal-ct-512),
+# images already cropped to the lungs (sars-cov-2-ct). A model can tell them apart by the frame
+# and the grey levels alone. Cropping every image to the body and stretching its intensities
+# between two anatomical anchors (air and dense tissue) makes the sources look alike, so what is
+# left to learn is inside the lungs. Training and the app call the same functions below.
+
+#: Crops smaller than this share of the image are rejected (a failed segmentation).
+_MIN_CROP_SHARE = 0.15
+#: An image with more black than this is treated as masked: its non-black content is the crop.
+#: (A round field of view leaves 1 - pi/4 = 21% black corners; lung-masked slices over 50%.)
+_MASKED_BLACK_SHARE = 0.35
+#: Margin added around the body's bounding box, as a share of its size.
+_CROP_MARGIN = 0.04
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image is turned into the model's view before resizing (manifest ``input``).
+
+    Attributes
+    ----------
+    crop
+        ``"none"`` or ``"body"``: crop to the bounding box of the body (:func:`body_box`).
+    intensity
+        ``"none"`` or ``"percentile"``: linear stretch of the crop between its 1st and 99th
+        percentiles (:func:`stretch_percentiles`).
+    """
+
+    crop: str = "none"
+    intensity: str = "none"
+
+    @property
+    def is_identity(self) -> bool:
+        return self.crop == "none" and self.intensity == "none"
+
+    def to_manifest(self) -> dict[str, str]:
+        return {"crop": self.crop, "intensity": self.intensity}
+
+    @classmethod
+    def from_manifest(cls, raw: object) -> Preprocessing:
+        if not isinstance(raw, dict):
+            return cls()
+        crop, intensity = str(raw.get("crop", "none")), str(raw.get("intensity", "none"))
+        if crop not in ("none", "body") or intensity not in ("none", "percentile"):
+            raise ValueError(f"unknown preprocessing crop={crop!r} intensity={intensity!r}")
+        return cls(crop, intensity)
+
+
+IDENTITY = Preprocessing()
+
+#: ``(top, bottom, left, right)`` in pixels, bottom/right exclusive.
+Box = tuple[int, int, int, int]
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold (Otsu 1979) of values in [0, 1], via OpenCV on 8-bit levels."""
+    u8 = np.clip(np.round(values * 255.0), 0, 255).astype(np.uint8).reshape(1, -1)
+    t, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(t) / 255.0
+
+
+def _work_image(image: np.ndarray, side: int = 256) -> tuple[np.ndarray, float]:
+    """A copy at most ``side`` pixels on its long side (segmentation needs no more)."""
+    h, w = image.shape
+    scale = min(1.0, side / max(h, w))
+    if scale < 1.0:
+        small = cv2.resize(
+            image.astype(np.float32, copy=False),
+            (max(1, round(w * scale)), max(1, round(h * scale))),
+            interpolation=cv2.INTER_AREA,
+        )
+        return small, scale
+    return image.astype(np.float32, copy=False), 1.0
+
+
+def _largest_components(mask: np.ndarray, keep_share: float) -> np.ndarray:
+    """Components of ``mask`` with at least ``keep_share`` of the largest one's area."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros_like(mask, dtype=bool)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = 1 + np.flatnonzero(areas >= keep_share * areas.max())
+    return np.isin(labels, keep)
+
+
+def body_mask(image: np.ndarray) -> np.ndarray:
+    """Boolean mask of the body (soft tissue and bone ring) on a lung-windowed slice.
+
+    Background padding (black corners of a round field of view, black masks) is left out first;
+    Otsu's threshold over the rest separates air and lung (dark) from tissue (bright); a closing
+    joins the chest wall, and the large components are kept. Works on the working copy's scale.
+    """
+    fg = image > 0.03
+    if fg.sum() < 16:
+        return np.zeros_like(image, dtype=bool)
+    t = _otsu(image[fg])
+    bright = (image > t) & fg
+    k = max(3, round(min(image.shape) * 0.02) | 1)
+    bright = cv2.morphologyEx(
+        bright.astype(np.uint8),
+        cv2.MORPH_CLOSE,
+        cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)),
+    ).astype(bool)
+    return _largest_components(bright, keep_share=0.2)
+
+
+def _bbox(mask: np.ndarray) -> Box | None:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def body_box(image: np.ndarray) -> Box:
+    """Bounding box of the body (plus a small margin) in a ``[H, W]`` image in [0, 1].
+
+    Falls back to the bounding box of everything that is not black padding when the body mask is
+    implausibly small (lung-masked images: the lungs are the only content), and to the whole
+    image when that fails too, so the crop never loses the chest.
+    """
+    h, w = image.shape
+    whole: Box = (0, h, 0, w)
+    if h < 8 or w < 8:
+        return whole
+    work, scale = _work_image(image)
+    box = _bbox(body_mask(work))
+    content = _bbox(work > 0.03)
+    if content is None:
+        return whole
+
+    def area(b: Box) -> int:
+        return (b[1] - b[0]) * (b[3] - b[2])
+
+    # Mostly black (a lung mask on black, a figure on a black page): the content is the chest.
+    masked = float(np.mean(work <= 0.03)) > _MASKED_BLACK_SHARE
+    if masked or box is None or area(box) < 0.2 * area(content):
+        box = content
+    t, b, left, r = box
+    mh, mw = (b - t) * _CROP_MARGIN, (r - left) * _CROP_MARGIN
+    out = (
+        max(0, int((t - mh) / scale)),
+        min(h, int(np.ceil((b + mh) / scale))),
+        max(0, int((left - mw) / scale)),
+        min(w, int(np.ceil((r + mw) / scale))),
+    )
+    if area(out) < _MIN_CROP_SHARE * h * w:
+        return whole
+    return out
+
+
+def stretch_percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """Linear stretch of ``image`` so its ``low``/``high`` percentiles map to 0 and 1.
+
+    The anchors are air (darkest percent) and dense tissue or bone (brightest percent): both
+    are anatomical references present in every chest slice, so the stretch removes a source's
+    contrast setting but keeps the relative density of lung tissue (ground-glass opacity is a
+    density increase). Black padding is excluded from the percentiles.
+    """
+    valid = image[image > 0.03]
+    if valid.size < 16:
+        return image.astype(np.float32, copy=True)
+    lo, hi = np.percentile(valid, [low, high])
+    if hi - lo < 1e-3:
+        return image.astype(np.float32, copy=True)
+    out = (image.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def model_view(image: np.ndarray, prep: Preprocessing = IDENTITY) -> tuple[np.ndarray, Box]:
+    """The part of a ``[H, W]`` image the model sees, and where it lies in the image.
+
+    Returns
+    -------
+    view
+        float32 image in [0, 1] (cropped and/or intensity-normalized per ``prep``).
+    box
+        ``(top, bottom, left, right)`` of ``view`` in the input image, for mapping a CAM back.
+    """
+    h, w = image.shape
+    box: Box = body_box(image) if prep.crop == "body" else (0, h, 0, w)
+    view = image[box[0] : box[1], box[2] : box[3]]
+    if prep.intensity == "percentile":
+        view = stretch_percentiles(view)
+    return view.astype(np.float32, copy=False), box
+
+
+def model_input_with_boxes(
+    images: np.ndarray | Sequence[np.ndarray],
+    size: Sequence[int],
+    prep: Preprocessing = IDENTITY,
+) -> tuple[np.ndarray, list[Box]]:
+    """:func:`to_model_input` plus each image's crop box (see :func:`model_view`)."""
+    if isinstance(images, np.ndarray) and images.ndim == 2:
+        images = [images]
+    views, boxes = [], []
+    for im in images:
+        view, box = model_view(np.asarray(im), prep)
+        views.append(resize(view, size))
+        boxes.append(box)
+    batch = np.stack(views)
+    np.clip(batch, 0.0, 1.0, out=batch)
+    return np.ascontiguousarray(batch[:, None, :, :], dtype=np.float32), boxes
+
+
+def uncrop_cam(
+    raw: np.ndarray, box: Box, image_shape: Sequence[int], side: int = 256
+) -> np.ndarray:
+    """Place a raw ``[C, h, w]`` CAM computed on a crop back into the whole image's frame.
+
+    The result is ``[C, H', W']`` with the image's aspect ratio (long side at most ``side``), the
+    map resized into the box and zero outside it: the model saw nothing there, so it holds no
+    evidence. Downstream code resizes it to the display size as usual.
+    """
+    h, w = int(image_shape[0]), int(image_shape[1])
+    if box == (0, h, 0, w):
+        return raw
+    scale = min(1.0, side / max(h, w))
+    oh, ow = max(1, round(h * scale)), max(1, round(w * scale))
+    t, b = int(box[0] * scale), max(int(box[0] * scale) + 1, round(box[1] * scale))
+    left, r = int(box[2] * scale), max(int(box[2] * scale) + 1, round(box[3] * scale))
+    b, r = min(b, oh), min(r, ow)
+    out = np.zeros((raw.shape[0], oh, ow), np.float32)
+    for c in range(raw.shape[0]):
+        out[c, t:b, left:r] = cv2.resize(
+            raw[c].astype(np.float32), (r - left, b - t), interpolation=cv2.INTER_LINEAR
+        )
+    return out
+
+
+def lung_mask(image: np.ndarray) -> np.ndarray:
+    """Approximate lung-field mask of a lung-windowed CT slice (for CAM checks, not display).
+
+    Lungs are the large dark regions enclosed by the body: the body mask's holes (filled
+    outline minus tissue), opened to drop vessels' gaps, keeping the large components. For
+    images that are only lungs on black (masked sources), the non-black content is the lungs.
+    """
+    work, scale = _work_image(image)
+    body = body_mask(work)
+    filled = np.zeros_like(body, dtype=np.uint8)
+    contours, _ = cv2.findContours(
+        body.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    lungs = filled.astype(bool) & ~body
+    k = max(3, round(min(work.shape) * 0.015) | 1)
+    lungs = cv2.morphologyEx(
+        lungs.astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    ).astype(bool)
+    lungs = _largest_components(lungs, keep_share=0.15)
+    if lungs.sum() < 0.03 * lungs.size:  # no enclosed dark field: lungs on a black mask
+        lungs = _largest_components(work > 0.03, keep_share=0.15)
+    if scale < 1.0:
+        lungs = cv2.resize(
+            lungs.astype(np.uint8),
+            (image.shape[1], image.shape[0]),
+            interpolation=cv2.INTER_NEAREST,
+        ).astype(bool)
+    return lungs

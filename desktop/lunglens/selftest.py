@@ -138,7 +138,8 @@ def _check_modality_model(info: ModelInfo, files: list[Path]) -> str:
             continue
         scan = load_scan(path)
         image = scan.image[scan.n_slices // 2]
-        probs = engine.predict(to_model_input(image, info.input_size))["probs"][0]
+        batch = to_model_input(image, info.input_size, info.preprocessing)
+        probs = engine.predict(batch)["probs"][0]
         got = info.labels[int(np.argmax(probs))]
         if got != family:
             raise ValueError(

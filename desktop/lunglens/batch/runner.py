@@ -125,7 +125,7 @@ def _score_decoded(
     start = time.perf_counter()
     probs = np.empty((len(slices), len(info.labels)), np.float32)
     for lo in range(0, len(slices), batch_size):
-        chunk = to_model_input(slices[lo : lo + batch_size], info.input_size)
+        chunk = to_model_input(slices[lo : lo + batch_size], info.input_size, info.preprocessing)
         probs[lo : lo + len(chunk)] = engine.predict(chunk, ("probs",))["probs"]
     infer_ms = (time.perf_counter() - start) * 1000.0
     per_slice = infer_ms / max(1, len(slices))

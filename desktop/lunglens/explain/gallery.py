@@ -42,7 +42,7 @@ def activation_maps(
     top_n
         How many channels to return, most active first.
     """
-    batch = to_model_input(image2d, engine.info.input_size)
+    batch = to_model_input(image2d, engine.info.input_size, engine.info.preprocessing)
     act = engine.predict(batch, (layer_output,))[layer_output][0]
     if act.ndim != 3:
         raise ValueError(f"{layer_output} is not a [C, h, w] feature map (shape {act.shape})")

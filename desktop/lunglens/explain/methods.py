@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lunglens.inference.engine import Engine
-from lunglens.preprocess import to_model_input
+from lunglens.inference.view import predict_image
 
 #: ``(engine, image2d [H, W] in [0, 1]) -> raw CAM [C, h, w]``
 CamMethod = Callable[[Engine, np.ndarray], np.ndarray]
@@ -19,8 +19,7 @@ CamMethod = Callable[[Engine, np.ndarray], np.ndarray]
 
 def onnx_cam(engine: Engine, image2d: np.ndarray) -> np.ndarray:
     """The ``cam`` output of the model: classifier weights x last feature maps."""
-    batch = to_model_input(image2d, engine.info.input_size)
-    return engine.predict(batch, ("cam",))["cam"][0].astype(np.float32)
+    return predict_image(engine, image2d, ("cam",))["cam"][0].astype(np.float32)
 
 
 CAM_METHODS: dict[str, CamMethod] = {"cam": onnx_cam}

@@ -12,6 +12,7 @@ from lunglens.inference.aggregate import aggregate, top_slices
 from lunglens.inference.engine import Engine, batches, get_engine
 from lunglens.inference.modality import check_modality, choose_model, modality_notes
 from lunglens.inference.result import ScanResult
+from lunglens.inference.view import predict_image
 from lunglens.io.scan import Scan
 from lunglens.models.registry import ModelInfo
 from lunglens.preprocess import to_model_input
@@ -70,7 +71,8 @@ def slice_probabilities(
     for part in batches(images.shape[0], batch_size):
         if cancel is not None and cancel.is_set():
             raise Cancelled("classification cancelled")
-        out[part] = engine.predict(to_model_input(images[part], size), ("probs",))["probs"]
+        batch = to_model_input(images[part], size, engine.info.preprocessing)
+        out[part] = engine.predict(batch, ("probs",))["probs"]
         if progress is not None:
             progress(part.stop, images.shape[0])
     return out
@@ -162,7 +164,7 @@ def classify_scan(
     engine = get_engine(info)
     single_cam = None
     if scan.n_slices == 1 and with_cam:  # one call for both outputs: the common case
-        out = engine.predict(to_model_input(scan.image[0], info.input_size), ("probs", "cam"))
+        out = predict_image(engine, scan.image[0], ("probs", "cam"))
         probs, single_cam = out["probs"], out["cam"][0].astype(np.float32)
         if progress is not None:
             progress(1, 1)
@@ -177,8 +179,7 @@ def classify_scan(
         result.cam = single_cam
     elif with_cam:
         rep = scan.image[result.representative_slice]
-        batch = to_model_input(rep, info.input_size)
-        result.cam = engine.predict(batch, ("cam",))["cam"][0].astype(np.float32)
+        result.cam = predict_image(engine, rep, ("cam",))["cam"][0].astype(np.float32)
     result.notes.extend(modality_notes(scan, info, check))
     if scan.modality in ("ct", "cxr") and scan.modality != info.modality:
         result.notes.append(

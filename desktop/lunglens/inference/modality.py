@@ -73,7 +73,8 @@ def check_with(info: ModelInfo, scan: Scan) -> ModalityCheck | None:
     except ModelError:
         return None
     image = scan.image[scan.n_slices // 2]
-    probs = engine.predict(to_model_input(image, info.input_size), ("probs",))["probs"][0]
+    batch = to_model_input(image, info.input_size, info.preprocessing)
+    probs = engine.predict(batch, ("probs",))["probs"][0]
     idx = int(np.argmax(probs))
     warn_at = float(info.manifest.get("warn_probability", 0.9))
     return ModalityCheck(

@@ -19,7 +19,7 @@ from typing import Any
 
 from lunglens.errors import ModelError, ModelNotFound, ModelRefused
 from lunglens.models.location import models_dir as _models_dir
-from lunglens.preprocess import WINDOW_PRESETS, Window
+from lunglens.preprocess import WINDOW_PRESETS, Preprocessing, Window
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,13 @@ TRIAGE = "triage"
 MODALITY_CHECK = "modality-check"
 _REQUIRED = ("name", "version", "modality", "labels", "positive_label", "input", "file", "sha256")
 
-#: Preferred model per modality when several fit. Unlisted modalities fall back to the
-#: alphabetically first model of that modality, so adding a model never needs code changes.
+#: Preferred models per modality when several fit and none is marked
+#: ``"default_for_modality": true`` in its manifest (a model folder that is so marked wins).
+#: Otherwise the alphabetically first model of that modality, so adding a model never needs
+#: code changes.
 PREFERRED: dict[str, tuple[str, ...]] = {
-    "ct": ("squeezenet-light-ct",),
-    "cxr": ("squeezenet-light-cxr",),
+    "ct": ("efficientnet-lite-ct", "squeezenet-light-ct"),
+    "cxr": ("efficientnet-lite-cxr", "squeezenet-light-cxr"),
 }
 
 
@@ -82,6 +84,7 @@ class ModelInfo:
     positive_label: str
     input_size: tuple[int, int]
     window: Window | None
+    preprocessing: Preprocessing
     threshold: float
     sha256: str
     gallery: tuple[GalleryLayer, ...]
@@ -169,6 +172,7 @@ def load_manifest(folder: str | os.PathLike[str]) -> ModelInfo:
             positive_label=positive,
             input_size=input_size,
             window=_parse_window(inp.get("window")),
+            preprocessing=Preprocessing.from_manifest(inp.get("preprocessing")),
             threshold=float(data.get("threshold", 0.5)),
             sha256=str(data["sha256"]).lower(),
             gallery=gallery,
@@ -276,6 +280,9 @@ def default_model_for(modality: str, models_dir: str | os.PathLike[str] | None =
     """
     models = list_models(models_dir)
     fitting = {m.name: m for m in models if m.modality == modality}
+    marked = sorted(n for n, m in fitting.items() if m.manifest.get("default_for_modality"))
+    if marked:
+        return fitting[marked[0]]
     for name in PREFERRED.get(modality, ()):
         if name in fitting:
             return fitting[name]

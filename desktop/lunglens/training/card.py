@@ -117,6 +117,41 @@ def _export_line(export: dict) -> list[str]:
     ]
 
 
+def _exclusion_text(t: dict) -> str:
+    ex = t.get("excluded_from_training") or []
+    if not ex:
+        return ""
+    return (
+        f" Left out of training (still validated and tested, reported per source): "
+        f"{', '.join(ex)}, a single-class source whose look alone gives the label away."
+    )
+
+
+def _pretrained_text(t: dict) -> str:
+    pre = t.get("pretrained")
+    if not pre:
+        return "- Pretrained weights: none (trained from scratch)."
+    text = (
+        f"- Pretrained weights: ImageNet, {pre['source']} ({pre['licence']}, SHA-256 "
+        f"`{pre['sha256'][:16]}...`), used at training time only: the app ships this ONNX file."
+    )
+    teacher = t.get("distilled_from")
+    if teacher:
+        text += f" Distilled from the `{teacher['preset']}` models (fold by fold)."
+    return text
+
+
+def _schedule_text(t: dict) -> str:
+    cfg = t.get("config") or {}
+    epochs = t["epochs_max"]
+    if cfg.get("schedule") == "onecycle":
+        return f"{epochs} epochs, Adam with a one-cycle learning rate (peak {cfg.get('lr')})"
+    return (
+        f"up to {epochs} epochs, Adam, ReduceLROnPlateau (factor 0.5, patience 3) and early "
+        "stopping"
+    )
+
+
 def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
     m = manifest
     q = m["quantization"]
@@ -145,11 +180,11 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
         f"- Operating threshold {m['threshold']}: {m['threshold_rule']}.",
         "",
         "## Training",
-        f"- Data: {t['data']}. Pretrained weights: none ({t['note']}).",
-        f"- Recipe `lunglens-train {preset.name}`: resolution {t['resolution']} px, up to "
-        f"{t['epochs_max']} epochs, Adam, label smoothing, class weights, ReduceLROnPlateau "
-        f"(factor 0.5, patience 3) and early stopping on the validation fold's "
-        f"{t.get('monitor', 'unweighted cross-entropy')} (checkpoint with the best value kept); "
+        f"- Data: {t['data']}." + _exclusion_text(t),
+        _pretrained_text(t),
+        f"- Recipe `lunglens-train {preset.name}`: resolution {t['resolution']} px, "
+        f"{_schedule_text(t)}, label smoothing, class weights; the checkpoint with the best "
+        f"validation-fold {t.get('monitor', 'unweighted cross-entropy')} is kept; "
         f"augmentation {t['augmentation']}.",
         f"- Device: {t['device']}. Final model: {t['final_model'].get('epochs_run')} epochs, best "
         f"epoch {t['final_model'].get('best_epoch')}, "

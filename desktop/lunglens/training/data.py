@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lunglens.preprocess import to_model_input
+from lunglens.preprocess import IDENTITY, Preprocessing, model_input_with_boxes
 
 
 @dataclass
@@ -78,6 +78,7 @@ def load_imageset(
     limit: int | None = None,
     seed: int = 0,
     workers: int = 2,
+    prep: Preprocessing = IDENTITY,
 ) -> ImageSet:
     """Decode every image in ``manifest`` at ``size x size``.
 
@@ -94,16 +95,20 @@ def load_imageset(
             keep += [rows[i] for i in rng.permutation(len(rows))[:per]]
         records = keep
 
-    return load_records(records, size, classes, workers)
+    return load_records(records, size, classes, workers, prep)
 
 
 def load_records(
-    records: Sequence[Record], size: int, classes: Sequence[str], workers: int = 2
+    records: Sequence[Record],
+    size: int,
+    classes: Sequence[str],
+    workers: int = 2,
+    prep: Preprocessing = IDENTITY,
 ) -> ImageSet:
     """Decode ``records`` at ``size x size`` (uint8) with the app's loader and preprocessing."""
 
     def one(rec: Record) -> np.ndarray:
-        im = to_model_input(load_unit_image(rec.path), (size, size))[0, 0]
+        im = model_input_with_boxes(load_unit_image(rec.path), (size, size), prep)[0][0, 0]
         return np.round(im * 255.0).astype(np.uint8)
 
     with ThreadPoolExecutor(workers) as pool:

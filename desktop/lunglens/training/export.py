@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lunglens.preprocess import IDENTITY, Preprocessing
+
 
 def _elu_as_exp(self: nn.ELU, x: torch.Tensor) -> torch.Tensor:
     # ELU(x) = x for x > 0, alpha * (exp(x) - 1) otherwise (Clevert et al. 2016), written as
@@ -193,11 +195,17 @@ def export_onnx(model: nn.Module, size: int, path: Path, opset: int = 17) -> dic
     )
 
 
-def input_contract(size: int, window: tuple[str, float, float] | None = None) -> dict:
-    """The manifest's ``input`` block: what the app feeds the graph (DESIGN.md model contract).
+def input_contract(
+    size: int,
+    window: tuple[str, float, float] | None = None,
+    prep: Preprocessing = IDENTITY,
+    norm: tuple[float, float] = (0.5, 0.25),
+) -> dict:
+    """The manifest's ``input`` block: what the app feeds the graph (docs/model-contract.md).
 
     ``window`` is the CT display window ``(name, center, width)`` the training images were
-    rendered with, so the app renders DICOM slices the same way.
+    rendered with, so the app renders DICOM slices the same way; ``prep`` is the crop and
+    intensity step (:func:`lunglens.preprocess.model_view`) the app must apply before resizing.
     """
     return dict(
         name="image",
@@ -206,6 +214,7 @@ def input_contract(size: int, window: tuple[str, float, float] | None = None) ->
         range=[0.0, 1.0],
         dtype="float32",
         window=dict(name=window[0], center=window[1], width=window[2]) if window else None,
-        resize="whole image stretched to size (cv2 INTER_AREA), lunglens.preprocess",
-        normalization="inside the graph: (x - 0.5) / 0.25",
+        preprocessing=prep.to_manifest(),
+        resize="view stretched to size (cv2 INTER_AREA): preprocess.model_input_with_boxes",
+        normalization=f"inside the graph: (x - {norm[0]}) / {norm[1]}",
     )

