@@ -155,7 +155,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.pdf:
         from lunglens.report.pdf import scan_pdf
 
-        outputs.append(str(scan_pdf(scan, result, args.pdf)))
+        outputs.append(str(scan_pdf(scan, result, args.pdf, anonymize=args.anonymize)))
     if args.json:
         data = result.to_dict(slice_probs=result.n_slices > 1)
         if args.include_ids:
@@ -526,6 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam", metavar="OUT.png", help="write the CAM overlay as PNG")
     p.add_argument("--cam-class", metavar="LABEL", help="class to explain (default: positive)")
     p.add_argument("--pdf", metavar="OUT.pdf", help="write a one-page PDF summary")
+    p.add_argument(
+        "--anonymize",
+        action="store_true",
+        help="leave patient ID/name, study date and accession number out of the PDF",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--include-ids", action="store_true", help="include the patient id (JSON)")
 
