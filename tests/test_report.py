@@ -39,6 +39,9 @@ def test_html_report_is_self_contained(tmp_path: Path, mdir: Path) -> None:
     assert "&lt;b&gt;" in html and "<b>" not in html  # file names are escaped
     assert "Flagged scans (2)" in html and "Errors (1)" in html and "CorruptFile" in html
     assert html.index("s0&lt;b&gt;") < html.index("s1&lt;b&gt;")  # sorted by probability
+    # the same triage words as everywhere, and one threshold precision
+    assert "Flagged for review - COVID-19 not ruled out (P 0.9" in html
+    assert "0.500 on P(covid)" in html and "most suspicious slices (1 = first)" in html
 
 
 def test_scan_pdf(tmp_path: Path, mdir: Path) -> None:

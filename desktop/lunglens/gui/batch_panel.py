@@ -153,6 +153,7 @@ class BatchPanel(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(False)
+        self.table.setWordWrap(False)  # one line per scan: more of the ranking in view
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.doubleClicked.connect(self._on_double_click)
@@ -409,7 +410,7 @@ class BatchPanel(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         self.table.setColumnWidth(0, 220)
-        self.table.setColumnWidth(self.column("prediction"), 420)
+        self.table.setColumnWidth(self.column("prediction"), 470)
         self.table.sortByColumn(self.column(f"p_{positives[0]}"), Qt.SortOrder.DescendingOrder)
 
     def column(self, key: str) -> int:

@@ -73,8 +73,8 @@ def write_html_report(
     used: dict[tuple[str, str, str], list[dict[str, str]]] = {}
     for r in ok:
         used.setdefault((r["model"], r["model_version"], r["model_sha256"]), []).append(r)
-    for m in given:  # a model of the run that scored nothing is still named
-        used.setdefault((m.name, m.version, m.sha256), [])
+    for g in given:  # a model of the run that scored nothing is still named
+        used.setdefault((g.name, g.version, g.sha256), [])
     bars = data_uri(figure_png(count_bars(counts)))
     codes = Counter(r["error"].split(":", 1)[0] for r in errors)
     parts = [
@@ -87,7 +87,8 @@ def write_html_report(
     ]
     hists: list[str] = []
     for (name, version, sha), model_rows in used.items():
-        m = infos.get(name)
+        found = infos.get(name)
+        m = found if found is not None and found.sha256 == sha else None
         threshold = (
             m.threshold
             if m is not None
