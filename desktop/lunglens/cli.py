@@ -378,7 +378,12 @@ def qt_problem(timeout: float = 60.0) -> str:
         return ""
     lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
     why = next((ln for ln in lines if "plugin" in ln.lower()), lines[-1] if lines else "")
-    return f"Qt could not be started (exit {proc.returncode}: {why})"
+    how = (
+        f"aborted by signal {-proc.returncode}"
+        if proc.returncode < 0
+        else f"exit {proc.returncode}"
+    )
+    return f"Qt could not be started ({how}: {why})"
 
 
 def _run_gui(paths: Sequence[str], problem: str | None = None) -> int:
@@ -440,7 +445,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         problem = qt_problem()
         if not problem:
             return _run_gui([str(p) for s in sources for p in s.paths[:1]], problem)
-        _err(f"the desktop app cannot start ({problem}); printing the demo as text")
+        _err(f"the desktop app cannot start: {problem}; printing the demo as text")
     known = sample_labels(samples)
     rows: list[tuple[str, ...]] = []
     failed = 0
