@@ -43,6 +43,7 @@ CONTRACT = [
     "p_covid",
     "p_non-covid",
     "flagged",
+    "threshold",
     "n_slices",
     "top_slices",
     "elapsed_ms",
@@ -98,8 +99,16 @@ def test_csv_contract(env: Path, info: ModelInfo) -> None:
         assert 0 <= p1 <= 1 and abs(p1 + p2 - 1) < 1e-4
         assert r["flagged"] in ("true", "false")
         assert (r["flagged"] == "true") == (p1 >= info.threshold)
-        assert r["prediction"] == ("covid" if r["flagged"] == "true" else "non-covid")
-        assert int(r["n_slices"]) == 1 and r["top_slices"] == "0"
+        # the triage headline, never a class name the model may rate low
+        assert r["threshold"] == f"{info.threshold:.3f}"
+        if r["flagged"] == "true":
+            assert r["prediction"] == (
+                f"Flagged for review - COVID-19 not ruled out (P {p1:.3f} >= threshold "
+                f"{info.threshold:.3f})"
+            )
+        else:
+            assert r["prediction"] == f"Not flagged (P {p1:.3f} < {info.threshold:.3f})"
+        assert int(r["n_slices"]) == 1 and r["top_slices"] == "1"  # slices count from 1
         assert float(r["elapsed_ms"]) >= 0
         assert datetime.fromisoformat(r["scored_at"]).utcoffset().total_seconds() == 0
     summary = events[-1].summary
@@ -208,6 +217,91 @@ def test_series_rows_name_slices(env: Path, info: ModelInfo) -> None:
     assert len(rows) == 1, rows
     assert rows[0]["status"] == "ok", rows[0]["error"]
     assert rows[0]["n_slices"] == "4" and len(rows[0]["top_slices"].split(";")) == 3
+    # slice numbers count from 1 (as the app and the PDF show them): 1..4, never 0
+    assert sorted(int(n) for n in rows[0]["top_slices"].split(";"))[0] >= 1
+    assert {int(n) for n in rows[0]["top_slices"].split(";")} <= {1, 2, 3, 4}
+
+
+def _mixed_folder(root: Path) -> Path:
+    """A real DICOM chest CT, a real DICOM chest X-ray (DX) and two plain images."""
+    import shutil
+
+    folder = root / "mixed"
+    folder.mkdir()
+    shutil.copy(SHARED_DATA / "dicom" / "chest-ct-transfer-syntaxes" / "CTImage.dcm", folder)
+    shutil.copy(SHARED_DATA / "dicom" / "chest-cr" / "RG1_J2KI.dcm", folder)
+    write_png(folder / "bright.png", 1.0)
+    write_png(folder / "dark.png", 0.0)
+    return folder
+
+
+def test_auto_mode_routes_each_scan_to_its_modality_model(env: Path) -> None:
+    """``info=None``: one results file, each row scored by its modality's default model with
+    that model's name, version, hash and threshold; plain images need the modality check."""
+    if not (SHARED_DATA / "dicom" / "chest-cr" / "RG1_J2KI.dcm").exists():
+        pytest.skip("shared DICOM data not available")
+    from onnx_fixtures import write_model
+
+    # an X-ray model with other class names, as the shipped 3-class one
+    write_model(
+        env / "models" / "synthetic-cxr",
+        name="synthetic-cxr",
+        modality="cxr",
+        labels=["covid", "normal"],
+    )
+    folder = _mixed_folder(env)
+    ct, cxr = get_model("synthetic-ct"), get_model("synthetic-cxr")
+    out = env / "auto.csv"
+    events = list(score([folder], None, out))
+    records = _csv_records(out)
+    assert records[0] == columns(["covid", "non-covid", "normal"])  # union of the labels
+    rows = {Path(r["path"]).name: r for r in read_rows(out)}
+    for name, m in (("CTImage.dcm", ct), ("RG1_J2KI.dcm", cxr)):
+        r = rows[name]
+        assert r["status"] == "ok", r["error"]
+        assert (r["model"], r["model_version"], r["model_sha256"]) == (m.name, m.version, m.sha256)
+        assert r["threshold"] == f"{m.threshold:.3f}"
+    assert rows["RG1_J2KI.dcm"]["p_non-covid"] == ""  # the X-ray model has no such class
+    assert rows["CTImage.dcm"]["p_normal"] == "" and rows["RG1_J2KI.dcm"]["p_normal"] != ""
+    # without a modality check a plain image cannot be routed: a typed error row, no score
+    for name in ("bright.png", "dark.png"):
+        assert rows[name]["status"] == "error" and rows[name]["p_covid"] == ""
+        assert (
+            rows[name]["error"].startswith("ModelNotFound: ") and "modality" in rows[name]["error"]
+        )
+    summary = events[-1].summary  # type: ignore[attr-defined]
+    assert summary.model == "auto" and len(summary.models) == 2
+    audit = json.loads((env / "data" / "audit.log").read_text().splitlines()[-1])
+    assert {m["name"] for m in audit["models"]} == {"synthetic-ct", "synthetic-cxr"}
+
+
+def test_auto_mode_routes_plain_images_by_the_modality_check_and_resumes(env: Path) -> None:
+    if not (SHARED_DATA / "dicom" / "chest-cr" / "RG1_J2KI.dcm").exists():
+        pytest.skip("shared DICOM data not available")
+    from onnx_fixtures import write_modality_check
+
+    write_modality_check(env / "models" / "synthetic-modality")
+    folder = _mixed_folder(env)
+    out = env / "auto.csv"
+    cancel = threading.Event()
+    first = []
+    for ev in score([folder], None, out, cancel=cancel, batch_size=1, workers=1):
+        first.append(ev)
+        if isinstance(ev, Row):
+            cancel.set()  # stop after the first row(s)
+    done = first[-1].summary.done  # type: ignore[attr-defined]
+    assert first[-1].summary.cancelled and 1 <= done < 4  # type: ignore[attr-defined]
+    events = list(score([folder], None, out, resume=True))
+    assert events[0].skipped == done  # type: ignore[attr-defined]
+    rows = {Path(r["path"]).name: r for r in read_rows(out)}
+    assert len(rows) == 4 == len(_csv_records(out)) - 1
+    # bright "looks like" an X-ray to the synthetic check, dark like a CT slice
+    assert rows["bright.png"]["model"] == "synthetic-cxr"
+    assert rows["dark.png"]["model"] == "synthetic-ct"
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    # a chosen model cannot resume an automatic file that holds another model's rows
+    with pytest.raises(ResumeConflict, match="synthetic-cxr"):
+        list(score([folder], get_model("synthetic-ct"), out, resume=True))
 
 
 def _score_cmd(folder: Path, out: Path) -> list[str]:

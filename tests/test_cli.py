@@ -38,7 +38,11 @@ def test_classify_text_cam_and_audit(env: Path, capsys: pytest.CaptureFixture[st
     cam = env / "cam.png"
     assert main(["classify", str(img), "--cam", str(cam)]) == 0
     out, err = capsys.readouterr()
-    assert "prediction:" in out and DISCLAIMER in out
+    assert "result:      Flagged for review - COVID-19 not ruled out (P " in out or (
+        "result:      Not flagged (P " in out
+    )
+    assert "prediction" not in out and DISCLAIMER in out
+    assert "threshold:   0.500 on P(covid)" in out  # one precision for thresholds
     assert "no modality" in err and "synthetic-ct" in err  # plain image -> CT model, warned
     with Image.open(cam) as im:
         assert im.size == (64, 64) and im.mode == "RGB"
@@ -121,16 +125,17 @@ def test_score_exit_codes_and_report(env: Path, capsys: pytest.CaptureFixture[st
     for i in range(4):
         write_png(env / "imgs" / f"{i}.png", i / 3)
     out = env / "res" / "results.csv"
-    assert main(["score", str(env / "imgs"), "--out", str(out)]) == 0
+    assert main(["score", str(env / "imgs"), "--out", str(out), "--model", "synthetic-ct"]) == 0
     stdout = capsys.readouterr().out
     assert "4 scored" in stdout and DISCLAIMER in stdout
     html = out.with_suffix(".html").read_text()
     assert "data:image/png;base64," in html and DISCLAIMER in html
-    assert main(["score", str(env / "imgs"), "--out", str(out)]) == 2  # exists, no --resume
-    assert main(["score", str(env / "imgs"), "--out", str(out), "--resume"]) == 0
+    ct = ["--model", "synthetic-ct"]
+    assert main(["score", str(env / "imgs"), "--out", str(out), *ct]) == 2  # exists, no --resume
+    assert main(["score", str(env / "imgs"), "--out", str(out), "--resume", *ct]) == 0
     (env / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     assert (
-        main(["score", str(env / "imgs"), "--out", str(out), "--resume", "--no-report"]) == 1
+        main(["score", str(env / "imgs"), "--out", str(out), "--resume", "--no-report", *ct]) == 1
     )  # one new scan errored
     assert "CorruptFile 1" in capsys.readouterr().out
     assert (
@@ -155,13 +160,58 @@ def test_demo_prints_table_without_display(
     res = env / "resources"
     write_png(res / "samples" / "bright.png", 0.95)
     write_png(res / "samples" / "dark.png", 0.05)
+    (res / "samples" / "LICENSE.md").write_text(
+        "| File | Kind | Label (source) |\n|---|---|---|\n"
+        "| `bright.png` | chest X-ray | pneumonia (Pneumocystis) |\n",
+        encoding="utf-8",
+    )
     monkeypatch.setenv("LUNGLENS_RESOURCES_DIR", str(res))
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "file" in out and "probability" in out and "flagged" in out
-    assert "bright.png" in out and "yes" in out and DISCLAIMER in out
+    header = out.splitlines()[0].split()
+    assert header == ["file", "known", "label", "modality", "model", "P(covid)", "result"]
+    bright = next(line for line in out.splitlines() if line.startswith("bright.png"))
+    # the known label of the sample beside the result; the number is P(covid), not a class
+    assert "pneumonia (Pneumocystis)" in bright
+    assert "Flagged for review - COVID-19 not ruled out (P " in bright
+    dark = next(line for line in out.splitlines() if line.startswith("dark.png"))
+    assert " ? " in dark and "Not flagged (P " in dark
+    assert "FLAGGED" not in out and DISCLAIMER in out
     monkeypatch.setenv("LUNGLENS_RESOURCES_DIR", str(env / "none"))
     assert main(["demo"]) == 1
+
+
+def test_score_defaults_to_auto(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No --model: automatic mode; a plain image without a modality check gets an error row
+    naming the reason instead of a CT score (it used to be scored by the CT model)."""
+    write_png(env / "imgs" / "a.png", 0.9)
+    out = env / "r.csv"
+    assert main(["score", str(env / "imgs"), "--out", str(out)]) == 1
+    assert "each with its modality's default model" in capsys.readouterr().err
+    from lunglens.batch import read_rows
+
+    (row,) = read_rows(out)
+    assert row["status"] == "error" and row["error"].startswith("ModelNotFound: ")
+    assert "no modality check" in row["error"] and row["p_covid"] == ""
+    html = out.with_suffix(".html").read_text()
+    assert "synthetic-ct" in html and "synthetic-cxr" in html  # every model of the run named
+
+
+def test_demo_prints_text_when_qt_cannot_start(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A display that cannot be opened (as with missing X libraries) must not abort the
+    process with SIGABRT (exit 134): the demo falls back to its text summary."""
+    pytest.importorskip("PySide6")
+    res = env / "resources"
+    write_png(res / "samples" / "bright.png", 0.95)
+    monkeypatch.setenv("LUNGLENS_RESOURCES_DIR", str(res))
+    monkeypatch.setenv("DISPLAY", ":9876")  # no X server there
+    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
+    assert main(["demo"]) == 0
+    out, err = capsys.readouterr()
+    assert "Qt could not be started" in err and "printing the demo as text" in err
+    assert "bright.png" in out and "P(covid)" in out
 
 
 def test_gui_missing_is_a_clear_message(

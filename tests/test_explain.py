@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lunglens.explain import activation_maps, cam_map, overlay, raw_cam, save_png, tile
+from lunglens.explain import (
+    activation_maps,
+    cam_alpha,
+    cam_map,
+    colorize,
+    overlay,
+    raw_cam,
+    save_png,
+    tile,
+)
 from lunglens.inference import classify_scan, clear_engines, get_engine
 from lunglens.io.scan import Scan
 from lunglens.models import get_model
@@ -58,6 +67,23 @@ def test_overlay_and_png(tmp_path: Path) -> None:
         assert im.size == (50, 40) and im.mode == "RGB"
     with pytest.raises(ValueError, match="colormap"):
         overlay(img, heat, colormap="rainbow-unicorn")
+
+
+def test_low_end_of_the_cam_is_transparent() -> None:
+    """ "No evidence" areas keep the image's gray; opacity ramps up with the CAM value."""
+    img = np.linspace(0.0, 1.0, 40 * 50, dtype=np.float32).reshape(40, 50)
+    cam = np.zeros((40, 50), np.float32)
+    cam[:, 25:] = 1.0
+    cam[:, 20:25] = 0.35  # in the ramp: partly opaque
+    rgb = overlay(img, cam, alpha=0.8)
+    gray = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    for ch in range(3):  # left part: exactly the image, not tinted blue by jet's low end
+        assert np.array_equal(rgb[:, :20, ch], gray[:, :20])
+    assert not np.array_equal(rgb[:, 30:, 0], rgb[:, 30:, 2])  # strong CAM is coloured
+    alpha = cam_alpha(np.array([0.0, 0.1, 0.35, 0.6, 1.0], np.float32))
+    assert alpha[0] == alpha[1] == 0.0 and 0.0 < alpha[2] < 1.0 and alpha[3] == alpha[4] == 1.0
+    rgba = colorize(cam)
+    assert rgba.shape == (40, 50, 4) and rgba[0, 0, 3] == 0 and rgba[0, 49, 3] == 255
 
 
 def test_activation_gallery(engine) -> None:  # type: ignore[no-untyped-def]

@@ -110,9 +110,17 @@ def test_open_ct_classify_and_show_result(qtbot, window: MainWindow, ct_file: Pa
     assert not window.view.image_item.pixmap().isNull()
     assert window.view.image_item.pixmap().width() == 512
     panel = window.classify_panel
-    assert panel.current_model_name() == "synthetic-ct"  # default by modality
-    assert result.prediction in panel.prediction_label.text()
+    assert panel.current_model_name() == "auto"  # "Automatic (by modality)" is the default
+    assert panel.model_combo.currentText() == "Automatic (by modality)"
+    assert result.model == "synthetic-ct"  # ... and picked the CT model for a CT
+    # the headline is the triage decision with its numbers, never a bare class name
+    assert panel.prediction_label.text() == result.headline
+    assert panel.prediction_label.text().startswith(
+        ("Flagged for review - COVID-19", "Not flagged")
+    )
     assert f"{result.threshold:.3f}" in panel.threshold_label.text()
+    assert window.cam_controls.caveat_label.text() == "Where the model looked, not a lesion outline"
+    assert window.cam_controls.caveat_label.isVisibleTo(window)
     assert "synthetic-ct" in panel.model_label.text()
     assert result.model_sha256[:16] in panel.model_label.text()
     assert panel.disclaimer_label.text() == DISCLAIMER
@@ -158,7 +166,8 @@ def test_series_slices_and_suspicious_list(qtbot, window: MainWindow, ct_series:
     assert scan is not None and result is not None and scan.n_slices == 5
     assert window.slider.maximum() == 4
     assert result.n_slices == 5
-    assert "Series of 5 slices" in window.classify_panel.prediction_label.text()
+    assert "series of 5 slices" in window.classify_panel.threshold_label.text()
+    assert window.classify_panel.prediction_label.text() == window.result.headline
     lst = window.classify_panel.slices_list
     assert lst.count() == len(result.top_slices) == 3
     assert "mm" in lst.item(0).text()
@@ -212,7 +221,7 @@ def test_cam_toggle_opacity_class_and_export(
 def test_cxr_uses_cxr_model_and_gallery(qtbot, window: MainWindow, cxr_file: Path) -> None:
     open_and_classify(qtbot, window, cxr_file)
     assert window.scan is not None and window.scan.modality == "cxr"
-    assert window.classify_panel.current_model_name() == "synthetic-cxr"
+    assert window.classify_panel.is_auto() and window.result.model == "synthetic-cxr"
     assert not window.window_combo.isEnabled()  # HU presets are CT only
     assert window.view.image_item.pixmap().width() == 1841
     window._on_hover(5, 5)
@@ -227,6 +236,17 @@ def test_cxr_uses_cxr_model_and_gallery(qtbot, window: MainWindow, cxr_file: Pat
     gallery.grid.setCurrentRow(2)
     assert gallery.preview.pixmap() is not None and not gallery.preview.pixmap().isNull()
     assert "channel" in gallery.preview_caption.text()
+    # plain words on what a layer map shows, and a readable enlargement
+    assert "Early layer" in gallery.explain_label.text() or "Late layer" in (
+        gallery.explain_label.text()
+    )
+    assert gallery.enlarge_button.isEnabled()
+    qtbot.mouseClick(gallery.enlarge_button, Qt.MouseButton.LeftButton)
+    assert gallery.enlarged.isVisible()
+    pix = gallery.enlarged.image.pixmap()
+    assert pix.width() >= 400 and pix.height() >= 400  # the 64 px map, shown at 480 px
+    assert "Channel" in gallery.enlarged.caption.text()
+    gallery.enlarged.close()
     # cached per scan: changing N and back does not recompute
     with qtbot.waitSignal(gallery.computed, timeout=TIMEOUT):
         gallery.top_n.setValue(2)
@@ -240,10 +260,19 @@ def test_cxr_uses_cxr_model_and_gallery(qtbot, window: MainWindow, cxr_file: Pat
 
 def test_plain_image_and_model_choice(qtbot, window: MainWindow, tmp_path: Path) -> None:
     png = write_png(tmp_path / "bright.png", 0.9, size=40)
-    open_and_classify(qtbot, window, png)
+    # automatic mode cannot tell a plain image's modality without the modality check: it
+    # says so instead of scoring it with the CT model
+    with qtbot.waitSignal(window.errorShown, timeout=TIMEOUT) as sig:
+        window.open_path(str(png))
+    assert "choose a CT or X-ray model" in sig.args[0] and window.result is None
+    with qtbot.waitSignal(window.resultReady, timeout=TIMEOUT):
+        idx = window.classify_panel.model_combo.findData("synthetic-ct")
+        window.classify_panel.model_combo.setCurrentIndex(idx)
     assert window.scan is not None and window.scan.modality == "unknown"
-    assert window.result is not None and window.result.prediction == "covid"
-    assert "FLAGGED" in window.classify_panel.prediction_label.text()
+    assert window.result is not None and window.result.flagged
+    assert window.classify_panel.prediction_label.text().startswith(
+        "Flagged for review - COVID-19 not ruled out (P "
+    )
     window._on_hover(3, 4)
     assert "gray" in window.pixel_label.text()
     # switching model re-classifies with the new one
@@ -263,7 +292,7 @@ def test_plain_image_routed_by_modality_check(
     on_load: list[str] = []
     window.scanLoaded.connect(lambda _s: on_load.append(window.statusBar().currentMessage()))
     open_and_classify(qtbot, window, write_png(tmp_path / "bright.png", 1.0, size=40))
-    assert window.classify_panel.current_model_name() == "synthetic-cxr"
+    assert window.classify_panel.is_auto()
     assert window.result is not None and window.result.model == "synthetic-cxr"
     assert on_load and "chest X-ray" in on_load[0] and "synthetic-cxr" in on_load[0]
     assert "chest X-ray" in window.classify_panel.notes_label.text()
@@ -311,10 +340,16 @@ def _batch_folder(root: Path, n_good: int = 6) -> Path:
     return folder
 
 
-def test_batch_with_bad_file_table_and_open(qtbot, window: MainWindow, env: Path) -> None:
+def test_batch_with_bad_file_table_and_open(
+    qtbot, window: MainWindow, env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Automatic model choice (default), table ranked most suspicious first with errors last,
+    triage words per row, report written beside the CSV and opened by a button."""
+    write_modality_check(env / "models" / "synthetic-modality")  # routes the plain images
     folder = _batch_folder(env)
     window.batch_dock.show()
     panel = window.batch_panel
+    assert panel.model_combo.currentText() == "Automatic (by modality)"
     panel.set_folder(str(folder))
     assert panel.csv_path().endswith(".csv") and str(env / "data") in panel.csv_path()
     with qtbot.waitSignal(panel.finished, timeout=60_000) as sig:
@@ -324,33 +359,59 @@ def test_batch_with_bad_file_table_and_open(qtbot, window: MainWindow, env: Path
     assert panel.row_count() == 7
     assert panel.progress.value() == panel.progress.maximum() == 7
     assert panel.status.text().startswith("Done: 7/7")
-    # flagged rows highlighted, error row grey, table sortable by probability
-    colors = {
-        panel.model.item(r, 1).text(): panel.model.item(r, 0).background().color().name()
-        for r in range(panel.row_count())
-    }
-    assert colors["error"] == "#ebebeb"
-    flagged = [r for r in range(panel.row_count()) if panel.model.item(r, 4).text() == "yes"]
+    # ranked as it opens: highest P(covid) on top, the error row last
+    pcol, tcol = panel.column("p_covid"), panel.column("prediction")
+    shown = [panel.proxy.index(r, pcol).data() for r in range(7)]
+    assert shown[-1] == "" and [float(p) for p in shown[:-1]] == sorted(
+        (float(p) for p in shown[:-1]), reverse=True
+    )
+    status_col = panel.column("status")
+    assert panel.proxy.index(6, status_col).data() == "error"
+    assert "bad.png" in panel.proxy.index(6, 0).data()
+    top = panel.proxy.index(0, tcol).data()
+    assert top.startswith("Flagged for review - COVID-19 not ruled out (P ")
+    assert "Prediction" not in [
+        panel.model.headerData(c, Qt.Orientation.Horizontal)
+        for c in range(panel.model.columnCount())
+    ]
+    models = {panel.proxy.index(r, panel.column("model")).data() for r in range(6)}
+    assert models == {"synthetic-ct", "synthetic-cxr"}  # each by its modality, one file
+    # flagged rows highlighted, error row grey
+    flagged = [r for r in range(7) if panel.proxy.index(r, tcol).data().startswith("Flagged")]
     assert len(flagged) == 3
-    assert all(panel.model.item(r, 0).background().color().name() == "#ffd6d6" for r in flagged)
-    panel.table.sortByColumn(3, Qt.SortOrder.DescendingOrder)
-    top = panel.proxy.index(0, 3).data()
-    assert float(top) >= float(panel.proxy.index(5, 3).data())
-    bad = next(r for r in range(panel.row_count()) if panel.model.item(r, 1).text() == "error")
-    assert "bad.png" in panel.model.item(bad, 0).text() and panel.model.item(bad, 7).text()
+    assert all(
+        panel.proxy.index(r, 0).data(Qt.ItemDataRole.BackgroundRole).color().name() == "#ffd6d6"
+        for r in flagged
+    )
+    assert panel.proxy.index(6, 0).data(Qt.ItemDataRole.BackgroundRole).color().name() == (
+        "#ebebeb"
+    )
     # double-click opens the scan in the viewer
     with qtbot.waitSignal(window.scanLoaded, timeout=TIMEOUT):
         panel._on_double_click(panel.proxy.index(0, 0))
     assert window.scan is not None and Path(window.scan.source).parent == folder
-    # export CSV and the summary report
+    # export CSV
     out = env / "copy.csv"
     panel.export_csv(str(out))
     assert len(list(csv.DictReader(out.open(encoding="utf-8")))) == 7
-    panel.make_report()
+    # the summary report was written beside the CSV (not to a hidden place) ...
     qtbot.waitUntil(lambda: panel.report_path is not None, timeout=60_000)
-    assert panel.report_path is not None and panel.report_path.read_text("utf-8").startswith(
-        "<!DOCTYPE html>"
-    )
+    assert panel.report_path == Path(panel.csv_path()).with_suffix(".html")
+    assert str(panel.report_path) in panel.report_label.text()
+    assert panel.open_report_button.isEnabled()
+    # ... is opened by a button ...
+    from lunglens.gui import batch_panel as bp
+
+    opened: list[str] = []
+    monkeypatch.setattr(bp.QDesktopServices, "openUrl", lambda url: opened.append(url) or True)
+    qtbot.mouseClick(panel.open_report_button, Qt.MouseButton.LeftButton)
+    assert [u.toLocalFile() for u in opened] == [str(panel.report_path)]
+    # ... and can be saved where the user chooses
+    chosen = env / "elsewhere" / "my-report.html"
+    chosen.parent.mkdir()
+    panel.make_report(str(chosen))
+    qtbot.waitUntil(lambda: panel.report_path == chosen, timeout=60_000)
+    assert chosen.read_text("utf-8").startswith("<!DOCTYPE html>")
     # the audit log went to LUNGLENS_DATA_DIR
     assert (env / "data" / "audit.log").exists()
 
@@ -358,6 +419,7 @@ def test_batch_with_bad_file_table_and_open(qtbot, window: MainWindow, env: Path
 def test_batch_cancel_and_resume(
     qtbot, window: MainWindow, env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    write_modality_check(env / "models" / "synthetic-modality")  # automatic mode, resumed
     folder = env / "many"
     for i in range(40):
         write_png(folder / f"s{i:03d}.png", (i % 10) / 10, size=32)
@@ -532,3 +594,60 @@ def test_batch_dock_opens_at_a_modest_height(qtbot, window: MainWindow) -> None:
     qtbot.wait(50)
     assert abs(window.batch_dock.height() - BATCH_DEFAULT_HEIGHT) <= 30
     assert window.centralWidget().height() > window.batch_dock.height()
+
+
+def test_first_window_fits_the_screen_and_size_is_remembered(qtbot, settings: Settings) -> None:
+    """A 1366x768 laptop (work area 1366x728 under a taskbar) gets a window that fits, frame
+    included; the 1400x900 it used to get cut off the right panel. The user's size is kept."""
+    from PySide6.QtCore import QRect, QSize
+
+    from lunglens.gui.main_window import FRAME_MARGIN, first_run_size
+
+    laptop = QRect(0, 0, 1366, 728)
+    size = first_run_size(laptop)
+    assert size.width() + FRAME_MARGIN.width() <= 1366
+    assert size.height() + FRAME_MARGIN.height() <= 728
+    assert first_run_size(QRect(0, 0, 2560, 1400)) == QSize(1400, 900)  # big screens: as before
+    win = MainWindow(settings)
+    qtbot.addWidget(win)
+    first = first_run_size(win.screen().availableGeometry())  # offscreen: an 800x600 screen
+    assert win.width() == first.width() < 1400
+    # the height cannot go under the layout's minimum (the docks scroll from there on)
+    assert win.height() <= max(first.height(), win.minimumSizeHint().height())
+    win.resize(777, 705)
+    win.close()
+    again = MainWindow(settings)
+    qtbot.addWidget(again)
+    assert again.size() == QSize(777, 705)
+
+
+def test_cam_overlay_low_end_is_transparent(qtbot, window: MainWindow, ct_file: Path) -> None:
+    open_and_classify(qtbot, window, ct_file)
+    window.cam_controls.show_box.setChecked(True)
+    qtbot.waitUntil(window.view.overlay_item.isVisible, timeout=TIMEOUT)
+    heat = window.current_heat()
+    assert heat is not None and heat.shape[2] == 4
+    assert (heat[..., 3] == 0).any() and (heat[..., 3] == 255).any()  # alpha ramps with value
+    img = window.view.overlay_item.pixmap().toImage()
+    assert img.hasAlphaChannel()
+
+
+def test_report_anonymize_option(
+    qtbot, window: MainWindow, ct_file: Path, tmp_path: Path, settings: Settings
+) -> None:
+    open_and_classify(qtbot, window, ct_file)
+    assert not window.anonymize_action.isChecked()
+    window.anonymize_action.setChecked(True)
+    assert settings.anonymize_reports()  # remembered
+    out = tmp_path / "anon.pdf"
+    with qtbot.waitSignal(window.reportSaved, timeout=60_000):
+        window.save_report(str(out))
+    import shutil
+    import subprocess
+
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext (poppler-utils) not installed")
+    text = subprocess.run(
+        ["pdftotext", str(out), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "MISTER" not in text and "2178309" not in text and "anonymized" in text

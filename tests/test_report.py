@@ -39,6 +39,9 @@ def test_html_report_is_self_contained(tmp_path: Path, mdir: Path) -> None:
     assert "&lt;b&gt;" in html and "<b>" not in html  # file names are escaped
     assert "Flagged scans (2)" in html and "Errors (1)" in html and "CorruptFile" in html
     assert html.index("s0&lt;b&gt;") < html.index("s1&lt;b&gt;")  # sorted by probability
+    # the same triage words as everywhere, and one threshold precision
+    assert "Flagged for review - COVID-19 not ruled out (P 0.9" in html
+    assert "0.500 on P(covid)" in html and "most suspicious slices (1 = first)" in html
 
 
 def test_scan_pdf(tmp_path: Path, mdir: Path) -> None:
@@ -52,3 +55,55 @@ def test_scan_pdf(tmp_path: Path, mdir: Path) -> None:
     assert data.startswith(b"%PDF") and pages == 1
     no_cam = classify_scan(scan, info, with_cam=False)
     assert scan_pdf(scan, no_cam, tmp_path / "nocam.pdf").stat().st_size > 1000
+
+
+def _pdf_text(pdf: Path) -> str:
+    import shutil
+    import subprocess
+
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext (poppler-utils) not installed")
+    return subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_scan_pdf_has_what_a_clinic_files(tmp_path: Path, mdir: Path) -> None:
+    """Patient and study fields from the DICOM header (left out when anonymized), headline,
+    threshold, every warning and note, CAM caveat, model identity, date and app version."""
+    from conftest import SHARED_DATA
+    from lunglens import __version__
+    from lunglens.io import load_scan
+
+    src = SHARED_DATA / "dicom" / "chest-ct-transfer-syntaxes" / "CTImage.dcm"
+    if not src.exists():
+        pytest.skip("shared DICOM data not available")
+    scan = load_scan(src)
+    scan.notes.append("a loader note that must reach the page")
+    info = get_model("synthetic-ct", mdir)
+    result = classify_scan(scan, get_model("synthetic-cxr", mdir))  # wrong model: a warning
+    assert result.notes
+    text = _pdf_text(scan_pdf(scan, result, tmp_path / "full.pdf"))
+    flat = " ".join(text.split())
+    for expected in (
+        "2178309",  # PatientID (0010,0020)
+        "MISTER, CT",  # PatientName (0010,0010)
+        "2001-01-05",  # StudyDate (0008,0020)
+        "0000000001",  # AccessionNumber (0008,0050)
+        "HELICAL CHEST",  # SeriesDescription (0008,103E)
+        result.headline,
+        "Threshold: 0.500 on P(covid)",
+        "not a lesion outline",
+        result.model_sha256,
+        f"LungLens {__version__}",
+        "a loader note that must reach the page",
+        " ".join(result.notes[0].split()[:6]),
+    ):
+        assert expected in flat, expected
+    assert info.name not in flat  # the model that scored it, not another one
+    anon = " ".join(
+        _pdf_text(scan_pdf(scan, result, tmp_path / "anon.pdf", anonymize=True)).split()
+    )
+    for hidden in ("2178309", "MISTER", "2001-01-05", "0000000001"):
+        assert hidden not in anon
+    assert "left out (anonymized report)" in anon and "HELICAL CHEST" in anon

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from lunglens.io.scan import Scan
     from lunglens.models.registry import ModelInfo
 
+#: ``--model auto``: each scan is scored by its modality's default model.
+AUTO = "auto"
+
 EXIT_OK = 0
 EXIT_ERRORS = 1
 EXIT_USAGE = 2
@@ -79,7 +82,7 @@ def _choose_model(args: argparse.Namespace, scan: Scan) -> ModelInfo:
     from lunglens.inference import choose_model
     from lunglens.models import default_model_for, get_model
 
-    if args.model:
+    if args.model and args.model != AUTO:
         return get_model(args.model, args.models_dir)
     try:
         return choose_model(scan, args.models_dir)
@@ -98,23 +101,24 @@ def _choose_model(args: argparse.Namespace, scan: Scan) -> ModelInfo:
 
 
 def _print_result(result: Any, out: TextIO) -> None:
+    from lunglens.inference import format_prob, format_threshold, slice_numbers
+
+    print(f"result:      {result.headline}", file=out)
     print(f"file:        {result.source}", file=out)
     print(f"modality:    {result.modality}", file=out)
     print(
         f"model:       {result.model} {result.model_version} ({result.model_sha256[:12]})", file=out
     )
     for label, p in result.probs.items():
-        print(f"p({label}):{' ' * max(1, 10 - len(label))}{p:.4f}", file=out)
-    flag = "FLAGGED" if result.flagged else "not flagged"
+        print(f"P({label}):{' ' * max(1, 10 - len(label))}{format_prob(p)}", file=out)
     print(
-        f"prediction:  {result.prediction} ({flag}; threshold {result.threshold:.2f} on "
-        f"p({result.positive_label}))",
+        f"threshold:   {format_threshold(result.threshold)} on P({result.positive_label})",
         file=out,
     )
     if result.n_slices > 1:
         print(
             f"slices:      {result.n_slices}; most suspicious (1 = first): "
-            + ", ".join(str(i + 1) for i in result.top_slices),
+            + ", ".join(str(n) for n in slice_numbers(result.top_slices)),
             file=out,
         )
     print(f"elapsed:     {result.elapsed_ms:.0f} ms", file=out)
@@ -151,7 +155,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.pdf:
         from lunglens.report.pdf import scan_pdf
 
-        outputs.append(str(scan_pdf(scan, result, args.pdf)))
+        outputs.append(str(scan_pdf(scan, result, args.pdf, anonymize=args.anonymize)))
     if args.json:
         data = result.to_dict(slice_probs=result.n_slices > 1)
         if args.include_ids:
@@ -170,6 +174,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             "model_sha256": info.sha256,
             "n_slices": result.n_slices,
             "prediction": result.prediction,
+            "headline": result.headline,
             "positive_prob": round(result.positive_prob, 6),
             "flagged": result.flagged,
             "outputs": outputs,
@@ -220,15 +225,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    if args.model:
+    info: ModelInfo | None = None  # automatic: each scan by its modality's default model
+    if args.model != AUTO:
         from lunglens.models import get_model
 
         info = get_model(args.model, args.models_dir)
-    else:  # one model per results file; scans are usually CT, so the CT model is the default
-        from lunglens.models import default_model_for
-
-        info = default_model_for("ct", args.models_dir)
-        _err(f"no --model given: using the CT model {info.name}")
     cancel = threading.Event()
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -252,11 +253,17 @@ def cmd_score(args: argparse.Namespace) -> int:
             workers=args.workers,
             cancel=cancel,
             include_ids=args.include_ids,
+            models_dir=args.models_dir,
         )
         for ev in events:
             if isinstance(ev, Started):
                 skipped = f", {ev.skipped} already done" if ev.skipped else ""
-                _err(f"scoring {ev.total} scans with {info.name} {info.version}{skipped}")
+                how = (
+                    f"with {info.name} {info.version}"
+                    if info is not None
+                    else "each with its modality's default model"
+                )
+                _err(f"scoring {ev.total} scans {how}{skipped}")
             elif isinstance(ev, Progress):
                 bar.update(ev.done, ev.total, ev.rate, ev.eta_s)
             elif isinstance(ev, Finished):
@@ -265,6 +272,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     assert summary is not None
+    if info is None:
+        print("models: " + ", ".join(summary.models))
     print(
         f"{summary.done} scored: {summary.ok} ok, {summary.flagged} flagged, "
         f"{summary.errors} errors ({summary.skipped} skipped as already done) "
@@ -275,7 +284,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if summary.error_codes:
         print("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.error_codes.items())))
     if not args.no_report:
-        print(f"report: {write_html_report(summary.out_csv, info)}")
+        models = [info] if info is not None else _auto_models(args.models_dir)
+        print(f"report: {write_html_report(summary.out_csv, models)}")
     from lunglens import DISCLAIMER
 
     print(DISCLAIMER)
@@ -283,6 +293,12 @@ def cmd_score(args: argparse.Namespace) -> int:
         _err("cancelled; rerun with --resume to finish")
         return EXIT_CANCELLED
     return EXIT_ERRORS if summary.errors else EXIT_OK
+
+
+def _auto_models(models_dir: str | None) -> list[ModelInfo]:
+    from lunglens.inference.modality import default_models
+
+    return list({m.name: m for m in default_models(models_dir).values()}.values())
 
 
 # --------------------------------------------------------------------------- models
@@ -329,7 +345,57 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _run_gui(paths: Sequence[str]) -> int:
+#: Creates a QApplication and exits: Qt aborts the whole process (SIGABRT, exit 134) when its
+#: platform plugin cannot load (no X server, or libxcb-cursor0 etc. missing), so this runs in
+#: a child process before the app is started in this one.
+_QT_PROBE = "from PySide6.QtWidgets import QApplication; QApplication([]); print('ok')"
+
+
+def qt_problem(timeout: float = 60.0) -> str:
+    """Why the desktop app cannot start here, or ``""`` when it can.
+
+    Checks for a display first (Linux without ``DISPLAY``/``WAYLAND_DISPLAY``), then starts Qt
+    in a child process and reads its complaint (e.g. "could not load the Qt platform plugin
+    xcb": the system libraries listed in the README are missing).
+    """
+    if not _has_display():
+        return "no display (DISPLAY / WAYLAND_DISPLAY are not set)"
+    if sys.platform in ("win32", "darwin"):
+        return ""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _QT_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=os.environ.copy(),
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"Qt could not be started ({exc})"
+    if proc.returncode == 0 and "ok" in proc.stdout:
+        return ""
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    why = next((ln for ln in lines if "plugin" in ln.lower()), lines[-1] if lines else "")
+    how = (
+        f"aborted by signal {-proc.returncode}"
+        if proc.returncode < 0
+        else f"exit {proc.returncode}"
+    )
+    return f"Qt could not be started ({how}: {why})"
+
+
+def _run_gui(paths: Sequence[str], problem: str | None = None) -> int:
+    if problem is None:
+        problem = qt_problem()
+    if problem:
+        _err(
+            f"the desktop app cannot start: {problem}. On Linux, install the Qt system "
+            "libraries listed in the README (section 'Linux system libraries'). The command "
+            "line still works: see 'lunglens --help'."
+        )
+        return EXIT_ERRORS
     try:
         from lunglens.gui.app import run  # lazy: Qt is only loaded for the app
     except ImportError as exc:
@@ -345,10 +411,28 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return _run_gui(getattr(args, "paths", []) or [])
 
 
+def sample_labels(samples: Path) -> dict[str, str]:
+    """``file name -> label`` from the table of ``resources/samples/LICENSE.md``.
+
+    The table's first column is the file name in backticks and its third the label given by
+    the source data set (``| `cxr-normal-....jpg` | chest X-ray | normal (No Finding) | ...``).
+    """
+    labels: dict[str, str] = {}
+    try:
+        text = (samples / "LICENSE.md").read_text(encoding="utf-8")
+    except OSError:
+        return labels
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and cells[0].endswith("`"):
+            labels[cells[0].strip("`")] = cells[2]
+    return labels
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lunglens import DISCLAIMER
     from lunglens.errors import LungLensError
-    from lunglens.inference import classify_scan
+    from lunglens.inference import classify_scan, format_prob
     from lunglens.io import discover_sources, load_source
     from lunglens.models import resources_dir
 
@@ -357,13 +441,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not sources:
         _err(f"no sample scans found in {samples} (set LUNGLENS_RESOURCES_DIR)")
         return EXIT_ERRORS
-    if _has_display() and not args.no_gui:
-        return _run_gui([str(p) for s in sources for p in s.paths[:1]])
+    if not args.no_gui:
+        problem = qt_problem()
+        if not problem:
+            return _run_gui([str(p) for s in sources for p in s.paths[:1]], problem)
+        _err(f"the desktop app cannot start: {problem}; printing the demo as text")
+    known = sample_labels(samples)
     rows: list[tuple[str, ...]] = []
     failed = 0
     inferred = False
     for src in sources:
         name = Path(src.key.split("#")[0]).name
+        label = known.get(name, "?")
         try:
             scan: Scan = load_source(src)
             info = _choose_model(args, scan)
@@ -374,23 +463,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
             rows.append(
                 (
                     name,
+                    label,
                     modality,
                     f"{info.name} {info.version}",
-                    res.prediction,
-                    f"{res.positive_prob:.3f}",
-                    "yes" if res.flagged else "no",
+                    format_prob(res.positive_prob),
+                    res.headline,
                 )
             )
         except LungLensError as exc:
             failed += 1
-            rows.append((name, "?", "-", f"error: {exc.code}", "-", "-"))
-    header = ("file", "modality", "model", "prediction", "probability", "flagged")
+            rows.append((name, label, "?", "-", "-", f"error: {exc.code}"))
+    header = ("file", "known label", "modality", "model", "P(covid)", "result")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     if inferred:
         print("\n* plain image: modality inferred from the pixels by the modality check")
-    print(f"\nprobability = p(positive class). {DISCLAIMER}")
+    print(
+        "\nP(covid) = the model's probability of COVID-19 findings; known label = the sample's "
+        f"label in its source data set (resources/samples/LICENSE.md). {DISCLAIMER}"
+    )
     return EXIT_ERRORS if failed else EXIT_OK
 
 
@@ -433,16 +525,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("classify", cmd_classify, "classify one scan (image, DICOM file or series folder)")
     p.add_argument("file")
-    p.add_argument("--model", help="model name (default: by the scan's modality)")
+    p.add_argument(
+        "--model", help="model name, or 'auto' (default): the scan's modality's default model"
+    )
     p.add_argument("--cam", metavar="OUT.png", help="write the CAM overlay as PNG")
     p.add_argument("--cam-class", metavar="LABEL", help="class to explain (default: positive)")
     p.add_argument("--pdf", metavar="OUT.pdf", help="write a one-page PDF summary")
+    p.add_argument(
+        "--anonymize",
+        action="store_true",
+        help="leave patient ID/name, study date and accession number out of the PDF",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--include-ids", action="store_true", help="include the patient id (JSON)")
 
     p = add("score", cmd_score, "score files and folders into a results CSV")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--model", help="model name (default: the CT model)")
+    p.add_argument(
+        "--model",
+        default=AUTO,
+        help="model name, or 'auto' (default): each scan by its modality's default model",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="results.csv")
     p.add_argument("--resume", action="store_true", help="skip scans already in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -9,9 +9,10 @@ from lunglens.batch.results_csv import (
     read_rows,
     repair_torn_tail,
 )
-from lunglens.batch.runner import discover, error_text, score
+from lunglens.batch.runner import AUTO, discover, error_text, score
 
 __all__ = [
+    "AUTO",
     "BatchEvent",
     "Finished",
     "Progress",

@@ -34,7 +34,12 @@ class Progress:
 
 @dataclass(frozen=True)
 class Summary:
-    """What a run did (also appended to the audit log)."""
+    """What a run did (also appended to the audit log).
+
+    ``model`` is the chosen model's name, or ``"auto"`` when each scan went to its modality's
+    default model (``model_version`` and ``model_sha256`` are then empty); ``models`` lists
+    every model the run could use as ``"name version (hash)"``.
+    """
 
     out_csv: Path
     model: str
@@ -51,6 +56,7 @@ class Summary:
     error_codes: dict[str, int] = field(default_factory=dict)
     #: Files in the folders that are not scans (DICOM SR/KO, text), one note each; no rows.
     ignored: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,16 @@
 Rows are appended, flushed and ``fsync``-ed one at a time, so a crash or a SIGKILL loses at most the
 row being written. That row may be torn (no final newline); :func:`open_results` detects it on
 ``--resume`` and cuts the file back to the last complete row, so a rerun writes every scan exactly
-once. A CSV made by another model (or with other labels) is never extended: mixing scores of two
-models in one ranking would be meaningless.
+once. A CSV is only extended by the model(s) that wrote it: with one chosen model, rows of
+another model would mix two rankings; in automatic mode (each scan scored by its modality's
+default model) the file holds those default models, each row naming its model, version, hash and
+the threshold it was judged by.
+
+Numbers a person reads follow :mod:`lunglens.inference.wording`: the ``prediction`` column holds
+the triage headline (``Flagged for review - COVID-19 not ruled out (P 0.327 >= threshold
+0.154)`` or ``Not flagged (P 0.080 < 0.154)``), ``threshold`` the operating threshold, and
+``top_slices`` the most suspicious slices numbered from 1 (slice 1 is the first of the series,
+as in the app and the PDF), separated by ``;``.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from lunglens.models.registry import ModelInfo
 #: Columns before the per-label probabilities.
 HEAD_COLUMNS = ("path", "status", "error", "model", "model_version", "model_sha256", "prediction")
 #: Columns after them.
-TAIL_COLUMNS = ("flagged", "n_slices", "top_slices", "elapsed_ms", "scored_at")
+TAIL_COLUMNS = ("flagged", "threshold", "n_slices", "top_slices", "elapsed_ms", "scored_at")
 #: Opt-in identifier column (``--include-ids``).
 ID_COLUMNS = ("patient_id",)
 
@@ -34,6 +42,14 @@ class ResultsExist(LungLensError):
 
 class ResumeConflict(LungLensError):
     """The existing CSV was written with another model, other labels or other columns."""
+
+
+def union_labels(models: Sequence[ModelInfo]) -> list[str]:
+    """Labels of ``models`` in first-seen order (one ``p_<label>`` column each)."""
+    labels: list[str] = []
+    for m in models:
+        labels += [label for label in m.labels if label not in labels]
+    return labels
 
 
 def columns(labels: Sequence[str], include_ids: bool = False) -> list[str]:
@@ -138,13 +154,16 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, str]]:
 
 def open_results(
     path: str | os.PathLike[str],
-    info: ModelInfo,
+    info: ModelInfo | Sequence[ModelInfo],
     *,
     resume: bool = False,
     overwrite: bool = False,
     include_ids: bool = False,
 ) -> ResultsWriter:
     """Open (create, overwrite or resume) a results CSV for ``info``.
+
+    ``info`` is the model, or the models of automatic mode (their labels' union gives the
+    ``p_`` columns; a resumed file may hold rows of any of them).
 
     Raises
     ------
@@ -154,7 +173,10 @@ def open_results(
         Resuming a file written with another model, version, labels or columns.
     """
     path = Path(path)
-    header = columns(info.labels, include_ids)
+    models = [info] if isinstance(info, ModelInfo) else list(info)
+    header = columns(union_labels(models), include_ids)
+    allowed = {(m.name, m.sha256) for m in models}
+    names = " / ".join(f"{m.name} {m.version} ({m.short_hash})" for m in models)
     path.parent.mkdir(parents=True, exist_ok=True)
     has_content = path.exists() and path.stat().st_size > 0
     if has_content and not (resume or overwrite):
@@ -176,8 +198,8 @@ def open_results(
     if records[0] != header:
         raise ResumeConflict(
             path,
-            f"cannot resume: the file's columns ({', '.join(records[0])}) differ from model "
-            f"{info.name}'s ({', '.join(header)})",
+            f"cannot resume: the file's columns ({', '.join(records[0])}) differ from those "
+            f"of {names} ({', '.join(header)})",
             "Use the model that wrote it (see its 'model' column) or another --out file.",
         )
     good: list[list[str]] = []
@@ -186,12 +208,11 @@ def open_results(
         if len(rec) != len(header):
             continue  # incomplete row: scored again below
         row = dict(zip(header, rec, strict=True))
-        if row["model"] and (row["model"], row["model_sha256"]) != (info.name, info.sha256):
+        if row["model"] and (row["model"], row["model_sha256"]) not in allowed:
             raise ResumeConflict(
                 path,
                 f"cannot resume: rows were scored with model {row['model']} "
-                f"{row['model_version']} ({row['model_sha256'][:12]}), not {info.name} "
-                f"{info.version} ({info.short_hash})",
+                f"{row['model_version']} ({row['model_sha256'][:12]}), not {names}",
                 "Mixing two models in one ranking is meaningless; use another --out file.",
             )
         if row["path"] in done:

@@ -6,6 +6,13 @@ Threads rather than processes: the decoders (Pillow, OpenCV, pydicom's pixel han
 GIL for the heavy work and threads start instantly on Windows laptops. Only a bounded number of
 decoded scans is held at a time (see :func:`_lookahead`), so memory does not grow with the size of
 the folder.
+
+With a model chosen, every scan is scored by it (a scan of the other modality becomes a
+``ModalityMismatch`` error row). In automatic mode (``info=None``, ``lunglens score --model auto``,
+the default) each scan goes to its modality's default model
+(:func:`lunglens.inference.modality.default_models`): the DICOM Modality (0008,0060) decides, and
+for plain images the modality check; one results file then holds rows of several models, each
+row naming its model, version, hash and threshold.
 """
 
 from __future__ import annotations
@@ -23,15 +30,19 @@ import numpy as np
 
 from lunglens.batch.events import BatchEvent, Finished, Progress, Row, Started, Summary
 from lunglens.batch.results_csv import open_results, utc_now
-from lunglens.errors import LungLensError, ModalityMismatch, ScanError
+from lunglens.errors import LungLensError, ModalityMismatch, ModelNotFound, ScanError
 from lunglens.inference.classify import result_from_probs
 from lunglens.inference.engine import Engine, get_engine
-from lunglens.inference.modality import check_with
+from lunglens.inference.modality import check_with, default_models
 from lunglens.inference.result import ScanResult
+from lunglens.inference.wording import format_threshold, slice_numbers
 from lunglens.io.scan import Scan
 from lunglens.models.registry import ModelInfo, modality_checker
 from lunglens.preprocess import to_model_input
 from lunglens.report.audit import append_audit
+
+#: ``--model auto``: each scan is scored by its modality's default model.
+AUTO = "auto"
 
 #: Slices per onnxruntime call in batch mode.
 BATCH_SIZE = 16
@@ -43,6 +54,8 @@ class _Decoded:
     scan: Scan | None
     error: str
     decode_ms: float
+    #: The model that scores it (``None`` when the model could not be decided).
+    info: ModelInfo | None = None
 
 
 def error_text(exc: BaseException) -> str:
@@ -51,39 +64,76 @@ def error_text(exc: BaseException) -> str:
     return f"{code}: {exc}"
 
 
-def _decode(source: object, key: str, info: ModelInfo, checker: ModelInfo | None) -> _Decoded:
+def _route(
+    key: str, scan: Scan, routes: dict[str, ModelInfo], checker: ModelInfo | None
+) -> ModelInfo:
+    """Automatic mode: the default model of the scan's modality (header, else the pixels)."""
+    modality = scan.modality
+    how = f"its DICOM modality is {modality.upper()}"
+    if modality not in ("ct", "cxr"):
+        check = check_with(checker, scan) if checker is not None else None
+        if check is None:
+            raise ModelNotFound(
+                key,
+                "plain image without modality information, and no modality check is installed "
+                "to tell a CT slice from a chest X-ray",
+                "Score it with a chosen model (--model).",
+            )
+        modality, how = check.modality, f"the image {check.looks_like()}"
+    if modality not in routes:
+        raise ModelNotFound(
+            key,
+            f"{how}, but no {modality.upper()} model is installed",
+            "Install one or score it with a chosen model (--model).",
+        )
+    return routes[modality]
+
+
+def _decode(
+    source: object,
+    key: str,
+    info: ModelInfo | None,
+    checker: ModelInfo | None,
+    routes: dict[str, ModelInfo] | None = None,
+) -> _Decoded:
     from lunglens.io import load_source
 
     start = time.perf_counter()
+    chosen: ModelInfo | None = info
     try:
         scan = load_source(source)  # type: ignore[arg-type]
-        if scan.modality in ("ct", "cxr") and scan.modality != info.modality:
+        if info is None:
+            chosen = _route(key, scan, routes or {}, checker)
+        elif scan.modality in ("ct", "cxr") and scan.modality != info.modality:
             raise ModalityMismatch(
                 key,
                 f"the scan is {scan.modality.upper()} but model {info.name} is for "
                 f"{info.modality.upper()}",
-                "Score it with a model for its modality (--model).",
+                "Score it with a model for its modality (--model), or with --model auto.",
             )
-        if scan.modality not in ("ct", "cxr") and checker is not None:
+        elif scan.modality not in ("ct", "cxr") and checker is not None:
             check = check_with(checker, scan)  # plain image: only the pixels can tell
             if check is not None and check.confident and check.modality != info.modality:
                 raise ModalityMismatch(
                     key,
                     f"plain image that {check.looks_like()} ({check.model}), but model "
                     f"{info.name} is for {info.modality.upper()}",
-                    "Score it with a model for its modality (--model).",
+                    "Score it with a model for its modality (--model), or with --model auto.",
                 )
-        return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0)
+        return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0, chosen)
     except Exception as exc:  # a bad file must never stop the run: it becomes an error row
-        return _Decoded(key, None, error_text(exc), (time.perf_counter() - start) * 1000.0)
+        return _Decoded(key, None, error_text(exc), (time.perf_counter() - start) * 1000.0, chosen)
 
 
-def _base_row(key: str, info: ModelInfo) -> dict[str, str]:
+def _base_row(key: str, info: ModelInfo | None) -> dict[str, str]:
+    if info is None:  # automatic mode, and the scan's model could not be decided
+        return {"path": key}
     return {
         "path": key,
         "model": info.name,
         "model_version": info.version,
         "model_sha256": info.sha256,
+        "threshold": format_threshold(info.threshold),
     }
 
 
@@ -95,10 +145,10 @@ def result_row(
     row.update(
         status="ok",
         error="",
-        prediction=result.prediction,
+        prediction=result.headline,
         flagged="true" if result.flagged else "false",
         n_slices=str(result.n_slices),
-        top_slices=";".join(str(i) for i in result.top_slices),
+        top_slices=";".join(str(n) for n in slice_numbers(result.top_slices)),
         elapsed_ms=f"{elapsed_ms:.1f}",
         scored_at=utc_now(),
     )
@@ -109,40 +159,51 @@ def result_row(
     return row
 
 
-def error_row(key: str, info: ModelInfo, error: str, elapsed_ms: float = 0.0) -> dict[str, str]:
-    """The CSV row of a scan that could not be scored."""
+def error_row(
+    key: str, info: ModelInfo | None, error: str, elapsed_ms: float = 0.0
+) -> dict[str, str]:
+    """The CSV row of a scan that could not be scored (model columns empty when unknown)."""
     row = _base_row(key, info)
     row.update(status="error", error=error, elapsed_ms=f"{elapsed_ms:.1f}", scored_at=utc_now())
     return row
 
 
 def _score_decoded(
-    engine: Engine, items: list[_Decoded], batch_size: int, include_ids: bool
+    engines: dict[str, Engine], items: list[_Decoded], batch_size: int, include_ids: bool
 ) -> list[dict[str, str]]:
-    """Run all slices of ``items`` through the engine in batches; one row per item."""
-    info = engine.info
-    slices = [im for it in items if it.scan is not None for im in it.scan.image]
-    start = time.perf_counter()
-    probs = np.empty((len(slices), len(info.labels)), np.float32)
-    for lo in range(0, len(slices), batch_size):
-        chunk = to_model_input(slices[lo : lo + batch_size], info.input_size, info.preprocessing)
-        probs[lo : lo + len(chunk)] = engine.predict(chunk, ("probs",))["probs"]
-    infer_ms = (time.perf_counter() - start) * 1000.0
-    per_slice = infer_ms / max(1, len(slices))
-    rows: list[dict[str, str]] = []
-    offset = 0
-    for it in items:
-        if it.scan is None:
-            rows.append(error_row(it.key, info, it.error, it.decode_ms))
-            continue
-        n = it.scan.n_slices
-        result = result_from_probs(
-            info, it.key, probs[offset : offset + n], modality=it.scan.modality
-        )
-        offset += n
-        pid = it.scan.metadata.get("patient_id", "") if include_ids else None
-        rows.append(result_row(result, it.key, info, it.decode_ms + per_slice * n, pid))
-    return rows
+    """Run all slices of ``items`` through their model's engine in batches; one row per item,
+    in the order of ``items``."""
+    rows: dict[int, dict[str, str]] = {}
+    by_model: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        if it.scan is None or it.info is None:
+            rows[i] = error_row(it.key, it.info, it.error, it.decode_ms)
+        else:
+            by_model.setdefault(it.info.name, []).append(i)
+    for name, idx in by_model.items():
+        engine = engines[name]
+        info = engine.info
+        group = [items[i] for i in idx]
+        slices = [im for it in group if it.scan is not None for im in it.scan.image]
+        start = time.perf_counter()
+        probs = np.empty((len(slices), len(info.labels)), np.float32)
+        for lo in range(0, len(slices), batch_size):
+            chunk = to_model_input(
+                slices[lo : lo + batch_size], info.input_size, info.preprocessing
+            )
+            probs[lo : lo + len(chunk)] = engine.predict(chunk, ("probs",))["probs"]
+        per_slice = (time.perf_counter() - start) * 1000.0 / max(1, len(slices))
+        offset = 0
+        for i, it in zip(idx, group, strict=True):
+            assert it.scan is not None
+            n = it.scan.n_slices
+            result = result_from_probs(
+                info, it.key, probs[offset : offset + n], modality=it.scan.modality
+            )
+            offset += n
+            pid = it.scan.metadata.get("patient_id", "") if include_ids else None
+            rows[i] = result_row(result, it.key, info, it.decode_ms + per_slice * n, pid)
+    return [rows[i] for i in range(len(items))]
 
 
 def _lookahead(workers: int, batch_size: int, items: int, slices: int) -> int:
@@ -206,7 +267,7 @@ def _load_error(path: Path) -> str:
 
 def score(
     paths: Iterable[str | os.PathLike[str]],
-    info: ModelInfo,
+    info: ModelInfo | None,
     out_csv: str | os.PathLike[str],
     *,
     resume: bool = False,
@@ -217,6 +278,7 @@ def score(
     include_ids: bool = False,
     recursive: bool = True,
     audit: bool = True,
+    models_dir: str | os.PathLike[str] | None = None,
 ) -> Iterator[BatchEvent]:
     """Score every scan under ``paths`` into ``out_csv``; yield events as it goes.
 
@@ -226,7 +288,8 @@ def score(
         Files and folders; folders are searched recursively and DICOM series grouped
         (:func:`lunglens.io.discover_sources`).
     info
-        The model (verified before anything is written).
+        The model (verified before anything is written), or ``None`` for automatic mode:
+        each scan goes to its modality's default model (all verified up front).
     out_csv
         Results CSV (contract columns, see :mod:`lunglens.batch.results_csv`).
     resume
@@ -241,6 +304,9 @@ def score(
         then :class:`Finished` is yielded with ``summary.cancelled``.
     include_ids
         Add a ``patient_id`` column (off by default: results files often leave the hospital).
+    models_dir
+        Where automatic mode looks for models and the modality check (default: the registry's
+        search order); with a chosen model, its own folder's parent.
 
     Yields
     ------
@@ -249,10 +315,14 @@ def score(
         :class:`Finished` last.
     """
     t0 = time.perf_counter()
-    engine = get_engine(info)  # refuses a tampered model before a file is touched
-    checker = modality_checker(info.path.parent)  # the image check for plain images, if any
+    routes = default_models(models_dir) if info is None else {}
+    models = list({m.name: m for m in routes.values()}.values()) if info is None else [info]
+    # Every engine is created (and its hash checked) before a file is touched.
+    engines = {m.name: get_engine(m) for m in models}
+    # The image check for plain images, if any.
+    checker = modality_checker(models_dir if info is None else info.path.parent)
     writer = open_results(
-        out_csv, info, resume=resume, overwrite=overwrite, include_ids=include_ids
+        out_csv, models, resume=resume, overwrite=overwrite, include_ids=include_ids
     )
     path_list = [str(p) for p in paths]
     counts: Counter[str] = Counter()
@@ -309,7 +379,7 @@ def score(
                 if nxt is None:
                     exhausted = True
                     break
-                queue.append(pool.submit(_decode, nxt[1], nxt[0], info, checker))
+                queue.append(pool.submit(_decode, nxt[1], nxt[0], info, checker, routes))
             if queue and not cancelled:
                 item = queue.popleft().result()
                 pending.append(item)
@@ -319,7 +389,7 @@ def score(
             # Score when a batch is full, when nothing more is coming, or when cancelling
             # (the decoded scans in hand are the "in-flight" ones and are finished).
             if pending and (pending_slices >= batch_size or not queue or cancelled):
-                for row in _score_decoded(engine, pending, batch_size, include_ids):
+                for row in _score_decoded(engines, pending, batch_size, include_ids):
                     yield from emit(row)
                 pending, pending_slices = [], 0
             if cancelled or (exhausted and not queue and not pending):
@@ -331,9 +401,10 @@ def score(
         cancelled = True
     summary = Summary(
         out_csv=writer.path,
-        model=info.name,
-        model_version=info.version,
-        model_sha256=info.sha256,
+        model=info.name if info is not None else AUTO,
+        model_version=info.version if info is not None else "",
+        model_sha256=info.sha256 if info is not None else "",
+        models=tuple(f"{m.name} {m.version} ({m.short_hash})" for m in models),
         total=total,
         done=counts["done"],
         ok=counts["ok"],
@@ -351,9 +422,12 @@ def score(
             {
                 "inputs": path_list,
                 "out_csv": str(writer.path),
-                "model": info.name,
-                "model_version": info.version,
-                "model_sha256": info.sha256,
+                "model": summary.model,
+                "model_version": summary.model_version,
+                "model_sha256": summary.model_sha256,
+                "models": [
+                    {"name": m.name, "version": m.version, "sha256": m.sha256} for m in models
+                ],
                 "total": total,
                 "done": summary.done,
                 "ok": summary.ok,

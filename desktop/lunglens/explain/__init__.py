@@ -1,16 +1,19 @@
 """Explanations: class activation maps, overlays, and the activation gallery."""
 
 from lunglens.explain.cam import cam_map
-from lunglens.explain.gallery import ChannelMap, activation_maps, tile
+from lunglens.explain.gallery import ChannelMap, activation_maps, layer_description, tile
 from lunglens.explain.methods import CAM_METHODS, raw_cam
-from lunglens.explain.overlay import COLORMAPS, overlay, save_png
+from lunglens.explain.overlay import COLORMAPS, cam_alpha, colorize, overlay, save_png
 
 __all__ = [
     "CAM_METHODS",
     "COLORMAPS",
     "ChannelMap",
     "activation_maps",
+    "cam_alpha",
     "cam_map",
+    "colorize",
+    "layer_description",
     "overlay",
     "raw_cam",
     "save_png",

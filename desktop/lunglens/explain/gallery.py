@@ -17,6 +17,32 @@ from lunglens.inference.engine import Engine
 from lunglens.preprocess import to_model_input
 
 
+def layer_description(index: int, count: int) -> str:
+    """What a map of gallery layer ``index`` (of ``count``, input side first) shows, in plain
+    words for a clinician.
+
+    The manifest lists gallery layers from the input to the output. Early convolution layers
+    respond to local contrast (edges, texture); later ones combine those into larger patterns,
+    and the last feature maps are what the classifier weighs (the class activation map is a
+    weighted sum of them).
+    """
+    where = index / max(1, count - 1) if count > 1 else 1.0
+    if where < 1 / 3:
+        return (
+            "Early layer: each map lights up where the image has a certain edge, contrast or "
+            "texture (bright = strong response). It shows what the model sees, not a finding."
+        )
+    if where < 2 / 3:
+        return (
+            "Middle layer: maps combine edges and textures into larger shapes and regions. "
+            "Bright = strong response; not a finding."
+        )
+    return (
+        "Late layer: maps show the patterns the decision rests on; the class activation map "
+        "is a weighted sum of such maps. Bright = strong response; not a lesion outline."
+    )
+
+
 @dataclass(frozen=True)
 class ChannelMap:
     """One channel's activation: its index, mean activation, and map normalized to [0, 1]."""

@@ -1,7 +1,10 @@
 """Batch panel: score a folder into a resumable results CSV while the viewer stays usable.
 
 :func:`lunglens.batch.score` does the work in a pool worker and yields events; this panel turns
-them into a progress bar (count, rate, ETA) and a sortable table that fills in as rows are written.
+them into a progress bar (count, rate, ETA) and a sortable table that fills in as rows are written,
+ranked most suspicious first (highest P(covid) on top, errors last). The model choice defaults to
+automatic (each scan to its modality's default model, one results file). The summary report is
+written where the user chooses (default: beside the results CSV) and opened with a button.
 Rows are buffered and flushed to the table a few times a second, so a folder of thousands of small
 images cannot flood the GUI thread with one table update per scan. The CSV on disk is the source
 of truth: *Resume* reloads it into the table and skips what is done.
@@ -15,8 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSortFilterProxyModel, Qt, QTimer, Signal
-from PySide6.QtGui import QBrush, QColor, QStandardItem, QStandardItemModel
+from PySide6.QtCore import QSortFilterProxyModel, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QBrush, QColor, QDesktopServices, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -35,7 +38,10 @@ from PySide6.QtWidgets import (
 )
 
 from lunglens.batch import Finished, Progress, Row, Started, read_rows, score
+from lunglens.gui.classify_panel import AUTO, AUTO_TEXT
 from lunglens.gui.workers import Worker, WorkerPool
+from lunglens.inference import format_prob
+from lunglens.inference.modality import default_models
 from lunglens.models import ModelInfo
 from lunglens.report import data_dir
 
@@ -46,11 +52,11 @@ ERROR_BRUSH = QBrush(QColor(235, 235, 235))
 FLUSH_MS = 150
 
 
-def write_report(csv_path: str, info: ModelInfo) -> Path:
+def write_report(csv_path: str, models: list[ModelInfo], out_html: str | None = None) -> Path:
     """Worker body: the core HTML summary (matplotlib charts take a moment)."""
     from lunglens.report import write_html_report
 
-    return Path(write_html_report(csv_path, info))
+    return Path(write_html_report(csv_path, models, out_html))
 
 
 def format_eta(seconds: float) -> str:
@@ -90,6 +96,9 @@ class BatchPanel(QWidget):
         self._worker: Worker | None = None
         self._buffer: list[dict[str, str]] = []
         self._columns: list[tuple[str, str]] = []
+        self._run_models: list[ModelInfo] = []
+        #: Write the summary report beside the CSV when a run completes.
+        self.auto_report = True
         self.summary: Any = None
         self.last_progress: Progress | None = None
         self.report_path: Path | None = None
@@ -116,9 +125,13 @@ class BatchPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button = QPushButton("Export CSV…")
         self.export_button.clicked.connect(self._export_csv_dialog)
-        self.report_button = QPushButton("Summary report")
-        self.report_button.clicked.connect(self.make_report)
-        for b in (self.export_button, self.report_button):
+        self.report_button = QPushButton("Save summary report…")
+        self.report_button.setToolTip("Write the HTML summary (default: beside the results CSV)")
+        self.report_button.clicked.connect(self._report_dialog)
+        self.open_report_button = QPushButton("Open report")
+        self.open_report_button.setToolTip("Open the summary report in the web browser")
+        self.open_report_button.clicked.connect(self.open_report)
+        for b in (self.export_button, self.report_button, self.open_report_button):
             b.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
@@ -126,6 +139,9 @@ class BatchPanel(QWidget):
         self.progress.setFormat("%v / %m")
         self.status = QLabel("Choose a folder and press Start.")
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.report_label = QLabel("")
+        self.report_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.report_label.setWordWrap(True)
 
         self.model = QStandardItemModel(0, 0, self)
         self.proxy = QSortFilterProxyModel(self)
@@ -137,10 +153,14 @@ class BatchPanel(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(False)
+        self.table.setWordWrap(False)  # one line per scan: more of the ranking in view
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.doubleClicked.connect(self._on_double_click)
-        self.table.setToolTip("Double-click a row to open the scan in the viewer")
+        self.table.setToolTip(
+            "Most suspicious first (highest P on top, errors last); click a header to sort "
+            "otherwise. Double-click a row to open the scan in the viewer"
+        )
 
         self._flush_timer = QTimer(self)
         self._flush_timer.setInterval(FLUSH_MS)
@@ -163,20 +183,25 @@ class BatchPanel(QWidget):
         buttons.addWidget(self.cancel_button)
         buttons.addWidget(self.export_button)
         buttons.addWidget(self.report_button)
+        buttons.addWidget(self.open_report_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.report_label)
         layout.addWidget(self.table, 1)
 
     # configuration ------------------------------------------------------------------------
     def set_models(self, models: list[ModelInfo], preferred: str = "") -> None:
-        """Fill the model chooser; ``preferred`` (e.g. the viewer's model) is selected."""
+        """Fill the model chooser (:data:`AUTO_TEXT` first, the default); ``preferred`` (e.g.
+        the viewer's choice) is selected."""
         current = preferred or self.current_model_name()
         self._models = {m.name: m for m in models}
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
+        if models:
+            self.model_combo.addItem(AUTO_TEXT, AUTO)
         for m in models:
             self.model_combo.addItem(f"{m.name}  ({m.modality.upper()}, v{m.version})", m.name)
         idx = self.model_combo.findData(current)
@@ -190,7 +215,18 @@ class BatchPanel(QWidget):
         return str(data) if data else ""
 
     def current_model(self) -> ModelInfo | None:
+        """The chosen model; ``None`` in automatic mode."""
         return self._models.get(self.current_model_name())
+
+    def run_models(self) -> list[ModelInfo]:
+        """The models a run with the current choice uses (automatic: one per modality)."""
+        if self.current_model_name() == AUTO:
+            try:
+                return list({m.name: m for m in default_models().values()}.values())
+            except Exception:  # no model for any modality: start() says so
+                return []
+        info = self.current_model()
+        return [info] if info is not None else []
 
     def set_folder(self, folder: str) -> None:
         self.folder_edit.setText(folder)
@@ -229,12 +265,13 @@ class BatchPanel(QWidget):
         if self._worker is not None:
             return False
         folder = self.folder_edit.text().strip()
-        info = self.current_model()
+        models = self.run_models()
+        info = self.current_model()  # None: automatic
         out_csv = self.csv_path()
         if not folder or not os.path.exists(folder):
             self._fail(f"Batch: choose an existing folder (got {folder!r}).")
             return False
-        if info is None:
+        if not models:
             self._fail("Batch: no model installed.")
             return False
         if not out_csv:
@@ -246,7 +283,7 @@ class BatchPanel(QWidget):
         except OSError as exc:
             self._fail(f"Batch: cannot create {Path(out_csv).parent} ({exc.strerror}).")
             return False
-        self._setup_columns(info)
+        self._setup_columns(models)
         self.model.removeRows(0, self.model.rowCount())
         if resume and os.path.exists(out_csv):
             try:
@@ -256,6 +293,7 @@ class BatchPanel(QWidget):
         self.summary = None
         self.last_progress = None
         self.report_path = None
+        self._run_models = models
         worker = Worker(
             score,
             [folder],
@@ -276,6 +314,7 @@ class BatchPanel(QWidget):
         self.cancel_button.setEnabled(True)
         self.export_button.setEnabled(False)
         self.report_button.setEnabled(False)
+        self.open_report_button.setEnabled(False)
         self._flush_timer.start()
         self.pool.start(worker)
         self.started.emit()
@@ -340,6 +379,8 @@ class BatchPanel(QWidget):
             )
             if s.cancelled:
                 self.resume_box.setChecked(True)
+            elif has_csv and self.auto_report:
+                self.make_report()  # beside the CSV; "Save summary report…" puts it elsewhere
         else:
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
@@ -350,14 +391,16 @@ class BatchPanel(QWidget):
         self.errorOccurred.emit(message)
 
     # table --------------------------------------------------------------------------------
-    def _setup_columns(self, info: ModelInfo) -> None:
-        pos = info.positive_label
+    def _setup_columns(self, models: list[ModelInfo]) -> None:
+        """Table columns; the rows are ranked by the positive probability, highest first."""
+        positives = list(dict.fromkeys(m.positive_label for m in models)) or ["covid"]
         self._columns = [
             ("path", "Scan"),
+            *((f"p_{pos}", f"P({pos})") for pos in positives),
+            ("prediction", "Triage"),
+            ("threshold", "Threshold"),
+            ("model", "Model"),
             ("status", "Status"),
-            ("prediction", "Prediction"),
-            (f"p_{pos}", f"P({pos})"),
-            ("flagged", "Flagged"),
             ("n_slices", "Slices"),
             ("elapsed_ms", "ms"),
             ("error", "Error"),
@@ -366,18 +409,25 @@ class BatchPanel(QWidget):
         self.model.setHorizontalHeaderLabels([title for _k, title in self._columns])
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
-        self.table.setColumnWidth(0, 260)
+        self.table.setColumnWidth(0, 220)
+        self.table.setColumnWidth(self.column("prediction"), 470)
+        self.table.sortByColumn(self.column(f"p_{positives[0]}"), Qt.SortOrder.DescendingOrder)
+
+    def column(self, key: str) -> int:
+        """Index of the column showing CSV column ``key`` (``-1`` when not shown)."""
+        keys = [k for k, _t in self._columns]
+        return keys.index(key) if key in keys else -1
 
     def _append_rows(self, rows: list[dict[str, str]]) -> None:
         if not self._columns:
-            info = self.current_model()
-            if info is None:
+            models = self.run_models()
+            if not models:
                 return
-            self._setup_columns(info)
+            self._setup_columns(models)
         self.table.setSortingEnabled(False)  # one sort after the batch, not one per row
         for row in rows:
             self.model.appendRow(self._items(row))
-        self.table.setSortingEnabled(True)
+        self.table.setSortingEnabled(True)  # re-applies the current (ranked) sort
 
     def _items(self, row: dict[str, str]) -> list[QStandardItem]:
         key = row.get("path", "")
@@ -393,11 +443,9 @@ class BatchPanel(QWidget):
             elif col.startswith("p_") or col in ("elapsed_ms", "n_slices"):
                 try:
                     sort_value = float(value)
-                    text = f"{sort_value:.3f}" if col.startswith("p_") else value
+                    text = format_prob(sort_value) if col.startswith("p_") else value
                 except ValueError:
-                    sort_value = -1.0
-            elif col == "flagged":
-                text = "yes" if flagged else ("" if error else "no")
+                    sort_value = -1.0  # errors (and other models' classes) rank last
             item = QStandardItem(text)
             item.setData(sort_value, SORT_ROLE)
             item.setData(key, KEY_ROLE)
@@ -439,22 +487,45 @@ class BatchPanel(QWidget):
             except OSError as exc:
                 self._fail(f"Could not export the CSV: {exc}")
 
-    def make_report(self) -> None:
-        """Write the HTML summary next to the CSV in a worker."""
-        info = self.current_model()
-        if info is None or not self.csv_path():
-            return
+    def default_report_path(self) -> str:
+        """Beside the results CSV: ``results.csv`` -> ``results.html``."""
+        return str(Path(self.csv_path()).with_suffix(".html"))
+
+    def _report_dialog(self) -> None:
+        target, _ = QFileDialog.getSaveFileName(
+            self, "Save summary report", self.default_report_path(), "HTML (*.html)"
+        )
+        if target:
+            self.make_report(target)
+
+    def make_report(self, target: str | None = None) -> Worker | None:
+        """Write the HTML summary to ``target`` (default: beside the CSV) in a worker; the
+        *Open report* button opens it when done."""
+        models = self._run_models or self.run_models()
+        if not models or not self.csv_path():
+            return None
+        out = target or self.default_report_path()
         self.report_button.setEnabled(False)
-        self.status.setText("Writing the summary report…")
-        worker = Worker(write_report, self.csv_path(), info)
+        self.report_label.setText(f"Writing the summary report to {out}…")
+        worker = Worker(write_report, self.csv_path(), models, out)
         worker.signals.result.connect(self._on_report)
         worker.signals.error.connect(lambda exc: self._fail(f"Report failed: {exc}"))
         worker.signals.finished.connect(lambda: self.report_button.setEnabled(True))
+        self.report_path = None
+        self.open_report_button.setEnabled(False)
         self.pool.start(worker)
+        return worker
 
     def _on_report(self, path: Path) -> None:
         self.report_path = path
-        self.status.setText(f"Summary report written: {path}")
+        self.open_report_button.setEnabled(True)
+        self.report_label.setText(f"Summary report: {path}")
+
+    def open_report(self) -> bool:
+        """Open the written report with the system's browser."""
+        if self.report_path is None:
+            return False
+        return bool(QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.report_path))))
 
 
 def _short_key(key: str) -> str:

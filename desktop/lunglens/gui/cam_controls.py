@@ -26,11 +26,15 @@ from PySide6.QtWidgets import (
 from lunglens.explain import COLORMAPS, overlay
 from lunglens.gui.image_view import to_qimage
 
+#: One line under the map, so nobody reads the heat map as a segmentation.
+CAM_CAVEAT = "Where the model looked, not a lesion outline"
+
 
 def legend_rgb(colormap: str, width: int = 256, height: int = 14) -> np.ndarray:
-    """Color bar of ``colormap`` from 0 (left) to 1 (right), colored by the core overlay."""
+    """Color bar of ``colormap`` from 0 (left) to 1 (right), colored by the core overlay over
+    mid gray, so its transparent low end shows as it does on the image."""
     ramp = np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1))
-    return overlay(np.zeros_like(ramp), ramp, alpha=1.0, colormap=colormap)
+    return overlay(np.full_like(ramp, 0.5), ramp, alpha=1.0, colormap=colormap)
 
 
 class CamControls(QGroupBox):
@@ -74,6 +78,10 @@ class CamControls(QGroupBox):
         self.export_button.clicked.connect(self.exportRequested)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
+        self.caveat_label = QLabel(CAM_CAVEAT)
+        self.caveat_label.setObjectName("cam_caveat")
+        self.caveat_label.setStyleSheet("font-style: italic; color: #555;")
+        self.caveat_label.setWordWrap(True)
 
         opacity_row = QHBoxLayout()
         opacity_row.addWidget(self.opacity, 1)
@@ -90,6 +98,7 @@ class CamControls(QGroupBox):
         layout.addWidget(self.show_box)
         layout.addLayout(form)
         layout.addLayout(legend_row)
+        layout.addWidget(self.caveat_label)
         layout.addWidget(self.status_label)
         layout.addWidget(self.export_button)
         self._update_legend(self.colormap_combo.currentText())

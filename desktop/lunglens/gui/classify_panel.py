@@ -23,8 +23,12 @@ from PySide6.QtWidgets import (
 )
 
 from lunglens import DISCLAIMER
-from lunglens.inference import ScanResult
+from lunglens.inference import ScanResult, format_prob, format_threshold, slice_numbers
 from lunglens.models import ModelInfo
+
+#: Combo data of the automatic choice: each scan gets its modality's default model.
+AUTO = "auto"
+AUTO_TEXT = "Automatic (by modality)"
 
 #: Bar colours: the positive class stands out, the others stay neutral.
 BAR_STYLE = "QProgressBar { border: 1px solid #aaa; border-radius: 2px; text-align: center; }"
@@ -56,7 +60,10 @@ class ClassifyPanel(QWidget):
         super().__init__(parent)
         self._models: dict[str, ModelInfo] = {}
         self.model_combo = QComboBox()
-        self.model_combo.setToolTip("Model used for this scan (default: the one for its modality)")
+        self.model_combo.setToolTip(
+            "Automatic: the default model of the scan's modality (DICOM Modality, or the "
+            "modality check for plain images). Or pick one model for this scan."
+        )
         self.model_combo.currentIndexChanged.connect(self._on_model_index)
         self.classify_button = QPushButton("Classify")
         self.classify_button.setToolTip("Score the scan (Ctrl+Return)")
@@ -123,11 +130,14 @@ class ClassifyPanel(QWidget):
 
     # models -------------------------------------------------------------------------------
     def set_models(self, models: list[ModelInfo]) -> None:
-        """Fill the chooser (``name  (modality, version)``), keeping the current choice."""
+        """Fill the chooser (:data:`AUTO_TEXT` first, then ``name  (modality, version)``),
+        keeping the current choice."""
         current = self.current_model_name()
         self._models = {m.name: m for m in models}
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
+        if models:
+            self.model_combo.addItem(AUTO_TEXT, AUTO)
         for m in models:
             self.model_combo.addItem(f"{m.name}  ({m.modality.upper()}, v{m.version})", m.name)
         if current in self._models:
@@ -146,11 +156,20 @@ class ClassifyPanel(QWidget):
             self.model_combo.blockSignals(False)
 
     def current_model_name(self) -> str:
+        """The chosen model's name, or :data:`AUTO`."""
         data = self.model_combo.currentData()
         return str(data) if data else ""
 
+    def is_auto(self) -> bool:
+        """True when each scan gets its modality's default model."""
+        return self.current_model_name() == AUTO
+
     def current_model(self) -> ModelInfo | None:
+        """The chosen model; ``None`` in automatic mode or when none is installed."""
         return self._models.get(self.current_model_name())
+
+    def model_by_name(self, name: str) -> ModelInfo | None:
+        return self._models.get(name)
 
     def _on_model_index(self, _index: int) -> None:
         self.modelChanged.emit(self.current_model_name())
@@ -195,15 +214,13 @@ class ClassifyPanel(QWidget):
             bar.setValue(round(p * 1000))
             bar.setFormat(f"{p:.1%}")
         series = result.n_slices > 1
-        what = f"Series of {result.n_slices} slices: " if series else ""
-        verdict = "FLAGGED" if result.flagged else "not flagged"
-        self.prediction_label.setText(f"{what}{result.prediction} ({verdict})")
+        self.prediction_label.setText(result.headline)
         color = "#b00020" if result.flagged else "#1b6e20"
         self.prediction_label.setStyleSheet(f"color: {color};")
-        rule = "mean of the top slices" if series else "image"
+        rule = f"series of {result.n_slices} slices: mean of the top slices" if series else "image"
         self.threshold_label.setText(
-            f"P({result.positive_label}) = {result.positive_prob:.3f} ({rule}); flagged when "
-            f">= operating threshold {result.threshold:.3f}"
+            f"P({result.positive_label}) = {format_prob(result.positive_prob)} ({rule}); "
+            f"flagged when >= operating threshold {format_threshold(result.threshold)}"
         )
         self.model_label.setText(
             f"Model {result.model} v{result.model_version}\nSHA-256 {result.model_sha256[:16]}…"
@@ -221,7 +238,8 @@ class ClassifyPanel(QWidget):
                 where = ""
                 if positions is not None and idx < len(positions):
                     where = f" at {positions[idx]:.1f} mm"
-                item = QListWidgetItem(f"slice {idx + 1}{where}: P={p:.3f}")
+                (number,) = slice_numbers([idx])
+                item = QListWidgetItem(f"slice {number}{where}: P={format_prob(p)}")
                 item.setData(Qt.ItemDataRole.UserRole, int(idx))
                 self.slices_list.addItem(item)
 

@@ -16,6 +16,8 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (
     QComboBox,
+    QDialog,
+    QDialogButtonBox,
     QDockWidget,
     QHBoxLayout,
     QLabel,
@@ -30,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lunglens.explain import ChannelMap, activation_maps, overlay
+from lunglens.explain import ChannelMap, activation_maps, layer_description, overlay
 from lunglens.gui.image_view import to_qimage
 from lunglens.gui.scroll import scrollable
 from lunglens.gui.workers import Worker, WorkerPool
@@ -38,6 +40,8 @@ from lunglens.inference import get_engine
 from lunglens.models import ModelInfo
 
 THUMB = 88
+#: Side of an enlarged map (screen pixels): the maps are 8-64 px, readable only when big.
+ENLARGED = 480
 #: Smallest height of the gallery's content (the layer chooser and a row of maps; the rest
 #: scrolls), so the window with every dock open still fits a 1366x768 screen.
 GALLERY_MIN_HEIGHT = 150
@@ -52,6 +56,38 @@ def compute_maps(info: ModelInfo, image2d: np.ndarray, output: str, top_n: int) 
 def map_rgb(channel: ChannelMap) -> np.ndarray:
     """Color one [0, 1] channel map with the core overlay (no pixel math in the GUI)."""
     return overlay(np.zeros_like(channel.map), channel.map, alpha=1.0, colormap=GALLERY_COLORMAP)
+
+
+class EnlargedMap(QDialog):
+    """One channel map at a readable size, with what its layer shows in plain words."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Activation map")
+        self.image = QLabel()
+        self.image.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.image.setMinimumSize(ENLARGED, ENLARGED)
+        self.caption = QLabel("")
+        self.caption.setWordWrap(True)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.image, 1)
+        layout.addWidget(self.caption)
+        layout.addWidget(buttons)
+
+    def show_map(self, rgb: np.ndarray, caption: str) -> None:
+        # Nearest-neighbour scaling keeps each activation cell a crisp square instead of a blur.
+        pix = QPixmap.fromImage(to_qimage(rgb)).scaled(
+            ENLARGED,
+            ENLARGED,
+            Qt.AspectRatioMode.KeepAspectRatio,
+            Qt.TransformationMode.FastTransformation,
+        )
+        self.image.setPixmap(pix)
+        self.caption.setText(caption)
+        self.show()
+        self.raise_()
 
 
 class GalleryDock(QDockWidget):
@@ -81,6 +117,7 @@ class GalleryDock(QDockWidget):
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("Layer of the model (from its manifest)")
         self.layer_combo.currentIndexChanged.connect(lambda _i: self.refresh())
+        self.layer_combo.currentIndexChanged.connect(lambda _i: self._explain_layer())
         self.top_n = QSpinBox()
         self.top_n.setRange(1, 64)
         self.top_n.setValue(16)
@@ -96,6 +133,15 @@ class GalleryDock(QDockWidget):
         self.progress.setTextVisible(False)
         self.status = QLabel("Open and classify a scan to see what the model's layers respond to.")
         self.status.setWordWrap(True)
+        self.explain_label = QLabel("")
+        self.explain_label.setObjectName("layer_explanation")
+        self.explain_label.setWordWrap(True)
+        self.explain_label.setStyleSheet("color: #444;")
+        self.enlarge_button = QPushButton("Enlarge")
+        self.enlarge_button.setToolTip("Show the selected map at a readable size")
+        self.enlarge_button.setEnabled(False)
+        self.enlarge_button.clicked.connect(self.enlarge_selected)
+        self.enlarged = EnlargedMap(self)
         self.grid = QListWidget()
         self.grid.setViewMode(QListView.ViewMode.IconMode)
         self.grid.setIconSize(QSize(THUMB, THUMB))
@@ -104,6 +150,7 @@ class GalleryDock(QDockWidget):
         self.grid.setSpacing(4)
         self.grid.setUniformItemSizes(True)
         self.grid.currentRowChanged.connect(self.enlarge)
+        self.grid.itemDoubleClicked.connect(lambda _item: self.enlarge_selected())
         self.preview = QLabel("Click a map to enlarge it")
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
         # Small minimums (one row of maps, a thumbnail-sized preview; the splitter between them
@@ -117,6 +164,7 @@ class GalleryDock(QDockWidget):
         row = QHBoxLayout()
         row.addWidget(self.layer_combo, 1)
         row.addWidget(self.top_n)
+        row.addWidget(self.enlarge_button)
         row.addWidget(self.cancel_button)
         preview_box = QWidget()
         pv = QVBoxLayout(preview_box)
@@ -133,6 +181,7 @@ class GalleryDock(QDockWidget):
         layout = QVBoxLayout(body)
         layout.addLayout(row)
         layout.addWidget(self.progress)
+        layout.addWidget(self.explain_label)
         layout.addWidget(self.status)
         layout.addWidget(split, 1)
         self.setWidget(scrollable(body, GALLERY_MIN_HEIGHT))
@@ -163,11 +212,16 @@ class GalleryDock(QDockWidget):
                 shape = "x".join(str(s) for s in layer.shape)
                 self.layer_combo.addItem(f"{layer.layer}  [{shape}]", layer.output)
             self.layer_combo.blockSignals(False)
+            self._explain_layer()
         if not info.gallery:
             self._show([])
             self.status.setText(f"Model {info.name} lists no gallery layers in its manifest.")
             return
         self.refresh()
+
+    def _explain_layer(self) -> None:
+        i, n = self.layer_combo.currentIndex(), self.layer_combo.count()
+        self.explain_label.setText(layer_description(i, n) if i >= 0 else "")
 
     def clear_cache(self) -> None:
         """Forget maps of the previous scan (called when another scan is opened)."""
@@ -267,6 +321,7 @@ class GalleryDock(QDockWidget):
         self.preview.setPixmap(QPixmap())
         self.preview.setText("Click a map to enlarge it" if maps else "")
         self.preview_caption.setText("")
+        self.enlarge_button.setEnabled(False)
         self.computed.emit(len(maps))
 
     def enlarge(self, row: int) -> None:
@@ -285,3 +340,17 @@ class GalleryDock(QDockWidget):
             )
         )
         self.preview_caption.setText(f"channel {m.channel} (mean activation {m.mean:.3g})")
+        self.enlarge_button.setEnabled(True)
+
+    def enlarge_selected(self) -> None:
+        """Open the selected map (default: the first) big in its own window."""
+        row = max(0, self.grid.currentRow())
+        if not 0 <= row < len(self.maps):
+            return
+        m = self.maps[row]
+        self.enlarged.setWindowTitle(f"{self.layer_combo.currentText()} - channel {m.channel}")
+        self.enlarged.show_map(
+            map_rgb(m),
+            f"Channel {m.channel} of {self.layer_combo.currentText()} (mean activation "
+            f"{m.mean:.3g}). {self.explain_label.text()}",
+        )

@@ -27,7 +27,8 @@ ZOOM_MAX = 64.0
 
 
 def to_qimage(array: np.ndarray) -> QImage:
-    """Wrap a uint8 ``[H, W]`` (gray) or ``[H, W, 3]`` (RGB) array as a QImage that owns a copy.
+    """Wrap a uint8 ``[H, W]`` (gray), ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA, e.g. a CAM
+    with its transparent low end) array as a QImage that owns a copy.
 
     The copy matters: a QImage built on a numpy buffer does not keep the buffer alive.
     """
@@ -39,8 +40,10 @@ def to_qimage(array: np.ndarray) -> QImage:
         img = QImage(arr.data, w, h, arr.strides[0], QImage.Format.Format_Grayscale8)
     elif arr.ndim == 3 and arr.shape[2] == 3:
         img = QImage(arr.data, w, h, arr.strides[0], QImage.Format.Format_RGB888)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        img = QImage(arr.data, w, h, arr.strides[0], QImage.Format.Format_RGBA8888)
     else:
-        raise ValueError(f"expected [H, W] or [H, W, 3], got {arr.shape}")
+        raise ValueError(f"expected [H, W], [H, W, 3] or [H, W, 4], got {arr.shape}")
     return img.copy()
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QByteArray, Qt, Signal
+from PySide6.QtCore import QByteArray, QRect, QSize, Qt, Signal
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
     QDragEnterEvent,
     QDropEvent,
+    QGuiApplication,
     QKeySequence,
 )
 from PySide6.QtWidgets import (
@@ -39,12 +40,12 @@ from PySide6.QtWidgets import (
 
 from lunglens import DISCLAIMER, __version__
 from lunglens.errors import LungLensError, ModelError
-from lunglens.explain import cam_map, overlay, raw_cam, save_png
+from lunglens.explain import cam_map, colorize, overlay, raw_cam, save_png
 from lunglens.explain.overlay import to_uint8
 from lunglens.gui.banner import ErrorBanner
 from lunglens.gui.batch_panel import BatchPanel
 from lunglens.gui.cam_controls import CamControls
-from lunglens.gui.classify_panel import ClassifyPanel
+from lunglens.gui.classify_panel import AUTO, ClassifyPanel
 from lunglens.gui.gallery_dock import GalleryDock
 from lunglens.gui.image_view import ImageView
 from lunglens.gui.scroll import scrollable
@@ -96,11 +97,13 @@ def slice_cam(info: ModelInfo, image2d: np.ndarray) -> np.ndarray:
     return raw_cam(get_engine(info), image2d)
 
 
-def write_pdf(scan: Scan, result: ScanResult, out_pdf: str) -> Path:
+def write_pdf(
+    scan: Scan, result: ScanResult, out_pdf: str, anonymize: bool = False, colormap: str = "jet"
+) -> Path:
     """Worker body: the core one-page PDF (matplotlib takes a moment)."""
     from lunglens.report import scan_pdf
 
-    return Path(scan_pdf(scan, result, out_pdf))
+    return Path(scan_pdf(scan, result, out_pdf, anonymize=anonymize, colormap=colormap))
 
 
 #: Smallest height of the classification dock's content: down to the predicted label, and
@@ -114,6 +117,20 @@ BATCH_MIN_HEIGHT = 150
 #: user's own size is kept from then on (window state in the settings).
 BATCH_DEFAULT_HEIGHT = 290
 MAX_WINDOW_MIN_HEIGHT = 700
+#: The window's size on first run when the screen has room for it.
+PREFERRED_SIZE = QSize(1400, 900)
+#: Room left for the window frame (title bar, borders), which ``resize`` does not include.
+FRAME_MARGIN = QSize(16, 40)
+
+
+def first_run_size(available: QRect | None) -> QSize:
+    """First-run window size: :data:`PREFERRED_SIZE`, shrunk to the screen's work area
+    (``available``, without panels and taskbar) minus the frame, so a 1366x768 laptop shows
+    the whole window, right panel included."""
+    if available is None or available.isEmpty():
+        return QSize(PREFERRED_SIZE)
+    room = available.size() - FRAME_MARGIN
+    return PREFERRED_SIZE.boundedTo(room)
 
 
 class MainWindow(QMainWindow):
@@ -160,6 +177,8 @@ class MainWindow(QMainWindow):
         self.raw_cams: dict[int, np.ndarray] = {}
         self.heat_cache: dict[tuple[int, str, str], np.ndarray] = {}
         self.models: list[ModelInfo] = []
+        #: Default model of the open scan's modality (used in automatic mode).
+        self.auto_info: ModelInfo | None = None
         self._load_worker: Worker | None = None
         self._classify_worker: Worker | None = None
         self._cam_worker: Worker | None = None
@@ -324,6 +343,13 @@ class MainWindow(QMainWindow):
             "Ctrl+P",
             "One-page PDF of the current result",
         )
+        self.anonymize_action = QAction("&Anonymize PDF reports", self)
+        self.anonymize_action.setCheckable(True)
+        self.anonymize_action.setChecked(self.settings.anonymize_reports())
+        self.anonymize_action.setStatusTip(
+            "Leave patient ID and name, study date and accession number out of PDF reports"
+        )
+        self.anonymize_action.toggled.connect(self.settings.set_anonymize_reports)
         self.export_action = a("&Export CAM overlay PNG…", self._export_png_dialog, "Ctrl+E")
         quit_action = a("&Quit", self.close, QKeySequence.StandardKey.Quit)
         file_menu = self.menuBar().addMenu("&File")
@@ -332,6 +358,7 @@ class MainWindow(QMainWindow):
         file_menu.addMenu(self.recent_menu)
         file_menu.addSeparator()
         file_menu.addAction(self.pdf_action)
+        file_menu.addAction(self.anonymize_action)
         file_menu.addAction(self.export_action)
         file_menu.addSeparator()
         file_menu.addAction(quit_action)
@@ -385,12 +412,21 @@ class MainWindow(QMainWindow):
     def _restore(self) -> None:
         geometry = self.settings.geometry()
         if geometry is not None:
-            self.restoreGeometry(geometry)
+            self.restoreGeometry(geometry)  # the user's own size and place from last time
         else:
-            self.resize(1400, 900)
+            screen = self.screen() or QGuiApplication.primaryScreen()
+            avail = screen.availableGeometry() if screen is not None else None
+            size = first_run_size(avail)
+            self.resize(size)
+            if avail is not None:  # centred on the work area (under any panel or taskbar)
+                self.move(
+                    avail.x() + max(0, (avail.width() - size.width()) // 2),
+                    avail.y() + max(0, (avail.height() - size.height()) // 2),
+                )
             # First run: room for the attribute values and the panel, the image gets the rest.
+            side = 260 if size.width() < 1500 else 300
             self.resizeDocks(
-                [self.tags_dock, self.classify_dock], [300, 360], Qt.Orientation.Horizontal
+                [self.tags_dock, self.classify_dock], [side, 360], Qt.Orientation.Horizontal
             )
         state = self.settings.state()
         if state is not None:
@@ -547,23 +583,35 @@ class MainWindow(QMainWindow):
         self.scanLoaded.emit(scan)
 
     def _choose_model_for(self, scan: Scan, check: ModalityCheck | None = None) -> None:
+        """Each opened scan starts in automatic mode (its modality's default model); a model
+        picked by hand applies to the scan it was picked for."""
+        self.auto_info = None
+        if self.models:
+            self.classify_panel.select_model(AUTO)
         try:
             info = default_model_for(routing_modality(scan, check), self.models_dir)
         except ModelError:
             if scan.modality == "unknown" and self.models:
                 self.show_status(
-                    "Plain image without modality: check that the chosen model (CT or X-ray) "
-                    "fits it.",
+                    "Plain image without modality and no modality check installed: choose "
+                    "the model (CT or X-ray) that fits it.",
                     15000,
                 )
             return
-        self.classify_panel.select_model(info.name)
+        self.auto_info = info
         if scan.modality not in ("ct", "cxr") and check is not None:
             self.show_status(
                 f"Plain image: it {check.looks_like()}, so {info.name} was chosen; "
                 "pick another model in the list if that is wrong.",
                 15000,
             )
+
+    def chosen_model(self) -> ModelInfo | None:
+        """The model the next classification uses: the one picked, or in automatic mode the
+        default of the open scan's modality (``None`` when it cannot be decided)."""
+        if self.classify_panel.is_auto():
+            return self.auto_info
+        return self.classify_panel.current_model()
 
     def _set_viewer_enabled(self, on: bool) -> None:
         for w in (self.slider, self.window_combo, self.fit_button, self.one_button):
@@ -673,9 +721,15 @@ class MainWindow(QMainWindow):
         if self.scan is None:
             self.show_status("Open a scan first.")
             return
-        info = self.classify_panel.current_model()
+        info = self.chosen_model()
         if info is None:
-            self.show_error("No model is installed, so the scan cannot be classified.")
+            if not self.models:
+                self.show_error("No model is installed, so the scan cannot be classified.")
+            else:
+                self.show_error(
+                    "The scan's modality is unknown (plain image) and no modality check is "
+                    "installed: choose a CT or X-ray model in the list."
+                )
             return
         self.cancel_classification()
         worker = Worker(
@@ -728,20 +782,22 @@ class MainWindow(QMainWindow):
         self.classify_panel.show_result(result, self.scan.slice_positions)
         self.cam_controls.set_classes(result.labels, result.cam_class)
         self.cam_controls.set_available(result.cam is not None)
-        self.batch_panel.set_models(self.models, info.name)
+        self.batch_panel.set_models(self.models, self.classify_panel.current_model_name())
         if self.scan.n_slices > 1:
             self.set_slice(result.representative_slice)
         self.update_cam()
         self._update_gallery_context()
         self.show_status(
-            f"{Path(result.source).name}: {result.prediction} "
-            f"(P={result.positive_prob:.3f}) with {info.name} v{info.version}"
+            f"{Path(result.source.split('#')[0]).name}: {result.headline}, "
+            f"with {info.name} v{info.version}"
         )
         self.resultReady.emit(result)
 
     def _on_model_changed(self, _name: str) -> None:
         self._update_gallery_context()
-        if self.scan is not None and (self.result is not None or self._classify_worker):
+        if self.scan is not None and (
+            self.result is not None or self._classify_worker or self.settings.auto_classify()
+        ):
             self.classify()
 
     # CAM ----------------------------------------------------------------------------------
@@ -765,7 +821,8 @@ class MainWindow(QMainWindow):
         self.update_cam()
 
     def current_heat(self) -> np.ndarray | None:
-        """Colored heat map (RGB uint8) of the current slice and class, if computed."""
+        """Colored heat map (RGBA uint8, transparent low end) of the current slice and class,
+        if computed."""
         if self.scan is None or self.result is None:
             return None
         raw = self.raw_cams.get(self.slice_index)
@@ -779,8 +836,7 @@ class MainWindow(QMainWindow):
             image = self.scan.image[self.slice_index]
             info = self.result_info
             idx = label_index(info, cls) if info is not None else self.result.labels.index(cls)
-            cam = cam_map(raw, idx, image.shape)
-            heat = overlay(image, cam, alpha=1.0, colormap=cmap)
+            heat = colorize(cam_map(raw, idx, image.shape), cmap)
             self.heat_cache = {k: v for k, v in self.heat_cache.items() if k[0] == key[0]}
             self.heat_cache[key] = heat
         return heat
@@ -874,7 +930,14 @@ class MainWindow(QMainWindow):
         if self.scan is None or self.result is None:
             self.show_status("Classify the scan before saving a report.")
             return None
-        worker = Worker(write_pdf, self.scan, self.result, path)
+        worker = Worker(
+            write_pdf,
+            self.scan,
+            self.result,
+            path,
+            self.anonymize_action.isChecked(),
+            self.cam_controls.colormap(),
+        )
         worker.signals.result.connect(self._on_report_saved)
         worker.signals.error.connect(lambda exc: self.show_error(f"Report failed: {_message(exc)}"))
         self.status_progress_label.setText("Writing PDF…")
@@ -903,7 +966,7 @@ class MainWindow(QMainWindow):
 
     # gallery ------------------------------------------------------------------------------
     def _update_gallery_context(self) -> None:
-        info = self.result_info or self.classify_panel.current_model()
+        info = self.result_info or self.chosen_model()
         image = self.scan.image[self.slice_index] if self.scan is not None else None
         self.gallery.set_context(self.scan_id, self.slice_index, image, info)
 

@@ -84,6 +84,14 @@ class Settings:
     def set_auto_classify(self, on: bool) -> None:
         self.q.setValue("auto_classify", bool(on))
 
+    def anonymize_reports(self) -> bool:
+        """Leave patient ID/name, study date and accession number out of PDF reports."""
+        value = self.q.value("anonymize_reports", False)
+        return value in (True, "true", "1", 1)
+
+    def set_anonymize_reports(self, on: bool) -> None:
+        self.q.setValue("anonymize_reports", bool(on))
+
     # window state -------------------------------------------------------------------------
     def geometry(self) -> QByteArray | None:
         value = self.q.value("geometry")

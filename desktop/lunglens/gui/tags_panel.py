@@ -37,6 +37,9 @@ LABELS: dict[str, str] = {
     "transfer_syntax": "Transfer syntax (0002,0010)",
     "sop_class": "SOP class (0008,0016)",
     "patient_id": "Patient ID (0010,0020)",
+    "patient_name": "Patient name (0010,0010)",
+    "study_date": "Study date (0008,0020)",
+    "accession_number": "Accession number (0008,0050)",
     "study_uid": "Study UID (0020,000D)",
     "series_uid": "Series UID (0020,000E)",
 }

@@ -19,6 +19,14 @@ from lunglens.inference.modality import (
     routing_modality,
 )
 from lunglens.inference.result import ScanResult
+from lunglens.inference.wording import (
+    decision_words,
+    format_prob,
+    format_threshold,
+    headline,
+    slice_numbers,
+    triage_headline,
+)
 
 __all__ = [
     "AGGREGATORS",
@@ -34,12 +42,18 @@ __all__ = [
     "classify_scan",
     "clear_engines",
     "decide",
+    "decision_words",
+    "format_prob",
+    "format_threshold",
     "get_engine",
+    "headline",
     "label_index",
     "modality_notes",
     "physical_cores",
     "result_from_probs",
     "routing_modality",
+    "slice_numbers",
     "slice_probabilities",
     "top_slices",
+    "triage_headline",
 ]

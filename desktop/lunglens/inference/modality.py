@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lunglens.errors import ModelError
+from lunglens.errors import ModelError, ModelNotFound
 from lunglens.inference.engine import get_engine
 from lunglens.io.scan import Scan
 from lunglens.models.registry import ModelInfo, default_model_for, modality_checker
@@ -107,6 +107,33 @@ def choose_model(
     if check is None and scan.modality not in ("ct", "cxr"):
         check = check_modality(scan, models_dir)
     return default_model_for(routing_modality(scan, check), models_dir)
+
+
+#: The modalities automatic mode routes scans to (each to its default model).
+MODALITIES = ("ct", "cxr")
+
+
+def default_models(models_dir: str | os.PathLike[str] | None = None) -> dict[str, ModelInfo]:
+    """Automatic mode's model per modality: :func:`default_model_for` of each installed one.
+
+    Raises
+    ------
+    ModelNotFound
+        No triage model is installed for any modality.
+    """
+    found: dict[str, ModelInfo] = {}
+    for modality in MODALITIES:
+        try:
+            found[modality] = default_model_for(modality, models_dir)
+        except ModelNotFound:
+            continue
+    if not found:
+        raise ModelNotFound(
+            None if models_dir is None else str(models_dir),
+            "no triage model is installed",
+            "Reinstall LungLens or set --models-dir.",
+        )
+    return found
 
 
 def modality_notes(scan: Scan, info: ModelInfo, check: ModalityCheck | None) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from lunglens import DISCLAIMER
+from lunglens.inference.wording import headline
 
 
 @dataclass
@@ -38,7 +39,9 @@ class ScanResult:
     slice_probs
         float32 ``[S, C]`` per-slice probabilities.
     top_slices
-        Indices of the most suspicious slices (highest positive probability), best first.
+        0-based indices of the most suspicious slices (highest positive probability), best
+        first; outputs a person reads number slices from 1
+        (:func:`lunglens.inference.wording.slice_numbers`).
     representative_slice
         The slice the CAM belongs to (most probable for ``cam_class``).
     cam_class
@@ -79,6 +82,12 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
     disclaimer: str = DISCLAIMER
 
+    @property
+    def headline(self) -> str:
+        """The triage decision in words, as every output shows it
+        (:func:`lunglens.inference.wording.headline`)."""
+        return headline(self)
+
     def to_dict(self, *, slice_probs: bool = False) -> dict[str, Any]:
         """JSON-ready dict (no arrays except optional per-slice probabilities)."""
         out: dict[str, Any] = {
@@ -90,6 +99,7 @@ class ScanResult:
             "model_modality": self.model_modality,
             "labels": list(self.labels),
             "probs": {k: round(float(v), 6) for k, v in self.probs.items()},
+            "headline": self.headline,
             "prediction": self.prediction,
             "positive_label": self.positive_label,
             "positive_prob": round(float(self.positive_prob), 6),

@@ -595,6 +595,9 @@ def _collect_metadata(ds: Dataset, window: Window | None) -> dict[str, str]:
         "frames": _text(ds, "NumberOfFrames") or "1",
         "manufacturer": _text(ds, "Manufacturer"),  # (0008,0070)
         "patient_id": _text(ds, "PatientID"),  # (0010,0020)
+        "patient_name": _text(ds, "PatientName"),  # (0010,0010), DICOM PN "Family^Given"
+        "study_date": _text(ds, "StudyDate"),  # (0008,0020), YYYYMMDD
+        "accession_number": _text(ds, "AccessionNumber"),  # (0008,0050)
         "photometric": _text(ds, "PhotometricInterpretation"),  # (0028,0004)
         "transfer_syntax": f"{meta_ts} ({UID(str(meta_ts)).name})" if meta_ts else "",
         "file_window": f"W{file_win.width:g}/L{file_win.center:g}" if file_win else "",

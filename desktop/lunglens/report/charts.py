@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lunglens.inference.wording import format_prob, format_threshold
+
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     """Render ``fig`` to PNG bytes."""
@@ -32,8 +34,10 @@ def score_histogram(scores: Sequence[float], threshold: float, label: str) -> Fi
     fig = Figure(figsize=(6, 3.2))
     ax = fig.add_subplot()
     ax.hist(list(scores), bins=20, range=(0.0, 1.0), color="#4a7ab5", edgecolor="white")
-    ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"threshold {threshold:.2f}")
-    ax.set_xlabel(f"p({label})")
+    ax.axvline(
+        threshold, color="#c0392b", linestyle="--", label=f"threshold {format_threshold(threshold)}"
+    )
+    ax.set_xlabel(f"P({label})")
     ax.set_ylabel("scans")
     ax.set_xlim(0, 1)
     ax.legend(loc="upper center")
@@ -65,7 +69,10 @@ def prob_bars(ax: object, probs: Mapping[str, float], threshold: float, positive
     ax.barh(labels, values, color=colors)  # type: ignore[attr-defined]
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1)  # type: ignore[attr-defined]
     for y, v in enumerate(values):
-        ax.text(min(v, 0.8), y, f" {v:.3f}", va="center")  # type: ignore[attr-defined]
+        ax.text(min(v, 0.8), y, f" {format_prob(v)}", va="center")  # type: ignore[attr-defined]
     ax.set_xlim(0, 1)  # type: ignore[attr-defined]
     ax.invert_yaxis()  # type: ignore[attr-defined]
-    ax.set_title("class probabilities (dashed: threshold)", fontsize=9)  # type: ignore[attr-defined]
+    ax.set_title(  # type: ignore[attr-defined]
+        f"class probabilities (dashed: threshold {format_threshold(threshold)} on P({positive}))",
+        fontsize=9,
+    )

@@ -1,0 +1,93 @@
+"""The words and numbers a person reads about a triage result, in one place.
+
+Every output (GUI, ``lunglens classify``/``demo``, the results CSV, the HTML summary and the PDF)
+states the triage *decision*, never a class name: a model tuned for sensitivity flags scans whose
+P(covid) is well under 0.5, so "covid" next to bars reading covid 33% / non-covid 67% invites a
+misreading. The headline says what the flag means (COVID-19 is not ruled out, a clinician should
+look first) and carries the comparison that produced it, so it can be checked at a glance:
+
+* ``Flagged for review - COVID-19 not ruled out (P 0.327 >= threshold 0.154)``
+* ``Not flagged (P 0.080 < 0.154)``
+
+Probabilities and thresholds are shown with the same precision (:data:`DECIMALS`), so the
+comparison printed is the comparison made; when rounding would make a probability just under
+the threshold look equal to it, both get more digits (:func:`comparison_digits`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+#: Decimals of every probability and threshold a person reads.
+DECIMALS = 3
+#: First words of the headline of a flagged scan (also the start of the CSV ``prediction``).
+FLAGGED_WORDS = "Flagged for review"
+#: First words of the headline of a scan that is not flagged.
+NOT_FLAGGED_WORDS = "Not flagged"
+#: How the positive label of a model is named in sentences (labels are file-friendly ids).
+CONDITION_NAMES = {"covid": "COVID-19"}
+
+
+class _Decided(Protocol):
+    flagged: bool
+    positive_prob: float
+    threshold: float
+    positive_label: str
+
+
+def format_threshold(threshold: float) -> str:
+    """The operating threshold as shown everywhere (``0.154``)."""
+    return f"{threshold:.{DECIMALS}f}"
+
+
+def comparison_digits(prob: float, threshold: float) -> int:
+    """Decimals that show ``prob`` and ``threshold`` so their order reads right.
+
+    :data:`DECIMALS`, unless ``prob < threshold`` and both round to the same text (e.g.
+    0.1536 and 0.154): then more digits (up to 8), so a "not flagged" line never prints
+    ``P 0.154 < 0.154``. Rounding is monotone, so a flagged result always reads right.
+    """
+    digits = DECIMALS
+    while prob < threshold and digits < 8 and f"{prob:.{digits}f}" == f"{threshold:.{digits}f}":
+        digits += 1
+    return digits
+
+
+def format_prob(prob: float) -> str:
+    """A probability as shown everywhere (``0.327``)."""
+    return f"{prob:.{DECIMALS}f}"
+
+
+def condition_name(positive_label: str) -> str:
+    """``"covid"`` -> ``"COVID-19"``; other labels as they are."""
+    return CONDITION_NAMES.get(positive_label, positive_label)
+
+
+def decision_words(flagged: bool, positive_label: str = "covid") -> str:
+    """The decision without numbers: ``Flagged for review - COVID-19 not ruled out``."""
+    if flagged:
+        return f"{FLAGGED_WORDS} - {condition_name(positive_label)} not ruled out"
+    return NOT_FLAGGED_WORDS
+
+
+def triage_headline(
+    flagged: bool, positive_prob: float, threshold: float, positive_label: str = "covid"
+) -> str:
+    """The headline of a result (see the module docstring for the two forms)."""
+    d = comparison_digits(positive_prob, threshold)
+    p, t = f"{positive_prob:.{d}f}", f"{threshold:.{d}f}"
+    if flagged:
+        return f"{decision_words(True, positive_label)} (P {p} >= threshold {t})"
+    return f"{NOT_FLAGGED_WORDS} (P {p} < {t})"
+
+
+def headline(result: _Decided) -> str:
+    """:func:`triage_headline` of a :class:`~lunglens.inference.ScanResult`."""
+    return triage_headline(
+        result.flagged, result.positive_prob, result.threshold, result.positive_label
+    )
+
+
+def slice_numbers(indices: list[int] | tuple[int, ...]) -> list[int]:
+    """0-based slice indices -> the 1-based numbers a person reads (slice 1 is the first)."""
+    return [int(i) + 1 for i in indices]

@@ -1,0 +1,54 @@
+"""The triage headline and the numbers a person reads (issue 15, point 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lunglens.inference import format_threshold, headline, slice_numbers, triage_headline
+from lunglens.inference.wording import comparison_digits
+
+
+def test_headline_states_the_decision_not_a_class() -> None:
+    assert (
+        triage_headline(True, 0.327, 0.1543)
+        == "Flagged for review - COVID-19 not ruled out (P 0.327 >= threshold 0.154)"
+    )
+    assert triage_headline(False, 0.08, 0.1543) == "Not flagged (P 0.080 < 0.154)"
+    assert "covid" not in triage_headline(True, 0.2, 0.15)  # the label's id never shows
+    assert triage_headline(True, 0.9, 0.5, "pneumonia").startswith(
+        "Flagged for review - pneumonia not ruled out"
+    )
+
+
+@pytest.mark.parametrize(
+    ("prob", "threshold", "text"),
+    [
+        (0.1536, 0.1543, "Not flagged (P 0.1536 < 0.1543)"),  # 0.154 < 0.154 would misread
+        (0.15429, 0.1543, "Not flagged (P 0.15429 < 0.15430)"),
+        (
+            0.1543,
+            0.1543,
+            "Flagged for review - COVID-19 not ruled out (P 0.154 >= threshold 0.154)",
+        ),
+        (
+            0.15431,
+            0.1543,
+            "Flagged for review - COVID-19 not ruled out (P 0.154 >= threshold 0.154)",
+        ),
+    ],
+)
+def test_numbers_never_contradict_the_decision(prob: float, threshold: float, text: str) -> None:
+    assert triage_headline(prob >= threshold, prob, threshold) == text
+
+
+def test_threshold_precision_and_slice_numbers() -> None:
+    assert format_threshold(0.15430094301700592) == "0.154"
+    assert comparison_digits(0.5, 0.1543) == 3
+    assert slice_numbers([0, 4, 2]) == [1, 5, 3]
+
+
+def test_headline_of_a_result() -> None:
+    class R:
+        flagged, positive_prob, threshold, positive_label = False, 0.01, 0.2031, "covid"
+
+    assert headline(R()) == "Not flagged (P 0.010 < 0.203)"
