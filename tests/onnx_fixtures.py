@@ -121,6 +121,8 @@ def write_model(
         "intended_use": "tests only",
         "series_aggregation": {"method": "top_k_mean", "k": 3},
     }
+    if "input_preprocessing" in manifest_extra:
+        manifest["input"]["preprocessing"] = manifest_extra.pop("input_preprocessing")
     manifest.update(manifest_extra)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     (folder / "MODEL_CARD.md").write_text("# synthetic\nTests only.\n", encoding="utf-8")

@@ -124,3 +124,23 @@ def test_manifest_with_missing_keys_or_bad_label(mdir: Path) -> None:
 
 def test_missing_models_dir_is_empty(tmp_path: Path) -> None:
     assert list_models(tmp_path / "absent") == []
+
+
+def test_manifest_marked_default_wins(mdir: Path) -> None:
+    """``default_for_modality`` in a manifest makes that model the modality's default."""
+    write_model(mdir / "zz-marked-ct", name="zz-marked-ct", default_for_modality=True)
+    assert default_model_for("ct", mdir).name == "zz-marked-ct"
+    assert default_model_for("cxr", mdir).name == "synthetic-cxr"
+
+
+def test_manifest_preprocessing_is_parsed_and_checked(mdir: Path) -> None:
+    from lunglens.preprocess import Preprocessing
+
+    assert list_models(mdir)[0].preprocessing == Preprocessing()
+    prep = {"crop": "body", "intensity": "percentile"}
+    write_model(mdir / "cropped", name="cropped", input_preprocessing=prep)
+    info = get_model("cropped", mdir)
+    assert info.preprocessing == Preprocessing("body", "percentile")
+    write_model(mdir / "bad-prep", name="bad-prep", input_preprocessing={"crop": "brain"})
+    with pytest.raises(ModelRefused, match="preprocessing"):
+        get_model("bad-prep", mdir)
