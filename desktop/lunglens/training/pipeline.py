@@ -100,7 +100,9 @@ class Pipeline:
             channels_last=preset.arch.startswith("efficientnet"),
             pretrained=preset.pretrained,
             schedule=preset.schedule,
+            frozen_stages=preset.frozen_stages,
         )
+        self._features: np.ndarray | None = None
         self.work = opts.workdir
         self.work.mkdir(parents=True, exist_ok=True)
         self.out = opts.models_dir / preset.model_name
@@ -185,6 +187,24 @@ class Pipeline:
             )
         return replace(self.cfg, teacher=str(tdir), teacher_arch=teacher.arch)
 
+    def features(self, ds: ImageSet) -> np.ndarray | None:
+        """The frozen stages' outputs (computed once, cached on disk), if the preset freezes."""
+        if not self.cfg.frozen_stages:
+            return None
+        if self._features is None:
+            from lunglens.training.train import frozen_features
+
+            path = self.work / (
+                f"features_{self.size}_k{self.cfg.frozen_stages}_v{self.cfg.feature_views}.npy"
+            )
+            if not path.exists():
+                np.save(
+                    path.with_suffix(".tmp.npy"), frozen_features(ds, self.cfg, self.rt, self.log)
+                )
+                path.with_suffix(".tmp.npy").replace(path)
+            self._features = np.load(path)
+        return self._features
+
     def positive(self, ds: ImageSet) -> int:
         return ds.classes.index(self.p.positive_label)
 
@@ -212,7 +232,9 @@ class Pipeline:
         train_idx = self.train_indices(ds, [f for f in range(self.o.folds) if f != v])
         val_idx = ds.folds([v])
         cfg = self.run_cfg("final")
-        facts = train_run(ds, train_idx, val_idx, cfg, self.rt, self.work / "final", self.log)
+        facts = train_run(
+            ds, train_idx, val_idx, cfg, self.rt, self.work / "final", self.log, self.features(ds)
+        )
         self.state["final"] = {k: v for k, v in facts.items() if k != "history"}
         self.save_state()
 
@@ -286,7 +308,9 @@ class Pipeline:
             vf = (k + 1) % self.o.folds
             tr = self.train_indices(ds, [f for f in range(self.o.folds) if f not in (k, vf)])
             va, te = ds.folds([vf]), ds.folds([k])
-            facts = train_run(ds, tr, va, self.run_cfg(key), self.rt, self.work / key, self.log)
+            facts = train_run(
+                ds, tr, va, self.run_cfg(key), self.rt, self.work / key, self.log, self.features(ds)
+            )
             model = load_best(self.work / key, self.p.arch, len(ds.classes)).to(self.rt.device)
             pv = predict_probs(model, ds.images[va], self.rt)
             pt = predict_probs(model, ds.images[te], self.rt)

@@ -48,6 +48,8 @@ class Preset:
     #: sources left out of training (still in validation and test folds, and reported):
     #: single-class sources whose look alone gives the label away
     train_exclude_sources: tuple[str, ...] = field(default=())
+    #: pretrained backbones: stages kept frozen (features cached once; train.TrainConfig)
+    frozen_stages: int = 0
 
 
 PRESETS: dict[str, Preset] = {
@@ -62,12 +64,13 @@ PRESETS: dict[str, Preset] = {
             positive_label="covid",
             size_cpu=224,
             size_cuda=224,
-            epochs_cpu=3,
+            epochs_cpu=6,
             epochs_cuda=12,
             batch_size=32,
             lr=1e-3,
             window=LUNG_WINDOW,
             pretrained=True,
+            frozen_stages=3,
             preprocessing=BODY_CROP,
             schedule="onecycle",
             min_epochs_share=1.0,
@@ -82,13 +85,14 @@ PRESETS: dict[str, Preset] = {
             modality="cxr",
             data="cxr-3class",
             positive_label="covid",
-            size_cpu=192,
+            size_cpu=224,
             size_cuda=224,
-            epochs_cpu=5,
+            epochs_cpu=8,
             epochs_cuda=20,
             batch_size=32,
             lr=1e-3,
             pretrained=True,
+            frozen_stages=3,
             preprocessing=BODY_CROP,
             schedule="onecycle",
             min_epochs_share=1.0,
