@@ -42,7 +42,7 @@ def label_index(info: ModelInfo, label: str | int | None) -> int:
     return info.labels.index(label)
 
 
-def decide(probs: np.ndarray, info: ModelInfo) -> tuple[str, bool]:
+def decide(probs: np.ndarray, info: ModelInfo, threshold: float | None = None) -> tuple[str, bool]:
     """Return ``(prediction, flagged)`` for a ``[C]`` probability vector.
 
     Flagging uses the manifest threshold on the positive class; the prediction agrees with the
@@ -50,7 +50,7 @@ def decide(probs: np.ndarray, info: ModelInfo) -> tuple[str, bool]:
     than 0.5 never produces a "covid" prediction that is not flagged or vice versa.
     """
     pos = info.positive_index
-    flagged = bool(probs[pos] >= info.threshold)
+    flagged = bool(probs[pos] >= (info.threshold if threshold is None else threshold))
     if flagged:
         return info.positive_label, True
     others = [i for i in range(len(info.labels)) if i != pos]
@@ -89,7 +89,9 @@ def result_from_probs(
     """Build a :class:`ScanResult` (without CAM) from per-slice probabilities."""
     method, k = info.series_aggregation
     probs = aggregate(slice_probs, info.positive_index, method, k)
-    prediction, flagged = decide(probs, info)
+    # a series is judged by the threshold calibrated on patients, a slice by the slice one
+    threshold = info.series_threshold if slice_probs.shape[0] > 1 else info.threshold
+    prediction, flagged = decide(probs, info, threshold)
     cam_idx = label_index(info, cam_class)
     return ScanResult(
         source=source,
@@ -102,7 +104,7 @@ def result_from_probs(
         positive_label=info.positive_label,
         positive_prob=float(probs[info.positive_index]),
         flagged=flagged,
-        threshold=info.threshold,
+        threshold=threshold,
         n_slices=int(slice_probs.shape[0]),
         slice_probs=slice_probs,
         top_slices=top_slices(slice_probs, info.positive_index, 3),

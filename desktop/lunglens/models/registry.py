@@ -104,6 +104,13 @@ class ModelInfo:
         return str(agg.get("method", "top_k_mean")), int(agg.get("k", 3))
 
     @property
+    def series_threshold(self) -> float:
+        """Threshold for an aggregated series (``series_aggregation.threshold``, calibrated on
+        patient groups), else the slice threshold."""
+        agg = self.manifest.get("series_aggregation") or {}
+        return float(agg.get("threshold", self.threshold))
+
+    @property
     def task(self) -> str:
         """``"triage"`` (COVID-19 models) or ``"modality-check"`` (the CT-vs-X-ray router)."""
         return str(self.manifest.get("task", TRIAGE))

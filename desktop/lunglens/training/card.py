@@ -175,7 +175,7 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
             if m["input"].get("window")
             else ""
         )
-        + "; the whole image is resized (stretched) to that size.",
+        + _prep_text(m["input"].get("preprocessing") or {}),
         f"- File: `model.onnx`, INT8 ({q['scheme']}), SHA-256 `{m['sha256']}`.",
         f"- Operating threshold {m['threshold']}: {m['threshold_rule']}.",
         "",
@@ -251,7 +251,9 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
                 + f" | {_pct(r['per_class'][pos].get('auc'))} |"
             )
         lines += _series_lines(metrics.get("per_patient_series"), pos)
+        lines += _operating_point_lines(m, metrics, pos)
         lines += ["", "![ROC](roc.png) ![Confusion](confusion.png)"]
+    lines += _cam_lines(m.get("cam_in_lungs"))
     lines += [
         "",
         "## Limits and what was not tested",
@@ -265,6 +267,67 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
         f"- {m['intended_use']}",
     ]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def _prep_text(prep: dict) -> str:
+    steps = []
+    if prep.get("crop") == "body":
+        steps.append("cropped to the body's bounding box")
+    if prep.get("intensity") == "percentile":
+        steps.append("its intensities stretched between their 1st and 99th percentiles")
+    if not steps:
+        return "; the whole image is resized (stretched) to that size."
+    return (
+        "; " + ", ".join(steps) + " (`lunglens.preprocess.model_view`, the same code in "
+        "training and in the app), then resized to that size; the CAM is mapped back into the "
+        "whole image."
+    )
+
+
+def _operating_point_lines(m: dict, metrics: dict, pos: str) -> list[str]:
+    """Pooled out-of-fold operating point, its spread over folds, the series threshold."""
+    op = m.get("operating_point")
+    if not op:
+        return []
+    pooled = metrics.get("pooled_out_of_fold") or {}
+    pc = (pooled.get("per_class") or {}).get(pos, {})
+    spread = op["fold_threshold_spread"]
+    lines = [
+        "",
+        "### Operating point (pooled out-of-fold predictions of all folds)",
+        "",
+        f"- Threshold {op['threshold']:.4f}: {op['rule']}.",
+        f"- At that threshold, pooled over all {pooled.get('n', '?')} images: accuracy "
+        f"{_pct(pooled.get('accuracy'))}, `{pos}` sensitivity {_pct(op['sensitivity'])}, "
+        f"specificity {_pct(op['specificity'])} (= specificity at sensitivity "
+        f"{_pct(op['sensitivity'])}), AUC {_pct(pc.get('auc'))}, macro-F1 "
+        f"{_pct(pooled.get('macro_f1'))}.",
+        f"- The same rule applied to each test fold alone gives thresholds "
+        f"{spread['min']:.3f}-{spread['max']:.3f} (median {spread['median']:.3f}, sd "
+        f"{spread['sd']:.3f}): how much the operating point moves with the data.",
+    ]
+    series = op.get("series")
+    if series:
+        lines.append(
+            f"- CT series (the app's rule): threshold {series['threshold']:.4f} on the "
+            f"aggregated P, {series['rule']}; over {series['groups']} patient groups: sensitivity "
+            f"{_pct(series['sensitivity'])}, specificity {_pct(series['specificity'])}, AUC "
+            f"{_pct(series.get('auc'))}."
+        )
+    return lines
+
+
+def _cam_lines(cam: dict | None) -> list[str]:
+    if not cam:
+        return []
+    per = ", ".join(f"{k} {_pct(v)}" for k, v in cam["per_source"].items())
+    return [
+        "",
+        "## Where the model looks",
+        f"- Share of the CAM's mass inside the lung field: mean {_pct(cam['mean'])}, median "
+        f"{_pct(cam['median'])} ({cam['method']}). Per source: {per}.",
+        "- The map is where the model looked, not a lesion outline.",
+    ]
 
 
 def _series_lines(series: dict | None, pos: str) -> list[str]:

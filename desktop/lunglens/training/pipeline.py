@@ -223,6 +223,9 @@ class Pipeline:
         self.write_model_dir(ds)
         if not self.o.skip_cv:
             self.stage_cv(ds)
+            self.stage_operating_point(ds)
+            self.write_model_dir(ds)
+            self.stage_cam_check(ds)
             self.write_model_dir(ds)
         return self.state
 
@@ -362,6 +365,140 @@ class Pipeline:
         series["per_source"] = per_source
         return series
 
+    def oof(self, ds: ImageSet) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None:
+        """Pooled out-of-fold ``(idx, probs)`` and each fold's test indices, once CV is done."""
+        if len(self.state.get("cv", {})) < self.o.folds:
+            return None
+        parts = [np.load(self.work / f"fold{k}_test.npz") for k in range(self.o.folds)]
+        idx = np.concatenate([z["idx"] for z in parts])
+        probs = np.concatenate([z["probs"] for z in parts])
+        return idx, probs, [z["idx"] for z in parts]
+
+    def shipped_threshold(self) -> float:
+        """The operating threshold: from pooled out-of-fold predictions once the CV is done,
+        before that the validation fold's (provisional)."""
+        op = self.state.get("operating_point")
+        return float(op["threshold"] if op else self.state["threshold"])
+
+    def stage_operating_point(self, ds: ImageSet) -> None:
+        """Threshold from all folds: the largest threshold whose sensitivity on the pooled
+        out-of-fold predictions is >= ``min_sensitivity``; its spread over the folds; the same
+        rule for the CT series aggregation on patient groups."""
+        from lunglens.inference.aggregate import aggregate
+        from lunglens.training.metrics import binary_metrics, choose_threshold
+
+        got = self.oof(ds)
+        if got is None:
+            return
+        idx, probs, fold_idx = got
+        pos = self.positive(ds)
+        y = (ds.labels[idx] == pos).astype(int)
+        p = probs[:, pos]
+        thr = choose_threshold(y, p, self.o.min_sensitivity)
+        at = binary_metrics(y, (p >= thr).astype(int), p)
+        where = {int(i): n for n, i in enumerate(idx)}
+        fold_thr = []
+        for te in fold_idx:
+            sel = np.array([where[int(i)] for i in te])
+            fold_thr.append(choose_threshold(y[sel], p[sel], self.o.min_sensitivity))
+        op = dict(
+            threshold=thr,
+            rule=(
+                f"largest threshold with sensitivity >= {self.o.min_sensitivity} for "
+                f"'{self.p.positive_label}' on the pooled out-of-fold predictions of the "
+                f"{self.o.folds}-fold CV ({len(idx)} images); flagged when P >= threshold"
+            ),
+            sensitivity=at["sensitivity"],
+            specificity=at["specificity"],
+            fold_thresholds=fold_thr,
+            fold_threshold_spread=dict(
+                min=float(np.min(fold_thr)),
+                median=float(np.median(fold_thr)),
+                max=float(np.max(fold_thr)),
+                sd=float(np.std(fold_thr, ddof=1)),
+            ),
+        )
+        if self.p.modality == "ct":
+            groups = ds.groups[idx]
+            gy, gp = [], []
+            for g in dict.fromkeys(groups.tolist()):
+                sel = groups == g
+                if len(np.unique(y[sel])) != 1:
+                    continue  # mixed labels: no single truth for the patient
+                gy.append(int(y[sel][0]))
+                gp.append(float(aggregate(probs[sel], pos, SERIES_METHOD, SERIES_K)[pos]))
+            gy_arr, gp_arr = np.array(gy), np.array(gp)
+            sthr = choose_threshold(gy_arr, gp_arr, self.o.min_sensitivity)
+            sm = binary_metrics(gy_arr, (gp_arr >= sthr).astype(int), gp_arr)
+            op["series"] = dict(
+                threshold=sthr,
+                groups=len(gy),
+                sensitivity=sm["sensitivity"],
+                specificity=sm["specificity"],
+                auc=sm.get("auc"),
+                rule=(
+                    f"{SERIES_METHOD} (k={SERIES_K}) of each patient group's out-of-fold slice "
+                    f"probabilities; largest threshold with patient sensitivity >= "
+                    f"{self.o.min_sensitivity}"
+                ),
+            )
+        self.state["operating_point"] = op
+        self.log(
+            f"operating point: threshold {thr:.4f} (folds {min(fold_thr):.3f}-{max(fold_thr):.3f}),"
+            f" sensitivity {at['sensitivity']:.3f}, specificity {at['specificity']:.3f}"
+        )
+        self.save_state()
+
+    def stage_cam_check(self, ds: ImageSet, limit: int = 150) -> None:
+        """Share of CAM mass inside the lung field on COVID-positive validation images.
+
+        Runs the shipped INT8 model the way the app does (:func:`lunglens.inference.view`),
+        on the validation fold's positive images at their original size, and measures the
+        positive class's CAM (ReLU, resized to the image) inside
+        :func:`lunglens.preprocess.lung_mask`. CT only (the lung mask is a CT rule).
+        """
+        if self.p.modality != "ct" or "cam_in_lungs" in self.state:
+            return
+        from lunglens.explain.cam import cam_map
+        from lunglens.inference.engine import Engine
+        from lunglens.inference.view import predict_image
+        from lunglens.io import load_scan
+        from lunglens.models.registry import load_manifest
+        from lunglens.preprocess import lung_mask
+
+        info = load_manifest(self.out)
+        engine = Engine(info)
+        pos = self.positive(ds)
+        val = [i for i in ds.folds([self.val_fold(ds)]) if ds.labels[i] == pos]
+        rng = np.random.default_rng(0)
+        pick = [val[i] for i in rng.permutation(len(val))[:limit]]
+        shares: list[float] = []
+        per_source: dict[str, list[float]] = {}
+        for i in pick:
+            image = load_scan(ds.records[i].path).image[0]
+            cam = predict_image(engine, image, ("cam",))["cam"][0]
+            heat = cam_map(cam, pos, image.shape)
+            mask = lung_mask(image)
+            total = float(heat.sum())
+            if total <= 0 or mask.sum() == 0:
+                continue
+            share = float(heat[mask].sum() / total)
+            shares.append(share)
+            per_source.setdefault(ds.records[i].source, []).append(share)
+        self.state["cam_in_lungs"] = dict(
+            images=len(shares),
+            mean=float(np.mean(shares)) if shares else float("nan"),
+            median=float(np.median(shares)) if shares else float("nan"),
+            per_source={k: float(np.mean(v)) for k, v in sorted(per_source.items())},
+            method=(
+                f"{len(shares)} COVID-positive images of validation fold {self.val_fold(ds)}, "
+                "shipped INT8 model, positive-class CAM after ReLU resized to the image; share "
+                "of its mass inside lunglens.preprocess.lung_mask (body-enclosed dark field)"
+            ),
+        )
+        self.log(f"CAM mass inside the lungs: mean {self.state['cam_in_lungs']['mean']:.3f}")
+        self.save_state()
+
     def cv_metrics(self, ds: ImageSet) -> dict | None:
         from lunglens.training.metrics import classification_report, summarize_folds
 
@@ -369,7 +506,7 @@ class Pipeline:
         if len(cv) < self.o.folds:
             return None
         pos = self.positive(ds)
-        shipped = float(self.state["threshold"])
+        shipped = self.shipped_threshold()
         per_fold_own, per_fold_shipped = [], []
         all_idx, all_probs = [], []
         for k in range(self.o.folds):
@@ -426,12 +563,13 @@ class Pipeline:
         metrics = self.cv_metrics(ds)
         if metrics is not None:
             (self.out / "metrics.json").write_text(_json(metrics))
-            write_plots(self.work, self.out, ds, self.positive(ds), float(self.state["threshold"]))
+            write_plots(self.work, self.out, ds, self.positive(ds), self.shipped_threshold())
         ex = self.state["export"]
         from lunglens.training.export import input_contract
 
         counts = {str(c): int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
         spec = get_spec(self.p.arch)
+        op = self.state.get("operating_point")
         teacher = self.run_cfg("final").teacher
         manifest = dict(
             name=self.p.model_name,
@@ -459,14 +597,28 @@ class Pipeline:
                 sha256=sha256(fp32_path),
                 use="benchmarks and INT8 parity only; the app runs model.onnx",
             ),
-            threshold=round(float(self.state["threshold"]), 4),
+            threshold=round(self.shipped_threshold(), 4),
             threshold_rule=(
-                f"largest threshold with sensitivity >= {self.o.min_sensitivity} for "
-                f"'{self.p.positive_label}' on validation fold {self.val_fold(ds)} "
-                "(INT8 model); flagged when P(positive) >= threshold"
+                (
+                    op["rule"]
+                    if op
+                    else f"provisional (CV pending): largest threshold with sensitivity >= "
+                    f"{self.o.min_sensitivity} for '{self.p.positive_label}' on validation fold "
+                    f"{self.val_fold(ds)} (INT8 model); flagged when P(positive) >= threshold"
+                )
                 + ("; otherwise the most probable other class" if len(ds.classes) > 2 else "")
             ),
-            series_aggregation=dict(method=SERIES_METHOD, k=SERIES_K),
+            operating_point=op,
+            series_aggregation=dict(
+                method=SERIES_METHOD,
+                k=SERIES_K,
+                **(
+                    dict(threshold=round(op["series"]["threshold"], 4), rule=op["series"]["rule"])
+                    if op and "series" in op
+                    else {}
+                ),
+            ),
+            cam_in_lungs=self.state.get("cam_in_lungs"),
             quantization=self.state["quantization"],
             export=dict(
                 opset=ex["opset"],

@@ -18,6 +18,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,7 @@ class SplitModel:
 
     def __init__(self, model: nn.Module, k: int) -> None:
         self.model, self.k = model, k
-        self.backbone = model.backbone  # type: ignore[union-attr]
+        self.backbone: Any = model.backbone
 
     def frozen(self, x: torch.Tensor) -> torch.Tensor:
         b = self.backbone
