@@ -172,9 +172,52 @@ class Pipeline:
         excluded = np.isin(ds.sources[idx], list(self.p.train_exclude_sources))
         return idx[~excluded]
 
+    def teacher_pipeline(self) -> Pipeline | None:
+        """The pipeline of the preset whose cached views (and models) teach this one."""
+        if self.p.views_from is None:
+            return None
+        from lunglens.training.presets import PRESETS
+
+        tp = PRESETS[self.p.views_from]
+        opts = replace(self.o, workdir=default_workdir(tp.model_name), size=None, epochs=None)
+        return Pipeline(tp, opts, self.log)
+
+    def run_inputs(self, ds: ImageSet, run: str, train_idx: np.ndarray) -> dict:
+        """Extra inputs of one run: cached features, or cached views and the teacher's soft
+        targets on them (distillation with the same augmented view for teacher and student)."""
+        tpipe = self.teacher_pipeline()
+        if tpipe is None:
+            return dict(features=self.features(ds))
+        from lunglens.training.train import cached_teacher_logits, view_images
+
+        tds = tpipe.data()
+        if [r.path for r in tds.records] != [r.path for r in ds.records]:
+            raise RuntimeError("teacher and student data sets differ")
+        path = self.work / f"views_{self.size}_from_{tpipe.p.name}.npy"
+        if not path.exists():
+            np.save(path.with_suffix(".tmp.npy"), view_images(tds, tpipe.cfg, self.rt, self.size))
+            path.with_suffix(".tmp.npy").replace(path)
+            self.log(f"cached {tpipe.cfg.feature_views} views per image from {tpipe.p.name}")
+        out: dict = dict(views=np.load(path))
+        if self.p.teacher:
+            tdir = tpipe.work / run
+            if not (tdir / "best.pt").exists():
+                raise FileNotFoundError(
+                    f"teacher checkpoint {tdir / 'best.pt'} is missing: run "
+                    f"'lunglens-train {tpipe.p.name}' first (its CV folds are the teachers)"
+                )
+            teacher = load_best(tdir, tpipe.p.arch, len(ds.classes))
+            feats = tpipe.features(tds)
+            assert feats is not None
+            out["soft_targets"] = cached_teacher_logits(
+                teacher, tpipe.cfg.frozen_stages, feats, train_idx
+            )
+        return out
+
     def run_cfg(self, run: str) -> TrainConfig:
-        """The training config of one run (``final`` or ``fold<k>``): its teacher, if any."""
-        if self.p.teacher is None:
+        """The training config of one run (``final`` or ``fold<k>``): its live teacher, if any
+        (presets with ``views_from`` distil from cached soft targets instead)."""
+        if self.p.teacher is None or self.p.views_from is not None:
             return self.cfg
         from lunglens.training.presets import PRESETS
 
@@ -235,8 +278,9 @@ class Pipeline:
         train_idx = self.train_indices(ds, [f for f in range(self.o.folds) if f != v])
         val_idx = ds.folds([v])
         cfg = self.run_cfg("final")
+        extra = self.run_inputs(ds, "final", train_idx)
         facts = train_run(
-            ds, train_idx, val_idx, cfg, self.rt, self.work / "final", self.log, self.features(ds)
+            ds, train_idx, val_idx, cfg, self.rt, self.work / "final", self.log, **extra
         )
         self.state["final"] = {k: v for k, v in facts.items() if k != "history"}
         self.save_state()
@@ -311,8 +355,11 @@ class Pipeline:
             vf = (k + 1) % self.o.folds
             tr = self.train_indices(ds, [f for f in range(self.o.folds) if f not in (k, vf)])
             va, te = ds.folds([vf]), ds.folds([k])
+            extra = (
+                self.run_inputs(ds, key, tr) if not (self.work / key / "done.json").exists() else {}
+            )
             facts = train_run(
-                ds, tr, va, self.run_cfg(key), self.rt, self.work / key, self.log, self.features(ds)
+                ds, tr, va, self.run_cfg(key), self.rt, self.work / key, self.log, **extra
             )
             model = load_best(self.work / key, self.p.arch, len(ds.classes)).to(self.rt.device)
             pv = predict_probs(model, ds.images[va], self.rt)
@@ -570,7 +617,6 @@ class Pipeline:
         counts = {str(c): int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
         spec = get_spec(self.p.arch)
         op = self.state.get("operating_point")
-        teacher = self.run_cfg("final").teacher
         manifest = dict(
             name=self.p.model_name,
             version=self.o.version,
@@ -655,8 +701,17 @@ class Pipeline:
                 ),
                 excluded_from_training=list(self.p.train_exclude_sources),
                 distilled_from=(
-                    dict(preset=self.p.teacher, checkpoint=teacher) if teacher else None
+                    dict(
+                        preset=self.p.teacher,
+                        how=f"KL on temperature-{self.cfg.distill_temperature} soft targets "
+                        f"(weight {self.cfg.distill_alpha}) + label loss; teacher logits cached "
+                        f"per augmented view, the same views the student trains on; fold k's "
+                        "student learns from fold k's teacher",
+                    )
+                    if self.p.teacher
+                    else None
                 ),
+                views_from=self.p.views_from,
                 checkpoint=str((self.work / "final" / "best.pt").resolve()),
                 cv_seconds=sum(f["seconds"] for f in self.state.get("cv", {}).values()),
             ),

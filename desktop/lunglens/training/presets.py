@@ -50,6 +50,9 @@ class Preset:
     train_exclude_sources: tuple[str, ...] = field(default=())
     #: pretrained backbones: stages kept frozen (features cached once; train.TrainConfig)
     frozen_stages: int = 0
+    #: train on the augmented views cached for this preset (a teacher's): with ``teacher`` set
+    #: to the same preset, the student learns the teacher's outputs on exactly those views
+    views_from: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -119,15 +122,34 @@ PRESETS: dict[str, Preset] = {
             modality="ct",
             data="ct-covid-binary",
             positive_label="covid",
-            size_cpu=224,
+            size_cpu=128,
             size_cuda=224,
-            epochs_cpu=8,
+            epochs_cpu=10,
             epochs_cuda=40,
             window=LUNG_WINDOW,
             preprocessing=BODY_CROP,
             schedule="onecycle",
             min_epochs_share=1.0,
             teacher="ct-efficientnet-lite",
+            views_from="ct-efficientnet-lite",
+            train_exclude_sources=("normal-ct-512",),
+        ),
+        Preset(  # the same student without the teacher: the distillation's control
+            name="ct-squeezenet-views",
+            model_name="squeezenet-light-ct-views",
+            arch="squeezenet-light",
+            modality="ct",
+            data="ct-covid-binary",
+            positive_label="covid",
+            size_cpu=128,
+            size_cuda=224,
+            epochs_cpu=10,
+            epochs_cuda=40,
+            window=LUNG_WINDOW,
+            preprocessing=BODY_CROP,
+            schedule="onecycle",
+            min_epochs_share=1.0,
+            views_from="ct-efficientnet-lite",
             train_exclude_sources=("normal-ct-512",),
         ),
         Preset(

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,18 +155,57 @@ def frozen_features(
     split = SplitModel(model, cfg.frozen_stages)
     out: np.ndarray | None = None
     t0 = time.time()
+    for v, lo, x in augmented_views(data, cfg, rt, bs):
+        f = split.frozen(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+        if out is None:
+            out = np.empty((cfg.feature_views, len(data.labels), *f.shape[1:]), np.float16)
+        out[v, lo : lo + len(f)] = f
+        if lo + bs >= len(data.labels):
+            log(f"frozen features: view {v + 1}/{cfg.feature_views} ({time.time() - t0:.0f}s)")
+    assert out is not None
+    return out
+
+
+def augmented_views(
+    data: ImageSet, cfg: TrainConfig, rt: Runtime, bs: int = 64
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(view, first index, batch [n, 1, H, W] in [0, 1])`` for every view of every image.
+
+    View 0 is the image itself; view ``v > 0`` is augmented with a generator seeded by ``v``,
+    batch after batch in index order, so the same call always yields the same views: the
+    teacher's cached features and a student's cached images are of the same augmented views.
+    """
     for v in range(cfg.feature_views):
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + v)
         for lo in range(0, len(data.labels), bs):
             x = to_tensor(data.images[lo : lo + bs], rt)
-            if v > 0:
-                x = augment(x, cfg.augment, gen)
-            f = split.frozen(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
-            if out is None:
-                out = np.empty((cfg.feature_views, len(data.labels), *f.shape[1:]), np.float16)
-            out[v, lo : lo + len(f)] = f
-        log(f"frozen features: view {v + 1}/{cfg.feature_views} ({time.time() - t0:.0f}s)")
-    assert out is not None
+            yield v, lo, (augment(x, cfg.augment, gen) if v > 0 else x)
+
+
+@torch.no_grad()
+def view_images(data: ImageSet, cfg: TrainConfig, rt: Runtime, size: int) -> np.ndarray:
+    """The views of :func:`augmented_views` resized to ``size`` (area), uint8 ``[V, N, s, s]``."""
+    out = np.empty((cfg.feature_views, len(data.labels), size, size), np.uint8)
+    for v, lo, x in augmented_views(data, cfg, rt):
+        small = F.interpolate(x, size=(size, size), mode="area") if x.shape[-1] != size else x
+        out[v, lo : lo + len(x)] = (small[:, 0] * 255.0).round().clamp(0, 255).byte().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def cached_teacher_logits(
+    teacher: nn.Module, frozen_stages: int, features: np.ndarray, idx: np.ndarray, bs: int = 128
+) -> np.ndarray:
+    """Teacher logits ``[V, N, C]`` on its cached frozen features, for the images ``idx``
+    (NaN elsewhere): soft targets per augmented view, computed once per run."""
+    split = SplitModel(teacher.eval(), frozen_stages)
+    n_classes = int(teacher.classifier.out_features)  # type: ignore[union-attr, arg-type]
+    out = np.full((features.shape[0], features.shape[1], n_classes), np.nan, np.float32)
+    for v in range(features.shape[0]):
+        for lo in range(0, len(idx), bs):
+            part = idx[lo : lo + bs]
+            x = torch.from_numpy(features[v, part].astype(np.float32))
+            out[v, part] = split.head(x.contiguous(memory_format=torch.channels_last)).numpy()
     return out
 
 
@@ -178,6 +218,8 @@ def train_run(
     workdir: Path,
     log=print,
     features: np.ndarray | None = None,
+    views: np.ndarray | None = None,
+    soft_targets: np.ndarray | None = None,
 ) -> dict:
     """Train one model; returns facts about the run (best epoch, losses, wall time).
 
@@ -253,6 +295,10 @@ def train_run(
                 views = rng.integers(0, features.shape[0], len(chunk))
                 x = torch.from_numpy(features[views, chunk].astype(np.float32)).to(rt.device)
                 x = x.contiguous(memory_format=torch.channels_last)
+            elif views is not None:  # cached augmented views (the teacher's, for distillation)
+                v_idx = rng.integers(0, views.shape[0], len(chunk))
+                x = torch.from_numpy(views[v_idx, chunk]).to(rt.device).float().div_(255.0)
+                x = x[:, None]
             else:
                 x = augment(to_tensor(data.images[chunk], rt), cfg.augment, gen)
                 if cfg.channels_last:
@@ -262,9 +308,14 @@ def train_run(
                 loss = F.cross_entropy(
                     logits.float(), y, weight=weights, label_smoothing=cfg.label_smoothing
                 )
-                if teacher is not None:
+                soft = None
+                if soft_targets is not None:
+                    soft = torch.from_numpy(soft_targets[v_idx, chunk]).to(rt.device)
+                elif teacher is not None:
+                    soft = _teacher_logits(teacher, x)
+                if soft is not None:
                     loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(
-                        logits.float(), _teacher_logits(teacher, x), cfg.distill_temperature
+                        logits.float(), soft, cfg.distill_temperature
                     )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
