@@ -31,6 +31,11 @@ class _Reader:
         return next(self._it, None)
 
 
+_QUANTIZABLE = frozenset(
+    {"Conv", "MaxPool", "Concat", "GlobalAveragePool", "ReduceMean", "Add", "Mul", "Clip", "Relu"}
+)
+
+
 def _output_ops(graph, outputs: Sequence[str]) -> list[str]:
     """Nodes that produce ``outputs`` (probabilities, CAM) or the head ops before them: they
     stay float, unlike the feature activations."""
@@ -69,12 +74,11 @@ def quantize_model(
         op_types = sorted({n.op_type for n in graph.node})
         # ConvTranspose stays float: onnxruntime has no INT8 ConvTranspose kernel, so QDQ would
         # only add a weight dequantization per run (measured slower than float).
-        quant_ops = [
-            o
-            for o in op_types
-            if o in {"Conv", "MaxPool", "Concat", "GlobalAveragePool", "ReduceMean", "Add", "Mul"}
-            and o not in keep_float_ops
-        ]
+        # Clip (ReLU6) and Relu are listed so the quantizer gives a Conv the range of its
+        # activation's output (Conv + Clip fuse into one QLinearConv): left float, the Conv's
+        # output was quantized over its whole pre-activation range, and EfficientNet-Lite0
+        # agreed with float on 75-89% of decisions; with them, 99.75% (same model, 400 images).
+        quant_ops = [o for o in op_types if o in _QUANTIZABLE and o not in keep_float_ops]
         if method != "MinMax":
             # The histogram calibrators stack each tensor's batches into one array, so every
             # batch must have the same size: drop the incomplete last one.
