@@ -212,7 +212,7 @@ def _score_both_ways(
 def test_bundle_scores_samples_like_source(bundle: tuple[Path, Path], tmp_path: Path) -> None:
     """Both shipped triage models score the samples in the bundle exactly as from source.
 
-    One model per results file (DESIGN.md): the CT run turns the X-ray samples into
+    One model per results file (docs/results-csv.md): the CT run turns the X-ray samples into
     ``ModalityMismatch`` error rows and the X-ray run the CT ones, so each sample must score
     under the model of its own modality.
     """
