@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from onnx_fixtures import make_models_dir
 shipped = load_packaging_module("shipped")
 
 
-def _model_folder(folder: Path, manifest: dict[str, object], files: list[str]) -> Path:
+def _model_folder(folder: Path, manifest: Mapping[str, object], files: list[str]) -> Path:
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     for name in files:
