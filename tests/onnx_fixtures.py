@@ -1,4 +1,4 @@
-"""A tiny synthetic model that honours the ONNX + manifest contract (DESIGN.md, "Model files").
+"""A tiny synthetic model that honours the ONNX + manifest contract (docs/model-contract.md).
 
 The weights are chosen by hand so tests can predict the output:
 

@@ -19,7 +19,6 @@ No network is used: the build reuses the installed PyInstaller and packages.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,51 +27,14 @@ from pathlib import Path
 
 import pytest
 
+from dist_helpers import REPO, clean_clone, clean_env, load_packaging_module
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 #: Regression ceiling for the unpacked bundle (measured 345 MiB with OpenCV 5 and PySide6 6.11
 #: after packaging/bundle_trim.py, 450 MiB before; see packaging/README.md for the breakdown and
 #: the 250 MB target).
 MAX_BUNDLE_MIB = 380
-
-
-def _bundle_env(tmp: Path) -> dict[str, str]:
-    """The environment a clinic laptop would have: no venv, no Python paths, no display."""
-    venv_dirs = {str(Path(sys.prefix).resolve()), str(Path(sys.executable).resolve().parent)}
-    if os.environ.get("VIRTUAL_ENV"):
-        venv_dirs.add(str(Path(os.environ["VIRTUAL_ENV"]).resolve()))
-    path = [
-        p
-        for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-        if p and not any(str(Path(p).resolve()).startswith(v) for v in venv_dirs)
-    ]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTHON", "LUNGLENS_", "QT_", "CONDA"))
-        and k not in ("VIRTUAL_ENV", "DISPLAY", "WAYLAND_DISPLAY", "LD_LIBRARY_PATH", "MPLBACKEND")
-    }
-    (tmp / "home").mkdir(exist_ok=True)
-    env.update(
-        PATH=os.pathsep.join(path),
-        QT_QPA_PLATFORM="offscreen",
-        LUNGLENS_DATA_DIR=str(tmp / "data"),
-        HOME=str(tmp / "home"),
-        XDG_CONFIG_HOME=str(tmp / "home" / ".config"),
-    )
-    return env
-
-
-def _bundle_trim():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(
-        "bundle_trim", REPO / "packaging" / "bundle_trim.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bundle_trim", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rows(csv_path: Path) -> dict[str, dict[str, str]]:
@@ -91,13 +53,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         pytest.skip(
             "PyInstaller is not installed (it is in the 'test' extra: pip install -e '.[test]')"
         )
-    if shutil.which("git") is None or not (REPO / ".git").exists():
-        pytest.skip("needs git and a git checkout to clone from")
     tmp = tmp_path_factory.mktemp("bundle")
-    clone = tmp / "src" / "lunglens"
-    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(clone)], check=True)
-    if not any((clone / "models").glob("*/manifest.json")):
-        pytest.skip("no model committed in models/ at HEAD: nothing to bundle")
+    clone = clean_clone(tmp / "src" / "lunglens")
     shared = REPO.parent / "shared"
     if shared.is_dir():  # same layout as a developer checkout (not needed by the build)
         (clone.parent / "shared").symlink_to(shared)
@@ -131,7 +88,7 @@ def _run(exe: Path, args: list[str], tmp: Path) -> subprocess.CompletedProcess[s
     run_dir.mkdir(exist_ok=True)
     return subprocess.run(
         [str(exe), *args],
-        env=_bundle_env(tmp),
+        env=clean_env(tmp),
         cwd=run_dir,
         capture_output=True,
         text=True,
@@ -168,7 +125,7 @@ def test_bundle_layout(bundle: tuple[Path, Path]) -> None:
     assert all(
         p.stat().st_size < 12 * 2**20 for p in internal.glob("PySide6/Qt/lib/libicudata.so.*")
     )
-    trim = _bundle_trim()
+    trim = load_packaging_module("bundle_trim")
     for lib in internal.glob("libpython3*.so*"):
         elf = trim.read_elf(lib)
         assert elf is not None and elf.debug_bytes == 0 and elf.segments_congruent()
@@ -255,7 +212,7 @@ def _score_both_ways(
 def test_bundle_scores_samples_like_source(bundle: tuple[Path, Path], tmp_path: Path) -> None:
     """Both shipped triage models score the samples in the bundle exactly as from source.
 
-    One model per results file (DESIGN.md): the CT run turns the X-ray samples into
+    One model per results file (docs/results-csv.md): the CT run turns the X-ray samples into
     ``ModalityMismatch`` error rows and the X-ray run the CT ones, so each sample must score
     under the model of its own modality.
     """

@@ -7,7 +7,6 @@ checked in ``test_packaging.py`` (slow).
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 import sysconfig
@@ -15,21 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from dist_helpers import load_packaging_module
+
 PACKAGING = Path(__file__).resolve().parents[1] / "packaging"
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF/Linux only")
 
 
-def _load_trim():  # packaging/ is not a package: load the module from its file
-    spec = importlib.util.spec_from_file_location("bundle_trim", PACKAGING / "bundle_trim.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bundle_trim", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bt = _load_trim()
+bt = load_packaging_module("bundle_trim")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Preprocessing shared by the app and the training module.
 
-The ONNX contract (``../shared/DESIGN.md``) takes a float32 ``[N, 1, H, W]`` image in [0, 1].
+The ONNX contract (docs/model-contract.md) takes a float32 ``[N, 1, H, W]`` image in [0, 1].
 Everything upstream of that (windowing, resizing) lives here so the app and the training code
 prepare images the same way; normalization and channel repeat live inside the ONNX graph.
 """

@@ -1,4 +1,4 @@
-"""The results CSV (**contract**, DESIGN.md "Results"): columns, appending rows durably, resuming.
+"""The results CSV (**contract**, docs/results-csv.md): columns, appending rows durably, resuming.
 
 Rows are appended, flushed and ``fsync``-ed one at a time, so a crash or a SIGKILL loses at most the
 row being written. That row may be torn (no final newline); :func:`open_results` detects it on

@@ -1,6 +1,6 @@
 """Reader for one DICOM file (single- or multi-frame) and the DICOM pixel pipeline.
 
-Pipeline (``../shared/DESIGN.md``)::
+Pipeline (docs/architecture.md, "Scan pipeline")::
 
     decode (pydicom + pylibjpeg plugins; libjpeg directly for retired JPEG processes)
       -> modality LUT (RescaleSlope/Intercept or Modality LUT Sequence -> HU for CT)

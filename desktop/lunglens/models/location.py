@@ -1,34 +1,58 @@
 """Where shipped models and resources live.
 
-One function per location, searched in a fixed order so a user, a test and a bundled app each get a
-predictable answer: an explicit argument wins, then an environment variable, then a bundled app's
-unpack directory (PyInstaller's ``sys._MEIPASS``), then the repository root of an editable install.
+One function per location, searched in a fixed order so a user, a test, an installed wheel and a
+bundled app each get a predictable answer: an explicit argument wins, then an environment
+variable, then the package data of an installed wheel (``lunglens/_data``, found with
+:mod:`importlib.resources`), then a bundled app's unpack directory (PyInstaller's
+``sys._MEIPASS``) or the folder beside its executable, then the checkout's top-level folders in a
+source tree or an editable install. The wheel and the bundle carry the files selected by
+``packaging/shipped.py`` from the checkout's ``models/`` and ``resources/``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from importlib import resources
 from pathlib import Path
 
 #: Environment variable that points at a folder of ``<name>/manifest.json`` model folders.
 MODELS_ENV = "LUNGLENS_MODELS_DIR"
 #: Environment variable that points at the resources folder (``samples/`` etc.).
 RESOURCES_ENV = "LUNGLENS_RESOURCES_DIR"
+#: Package-data folder of an installed wheel (``setup.py`` copies ``models/`` and ``resources/``
+#: into it).
+DATA_PACKAGE = "_data"
 
-# desktop/lunglens/models/location.py -> parents[3] is the repository root in an editable install.
-_REPO_ROOT = Path(__file__).resolve().parents[3]
+# desktop/lunglens/models/location.py -> parents[3] is the checkout in a source tree.
+_SOURCE_ROOT = Path(__file__).resolve().parents[3]
+
+
+def _package_data_root() -> Path | None:
+    """``lunglens/_data`` as a real folder, or ``None`` (e.g. a package imported from a zip)."""
+    root = resources.files("lunglens") / DATA_PACKAGE
+    return root if isinstance(root, Path) else None
+
+
+def _source_root() -> Path | None:
+    """The checkout holding this package (source tree, editable install), else ``None``."""
+    return _SOURCE_ROOT if (_SOURCE_ROOT / "pyproject.toml").is_file() else None
 
 
 def _candidates(folder: str) -> list[Path]:
     found: list[Path] = []
+    data = _package_data_root()
+    if data is not None:
+        found.append(data / folder)
     meipass = getattr(sys, "_MEIPASS", None)
     if meipass:
         found.append(Path(meipass) / folder)
     # A frozen app may also keep data beside the executable.
     if getattr(sys, "frozen", False):
         found.append(Path(sys.executable).resolve().parent / folder)
-    found.append(_REPO_ROOT / folder)
+    source = _source_root()
+    if source is not None:
+        found.append(source / folder)
     return found
 
 
@@ -42,20 +66,21 @@ def _resolve(explicit: str | os.PathLike[str] | None, env: str, folder: str) -> 
     for cand in candidates:
         if cand.is_dir():
             return cand
-    return candidates[-1]
+    # None exists: name the place this kind of install is expected to have, for error messages.
+    return candidates[-1] if candidates else Path(folder).resolve()
 
 
 def models_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Return the folder searched for models.
 
-    Order: ``explicit`` argument, ``$LUNGLENS_MODELS_DIR``, ``sys._MEIPASS/models`` (bundled app),
-    ``<executable dir>/models`` (frozen app), ``<repo root>/models`` (editable install). The first
-    existing folder wins; when none exists the repository path is returned so error messages name
-    a concrete place.
+    Order: ``explicit`` argument, ``$LUNGLENS_MODELS_DIR``, ``<package>/_data/models`` (installed
+    wheel), ``sys._MEIPASS/models`` (bundled app), ``<executable dir>/models`` (frozen app),
+    ``<checkout>/models`` (source tree or editable install). The first existing folder wins; when
+    none exists the last candidate is returned so error messages name a concrete place.
     """
     return _resolve(explicit, MODELS_ENV, "models")
 
 
 def resources_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Return the resources folder (bundled samples), searched like :func:`models_dir`."""
+    """Return the resources folder (bundled samples, icons), searched like :func:`models_dir`."""
     return _resolve(explicit, RESOURCES_ENV, "resources")

@@ -53,7 +53,7 @@ def setup_runtime(prefer: str = "auto") -> Runtime:
         torch.backends.cudnn.benchmark = True
     else:
         device = torch.device("cpu")
-        amp = None  # bf16 autocast measured slower than fp32 on this CPU (DESIGN.md)
+        amp = None  # bf16 autocast measured slower than fp32 on this CPU (docs/measurements.md)
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, world)))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

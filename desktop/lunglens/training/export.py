@@ -1,4 +1,4 @@
-"""Export a trained model to ONNX with the LungLens contract (../shared/DESIGN.md).
+"""Export a trained model to ONNX with the LungLens contract (docs/model-contract.md).
 
 Input ``image``: float32 ``[N, 1, H, W]`` in [0, 1] (normalization is inside the model).
 Outputs: ``probs`` ``[N, C]`` (softmax), ``cam`` ``[N, C, h, w]`` (classifier weights x last

@@ -34,7 +34,7 @@ class Fire(nn.Module):
     Iandola et al. 2016 (SqueezeNet), as modified by Polsinelli et al. 2020 ("A light CNN for
     detecting COVID-19 from CT scans of the chest"): BatchNorm between squeeze and activation
     and ELU instead of ReLU, which lets the network train from scratch (plain SqueezeNet stayed
-    at chance for 9 epochs here, see DESIGN.md).
+    at chance for 9 epochs here, see docs/measurements.md).
     """
 
     def __init__(self, in_ch: int, squeeze: int, expand: int) -> None:
