@@ -222,6 +222,34 @@ def test_series_rows_name_slices(env: Path, info: ModelInfo) -> None:
     assert {int(n) for n in rows[0]["top_slices"].split(";")} <= {1, 2, 3, 4}
 
 
+def test_series_is_judged_by_its_calibrated_threshold(env: Path) -> None:
+    """A manifest's series threshold (calibrated on patients) judges series rows; single
+    images keep the slice threshold; the CSV says which one each row was judged by."""
+    pydicom = pytest.importorskip("pydicom")
+    from onnx_fixtures import write_model
+
+    series_agg = {"method": "top_k_mean", "k": 3, "threshold": 0.9}
+    write_model(env / "models" / "series-ct", name="series-ct", series_aggregation=series_agg)
+    info = get_model("series-ct", env / "models")
+    assert info.series_threshold == 0.9 and info.threshold == 0.5
+    folder = env / "scans"
+    (folder / "series").mkdir(parents=True)
+    uid = pydicom.uid.generate_uid()
+    for i in range(3):
+        ds = pydicom.dcmread(SHARED_DATA / "dicom" / "ct-misc" / "693_UNCI.dcm")
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, pydicom.uid.generate_uid()
+        ds.InstanceNumber, ds.ImagePositionPatient = i + 1, [0.0, 0.0, float(i * 5)]
+        ds.save_as(folder / "series" / f"s{i}.dcm")
+    write_png(folder / "one.png", 0.2)
+    out = env / "r.csv"
+    list(score([folder], info, out))
+    rows = {r["n_slices"]: r for r in read_rows(out)}
+    assert rows["3"]["threshold"] == "0.900" and rows["1"]["threshold"] == "0.500"
+    for r in rows.values():
+        p, thr = float(r["p_covid"]), float(r["threshold"])
+        assert r["flagged"] == ("true" if p >= thr else "false")
+
+
 def _mixed_folder(root: Path) -> Path:
     """A real DICOM chest CT, a real DICOM chest X-ray (DX) and two plain images."""
     import shutil

@@ -147,6 +147,7 @@ def result_row(
         error="",
         prediction=result.headline,
         flagged="true" if result.flagged else "false",
+        threshold=format_threshold(result.threshold),  # a series' own threshold, if calibrated
         n_slices=str(result.n_slices),
         top_slices=";".join(str(n) for n in slice_numbers(result.top_slices)),
         elapsed_ms=f"{elapsed_ms:.1f}",
