@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import lunglens  # noqa: F401  (first: turns onnxruntime's telemetry off before it is imported)
+
+# isort: split
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]

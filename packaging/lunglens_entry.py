@@ -5,6 +5,8 @@ Kept outside the package so the bundle's start-up order is explicit:
 * Windows: onnxruntime is imported **before** PySide6. Qt's wheels ship their own (older)
   ``msvcp140.dll``; when Qt loads first, onnxruntime's ``onnxruntime_pybind11_state.pyd`` binds
   to it and fails with "DLL load failed" or crashes in the first session.
+* ``lunglens`` is imported first of all: importing it sets ``ORT_DISABLE_TELEMETRY=1``, which
+  onnxruntime only honours when it is set before onnxruntime is imported (no network, ever).
 * The windowed Windows executable (``lunglens-gui.exe``) has no console: ``sys.stdout`` and
   ``sys.stderr`` are ``None``, so they are pointed at ``os.devnull`` before the CLI prints.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
+
+import lunglens  # noqa: F401  (before onnxruntime: turns its telemetry off)
 
 
 def main() -> int:

@@ -9,7 +9,9 @@ one line per check:
 2. the pylibjpeg decoder plugins (openjpeg, libjpeg, rle) are registered (a frozen app only
    finds them when their packages' entry-point metadata was bundled), every bundled DICOM sample
    decodes, and at least one of them is compressed;
-3. the Qt binding loads and its platform plugins are present (skipped with ``--no-gui``).
+3. onnxruntime's telemetry is off (``ORT_DISABLE_TELEMETRY=1`` was set before onnxruntime was
+   imported), so nothing is sent anywhere;
+4. the Qt binding loads and its platform plugins are present (skipped with ``--no-gui``).
 
 Exit code 0 when every check passed, 1 otherwise. Nothing is written to disk.
 """
@@ -200,6 +202,27 @@ def _check_pylibjpeg() -> str:
     return f"{len(decoders)} transfer syntaxes via {', '.join(sorted(found))}"
 
 
+def _check_telemetry() -> str:
+    import os
+
+    import onnxruntime
+
+    import lunglens
+
+    if lunglens.ONNXRUNTIME_IMPORTED_FIRST:
+        raise RuntimeError(
+            "onnxruntime was imported before lunglens with its telemetry on; import lunglens "
+            "first (it sets ORT_DISABLE_TELEMETRY=1)"
+        )
+    value = os.environ.get(lunglens.TELEMETRY_ENV)
+    if value != "1":
+        raise RuntimeError(f"{lunglens.TELEMETRY_ENV} is {value!r}, not '1'")
+    return (
+        f"telemetry off: {lunglens.TELEMETRY_ENV}=1 set before onnxruntime "
+        f"{onnxruntime.__version__} was imported; nothing is sent"
+    )
+
+
 def _check_qt() -> str:
     from PySide6 import __version__ as pyside_version
     from PySide6.QtCore import QLibraryInfo
@@ -273,6 +296,9 @@ def run(
     if not compressed:
         rep.fail("compressed DICOM", f"no compressed DICOM sample decoded (looked in {rdir})")
 
+    rep.line("privacy (no network):")
+    rep.check("onnxruntime telemetry", _check_telemetry)
+
     if gui:
         rep.line("desktop app (Qt):")
         rep.check("Qt", _check_qt)
@@ -292,6 +318,6 @@ def add_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add(
         "selftest",
         cmd_selftest,
-        "check this installation: model hashes and inference, DICOM decoders, Qt",
+        "check this installation: model hashes and inference, DICOM decoders, telemetry off, Qt",
     )
     p.add_argument("--no-gui", action="store_true", help="skip the Qt check (servers)")
