@@ -13,7 +13,7 @@ import pytest
 
 from lunglens.batch import Finished, score
 from lunglens.cli import main
-from lunglens.errors import ModelNotFound
+from lunglens.errors import ModelNotFound, ModelRefused
 from lunglens.inference import check_modality, classify_scan, clear_engines
 from lunglens.io import load_scan
 from lunglens.models import (
@@ -111,13 +111,36 @@ def test_without_a_check_plain_images_need_a_model(
     assert classify_scan(scan, get_model("synthetic-cxr", root)).notes == []
 
 
-def test_tampered_check_is_ignored_not_fatal(models: Path, tmp_path: Path) -> None:
+def test_tampered_check_is_an_error_everywhere(
+    models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A modified modality check is refused like a triage model: check, classify, CLI and batch
+    all stop with ModelRefused; nothing claims that no check is installed."""
     onnx_file = models / "synthetic-modality" / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes() + b"x")
-    scan = load_scan(write_png(tmp_path / "bright.png", 1.0))
-    assert check_modality(scan) is None
-    res = classify_scan(scan, get_model("synthetic-ct", models))
-    assert res.model == "synthetic-ct" and res.notes == []
+    png = write_png(tmp_path / "bright.png", 1.0)
+    scan = load_scan(png)
+    with pytest.raises(ModelRefused, match="integrity check"):
+        check_modality(scan)
+    with pytest.raises(ModelRefused):
+        classify_scan(scan, get_model("synthetic-ct", models))
+    assert main(["classify", str(png)]) == 4
+    err = capsys.readouterr().err
+    assert "ModelRefused" in err and "synthetic-modality" in err
+    assert "no modality check" not in err
+    out = tmp_path / "r.csv"
+    with pytest.raises(ModelRefused):
+        list(score([png], get_model("synthetic-cxr", models), out))
+    assert not out.exists()  # refused before anything was written
+
+
+def test_broken_check_manifest_is_an_error(models: Path) -> None:
+    manifest = models / "synthetic-modality" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["sha256"]
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ModelRefused, match="lacks sha256"):
+        modality_checker(models)
 
 
 def test_cli_classify_routes_plain_images(

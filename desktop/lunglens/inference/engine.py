@@ -27,6 +27,10 @@ from lunglens.models.registry import ModelInfo, read_verified
 if TYPE_CHECKING:
     import onnx
 
+# ``import lunglens`` (run before this module's imports) set ORT_DISABLE_TELEMETRY=1, which is
+# what stops onnxruntime's network traffic; the runtime switch is kept as a second guard.
+ort.disable_telemetry_events()
+
 #: Environment override for the number of intra-op threads (default: physical cores).
 THREADS_ENV = "LUNGLENS_THREADS"
 
@@ -134,6 +138,7 @@ class Engine:
         self.output_names = tuple(o.name for o in graph.output)
         if "probs" not in self.output_names:
             raise ModelRefused(info.onnx_path, "model has no 'probs' output (contract)")
+        _check_contract(self._graph, self.input_name, info)
         self._sessions: dict[frozenset[str], ort.InferenceSession] = {}
         self._lock = threading.Lock()
         self.session = self._session(("probs",))  # batch scoring's: fails here, not mid-batch
@@ -212,6 +217,51 @@ class Engine:
             raise ValueError(f"expected a [N, 1, H, W] batch, got {batch.shape}")
         values = self._session(outputs).run(list(outputs), {self.input_name: batch})
         return {name: np.asarray(v) for name, v in zip(outputs, values, strict=True)}
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
+    """Static dimensions of a graph input/output (``None`` for symbolic ones such as ``N``)."""
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+
+
+def _check_contract(model: onnx.ModelProto, input_name: str, info: ModelInfo) -> None:
+    """Refuse a graph whose input or outputs do not match its manifest.
+
+    A manifest paired with another model's graph (e.g. the CT manifest over the X-ray graph,
+    whose hash it was edited to carry) would otherwise fail later with a numpy broadcasting
+    error, or worse, score with the wrong labels. Checked: the image input is float
+    ``[N, 1, H, W]`` with the manifest's ``input.size``; ``probs`` is ``[N, len(labels)]``;
+    ``cam`` (if present) has one map per label; every gallery output exists.
+    """
+    graph = model.graph
+    by_name = {v.name: v for v in [*graph.input, *graph.output]}
+    problems = []
+    image = by_name[input_name]
+    if image.type.tensor_type.elem_type != 1:  # TensorProto.FLOAT
+        problems.append(f"input {input_name!r} is not float32")
+    want = [None, 1, *info.input_size]
+    got = _dims(image)
+    clash = any(g is not None and w is not None and g != w for g, w in zip(got, want, strict=False))
+    if len(got) != 4 or clash:
+        problems.append(f"input {input_name!r} has shape {got}; the manifest says {want}")
+    probs = _dims(by_name["probs"])
+    if len(probs) != 2 or probs[1] not in (None, len(info.labels)):
+        problems.append(f"'probs' has shape {probs}, manifest has {len(info.labels)} labels")
+    if "cam" in by_name:
+        cam = _dims(by_name["cam"])
+        if len(cam) != 4 or cam[1] not in (None, len(info.labels)):
+            problems.append(f"'cam' has shape {cam}, manifest has {len(info.labels)} labels")
+    outputs = {o.name for o in graph.output}
+    missing = [g.output for g in info.gallery if g.output not in outputs]
+    if missing:
+        problems.append(f"gallery outputs {missing} are not in the graph")
+    if problems:
+        raise ModelRefused(
+            info.onnx_path,
+            f"the graph does not match its manifest: {'; '.join(problems)} (contract)",
+            "Reinstall the model folder; the manifest and model.onnx belong together.",
+        )
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lunglens.errors import ModelError, ModelNotFound
+from lunglens.errors import ModelNotFound
 from lunglens.inference.engine import get_engine
 from lunglens.io.scan import Scan
 from lunglens.models.registry import ModelInfo, default_model_for, modality_checker
@@ -58,8 +58,11 @@ def check_modality(
 ) -> ModalityCheck | None:
     """Run the modality check on the scan's middle slice; ``None`` if it is not installed.
 
-    A broken check model (failed hash, unloadable) is treated as not installed: it only ever
-    adds warnings, so it must never stop a scan from being read.
+    Raises
+    ------
+    ModelRefused
+        The check is installed but fails its verification (hash, manifest, graph): it routes
+        plain images to a model, so a tampered one is an error like a tampered triage model.
     """
     info = modality_checker(models_dir)
     return None if info is None else check_with(info, scan)
@@ -68,10 +71,7 @@ def check_modality(
 def check_with(info: ModelInfo, scan: Scan) -> ModalityCheck | None:
     """:func:`check_modality` with the check model already found (batches look it up once,
     not by re-reading every manifest for each plain image)."""
-    try:
-        engine = get_engine(info)
-    except ModelError:
-        return None
+    engine = get_engine(info)  # ModelRefused for a tampered check, as for any model
     image = scan.image[scan.n_slices // 2]
     batch = to_model_input(image, info.input_size, info.preprocessing)
     probs = engine.predict(batch, ("probs",))["probs"][0]

@@ -191,6 +191,7 @@ def load_manifest(folder: str | os.PathLike[str]) -> ModelInfo:
         raise ModelRefused(
             mpath, f"manifest is malformed ({exc!r})", "Reinstall the model."
         ) from exc
+    _confine(mpath, folder, info.onnx_path)
     if positive not in labels:
         raise ModelRefused(mpath, f"positive_label {positive!r} is not one of {list(labels)}")
     if len(labels) < 2:
@@ -198,6 +199,31 @@ def load_manifest(folder: str | os.PathLike[str]) -> ModelInfo:
     if not info.onnx_path.is_file():
         raise ModelRefused(info.onnx_path, "model file is missing", "Reinstall the model folder.")
     return info
+
+
+def _confine(mpath: Path, folder: Path, onnx_path: Path) -> None:
+    """Refuse a manifest ``file`` outside its model folder (``../x.onnx``, ``/etc/hostname``,
+    a symbolic link leading out): a model folder is verified and installed as one unit."""
+    declared = Path(str(onnx_path.relative_to(folder)) if onnx_path.is_relative_to(folder) else "")
+    try:
+        inside = onnx_path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        inside = False
+    if not declared.parts or declared.is_absolute() or ".." in declared.parts or not inside:
+        raise ModelRefused(
+            mpath,
+            f"manifest 'file' points outside the model folder ({onnx_path})",
+            "Reinstall the model folder; a model file must be inside it.",
+        )
+
+
+def _task_of(folder: Path) -> str:
+    """The ``task`` a manifest declares, read leniently (for a folder whose manifest failed)."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        return str(data.get("task", TRIAGE)) if isinstance(data, dict) else ""
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return MODALITY_CHECK if folder.name == MODALITY_CHECK else ""
 
 
 def discover_models(
@@ -246,8 +272,22 @@ def list_models(
 
 
 def modality_checker(models_dir: str | os.PathLike[str] | None = None) -> ModelInfo | None:
-    """The installed image-level modality check (``task: modality-check``), if any."""
-    found = list_models(models_dir, task=MODALITY_CHECK)
+    """The installed image-level modality check (``task: modality-check``), if any.
+
+    Raises
+    ------
+    ModelRefused
+        A modality-check folder is installed but its manifest is broken: it is an error like a
+        broken triage model, never read as "no check installed" (plain images would then be
+        scored by a model of the wrong modality).
+    """
+    models, problems = discover_models(models_dir)
+    for problem in problems:
+        folder = Path(problem.path or "")
+        folder = folder if folder.is_dir() else folder.parent
+        if _task_of(folder) == MODALITY_CHECK:
+            raise problem
+    found = [m for m in models if m.task == MODALITY_CHECK]
     return found[0] if found else None
 
 
