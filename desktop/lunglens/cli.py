@@ -11,8 +11,10 @@ Commands
 Exit codes
 ----------
 0   success
-1   ``score``: some scans could not be read (see their error rows); any command: unexpected error
-2   usage error (bad option, existing results file without --resume, resume conflict)
+1   ``score``: some scans could not be read (see their error rows); any command: an output could
+    not be written (disk full: rerun with --resume once space is freed) or an unexpected error
+2   usage error (bad option, existing results file without --resume, resume conflict, results
+    file in use by another run)
 3   ``classify``: the input file cannot be read as a scan
 4   model refused (integrity check failed) or not found
 130 cancelled with Ctrl-C (rows written so far are kept; rerun ``score`` with --resume)
@@ -23,6 +25,7 @@ User errors are reported as one line on stderr, never as a traceback (``--debug`
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -51,8 +54,9 @@ EXIT_CANCELLED = 130
 
 EPILOG = """exit codes:
   0    success
-  1    score: some scans errored (see their rows); any command: unexpected error
-  2    usage error (bad option, results file exists without --resume, resume conflict)
+  1    score: some scans errored (see their rows); any command: disk full or unexpected error
+  2    usage error (bad option, results file exists without --resume, resume conflict,
+       results file in use by another run)
   3    classify: the input file cannot be read as a scan
   4    model refused (integrity check failed) or not found
   130  cancelled with Ctrl-C (score: rows so far are kept; rerun with --resume)
@@ -566,8 +570,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_output() -> None:
+    """Print any file name: bytes that are not valid in the terminal's encoding (a Latin-1 name
+    read with surrogateescape) are shown as ``\\xNN``/``\\udcNN`` instead of raising."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a closed or foreign stream: leave it as it is
+                pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (see the module docstring)."""
+    _tolerant_output()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -575,10 +592,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
         return _run_gui([])
-    from lunglens.errors import LungLensError, ModelError, ScanError
+    from lunglens.errors import LungLensError, ModelError, OutputError, ScanError
 
     try:
         return int(args.func(args))
+    except OutputError as exc:
+        _err(f"{exc.code}: {exc}")
+        return EXIT_ERRORS
     except ModelError as exc:
         _err(f"{exc.code}: {exc}")
         return EXIT_MODEL
@@ -593,11 +613,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CANCELLED
     except BrokenPipeError:  # e.g. `lunglens models | head`
         return EXIT_OK
-    except Exception as exc:
-        if args.debug:
-            traceback.print_exc()
-        _err(f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return _unexpected(args, exc)
+        where = exc.filename or "an output file"
+        _err(
+            f"{where}: the disk is full ({exc.strerror}). Free some space and rerun the same "
+            "command (score: with --resume, which keeps the rows already written)."
+        )
         return EXIT_ERRORS
+    except Exception as exc:
+        return _unexpected(args, exc)
+
+
+def _unexpected(args: argparse.Namespace, exc: BaseException) -> int:
+    if args.debug:
+        traceback.print_exception(exc)
+    _err(f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
+    return EXIT_ERRORS
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ class LungLensError(Exception):
         self.reason = reason
         self.hint = hint
         where = f"{self.path}: " if self.path else ""
+        stop = "" if reason.endswith(".") else "."  # only the sentence's own end; never the path
         tail = f" {hint}" if hint else ""
-        super().__init__(f"{where}{reason}.{tail}".replace("..", "."))
+        super().__init__(f"{where}{reason}{stop}{tail}")
 
     @property
     def code(self) -> str:
@@ -54,6 +55,10 @@ class ImageTooLarge(ScanError):
     """More pixels than the configured limit (decompression-bomb guard)."""
 
 
+class ImageTooSmall(ScanError):
+    """Fewer rows or columns than any scan has (an icon, a thumbnail, a 1x1 tracking pixel)."""
+
+
 class NotChestImage(ScanError):
     """The scan's modality or body part is not a chest CT or chest X-ray."""
 
@@ -61,6 +66,10 @@ class NotChestImage(ScanError):
 class ModalityMismatch(ScanError):
     """The scan's modality (DICOM header, or the pixel check for plain images) is not the
     model's (e.g. a chest X-ray given to the CT model); batch scoring writes an error row."""
+
+
+class OutputError(LungLensError):
+    """A result (CSV row, report) could not be written, e.g. the disk is full."""
 
 
 class ModelError(LungLensError):

@@ -1,7 +1,7 @@
 """The results CSV (**contract**, docs/results-csv.md): columns, appending rows durably, resuming.
 
-Rows are appended, flushed and ``fsync``-ed one at a time, so a crash or a SIGKILL loses at most the
-row being written. That row may be torn (no final newline); :func:`open_results` detects it on
+Rows are appended with one ``write`` each and ``fsync``-ed one at a time, so a crash or a SIGKILL
+loses at most the row being written. That row may be torn; :func:`open_results` detects it on
 ``--resume`` and cuts the file back to the last complete row, so a rerun writes every scan exactly
 once. A CSV is only extended by the model(s) that wrote it: with one chosen model, rows of
 another model would mix two rankings; in automatic mode (each scan scored by its modality's
@@ -13,11 +13,20 @@ the triage headline (``Flagged for review - COVID-19 not ruled out (P 0.327 >= t
 0.154)`` or ``Not flagged (P 0.080 < 0.154)``), ``threshold`` the operating threshold, and
 ``top_slices`` the most suspicious slices numbered from 1 (slice 1 is the first of the series,
 as in the app and the PDF), separated by ``;``.
+
+Any file name survives the round trip, because ``--resume`` matches rows to files by the ``path``
+column: a newline stays a newline (the field is quoted, RFC 4180), and bytes that are not UTF-8
+(a name like ``a_\\xe9.jpg`` from a Latin-1 system) are written as they are on disk (Python's
+``surrogateescape``), so such a cell is the one place the file is not UTF-8. Text cells that a
+spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first: a crafted file name
+or DICOM PatientID such as ``=HYPERLINK(...)``) get a leading ``'`` as OWASP advises
+(:func:`escape_cell`); :func:`read_rows` removes it again.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -25,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-from lunglens.errors import LungLensError
+from lunglens.errors import LungLensError, OutputError
 from lunglens.models.registry import ModelInfo
 
 #: Columns before the per-label probabilities.
@@ -65,9 +74,70 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _clean(value: object) -> str:
-    # One physical line per row is what makes torn-row repair safe: no newlines inside fields.
-    return str(value).replace("\r", " ").replace("\n", " ")
+#: Encoding of results files: UTF-8, with file-name bytes that are not UTF-8 kept as they are.
+ENCODING = "utf-8"
+ERRORS = "surrogateescape"
+
+#: First characters that make a spreadsheet evaluate a cell (OWASP "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: What follows the ``'`` of an escaped cell: a formula start, or another ``'``.
+_ESCAPED_START = (*FORMULA_START, "'")
+
+
+def escape_cell(value: str) -> str:
+    """``value`` with a leading ``'`` when a spreadsheet would read it as a formula (OWASP).
+
+    A value that already looks escaped (``'`` then a formula start or ``'``) gets one more
+    ``'``, so :func:`unescape_cell` inverts this exactly and ``--resume`` tells a file called
+    ``'=x.png`` from one called ``=x.png``.
+    """
+    if value.startswith(FORMULA_START) or (value[:1] == "'" and value[1:2] in _ESCAPED_START):
+        return "'" + value
+    return value
+
+
+def unescape_cell(value: str) -> str:
+    """Inverse of :func:`escape_cell`."""
+    if value[:1] == "'" and value[1:2] != "" and value[1:2] in _ESCAPED_START:
+        return value[1:]
+    return value
+
+
+def format_record(values: Sequence[str]) -> str:
+    """One CSV record ending in ``\\n``, quoted as RFC 4180 says: a field holding a comma, a
+    quote, ``\\n`` or ``\\r`` is quoted (``csv.writer`` leaves a lone ``\\r`` unquoted when
+    the line terminator is ``\\n``, and readers then split the row there)."""
+    out = []
+    for value in values:
+        if any(c in value for c in ',"\r\n'):
+            value = '"' + value.replace('"', '""') + '"'
+        out.append(value)
+    return ",".join(out) + "\n"
+
+
+def _unescape_record(record: list[str]) -> list[str]:
+    return [unescape_cell(v) for v in record]
+
+
+def _disk_full(path: Path, exc: OSError) -> OutputError:
+    where = exc.filename or path
+    return OutputError(
+        where,
+        f"the disk is full ({exc.strerror}); the results written so far are kept in {path}",
+        "Free some space, then rerun the same command with --resume to continue.",
+    )
+
+
+def _is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _append(fh: IO[bytes], data: bytes) -> None:
+    """Write all of ``data`` to the unbuffered ``fh`` and ``fsync`` it."""
+    view = memoryview(data)
+    while view:
+        view = view[fh.write(view) or 0 :]
+    os.fsync(fh.fileno())
 
 
 class ResultsWriter:
@@ -78,17 +148,25 @@ class ResultsWriter:
         self.header = header
         #: Keys (``path`` column) already present with a complete row.
         self.done = done
-        self._fh: IO[str] = open(path, "a", encoding="utf-8", newline="")
+        # Unbuffered: a row is one write() call, and a failed write leaves nothing behind in a
+        # buffer that close() would try (and fail) to flush again.
+        self._fh: IO[bytes] = open(path, "ab", buffering=0)
 
     def write(self, row: Mapping[str, object]) -> None:
-        """Append one row (missing columns are empty) and make it durable."""
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(
-            [_clean(row.get(col, "")) for col in self.header]
-        )
-        self._fh.write(buf.getvalue())
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        """Append one row (missing columns are empty) and make it durable.
+
+        Raises
+        ------
+        OutputError
+            The disk is full (the message names the file and says ``--resume`` continues).
+        """
+        line = format_record([escape_cell(str(row.get(col, ""))) for col in self.header])
+        try:
+            _append(self._fh, line.encode(ENCODING, ERRORS))
+        except OSError as exc:
+            if _is_disk_full(exc):
+                raise _disk_full(self.path, exc) from exc
+            raise
         self.done.add(str(row.get("path", "")))
 
     def close(self) -> None:
@@ -104,52 +182,70 @@ class ResultsWriter:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding=ENCODING, errors=ERRORS, newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if _is_disk_full(exc):
+            raise _disk_full(path, exc) from exc
+        raise
+
+
+def complete_length(data: bytes) -> int:
+    """Length of the longest prefix of CSV ``data`` that ends with a complete row.
+
+    A row ends at a ``\\n`` outside quotes. Quotes inside a field are doubled, so a newline is
+    outside quotes exactly when the number of ``"`` before it is even; a name with a newline is
+    therefore no different from any other.
+    """
+    end = len(data)
+    while end > 0:
+        nl = data.rfind(b"\n", 0, end)
+        if nl < 0:
+            return 0
+        if data.count(b'"', 0, nl) % 2 == 0:
+            return nl + 1
+        end = nl
+    return 0
 
 
 def repair_torn_tail(path: Path) -> int:
-    """Cut ``path`` back to its last newline; return the number of bytes removed.
+    """Cut ``path`` back to its last complete row; return the number of bytes removed.
 
-    A SIGKILL between ``write`` and the end of a row leaves a partial last line; everything up
-    to the last ``\\n`` is complete because rows never contain newlines.
+    A SIGKILL during the ``write`` of a row leaves a partial last row: without its final newline,
+    or cut just after a newline inside a quoted file name (:func:`complete_length`).
     """
-    size = path.stat().st_size
-    if size == 0:
+    data = path.read_bytes()
+    keep = complete_length(data)
+    if keep == len(data):
         return 0
     with open(path, "rb+") as fh:
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) == b"\n":
-            return 0
-        # Scan backwards in chunks for the last newline.
-        pos = size
-        keep = 0
-        while pos > 0:
-            step = min(65536, pos)
-            pos -= step
-            fh.seek(pos)
-            chunk = fh.read(step)
-            idx = chunk.rfind(b"\n")
-            if idx >= 0:
-                keep = pos + idx + 1
-                break
         fh.truncate(keep)
         fh.flush()
         os.fsync(fh.fileno())
-    return size - keep
+    return len(data) - keep
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """Read complete rows of a results CSV as dicts (rows with a wrong field count skipped)."""
-    with open(path, encoding="utf-8", newline="") as fh:
+    """Read complete rows of a results CSV as dicts (rows with a wrong field count skipped).
+
+    Values are as written (:func:`escape_cell` undone); a file name that is not UTF-8 comes back
+    as the same ``surrogateescape`` string the scorer used.
+    """
+    with open(path, encoding=ENCODING, errors=ERRORS, newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
             return []
-        return [dict(zip(header, r, strict=True)) for r in reader if len(r) == len(header)]
+        return [
+            dict(zip(header, _unescape_record(r), strict=True))
+            for r in reader
+            if len(r) == len(header)
+        ]
 
 
 def open_results(
@@ -189,7 +285,7 @@ def open_results(
         _write_atomic(path, ",".join(header) + "\n")
         return ResultsWriter(path, header, set())
     repair_torn_tail(path)
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding=ENCODING, errors=ERRORS, newline="") as fh:
         text = fh.read()
     records = list(csv.reader(io.StringIO(text)))
     if not records:  # only a torn header was there
@@ -207,7 +303,7 @@ def open_results(
     for rec in records[1:]:
         if len(rec) != len(header):
             continue  # incomplete row: scored again below
-        row = dict(zip(header, rec, strict=True))
+        row = dict(zip(header, _unescape_record(rec), strict=True))
         if row["model"] and (row["model"], row["model_sha256"]) not in allowed:
             raise ResumeConflict(
                 path,
@@ -220,9 +316,5 @@ def open_results(
         done.add(row["path"])
         good.append(rec)
     if len(good) != len(records) - 1:  # drop broken or duplicate rows so each key appears once
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(good)
-        _write_atomic(path, buf.getvalue())
+        _write_atomic(path, "".join(format_record(rec) for rec in [header, *good]))
     return ResultsWriter(path, header, done)

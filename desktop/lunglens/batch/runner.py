@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from lunglens.batch.events import BatchEvent, Finished, Progress, Row, Started, Summary
+from lunglens.batch.lock import ResultsLock
 from lunglens.batch.results_csv import open_results, utc_now
 from lunglens.errors import LungLensError, ModalityMismatch, ModelNotFound, ScanError
 from lunglens.inference.classify import result_from_probs
@@ -322,9 +323,17 @@ def score(
     engines = {m.name: get_engine(m) for m in models}
     # The image check for plain images, if any.
     checker = modality_checker(models_dir if info is None else info.path.parent)
-    writer = open_results(
-        out_csv, models, resume=resume, overwrite=overwrite, include_ids=include_ids
-    )
+    if checker is not None:
+        get_engine(checker)  # verified like the triage models: a tampered check stops the run
+    lock = ResultsLock(out_csv)  # one run per results file (ResultsLocked names the holder)
+    lock.acquire()
+    try:
+        writer = open_results(
+            out_csv, models, resume=resume, overwrite=overwrite, include_ids=include_ids
+        )
+    except BaseException:
+        lock.release()
+        raise
     path_list = [str(p) for p in paths]
     counts: Counter[str] = Counter()
     codes: Counter[str] = Counter()
@@ -398,6 +407,7 @@ def score(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         writer.close()
+        lock.release()
     if cancel is not None and cancel.is_set():
         cancelled = True
     summary = Summary(

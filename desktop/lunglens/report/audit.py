@@ -47,7 +47,9 @@ def append_audit(event: str, record: Mapping[str, Any]) -> Path | None:
     path = audit_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
+        # A path that is not UTF-8 holds surrogates (surrogateescape); "backslashreplace" writes
+        # them as \udcXX, which is the JSON escape of the same string, so the line stays JSON.
+        with open(path, "a", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(json.dumps(line, default=str, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())

@@ -150,5 +150,7 @@ def write_html_report(
     else:
         parts.append("<p>None.</p>")
     parts.append(f"<p class='disclaimer'>{_esc(DISCLAIMER)}</p></body></html>")
-    out.write_text("\n".join(parts), encoding="utf-8")
+    # A file name that is not UTF-8 (surrogateescape) shows its odd bytes as \xNN escapes.
+    text = "\n".join(parts).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    out.write_text(text, encoding="utf-8")
     return out
