@@ -162,7 +162,7 @@ def blob_image(
     return img
 
 
-def write_png(path: Path, value: float, size: int = 24) -> Path:
+def write_png(path: Path, value: float, size: int = 32) -> Path:
     """A flat grey PNG (``value`` in [0, 1]); brighter -> higher ``covid`` probability."""
     from PIL import Image
 

@@ -15,7 +15,7 @@ LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def _grad8() -> np.ndarray:
-    return np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))  # 16 x 64, 0..252
+    return np.tile(np.arange(0, 256, 4, dtype=np.uint8), (32, 1))  # 32 x 64, 0..252
 
 
 @pytest.mark.parametrize("fmt", ["png", "bmp", "tiff"])
@@ -25,7 +25,7 @@ def test_8bit_grey_exact(tmp_path: Path, fmt: str) -> None:
     Image.fromarray(arr, "L").save(path)
     scan = load_scan(path)
     assert scan.kind == "raster" and scan.modality == "unknown" and scan.raw is None
-    assert scan.image.shape == (1, 16, 64) and scan.image.dtype == np.float32
+    assert scan.image.shape == (1, 32, 64) and scan.image.dtype == np.float32
     assert np.array_equal(scan.image[0], arr.astype(np.float32) / 255)
 
 
@@ -50,7 +50,7 @@ def test_jpeg_grey_close(tmp_path: Path) -> None:
 def test_16bit_scaled_by_actual_bit_range(
     tmp_path: Path, fmt: str, vmax: int, divisor: int
 ) -> None:
-    arr = np.linspace(0, vmax, 64 * 8).astype(np.uint16).reshape(8, 64)
+    arr = np.linspace(0, vmax, 64 * 32).astype(np.uint16).reshape(32, 64)
     path = tmp_path / f"w.{fmt}"
     Image.fromarray(arr).save(path)
     scan = load_scan(path)
@@ -64,29 +64,29 @@ def test_bit_range_scale_signed() -> None:
 
 
 def test_rgb_to_luma(tmp_path: Path) -> None:
-    arr = np.zeros((4, 4, 3), np.uint8)
-    arr[:2] = (200, 100, 50)
-    arr[2:] = (90, 90, 90)
+    arr = np.zeros((32, 32, 3), np.uint8)
+    arr[:16] = (200, 100, 50)
+    arr[16:] = (90, 90, 90)
     path = tmp_path / "c.png"
     Image.fromarray(arr, "RGB").save(path)
     scan = load_scan(path)
     assert scan.image[0, 0, 0] == pytest.approx(float(LUMA @ [200, 100, 50]) / 255, abs=1e-6)
-    assert scan.image[0, 3, 3] == pytest.approx(90 / 255, abs=1e-6)  # grey stays grey
+    assert scan.image[0, 31, 31] == pytest.approx(90 / 255, abs=1e-6)  # grey stays grey
     assert any("colour" in n for n in scan.notes)
 
 
 def test_rgba_composited_on_black(tmp_path: Path) -> None:
-    arr = np.zeros((2, 3, 4), np.uint8)
+    arr = np.zeros((32, 96, 4), np.uint8)
     arr[..., :3] = 255
-    arr[:, 0, 3] = 255  # opaque white
-    arr[:, 1, 3] = 128  # half transparent white
-    arr[:, 2, 3] = 0  # fully transparent white -> black
+    arr[:, :32, 3] = 255  # opaque white
+    arr[:, 32:64, 3] = 128  # half transparent white
+    arr[:, 64:, 3] = 0  # fully transparent white -> black
     path = tmp_path / "a.png"
     Image.fromarray(arr, "RGBA").save(path)
     im = load_scan(path).image[0]
     assert im[0, 0] == pytest.approx(1.0, abs=1e-6)
-    assert im[0, 1] == pytest.approx(128 / 255, abs=1e-6)
-    assert im[0, 2] == 0.0
+    assert im[0, 32] == pytest.approx(128 / 255, abs=1e-6)
+    assert im[0, 64] == 0.0
 
 
 def test_palette_image(tmp_path: Path) -> None:
@@ -94,22 +94,23 @@ def test_palette_image(tmp_path: Path) -> None:
     palette = [0, 0, 0, 255, 0, 0, 30, 60, 90] + [0] * (253 * 3)
     im.putpalette(palette)
     im.putdata([0, 1, 2, 1, 2, 0, 1, 2])
+    im = im.resize((128, 64), Image.Resampling.NEAREST)  # 32x32 blocks: large enough for a scan
     path = tmp_path / "p.png"
     im.save(path)
     out = load_scan(path).image[0]
     assert out[0, 0] == 0.0
-    assert out[0, 1] == pytest.approx(0.299, abs=1e-6)  # pure red
-    assert out[0, 2] == pytest.approx(float(LUMA @ [30, 60, 90]) / 255, abs=1e-6)
+    assert out[0, 32] == pytest.approx(0.299, abs=1e-6)  # pure red
+    assert out[0, 64] == pytest.approx(float(LUMA @ [30, 60, 90]) / 255, abs=1e-6)
 
 
 def test_rgb_bmp_and_multipage_tiff(tmp_path: Path) -> None:
     bmp = tmp_path / "c.bmp"
-    Image.fromarray(np.full((3, 5, 3), (10, 20, 30), np.uint8)).save(bmp)
+    Image.fromarray(np.full((32, 40, 3), (10, 20, 30), np.uint8)).save(bmp)
     assert load_scan(bmp).image[0, 1, 1] == pytest.approx(
         float(LUMA @ [10, 20, 30]) / 255, abs=1e-6
     )
     tif = tmp_path / "m.tiff"
-    pages = [Image.fromarray(np.full((4, 4), v, np.uint8)) for v in (50, 150)]
+    pages = [Image.fromarray(np.full((32, 32), v, np.uint8)) for v in (50, 150)]
     pages[0].save(tif, save_all=True, append_images=pages[1:])
     scan = load_scan(tif)
     assert scan.image[0, 0, 0] == pytest.approx(50 / 255) and any("first" in n for n in scan.notes)

@@ -118,7 +118,7 @@ def test_discovery_and_load_source(tmp_path: Path) -> None:
     uid_a, _ = make_series(root / "study1", 4, seed=3)
     uid_b, markers_b = make_series(root / "study1", 2, marker0=50, seed=4)
     (root / "xr").mkdir()
-    Image.fromarray(np.full((8, 8), 77, np.uint8)).save(root / "xr" / "a.png")
+    Image.fromarray(np.full((32, 32), 77, np.uint8)).save(root / "xr" / "a.png")
     (root / "xr" / "broken.jpg").write_bytes(b"\x00" * 100)  # junk with an image name
     (root / "xr" / "notes.txt").write_text("hello")
     (root / "xr" / ".hidden.png").write_bytes(b"x")

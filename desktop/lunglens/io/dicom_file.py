@@ -36,7 +36,7 @@ from lunglens.errors import (
     UnsupportedTransferSyntax,
 )
 from lunglens.io.scan import Scan
-from lunglens.io.sniff import DEFAULT_MAX_PIXELS, check_pixels, resolve_window
+from lunglens.io.sniff import DEFAULT_MAX_PIXELS, check_pixels, check_size, resolve_window
 from lunglens.preprocess import WINDOW_PRESETS, Window
 
 #: Modality (0008,0060) values of projection radiography: chest X-ray candidates.
@@ -445,6 +445,7 @@ def read_values(
     if rows <= 0 or cols <= 0 or n_frames <= 0:
         raise CorruptFile(path, f"invalid image size {rows}x{cols}x{n_frames}")
     check_pixels(path, rows * cols * n_frames * samples, max_pixels, "the DICOM image")
+    check_size(path, rows, cols, "the DICOM image")
     tsyntax = _check_transfer_syntax(ds, path)
     try:
         with _collect_warnings(notes):

@@ -74,8 +74,15 @@ class FolderHeaders:
     errors: list[tuple[str, ScanError]] = field(default_factory=list)
 
 
-def list_files(folder: Path, recursive: bool = True) -> list[Path]:
-    """Regular files under ``folder`` in a stable order; symlinked folders are not followed."""
+def list_files(
+    folder: Path, recursive: bool = True, *, unreadable: list[OSError] | None = None
+) -> list[Path]:
+    """Regular files under ``folder`` in a stable order; symlinked folders are not followed.
+
+    Sub-folders that cannot be listed (permission denied, I/O error) are appended to
+    ``unreadable`` when it is given (the batch scorer writes one error row each); without it
+    they raise only when nothing at all could be listed.
+    """
     if not folder.is_dir():
         raise UnreadablePath(folder, "no such folder", "Check the path.")
     if not os.access(folder, os.R_OK | os.X_OK):
@@ -91,7 +98,9 @@ def list_files(folder: Path, recursive: bool = True) -> list[Path]:
             out = sorted(p for p in folder.iterdir() if not p.is_dir())
         except OSError as exc:
             raise UnreadablePath(folder, f"cannot list it ({exc.strerror})") from None
-    if errors and not out:
+    if unreadable is not None:
+        unreadable.extend(errors)
+    elif errors and not out:
         raise UnreadablePath(folder, f"cannot list it ({errors[0].strerror})")
     return out
 

@@ -71,8 +71,21 @@ def discover_sources(
         if root.is_file():
             files = [root]
         elif root.is_dir():
-            files = list_files(root, recursive)
-            if not files:
+            unlisted: list[OSError] = []
+            files = list_files(root, recursive, unreadable=unlisted)
+            for exc in unlisted:  # never silently dropped: one error per unreadable folder
+                where = Path(exc.filename) if exc.filename else root
+                errors.append(
+                    (
+                        str(where),
+                        UnreadablePath(
+                            where,
+                            f"cannot list this folder ({exc.strerror}); its scans were not scored",
+                            "Make it readable, then rerun with --resume.",
+                        ),
+                    )
+                )
+            if not files and not errors:
                 return [], [(str(root), UnreadablePath(root, "the folder is empty"))]
         else:
             return [], [(str(root), UnreadablePath(root, "no such file or folder"))]

@@ -12,13 +12,25 @@ import os
 import stat
 from pathlib import Path
 
-from lunglens.errors import CorruptFile, ImageTooLarge, UnreadablePath, UnsupportedFile
+from lunglens.errors import (
+    CorruptFile,
+    ImageTooLarge,
+    ImageTooSmall,
+    UnreadablePath,
+    UnsupportedFile,
+)
 from lunglens.preprocess import WINDOW_PRESETS, Window
 
-#: Default limit on decoded pixels for one scan (all frames / slices together). 200 M pixels is
-#: a 600-slice 512x512 CT with room to spare, and still bounds memory (float32 ``raw`` + ``image``
-#: = 8 bytes per pixel, 1.6 GB) so a crafted header cannot make a laptop swap to death.
+#: The one limit on decoded pixels for one scan (all frames / slices together), also given to
+#: Pillow as its ``MAX_IMAGE_PIXELS`` (:mod:`lunglens.io.raster`). 200 M pixels is a 600-slice
+#: 512x512 CT with room to spare, and still bounds memory (float32 ``raw`` + ``image`` = 8 bytes
+#: per pixel, 1.6 GB) so a crafted header cannot make a laptop swap to death.
 DEFAULT_MAX_PIXELS = 200_000_000
+
+#: Smallest side, in pixels, of an image that can be a scan. The smallest image of the training
+#: data is a 148x61 CT crop; a 1x1 or 16x16 file is a tracking pixel or an icon, and a model
+#: would still give it a probability.
+MIN_SCAN_SIDE = 32
 
 #: Bytes needed to sniff: 128-byte preamble + ``DICM`` (PS3.10 7.1).
 SNIFF_BYTES = 132
@@ -140,8 +152,20 @@ def check_pixels(path: Path | str, n_pixels: int, max_pixels: int, what: str) ->
     if n_pixels > max_pixels:
         raise ImageTooLarge(
             path,
-            f"{what} has {n_pixels:,} pixels, more than the limit of {max_pixels:,}",
-            "If the file is genuine, raise max_pixels (e.g. --max-pixels).",
+            f"{what} has {n_pixels:,} pixels, more than LungLens' limit of {max_pixels:,} "
+            "(it bounds memory; a crafted header can claim billions)",
+            "If the scan is genuine, export it at a lower resolution or with fewer slices.",
+        )
+
+
+def check_size(path: Path | str, rows: int, columns: int, what: str) -> None:
+    """Refuse an image with a side under :data:`MIN_SCAN_SIDE` (not a scan), from its header."""
+    if min(rows, columns) < MIN_SCAN_SIDE:
+        raise ImageTooSmall(
+            path,
+            f"{what} is {columns}x{rows} pixels; a scan has at least {MIN_SCAN_SIDE} pixels "
+            "on each side (this looks like an icon or a thumbnail)",
+            "Open the full-size image or DICOM file.",
         )
 
 
