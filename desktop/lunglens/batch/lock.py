@@ -132,9 +132,13 @@ class ResultsLock:
 
 
 def _user() -> str:
-    try:
-        import getpass
+    """The user name from the environment, else the numeric uid.
 
-        return getpass.getuser()
-    except (OSError, KeyError, ImportError):
-        return "?"
+    Not ``getpass.getuser()``: its fallback asks the name service (``/etc/passwd`` through
+    nscd or LDAP), and a batch run makes no name-service requests (``tests/test_offline.py``).
+    """
+    name = os.environ.get("USER") or os.environ.get("USERNAME") or os.environ.get("LOGNAME")
+    if name:
+        return name
+    getuid = getattr(os, "getuid", None)
+    return f"uid {getuid()}" if getuid is not None else "?"
