@@ -54,7 +54,10 @@ def setup_runtime(prefer: str = "auto") -> Runtime:
     else:
         device = torch.device("cpu")
         amp = None  # bf16 autocast measured slower than fp32 on this CPU (docs/measurements.md)
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, world)))
+        # LUNGLENS_TORCH_THREADS: several runs side by side on one machine, one thread each
+        # (two runs of two threads on two cores spin against each other: 4x slower measured)
+        default = max(1, (os.cpu_count() or 2) // max(1, world))
+        torch.set_num_threads(int(os.environ.get("LUNGLENS_TORCH_THREADS", default)))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Runtime(device, amp, rank, world)
