@@ -34,6 +34,7 @@ from lunglens.batch.results_csv import open_results, utc_now
 from lunglens.errors import LungLensError, ModalityMismatch, ModelNotFound, ScanError
 from lunglens.inference.classify import result_from_probs
 from lunglens.inference.engine import Engine, get_engine
+from lunglens.inference.gate import require_chest
 from lunglens.inference.modality import check_with, default_models
 from lunglens.inference.result import ScanResult
 from lunglens.inference.wording import format_threshold, slice_numbers
@@ -96,6 +97,7 @@ def _decode(
     info: ModelInfo | None,
     checker: ModelInfo | None,
     routes: dict[str, ModelInfo] | None = None,
+    gate_dir: str | os.PathLike[str] | None = None,
 ) -> _Decoded:
     from lunglens.io import load_source
 
@@ -103,6 +105,7 @@ def _decode(
     chosen: ModelInfo | None = info
     try:
         scan = load_source(source)  # type: ignore[arg-type]
+        require_chest(scan, gate_dir)  # not a chest scan: an error row, no score
         if info is None:
             chosen = _route(key, scan, routes or {}, checker)
         elif scan.modality in ("ct", "cxr") and scan.modality != info.modality:
@@ -322,7 +325,8 @@ def score(
     # Every engine is created (and its hash checked) before a file is touched.
     engines = {m.name: get_engine(m) for m in models}
     # The image check for plain images, if any.
-    checker = modality_checker(models_dir if info is None else info.path.parent)
+    gate_dir = models_dir if info is None else info.path.parent  # where the gate's check lives
+    checker = modality_checker(gate_dir)
     if checker is not None:
         get_engine(checker)  # verified like the triage models: a tampered check stops the run
     lock = ResultsLock(out_csv)  # one run per results file (ResultsLocked names the holder)
@@ -389,7 +393,7 @@ def score(
                 if nxt is None:
                     exhausted = True
                     break
-                queue.append(pool.submit(_decode, nxt[1], nxt[0], info, checker, routes))
+                queue.append(pool.submit(_decode, nxt[1], nxt[0], info, checker, routes, gate_dir))
             if queue and not cancelled:
                 item = queue.popleft().result()
                 pending.append(item)

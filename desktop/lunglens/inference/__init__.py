@@ -11,6 +11,7 @@ from lunglens.inference.classify import (
     slice_probabilities,
 )
 from lunglens.inference.engine import Engine, batches, clear_engines, get_engine, physical_cores
+from lunglens.inference.gate import GateVerdict, check_chest, require_chest
 from lunglens.inference.modality import (
     ModalityCheck,
     check_modality,
@@ -32,11 +33,13 @@ __all__ = [
     "AGGREGATORS",
     "Cancelled",
     "Engine",
+    "GateVerdict",
     "ModalityCheck",
     "ModalityMismatch",
     "ScanResult",
     "aggregate",
     "batches",
+    "check_chest",
     "check_modality",
     "choose_model",
     "classify_scan",
@@ -50,6 +53,7 @@ __all__ = [
     "label_index",
     "modality_notes",
     "physical_cores",
+    "require_chest",
     "result_from_probs",
     "routing_modality",
     "slice_numbers",

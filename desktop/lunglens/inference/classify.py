@@ -10,6 +10,7 @@ import numpy as np
 
 from lunglens.inference.aggregate import aggregate, top_slices
 from lunglens.inference.engine import Engine, batches, get_engine
+from lunglens.inference.gate import require_chest
 from lunglens.inference.modality import check_modality, choose_model, modality_notes
 from lunglens.inference.result import ScanResult
 from lunglens.inference.view import predict_image
@@ -125,6 +126,7 @@ def classify_scan(
     cancel: threading.Event | None = None,
     batch_size: int = BATCH_SIZE,
     modality_check: bool = True,
+    gate: bool = True,
 ) -> ScanResult:
     """Score every slice of ``scan`` and explain the most suspicious one.
 
@@ -148,17 +150,24 @@ def classify_scan(
         Run the image-level modality check (:mod:`lunglens.inference.modality`) from the
         model's folder: it routes plain images when ``info`` is None and adds a note when the
         image looks like the other modality than the header or the model.
+    gate
+        Refuse a scan that is not a chest CT slice or chest X-ray before any model runs
+        (:mod:`lunglens.inference.gate`); only tests of the scoring itself turn it off.
 
     Raises
     ------
+    NotChestImage
+        The gate refused the scan (the message gives the reason); no score exists.
     ModelNotFound
         No model given and none fits the scan's modality.
     ModelRefused
         The model failed its integrity check.
     """
+    models_dir = info.path.parent if info is not None else None
+    gate_notes = require_chest(scan, models_dir).notes if gate else []
     check = None
     if modality_check:
-        check = check_modality(scan, info.path.parent if info is not None else None)
+        check = check_modality(scan, models_dir)
     if info is None:
         info = choose_model(scan, check=check)
     label_index(info, cam_class)  # fail fast on a bad label, before any work

@@ -31,10 +31,10 @@ from pydicom.uid import UID
 from lunglens.errors import (
     CorruptFile,
     NoPixelData,
-    NotChestImage,
     ScanError,
     UnsupportedTransferSyntax,
 )
+from lunglens.io.raster import colourfulness
 from lunglens.io.scan import Scan
 from lunglens.io.sniff import DEFAULT_MAX_PIXELS, check_pixels, check_size, resolve_window
 from lunglens.preprocess import WINDOW_PRESETS, Window
@@ -43,80 +43,8 @@ from lunglens.preprocess import WINDOW_PRESETS, Window
 XRAY_MODALITIES = frozenset({"CR", "DX", "DR", "RG"})
 #: Captures / "other": chest only if the body part or a description says so.
 CAPTURE_MODALITIES = frozenset({"SC", "OT", ""})
-#: Modalities that are clearly not a chest CT or chest radiograph.
-NON_CHEST_MODALITIES: dict[str, str] = {
-    "MR": "magnetic resonance",
-    "US": "ultrasound",
-    "NM": "nuclear medicine",
-    "PT": "PET",
-    "SR": "structured report",
-    "KO": "key object selection",
-    "PR": "presentation state",
-    "MG": "mammography",
-    "XA": "angiography",
-    "RF": "fluoroscopy",
-    "ES": "endoscopy",
-    "OP": "ophthalmic photography",
-    "OPT": "ophthalmic tomography",
-    "IO": "intra-oral radiography",
-    "PX": "panoramic dental",
-    "SM": "slide microscopy",
-    "GM": "general microscopy",
-    "XC": "external-camera photography",
-    "ECG": "ECG",
-    "HD": "haemodynamic waveform",
-    "AU": "audio",
-    "DOC": "document",
-    "SEG": "segmentation",
-    "REG": "registration",
-    "RTSTRUCT": "RT structure set",
-    "RTPLAN": "RT plan",
-    "RTDOSE": "RT dose",
-    "RTIMAGE": "RT image",
-    "BMD": "bone densitometry",
-    "IVUS": "intravascular ultrasound",
-    "OCT": "optical coherence tomography",
-}
 #: Words in BodyPartExamined (0018,0015) or descriptions that mean "chest".
 CHEST_WORDS = ("CHEST", "THORAX", "THORAC", "TORAX", "THORAKS", "LUNG", "PULM", "CXR", "RIBS")
-#: BodyPartExamined values that clearly are not a chest radiograph.
-NON_CHEST_BODY_PARTS = frozenset(
-    {
-        "HEAD",
-        "SKULL",
-        "BRAIN",
-        "FACE",
-        "SINUS",
-        "JAW",
-        "TMJ",
-        "HAND",
-        "FINGER",
-        "WRIST",
-        "FOREARM",
-        "ELBOW",
-        "HUMERUS",
-        "ARM",
-        "FOOT",
-        "TOE",
-        "ANKLE",
-        "KNEE",
-        "LEG",
-        "FEMUR",
-        "TIBIA",
-        "HIP",
-        "PELVIS",
-        "ABDOMEN",
-        "BREAST",
-        "EXTREMITY",
-        "CSPINE",
-        "LSPINE",
-        "SSPINE",
-        "COCCYX",
-        "SACRUM",
-        "HEEL",
-        "PATELLA",
-    }
-)
 #: Retired JPEG processes pydicom has no plugin for but libjpeg (pylibjpeg-libjpeg) decodes:
 #: 1.2.840.10008.1.2.4.52-.66 (e.g. .53 spectral selection, .55 full progression, 12-bit).
 _LIBJPEG_FALLBACK = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in range(52, 67) if n != 57)
@@ -135,6 +63,7 @@ class DicomValues:
     positions: list[float | None]
     labels: list[str]  # one per frame: "file" or "file#n" (1-based frame number)
     notes: list[str] = field(default_factory=list)
+    colourfulness: float = 0.0  # of RGB / YBR / palette pixels before the grey conversion
 
 
 @contextmanager
@@ -233,14 +162,10 @@ def _body_part(ds: Dataset) -> str:
 def classify_modality(ds: Dataset, path: Path) -> tuple[str, list[str]]:
     """Map DICOM Modality (0008,0060) and body part to ``"ct"``, ``"cxr"`` or ``"unknown"``.
 
-    CT is always ``"ct"`` (a body part like ABDOMEN or NECK only adds a note: chest-abdomen
-    studies contain the lungs, and tagging is unreliable). Radiographs are refused only when
-    the body part is *clearly* not the chest, because sites write free text there.
-
-    Raises
-    ------
-    NotChestImage
-        A non-chest modality (MR, US, NM, PT, SR, MG, ...) or a radiograph of another body part.
+    This only picks the pixel pipeline (CT: Hounsfield units and the lung window; X-ray: the
+    file's VOI) and the default model family. Whether the scan is a chest scan at all (MR, a
+    BRAIN body part, a CT localizer...) is decided for every scan by
+    :mod:`lunglens.inference.gate`, so the image of a refused file can still be displayed.
     """
     notes: list[str] = []
     modality = _text(ds, "Modality").upper()
@@ -250,34 +175,19 @@ def classify_modality(ds: Dataset, path: Path) -> tuple[str, list[str]]:
         for k in ("StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments")
     )
     says_chest = any(w in part or w in descriptions for w in CHEST_WORDS)
-    clearly_other = part.replace(" ", "").replace("_", "") in NON_CHEST_BODY_PARTS
     if modality == "CT":
-        if part and not says_chest:
-            notes.append(f"body part is {part}; the CT models were trained on chest CT")
         return "ct", notes
-    if modality in NON_CHEST_MODALITIES:
-        raise NotChestImage(
-            path,
-            f"modality {modality} ({NON_CHEST_MODALITIES[modality]}) is not a chest CT or X-ray",
-            "LungLens reads chest CT (CT) and chest radiographs (CR/DX).",
-        )
     if modality in XRAY_MODALITIES:
-        if clearly_other:
-            raise NotChestImage(path, f"X-ray of the {part}, not of the chest")
         if not part:
             notes.append(f"{modality} without a body part; assumed to be a chest X-ray")
         return "cxr", notes
     if modality in CAPTURE_MODALITIES:
-        if clearly_other:
-            raise NotChestImage(path, f"secondary capture of the {part}, not of the chest")
         if says_chest:
             return "cxr", notes
         notes.append(
             f"modality {modality or 'missing'} with no body part saying chest: modality unknown, "
             "check that this is a chest image"
         )
-        return "unknown", notes
-    notes.append(f"unrecognised modality {modality!r}: treated as unknown")
     return "unknown", notes
 
 
@@ -379,8 +289,15 @@ def modality_values(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _to_grey_frames(ds: Dataset, arr: np.ndarray, n_frames: int, notes: list[str]) -> np.ndarray:
-    """Shape any decoded array as ``[F, H, W]``; colour (RGB / YBR / palette) -> BT.601 luma."""
+def _to_grey_frames(
+    ds: Dataset, arr: np.ndarray, n_frames: int, notes: list[str]
+) -> tuple[np.ndarray, float]:
+    """Shape any decoded array as ``[F, H, W]``; colour (RGB / YBR / palette) -> BT.601 luma.
+
+    Palette colour (PALETTE COLOR, PS3.3 C.7.6.3.1.5) goes through its lookup tables first
+    (``apply_color_lut``). Returns the frames and the colourfulness of the colour pixels (0 for
+    grey images), which the chest-image gate uses to refuse colour photographs.
+    """
     samples = int(ds.get("SamplesPerPixel", 1))
     photometric = _text(ds, "PhotometricInterpretation").upper()
     if photometric == "PALETTE COLOR":
@@ -388,16 +305,19 @@ def _to_grey_frames(ds: Dataset, arr: np.ndarray, n_frames: int, notes: list[str
 
         arr = apply_color_lut(arr, ds)
         samples = 3
+    colour = 0.0
     if samples == 3:
         if arr.ndim == 3:
             arr = arr[None]
+        scale = 255.0 / max(float(arr.max(initial=0)), 255.0)  # 16-bit palettes: 0..65535
+        colour = colourfulness(arr[arr.shape[0] // 2, ..., :3].astype(np.float32) * scale)
         notes.append(f"colour image ({photometric}) converted to grey")
         arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     elif arr.ndim == 2:
         arr = arr[None]
     if arr.shape[0] != n_frames:
         raise CorruptFile(None, f"decoded {arr.shape[0]} frames, header says {n_frames}")
-    return arr
+    return arr, colour
 
 
 def _positions(ds: Dataset, n_frames: int) -> list[float | None]:
@@ -426,7 +346,7 @@ def read_values(
 ) -> DicomValues:
     """Parse, check and decode a DICOM file up to modality values (no windowing yet).
 
-    Order of checks: pixel data present -> modality is chest-compatible -> header sizes within
+    Order of checks: pixel data present -> modality family -> header sizes within
     ``max_pixels`` (Rows (0028,0010) x Columns (0028,0011) x NumberOfFrames (0028,0008) x
     SamplesPerPixel (0028,0002)) -> transfer syntax decodable -> decode.
     """
@@ -454,7 +374,7 @@ def read_values(
                 notes.append(f"decoded {tsyntax.name} with libjpeg")
             else:
                 arr = ds.pixel_array
-            frames = _to_grey_frames(ds, np.asarray(arr), n_frames, notes)
+            frames, colour = _to_grey_frames(ds, np.asarray(arr), n_frames, notes)
             values = modality_values(ds, frames) if samples == 1 else frames.astype(np.float32)
     except ScanError as exc:
         raise type(exc)(path, exc.reason, exc.hint) from exc
@@ -478,6 +398,7 @@ def read_values(
         positions=_positions(ds, n_frames),
         labels=labels,
         notes=notes,
+        colourfulness=colour,
     )
 
 
@@ -569,11 +490,27 @@ def _is_number(v: Any) -> bool:
     return True
 
 
-def collect_metadata(ds: Dataset, window: Window | None) -> dict[str, str]:
-    """Selected attributes as strings (results files copy identifiers only on opt-in)."""
+def _image_type(ds: Dataset) -> str:
+    """Image Type (0008,0008) values joined by backslashes, as DICOM writes them."""
+    value = ds.get("ImageType")
+    if value is None:
+        return ""
+    items = [value] if isinstance(value, str) else list(value)
+    return "\\".join(str(v).strip() for v in items)
+
+
+def collect_metadata(ds: Dataset, window: Window | None, colour: float = 0.0) -> dict[str, str]:
+    """Selected attributes as strings (results files copy identifiers only on opt-in).
+
+    ``colour`` is the colourfulness of colour pixels (see :func:`lunglens.io.raster.colourfulness`),
+    recorded only when non-zero.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lazily converted values may warn about invalid VRs
-        return _collect_metadata(ds, window)
+        md = _collect_metadata(ds, window)
+    if colour > 0:
+        md["colourfulness"] = f"{colour:.1f}"
+    return md
 
 
 def _collect_metadata(ds: Dataset, window: Window | None) -> dict[str, str]:
@@ -584,6 +521,7 @@ def _collect_metadata(ds: Dataset, window: Window | None) -> dict[str, str]:
     md = {
         "dicom_modality": _text(ds, "Modality"),  # (0008,0060)
         "body_part": _body_part(ds),  # (0018,0015)
+        "image_type": _image_type(ds),  # (0008,0008)
         "study_uid": _text(ds, "StudyInstanceUID"),  # (0020,000D)
         "series_uid": _text(ds, "SeriesInstanceUID"),  # (0020,000E)
         "series_description": _text(ds, "SeriesDescription"),  # (0008,103E)
@@ -619,7 +557,7 @@ def load_dicom_file(
 
     Raises
     ------
-    NoPixelData, NotChestImage, ImageTooLarge, UnsupportedTransferSyntax, CorruptFile
+    NoPixelData, ImageTooLarge, UnsupportedTransferSyntax, CorruptFile
         See :mod:`lunglens.errors`; messages name the file.
     """
     dv = read_values(path, max_pixels=max_pixels)
@@ -640,6 +578,6 @@ def load_dicom_file(
         inverted=dv.inverted,
         slice_paths=[dv.labels[i] for i in order],
         slice_positions=None if any(p is None for p in pos) else [float(p or 0.0) for p in pos],
-        metadata=collect_metadata(dv.ds, used),
+        metadata=collect_metadata(dv.ds, used, dv.colourfulness),
         notes=dv.notes,
     )

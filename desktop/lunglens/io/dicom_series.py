@@ -22,7 +22,6 @@ from pydicom.dataset import Dataset
 from lunglens.errors import (
     CorruptFile,
     ImageTooLarge,
-    NotChestImage,
     ScanError,
     UnreadablePath,
     UnsupportedFile,
@@ -268,7 +267,7 @@ def load_dicom_series(
     for path in chosen.paths:
         try:
             loaded.append(read_values(path, max_pixels=max_pixels))
-        except (NotChestImage, ImageTooLarge):
+        except ImageTooLarge:
             raise
         except ScanError as exc:
             first_error = first_error or exc
@@ -290,7 +289,7 @@ def load_dicom_series(
         notes += [n for n in dv.notes if n not in notes]
     image, used = to_display(raw, first.ds, first.modality, first.inverted, window, notes)
     positions = [stack[n][0].positions[stack[n][1]] for n in order]
-    metadata = collect_metadata(first.ds, used)
+    metadata = collect_metadata(first.ds, used, max(dv.colourfulness for dv in loaded))
     metadata["frames"] = str(len(order))
     metadata["n_files"] = str(len(loaded))
     return Scan(

@@ -80,23 +80,43 @@ def bit_range_scale(values: np.ndarray) -> tuple[np.ndarray, int]:
     return np.clip(out, 0.0, 1.0).astype(np.float32), bits
 
 
-def _to_grey(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, str]:
-    """Convert any Pillow mode to float32 grey [0, 1]; returns the image and a bit-depth label."""
+def colourfulness(rgb: np.ndarray) -> float:
+    """Colourfulness of an ``[..., 3]`` RGB image on the 0-255 scale (Hasler & Susstrunk 2003).
+
+    ``M = sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)`` with ``rg = R - G`` and
+    ``yb = (R + G) / 2 - B``: 0 for a grey image, about 15 "slightly", 33 "moderately" and 45+
+    "quite" colourful in their observer study. Large images are subsampled to ~250k pixels.
+    """
+    px = np.asarray(rgb, dtype=np.float64).reshape(-1, rgb.shape[-1])[:, :3]
+    px = px[:: max(1, len(px) // 250_000)]
+    if px.size == 0:
+        return 0.0
+    rg = px[:, 0] - px[:, 1]
+    yb = 0.5 * (px[:, 0] + px[:, 1]) - px[:, 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def _to_grey(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, str, float]:
+    """Convert any Pillow mode to float32 grey [0, 1].
+
+    Returns the image, a bit-depth label and the colourfulness of the original colours (0 for
+    grey modes), which the chest-image gate uses to refuse colour photographs.
+    """
     mode = im.mode
     if mode == "L":
-        return np.asarray(im, dtype=np.float32) / np.float32(255.0), "8"
+        return np.asarray(im, dtype=np.float32) / np.float32(255.0), "8", 0.0
     if mode.startswith("I;16") or mode == "I":
         grey, bits = bit_range_scale(np.asarray(im))
         notes.append(f"{mode} image scaled by its bit range: /{2**bits - 1} ({bits}-bit data)")
-        return grey, f"{bits} (stored 16/32)"
+        return grey, f"{bits} (stored 16/32)", 0.0
     if mode == "F":
         arr = np.asarray(im, dtype=np.float32)
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         notes.append(f"floating-point image stretched from [{lo:g}, {hi:g}] to [0, 1]")
         arr = (arr - lo) / max(hi - lo, 1e-12)
-        return np.nan_to_num(arr).astype(np.float32), "32f"
+        return np.nan_to_num(arr).astype(np.float32), "32f", 0.0
     if mode == "1":
-        return np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0), "1"
+        return np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255.0), "1", 0.0
     # Palette (P/PA, including tRNS transparency), LA, RGB(A), CMYK, YCbCr: go through RGBA so
     # every case gets an alpha channel, then composite on black (transparent = no signal).
     # In strips of rows: the float RGBA copy is 16 bytes per pixel, 256 MB for a 4096x4096 image.
@@ -104,6 +124,8 @@ def _to_grey(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, str]:
     grey = np.empty((height, width), np.float32)
     spread = 0.0
     alpha_min = 1.0
+    step = max(1, int(np.sqrt(width * height / 250_000)))  # ~250k pixels for colourfulness
+    picked: list[np.ndarray] = []
     for top in range(0, height, _STRIP_ROWS):
         bottom = min(height, top + _STRIP_ROWS)
         strip = im.crop((0, top, width, bottom)).convert("RGBA")
@@ -112,11 +134,14 @@ def _to_grey(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, str]:
         spread = max(spread, float(np.ptp(rgb, axis=-1).max(initial=0.0)))
         alpha_min = min(alpha_min, float(alpha.min(initial=1.0)))
         grey[top:bottom] = np.clip((rgb @ _LUMA) * alpha, 0.0, 1.0)
+        rows = (np.arange(top, bottom) % step) == 0
+        picked.append((rgb * alpha[..., None])[rows, ::step].reshape(-1, 3))
     if mode not in ("P", "L", "LA") and spread > 8 / 255:
         notes.append(f"colour image ({mode}) converted to grey (BT.601 luma)")
     if alpha_min < 1.0:
         notes.append("transparent pixels composited on black")
-    return grey, "8"
+    colour = colourfulness(np.concatenate(picked)) * 255.0 if mode not in ("L", "LA") else 0.0
+    return grey, "8", colour
 
 
 def reduce_factor(width: int, height: int, max_side: int = MAX_DECODED_SIDE) -> int:
@@ -195,7 +220,7 @@ def load_raster(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
                     shown = shown.transpose(_ORIENT[orientation])
                     notes.append("rotated according to its EXIF orientation")
                 mode = shown.mode
-                grey, bits = _to_grey(shown, notes)
+                grey, bits, colour = _to_grey(shown, notes)
     except ScanError:
         raise
     except Image.DecompressionBombError as exc:
@@ -220,6 +245,8 @@ def load_raster(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
         "columns": str(grey.shape[1]),
         "bit_depth": bits,
     }
+    if colour > 0:
+        metadata["colourfulness"] = f"{colour:.1f}"
     return Scan(
         source=str(path),
         image=grey,

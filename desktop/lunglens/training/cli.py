@@ -6,7 +6,8 @@ Examples
 ``models/squeezenet-light-ct/`` (CPU: 128 px; CUDA: 224 px with mixed precision).
 ``torchrun --nproc_per_node=4 -m lunglens.training.cli ct-efficientnet-b5`` uses 4 GPUs.
 ``lunglens-train modality-check`` trains the image-level CT-vs-X-ray check
-(``models/modality-check/``).
+(``models/modality-check/``); ``lunglens-train ood`` refits the chest-image gate's statistics
+next to it (``ood.npz``, numpy + onnxruntime only).
 Killed runs resume: run the same command again.
 """
 
@@ -22,6 +23,8 @@ from lunglens.training.presets import PRESETS
 
 #: Not a triage preset: the CT-vs-X-ray routing model (lunglens.training.modality).
 MODALITY_CHECK = "modality-check"
+#: Not a model: the chest-image gate's statistics (lunglens.training.ood).
+OOD = "ood"
 
 
 def _repo_root() -> Path:
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("preset", choices=[*sorted(PRESETS), MODALITY_CHECK])
+    ap.add_argument("preset", choices=[*sorted(PRESETS), MODALITY_CHECK, OOD])
     ap.add_argument("--data-root", type=Path, default=_repo_root().parent / "shared" / "data")
     ap.add_argument("--models-dir", type=Path, default=_repo_root() / "models")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -64,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
 
+    if args.preset == OOD:
+        from lunglens.training import ood
+
+        ood.run(args.data_root, args.models_dir, log=log)
+        log("done")
+        return 0
     if args.preset == MODALITY_CHECK:
         from lunglens.training import modality
 

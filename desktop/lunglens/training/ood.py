@@ -1,0 +1,97 @@
+"""Fit the chest-image gate's statistics (``models/modality-check/ood.npz``).
+
+``lunglens-train ood`` loads every training image of ``ct-covid-binary`` and ``cxr-3class`` with
+the app's own scan loader, computes :func:`lunglens.inference.gate.descriptor` with the shipped
+``modality-check`` model, fits one Gaussian per modality and sets each modality's threshold on
+held-out folds (the data sets' group-wise ``fold`` column) so that >= 99.5 % of real chest images
+are accepted. It writes ``ood.npz`` next to the model and records its SHA-256, the settings and
+the measured acceptance in the model's ``manifest.json`` (``ood``); the app verifies that hash
+before it uses the file. Needs numpy and onnxruntime only (no torch): run it again whenever the
+modality-check model or :mod:`lunglens.preprocess` changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lunglens.inference.engine import get_engine
+from lunglens.inference.gate import DESCRIPTOR_VERSION, descriptor, fit_stats
+from lunglens.models.registry import MODALITY_CHECK, load_manifest
+from lunglens.preprocess import to_model_input
+from lunglens.training.data import load_unit_image, read_manifest
+
+#: Data set folder -> modality label of the gate.
+DATASETS = {"ct-covid-binary": "ct", "cxr-3class": "cxr"}
+STATS_FILE = "ood.npz"
+
+
+def _rates(ok: np.ndarray, groups: np.ndarray) -> dict[str, dict[str, float | int]]:
+    return {
+        str(g): {"n": int((groups == g).sum()), "accepted": float(ok[groups == g].mean())}
+        for g in sorted(set(groups.tolist()))
+    }
+
+
+def run(
+    data_root: Path,
+    models_dir: Path,
+    *,
+    acceptance: float = 0.995,
+    shrink: float = 0.01,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fit, write ``ood.npz`` and update the modality-check manifest; return the ``ood`` entry."""
+    folder = models_dir / MODALITY_CHECK
+    info = load_manifest(folder)
+    engine = get_engine(info)
+    records, modality, dataset = [], [], []
+    for name, label in DATASETS.items():
+        rows = read_manifest(data_root / name / "manifest.csv")
+        records += rows
+        modality += [label] * len(rows)
+        dataset += [name] * len(rows)
+    log(f"{len(records)} training images")
+    t0 = time.perf_counter()
+    batch = np.stack([to_model_input(load_unit_image(r.path), info.input_size)[0] for r in records])
+    desc = np.concatenate(
+        [descriptor(engine, batch[i : i + 256]) for i in range(0, len(batch), 256)]
+    )
+    log(f"descriptors {desc.shape} in {time.perf_counter() - t0:.1f} s")
+    mod = np.array(modality)
+    folds = np.array([r.fold for r in records])
+    stats, heldout = fit_stats(
+        desc, mod, folds, labels=tuple(DATASETS.values()), acceptance=acceptance, shrink=shrink
+    )
+    data = stats.to_bytes()
+    (folder / STATS_FILE).write_bytes(data)
+    ok = heldout <= 1.0
+    sources = np.array([f"{d}/{r.source}" for d, r in zip(dataset, records, strict=True)])
+    entry: dict[str, Any] = {
+        "file": STATS_FILE,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "descriptor_version": DESCRIPTOR_VERSION,
+        "method": "Mahalanobis distance per modality (shrunk covariance, "
+        f"shrink {shrink}) of lunglens.inference.gate.descriptor; threshold = "
+        f"{acceptance:.1%} quantile of held-out distances (group-wise folds)",
+        "thresholds": {lab: round(float(t), 3) for lab, t in zip(stats.labels, stats.threshold)},
+        "heldout_acceptance": {
+            "all": float(ok.mean()),
+            "per_dataset": _rates(ok, np.array(dataset)),
+            "per_source": _rates(ok, sources),
+        },
+    }
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["ood"] = entry
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {folder / STATS_FILE}; held-out acceptance {ok.mean():.4f}")
+    for name, r in entry["heldout_acceptance"]["per_dataset"].items():
+        log(f"  {name}: {r['accepted']:.4f} of {r['n']}")
+    return entry
