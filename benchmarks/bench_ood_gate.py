@@ -20,11 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     sys.path.insert(0, str(REPO / "tests"))
-    from ood_corpus import CHEST_DICOM, UNTAGGED_HEAD_CT, non_chest_corpus, training_images
-
     from lunglens.errors import ScanError
     from lunglens.inference.gate import check_chest
     from lunglens.io import load_scan
+    from ood_corpus import CHEST_DICOM, hard_cases, non_chest_corpus, training_images
 
     models = REPO / "models"
 
@@ -45,10 +44,10 @@ def main() -> int:
             scored += ok
             print(f"  {'SCORED ' if ok else 'refused'}  {kind:26s} {path.name[:40]:40s} {why}")
         print(f"non-chest files scored: {scored} of {len(corpus)}")
-    print("untagged head CT slices (only the pixels can tell):")
-    for path in UNTAGGED_HEAD_CT:
-        ok, why = verdict(path)
-        print(f"  {'SCORED ' if ok else 'refused'}  {path.name[:40]:40s} {why}")
+        print("hard cases: untagged grey medical images of other body parts (pixels only):")
+        for kind, path in hard_cases(Path(tmp) / "hard"):
+            ok, why = verdict(path)
+            print(f"  {'SCORED ' if ok else 'refused'}  {kind:26s} {path.name[:40]:40s} {why}")
     ok_dicom = 0
     print("real chest DICOM files:")
     for path in CHEST_DICOM:

@@ -651,3 +651,35 @@ def test_report_anonymize_option(
         ["pdftotext", str(out), "-"], capture_output=True, text=True, check=True
     ).stdout
     assert "MISTER" not in text and "2178309" not in text and "anonymized" in text
+
+
+def test_non_chest_scan_is_shown_with_a_red_refusal_and_never_scored(
+    qtbot, window: MainWindow, ct_file: Path, tmp_path: Path
+) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(ct_file)
+    ds.BodyPartExamined = "BRAIN"
+    brain = tmp_path / "brain.dcm"
+    ds.save_as(brain)
+    window.open_path(str(brain))
+    qtbot.waitUntil(lambda: window.scan is not None, timeout=TIMEOUT)
+    panel = window.classify_panel
+    assert window.view.has_image()  # the user sees what was opened
+    assert panel.refusal_label.isVisibleTo(window)
+    assert "Not a chest scan: body part BRAIN" in panel.refusal()
+    assert "#b00020" in panel.refusal_label.styleSheet()  # red banner
+    assert not panel.bars_box.isVisibleTo(window)
+    window.classify()  # the button does not score it either
+    qtbot.waitUntil(window.pool.idle, timeout=TIMEOUT)
+    assert window.result is None and "%" not in panel.prediction_label.text()
+    assert panel.refusal()
+    # the refusal also comes from the core when the window did not know yet
+    window.gate = None
+    with qtbot.waitSignal(window.errorShown, timeout=TIMEOUT, raising=False):
+        window.classify()
+    qtbot.waitUntil(window.pool.idle, timeout=TIMEOUT)
+    assert window.result is None and "body part BRAIN" in panel.refusal()
+    window.open_path(str(ct_file))  # a chest scan clears the banner
+    qtbot.waitUntil(lambda: window.scan is not None and window.scan.source == str(ct_file))
+    assert not panel.refusal()

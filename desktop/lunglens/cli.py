@@ -15,7 +15,8 @@ Exit codes
     not be written (disk full: rerun with --resume once space is freed) or an unexpected error
 2   usage error (bad option, existing results file without --resume, resume conflict, results
     file in use by another run)
-3   ``classify``: the input file cannot be read as a scan
+3   ``classify``: the input file cannot be read as a scan, or is not a chest scan (refused by
+    the chest-image gate; the reason is printed, no score)
 4   model refused (integrity check failed) or not found
 130 cancelled with Ctrl-C (rows written so far are kept; rerun ``score`` with --resume)
 
@@ -57,7 +58,7 @@ EPILOG = """exit codes:
   1    score: some scans errored (see their rows); any command: disk full or unexpected error
   2    usage error (bad option, results file exists without --resume, resume conflict,
        results file in use by another run)
-  3    classify: the input file cannot be read as a scan
+  3    classify: the input cannot be read as a scan, or is not a chest scan (no score)
   4    model refused (integrity check failed) or not found
   130  cancelled with Ctrl-C (score: rows so far are kept; rerun with --resume)
 
@@ -131,10 +132,24 @@ def _print_result(result: Any, out: TextIO) -> None:
     print(result.disclaimer, file=out)
 
 
+def _print_refusal(exc: Any, as_json: bool) -> None:
+    """A refused scan on stdout (it is the answer, not a failure of the tool): no score."""
+    from lunglens import DISCLAIMER
+
+    if as_json:
+        data = {"source": exc.path, "status": "refused", "error": exc.code, "reason": exc.reason}
+        print(json.dumps(data, indent=2))
+        return
+    print(f"file:        {exc.path}")
+    print(f"refused:     {exc.reason}")
+    print("score:       none (LungLens scores chest CT slices and chest X-rays only)")
+    print(DISCLAIMER)
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
-    from lunglens.errors import ScanError
+    from lunglens.errors import NotChestImage, ScanError
     from lunglens.explain import cam_map, overlay, save_png
-    from lunglens.inference import classify_scan
+    from lunglens.inference import classify_scan, require_chest
     from lunglens.io import load_scan
     from lunglens.report.audit import append_audit
 
@@ -142,6 +157,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
         scan = load_scan(args.file)
     except ScanError as exc:
         _err(f"{exc.code}: {exc}")
+        return EXIT_BAD_INPUT
+    try:  # before a model is chosen: a photo must not be routed, let alone scored
+        require_chest(scan, args.models_dir)
+    except NotChestImage as exc:
+        _print_refusal(exc, args.json)
+        _err(f"{exc.code}: {exc}")
+        append_audit("classify", {"input": str(args.file), "refused": exc.reason})
         return EXIT_BAD_INPUT
     info = _choose_model(args, scan)
     if args.cam_class is not None and args.cam_class not in info.labels:

@@ -34,6 +34,11 @@ AUTO_TEXT = "Automatic (by modality)"
 BAR_STYLE = "QProgressBar { border: 1px solid #aaa; border-radius: 2px; text-align: center; }"
 POSITIVE_STYLE = "QProgressBar::chunk { background-color: #d9534f; }"
 OTHER_STYLE = "QProgressBar::chunk { background-color: #5b8def; }"
+#: The refusal banner: white on red, unmistakable and unlike any result.
+REFUSAL_STYLE = (
+    "QLabel#refusal_banner { background: #b00020; color: white; font-weight: bold;"
+    " border-radius: 3px; padding: 6px; }"
+)
 
 
 class ClassifyPanel(QWidget):
@@ -83,6 +88,12 @@ class ClassifyPanel(QWidget):
         font.setBold(True)
         self.prediction_label.setFont(font)
         self.prediction_label.setWordWrap(True)
+        self.refusal_label = QLabel("")
+        self.refusal_label.setObjectName("refusal_banner")
+        self.refusal_label.setWordWrap(True)
+        self.refusal_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.refusal_label.setStyleSheet(REFUSAL_STYLE)
+        self.refusal_label.hide()
         self.threshold_label = QLabel("")
         self.threshold_label.setWordWrap(True)
         self.bars_box = QGroupBox("Probabilities")
@@ -119,6 +130,7 @@ class ClassifyPanel(QWidget):
         layout.addLayout(top)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
+        layout.addWidget(self.refusal_label)
         layout.addWidget(self.prediction_label)
         layout.addWidget(self.threshold_label)
         layout.addWidget(self.bars_box)
@@ -189,7 +201,24 @@ class ClassifyPanel(QWidget):
         self.progress.setFormat(f"{done}/{total} slices" if total > 1 else "%p%")
 
     # result -------------------------------------------------------------------------------
+    def show_refusal(self, reason: str) -> None:
+        """The chest-image gate refused the scan: a red banner with the reason, no numbers."""
+        self.clear_result("Not scored")
+        self.refusal_label.setText(
+            f"Not a chest scan: {reason}.\nNo score is given: LungLens scores chest CT slices "
+            "and chest X-rays only."
+        )
+        self.refusal_label.show()
+        self.bars_box.setVisible(False)
+
+    def refusal(self) -> str:
+        """The refusal shown, or ``""``."""
+        return self.refusal_label.text() if not self.refusal_label.isHidden() else ""
+
     def clear_result(self, message: str = "No result") -> None:
+        self.refusal_label.hide()
+        self.refusal_label.setText("")
+        self.bars_box.setVisible(True)
         self.prediction_label.setText(message)
         self.prediction_label.setStyleSheet("")
         self.threshold_label.setText("")

@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 )
 
 from lunglens import DISCLAIMER, __version__
-from lunglens.errors import LungLensError, ModelError
+from lunglens.errors import LungLensError, ModelError, NotChestImage
 from lunglens.explain import cam_map, colorize, overlay, raw_cam, save_png
 from lunglens.explain.overlay import to_uint8
 from lunglens.gui.banner import ErrorBanner
@@ -54,8 +54,10 @@ from lunglens.gui.tags_panel import TagsPanel
 from lunglens.gui.workers import Worker, WorkerPool
 from lunglens.inference import (
     Cancelled,
+    GateVerdict,
     ModalityCheck,
     ScanResult,
+    check_chest,
     check_modality,
     classify_scan,
     get_engine,
@@ -84,12 +86,18 @@ def load_target(target: str) -> Scan:
     return load_scan(target)
 
 
-def load_and_check(target: str, models_dir: Any = None) -> tuple[Scan, ModalityCheck | None]:
-    """Worker body: :func:`load_target`, plus the image-level modality check for plain images
-    (they carry no DICOM Modality, so the check picks the default model family)."""
+def load_and_check(
+    target: str, models_dir: Any = None
+) -> tuple[Scan, ModalityCheck | None, GateVerdict]:
+    """Worker body: :func:`load_target`, the chest-image gate (a refused scan is shown, with
+    the reason, but never scored) and the image-level modality check for plain images (they
+    carry no DICOM Modality, so the check picks the default model family)."""
     scan = load_target(target)
-    check = check_modality(scan, models_dir) if scan.modality not in ("ct", "cxr") else None
-    return scan, check
+    verdict = check_chest(scan, models_dir)
+    check = None
+    if verdict.accepted and scan.modality not in ("ct", "cxr"):
+        check = check_modality(scan, models_dir)
+    return scan, check, verdict
 
 
 def slice_cam(info: ModelInfo, image2d: np.ndarray) -> np.ndarray:
@@ -169,6 +177,7 @@ class MainWindow(QMainWindow):
         self.models_dir = models_dir
         self.pool = WorkerPool(self)
         self.scan: Scan | None = None
+        self.gate: GateVerdict | None = None
         self.scan_id = 0
         self.slice_index = 0
         self.display_window: Window | None = None
@@ -529,12 +538,17 @@ class MainWindow(QMainWindow):
             self.status_progress_label.setText("")
 
     def _on_loaded(
-        self, worker: Worker, path: str, scan: Scan, check: ModalityCheck | None = None
+        self,
+        worker: Worker,
+        path: str,
+        scan: Scan,
+        check: ModalityCheck | None = None,
+        verdict: GateVerdict | None = None,
     ) -> None:
         if worker.cancelled:
             return
         self.banner.dismiss()
-        self.set_scan(scan, check)
+        self.set_scan(scan, check, verdict)
         real = path.split("#")[0] if "#" in path and not os.path.exists(path) else path
         self.settings.add_recent(real)
         folder = real if os.path.isdir(real) else str(Path(real).parent)
@@ -542,14 +556,18 @@ class MainWindow(QMainWindow):
         if self.settings.auto_classify() and self.models:
             self.classify()
 
-    def set_scan(self, scan: Scan, check: ModalityCheck | None = None) -> None:
+    def set_scan(
+        self, scan: Scan, check: ModalityCheck | None = None, verdict: GateVerdict | None = None
+    ) -> None:
         """Display ``scan`` and reset everything derived from the previous one.
 
         ``check`` is the image-level modality check of a plain image (computed by the loading
-        worker); it picks the default model family.
+        worker); it picks the default model family. ``verdict`` is the chest-image gate's
+        (``None``: not run yet; :meth:`classify` still refuses through the core).
         """
         self.cancel_classification()
         self.scan = scan
+        self.gate = verdict
         self.scan_id = next(_scan_ids)
         self.result = None
         self.result_info = None
@@ -573,6 +591,8 @@ class MainWindow(QMainWindow):
         self.tags_panel.show_scan(scan)
         self._choose_model_for(scan, check)
         self.classify_panel.clear_result("Not classified yet")
+        if verdict is not None and not verdict.accepted:
+            self.classify_panel.show_refusal(verdict.reason)
         self.cam_controls.set_available(False)
         self.view.set_overlay(None)
         self.setWindowTitle(f"LungLens — {Path(scan.source.split('#')[0]).name}")
@@ -721,6 +741,10 @@ class MainWindow(QMainWindow):
         if self.scan is None:
             self.show_status("Open a scan first.")
             return
+        if self.gate is not None and not self.gate.accepted:
+            self.classify_panel.show_refusal(self.gate.reason)
+            self.show_status(f"Not scored: not a chest scan ({self.gate.reason}).")
+            return
         info = self.chosen_model()
         if info is None:
             if not self.models:
@@ -766,6 +790,9 @@ class MainWindow(QMainWindow):
 
     def _on_classify_error(self, worker: Worker, exc: BaseException) -> None:
         if worker.cancelled or isinstance(exc, Cancelled):
+            return
+        if isinstance(exc, NotChestImage):
+            self.classify_panel.show_refusal(exc.reason.removeprefix("not a chest scan: "))
             return
         self.classify_panel.clear_result("Classification failed")
         self.show_error(f"Classification failed: {_message(exc)}")

@@ -197,8 +197,8 @@ class GateVerdict:
         """The :class:`NotChestImage` for a refused verdict."""
         return NotChestImage(
             source,
-            f"not a chest scan: {self.reason}; no score is given",
-            "LungLens scores chest CT slices and chest X-rays only.",
+            f"not a chest scan: {self.reason}",
+            "No score is given: LungLens scores chest CT slices and chest X-rays only.",
         )
 
 
@@ -422,7 +422,8 @@ def fit_stats(
     thresholds = np.array(
         [np.quantile(heldout[modality == lab, m], acceptance) for m, lab in enumerate(labels)]
     )
-    means, precs = zip(*(shrunk_precision(desc[modality == lab], shrink) for lab in labels))
+    fitted = [shrunk_precision(desc[modality == lab], shrink) for lab in labels]
+    means, precs = [f[0] for f in fitted], [f[1] for f in fitted]
     stats = GateStats(tuple(labels), np.stack(means), np.stack(precs), thresholds)
     return stats, (heldout / thresholds).min(axis=1)
 

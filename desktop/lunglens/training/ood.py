@@ -80,7 +80,9 @@ def run(
         "method": "Mahalanobis distance per modality (shrunk covariance, "
         f"shrink {shrink}) of lunglens.inference.gate.descriptor; threshold = "
         f"{acceptance:.1%} quantile of held-out distances (group-wise folds)",
-        "thresholds": {lab: round(float(t), 3) for lab, t in zip(stats.labels, stats.threshold)},
+        "thresholds": {
+            lab: round(float(t), 3) for lab, t in zip(stats.labels, stats.threshold, strict=True)
+        },
         "heldout_acceptance": {
             "all": float(ok.mean()),
             "per_dataset": _rates(ok, np.array(dataset)),

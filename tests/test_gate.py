@@ -1,0 +1,168 @@
+"""The chest-image gate: what is not a chest CT slice or chest X-ray gets no score anywhere."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from lunglens.batch import score
+from lunglens.cli import EXIT_BAD_INPUT, main
+from lunglens.errors import ModelRefused, NotChestImage
+from lunglens.inference import check_chest, classify_scan
+from lunglens.inference.gate import fit_stats, load_stats
+from lunglens.io import load_scan
+from lunglens.models import get_model, modality_checker
+from ood_corpus import (
+    CHEST_CT,
+    CHEST_DICOM,
+    PHOTOS,
+    REPO,
+    non_chest_corpus,
+    palette_dicom,
+    training_images,
+)
+
+MODELS = REPO / "models"
+pytestmark = pytest.mark.usefixtures("shared_data")
+
+
+def _retag(dst: Path, **attrs: object) -> Path:
+    ds = pydicom.dcmread(CHEST_CT)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.save_as(dst)
+    return dst
+
+
+def _reason(path: Path) -> str:
+    verdict = check_chest(load_scan(path), MODELS)
+    assert not verdict.accepted, path
+    return verdict.reason
+
+
+def test_header_rules_refuse_other_modalities_body_parts_and_localizers(tmp_path: Path) -> None:
+    assert _reason(_retag(tmp_path / "mr.dcm", Modality="MR")) == "modality MR (magnetic resonance)"
+    assert _reason(_retag(tmp_path / "head.dcm", BodyPartExamined="HEAD")) == "body part HEAD"
+    hand = _retag(tmp_path / "hand.dcm", Modality="CR", BodyPartExamined="HAND")
+    assert _reason(hand) == "body part HAND"
+    scout = _retag(tmp_path / "scout.dcm", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    assert "localizer" in _reason(scout)
+    brain = REPO.parent / "shared/data/dicom/ct-misc/eCT_Supplemental.dcm"
+    assert _reason(brain) == "body part BRAIN"
+    # the chest-tagged original and a chest-abdomen part pass
+    assert check_chest(load_scan(CHEST_CT), MODELS).accepted
+    both = _retag(tmp_path / "ca.dcm", BodyPartExamined="CHEST_ABDOMEN")
+    assert check_chest(load_scan(both), MODELS).accepted
+
+
+def test_explicit_pixel_rules(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    Image.fromarray(np.full((200, 200), 90, np.uint8)).save(tmp_path / "blank.png")
+    noise = rng.integers(0, 256, (200, 200), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    assert _reason(tmp_path / "blank.png").startswith("the image is blank")
+    assert _reason(tmp_path / "noise.png").startswith("the image is noise")
+    assert _reason(PHOTOS / "coffee.jpg").startswith("a colour picture (colourfulness")
+
+
+def test_learned_check_refuses_a_grey_photo_with_its_distance() -> None:
+    reason = _reason(PHOTOS / "camera.png")  # grey: only the learned check can tell
+    assert reason.startswith("does not look like a chest CT slice or a chest X-ray (distance ")
+    distance, threshold = (float(x) for x in reason.split("distance ")[1].split()[0:3:2])
+    assert distance > threshold
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_palette_colour_dicom_is_decoded_then_refused_as_a_colour_picture(
+    tmp_path: Path, frames: int
+) -> None:
+    path = palette_dicom(Image.open(PHOTOS / "coffee.jpg"), tmp_path / "pal.dcm", frames)
+    scan = load_scan(path)  # not CorruptFile: the palette is applied
+    assert scan.n_slices == frames
+    assert float(scan.metadata["colourfulness"]) > 25
+    with pytest.raises(NotChestImage, match="a colour picture"):
+        classify_scan(scan, get_model("squeezenet-light-ct", MODELS))
+
+
+def test_classify_scan_refuses_before_scoring_and_accepts_chest() -> None:
+    with pytest.raises(NotChestImage, match="not a chest scan: a colour picture"):
+        classify_scan(load_scan(PHOTOS / "chelsea.jpg"), get_model("squeezenet-light-ct", MODELS))
+    result = classify_scan(load_scan(CHEST_CT), get_model("squeezenet-light-ct", MODELS))
+    assert 0.0 <= result.positive_prob <= 1.0
+
+
+def test_cli_classify_prints_the_refusal_and_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path))
+    photo = str(PHOTOS / "horse.png")
+    assert main(["--models-dir", str(MODELS), "classify", photo]) == EXIT_BAD_INPUT
+    out = capsys.readouterr()
+    assert "refused:     not a chest scan: does not look like a chest CT slice" in out.out
+    assert "p(covid)" not in out.out and "NotChestImage" in out.err
+    assert main(["--models-dir", str(MODELS), "classify", photo, "--json"]) == EXIT_BAD_INPUT
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "refused" and data["error"] == "NotChestImage"
+    assert "distance" in data["reason"] and not any(k.startswith("p") for k in data)
+
+
+def test_batch_writes_an_error_row_for_a_non_chest_file(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(PHOTOS / "chelsea.jpg", folder / "cat.jpg")
+    shutil.copy(CHEST_CT, folder / "chest.dcm")
+    _retag(folder / "brain.dcm", BodyPartExamined="BRAIN", SeriesInstanceUID="1.2.3.4")
+    out = tmp_path / "res.csv"
+    list(score([folder], get_model("squeezenet-light-ct", MODELS), out, audit=False))
+    with open(out, newline="") as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert rows["chest.dcm"]["status"] == "ok"
+    for name, reason in (("cat.jpg", "a colour picture"), ("brain.dcm", "body part BRAIN")):
+        row = rows[name]
+        assert row["status"] == "error" and row["error"].startswith("NotChestImage:")
+        assert reason in row["error"] and not row.get("p_covid")
+
+
+def test_tampered_gate_statistics_are_refused(tmp_path: Path) -> None:
+    shutil.copytree(MODELS / "modality-check", tmp_path / "modality-check")
+    stats = tmp_path / "modality-check" / "ood.npz"
+    stats.write_bytes(stats.read_bytes()[:-8] + b"tampered")
+    info = modality_checker(tmp_path)
+    assert info is not None
+    with pytest.raises(ModelRefused, match="integrity"):
+        load_stats(info)
+
+
+def test_fit_stats_thresholds_accept_the_target_share_of_held_out_images() -> None:
+    rng = np.random.default_rng(0)
+    desc = np.concatenate([rng.normal(0, 1, (2000, 5)), rng.normal(6, 2, (1000, 5))])
+    modality = np.array(["ct"] * 2000 + ["cxr"] * 1000)
+    folds = rng.integers(0, 5, len(desc))
+    stats, heldout = fit_stats(desc, modality, folds, acceptance=0.99)
+    assert 0.985 <= float((heldout <= 1).mean()) <= 0.995
+    far = stats.distances(np.full((1, 5), 40.0)) / stats.threshold
+    assert far.min() > 1  # a point far from both modalities is refused
+
+
+@pytest.mark.slow
+def test_corpus_refused_and_chest_images_accepted(tmp_path: Path) -> None:
+    """Done-criterion of issue 15: no non-chest file of the corpus is scored; >= 99.5 % of the
+    training images of each data set and every real chest DICOM file still are."""
+    refused = []
+    for kind, path in non_chest_corpus(tmp_path, MODELS):
+        verdict = check_chest(load_scan(path), MODELS)
+        refused.append((kind, path.name, verdict.accepted))
+    assert [r for r in refused if r[2]] == []
+    assert all(check_chest(load_scan(p), MODELS).accepted for p in CHEST_DICOM)
+    accepted: dict[str, list[bool]] = {}
+    for dataset, _source, path in training_images():
+        accepted.setdefault(dataset, []).append(check_chest(load_scan(path), MODELS).accepted)
+    for dataset, oks in accepted.items():
+        assert np.mean(oks) >= 0.995, dataset
