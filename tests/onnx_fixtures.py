@@ -162,11 +162,23 @@ def blob_image(
     return img
 
 
+def textured(value: float, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 image of grey level ``value`` with a gentle left-to-right ramp (+-0.06).
+
+    Stands for a synthetic "scan" of that brightness: a perfectly flat image is blank, which the
+    chest-image gate refuses (lunglens.inference.gate), so fixtures that must be scored carry
+    this much structure.
+    """
+    ramp = np.linspace(-0.06, 0.06, shape[-1], dtype=np.float32)
+    return np.clip(np.full(shape, value, np.float32) + ramp, 0.0, 1.0)
+
+
 def write_png(path: Path, value: float, size: int = 32) -> Path:
-    """A flat grey PNG (``value`` in [0, 1]); brighter -> higher ``covid`` probability."""
+    """A grey PNG of brightness ``value`` in [0, 1] (:func:`textured`); brighter -> higher
+    ``covid`` probability."""
     from PIL import Image
 
-    arr = np.full((size, size), round(value * 255), np.uint8)
+    arr = np.round(textured(value, (size, size)) * 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
     return path

@@ -20,7 +20,7 @@ from lunglens.inference import (
 )
 from lunglens.io.scan import Scan
 from lunglens.models import get_model
-from onnx_fixtures import blob_image, make_models_dir
+from onnx_fixtures import blob_image, make_models_dir, textured
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_unparsable_model_with_a_matching_hash_is_refused(tmp_path: Path) -> Non
 
 
 def test_single_image_result(mdir: Path) -> None:
-    scan = Scan("bright.png", np.full((1, 50, 40), 0.9, np.float32), modality="ct")
+    scan = Scan("bright.png", textured(0.9, (1, 50, 40)), modality="ct")
     res = classify_scan(scan)
     assert res.model == "synthetic-ct" and res.n_slices == 1
     assert res.prediction == "covid" and res.flagged and res.positive_prob > 0.9
@@ -151,7 +151,7 @@ def test_series_top_k_mean_names_suspicious_slices(mdir: Path) -> None:
     values = [0.1] * 20
     for i, v in zip((4, 11, 17), (0.95, 0.9, 0.85), strict=True):
         values[i] = v
-    stack = np.stack([np.full((32, 32), v, np.float32) for v in values])
+    stack = np.stack([textured(v, (32, 32)) for v in values])
     seen: list[tuple[int, int]] = []
     res = classify_scan(
         Scan("series", stack, modality="ct", kind="dicom-series"),
@@ -178,7 +178,7 @@ def test_aggregate_keeps_a_distribution() -> None:
 
 
 def test_unknown_modality_needs_a_model(mdir: Path) -> None:
-    scan = Scan("plain.png", np.zeros((1, 32, 32), np.float32))
+    scan = Scan("plain.png", textured(0.0, (1, 32, 32)))
     with pytest.raises(ModelNotFound, match="--model"):
         classify_scan(scan)
     res = classify_scan(scan, get_model("synthetic-ct"), with_cam=False)
@@ -193,7 +193,7 @@ def test_cxr_default_and_modality_note(mdir: Path) -> None:
 
 
 def test_cam_class_and_cancel(mdir: Path) -> None:
-    stack = np.stack([np.full((32, 32), v, np.float32) for v in (0.9, 0.1, 0.5)])
+    stack = np.stack([textured(v, (32, 32)) for v in (0.9, 0.1, 0.5)])
     res = classify_scan(Scan("s", stack, modality="ct"), cam_class="non-covid")
     assert res.cam_class == "non-covid" and res.representative_slice == 1
     with pytest.raises(ValueError, match="unknown class"):

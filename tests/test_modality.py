@@ -88,6 +88,7 @@ def test_dicom_header_disagreeing_with_the_pixels(
 
     ds = pydicom.dcmread(shared_data / "dicom" / "chest-ct-transfer-syntaxes" / "CTImage.dcm")
     arr = np.full_like(ds.pixel_array, 2500)  # stored value; with intercept -1024: +1476 HU
+    arr[:, : arr.shape[1] // 16] = 424  # -600 HU: a grey stripe, so the image is not blank
     ds.PixelData = arr.tobytes()
     path = tmp_path / "bright-ct.dcm"
     ds.save_as(path)

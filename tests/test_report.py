@@ -13,7 +13,7 @@ from lunglens.inference import classify_scan, clear_engines
 from lunglens.io.scan import Scan
 from lunglens.models import get_model
 from lunglens.report import scan_pdf, write_html_report
-from onnx_fixtures import blob_image, make_models_dir, write_png
+from onnx_fixtures import blob_image, make_models_dir, textured, write_png
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_html_report_is_self_contained(tmp_path: Path, mdir: Path) -> None:
 
 def test_scan_pdf(tmp_path: Path, mdir: Path) -> None:
     info = get_model("synthetic-ct", mdir)
-    stack = np.stack([blob_image(), np.full((64, 64), 0.1, np.float32)])
+    stack = np.stack([blob_image(), textured(0.1, (64, 64))])
     scan = Scan("series-x", stack, modality="ct", kind="dicom-series")
     result = classify_scan(scan, info)
     pdf = scan_pdf(scan, result, tmp_path / "out" / "scan.pdf")

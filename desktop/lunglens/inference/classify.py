@@ -164,7 +164,8 @@ def classify_scan(
         The model failed its integrity check.
     """
     models_dir = info.path.parent if info is not None else None
-    gate_notes = require_chest(scan, models_dir).notes if gate else []
+    if gate:
+        require_chest(scan, models_dir)
     check = None
     if modality_check:
         check = check_modality(scan, models_dir)

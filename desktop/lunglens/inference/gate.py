@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -157,6 +158,7 @@ HIST_BINS = 16
 DESCRIPTOR_VERSION = 1
 
 _PLACES = {"ct": "a chest CT slice", "cxr": "a chest X-ray"}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,6 @@ class GateVerdict:
     distance, threshold
         The learned check's distance and the threshold it was compared with (``None`` when it
         did not run: refused earlier, or no statistics installed).
-    notes
-        What the user should know although the scan passed (e.g. check not installed).
     """
 
     accepted: bool
@@ -191,7 +191,6 @@ class GateVerdict:
     rule: str = ""
     distance: float | None = None
     threshold: float | None = None
-    notes: list[str] = field(default_factory=list)
 
     def error(self, source: str) -> NotChestImage:
         """The :class:`NotChestImage` for a refused verdict."""
@@ -545,21 +544,17 @@ def check_chest(scan: Scan, models_dir: str | os.PathLike[str] | None = None) ->
         if reason:
             return GateVerdict(False, reason, rule.name)
     info = modality_checker(models_dir)
-    if info is None:
-        return GateVerdict(True, notes=[_UNCHECKED + "the modality-check model is not installed"])
-    stats = _cached_stats(info)
-    if stats is None:
-        return GateVerdict(True, notes=[_UNCHECKED + f"{info.name} has no gate statistics"])
+    stats = _cached_stats(info) if info is not None else None
+    if info is None or stats is None:  # only in development set-ups: the app ships both
+        log.warning("chest-image gate: no learned check installed; tags and pixel rules only")
+        return GateVerdict(True)
     try:
         return learned_check(scan, info, stats)
     except ModelRefused:
         raise
     except ModelError as exc:
-        return GateVerdict(True, notes=[_UNCHECKED + str(exc)])
-
-
-_UNCHECKED = "the image was only checked by its tags and simple pixel rules, not by the learned "
-_UNCHECKED += "chest-image check: "
+        log.warning("chest-image gate: learned check unavailable (%s)", exc)
+        return GateVerdict(True)
 
 
 def require_chest(scan: Scan, models_dir: str | os.PathLike[str] | None = None) -> GateVerdict:
