@@ -499,7 +499,7 @@ def learned_check(scan: Scan, info: ModelInfo, stats: GateStats) -> GateVerdict:
     """The distance rule on ``scan`` (see the module docstring for series)."""
     engine = get_engine(info)
     idx = sample_slices(scan.n_slices)
-    batch = to_model_input(scan.image[idx], info.input_size)
+    batch = to_model_input(scan.image[idx], info.input_size, info.preprocessing)
     dist = stats.distances(descriptor(engine, batch))
     ratio = dist / stats.threshold
     best = ratio.argmin(axis=1)  # nearest modality per slice

@@ -59,7 +59,10 @@ def run(
         dataset += [name] * len(rows)
     log(f"{len(records)} training images")
     t0 = time.perf_counter()
-    batch = np.stack([to_model_input(load_unit_image(r.path), info.input_size)[0] for r in records])
+    prep = info.preprocessing
+    batch = np.stack(
+        [to_model_input(load_unit_image(r.path), info.input_size, prep)[0] for r in records]
+    )
     desc = np.concatenate(
         [descriptor(engine, batch[i : i + 256]) for i in range(0, len(batch), 256)]
     )
