@@ -24,7 +24,7 @@ from lunglens.training.models import (  # noqa: E402
 from lunglens.training.train import distill_loss  # noqa: E402
 
 pytestmark = pytest.mark.train
-CAT = Path(__file__).parent / "data" / "imagenet" / "chelsea.jpg"
+CAT = Path(__file__).parent / "data" / "ood" / "chelsea.jpg"  # CC0, see LICENSE beside it
 EGYPTIAN_CAT = 285  # ImageNet class index
 
 
