@@ -160,8 +160,9 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
     lines = [
         f"# Model card: {m['name']} {m['version']}",
         "",
-        "> **Triage aid only - not a diagnosis.** Trained from scratch on small public research "
-        "data sets; not validated on scans from any hospital.",
+        "> **Triage aid only - not a diagnosis.** "
+        + ("Fine-tuned from ImageNet weights" if t.get("pretrained") else "Trained from scratch")
+        + " on small public research data sets; not validated on scans from any hospital.",
         "",
         "## Model",
         f"- Architecture: {m['architecture']}.",
