@@ -163,7 +163,10 @@ def test_installed_wheel_runs_the_app(built: dict[str, Path], tmp_path: Path) ->
     samples = sorted(p.name for p in (built["clone"] / "resources" / "samples").glob("*.*"))
     for sample in (s for s in samples if not s.endswith(".md")):
         row = next(line for line in proc.stdout.splitlines() if line.startswith(sample))
-        assert "error" not in row, row
+        if sample == "ct-dicom-enhanced-2frames-rle.dcm":  # a brain CT: the gate refuses it
+            assert "NotChestImage" in row, row
+        else:
+            assert "error" not in row, row
 
     proc = _lunglens(python, ["selftest"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
