@@ -457,7 +457,7 @@ def sample_labels(samples: Path) -> dict[str, str]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from lunglens import DISCLAIMER
-    from lunglens.errors import LungLensError
+    from lunglens.errors import LungLensError, NotChestImage
     from lunglens.inference import classify_scan, format_prob
     from lunglens.io import discover_sources, load_source
     from lunglens.models import resources_dir
@@ -496,6 +496,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     res.headline,
                 )
             )
+        except NotChestImage as exc:  # the gate at work (the brain-CT sample): not a failure
+            rows.append((name, label, "?", "-", "-", f"refused, no score: {exc.reason}"))
         except LungLensError as exc:
             failed += 1
             rows.append((name, label, "?", "-", "-", f"error: {exc.code}"))
