@@ -261,3 +261,14 @@ def slow_env(tmp: Path, delay_s: float = 0.05) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH", "")]))
     env["LUNGLENS_TEST_DELAY_S"] = str(delay_s)
     return env
+
+
+def retag(src: Path, dst: Path, **attrs: Any) -> Path:
+    """Copy the DICOM file ``src`` to ``dst`` with the given attributes (tags) replaced."""
+    import pydicom
+
+    ds = pydicom.dcmread(src)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.save_as(dst)
+    return dst

@@ -20,6 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from onnx_fixtures import retag
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 DICOM = SHARED / "dicom"
@@ -80,14 +82,6 @@ def palette_dicom(rgb: Image.Image, path: Path, frames: int = 1) -> Path:
         ds.PixelData = np.stack([index] * frames).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-def _retag(src: Path, dst: Path, **attrs: Any) -> Path:
-    ds = pydicom.dcmread(src)
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.save_as(dst)
-    return dst
 
 
 def _text_page(path: Path, size: tuple[int, int], font_size: int) -> Path:
@@ -196,17 +190,17 @@ def non_chest_corpus(out: Path, models_dir: Path | None = None) -> list[tuple[st
     items.append(("head CT (BRAIN)", frag))
     items.append(("neck CT (NECK)", DICOM / "ct-misc" / "bad_sequence.dcm"))
     items.append(
-        ("CT tagged HEAD", _retag(CHEST_CT, out / "ct_head_tag.dcm", BodyPartExamined="HEAD"))
+        ("CT tagged HEAD", retag(CHEST_CT, out / "ct_head_tag.dcm", BodyPartExamined="HEAD"))
     )
     items.append(
         (
             "CT localizer",
-            _retag(CHEST_CT, out / "ct_scout.dcm", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]),
+            retag(CHEST_CT, out / "ct_scout.dcm", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]),
         )
     )
     src = DICOM / "chest-dx" / next(iter(p.name for p in (DICOM / "chest-dx").glob("1.3.*")))
     items.append(
-        ("CR of the hand", _retag(src, out / "hand.dcm", Modality="CR", BodyPartExamined="HAND"))
+        ("CR of the hand", retag(src, out / "hand.dcm", Modality="CR", BodyPartExamined="HAND"))
     )
     return items
 

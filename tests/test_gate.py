@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
 
@@ -19,6 +18,7 @@ from lunglens.inference import check_chest, classify_scan
 from lunglens.inference.gate import fit_stats, load_stats
 from lunglens.io import load_scan
 from lunglens.models import get_model, modality_checker
+from onnx_fixtures import retag
 from ood_corpus import (
     CHEST_CT,
     CHEST_DICOM,
@@ -33,14 +33,6 @@ MODELS = REPO / "models"
 pytestmark = pytest.mark.usefixtures("shared_data")
 
 
-def _retag(dst: Path, **attrs: object) -> Path:
-    ds = pydicom.dcmread(CHEST_CT)
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.save_as(dst)
-    return dst
-
-
 def _reason(path: Path) -> str:
     verdict = check_chest(load_scan(path), MODELS)
     assert not verdict.accepted, path
@@ -48,17 +40,22 @@ def _reason(path: Path) -> str:
 
 
 def test_header_rules_refuse_other_modalities_body_parts_and_localizers(tmp_path: Path) -> None:
-    assert _reason(_retag(tmp_path / "mr.dcm", Modality="MR")) == "modality MR (magnetic resonance)"
-    assert _reason(_retag(tmp_path / "head.dcm", BodyPartExamined="HEAD")) == "body part HEAD"
-    hand = _retag(tmp_path / "hand.dcm", Modality="CR", BodyPartExamined="HAND")
+    assert (
+        _reason(retag(CHEST_CT, tmp_path / "mr.dcm", Modality="MR"))
+        == "modality MR (magnetic resonance)"
+    )
+    assert (
+        _reason(retag(CHEST_CT, tmp_path / "head.dcm", BodyPartExamined="HEAD")) == "body part HEAD"
+    )
+    hand = retag(CHEST_CT, tmp_path / "hand.dcm", Modality="CR", BodyPartExamined="HAND")
     assert _reason(hand) == "body part HAND"
-    scout = _retag(tmp_path / "scout.dcm", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    scout = retag(CHEST_CT, tmp_path / "scout.dcm", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     assert "localizer" in _reason(scout)
     brain = REPO.parent / "shared/data/dicom/ct-misc/eCT_Supplemental.dcm"
     assert _reason(brain) == "body part BRAIN"
     # the chest-tagged original and a chest-abdomen part pass
     assert check_chest(load_scan(CHEST_CT), MODELS).accepted
-    both = _retag(tmp_path / "ca.dcm", BodyPartExamined="CHEST_ABDOMEN")
+    both = retag(CHEST_CT, tmp_path / "ca.dcm", BodyPartExamined="CHEST_ABDOMEN")
     assert check_chest(load_scan(both), MODELS).accepted
 
 
@@ -118,7 +115,7 @@ def test_batch_writes_an_error_row_for_a_non_chest_file(tmp_path: Path) -> None:
     folder.mkdir()
     shutil.copy(PHOTOS / "chelsea.jpg", folder / "cat.jpg")
     shutil.copy(CHEST_CT, folder / "chest.dcm")
-    _retag(folder / "brain.dcm", BodyPartExamined="BRAIN", SeriesInstanceUID="1.2.3.4")
+    retag(CHEST_CT, folder / "brain.dcm", BodyPartExamined="BRAIN", SeriesInstanceUID="1.2.3.4")
     out = tmp_path / "res.csv"
     list(score([folder], get_model("squeezenet-light-ct", MODELS), out, audit=False))
     with open(out, newline="") as fh:

@@ -10,6 +10,7 @@ import pytest
 
 from lunglens.io import load_scan
 from lunglens.preprocess import WINDOW_PRESETS, Window
+from onnx_fixtures import retag
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DICOM = DATA / "dicom"
@@ -158,25 +159,17 @@ def test_secondary_capture_without_chest_hint_is_unknown() -> None:
     assert any("check that this is a chest image" in n for n in scan.notes)
 
 
-def _retag(src: Path, dst: Path, **attrs: object) -> Path:
-    ds = pydicom.dcmread(src)
-    for k, v in attrs.items():
-        setattr(ds, k, v)
-    ds.save_as(dst)
-    return dst
-
-
 def test_modality_mapping(tmp_path: Path) -> None:
     src = TS_DIR / REF
     # Non-chest files load (the GUI shows them); the chest-image gate refuses them
     # (tests/test_gate.py), from the tags the loader records.
-    mr = load_scan(_retag(src, tmp_path / "mr.dcm", Modality="MR"))
+    mr = load_scan(retag(src, tmp_path / "mr.dcm", Modality="MR"))
     assert mr.modality == "unknown" and mr.metadata["dicom_modality"] == "MR"
-    hand = _retag(src, tmp_path / "hand.dcm", Modality="CR", BodyPartExamined="HAND")
+    hand = retag(src, tmp_path / "hand.dcm", Modality="CR", BodyPartExamined="HAND")
     assert load_scan(hand).metadata["body_part"] == "HAND"
-    sc = _retag(src, tmp_path / "sc.dcm", Modality="OT", BodyPartExamined="CHEST")
+    sc = retag(src, tmp_path / "sc.dcm", Modality="OT", BodyPartExamined="CHEST")
     assert load_scan(sc).modality == "cxr"
-    dx = _retag(src, tmp_path / "dx.dcm", Modality="DX", BodyPartExamined="CHEST")
+    dx = retag(src, tmp_path / "dx.dcm", Modality="DX", BodyPartExamined="CHEST")
     assert load_scan(dx).modality == "cxr"
 
 
