@@ -153,6 +153,35 @@ def summarize_folds(reports: Sequence[dict], classes: Sequence[str]) -> dict:
     )
 
 
+def group_scores(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray,
+    positive: int,
+    method: str = "top_k_mean",
+    k: int = 3,
+) -> tuple[np.ndarray, np.ndarray, list[int], int]:
+    """Each group's label and its slices' probabilities aggregated as the app does.
+
+    Returns ``(labels [G], probs [G, C], slices per group, groups skipped)``; groups whose
+    slices carry different labels have no single truth and are skipped.
+    """
+    from lunglens.inference.aggregate import aggregate
+
+    keep_y, keep_p, slices = [], [], []
+    mixed = 0
+    for g in dict.fromkeys(groups.tolist()):  # first-seen order, deterministic
+        sel = groups == g
+        labels = np.unique(y_true[sel])
+        if len(labels) != 1:
+            mixed += 1
+            continue
+        keep_y.append(int(labels[0]))
+        keep_p.append(aggregate(probs[sel], positive, method, k))
+        slices.append(int(sel.sum()))
+    return np.array(keep_y, dtype=int), np.array(keep_p), slices, mixed
+
+
 def group_report(
     y_true: np.ndarray,
     probs: np.ndarray,
@@ -171,25 +200,9 @@ def group_report(
     is classified at ``threshold``. Groups whose slices carry different labels have no single
     truth and are left out (counted in ``mixed_groups_skipped``).
     """
-    from lunglens.inference.aggregate import aggregate
-
-    keep_y, keep_p, slices = [], [], []
-    mixed = 0
-    for g in dict.fromkeys(groups.tolist()):  # first-seen order, deterministic
-        sel = groups == g
-        labels = np.unique(y_true[sel])
-        if len(labels) != 1:
-            mixed += 1
-            continue
-        keep_y.append(int(labels[0]))
-        keep_p.append(aggregate(probs[sel], positive, method, k))
-        slices.append(int(sel.sum()))
+    keep_y, keep_p, slices, mixed = group_scores(y_true, probs, groups, positive, method, k)
     rep = classification_report(
-        np.array(keep_y, dtype=int),
-        np.array(keep_p).reshape(-1, len(classes)),
-        classes,
-        positive,
-        threshold,
+        keep_y, keep_p.reshape(-1, len(classes)), classes, positive, threshold
     )
     return dict(
         aggregation=dict(method=method, k=k),

@@ -300,9 +300,6 @@ class ArchSpec:
     weights: PretrainedWeights | None = None
     cam_layer: str = "head"
 
-    def gallery(self, num_classes: int = 2) -> list[str]:
-        return list(getattr(self.build(num_classes), "gallery_layers", {}))
-
 
 def _lite(timm_name: str) -> Callable[[int], nn.Module]:
     return lambda c: TimmClassifier(timm_name, c, drop_rate=0.2, norm=(0.5, 0.5))

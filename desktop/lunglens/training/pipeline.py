@@ -103,6 +103,7 @@ class Pipeline:
             frozen_stages=preset.frozen_stages,
         )
         self._features: np.ndarray | None = None
+        self._teacher: tuple[Pipeline, ImageSet, np.ndarray] | None = None
         self.work = opts.workdir
         self.work.mkdir(parents=True, exist_ok=True)
         self.out = opts.models_dir / preset.model_name
@@ -172,33 +173,38 @@ class Pipeline:
         excluded = np.isin(ds.sources[idx], list(self.p.train_exclude_sources))
         return idx[~excluded]
 
-    def teacher_pipeline(self) -> Pipeline | None:
-        """The pipeline of the preset whose cached views (and models) teach this one."""
-        if self.p.views_from is None:
-            return None
-        from lunglens.training.presets import PRESETS
+    def teacher_views(self, ds: ImageSet) -> tuple[Pipeline, ImageSet, np.ndarray]:
+        """The pipeline and data of the preset whose views (and models) teach this one, and
+        its augmented views at this preset's size; built once and reused by every run."""
+        if self._teacher is None:
+            from lunglens.training.presets import PRESETS
+            from lunglens.training.train import view_images
 
-        tp = PRESETS[self.p.views_from]
-        opts = replace(self.o, workdir=default_workdir(tp.model_name), size=None, epochs=None)
-        return Pipeline(tp, opts, self.log)
+            assert self.p.views_from is not None
+            tp = PRESETS[self.p.views_from]
+            opts = replace(self.o, workdir=default_workdir(tp.model_name), size=None, epochs=None)
+            tpipe = Pipeline(tp, opts, self.log)
+            tds = tpipe.data()
+            if [r.path for r in tds.records] != [r.path for r in ds.records]:
+                raise RuntimeError("teacher and student data sets differ")
+            path = self.work / f"views_{self.size}_from_{tp.name}.npy"
+            if not path.exists():
+                views = view_images(tds, tpipe.cfg, self.rt, self.size)
+                np.save(path.with_suffix(".tmp.npy"), views)
+                path.with_suffix(".tmp.npy").replace(path)
+                self.log(f"cached {tpipe.cfg.feature_views} views per image from {tp.name}")
+            self._teacher = (tpipe, tds, np.load(path))
+        return self._teacher
 
     def run_inputs(self, ds: ImageSet, run: str, train_idx: np.ndarray) -> dict:
         """Extra inputs of one run: cached features, or cached views and the teacher's soft
         targets on them (distillation with the same augmented view for teacher and student)."""
-        tpipe = self.teacher_pipeline()
-        if tpipe is None:
+        if self.p.views_from is None:
             return dict(features=self.features(ds))
-        from lunglens.training.train import cached_teacher_logits, view_images
+        from lunglens.training.train import cached_teacher_logits
 
-        tds = tpipe.data()
-        if [r.path for r in tds.records] != [r.path for r in ds.records]:
-            raise RuntimeError("teacher and student data sets differ")
-        path = self.work / f"views_{self.size}_from_{tpipe.p.name}.npy"
-        if not path.exists():
-            np.save(path.with_suffix(".tmp.npy"), view_images(tds, tpipe.cfg, self.rt, self.size))
-            path.with_suffix(".tmp.npy").replace(path)
-            self.log(f"cached {tpipe.cfg.feature_views} views per image from {tpipe.p.name}")
-        out: dict = dict(views=np.load(path))
+        tpipe, tds, views = self.teacher_views(ds)
+        out: dict = dict(views=views)
         if self.p.teacher:
             tdir = tpipe.work / run
             if not (tdir / "best.pt").exists():
@@ -213,22 +219,6 @@ class Pipeline:
                 teacher, tpipe.cfg.frozen_stages, feats, train_idx
             )
         return out
-
-    def run_cfg(self, run: str) -> TrainConfig:
-        """The training config of one run (``final`` or ``fold<k>``): its live teacher, if any
-        (presets with ``views_from`` distil from cached soft targets instead)."""
-        if self.p.teacher is None or self.p.views_from is not None:
-            return self.cfg
-        from lunglens.training.presets import PRESETS
-
-        teacher = PRESETS[self.p.teacher]
-        tdir = default_workdir(teacher.model_name) / run
-        if not (tdir / "best.pt").exists():
-            raise FileNotFoundError(
-                f"teacher checkpoint {tdir / 'best.pt'} is missing: run "
-                f"'lunglens-train {teacher.name}' first (its CV folds are the teachers)"
-            )
-        return replace(self.cfg, teacher=str(tdir), teacher_arch=teacher.arch)
 
     def features(self, ds: ImageSet) -> np.ndarray | None:
         """The frozen stages' outputs (computed once, cached on disk), if the preset freezes."""
@@ -277,11 +267,9 @@ class Pipeline:
         self.state["val_fold"] = v
         train_idx = self.train_indices(ds, [f for f in range(self.o.folds) if f != v])
         val_idx = ds.folds([v])
-        cfg = self.run_cfg("final")
-        extra = self.run_inputs(ds, "final", train_idx)
-        facts = train_run(
-            ds, train_idx, val_idx, cfg, self.rt, self.work / "final", self.log, **extra
-        )
+        run = self.work / "final"
+        extra = self.run_inputs(ds, "final", train_idx) if not (run / "done.json").exists() else {}
+        facts = train_run(ds, train_idx, val_idx, self.cfg, self.rt, run, self.log, **extra)
         self.state["final"] = {k: v for k, v in facts.items() if k != "history"}
         self.save_state()
 
@@ -358,9 +346,7 @@ class Pipeline:
             extra = (
                 self.run_inputs(ds, key, tr) if not (self.work / key / "done.json").exists() else {}
             )
-            facts = train_run(
-                ds, tr, va, self.run_cfg(key), self.rt, self.work / key, self.log, **extra
-            )
+            facts = train_run(ds, tr, va, self.cfg, self.rt, self.work / key, self.log, **extra)
             model = load_best(self.work / key, self.p.arch, len(ds.classes)).to(self.rt.device)
             pv = predict_probs(model, ds.images[va], self.rt)
             pt = predict_probs(model, ds.images[te], self.rt)
@@ -431,8 +417,7 @@ class Pipeline:
         """Threshold from all folds: the largest threshold whose sensitivity on the pooled
         out-of-fold predictions is >= ``min_sensitivity``; its spread over the folds; the same
         rule for the CT series aggregation on patient groups."""
-        from lunglens.inference.aggregate import aggregate
-        from lunglens.training.metrics import binary_metrics, choose_threshold
+        from lunglens.training.metrics import binary_metrics, choose_threshold, group_scores
 
         got = self.oof(ds)
         if got is None:
@@ -443,11 +428,12 @@ class Pipeline:
         p = probs[:, pos]
         thr = choose_threshold(y, p, self.o.min_sensitivity)
         at = binary_metrics(y, (p >= thr).astype(int), p)
-        where = {int(i): n for n, i in enumerate(idx)}
-        fold_thr = []
-        for te in fold_idx:
-            sel = np.array([where[int(i)] for i in te])
-            fold_thr.append(choose_threshold(y[sel], p[sel], self.o.min_sensitivity))
+        # the pooled arrays are the folds' test predictions concatenated in fold order
+        bounds = np.cumsum([len(te) for te in fold_idx])[:-1]
+        fold_thr = [
+            choose_threshold(yf, pf, self.o.min_sensitivity)
+            for yf, pf in zip(np.split(y, bounds), np.split(p, bounds), strict=True)
+        ]
         op = dict(
             threshold=thr,
             rule=(
@@ -466,20 +452,15 @@ class Pipeline:
             ),
         )
         if self.p.modality == "ct":
-            groups = ds.groups[idx]
-            gy, gp = [], []
-            for g in dict.fromkeys(groups.tolist()):
-                sel = groups == g
-                if len(np.unique(y[sel])) != 1:
-                    continue  # mixed labels: no single truth for the patient
-                gy.append(int(y[sel][0]))
-                gp.append(float(aggregate(probs[sel], pos, SERIES_METHOD, SERIES_K)[pos]))
-            gy_arr, gp_arr = np.array(gy), np.array(gp)
+            labels, gprobs, _, _ = group_scores(
+                ds.labels[idx], probs, ds.groups[idx], pos, SERIES_METHOD, SERIES_K
+            )
+            gy_arr, gp_arr = (labels == pos).astype(int), gprobs[:, pos]
             sthr = choose_threshold(gy_arr, gp_arr, self.o.min_sensitivity)
             sm = binary_metrics(gy_arr, (gp_arr >= sthr).astype(int), gp_arr)
             op["series"] = dict(
                 threshold=sthr,
-                groups=len(gy),
+                groups=len(gy_arr),
                 sensitivity=sm["sensitivity"],
                 specificity=sm["specificity"],
                 auc=sm.get("auc"),

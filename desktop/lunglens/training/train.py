@@ -57,11 +57,8 @@ class TrainConfig:
     #: "onecycle" (warm-up then cosine decay per step: short fine-tunes of pretrained weights,
     #: where a plateau never forms within 3-6 epochs)
     schedule: str = "plateau"
-    #: knowledge distillation (Hinton et al. 2015): a trained teacher's checkpoint folder; the
-    #: loss is (1 - alpha) * label loss + alpha * T^2 * KL(teacher_T || student_T), with the
-    #: teacher fed the same augmented batch as the student
-    teacher: str | None = None
-    teacher_arch: str | None = None
+    #: knowledge distillation (Hinton et al. 2015), when ``train_run`` gets soft targets: the
+    #: loss is (1 - alpha) * label loss + alpha * T^2 * KL(teacher_T || student_T)
     distill_alpha: float = 0.7
     distill_temperature: float = 4.0
     #: pretrained backbones: stem + this many stages stay at their ImageNet weights (BatchNorm
@@ -237,7 +234,6 @@ def train_run(
     model = create_model(cfg.arch, n_classes, pretrained=cfg.pretrained).to(rt.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    teacher = _load_teacher(cfg, n_classes, rt)
     split = SplitModel(model, cfg.frozen_stages) if cfg.frozen_stages else None
     if split is not None:
         if features is None:
@@ -308,12 +304,8 @@ def train_run(
                 loss = F.cross_entropy(
                     logits.float(), y, weight=weights, label_smoothing=cfg.label_smoothing
                 )
-                soft = None
-                if soft_targets is not None:
+                if soft_targets is not None:  # the teacher's logits on the same cached views
                     soft = torch.from_numpy(soft_targets[v_idx, chunk]).to(rt.device)
-                elif teacher is not None:
-                    soft = _teacher_logits(teacher, x)
-                if soft is not None:
                     loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(
                         logits.float(), soft, cfg.distill_temperature
                     )
@@ -433,22 +425,6 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
         reduction="batchmean",
         log_target=True,
     ) * (t * t)
-
-
-def _load_teacher(cfg: TrainConfig, n_classes: int, rt: Runtime) -> nn.Module | None:
-    if not cfg.teacher:
-        return None
-    if not cfg.teacher_arch:
-        raise ValueError("a teacher needs teacher_arch")
-    teacher = load_best(Path(cfg.teacher), cfg.teacher_arch, n_classes).to(rt.device)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher.eval()
-
-
-@torch.no_grad()
-def _teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return teacher(x.contiguous(memory_format=torch.channels_last))
 
 
 def load_best(workdir: Path, arch: str, n_classes: int, device: str = "cpu") -> nn.Module:
