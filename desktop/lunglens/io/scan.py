@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
 from lunglens.preprocess import Window
 
-#: Modalities LungLens knows. "ct" = chest CT slices, "cxr" = chest radiograph (CR/DX/plain image).
-MODALITIES = ("ct", "cxr", "unknown")
+
+class Modality(StrEnum):
+    """What a scan is, as LungLens scores it.
+
+    A :class:`~enum.StrEnum`, so a member equals its value (``Modality.CT == "ct"``) and is
+    written to results files, manifests and JSON as the plain string.
+    """
+
+    CT = "ct"  #: chest CT slices (DICOM Modality (0008,0060) CT, or a CT-like raster)
+    CXR = "cxr"  #: chest radiograph (CR/DX/plain image)
+    UNKNOWN = "unknown"  #: plain raster images carry no modality until the modality check runs
+
+    @property
+    def scored(self) -> bool:
+        """True for the modalities a COVID-19 model exists for (CT and CXR)."""
+        return self in SCORED_MODALITIES
+
+
+#: The modalities with a scoring model, in the order the modality check's outputs use.
+SCORED_MODALITIES: tuple[Modality, ...] = (Modality.CT, Modality.CXR)
+
+#: Every modality value a :class:`Scan` may carry.
+MODALITIES: tuple[Modality, ...] = tuple(Modality)
 
 
 @dataclass
@@ -50,7 +72,7 @@ class Scan:
 
     source: str
     image: np.ndarray
-    modality: str = "unknown"
+    modality: str = Modality.UNKNOWN
     kind: str = "raster"
     raw: np.ndarray | None = None
     window: Window | None = None
@@ -67,6 +89,7 @@ class Scan:
             raise ValueError(f"Scan.image must be [S, H, W], got {self.image.shape}")
         if self.modality not in MODALITIES:
             raise ValueError(f"unknown modality {self.modality!r}")
+        self.modality = Modality(self.modality)
         if not self.slice_paths:
             self.slice_paths = [self.source] * self.image.shape[0]
 
