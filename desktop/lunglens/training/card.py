@@ -361,6 +361,14 @@ def _series_lines(series: dict | None, pos: str) -> list[str]:
     return lines
 
 
+def _kept_float(trial: dict) -> str:
+    """What a quantization trial left in float: op types and the first N Conv layers."""
+    kept = list(trial["kept_float"])
+    if trial.get("float_first_convs"):
+        kept.append(f"first {trial['float_first_convs']} Conv layers")
+    return ", ".join(kept) or "-"
+
+
 def _quantization_trials(q: dict) -> list[str]:
     """The measured candidates when the recipe was chosen by ``search_quantization``."""
     if not q.get("trials"):
@@ -373,7 +381,7 @@ def _quantization_trials(q: dict) -> list[str]:
     ]
     for t in q["trials"]:
         rows.append(
-            f"| {t['calibration_method']} | {', '.join(t['kept_float']) or '-'} | "
+            f"| {t['calibration_method']} | {_kept_float(t)} | "
             f"{_pct(t['agreement'])} | {t['accuracy_change_points']:+.2f} points | "
             f"{t['max_abs_prob_diff']:.3f} | {t['single_image_ms']:.1f} |"
         )
