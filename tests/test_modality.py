@@ -13,9 +13,17 @@ import pytest
 
 from lunglens.batch import Finished, score
 from lunglens.cli import main
-from lunglens.errors import ModelNotFound, ModelRefused
-from lunglens.inference import check_modality, classify_scan, clear_engines
-from lunglens.io import load_scan
+from lunglens.errors import ModalityMismatch, ModelNotFound, ModelRefused
+from lunglens.inference import (
+    ModalityCheck,
+    check_modality,
+    classify_scan,
+    clear_engines,
+    find_mismatch,
+    modality_notes,
+)
+from lunglens.inference.modality import plain_check
+from lunglens.io import Scan, load_scan
 from lunglens.models import (
     default_model_for,
     discover_models,
@@ -213,3 +221,55 @@ def test_shipped_check_routes_the_bundled_plain_samples(shipped: Path) -> None:
         family = path.name.split("-", 1)[0]  # samples are named <modality>-...
         res = classify_scan(load_scan(path), with_cam=False)
         assert get_model(res.model, shipped).modality == family, (path.name, res.notes)
+
+
+def _check(modality: str, confident: bool) -> ModalityCheck:
+    return ModalityCheck(modality, 0.95 if confident else 0.55, confident, "check 1.0")
+
+
+@pytest.mark.parametrize(
+    ("header", "check", "found"),
+    [
+        ("ct", None, None),  # header fits the model
+        ("cxr", None, "cxr"),  # header does not: the header decides, no check needed
+        ("ct", _check("cxr", True), None),  # header fits; the pixels only earn a note
+        ("cxr", _check("ct", True), "cxr"),  # header decides even against the pixels
+        ("unknown", None, None),  # plain image, nothing can tell
+        ("unknown", _check("cxr", False), None),  # an unsure check never raises a mismatch
+        ("unknown", _check("cxr", True), "cxr"),
+        ("unknown", _check("ct", True), None),
+    ],
+)
+def test_one_mismatch_rule(
+    models: Path, header: str, check: ModalityCheck | None, found: str | None
+) -> None:
+    info = get_model("synthetic-ct", models)
+    scan = Scan("s.dcm", np.zeros((1, 32, 32), np.float32), modality=header)
+    mismatch = find_mismatch(scan, info, check)
+    assert (None if mismatch is None else mismatch.modality) == found
+    if mismatch is not None:
+        err = mismatch.error("scans/s.dcm")
+        assert isinstance(err, ModalityMismatch) and err.path == "scans/s.dcm"
+        assert "synthetic-ct is for CT" in str(err) and "--model auto" in str(err)
+        assert "not meaningful" in mismatch.note() and "synthetic-ct" in mismatch.note()
+        # the reason names what said so: the header, or the pixel check and its model
+        assert ("check 1.0" in str(err)) == (header == "unknown")
+
+
+def test_mismatch_is_noted_once(models: Path) -> None:
+    """A DICOM CXR given to the CT model whose pixels also look like an X-ray: one note."""
+    info = get_model("synthetic-ct", models)
+    scan = Scan("s.dcm", np.zeros((1, 32, 32), np.float32), modality="cxr")
+    notes = modality_notes(scan, info, _check("cxr", True))
+    assert len([n for n in notes if "not meaningful" in n]) == 1
+
+
+def test_plain_check_runs_only_for_plain_images(models: Path) -> None:
+    checker = modality_checker(models)
+    assert checker is not None
+    dicom = Scan("s.dcm", np.ones((1, 32, 32), np.float32), modality="ct")
+    plain = Scan("s.png", np.ones((1, 32, 32), np.float32))
+    assert plain_check(checker, dicom) is None
+    assert plain_check(None, plain) is None
+    check = plain_check(checker, plain)
+    assert check is not None and check.modality == "cxr"

@@ -31,11 +31,11 @@ import numpy as np
 from lunglens.batch.events import BatchEvent, Finished, Progress, Row, Started, Summary
 from lunglens.batch.lock import ResultsLock
 from lunglens.batch.results_csv import open_results, utc_now
-from lunglens.errors import LungLensError, ModalityMismatch, ModelNotFound, ScanError
+from lunglens.errors import LungLensError, ModelNotFound, ScanError
 from lunglens.inference.classify import result_from_probs
 from lunglens.inference.engine import Engine, get_engine
 from lunglens.inference.gate import require_chest
-from lunglens.inference.modality import check_with, default_models
+from lunglens.inference.modality import check_with, default_models, find_mismatch, plain_check
 from lunglens.inference.result import ScanResult
 from lunglens.inference.wording import format_threshold, slice_numbers
 from lunglens.io.scan import Scan
@@ -108,22 +108,10 @@ def _decode(
         require_chest(scan, gate_dir)  # not a chest scan: an error row, no score
         if info is None:
             chosen = _route(key, scan, routes or {}, checker)
-        elif scan.modality in ("ct", "cxr") and scan.modality != info.modality:
-            raise ModalityMismatch(
-                key,
-                f"the scan is {scan.modality.upper()} but model {info.name} is for "
-                f"{info.modality.upper()}",
-                "Score it with a model for its modality (--model), or with --model auto.",
-            )
-        elif scan.modality not in ("ct", "cxr") and checker is not None:
-            check = check_with(checker, scan)  # plain image: only the pixels can tell
-            if check is not None and check.confident and check.modality != info.modality:
-                raise ModalityMismatch(
-                    key,
-                    f"plain image that {check.looks_like()} ({check.model}), but model "
-                    f"{info.name} is for {info.modality.upper()}",
-                    "Score it with a model for its modality (--model), or with --model auto.",
-                )
+        else:
+            mismatch = find_mismatch(scan, info, plain_check(checker, scan))
+            if mismatch is not None:
+                raise mismatch.error(key)
         return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0, chosen)
     except Exception as exc:  # a bad file must never stop the run: it becomes an error row
         return _Decoded(key, None, error_text(exc), (time.perf_counter() - start) * 1000.0, chosen)

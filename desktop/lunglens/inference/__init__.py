@@ -5,17 +5,19 @@ from lunglens.inference.aggregate import AGGREGATORS, aggregate, top_slices
 from lunglens.inference.classify import (
     Cancelled,
     classify_scan,
-    decide,
     label_index,
     result_from_probs,
     slice_probabilities,
 )
+from lunglens.inference.decision import decide, decide_classes
 from lunglens.inference.engine import Engine, batches, clear_engines, get_engine, physical_cores
 from lunglens.inference.gate import GateVerdict, check_chest, require_chest
 from lunglens.inference.modality import (
+    Mismatch,
     ModalityCheck,
     check_modality,
     choose_model,
+    find_mismatch,
     modality_notes,
     routing_modality,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "Cancelled",
     "Engine",
     "GateVerdict",
+    "Mismatch",
     "ModalityCheck",
     "ModalityMismatch",
     "ScanResult",
@@ -45,7 +48,9 @@ __all__ = [
     "classify_scan",
     "clear_engines",
     "decide",
+    "decide_classes",
     "decision_words",
+    "find_mismatch",
     "format_prob",
     "format_threshold",
     "get_engine",

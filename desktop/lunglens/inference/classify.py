@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lunglens.inference.aggregate import aggregate, top_slices
+from lunglens.inference.decision import decide
 from lunglens.inference.engine import Engine, batches, get_engine
 from lunglens.inference.gate import require_chest
 from lunglens.inference.modality import check_modality, choose_model, modality_notes
@@ -41,21 +42,6 @@ def label_index(info: ModelInfo, label: str | int | None) -> int:
     if label not in info.labels:
         raise ValueError(f"unknown class {label!r}; model {info.name} has {list(info.labels)}")
     return info.labels.index(label)
-
-
-def decide(probs: np.ndarray, info: ModelInfo, threshold: float | None = None) -> tuple[str, bool]:
-    """Return ``(prediction, flagged)`` for a ``[C]`` probability vector.
-
-    Flagging uses the manifest threshold on the positive class; the prediction agrees with the
-    flag (positive label when flagged, else the most probable other label), so a threshold other
-    than 0.5 never produces a "covid" prediction that is not flagged or vice versa.
-    """
-    pos = info.positive_index
-    flagged = bool(probs[pos] >= (info.threshold if threshold is None else threshold))
-    if flagged:
-        return info.positive_label, True
-    others = [i for i in range(len(info.labels)) if i != pos]
-    return info.labels[max(others, key=lambda i: probs[i])], False
 
 
 def slice_probabilities(
@@ -192,11 +178,6 @@ def classify_scan(
     elif with_cam:
         rep = scan.image[result.representative_slice]
         result.cam = predict_image(engine, rep, ("cam",))["cam"][0].astype(np.float32)
-    result.notes.extend(modality_notes(scan, info, check))
-    if scan.modality in ("ct", "cxr") and scan.modality != info.modality:
-        result.notes.append(
-            f"the scan is {scan.modality.upper()} but model {info.name} was trained on "
-            f"{info.modality.upper()} images; the score is not meaningful"
-        )
+    result.notes.extend(modality_notes(scan, info, check))  # includes a modality mismatch
     result.elapsed_ms = (time.perf_counter() - start) * 1000.0
     return result

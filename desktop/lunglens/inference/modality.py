@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lunglens.errors import ModelNotFound
+from lunglens.errors import ModalityMismatch, ModelNotFound
 from lunglens.inference.engine import get_engine
-from lunglens.io.scan import Scan
+from lunglens.io.scan import SCORED_MODALITIES, Scan
 from lunglens.models.registry import ModelInfo, default_model_for, modality_checker
 from lunglens.preprocess import to_model_input
 
@@ -136,29 +136,113 @@ def default_models(models_dir: str | os.PathLike[str] | None = None) -> dict[str
     return found
 
 
-def modality_notes(scan: Scan, info: ModelInfo, check: ModalityCheck | None) -> list[str]:
-    """What the user must know about modality: how a plain image looks, and disagreements.
+def plain_check(checker: ModelInfo | None, scan: Scan) -> ModalityCheck | None:
+    """The pixel check a mismatch of a plain image needs: ``None`` when the scan's header
+    names a scored modality (the header decides) or when no check is installed."""
+    if scan.modality in SCORED_MODALITIES or checker is None:
+        return None
+    return check_with(checker, scan)
 
-    The header's own disagreement with the model (a DICOM CT scored with an X-ray model) is
-    reported by :func:`lunglens.inference.classify_scan` whether or not the check is installed;
-    these notes add what only the pixels can tell.
+
+#: What to do about a mismatch (batch error rows).
+_MISMATCH_HINT = "Score it with a model for its modality (--model), or with --model auto."
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A scan given to a model for the other modality.
+
+    Attributes
+    ----------
+    modality
+        What the scan is: its DICOM Modality (0008,0060), or for a plain image what the pixel
+        check says.
+    info
+        The model it was given to.
+    check
+        The confident pixel check that found it for a plain image; ``None`` when the header
+        did.
     """
+
+    modality: str
+    info: ModelInfo
+    check: ModalityCheck | None = None
+
+    def note(self) -> str:
+        """The result note (the scan is scored anyway, e.g. in the viewer)."""
+        model, want = self.info.name, self.info.modality.upper()
+        if self.check is None:
+            return (
+                f"the scan is {self.modality.upper()} but model {model} was trained on "
+                f"{want} images; the score is not meaningful"
+            )
+        return (
+            f"the image {self.check.looks_like()}, but model {model} is for {want} scans; "
+            "the score is not meaningful"
+        )
+
+    def error(self, key: str) -> ModalityMismatch:
+        """The typed error naming ``key`` (batch scoring refuses the scan: an error row)."""
+        model, want = self.info.name, self.info.modality.upper()
+        if self.check is None:
+            reason = f"the scan is {self.modality.upper()} but model {model} is for {want}"
+        else:
+            reason = (
+                f"plain image that {self.check.looks_like()} ({self.check.model}), but model "
+                f"{model} is for {want}"
+            )
+        return ModalityMismatch(key, reason, _MISMATCH_HINT)
+
+
+def find_mismatch(scan: Scan, info: ModelInfo, check: ModalityCheck | None) -> Mismatch | None:
+    """The one rule for "this scan is not for this model" (viewer, CLI and batch).
+
+    The DICOM header decides when it names a scored modality (CT, or CR/DX for X-rays); a
+    plain image carries none, so only a *confident* pixel check (``warn_probability`` of its
+    manifest) can tell, and an unsure or missing check never raises a mismatch.
+
+    Parameters
+    ----------
+    scan
+        The loaded scan.
+    info
+        The model chosen for it.
+    check
+        The pixel check of the scan (:func:`check_with`), or ``None`` when it was not run;
+        only used for plain images.
+
+    Returns
+    -------
+    Mismatch or None
+        ``None`` when the scan fits the model (or nothing can tell).
+    """
+    if scan.modality in SCORED_MODALITIES:
+        return None if scan.modality == info.modality else Mismatch(scan.modality, info)
+    if check is not None and check.confident and check.modality != info.modality:
+        return Mismatch(check.modality, info, check)
+    return None
+
+
+def modality_notes(scan: Scan, info: ModelInfo, check: ModalityCheck | None) -> list[str]:
+    """What the user must know about modality: how a plain image looks, the header and the
+    pixels disagreeing, and the scan not fitting the model (:func:`find_mismatch`)."""
     notes = []
-    if scan.modality not in ("ct", "cxr") and check is not None:
+    if scan.modality not in SCORED_MODALITIES and check is not None:
         notes.append(
             f"plain image without modality information; the image {check.looks_like()} "
             f"by {check.model}"
         )
-    if check is None or not check.confident:
-        return notes
-    if scan.modality in ("ct", "cxr") and check.modality != scan.modality:
+    if (
+        scan.modality in SCORED_MODALITIES
+        and check is not None
+        and check.confident
+        and check.modality != scan.modality
+    ):
         notes.append(
             f"the DICOM header says {scan.modality.upper()}, but the image {check.looks_like()}; "
             "check that the file is what it claims to be"
         )
-    elif check.modality != info.modality:
-        notes.append(
-            f"the image {check.looks_like()}, but model {info.name} is for "
-            f"{info.modality.upper()} scans; the score is not meaningful"
-        )
+    mismatch = find_mismatch(scan, info, check)
+    if mismatch is not None:
+        notes.append(mismatch.note())
     return notes

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# the decision rule is the app's own, so metrics are measured as the app decides
+from lunglens.inference.decision import decide_classes as decide
+
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -78,14 +81,6 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray | N
         f1=_div(2 * prec * sens, prec + sens) if tp else (0.0 if fp + fn else float("nan")),
         auc=roc_auc(y_true, score) if score is not None else float("nan"),
     )
-
-
-def decide(probs: np.ndarray, positive: int, threshold: float) -> np.ndarray:
-    """Decision rule: the positive class when its probability >= threshold, else the most
-    probable of the other classes (for two classes: plain thresholding)."""
-    others = probs.copy()
-    others[:, positive] = -1.0
-    return np.where(probs[:, positive] >= threshold, positive, others.argmax(1))
 
 
 def classification_report(
