@@ -43,7 +43,7 @@ import numpy as np
 
 from lunglens.errors import ModelError, ModelRefused, NotChestImage
 from lunglens.inference.engine import Engine, get_engine
-from lunglens.io.dicom_file import CHEST_WORDS
+from lunglens.io.dicom_rules import CHEST_WORDS
 from lunglens.io.scan import Scan
 from lunglens.models.registry import ModelInfo, modality_checker
 from lunglens.preprocess import to_model_input

@@ -1,22 +1,19 @@
-"""Reader for one DICOM file (single- or multi-frame) and the DICOM pixel pipeline.
+"""Reader for one DICOM file (single- or multi-frame): parse, check, decode, display.
 
 Pipeline (docs/architecture.md, "Scan pipeline")::
 
-    decode (pydicom + pylibjpeg plugins; libjpeg directly for retired JPEG processes)
-      -> modality LUT (RescaleSlope/Intercept or Modality LUT Sequence -> HU for CT)
-      -> VOI: CT -> lung window W1500/L-600 unless asked otherwise;
-              X-ray -> the file's VOI LUT, else its Window Center/Width, else 0.5/99.5 percentiles
-      -> MONOCHROME1 inverted *after* VOI -> float32 [0, 1]
+    parse (pydicom, header first) -> Pixel Data present -> modality family (dicom_rules)
+      -> size limits -> decode to modality values (dicom_pixels: transfer syntax, photometric
+         interpretation, modality LUT -> HU for CT)
+      -> VOI and MONOCHROME1 inversion -> float32 [0, 1] (dicom_voi)
 
 The series reader (:mod:`lunglens.io.dicom_series`) reuses :func:`read_values` and
-:func:`to_display` so a folder and a file give identical pixels.
+:func:`~lunglens.io.dicom_voi.to_display` so a folder and a file give identical pixels.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,30 +22,20 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID
 
-from lunglens.errors import (
-    CorruptFile,
-    NoPixelData,
-    ScanError,
-    UnsupportedTransferSyntax,
-)
-from lunglens.io.raster import colourfulness
-from lunglens.io.scan import Scan
-from lunglens.io.sniff import DEFAULT_MAX_PIXELS, check_pixels, check_size, resolve_window
-from lunglens.preprocess import WINDOW_PRESETS, Window
+from lunglens.errors import CorruptFile, NoPixelData
+from lunglens.io.dicom_common import collect_warnings, frame_value, text
+from lunglens.io.dicom_pixels import PIXEL_TAGS, decode_values
+from lunglens.io.dicom_rules import body_part, classify_modality, image_type
+from lunglens.io.dicom_voi import file_window, to_display
 
-#: Modality (0008,0060) values of projection radiography: chest X-ray candidates.
-XRAY_MODALITIES = frozenset({"CR", "DX", "DR", "RG"})
-#: Captures / "other": chest only if the body part or a description says so.
-CAPTURE_MODALITIES = frozenset({"SC", "OT", ""})
-#: Words in BodyPartExamined (0018,0015) or descriptions that mean "chest".
-CHEST_WORDS = ("CHEST", "THORAX", "THORAC", "TORAX", "THORAKS", "LUNG", "PULM", "CXR", "RIBS")
-#: Retired JPEG processes pydicom has no plugin for but libjpeg (pylibjpeg-libjpeg) decodes:
-#: 1.2.840.10008.1.2.4.52-.66 (e.g. .53 spectral selection, .55 full progression, 12-bit).
-_LIBJPEG_FALLBACK = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in range(52, 67) if n != 57)
-_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")  # (7FE0,0010/0008/0009)
+# re-exported: the viewer imports it from here
+from lunglens.io.dicom_voi import percentile_window as percentile_window
+from lunglens.io.key import SourceKey
+from lunglens.io.scan import Scan
+from lunglens.io.sniff import DEFAULT_MAX_PIXELS, check_pixels, check_size
+from lunglens.preprocess import Window
 
 
 @dataclass
@@ -66,20 +53,6 @@ class DicomValues:
     colourfulness: float = 0.0  # of RGB / YBR / palette pixels before the grey conversion
 
 
-@contextmanager
-def _collect_warnings(notes: list[str]) -> Iterator[None]:
-    """Turn pydicom/decoder warnings into (at most three) notes instead of console noise."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    seen: list[str] = []
-    for w in caught:
-        msg = str(w.message).splitlines()[0][:200]
-        if msg not in seen and not issubclass(w.category, (DeprecationWarning, ResourceWarning)):
-            seen.append(msg)
-    notes.extend(f"warning while reading: {m}" for m in seen[:3])
-
-
 def read_dataset(
     path: Path, *, header_only: bool = False, notes: list[str] | None = None
 ) -> Dataset:
@@ -90,7 +63,7 @@ def read_dataset(
     """
     sink: list[str] = [] if notes is None else notes
     try:
-        with _collect_warnings(sink):
+        with collect_warnings(sink):
             return pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
     except InvalidDicomError as exc:
         raise CorruptFile(path, f"not a valid DICOM file ({exc})", "Export it again.") from exc
@@ -120,7 +93,7 @@ def is_truncated(ds: Dataset) -> bool:
 
 def check_pixel_data(ds: Dataset, path: Path) -> None:
     """Raise :class:`NoPixelData` (or :class:`CorruptFile` for a cut file) without pixels."""
-    if any(tag in ds for tag in _PIXEL_TAGS):
+    if any(tag in ds for tag in PIXEL_TAGS):
         return
     if is_truncated(ds) or "Rows" in ds:
         raise CorruptFile(
@@ -137,189 +110,6 @@ def check_pixel_data(ds: Dataset, path: Path) -> None:
     )
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
-def _body_part(ds: Dataset) -> str:
-    """BodyPartExamined (0018,0015), else the Anatomic Region Sequence (0008,2218) meaning."""
-    part = _text(ds, "BodyPartExamined").upper()
-    if part:
-        return part
-    for keyword in ("AnatomicRegionSequence",):
-        seq = ds.get(keyword)
-        if seq:
-            return str(seq[0].get("CodeMeaning", "")).upper()
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        anat = shared[0].get("FrameAnatomySequence")
-        if anat and anat[0].get("AnatomicRegionSequence"):
-            return str(anat[0].AnatomicRegionSequence[0].get("CodeMeaning", "")).upper()
-    return ""
-
-
-def classify_modality(ds: Dataset, path: Path) -> tuple[str, list[str]]:
-    """Map DICOM Modality (0008,0060) and body part to ``"ct"``, ``"cxr"`` or ``"unknown"``.
-
-    This only picks the pixel pipeline (CT: Hounsfield units and the lung window; X-ray: the
-    file's VOI) and the default model family. Whether the scan is a chest scan at all (MR, a
-    BRAIN body part, a CT localizer...) is decided for every scan by
-    :mod:`lunglens.inference.gate`, so the image of a refused file can still be displayed.
-    """
-    notes: list[str] = []
-    modality = _text(ds, "Modality").upper()
-    part = _body_part(ds)
-    descriptions = " ".join(
-        _text(ds, k).upper()
-        for k in ("StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments")
-    )
-    says_chest = any(w in part or w in descriptions for w in CHEST_WORDS)
-    if modality == "CT":
-        return "ct", notes
-    if modality in XRAY_MODALITIES:
-        if not part:
-            notes.append(f"{modality} without a body part; assumed to be a chest X-ray")
-        return "cxr", notes
-    if modality in CAPTURE_MODALITIES:
-        if says_chest:
-            return "cxr", notes
-        notes.append(
-            f"modality {modality or 'missing'} with no body part saying chest: modality unknown, "
-            "check that this is a chest image"
-        )
-    return "unknown", notes
-
-
-def _check_transfer_syntax(ds: Dataset, path: Path) -> UID:
-    """Refuse a Transfer Syntax (0002,0010) no installed decoder handles, before decoding."""
-    from pydicom.pixels.decoders.base import get_decoder
-
-    meta = getattr(ds, "file_meta", None)
-    tsyntax = (
-        UID(str(meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")))
-        if meta
-        else UID("1.2.840.10008.1.2")
-    )
-    name = tsyntax.name if tsyntax.is_transfer_syntax else "unknown"
-    if str(tsyntax) in _LIBJPEG_FALLBACK:
-        try:
-            import libjpeg  # noqa: F401
-        except ImportError:
-            raise UnsupportedTransferSyntax(
-                path,
-                f"transfer syntax {tsyntax} ({name}) needs pylibjpeg-libjpeg",
-                "Install pylibjpeg-libjpeg.",
-            ) from None
-        return tsyntax
-    try:
-        decoder = get_decoder(tsyntax)
-    except NotImplementedError:
-        raise UnsupportedTransferSyntax(
-            path,
-            f"transfer syntax {tsyntax} ({name}) cannot be decoded",
-            "Convert it to an uncompressed or JPEG/JPEG 2000 syntax (e.g. dcmdjpeg, gdcmconv).",
-        ) from None
-    if not decoder.is_available:
-        missing = "; ".join(decoder.missing_dependencies)
-        raise UnsupportedTransferSyntax(
-            path,
-            f"no decoder installed for transfer syntax {tsyntax} ({name})",
-            f"Install a plugin: {missing}",
-        )
-    return tsyntax
-
-
-def _decode_libjpeg(ds: Dataset, n_frames: int) -> np.ndarray:
-    """Decode retired JPEG processes frame by frame with libjpeg (full ISO 10918-1 codec)."""
-    import libjpeg
-    from pydicom.encaps import generate_frames
-
-    frames = [
-        np.asarray(libjpeg.decode(bytes(f)))
-        for f in generate_frames(ds.PixelData, number_of_frames=n_frames)
-    ]
-    arr = np.stack(frames)
-    bits = int(ds.get("BitsStored", 16))
-    if int(ds.get("PixelRepresentation", 0)) == 1 and bits < 32:  # two's complement at BitsStored
-        arr = arr.astype(np.int32)
-        arr = np.where(arr >= 2 ** (bits - 1), arr - 2**bits, arr)
-    return arr
-
-
-def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
-    """Item of a functional group macro for one frame: per-frame first, then shared."""
-    for groups, index in (
-        (ds.get("PerFrameFunctionalGroupsSequence"), frame),
-        (ds.get("SharedFunctionalGroupsSequence"), 0),
-    ):
-        if groups and index < len(groups):
-            seq = groups[index].get(sequence)
-            if seq:
-                item: Dataset = seq[0]
-                return item
-    return None
-
-
-def _frame_value(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any:
-    item = _frame_item(ds, frame, sequence)
-    if item is not None and keyword in item:
-        return item.get(keyword)
-    return ds.get(keyword)
-
-
-def modality_values(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
-    """Apply the modality LUT per frame -> float32 ``[F, H, W]`` (Hounsfield units for CT).
-
-    Enhanced CT keeps RescaleSlope (0028,1053) / RescaleIntercept (0028,1052) in the Pixel
-    Value Transformation Sequence (0028,9145) of the per-frame or shared functional groups, so
-    each frame gets its own; classic images carry them at the top level.
-    """
-    if "ModalityLUTSequence" in ds:  # (0028,3000)
-        return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
-    out = np.empty(pixels.shape, dtype=np.float32)
-    for i in range(pixels.shape[0]):
-        slope = _frame_value(ds, i, "PixelValueTransformationSequence", "RescaleSlope")
-        intercept = _frame_value(ds, i, "PixelValueTransformationSequence", "RescaleIntercept")
-        tmp = Dataset()
-        if slope is not None and intercept is not None:
-            tmp.RescaleSlope = slope
-            tmp.RescaleIntercept = intercept
-        out[i] = apply_modality_lut(pixels[i], tmp)
-    return out
-
-
-def _to_grey_frames(
-    ds: Dataset, arr: np.ndarray, n_frames: int, notes: list[str]
-) -> tuple[np.ndarray, float]:
-    """Shape any decoded array as ``[F, H, W]``; colour (RGB / YBR / palette) -> BT.601 luma.
-
-    Palette colour (PALETTE COLOR, PS3.3 C.7.6.3.1.5) goes through its lookup tables first
-    (``apply_color_lut``). Returns the frames and the colourfulness of the colour pixels (0 for
-    grey images), which the chest-image gate uses to refuse colour photographs.
-    """
-    samples = int(ds.get("SamplesPerPixel", 1))
-    photometric = _text(ds, "PhotometricInterpretation").upper()
-    if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-
-        arr = apply_color_lut(arr, ds)
-        samples = 3
-    colour = 0.0
-    if samples == 3:
-        if arr.ndim == 3:
-            arr = arr[None]
-        scale = 255.0 / max(float(arr.max(initial=0)), 255.0)  # 16-bit palettes: 0..65535
-        colour = colourfulness(arr[arr.shape[0] // 2, ..., :3].astype(np.float32) * scale)
-        notes.append(f"colour image ({photometric}) converted to grey")
-        arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    elif arr.ndim == 2:
-        arr = arr[None]
-    if arr.shape[0] != n_frames:
-        raise CorruptFile(None, f"decoded {arr.shape[0]} frames, header says {n_frames}")
-    return arr, colour
-
-
 def _positions(ds: Dataset, n_frames: int) -> list[float | None]:
     """Position of each frame along the slice normal (mm).
 
@@ -329,8 +119,8 @@ def _positions(ds: Dataset, n_frames: int) -> list[float | None]:
     """
     out: list[float | None] = []
     for i in range(n_frames):
-        ipp = _frame_value(ds, i, "PlanePositionSequence", "ImagePositionPatient")
-        iop = _frame_value(ds, i, "PlaneOrientationSequence", "ImageOrientationPatient")
+        ipp = frame_value(ds, i, "PlanePositionSequence", "ImagePositionPatient")
+        iop = frame_value(ds, i, "PlaneOrientationSequence", "ImageOrientationPatient")
         try:
             o = np.asarray([float(v) for v in iop], dtype=np.float64)
             p = np.asarray([float(v) for v in ipp], dtype=np.float64)
@@ -366,29 +156,14 @@ def read_values(
         raise CorruptFile(path, f"invalid image size {rows}x{cols}x{n_frames}")
     check_pixels(path, rows * cols * n_frames * samples, max_pixels, "the DICOM image")
     check_size(path, rows, cols, "the DICOM image")
-    tsyntax = _check_transfer_syntax(ds, path)
-    try:
-        with _collect_warnings(notes):
-            if str(tsyntax) in _LIBJPEG_FALLBACK:
-                arr = _decode_libjpeg(ds, n_frames)
-                notes.append(f"decoded {tsyntax.name} with libjpeg")
-            else:
-                arr = ds.pixel_array
-            frames, colour = _to_grey_frames(ds, np.asarray(arr), n_frames, notes)
-            values = modality_values(ds, frames) if samples == 1 else frames.astype(np.float32)
-    except ScanError as exc:
-        raise type(exc)(path, exc.reason, exc.hint) from exc
-    except MemoryError as exc:
-        raise CorruptFile(path, "not enough memory to decode the pixel data") from exc
-    except Exception as exc:  # ValueError (short pixel data), RuntimeError (codec), ...
-        raise CorruptFile(
-            path,
-            f"cannot decode the pixel data ({tsyntax.name}); the file is truncated or damaged "
-            f"({type(exc).__name__}: {str(exc)[:200]})",
-            "Export or copy the file again.",
-        ) from exc
-    photometric = _text(ds, "PhotometricInterpretation").upper()
-    labels = [str(path)] if n_frames == 1 else [f"{path}#{i + 1}" for i in range(n_frames)]
+    values, colour = decode_values(ds, path, n_frames, samples, notes)
+    photometric = text(ds, "PhotometricInterpretation").upper()
+    # a frame is named by its 1-based number after the file (lunglens.io.key)
+    labels = (
+        [str(path)]
+        if n_frames == 1
+        else [str(SourceKey(str(path), str(i + 1))) for i in range(n_frames)]
+    )
     return DicomValues(
         path=path,
         ds=ds,
@@ -400,78 +175,6 @@ def read_values(
         notes=notes,
         colourfulness=colour,
     )
-
-
-def _first(value: Any) -> Any:
-    """First item of a multi-valued element (MultiValue / list), or the value itself."""
-    if isinstance(value, (str, bytes)):
-        return value
-    try:
-        return value[0]
-    except (TypeError, IndexError, KeyError):
-        return value
-
-
-def _file_window(ds: Dataset, frame: int = 0) -> tuple[Window | None, str]:
-    """First WindowCenter (0028,1050) / WindowWidth (0028,1051) of the file (or frame)."""
-    center = _frame_value(ds, frame, "FrameVOILUTSequence", "WindowCenter")
-    width = _frame_value(ds, frame, "FrameVOILUTSequence", "WindowWidth")
-    if center is None or width is None:
-        return None, "LINEAR"
-    try:
-        c, w = float(_first(center)), float(_first(width))
-    except (TypeError, ValueError, IndexError):
-        return None, "LINEAR"
-    function = str(_frame_value(ds, frame, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR")
-    return Window(c, w, "file"), function.upper()
-
-
-def percentile_window(values: np.ndarray, low: float = 0.5, high: float = 99.5) -> Window:
-    """Window spanning the 0.5th-99.5th percentile of the values (robust to burnt-in text)."""
-    step = max(1, int(np.sqrt(values.size / 1_000_000)))  # ~1 M samples are plenty
-    sample = values[..., ::step, ::step]
-    lo, hi = (float(v) for v in np.percentile(sample, [low, high]))
-    return Window((lo + hi) / 2.0, max(hi - lo, 1e-6), "percentile")
-
-
-def to_display(
-    values: np.ndarray,
-    ds: Dataset,
-    modality: str,
-    inverted: bool,
-    window: str | Window | None,
-    notes: list[str],
-) -> tuple[np.ndarray, Window | None]:
-    """Modality values -> float32 [0, 1] display image (VOI, then MONOCHROME1 inversion).
-
-    Returns the image and the window used (``None`` when a VOI LUT Sequence was applied).
-    """
-    chosen = resolve_window(window)
-    if modality == "ct":
-        win = chosen or WINDOW_PRESETS["lung"]
-        return win.apply(values, invert=inverted), win
-    if isinstance(window, str):
-        notes.append(f"window preset {window!r} is for CT (Hounsfield units); ignored for X-ray")
-        chosen = None
-    if chosen is not None:
-        return chosen.apply(values, invert=inverted), chosen
-    if "VOILUTSequence" in ds:  # (0028,3010): a lookup table chosen by the modality
-        out = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float32)
-        lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float32)
-        lo, hi = float(lut.min()), float(lut.max())
-        out = np.clip((out - lo) / max(hi - lo, 1.0), 0.0, 1.0)
-        notes.append("VOI LUT Sequence (0028,3010) of the file applied")
-        return (1.0 - out if inverted else out).astype(np.float32), None
-    file_win, function = _file_window(ds)
-    if file_win is not None and file_win.width > 0:
-        if function == "SIGMOID":  # VOI LUT Function (0028,1056), PS3.3 C.11.2.1.3.1
-            z = -4.0 * (values.astype(np.float64) - file_win.center) / file_win.width
-            sig = (1.0 / (1.0 + np.exp(np.clip(z, -60.0, 60.0)))).astype(np.float32)
-            return (1.0 - sig if inverted else sig), file_win
-        return file_win.apply(values, invert=inverted), file_win
-    win = percentile_window(values)
-    notes.append("no VOI in the file: window from the 0.5-99.5 percentiles")
-    return win.apply(values, invert=inverted), win
 
 
 def _fmt(value: Any) -> str:
@@ -490,15 +193,6 @@ def _is_number(v: Any) -> bool:
     return True
 
 
-def _image_type(ds: Dataset) -> str:
-    """Image Type (0008,0008) values joined by backslashes, as DICOM writes them."""
-    value = ds.get("ImageType")
-    if value is None:
-        return ""
-    items = [value] if isinstance(value, str) else list(value)
-    return "\\".join(str(v).strip() for v in items)
-
-
 def collect_metadata(ds: Dataset, window: Window | None, colour: float = 0.0) -> dict[str, str]:
     """Selected attributes as strings (results files copy identifiers only on opt-in).
 
@@ -515,29 +209,29 @@ def collect_metadata(ds: Dataset, window: Window | None, colour: float = 0.0) ->
 
 def _collect_metadata(ds: Dataset, window: Window | None) -> dict[str, str]:
     meta_ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    spacing = _frame_value(ds, 0, "PixelMeasuresSequence", "PixelSpacing")  # (0028,0030)
-    thickness = _frame_value(ds, 0, "PixelMeasuresSequence", "SliceThickness")  # (0018,0050)
-    file_win, _ = _file_window(ds)
+    spacing = frame_value(ds, 0, "PixelMeasuresSequence", "PixelSpacing")  # (0028,0030)
+    thickness = frame_value(ds, 0, "PixelMeasuresSequence", "SliceThickness")  # (0018,0050)
+    file_win, _ = file_window(ds)
     md = {
-        "dicom_modality": _text(ds, "Modality"),  # (0008,0060)
-        "body_part": _body_part(ds),  # (0018,0015)
-        "image_type": _image_type(ds),  # (0008,0008)
-        "study_uid": _text(ds, "StudyInstanceUID"),  # (0020,000D)
-        "series_uid": _text(ds, "SeriesInstanceUID"),  # (0020,000E)
-        "series_description": _text(ds, "SeriesDescription"),  # (0008,103E)
-        "study_description": _text(ds, "StudyDescription"),  # (0008,1030)
-        "sop_class": UID(_text(ds, "SOPClassUID")).name if _text(ds, "SOPClassUID") else "",
+        "dicom_modality": text(ds, "Modality"),  # (0008,0060)
+        "body_part": body_part(ds),  # (0018,0015)
+        "image_type": image_type(ds),  # (0008,0008)
+        "study_uid": text(ds, "StudyInstanceUID"),  # (0020,000D)
+        "series_uid": text(ds, "SeriesInstanceUID"),  # (0020,000E)
+        "series_description": text(ds, "SeriesDescription"),  # (0008,103E)
+        "study_description": text(ds, "StudyDescription"),  # (0008,1030)
+        "sop_class": UID(text(ds, "SOPClassUID")).name if text(ds, "SOPClassUID") else "",
         "pixel_spacing": _fmt(spacing),
         "slice_thickness": _fmt(thickness),
-        "rows": _text(ds, "Rows"),
-        "columns": _text(ds, "Columns"),
-        "frames": _text(ds, "NumberOfFrames") or "1",
-        "manufacturer": _text(ds, "Manufacturer"),  # (0008,0070)
-        "patient_id": _text(ds, "PatientID"),  # (0010,0020)
-        "patient_name": _text(ds, "PatientName"),  # (0010,0010), DICOM PN "Family^Given"
-        "study_date": _text(ds, "StudyDate"),  # (0008,0020), YYYYMMDD
-        "accession_number": _text(ds, "AccessionNumber"),  # (0008,0050)
-        "photometric": _text(ds, "PhotometricInterpretation"),  # (0028,0004)
+        "rows": text(ds, "Rows"),
+        "columns": text(ds, "Columns"),
+        "frames": text(ds, "NumberOfFrames") or "1",
+        "manufacturer": text(ds, "Manufacturer"),  # (0008,0070)
+        "patient_id": text(ds, "PatientID"),  # (0010,0020)
+        "patient_name": text(ds, "PatientName"),  # (0010,0010), DICOM PN "Family^Given"
+        "study_date": text(ds, "StudyDate"),  # (0008,0020), YYYYMMDD
+        "accession_number": text(ds, "AccessionNumber"),  # (0008,0050)
+        "photometric": text(ds, "PhotometricInterpretation"),  # (0028,0004)
         "transfer_syntax": f"{meta_ts} ({UID(str(meta_ts)).name})" if meta_ts else "",
         "file_window": f"W{file_win.width:g}/L{file_win.center:g}" if file_win else "",
         "window": "VOI LUT"

@@ -32,8 +32,8 @@ from lunglens.io.dicom_file import (
     is_truncated,
     read_dataset,
     read_values,
-    to_display,
 )
+from lunglens.io.dicom_voi import to_display
 from lunglens.io.scan import Scan
 from lunglens.io.sniff import (
     DEFAULT_MAX_PIXELS,
