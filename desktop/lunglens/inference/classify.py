@@ -102,6 +102,39 @@ def result_from_probs(
     )
 
 
+def _score_and_explain(
+    scan: Scan,
+    engine: Engine,
+    with_cam: bool,
+    cam_class: str | int | None,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+    batch_size: int,
+) -> ScanResult:
+    """The scoring part of :func:`classify_scan`: every slice, then the representative
+    slice's CAM (for a single image both come from one call)."""
+    info = engine.info
+    single_cam = None
+    if scan.n_slices == 1 and with_cam:  # one call for both outputs: the common case
+        out = predict_image(engine, scan.image[0], ("probs", "cam"))
+        probs, single_cam = out["probs"], out["cam"][0].astype(np.float32)
+        if progress is not None:
+            progress(1, 1)
+    else:
+        probs = slice_probabilities(
+            engine, scan.image, batch_size=batch_size, progress=progress, cancel=cancel
+        )
+    result = result_from_probs(
+        info, scan.source, probs, modality=scan.modality, cam_class=cam_class
+    )
+    if single_cam is not None:
+        result.cam = single_cam
+    elif with_cam:
+        rep = scan.image[result.representative_slice]
+        result.cam = predict_image(engine, rep, ("cam",))["cam"][0].astype(np.float32)
+    return result
+
+
 def classify_scan(
     scan: Scan,
     info: ModelInfo | None = None,
@@ -159,25 +192,9 @@ def classify_scan(
         info = choose_model(scan, check=check)
     label_index(info, cam_class)  # fail fast on a bad label, before any work
     start = time.perf_counter()
-    engine = get_engine(info)
-    single_cam = None
-    if scan.n_slices == 1 and with_cam:  # one call for both outputs: the common case
-        out = predict_image(engine, scan.image[0], ("probs", "cam"))
-        probs, single_cam = out["probs"], out["cam"][0].astype(np.float32)
-        if progress is not None:
-            progress(1, 1)
-    else:
-        probs = slice_probabilities(
-            engine, scan.image, batch_size=batch_size, progress=progress, cancel=cancel
-        )
-    result = result_from_probs(
-        info, scan.source, probs, modality=scan.modality, cam_class=cam_class
+    result = _score_and_explain(
+        scan, get_engine(info), with_cam, cam_class, progress, cancel, batch_size
     )
-    if single_cam is not None:
-        result.cam = single_cam
-    elif with_cam:
-        rep = scan.image[result.representative_slice]
-        result.cam = predict_image(engine, rep, ("cam",))["cam"][0].astype(np.float32)
     result.notes.extend(modality_notes(scan, info, check))  # includes a modality mismatch
     result.elapsed_ms = (time.perf_counter() - start) * 1000.0
     return result

@@ -187,6 +187,87 @@ def _sort_slices(stack: list[tuple[DicomValues, int]], notes: list[str]) -> list
     return sorted(range(len(stack)), key=lambda n: (str(stack[n][0].path), stack[n][1]))
 
 
+def _series_files(
+    folder_or_paths: str | Path | Sequence[Path], source: str | None
+) -> tuple[list[Path], str]:
+    """The files to look at and the scan's name (``source``, else the folder)."""
+    if isinstance(folder_or_paths, (str, Path)):
+        folder = Path(folder_or_paths)
+        files = list_files(folder, recursive=True)
+        if not files:
+            raise UnreadablePath(folder, "the folder is empty", "Choose a folder with DICOM files.")
+        return files, source or str(folder)
+    files = [Path(p) for p in folder_or_paths]
+    folder = files[0].parent if files else Path(".")
+    return files, source or str(folder)
+
+
+def _choose_series(
+    headers: FolderHeaders, n_files: int, name: str, series_uid: str | None, notes: list[str]
+) -> SeriesInfo:
+    """The series to load: ``series_uid``, else the largest (the others are noted)."""
+    series = group_series(headers.images)
+    if not series:
+        if headers.errors and not headers.others:
+            err = headers.errors[0][1]
+            raise type(err)(name, f"no readable DICOM image ({err})")
+        raise UnsupportedFile(
+            name,
+            f"no DICOM images in the folder ({n_files} files, {len(headers.others)} non-DICOM)",
+            "Open a single image file, or score the folder with `lunglens score`.",
+        )
+    if series_uid is not None:
+        picked = [s for s in series if s.uid == series_uid]
+        if not picked:
+            raise UnsupportedFile(name, f"no series with SeriesInstanceUID {series_uid}")
+        chosen = picked[0]
+    else:
+        chosen = series[0]
+    others = [s for s in series if s is not chosen]
+    if others:
+        listed = "; ".join(
+            f"{s.uid} ({s.description or s.modality}, {s.n_files} files)" for s in others[:5]
+        )
+        notes.append(f"{len(others)} other series ignored (loaded the largest): {listed}")
+    return chosen
+
+
+def _series_pixels(chosen: SeriesInfo, headers: FolderHeaders) -> int:
+    """Rows (0028,0010) x Columns (0028,0011) x NumberOfFrames (0028,0008) over the series,
+    from the headers: a bomb is refused before any pixel is decoded."""
+    by_path = dict(headers.images)
+    return sum(
+        int(by_path[p].get("Rows") or 0)
+        * int(by_path[p].get("Columns") or 0)
+        * int(by_path[p].get("NumberOfFrames") or 1)
+        for p in chosen.paths
+    )
+
+
+def _read_slices(paths: list[Path], max_pixels: int, notes: list[str]) -> list[DicomValues]:
+    """Decode the files of a series; a bad slice is skipped with a note (all bad: its error),
+    and slices of another size than most are dropped."""
+    loaded: list[DicomValues] = []
+    first_error: ScanError | None = None
+    for path in paths:
+        try:
+            loaded.append(read_values(path, max_pixels=max_pixels))
+        except ImageTooLarge:
+            raise
+        except ScanError as exc:
+            first_error = first_error or exc
+            notes.append(f"skipped slice: {exc}")
+    if not loaded:
+        assert first_error is not None
+        raise first_error
+    shapes = Counter(dv.values.shape[1:] for dv in loaded)
+    shape = shapes.most_common(1)[0][0]
+    for dv in loaded:
+        if dv.values.shape[1:] != shape:
+            notes.append(f"skipped {dv.path}: size {dv.values.shape[1:]} differs from {shape}")
+    return [dv for dv in loaded if dv.values.shape[1:] == shape]
+
+
 def load_dicom_series(
     folder_or_paths: str | Path | Sequence[Path],
     *,
@@ -216,71 +297,15 @@ def load_dicom_series(
         The series has more pixels than ``max_pixels`` (checked from headers, before decoding).
     """
     notes: list[str] = []
-    if isinstance(folder_or_paths, (str, Path)):
-        folder = Path(folder_or_paths)
-        files = list_files(folder, recursive=True)
-        if not files:
-            raise UnreadablePath(folder, "the folder is empty", "Choose a folder with DICOM files.")
-        name = source or str(folder)
-    else:
-        files = [Path(p) for p in folder_or_paths]
-        folder = files[0].parent if files else Path(".")
-        name = source or str(folder)
+    files, name = _series_files(folder_or_paths, source)
     headers = read_headers(files)
     notes += headers.ignored
     notes += [f"ignored non-DICOM file {p}" for p in headers.others]
     notes += [f"ignored unreadable file: {err}" for _, err in headers.errors]
-    series = group_series(headers.images)
-    if not series:
-        if headers.errors and not headers.others:
-            err = headers.errors[0][1]
-            raise type(err)(name, f"no readable DICOM image ({err})")
-        raise UnsupportedFile(
-            name,
-            f"no DICOM images in the folder ({len(files)} files, {len(headers.others)} non-DICOM)",
-            "Open a single image file, or score the folder with `lunglens score`.",
-        )
-    if series_uid is not None:
-        picked = [s for s in series if s.uid == series_uid]
-        if not picked:
-            raise UnsupportedFile(name, f"no series with SeriesInstanceUID {series_uid}")
-        chosen = picked[0]
-    else:
-        chosen = series[0]
-    others = [s for s in series if s is not chosen]
-    if others:
-        listed = "; ".join(
-            f"{s.uid} ({s.description or s.modality}, {s.n_files} files)" for s in others[:5]
-        )
-        notes.append(f"{len(others)} other series ignored (loaded the largest): {listed}")
-    by_path = dict(headers.images)
-    total = sum(
-        int(by_path[p].get("Rows") or 0)
-        * int(by_path[p].get("Columns") or 0)
-        * int(by_path[p].get("NumberOfFrames") or 1)
-        for p in chosen.paths
-    )
+    chosen = _choose_series(headers, len(files), name, series_uid, notes)
+    total = _series_pixels(chosen, headers)
     check_pixels(name, total, max_pixels, f"the series ({chosen.n_files} files)")
-
-    loaded: list[DicomValues] = []
-    first_error: ScanError | None = None
-    for path in chosen.paths:
-        try:
-            loaded.append(read_values(path, max_pixels=max_pixels))
-        except ImageTooLarge:
-            raise
-        except ScanError as exc:
-            first_error = first_error or exc
-            notes.append(f"skipped slice: {exc}")
-    if not loaded:
-        assert first_error is not None
-        raise first_error
-    shapes = Counter(dv.values.shape[1:] for dv in loaded)
-    shape = shapes.most_common(1)[0][0]
-    for dv in loaded:
-        if dv.values.shape[1:] != shape:
-            notes.append(f"skipped {dv.path}: size {dv.values.shape[1:]} differs from {shape}")
-    loaded = [dv for dv in loaded if dv.values.shape[1:] == shape]
+    loaded = _read_slices(chosen.paths, max_pixels, notes)
     stack = [(dv, i) for dv in loaded for i in range(dv.values.shape[0])]
     order = _sort_slices(stack, notes)
     raw = np.stack([stack[n][0].values[stack[n][1]] for n in order]).astype(np.float32)

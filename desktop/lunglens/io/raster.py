@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from lunglens.errors import CorruptFile, ImageTooLarge, ScanError
-from lunglens.io.scan import Scan
+from lunglens.io.scan import Modality, Scan
 from lunglens.io.sniff import DEFAULT_MAX_PIXELS, check_pixels, check_size
 
 # Pillow's own decompression-bomb limit is LungLens' one limit (it warns above it, which
@@ -169,6 +169,43 @@ def _bomb_pixels(exc: Exception) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _decode_opened(
+    im: Image.Image, path: Path, max_pixels: int, notes: list[str]
+) -> tuple[np.ndarray, dict[str, str], float]:
+    """Check and decode an opened image: the grey pixels, their metadata (format, mode, bit
+    depth) and the colourfulness of colour pixels (0 for grey)."""
+    fmt = im.format or "?"
+    if fmt not in _FORMATS:
+        raise CorruptFile(path, f"{fmt} images are not supported")
+    width, height = im.size
+    check_pixels(path, width * height, max_pixels, "the image")
+    check_size(path, height, width, "the image")
+    n_frames = int(getattr(im, "n_frames", 1))
+    if n_frames > 1:
+        notes.append(f"{n_frames} pages/frames in the file; the first one is used")
+    orientation = im.getexif().get(0x0112, 1)
+    factor = reduce_factor(width, height)
+    if factor > 1 and fmt in ("JPEG", "MPO"):
+        # DCT scaling: decodes at 1/2..1/8 size directly (never the full image)
+        im.draft(im.mode, (-(-width // factor), -(-height // factor)))
+    im.load()
+    shown: Image.Image = im
+    factor = reduce_factor(*im.size)
+    if factor > 1:
+        shown = _reduced(im, factor)
+    if shown.size != (width, height):
+        notes.append(
+            f"large image reduced while decoding ({width}x{height} -> "
+            f"{shown.size[0]}x{shown.size[1]}) to bound memory"
+        )
+    if orientation in _ORIENT:
+        shown = shown.transpose(_ORIENT[orientation])
+        notes.append("rotated according to its EXIF orientation")
+    mode = shown.mode
+    grey, bits, colour = _to_grey(shown, notes)
+    return grey, {"format": fmt, "mode": mode, "bit_depth": bits}, colour
+
+
 def load_raster(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     """Load a PNG/JPEG/TIFF/BMP file as a one-slice :class:`Scan` of modality ``"unknown"``.
 
@@ -192,35 +229,7 @@ def load_raster(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                fmt = im.format or "?"
-                if fmt not in _FORMATS:
-                    raise CorruptFile(path, f"{fmt} images are not supported")
-                width, height = im.size
-                check_pixels(path, width * height, max_pixels, "the image")
-                check_size(path, height, width, "the image")
-                n_frames = int(getattr(im, "n_frames", 1))
-                if n_frames > 1:
-                    notes.append(f"{n_frames} pages/frames in the file; the first one is used")
-                orientation = im.getexif().get(0x0112, 1)
-                factor = reduce_factor(width, height)
-                if factor > 1 and fmt in ("JPEG", "MPO"):
-                    # DCT scaling: decodes at 1/2..1/8 size directly (never the full image)
-                    im.draft(im.mode, (-(-width // factor), -(-height // factor)))
-                im.load()
-                shown: Image.Image = im
-                factor = reduce_factor(*im.size)
-                if factor > 1:
-                    shown = _reduced(im, factor)
-                if shown.size != (width, height):
-                    notes.append(
-                        f"large image reduced while decoding ({width}x{height} -> "
-                        f"{shown.size[0]}x{shown.size[1]}) to bound memory"
-                    )
-                if orientation in _ORIENT:
-                    shown = shown.transpose(_ORIENT[orientation])
-                    notes.append("rotated according to its EXIF orientation")
-                mode = shown.mode
-                grey, bits, colour = _to_grey(shown, notes)
+                grey, decoded, colour = _decode_opened(im, path, max_pixels, notes)
     except ScanError:
         raise
     except Image.DecompressionBombError as exc:
@@ -239,18 +248,18 @@ def load_raster(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     if grey.size == 0:
         raise CorruptFile(path, "the image has no pixels")
     metadata = {
-        "format": fmt,
-        "mode": mode,
+        "format": decoded["format"],
+        "mode": decoded["mode"],
         "rows": str(grey.shape[0]),
         "columns": str(grey.shape[1]),
-        "bit_depth": bits,
+        "bit_depth": decoded["bit_depth"],
     }
     if colour > 0:
         metadata["colourfulness"] = f"{colour:.1f}"
     return Scan(
         source=str(path),
         image=grey,
-        modality="unknown",
+        modality=Modality.UNKNOWN,
         kind="raster",
         metadata=metadata,
         notes=notes,
