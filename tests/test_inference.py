@@ -202,3 +202,20 @@ def test_cam_class_and_cancel(mdir: Path) -> None:
     ev.set()
     with pytest.raises(Cancelled):
         classify_scan(Scan("s", stack, modality="ct"), cancel=ev)
+
+
+def test_one_batching_constant_for_every_caller() -> None:
+    """Viewer/CLI (classify_scan, slice_probabilities) and batch scoring batch model inputs by
+    the same engine constant."""
+    import inspect
+
+    from lunglens.batch import score
+    from lunglens.inference import BATCH_SIZE, batches, slice_probabilities
+
+    for fn in (classify_scan, slice_probabilities, score):
+        assert inspect.signature(fn).parameters["batch_size"].default == BATCH_SIZE, fn
+    assert [s.stop for s in batches(2 * BATCH_SIZE + 1)] == [
+        BATCH_SIZE,
+        2 * BATCH_SIZE,
+        2 * BATCH_SIZE + 1,
+    ]

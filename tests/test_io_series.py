@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from lunglens.errors import CorruptFile
-from lunglens.io import discover_sources, list_series, load_scan, load_source
+from lunglens.io import SourceKey, discover_sources, list_series, load_scan, load_source
 
 DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
 CT = (
@@ -175,3 +175,27 @@ def test_real_data_discovery_is_cheap(shared_data: Path) -> None:
     kinds = {s.kind for s in sources}
     assert kinds == {"dicom", "dicom-series"}
     assert elapsed < 5.0
+
+
+def test_series_key_with_hash_in_the_folder_name(tmp_path: Path) -> None:
+    """Keys are built and split by SourceKey: a folder named ``case#7`` keeps its name and the
+    smaller of two series loads by its UID (the part after the last ``#``)."""
+    folder = tmp_path / "case#7"
+    make_series(folder, 3, seed=5)
+    uid_b, markers_b = make_series(folder, 2, marker0=60, seed=6)
+    sources, _ = discover_sources(folder)
+    src = next(s for s in sources if s.key.endswith(uid_b))
+    assert SourceKey.parse(src.key) == SourceKey(str(folder), uid_b)
+    scan = load_source(src)
+    assert scan.raw is not None and scan.raw[:, 0, 0].tolist() == markers_b
+
+
+def test_multiframe_slices_are_named_by_frame_keys(tmp_path: Path) -> None:
+    enhanced = DICOM / "ct-misc" / "eCT_Supplemental.dcm"
+    if not enhanced.is_file():
+        pytest.skip("multi-frame sample not available")
+    scan = load_scan(enhanced)
+    assert scan.n_slices > 1
+    keys = [SourceKey.parse(p) for p in scan.slice_paths]
+    assert {k.path for k in keys} == {str(enhanced)}
+    assert sorted(int(k.part or 0) for k in keys) == list(range(1, scan.n_slices + 1))

@@ -32,7 +32,7 @@ from lunglens.batch.events import BatchEvent, Finished, Progress, Row, Started, 
 from lunglens.batch.lock import ResultsLock
 from lunglens.batch.results_csv import open_results, utc_now
 from lunglens.errors import LungLensError, ModelNotFound, ScanError
-from lunglens.inference.classify import result_from_probs
+from lunglens.inference.classify import BATCH_SIZE, result_from_probs
 from lunglens.inference.engine import Engine, get_engine
 from lunglens.inference.gate import require_chest
 from lunglens.inference.modality import check_with, default_models, find_mismatch, plain_check
@@ -45,9 +45,6 @@ from lunglens.report.audit import append_audit
 
 #: ``--model auto``: each scan is scored by its modality's default model.
 AUTO = "auto"
-
-#: Slices per onnxruntime call in batch mode.
-BATCH_SIZE = 16
 
 
 @dataclass

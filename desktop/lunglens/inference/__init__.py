@@ -10,7 +10,14 @@ from lunglens.inference.classify import (
     slice_probabilities,
 )
 from lunglens.inference.decision import decide, decide_classes
-from lunglens.inference.engine import Engine, batches, clear_engines, get_engine, physical_cores
+from lunglens.inference.engine import (
+    BATCH_SIZE,
+    Engine,
+    batches,
+    clear_engines,
+    get_engine,
+    physical_cores,
+)
 from lunglens.inference.gate import GateVerdict, check_chest, require_chest
 from lunglens.inference.modality import (
     Mismatch,
@@ -33,6 +40,7 @@ from lunglens.inference.wording import (
 
 __all__ = [
     "AGGREGATORS",
+    "BATCH_SIZE",
     "Cancelled",
     "Engine",
     "GateVerdict",

@@ -10,21 +10,17 @@ import numpy as np
 
 from lunglens.inference.aggregate import aggregate, top_slices
 from lunglens.inference.decision import decide
-from lunglens.inference.engine import Engine, batches, get_engine
+from lunglens.inference.engine import BATCH_SIZE, Engine, batches, get_engine
 from lunglens.inference.gate import require_chest
 from lunglens.inference.modality import check_modality, choose_model, modality_notes
 from lunglens.inference.result import ScanResult
 from lunglens.inference.view import predict_image
-from lunglens.io.scan import Scan
+from lunglens.io.scan import Modality, Scan
 from lunglens.models.registry import ModelInfo
 from lunglens.preprocess import to_model_input
 
 #: ``progress(done_slices, total_slices)``, called after each batch.
 Progress = Callable[[int, int], None]
-
-#: Slices per onnxruntime call: big enough to amortize per-call overhead, small enough that a
-#: 128x128 batch stays a few MB and the progress bar moves.
-BATCH_SIZE = 16
 
 
 class Cancelled(Exception):
@@ -70,7 +66,7 @@ def result_from_probs(
     source: str,
     slice_probs: np.ndarray,
     *,
-    modality: str = "unknown",
+    modality: str = Modality.UNKNOWN,
     cam_class: str | int | None = None,
 ) -> ScanResult:
     """Build a :class:`ScanResult` (without CAM) from per-slice probabilities."""

@@ -264,7 +264,13 @@ def _check_contract(model: onnx.ModelProto, input_name: str, info: ModelInfo) ->
         )
 
 
-def batches(n: int, batch_size: int) -> Iterator[slice]:
+#: Slices per onnxruntime call, for every caller that batches model inputs (viewer, CLI and
+#: batch scoring): big enough to amortize per-call overhead, small enough that a 128x128 batch
+#: stays a few MB and the progress bar moves.
+BATCH_SIZE = 16
+
+
+def batches(n: int, batch_size: int = BATCH_SIZE) -> Iterator[slice]:
     """Slices ``[0:b], [b:2b], ...`` covering ``range(n)`` (the batching helper)."""
     step = max(1, int(batch_size))
     for start in range(0, n, step):

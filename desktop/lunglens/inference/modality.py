@@ -21,11 +21,11 @@ import numpy as np
 
 from lunglens.errors import ModalityMismatch, ModelNotFound
 from lunglens.inference.engine import get_engine
-from lunglens.io.scan import SCORED_MODALITIES, Scan
+from lunglens.io.scan import SCORED_MODALITIES, Modality, Scan
 from lunglens.models.registry import ModelInfo, default_model_for, modality_checker
 from lunglens.preprocess import to_model_input
 
-_NAMES = {"ct": "a CT slice", "cxr": "a chest X-ray"}
+_NAMES: dict[str, str] = {Modality.CT: "a CT slice", Modality.CXR: "a chest X-ray"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ModalityCheck:
     Attributes
     ----------
     modality
-        ``"ct"`` or ``"cxr"``: the more probable of the two.
+        One of :data:`~lunglens.io.SCORED_MODALITIES` (the check's labels): the more probable.
     probability
         Its probability.
     confident
@@ -87,7 +87,7 @@ def check_with(info: ModelInfo, scan: Scan) -> ModalityCheck | None:
 
 def routing_modality(scan: Scan, check: ModalityCheck | None) -> str:
     """The modality used to pick a default model: the header's, else the image check's."""
-    if scan.modality in ("ct", "cxr"):
+    if scan.modality in SCORED_MODALITIES:
         return scan.modality
     return check.modality if check is not None else scan.modality
 
@@ -104,13 +104,9 @@ def choose_model(
     ModelNotFound
         A plain image and no modality check installed, or no model for that modality.
     """
-    if check is None and scan.modality not in ("ct", "cxr"):
+    if check is None and scan.modality not in SCORED_MODALITIES:
         check = check_modality(scan, models_dir)
     return default_model_for(routing_modality(scan, check), models_dir)
-
-
-#: The modalities automatic mode routes scans to (each to its default model).
-MODALITIES = ("ct", "cxr")
 
 
 def default_models(models_dir: str | os.PathLike[str] | None = None) -> dict[str, ModelInfo]:
@@ -122,7 +118,7 @@ def default_models(models_dir: str | os.PathLike[str] | None = None) -> dict[str
         No triage model is installed for any modality.
     """
     found: dict[str, ModelInfo] = {}
-    for modality in MODALITIES:
+    for modality in SCORED_MODALITIES:  # automatic mode routes each to its default model
         try:
             found[modality] = default_model_for(modality, models_dir)
         except ModelNotFound:

@@ -9,6 +9,7 @@ import numpy as np
 
 from lunglens import DISCLAIMER
 from lunglens.inference.wording import headline
+from lunglens.io.scan import Modality
 
 
 @dataclass
@@ -77,8 +78,8 @@ class ScanResult:
     cam_class: str
     cam: np.ndarray | None = None
     elapsed_ms: float = 0.0
-    modality: str = "unknown"
-    model_modality: str = "unknown"
+    modality: str = Modality.UNKNOWN
+    model_modality: str = Modality.UNKNOWN
     notes: list[str] = field(default_factory=list)
     disclaimer: str = DISCLAIMER
 

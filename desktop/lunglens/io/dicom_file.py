@@ -33,7 +33,7 @@ from lunglens.io.dicom_voi import file_window, to_display
 # re-exported: the viewer imports it from here
 from lunglens.io.dicom_voi import percentile_window as percentile_window
 from lunglens.io.key import SourceKey
-from lunglens.io.scan import Scan
+from lunglens.io.scan import Modality, Scan
 from lunglens.io.sniff import DEFAULT_MAX_PIXELS, check_pixels, check_size
 from lunglens.preprocess import Window
 
@@ -45,7 +45,7 @@ class DicomValues:
     path: Path
     ds: Dataset
     values: np.ndarray  # float32 [F, H, W]: HU for CT, stored values after modality LUT else
-    modality: str  # "ct" | "cxr" | "unknown"
+    modality: Modality
     inverted: bool  # MONOCHROME1
     positions: list[float | None]
     labels: list[str]  # one per frame: "file" or "file#n" (1-based frame number)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lunglens.errors import ScanError, UnreadablePath
 from lunglens.io.dicom_series import group_series, list_files, load_dicom_series, read_headers
+from lunglens.io.key import SourceKey
 from lunglens.io.registry import load_scan
 from lunglens.io.scan import Scan
 from lunglens.io.sniff import DEFAULT_MAX_PIXELS, DICOM_EXTENSIONS
@@ -107,9 +108,8 @@ def discover_sources(
                 path = series.paths[0]
                 sources.append(ScanSource(str(path), "dicom", [path]))
             else:
-                sources.append(
-                    ScanSource(f"{folder}#{series.uid}", "dicom-series", sorted(series.paths))
-                )
+                key = str(SourceKey(str(folder), series.uid))
+                sources.append(ScanSource(key, "dicom-series", sorted(series.paths)))
     # unknown content is kept only when the name claims an image; else it is noted as ignored
     kept: list[ScanSource] = []
     for src in sources:
@@ -148,12 +148,11 @@ def load_source(
         As :func:`~lunglens.io.load_scan`; the scorer turns it into an error row.
     """
     if source.kind == "dicom-series":
-        uid = source.key.rsplit("#", 1)[1] if "#" in source.key else None
         return load_dicom_series(
             source.paths,
             window=window,
             max_pixels=max_pixels,
-            series_uid=uid if uid and not uid.startswith("(") else None,
+            series_uid=SourceKey.parse(source.key).series_uid,
             source=source.key,
         )
     return load_scan(source.paths[0], window=window, max_pixels=max_pixels)
