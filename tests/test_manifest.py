@@ -104,7 +104,7 @@ def test_from_dict_refuses_non_objects_and_missing_keys() -> None:
 
 
 def test_read_refuses_missing_and_invalid_files(tmp_path: Path) -> None:
-    with pytest.raises(ModelRefused, match="no manifest.json"):
+    with pytest.raises(ModelRefused, match=r"no manifest\.json"):
         ModelManifest.read(tmp_path / "manifest.json")
     (tmp_path / "manifest.json").write_text("{nope", encoding="utf-8")
     with pytest.raises(ModelRefused, match="not valid JSON"):

@@ -89,7 +89,8 @@ def test_last_checkpoint_resumes_the_run(small, tmp_path: Path) -> None:
     got = resume(again, tmp_path / "last.pt", rt)
     assert got == Progress(1, 0.75, 1, [{"epoch": 0}], 3.0)
     assert all(
-        np.array_equal(a, b) for a, b in zip(_weights(fit.model), _weights(again.model), strict=True)
+        np.array_equal(a, b)
+        for a, b in zip(_weights(fit.model), _weights(again.model), strict=True)
     )
     assert again.opt.state_dict()["state"].keys() == fit.opt.state_dict()["state"].keys()
     best = torch.load(tmp_path / "best.pt", weights_only=False)

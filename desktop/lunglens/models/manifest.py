@@ -120,7 +120,7 @@ class ModelManifest:
         return cls.from_dict(data, path)
 
     @classmethod
-    def from_dict(cls, data: object, source: str | os.PathLike[str] | None = None) -> ModelManifest:
+    def from_dict(cls, data: object, source: str | Path | None = None) -> ModelManifest:
         """Check a parsed manifest and return it as a :class:`ModelManifest`.
 
         Parameters
@@ -138,10 +138,14 @@ class ModelManifest:
             that is not one of ``labels``, or fewer than two labels.
         """
         if not isinstance(data, dict):
-            raise ModelRefused(source, "manifest is not a JSON object", "Reinstall the model folder.")
+            raise ModelRefused(
+                source, "manifest is not a JSON object", "Reinstall the model folder."
+            )
         missing = [k for k in REQUIRED if k not in data]
         if missing:
-            raise ModelRefused(source, f"manifest lacks {', '.join(missing)}", "Reinstall the model.")
+            raise ModelRefused(
+                source, f"manifest lacks {', '.join(missing)}", "Reinstall the model."
+            )
         known = {f.name for f in fields(cls)} - {"extra", "keep_null"}
         try:
             manifest = cls(

@@ -107,7 +107,7 @@ _REWRITE_TEXT = {
 }
 
 
-def _export_line(export: dict) -> list[str]:
+def _export_line(export: Mapping[str, Any]) -> list[str]:
     """How the float graph was written (the rewrites compute the same function)."""
     if not export:
         return []
@@ -125,7 +125,7 @@ def _export_line(export: dict) -> list[str]:
     ]
 
 
-def _exclusion_text(t: dict) -> str:
+def _exclusion_text(t: Mapping[str, Any]) -> str:
     ex = t.get("excluded_from_training") or []
     if not ex:
         return ""
@@ -135,7 +135,7 @@ def _exclusion_text(t: dict) -> str:
     )
 
 
-def _pretrained_text(t: dict) -> str:
+def _pretrained_text(t: Mapping[str, Any]) -> str:
     pre = t.get("pretrained")
     if not pre:
         return "- Pretrained weights: none (trained from scratch)."
@@ -149,7 +149,7 @@ def _pretrained_text(t: dict) -> str:
     return text
 
 
-def _schedule_text(t: dict) -> str:
+def _schedule_text(t: Mapping[str, Any]) -> str:
     cfg = t.get("config") or {}
     epochs = t["epochs_max"]
     if cfg.get("schedule") == "onecycle":
@@ -329,7 +329,7 @@ def _limits_lines(m: ModelManifest) -> list[str]:
     ]
 
 
-def _prep_text(prep: dict) -> str:
+def _prep_text(prep: Mapping[str, Any]) -> str:
     steps = []
     if prep.get("crop") == "body":
         steps.append("cropped to the body's bounding box")
@@ -420,7 +420,7 @@ def _series_lines(series: dict | None, pos: str) -> list[str]:
     return lines
 
 
-def _kept_float(trial: dict) -> str:
+def _kept_float(trial: Mapping[str, Any]) -> str:
     """What a quantization trial left in float: op types and the first N Conv layers."""
     kept = list(trial["kept_float"])
     if trial.get("float_first_convs"):
@@ -428,7 +428,7 @@ def _kept_float(trial: dict) -> str:
     return ", ".join(kept) or "-"
 
 
-def _quantization_trials(q: dict) -> list[str]:
+def _quantization_trials(q: Mapping[str, Any]) -> list[str]:
     """The measured candidates when the recipe was chosen by ``search_quantization``."""
     if not q.get("trials"):
         return []

@@ -551,7 +551,8 @@ class Pipeline:
             rep.pop("confusion", None)
         np.savez(self.work / "oof.npz", idx=idx, probs=probs, labels=y)
         series = None
-        if self.p.modality == Modality.CT:  # CT series are aggregated in the app: check that rule too
+        # CT series are aggregated in the app: check that rule too
+        if self.p.modality == Modality.CT:
             series = self.series_metrics(y, probs, ds.groups[idx], src, ds.classes, shipped)
         return dict(
             scheme=f"group-wise {self.o.folds}-fold CV on the manifest's `fold` column; "
@@ -643,7 +644,8 @@ class Pipeline:
             quantization=self.state["quantization"],
             export=dict(
                 opset=ex["opset"],
-                graph_rewrites=ex.get("graph_rewrites", []),  # a state.json without the key: no rewrites
+                # a state.json without the key: no rewrites
+                graph_rewrites=ex.get("graph_rewrites", []),
                 probs_max_abs_diff_vs_pytorch=ex["probs_max_abs_diff"],
             ),
             metrics=(

@@ -64,8 +64,8 @@ class TrainConfig:
     #: pretrained backbones: stem + this many stages stay at their ImageNet weights (BatchNorm
     #: in eval mode). Their outputs are computed once per image and augmented view
     #: (:func:`frozen_features`) and training runs the later stages only: on 2 CPU cores a full
-    #: fine-tune of Lite0 at 224 px measured 320 ms per image under load, too slow for a 5-fold
-    #: CV inside a session, while the early stages (edges, textures) transfer as they are.
+    #: fine-tune of Lite0 at 224 px takes 320 ms per image under load, over an hour per fold of a
+    #: 5-fold CV, while the early stages (edges, textures) transfer as they are.
     frozen_stages: int = 0
     #: views per image in the frozen-feature cache: the image itself plus augmented copies
     feature_views: int = 4
@@ -429,7 +429,9 @@ def resume(fit: Fit, last: Path, rt: Runtime) -> Progress:
     fit.model.load_state_dict(ck["model"])
     fit.opt.load_state_dict(ck["opt"])
     fit.sched.load_state_dict(ck["sched"])
-    return Progress(ck["epoch"] + 1, ck["best_score"], ck["bad_epochs"], ck["history"], ck["elapsed"])
+    return Progress(
+        ck["epoch"] + 1, ck["best_score"], ck["bad_epochs"], ck["history"], ck["elapsed"]
+    )
 
 
 def train_run(
