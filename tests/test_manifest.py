@@ -135,3 +135,26 @@ def test_one_sha256_for_files_and_bytes(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(data)
     assert sha256_of(tmp_path / "f") == sha256_bytes(data)
     assert sha256_bytes(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_ood_writer_keeps_the_rest_of_the_manifest(tmp_path: Path) -> None:
+    """``lunglens-train ood`` rewrites only the ``ood`` entry: the same entry gives the same file."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from lunglens.training.ood import record_stats
+
+    folder = tmp_path / "modality-check"
+    shutil.copytree(REPO / "models" / "modality-check", folder)
+    text = (folder / "manifest.json").read_text(encoding="utf-8")
+    shipped = ModelManifest.read(folder / "manifest.json")
+    assert shipped.ood is not None
+    record_stats(folder, dict(shipped.ood))
+    assert (folder / "manifest.json").read_text(encoding="utf-8") == text
+    entry = dict(shipped.ood) | {"thresholds": {"ct": 1.0, "cxr": 2.0}}
+    record_stats(folder, entry)
+    info = load_manifest(folder)
+    assert info.spec.ood == entry
+    assert {k: v for k, v in info.manifest.items() if k != "ood"} == {
+        k: v for k, v in json.loads(text).items() if k != "ood"
+    }

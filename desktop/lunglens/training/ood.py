@@ -95,10 +95,15 @@ def run(
             "per_source": _rates(ok, sources),
         },
     }
-    manifest_path = folder / MANIFEST
-    manifest = replace(ModelManifest.read(manifest_path), ood=entry)
-    manifest_path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    record_stats(folder, entry)
     log(f"wrote {folder / STATS_FILE}; held-out acceptance {ok.mean():.4f}")
     for name, r in entry["heldout_acceptance"]["per_dataset"].items():
         log(f"  {name}: {r['accepted']:.4f} of {r['n']}")
     return entry
+
+
+def record_stats(folder: Path, entry: dict[str, Any]) -> None:
+    """Set the ``ood`` entry of ``folder``'s manifest; every other key is written back as read."""
+    path = folder / MANIFEST
+    manifest = replace(ModelManifest.read(path), ood=entry)
+    path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")

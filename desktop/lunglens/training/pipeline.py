@@ -587,13 +587,22 @@ class Pipeline:
         if metrics is not None:
             (self.out / "metrics.json").write_text(_json(metrics))
             write_plots(self.work, self.out, ds, self.positive(ds), self.shipped_threshold())
-        ex = self.state["export"]
+        manifest = self.manifest(ds, metrics, model_path, fp32_path)
+        (self.out / "manifest.json").write_text(_json(manifest.to_dict()))
+        write_card(self.out, manifest, metrics, self.p)
+        self.log(f"wrote {self.out}")
+
+    def manifest(
+        self, ds: ImageSet, metrics: dict | None, model_path: Path, fp32_path: Path
+    ) -> ModelManifest:
+        """The model's manifest from the run's state, its CV metrics and the files shipped."""
         from lunglens.training.export import input_contract
 
+        ex = self.state["export"]
         counts = {str(c): int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
         spec = get_spec(self.p.arch)
         op = self.state.get("operating_point")
-        manifest = ModelManifest(
+        return ModelManifest(
             name=self.p.model_name,
             version=self.o.version,
             architecture=spec.description,
@@ -701,9 +710,6 @@ class Pipeline:
             # written as null until measured (CV pending; cam_in_lungs: CT only)
             keep_null=frozenset({"operating_point", "cam_in_lungs"}),
         )
-        (self.out / "manifest.json").write_text(_json(manifest.to_dict()))
-        write_card(self.out, manifest, metrics, self.p)
-        self.log(f"wrote {self.out}")
 
 
 def default_workdir(name: str) -> Path:
