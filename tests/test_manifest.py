@@ -138,7 +138,7 @@ def test_one_sha256_for_files_and_bytes(tmp_path: Path) -> None:
 
 
 def test_ood_writer_keeps_the_rest_of_the_manifest(tmp_path: Path) -> None:
-    """``lunglens-train ood`` rewrites only the ``ood`` entry: the same entry gives the same file."""
+    """``lunglens-train ood`` rewrites only the ``ood`` entry; the same entry, the same file."""
     pytest.importorskip("onnxruntime")
     import shutil
 
