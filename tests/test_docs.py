@@ -15,7 +15,7 @@ import pytest
 
 from lunglens import cli
 from lunglens.batch import results_csv
-from lunglens.models import registry
+from lunglens.models import manifest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -70,7 +70,7 @@ def test_every_manifest_field_is_documented() -> None:
     # row of "input.name" and the other documentation keys.
     keys = rows | {k.split(".", 1)[0] for k in rows}
     documented = rows | {k.split(".", 1)[1] for k in rows if "." in k}
-    assert [k for k in registry._REQUIRED if k not in keys] == []
+    assert [k for k in manifest.REQUIRED if k not in keys] == []
     manifests = sorted((REPO / "models").glob("*/manifest.json"))
     if not manifests:
         pytest.skip("no model in models/")

@@ -100,6 +100,11 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     assert series["report"]["n"] == series["groups"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "not a diagnosis" in card and manifest["sha256"] in card
+    # the written manifest is the schema's: it loads in the registry and round-trips
+    from lunglens.models import ModelManifest, load_manifest, verify_model
+
+    assert verify_model(load_manifest(out)).spec.to_dict() == manifest
+    assert ModelManifest.read(out / "manifest.json").to_dict() == manifest
     assert "### Per patient" in card
     assert (out / "roc.png").stat().st_size > 1000
 

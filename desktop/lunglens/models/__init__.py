@@ -1,8 +1,9 @@
 """Shipped models: where they are, what they are, and whether they can be trusted."""
 
+from lunglens.models.hashing import sha256_bytes, sha256_of
 from lunglens.models.location import models_dir, resources_dir
+from lunglens.models.manifest import GalleryLayer, ModelManifest
 from lunglens.models.registry import (
-    GalleryLayer,
     ModelInfo,
     default_model_for,
     discover_models,
@@ -10,13 +11,13 @@ from lunglens.models.registry import (
     list_models,
     load_manifest,
     modality_checker,
-    sha256_of,
     verify_model,
 )
 
 __all__ = [
     "GalleryLayer",
     "ModelInfo",
+    "ModelManifest",
     "default_model_for",
     "discover_models",
     "get_model",
@@ -25,6 +26,7 @@ __all__ = [
     "modality_checker",
     "models_dir",
     "resources_dir",
+    "sha256_bytes",
     "sha256_of",
     "verify_model",
 ]

@@ -8,7 +8,6 @@ once before it creates a session.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,39 +17,31 @@ from pathlib import Path
 from typing import Any
 
 from lunglens.errors import ModelError, ModelNotFound, ModelRefused
+from lunglens.io import SCORED_MODALITIES, Modality
+from lunglens.models.hashing import sha256_bytes
 from lunglens.models.location import models_dir as _models_dir
-from lunglens.preprocess import WINDOW_PRESETS, Preprocessing, Window
+from lunglens.models.manifest import MODALITY_CHECK, TRIAGE, GalleryLayer, ModelManifest
+from lunglens.preprocess import Preprocessing, Window
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-#: Manifest ``task`` values.
-TRIAGE = "triage"
-MODALITY_CHECK = "modality-check"
-_REQUIRED = ("name", "version", "modality", "labels", "positive_label", "input", "file", "sha256")
 
 #: Preferred models per modality when several fit and none is marked
 #: ``"default_for_modality": true`` in its manifest (a model folder that is so marked wins).
 #: Otherwise the alphabetically first model of that modality, so adding a model never needs
 #: code changes.
 PREFERRED: dict[str, tuple[str, ...]] = {
-    "ct": ("efficientnet-lite-ct", "squeezenet-light-ct"),
-    "cxr": ("efficientnet-lite-cxr", "squeezenet-light-cxr"),
+    Modality.CT: ("efficientnet-lite-ct", "squeezenet-light-ct"),
+    Modality.CXR: ("efficientnet-lite-cxr", "squeezenet-light-cxr"),
 }
 
 
 @dataclass(frozen=True)
-class GalleryLayer:
-    """One activation output a model exposes for the activation gallery (``act_<k>``)."""
-
-    output: str
-    layer: str
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
 class ModelInfo:
-    """What the app needs to know about one shipped model (parsed ``manifest.json``).
+    """What the app needs to know about one shipped model (a checked ``manifest.json``).
+
+    The fields are parsed from :attr:`spec` once, when the folder is loaded.
 
     Attributes
     ----------
@@ -67,13 +58,14 @@ class ModelInfo:
     threshold
         Operating point: a scan is flagged when its positive probability is >= this.
     sha256
-        Expected hash of ``model.onnx``.
+        Expected hash of ``model.onnx`` (lower case).
     gallery
         Activation outputs available for the gallery.
     path
         The model folder; ``onnx_path`` is the ONNX file inside it.
-    manifest
-        The full parsed manifest (metrics, training, intended use...).
+    spec
+        The manifest as read (:class:`~lunglens.models.manifest.ModelManifest`): metrics,
+        training, intended use...
     """
 
     name: str
@@ -90,7 +82,33 @@ class ModelInfo:
     gallery: tuple[GalleryLayer, ...]
     path: Path
     onnx_path: Path
-    manifest: Mapping[str, Any] = field(repr=False, compare=False)
+    spec: ModelManifest = field(repr=False, compare=False)
+
+    @classmethod
+    def from_manifest(cls, spec: ModelManifest, folder: Path) -> ModelInfo:
+        """The app's view of the checked manifest ``spec`` of the model folder ``folder``."""
+        return cls(
+            name=spec.name,
+            version=spec.version,
+            architecture=spec.architecture or "",
+            modality=spec.modality,
+            labels=spec.labels,
+            positive_label=spec.positive_label,
+            input_size=spec.input_size(),
+            window=spec.window(),
+            preprocessing=spec.preprocessing(),
+            threshold=spec.threshold if spec.threshold is not None else 0.5,
+            sha256=spec.sha256.lower(),
+            gallery=spec.gallery(),
+            path=folder,
+            onnx_path=folder / spec.file,
+            spec=spec,
+        )
+
+    @property
+    def manifest(self) -> Mapping[str, Any]:
+        """The manifest as its JSON object (:meth:`ModelManifest.to_dict`)."""
+        return self.spec.to_dict()
 
     @property
     def positive_index(self) -> int:
@@ -100,35 +118,25 @@ class ModelInfo:
     @property
     def series_aggregation(self) -> tuple[str, int]:
         """``(method, k)`` for CT series, from the manifest (default ``("top_k_mean", 3)``)."""
-        agg = self.manifest.get("series_aggregation") or {}
+        agg = self.spec.series_aggregation or {}
         return str(agg.get("method", "top_k_mean")), int(agg.get("k", 3))
 
     @property
     def series_threshold(self) -> float:
         """Threshold for an aggregated series (``series_aggregation.threshold``, calibrated on
         patient groups), else the slice threshold."""
-        agg = self.manifest.get("series_aggregation") or {}
+        agg = self.spec.series_aggregation or {}
         return float(agg.get("threshold", self.threshold))
 
     @property
     def task(self) -> str:
         """``"triage"`` (COVID-19 models) or ``"modality-check"`` (the CT-vs-X-ray router)."""
-        return str(self.manifest.get("task", TRIAGE))
+        return self.spec.task_or_default()
 
     @property
     def short_hash(self) -> str:
         """First 12 hex digits of the SHA-256, for display."""
         return self.sha256[:12]
-
-
-def _parse_window(raw: Any) -> Window | None:
-    if not raw:
-        return None
-    if isinstance(raw, str):
-        return WINDOW_PRESETS.get(raw)
-    if "center" in raw and "width" in raw:
-        return Window(float(raw["center"]), float(raw["width"]), str(raw.get("name", "custom")))
-    return WINDOW_PRESETS.get(str(raw.get("name", "")))
 
 
 def load_manifest(folder: str | os.PathLike[str]) -> ModelInfo:
@@ -137,65 +145,13 @@ def load_manifest(folder: str | os.PathLike[str]) -> ModelInfo:
     Raises
     ------
     ModelRefused
-        Missing or unreadable manifest, invalid JSON, missing keys, inconsistent labels, or a
-        missing ONNX file.
+        Missing or unreadable manifest, invalid JSON, missing keys, inconsistent labels, a
+        ``file`` outside the folder, or a missing ONNX file.
     """
     folder = Path(folder)
     mpath = folder / MANIFEST
-    try:
-        data = json.loads(mpath.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelRefused(mpath, "no manifest.json in the model folder") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelRefused(
-            mpath, f"manifest is not valid JSON ({exc})", "Reinstall the model folder."
-        ) from exc
-    if not isinstance(data, dict):
-        raise ModelRefused(mpath, "manifest is not a JSON object", "Reinstall the model folder.")
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        raise ModelRefused(mpath, f"manifest lacks {', '.join(missing)}", "Reinstall the model.")
-    try:
-        labels = tuple(str(x) for x in data["labels"])
-        positive = str(data["positive_label"])
-        inp = data["input"]
-        size_raw = inp.get("size") or inp["shape"][-2:]
-        input_size = (int(size_raw[0]), int(size_raw[1]))
-        outputs = data.get("outputs") or {}
-        gallery = tuple(
-            GalleryLayer(
-                str(g["output"]),
-                str(g.get("layer", g["output"])),
-                tuple(int(s) for s in g.get("shape", ())),
-            )
-            for g in outputs.get("gallery", [])
-        )
-        info = ModelInfo(
-            name=str(data["name"]),
-            version=str(data["version"]),
-            architecture=str(data.get("architecture", "")),
-            modality=str(data["modality"]),
-            labels=labels,
-            positive_label=positive,
-            input_size=input_size,
-            window=_parse_window(inp.get("window")),
-            preprocessing=Preprocessing.from_manifest(inp.get("preprocessing")),
-            threshold=float(data.get("threshold", 0.5)),
-            sha256=str(data["sha256"]).lower(),
-            gallery=gallery,
-            path=folder,
-            onnx_path=folder / str(data["file"]),
-            manifest=data,
-        )
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ModelRefused(
-            mpath, f"manifest is malformed ({exc!r})", "Reinstall the model."
-        ) from exc
+    info = ModelInfo.from_manifest(ModelManifest.read(mpath), folder)
     _confine(mpath, folder, info.onnx_path)
-    if positive not in labels:
-        raise ModelRefused(mpath, f"positive_label {positive!r} is not one of {list(labels)}")
-    if len(labels) < 2:
-        raise ModelRefused(mpath, "a model needs at least two labels")
     if not info.onnx_path.is_file():
         raise ModelRefused(info.onnx_path, "model file is missing", "Reinstall the model folder.")
     return info
@@ -327,7 +283,7 @@ def default_model_for(modality: str, models_dir: str | os.PathLike[str] | None =
     """
     models = list_models(models_dir)
     fitting = {m.name: m for m in models if m.modality == modality}
-    marked = sorted(n for n, m in fitting.items() if m.manifest.get("default_for_modality"))
+    marked = sorted(n for n, m in fitting.items() if m.spec.default_for_modality)
     if marked:
         return fitting[marked[0]]
     for name in PREFERRED.get(modality, ()):
@@ -335,7 +291,7 @@ def default_model_for(modality: str, models_dir: str | os.PathLike[str] | None =
             return fitting[name]
     if fitting:
         return fitting[sorted(fitting)[0]]
-    if modality not in ("ct", "cxr"):
+    if modality not in SCORED_MODALITIES:
         raise ModelNotFound(
             None,
             f"the scan's modality is {modality!r}, so no model can be chosen automatically",
@@ -346,15 +302,6 @@ def default_model_for(modality: str, models_dir: str | os.PathLike[str] | None =
         f"no installed model handles {modality!r} scans",
         "Install a model folder or pick one with --model.",
     )
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_verified(info: ModelInfo) -> bytes:
@@ -376,7 +323,7 @@ def read_verified(info: ModelInfo) -> bytes:
             f"model file cannot be read ({exc.strerror})",
             "Reinstall the model folder.",
         ) from exc
-    actual = hashlib.sha256(data).hexdigest()
+    actual = sha256_bytes(data)
     if actual != info.sha256:
         raise ModelRefused(
             info.onnx_path,

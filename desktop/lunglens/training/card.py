@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lunglens.io import Modality
+from lunglens.models.manifest import ModelManifest
+
+if TYPE_CHECKING:
+    from lunglens.training.presets import Preset
+
 # What the data sets' README measured about their sources (../shared/data/README.md).
 _LIMITS = {
-    "ct": [
+    Modality.CT: [
         "- Sources differ in look (`normal-ct-512` is lung-masked on black, `ct-512`/`mosmed` "
         "have a round grey field of view, `sars-cov-2-ct` is cropped to the lungs) and several "
         "hold a single class, so part of what the model learned is the source, not the disease "
@@ -17,7 +25,7 @@ _LIMITS = {
         "patient above only on the slices the data holds per patient (a few to a few dozen), "
         "not on whole CT series of hundreds of slices.",
     ],
-    "cxr": [
+    Modality.CXR: [
         "- Small and imbalanced (782 images; `normal` 89) and source-confounded: each class leans "
         "on one source (see the per-source table), so part of what the model learned is the "
         "source, not the disease. Expect lower accuracy on X-rays from a new hospital.",
@@ -99,7 +107,7 @@ _REWRITE_TEXT = {
 }
 
 
-def _export_line(export: dict) -> list[str]:
+def _export_line(export: Mapping[str, Any]) -> list[str]:
     """How the float graph was written (the rewrites compute the same function)."""
     if not export:
         return []
@@ -117,7 +125,7 @@ def _export_line(export: dict) -> list[str]:
     ]
 
 
-def _exclusion_text(t: dict) -> str:
+def _exclusion_text(t: Mapping[str, Any]) -> str:
     ex = t.get("excluded_from_training") or []
     if not ex:
         return ""
@@ -127,7 +135,7 @@ def _exclusion_text(t: dict) -> str:
     )
 
 
-def _pretrained_text(t: dict) -> str:
+def _pretrained_text(t: Mapping[str, Any]) -> str:
     pre = t.get("pretrained")
     if not pre:
         return "- Pretrained weights: none (trained from scratch)."
@@ -141,7 +149,7 @@ def _pretrained_text(t: dict) -> str:
     return text
 
 
-def _schedule_text(t: dict) -> str:
+def _schedule_text(t: Mapping[str, Any]) -> str:
     cfg = t.get("config") or {}
     epochs = t["epochs_max"]
     if cfg.get("schedule") == "onecycle":
@@ -152,34 +160,61 @@ def _schedule_text(t: dict) -> str:
     )
 
 
-def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
+def write_card(out: Path, manifest: ModelManifest, metrics: dict | None, preset: Preset) -> None:
+    """Write ``out/MODEL_CARD.md`` for a triage model from its manifest and CV metrics.
+
+    ``metrics`` is ``None`` while the cross-validation runs (the card then says so).
+    """
     m = manifest
-    q = m["quantization"]
-    par = q["parity_validation_fold"]
-    t = m["training"]
     lines = [
-        f"# Model card: {m['name']} {m['version']}",
+        *_header_lines(m),
+        *_model_lines(m),
+        *_training_lines(m, preset),
+        *_quantization_lines(m),
+        *_evaluation_lines(m, metrics),
+        *_cam_lines(m.cam_in_lungs),
+        *_limits_lines(m),
+    ]
+    (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+def _header_lines(m: ModelManifest) -> list[str]:
+    t = m.training or {}
+    return [
+        f"# Model card: {m.name} {m.version}",
         "",
         "> **Triage aid only - not a diagnosis.** "
         + ("Fine-tuned from ImageNet weights" if t.get("pretrained") else "Trained from scratch")
         + " on small public research data sets; not validated on scans from any hospital.",
         "",
+    ]
+
+
+def _model_lines(m: ModelManifest) -> list[str]:
+    inp, q = m.input, m.quantization or {}
+    window = inp.get("window")
+    return [
         "## Model",
-        f"- Architecture: {m['architecture']}.",
-        f"- Modality: {m['modality']}; labels {m['labels']}; "
-        f"positive label `{m['positive_label']}`.",
-        f"- Input: `image` float32 [N, 1, {m['input']['size'][0]}, {m['input']['size'][1]}] "
-        "in [0, 1]"
+        f"- Architecture: {m.architecture}.",
+        f"- Modality: {m.modality}; labels {list(m.labels)}; positive label `{m.positive_label}`.",
+        f"- Input: `image` float32 [N, 1, {inp['size'][0]}, {inp['size'][1]}] in [0, 1]"
         + (
-            f", CT {m['input']['window']['name']} window (W {m['input']['window']['width']:.0f} / "
-            f"L {m['input']['window']['center']:.0f}) for DICOM"
-            if m["input"].get("window")
+            f", CT {window['name']} window (W {window['width']:.0f} / "
+            f"L {window['center']:.0f}) for DICOM"
+            if window
             else ""
         )
-        + _prep_text(m["input"].get("preprocessing") or {}),
-        f"- File: `model.onnx`, INT8 ({q['scheme']}), SHA-256 `{m['sha256']}`.",
-        f"- Operating threshold {m['threshold']}: {m['threshold_rule']}.",
+        + _prep_text(inp.get("preprocessing") or {}),
+        f"- File: `model.onnx`, INT8 ({q['scheme']}), SHA-256 `{m.sha256}`.",
+        f"- Operating threshold {m.threshold}: {m.threshold_rule}.",
         "",
+    ]
+
+
+def _training_lines(m: ModelManifest, preset: Preset) -> list[str]:
+    t = m.training or {}
+    final = t["final_model"]
+    return [
         "## Training",
         f"- Data: {t['data']}." + _exclusion_text(t),
         _pretrained_text(t),
@@ -187,13 +222,19 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
         f"{_schedule_text(t)}, label smoothing, class weights; the checkpoint with the best "
         f"validation-fold {t.get('monitor', 'unweighted cross-entropy')} is kept; "
         f"augmentation {t['augmentation']}.",
-        f"- Device: {t['device']}. Final model: {t['final_model'].get('epochs_run')} epochs, best "
-        f"epoch {t['final_model'].get('best_epoch')}, "
-        f"{t['final_model'].get('seconds', 0) / 60:.1f} min; "
+        f"- Device: {t['device']}. Final model: {final.get('epochs_run')} epochs, best "
+        f"epoch {final.get('best_epoch')}, {final.get('seconds', 0) / 60:.1f} min; "
         f"cross-validation {t['cv_seconds'] / 60:.1f} min.",
         "",
+    ]
+
+
+def _quantization_lines(m: ModelManifest) -> list[str]:
+    q = m.quantization or {}
+    par = q["parity_validation_fold"]
+    return [
         "## Quantization",
-        *_export_line(m.get("export") or {}),
+        *_export_line(m.export or {}),
         f"- Calibration: {q['calibration_images']} training images, {q['calibration_method']}. "
         f"INT8 op types: {', '.join(q['quantized_op_types'])}; kept in float: "
         f"{', '.join(q['float_op_types'])} (nodes {', '.join(q['float_nodes']) or 'none'}).",
@@ -203,74 +244,92 @@ def write_card(out: Path, manifest: dict, metrics: dict | None, preset) -> None:
         f"({par['accuracy_change_points']:+.2f} points), max |dp| {par['max_abs_prob_diff']:.3f}.",
         *_quantization_trials(q),
         "",
-        "## Evaluation (group-wise cross-validation)",
     ]
+
+
+def _evaluation_lines(m: ModelManifest, metrics: dict | None) -> list[str]:
+    """Cross-validation at the shipped threshold, per class, per source, per patient."""
+    lines = ["## Evaluation (group-wise cross-validation)"]
     if metrics is None:
-        lines.append("- Pending: cross-validation has not finished.")
-    else:
-        s = metrics["at_shipped_threshold"]
-        pos = m["positive_label"]
-        pc = s["per_class"][pos]
-        lines += [
-            f"- {metrics['scheme']}. Mean over 5 test folds with 95% t-intervals, at the shipped "
-            "threshold:",
-            f"  - accuracy {_ci(s['accuracy'])}, macro-F1 {_ci(s['macro_f1'])}",
-            f"  - `{pos}`: sensitivity {_ci(pc['sensitivity'])}, "
-            f"specificity {_ci(pc['specificity'])}, "
-            f"precision {_ci(pc['precision'])}, F1 {_ci(pc['f1'])}, AUC {_ci(pc['auc'])}",
-            "",
-            "| class | sensitivity | specificity | precision | F1 | AUC |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c, v in s["per_class"].items():
-            lines.append(
-                f"| {c} | {_ci(v['sensitivity'])} | {_ci(v['specificity'])} | "
-                f"{_ci(v['precision'])} | {_ci(v['f1'])} | {_ci(v['auc'])} |"
-            )
-        own = metrics["at_fold_threshold"]
-        lines += [
-            "",
-            f"- With each fold's own validation-chosen threshold (the procedure, not one number): "
-            f"accuracy {_ci(own['accuracy'])}, `{pos}` sensitivity "
-            f"{_ci(own['per_class'][pos]['sensitivity'])}.",
-            "",
-            "### Per source (pooled out-of-fold predictions, shipped threshold)",
-            "",
-            "Within-source AUC of `" + pos + "` (n/a where a source holds one class) is the "
-            "honest test of whether the model sees the disease or the source: near 50% means it "
-            "cannot separate the classes once the source's look is fixed.",
-            "",
-            "| source | n | accuracy | "
-            + " | ".join(f"sens. {c}" for c in m["labels"])
-            + f" | AUC `{pos}` within source |",
-            "|---|---|---|" + "---|" * (len(m["labels"]) + 1),
-        ]
-        for src, r in metrics["per_source"].items():
-            lines.append(
-                f"| {src} | {r['n']} | {_pct(r['accuracy'])} | "
-                + " | ".join(_pct(r["per_class"][c]["sensitivity"]) for c in m["labels"])
-                + f" | {_pct(r['per_class'][pos].get('auc'))} |"
-            )
-        lines += _series_lines(metrics.get("per_patient_series"), pos)
-        lines += _operating_point_lines(m, metrics, pos)
-        lines += ["", "![ROC](roc.png) ![Confusion](confusion.png)"]
-    lines += _cam_lines(m.get("cam_in_lungs"))
-    lines += [
+        return [*lines, "- Pending: cross-validation has not finished."]
+    pos = m.positive_label
+    lines += _summary_lines(metrics, pos)
+    lines += _per_source_lines(metrics, list(m.labels), pos)
+    lines += _series_lines(metrics.get("per_patient_series"), pos)
+    lines += _operating_point_lines(m, metrics, pos)
+    return [*lines, "", "![ROC](roc.png) ![Confusion](confusion.png)"]
+
+
+def _summary_lines(metrics: dict, pos: str) -> list[str]:
+    """Mean over test folds at the shipped threshold, the per-class table, the fold thresholds."""
+    s = metrics["at_shipped_threshold"]
+    pc = s["per_class"][pos]
+    lines = [
+        f"- {metrics['scheme']}. Mean over 5 test folds with 95% t-intervals, at the shipped "
+        "threshold:",
+        f"  - accuracy {_ci(s['accuracy'])}, macro-F1 {_ci(s['macro_f1'])}",
+        f"  - `{pos}`: sensitivity {_ci(pc['sensitivity'])}, "
+        f"specificity {_ci(pc['specificity'])}, "
+        f"precision {_ci(pc['precision'])}, F1 {_ci(pc['f1'])}, AUC {_ci(pc['auc'])}",
+        "",
+        "| class | sensitivity | specificity | precision | F1 | AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c, v in s["per_class"].items():
+        lines.append(
+            f"| {c} | {_ci(v['sensitivity'])} | {_ci(v['specificity'])} | "
+            f"{_ci(v['precision'])} | {_ci(v['f1'])} | {_ci(v['auc'])} |"
+        )
+    own = metrics["at_fold_threshold"]
+    return [
+        *lines,
+        "",
+        f"- With each fold's own validation-chosen threshold (the procedure, not one number): "
+        f"accuracy {_ci(own['accuracy'])}, `{pos}` sensitivity "
+        f"{_ci(own['per_class'][pos]['sensitivity'])}.",
+    ]
+
+
+def _per_source_lines(metrics: dict, labels: list[str], pos: str) -> list[str]:
+    """Pooled out-of-fold results per data source, with the within-source AUC."""
+    lines = [
+        "",
+        "### Per source (pooled out-of-fold predictions, shipped threshold)",
+        "",
+        "Within-source AUC of `" + pos + "` (n/a where a source holds one class) is the "
+        "honest test of whether the model sees the disease or the source: near 50% means it "
+        "cannot separate the classes once the source's look is fixed.",
+        "",
+        "| source | n | accuracy | "
+        + " | ".join(f"sens. {c}" for c in labels)
+        + f" | AUC `{pos}` within source |",
+        "|---|---|---|" + "---|" * (len(labels) + 1),
+    ]
+    for src, r in metrics["per_source"].items():
+        lines.append(
+            f"| {src} | {r['n']} | {_pct(r['accuracy'])} | "
+            + " | ".join(_pct(r["per_class"][c]["sensitivity"]) for c in labels)
+            + f" | {_pct(r['per_class'][pos].get('auc'))} |"
+        )
+    return lines
+
+
+def _limits_lines(m: ModelManifest) -> list[str]:
+    return [
         "",
         "## Limits and what was not tested",
-        *_LIMITS[m["modality"]],
+        *_LIMITS[Modality(m.modality)],
         "- CV metrics are from PyTorch fp32 fold models; the shipped INT8 model's parity was "
         "measured on its validation fold only.",
         "- Not tested: other diseases that look like COVID-19 on imaging beyond those in the data, "
         "children, scanners/protocols outside the public sets.",
         "",
         "## Intended use",
-        f"- {m['intended_use']}",
+        f"- {m.intended_use}",
     ]
-    (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
-def _prep_text(prep: dict) -> str:
+def _prep_text(prep: Mapping[str, Any]) -> str:
     steps = []
     if prep.get("crop") == "body":
         steps.append("cropped to the body's bounding box")
@@ -285,9 +344,9 @@ def _prep_text(prep: dict) -> str:
     )
 
 
-def _operating_point_lines(m: dict, metrics: dict, pos: str) -> list[str]:
+def _operating_point_lines(m: ModelManifest, metrics: dict, pos: str) -> list[str]:
     """Pooled out-of-fold operating point, its spread over folds, the series threshold."""
-    op = m.get("operating_point")
+    op = m.operating_point
     if not op:
         return []
     pooled = metrics.get("pooled_out_of_fold") or {}
@@ -318,7 +377,7 @@ def _operating_point_lines(m: dict, metrics: dict, pos: str) -> list[str]:
     return lines
 
 
-def _cam_lines(cam: dict | None) -> list[str]:
+def _cam_lines(cam: Mapping[str, Any] | None) -> list[str]:
     if not cam:
         return []
     per = ", ".join(f"{k} {_pct(v)}" for k, v in cam["per_source"].items())
@@ -361,7 +420,7 @@ def _series_lines(series: dict | None, pos: str) -> list[str]:
     return lines
 
 
-def _kept_float(trial: dict) -> str:
+def _kept_float(trial: Mapping[str, Any]) -> str:
     """What a quantization trial left in float: op types and the first N Conv layers."""
     kept = list(trial["kept_float"])
     if trial.get("float_first_convs"):
@@ -369,7 +428,7 @@ def _kept_float(trial: dict) -> str:
     return ", ".join(kept) or "-"
 
 
-def _quantization_trials(q: dict) -> list[str]:
+def _quantization_trials(q: Mapping[str, Any]) -> list[str]:
     """The measured candidates when the recipe was chosen by ``search_quantization``."""
     if not q.get("trials"):
         return []

@@ -24,20 +24,24 @@ from pathlib import Path
 
 import numpy as np
 
+from lunglens.io import SCORED_MODALITIES, Modality
+from lunglens.models.hashing import sha256_of
+from lunglens.models.manifest import MODALITY_CHECK, ModelManifest
 from lunglens.training.augment import AugmentConfig
 from lunglens.training.data import ImageSet, Record, load_records, read_manifest
 from lunglens.training.device import setup_runtime
 from lunglens.training.export import export_onnx, input_contract
 from lunglens.training.metrics import classification_report, mean_ci
-from lunglens.training.pipeline import _json, sha256
+from lunglens.training.pipeline import _json
 from lunglens.training.train import TrainConfig, load_best, predict_probs, train_run
 
-NAME = "modality-check"
-CLASSES = ["ct", "cxr"]
+NAME = MODALITY_CHECK
+#: The labels, in the order of the network's outputs (``probs[:, 1]`` is P(X-ray)).
+CLASSES: list[str] = [m.value for m in SCORED_MODALITIES]
 #: data set (under the shared data root) -> modality label
-SETS = {"ct-covid-binary": "ct", "cxr-3class": "cxr"}
+SETS = {"ct-covid-binary": Modality.CT.value, "cxr-3class": Modality.CXR.value}
 #: DICOM Modality (0008,0060) -> label, for the external check
-DICOM_MODALITY = {"CT": "ct", "CR": "cxr", "DX": "cxr"}
+DICOM_MODALITY = {"CT": Modality.CT.value, "CR": Modality.CXR.value, "DX": Modality.CXR.value}
 #: The app warns only when the check is at least this sure (see lunglens.inference.modality).
 WARN_PROBABILITY = 0.9
 
@@ -58,7 +62,7 @@ def config(epochs: int) -> TrainConfig:
     an epoch or two, so AUC cannot tell checkpoints apart, while the app thresholds the
     probability (``warn_probability``) and needs it calibrated. Wide intensity and geometry
     augmentation: DICOM renderings (full field of view, lung window) look unlike the JPEG
-    training sets, and the first run (AUC-monitored, default augmentation) was only 75-85%
+    training sets: monitored on AUC with the default augmentation, the model is only 75-85%
     sure of the real DICOM CT slices."""
     return TrainConfig(
         arch="modality-net",
@@ -169,22 +173,22 @@ def run(
     ext_acc = float(np.mean([r["correct"] for r in external])) if external else math.nan
     log(f"{NAME}: external DICOM check {sum(r['correct'] for r in external)}/{len(external)}")
     counts = {c: int((ds.labels == i).sum()) for i, c in enumerate(CLASSES)}
-    manifest = dict(
+    manifest = ModelManifest(
         name=NAME,
         version=version,
-        task="modality-check",
+        task=MODALITY_CHECK,
         architecture=(
             "ModalityNet: four stride-2 conv+BatchNorm+ReLU blocks (8-16-32-64), global average "
             "pooling, linear; float32 (too small to gain from INT8)"
         ),
         arch=cfg.arch,
         modality="any",
-        labels=CLASSES,
-        positive_label="cxr",
+        labels=tuple(CLASSES),
+        positive_label=Modality.CXR.value,
         input=input_contract(cfg.size),
         outputs=dict(probs="[N, 2] softmax over labels", gallery=export["gallery"]),
         file="model.onnx",
-        sha256=sha256(onnx_path),
+        sha256=sha256_of(onnx_path),
         threshold=0.5,
         warn_probability=WARN_PROBABILITY,
         decision_rule=(
@@ -230,14 +234,14 @@ def run(
             "slice or a chest X-ray. Not a triage model; it says nothing about disease."
         ),
     )
-    (out / "manifest.json").write_text(_json(manifest))
+    (out / "manifest.json").write_text(_json(manifest.to_dict()))
     (out / "MODEL_CARD.md").write_text(card(manifest))
     (workdir / "done.json").write_text(json.dumps({"out": str(out)}))
     return out
 
 
 def _p_true(f: dict) -> float:
-    return f["p_cxr"] if DICOM_MODALITY[f["dicom_modality"]] == "cxr" else 1.0 - f["p_cxr"]
+    return f["p_cxr"] if DICOM_MODALITY[f["dicom_modality"]] == Modality.CXR else 1.0 - f["p_cxr"]
 
 
 def _by_truth(files: list[dict]) -> dict[str, list[dict]]:
@@ -247,20 +251,21 @@ def _by_truth(files: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def card(m: dict) -> str:
-    met, t = m["metrics"], m["training"]
+def card(m: ModelManifest) -> str:
+    """The modality check's ``MODEL_CARD.md`` text, from its manifest."""
+    met, t = m.metrics or {}, m.training or {}
     acc = met["accuracy"]
     lines = [
-        f"# Model card: {m['name']} {m['version']}",
+        f"# Model card: {m.name} {m.version}",
         "",
         "> Routing aid, not a triage model: it tells CT slices from chest X-rays and nothing else.",
         "",
         "## Model",
-        f"- {m['architecture']}.",
+        f"- {m.architecture}.",
         f"- Input `image` float32 [N, 1, {t['resolution']}, {t['resolution']}] in [0, 1], the "
         "whole image stretched; output `probs` over `ct`, `cxr`.",
-        f"- File `model.onnx`, SHA-256 `{m['sha256']}`.",
-        f"- Decision: {m['decision_rule']}.",
+        f"- File `model.onnx`, SHA-256 `{m.sha256}`.",
+        f"- Decision: {m.decision_rule}.",
         "",
         "## Training",
         f"- Data: {t['data']}; trained from scratch (no pretrained weights offline).",
@@ -298,7 +303,7 @@ def card(m: dict) -> str:
         "in charge of model choice except for plain images.",
         "",
         "## Intended use",
-        f"- {m['intended_use']}",
+        f"- {m.intended_use}",
         "",
     ]
     return "\n".join(lines)

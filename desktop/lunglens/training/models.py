@@ -13,7 +13,6 @@ With a pooling + linear head, the class activation map of class ``c`` is
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from lunglens.models.hashing import sha256_of
 
 #: Normalization baked into every exported graph: x in [0, 1] -> (x - MEAN) / STD.
 NORM_MEAN = 0.5
@@ -197,7 +198,7 @@ class PretrainedWeights:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         path = self.path()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_of(path)
         if digest != self.sha256:
             raise RuntimeError(f"{path}: SHA-256 {digest} is not the expected {self.sha256}")
         return torch.load(path, map_location="cpu", weights_only=True)

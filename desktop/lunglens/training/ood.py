@@ -12,10 +12,10 @@ modality-check model or :mod:`lunglens.preprocess` changes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,15 @@ import numpy as np
 
 from lunglens.inference.engine import get_engine
 from lunglens.inference.gate import DESCRIPTOR_VERSION, descriptor, fit_stats
-from lunglens.models.registry import MODALITY_CHECK, load_manifest
+from lunglens.io import Modality
+from lunglens.models.hashing import sha256_bytes
+from lunglens.models.manifest import MODALITY_CHECK, ModelManifest
+from lunglens.models.registry import MANIFEST, load_manifest
 from lunglens.preprocess import to_model_input
 from lunglens.training.data import load_unit_image, read_manifest
 
 #: Data set folder -> modality label of the gate.
-DATASETS = {"ct-covid-binary": "ct", "cxr-3class": "cxr"}
+DATASETS = {"ct-covid-binary": Modality.CT.value, "cxr-3class": Modality.CXR.value}
 STATS_FILE = "ood.npz"
 
 
@@ -78,7 +81,7 @@ def run(
     sources = np.array([f"{d}/{r.source}" for d, r in zip(dataset, records, strict=True)])
     entry: dict[str, Any] = {
         "file": STATS_FILE,
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": sha256_bytes(data),
         "descriptor_version": DESCRIPTOR_VERSION,
         "method": "Mahalanobis distance per modality (shrunk covariance, "
         f"shrink {shrink}) of lunglens.inference.gate.descriptor; threshold = "
@@ -92,11 +95,15 @@ def run(
             "per_source": _rates(ok, sources),
         },
     }
-    manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    manifest["ood"] = entry
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    record_stats(folder, entry)
     log(f"wrote {folder / STATS_FILE}; held-out acceptance {ok.mean():.4f}")
     for name, r in entry["heldout_acceptance"]["per_dataset"].items():
         log(f"  {name}: {r['accepted']:.4f} of {r['n']}")
     return entry
+
+
+def record_stats(folder: Path, entry: dict[str, Any]) -> None:
+    """Set the ``ood`` entry of ``folder``'s manifest; every other key is written back as read."""
+    path = folder / MANIFEST
+    manifest = replace(ModelManifest.read(path), ood=entry)
+    path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -16,7 +16,6 @@ Stages (each skipped when its output exists, so a killed run resumes where it st
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -27,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lunglens.io import Modality
+from lunglens.models.hashing import sha256_of
+from lunglens.models.manifest import ModelManifest
 from lunglens.training.data import ImageSet, load_imageset
 from lunglens.training.device import setup_runtime
 from lunglens.training.models import get_spec
@@ -54,14 +56,6 @@ class PipelineOptions:
     calibration: str | None = None  # None: the preset's (a method name or "auto": search)
     min_sensitivity: float = 0.95
     version: str = "1.0.0"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _json(obj) -> str:
@@ -451,7 +445,7 @@ class Pipeline:
                 sd=float(np.std(fold_thr, ddof=1)),
             ),
         )
-        if self.p.modality == "ct":
+        if self.p.modality == Modality.CT:
             labels, gprobs, _, _ = group_scores(
                 ds.labels[idx], probs, ds.groups[idx], pos, SERIES_METHOD, SERIES_K
             )
@@ -485,7 +479,7 @@ class Pipeline:
         positive class's CAM (ReLU, resized to the image) inside
         :func:`lunglens.preprocess.lung_mask`. CT only (the lung mask is a CT rule).
         """
-        if self.p.modality != "ct" or "cam_in_lungs" in self.state:
+        if self.p.modality != Modality.CT or "cam_in_lungs" in self.state:
             return
         from lunglens.explain.cam import cam_map
         from lunglens.inference.engine import Engine
@@ -557,7 +551,8 @@ class Pipeline:
             rep.pop("confusion", None)
         np.savez(self.work / "oof.npz", idx=idx, probs=probs, labels=y)
         series = None
-        if self.p.modality == "ct":  # CT series are aggregated in the app: check that rule too
+        # CT series are aggregated in the app: check that rule too
+        if self.p.modality == Modality.CT:
             series = self.series_metrics(y, probs, ds.groups[idx], src, ds.classes, shipped)
         return dict(
             scheme=f"group-wise {self.o.folds}-fold CV on the manifest's `fold` column; "
@@ -592,19 +587,28 @@ class Pipeline:
         if metrics is not None:
             (self.out / "metrics.json").write_text(_json(metrics))
             write_plots(self.work, self.out, ds, self.positive(ds), self.shipped_threshold())
-        ex = self.state["export"]
+        manifest = self.manifest(ds, metrics, model_path, fp32_path)
+        (self.out / "manifest.json").write_text(_json(manifest.to_dict()))
+        write_card(self.out, manifest, metrics, self.p)
+        self.log(f"wrote {self.out}")
+
+    def manifest(
+        self, ds: ImageSet, metrics: dict | None, model_path: Path, fp32_path: Path
+    ) -> ModelManifest:
+        """The model's manifest from the run's state, its CV metrics and the files shipped."""
         from lunglens.training.export import input_contract
 
+        ex = self.state["export"]
         counts = {str(c): int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
         spec = get_spec(self.p.arch)
         op = self.state.get("operating_point")
-        manifest = dict(
+        return ModelManifest(
             name=self.p.model_name,
             version=self.o.version,
             architecture=spec.description,
             arch=self.p.arch,
             modality=self.p.modality,
-            labels=ds.classes,
+            labels=tuple(ds.classes),
             positive_label=self.p.positive_label,
             input=input_contract(self.size, self.p.window, self.p.preprocessing, spec.norm),
             default_for_modality=self.p.default_for_modality,
@@ -618,10 +622,10 @@ class Pipeline:
                 gallery=ex["gallery"],
             ),
             file="model.onnx",
-            sha256=sha256(model_path),
+            sha256=sha256_of(model_path),
             reference_fp32=dict(
                 file=fp32_path.name,
-                sha256=sha256(fp32_path),
+                sha256=sha256_of(fp32_path),
                 use="benchmarks and INT8 parity only; the app runs model.onnx",
             ),
             threshold=round(self.shipped_threshold(), 4),
@@ -649,7 +653,8 @@ class Pipeline:
             quantization=self.state["quantization"],
             export=dict(
                 opset=ex["opset"],
-                graph_rewrites=ex.get("graph_rewrites", []),  # [] in states from older runs
+                # a state.json without the key: no rewrites
+                graph_rewrites=ex.get("graph_rewrites", []),
                 probs_max_abs_diff_vs_pytorch=ex["probs_max_abs_diff"],
             ),
             metrics=(
@@ -698,14 +703,13 @@ class Pipeline:
             ),
             intended_use=(
                 "Triage aid for chest "
-                + ("CT slices" if self.p.modality == "ct" else "X-rays")
+                + ("CT slices" if self.p.modality == Modality.CT else "X-rays")
                 + ": ranks scans so a radiologist reviews likely COVID-19 first. Not a diagnosis; "
                 "not validated on data from any hospital; research use."
             ),
+            # written as null until measured (CV pending; cam_in_lungs: CT only)
+            keep_null=frozenset({"operating_point", "cam_in_lungs"}),
         )
-        (self.out / "manifest.json").write_text(_json(manifest))
-        write_card(self.out, manifest, metrics, self.p)
-        self.log(f"wrote {self.out}")
 
 
 def default_workdir(name: str) -> Path:

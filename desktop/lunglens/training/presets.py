@@ -1,6 +1,6 @@
 """Named training recipes: what ``lunglens-train NAME`` reproduces.
 
-``size_cpu`` is the resolution used when no GPU is present (sized for 2 cores inside a session);
+``size_cpu`` is the resolution used when no GPU is present (sized for a 2-core CPU);
 ``size_cuda`` is the published/native resolution used on a CUDA machine by the same command.
 Every field is given by keyword, so a preset reads as what it is.
 """

@@ -8,8 +8,8 @@ A run resumes from ``last.pt`` after a crash.
 The validation score is the macro one-vs-rest ROC AUC by default, not the validation loss: the
 shipped decision threshold is chosen afterwards on the same fold, so what the checkpoint must be
 good at is *ranking*. The unweighted validation loss rewards predicting the class prior, and on
-the imbalanced X-ray set it picked epoch 1 of 5 (measured, session 1). ``min_epochs`` keeps early
-stopping from ending a from-scratch run before it has learned anything.
+the imbalanced X-ray set it picks epoch 1 of 5. ``min_epochs`` keeps early stopping from ending a
+from-scratch run before it has learned anything.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ class TrainConfig:
     #: pretrained backbones: stem + this many stages stay at their ImageNet weights (BatchNorm
     #: in eval mode). Their outputs are computed once per image and augmented view
     #: (:func:`frozen_features`) and training runs the later stages only: on 2 CPU cores a full
-    #: fine-tune of Lite0 at 224 px measured 320 ms per image under load, too slow for a 5-fold
-    #: CV inside a session, while the early stages (edges, textures) transfer as they are.
+    #: fine-tune of Lite0 at 224 px takes 320 ms per image under load, over an hour per fold of a
+    #: 5-fold CV, while the early stages (edges, textures) transfer as they are.
     frozen_stages: int = 0
     #: views per image in the frozen-feature cache: the image itself plus augmented copies
     feature_views: int = 4
@@ -206,6 +206,234 @@ def cached_teacher_logits(
     return out
 
 
+Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+@dataclass
+class Fit:
+    """What one run trains and how: the model, its optimizer, schedule and loss weights.
+
+    Attributes
+    ----------
+    model
+        The network (checkpoints and evaluation use it).
+    net
+        What the training step calls: ``model``, or its DistributedDataParallel wrapper.
+    split
+        The frozen/trainable cut when ``frozen_stages`` > 0 (training then runs ``split.head``
+        on cached features), else ``None``.
+    """
+
+    model: nn.Module
+    net: nn.Module
+    split: SplitModel | None
+    opt: torch.optim.Optimizer
+    sched: Scheduler
+    scaler: torch.amp.GradScaler
+    weights: torch.Tensor
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in ``last.pt`` after every epoch so a run resumes."""
+
+    start_epoch: int = 0
+    best_score: float = -math.inf
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+def build_fit(
+    data: ImageSet,
+    train_idx: np.ndarray,
+    cfg: TrainConfig,
+    rt: Runtime,
+    features: np.ndarray | None = None,
+) -> Fit:
+    """Create the model (seeded), freeze its first stages if asked, and its optimizer/schedule."""
+    torch.manual_seed(cfg.seed)
+    n_classes = len(data.classes)
+    model = create_model(cfg.arch, n_classes, pretrained=cfg.pretrained).to(rt.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    split = SplitModel(model, cfg.frozen_stages) if cfg.frozen_stages else None
+    if split is not None:
+        if features is None:
+            raise ValueError("frozen_stages needs the frozen_features() cache")
+        for m in split.frozen_modules():
+            m.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / rt.world_size / cfg.batch_size))
+    sched: Scheduler
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.15
+        )
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        )
+    scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+    weights = class_weights(data.labels[train_idx], n_classes).to(rt.device)
+    net: nn.Module = model
+    if rt.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        )
+    return Fit(model, net, split, opt, sched, scaler, weights)
+
+
+def _batch_input(
+    data: ImageSet,
+    chunk: np.ndarray,
+    fit: Fit,
+    cfg: TrainConfig,
+    rt: Runtime,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+    features: np.ndarray | None,
+    views: np.ndarray | None,
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The network input for the images ``chunk`` and, for cached inputs, the view of each.
+
+    Cached frozen features (a random view per image), cached augmented views (the teacher's,
+    for distillation), or the images augmented on the fly.
+    """
+    if fit.split is not None:
+        assert features is not None
+        v_idx = rng.integers(0, features.shape[0], len(chunk))
+        x = torch.from_numpy(features[v_idx, chunk].astype(np.float32)).to(rt.device)
+        return x.contiguous(memory_format=torch.channels_last), v_idx
+    if views is not None:
+        v_idx = rng.integers(0, views.shape[0], len(chunk))
+        x = torch.from_numpy(views[v_idx, chunk]).to(rt.device).float().div_(255.0)
+        return x[:, None], v_idx
+    x = augment(to_tensor(data.images[chunk], rt), cfg.augment, gen)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, None
+
+
+def train_one_epoch(
+    fit: Fit,
+    data: ImageSet,
+    train_idx: np.ndarray,
+    epoch: int,
+    cfg: TrainConfig,
+    rt: Runtime,
+    gen: torch.Generator,
+    features: np.ndarray | None = None,
+    views: np.ndarray | None = None,
+    soft_targets: np.ndarray | None = None,
+) -> float:
+    """One pass over this rank's share of ``train_idx`` in a seeded order; the mean loss.
+
+    The one-cycle schedule steps per batch; the plateau schedule steps on the validation score
+    (in :func:`train_run`).
+    """
+    fit.net.train()
+    if fit.split is not None:  # frozen BatchNorm keeps its ImageNet statistics
+        for m in fit.split.frozen_modules():
+            m.eval()
+    rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+    order = train_idx[rng.permutation(len(train_idx))]
+    order = order[rt.rank :: rt.world_size]
+    total, seen = 0.0, 0
+    for chunk in _batches(order, cfg.batch_size):
+        if len(chunk) < 2:
+            continue  # BatchNorm needs more than one sample
+        y = torch.from_numpy(data.labels[chunk]).to(rt.device)
+        x, v_idx = _batch_input(data, chunk, fit, cfg, rt, rng, gen, features, views)
+        with rt.autocast():
+            logits = fit.split.head(x) if fit.split is not None else fit.net(x)
+            loss = F.cross_entropy(
+                logits.float(), y, weight=fit.weights, label_smoothing=cfg.label_smoothing
+            )
+            if soft_targets is not None:  # the teacher's logits on the same cached views
+                soft = torch.from_numpy(soft_targets[v_idx, chunk]).to(rt.device)
+                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(
+                    logits.float(), soft, cfg.distill_temperature
+                )
+        fit.opt.zero_grad(set_to_none=True)
+        fit.scaler.scale(loss).backward()
+        fit.scaler.step(fit.opt)
+        fit.scaler.update()
+        if cfg.schedule == "onecycle" and fit.sched.last_epoch + 1 < fit.sched.total_steps:  # type: ignore[union-attr]
+            fit.sched.step()  # type: ignore[call-arg]
+        total += float(loss.detach()) * len(chunk)
+        seen += len(chunk)
+    return total / max(seen, 1)
+
+
+def evaluate(
+    fit: Fit,
+    data: ImageSet,
+    val_idx: np.ndarray,
+    cfg: TrainConfig,
+    rt: Runtime,
+    features: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Validation loss (unweighted NLL), accuracy (argmax) and macro one-vs-rest ROC AUC."""
+    if fit.split is not None:
+        assert features is not None
+        probs = _head_probs(fit.split, features[0, val_idx], rt)
+    else:
+        probs = predict_probs(fit.model, data.images[val_idx], rt, channels_last=cfg.channels_last)
+    y_val = data.labels[val_idx]
+    val_loss = float(
+        F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-7)), torch.from_numpy(y_val))
+    )
+    return dict(
+        val_loss=val_loss,
+        val_acc=float((probs.argmax(1) == y_val).mean()),
+        val_auc=macro_auc(y_val, probs),
+    )
+
+
+def save_best(fit: Fit, data: ImageSet, cfg: TrainConfig, epoch: int, workdir: Path) -> None:
+    """``best.pt``: the weights of the best epoch so far, with the config and class names."""
+    torch.save(
+        {
+            "model": fit.model.state_dict(),
+            "epoch": epoch,
+            "cfg": asdict(cfg),
+            "classes": data.classes,
+        },
+        workdir / "best.pt",
+    )
+
+
+def save_last(fit: Fit, progress: Progress, epoch: int, last: Path) -> None:
+    """``last.pt``: everything :func:`resume` needs, replaced atomically."""
+    torch.save(
+        {
+            "model": fit.model.state_dict(),
+            "opt": fit.opt.state_dict(),
+            "sched": fit.sched.state_dict(),
+            "epoch": epoch,
+            "best_score": progress.best_score,
+            "bad_epochs": progress.bad_epochs,
+            "history": progress.history,
+            "elapsed": progress.elapsed,
+        },
+        last.with_suffix(".tmp"),
+    )
+    last.with_suffix(".tmp").replace(last)
+
+
+def resume(fit: Fit, last: Path, rt: Runtime) -> Progress:
+    """Load ``last.pt`` into ``fit``; the progress to continue from."""
+    ck = torch.load(last, map_location=rt.device, weights_only=False)
+    fit.model.load_state_dict(ck["model"])
+    fit.opt.load_state_dict(ck["opt"])
+    fit.sched.load_state_dict(ck["sched"])
+    return Progress(
+        ck["epoch"] + 1, ck["best_score"], ck["bad_epochs"], ck["history"], ck["elapsed"]
+    )
+
+
 def train_run(
     data: ImageSet,
     train_idx: np.ndarray,
@@ -229,177 +457,67 @@ def train_run(
     if done.exists():
         log(f"[{workdir.name}] already trained, skipping")
         return json.loads(done.read_text())
-    torch.manual_seed(cfg.seed)
-    n_classes = len(data.classes)
-    model = create_model(cfg.arch, n_classes, pretrained=cfg.pretrained).to(rt.device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    split = SplitModel(model, cfg.frozen_stages) if cfg.frozen_stages else None
-    if split is not None:
-        if features is None:
-            raise ValueError("frozen_stages needs the frozen_features() cache")
-        for m in split.frozen_modules():
-            m.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / rt.world_size / cfg.batch_size))
-    sched: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.15
-        )
-    else:
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
-        )
-    scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
-    weights = class_weights(data.labels[train_idx], n_classes).to(rt.device)
-    history: list[dict] = []
-    start_epoch, best_score, bad_epochs, elapsed = 0, -math.inf, 0, 0.0
+    fit = build_fit(data, train_idx, cfg, rt, features)
+    progress = Progress()
     last = workdir / "last.pt"
     if last.exists():
-        ck = torch.load(last, map_location=rt.device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        start_epoch, best_score, bad_epochs = ck["epoch"] + 1, ck["best_score"], ck["bad_epochs"]
-        history, elapsed = ck["history"], ck["elapsed"]
-        log(f"[{workdir.name}] resumed at epoch {start_epoch}")
-    ddp_model: nn.Module = model
-    if rt.distributed:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
-        )
+        progress = resume(fit, last, rt)
+        log(f"[{workdir.name}] resumed at epoch {progress.start_epoch}")
     gen = torch.Generator().manual_seed(cfg.seed)
-    y_val = data.labels[val_idx]
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(progress.start_epoch, cfg.epochs):
         t0 = time.time()
-        ddp_model.train()
-        if split is not None:  # frozen BatchNorm keeps its ImageNet statistics
-            for m in split.frozen_modules():
-                m.eval()
-        rng = np.random.default_rng(cfg.seed * 1000 + epoch)
-        order = train_idx[rng.permutation(len(train_idx))]
-        order = order[rt.rank :: rt.world_size]
-        total, seen = 0.0, 0
-        for chunk in _batches(order, cfg.batch_size):
-            if len(chunk) < 2:
-                continue  # BatchNorm needs more than one sample
-            y = torch.from_numpy(data.labels[chunk]).to(rt.device)
-            if split is not None:
-                assert features is not None
-                views = rng.integers(0, features.shape[0], len(chunk))
-                x = torch.from_numpy(features[views, chunk].astype(np.float32)).to(rt.device)
-                x = x.contiguous(memory_format=torch.channels_last)
-            elif views is not None:  # cached augmented views (the teacher's, for distillation)
-                v_idx = rng.integers(0, views.shape[0], len(chunk))
-                x = torch.from_numpy(views[v_idx, chunk]).to(rt.device).float().div_(255.0)
-                x = x[:, None]
-            else:
-                x = augment(to_tensor(data.images[chunk], rt), cfg.augment, gen)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-            with rt.autocast():
-                logits = split.head(x) if split is not None else ddp_model(x)
-                loss = F.cross_entropy(
-                    logits.float(), y, weight=weights, label_smoothing=cfg.label_smoothing
-                )
-                if soft_targets is not None:  # the teacher's logits on the same cached views
-                    soft = torch.from_numpy(soft_targets[v_idx, chunk]).to(rt.device)
-                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(
-                        logits.float(), soft, cfg.distill_temperature
-                    )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if cfg.schedule == "onecycle" and sched.last_epoch + 1 < sched.total_steps:  # type: ignore[union-attr]
-                sched.step()  # type: ignore[call-arg]
-            total += float(loss.detach()) * len(chunk)
-            seen += len(chunk)
-        train_loss = total / max(seen, 1)
-        if split is not None:
-            assert features is not None
-            probs = _head_probs(split, features[0, val_idx], rt)
-        else:
-            probs = predict_probs(model, data.images[val_idx], rt, channels_last=cfg.channels_last)
-        val_loss = float(
-            F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-7)), torch.from_numpy(y_val))
+        train_loss = train_one_epoch(
+            fit, data, train_idx, epoch, cfg, rt, gen, features, views, soft_targets
         )
-        val_acc = float((probs.argmax(1) == y_val).mean())
-        val_auc = macro_auc(y_val, probs)
-        score = _score(cfg, val_loss, val_auc)
+        val = evaluate(fit, data, val_idx, cfg, rt, features)
+        score = _score(cfg, val["val_loss"], val["val_auc"])
         if cfg.schedule != "onecycle":
-            sched.step(score)  # type: ignore[arg-type]
+            fit.sched.step(score)  # type: ignore[arg-type]
         dt = time.time() - t0
-        elapsed += dt
-        history.append(
-            dict(
-                epoch=epoch,
-                train_loss=train_loss,
-                val_loss=val_loss,
-                val_acc=val_acc,
-                val_auc=val_auc,
-                score=score,
-                lr=opt.param_groups[0]["lr"],
-                seconds=dt,
-            )
+        progress.elapsed += dt
+        lr = fit.opt.param_groups[0]["lr"]
+        progress.history.append(
+            dict(epoch=epoch, train_loss=train_loss, **val, score=score, lr=lr, seconds=dt)
         )
-        improved = score > best_score + 1e-4
+        improved = score > progress.best_score + 1e-4
         if improved:
-            best_score, bad_epochs = score, 0
+            progress.best_score, progress.bad_epochs = score, 0
             if rt.is_main:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "epoch": epoch,
-                        "cfg": asdict(cfg),
-                        "classes": data.classes,
-                    },
-                    workdir / "best.pt",
-                )
+                save_best(fit, data, cfg, epoch, workdir)
         else:
-            bad_epochs += 1
+            progress.bad_epochs += 1
         log(
             f"[{workdir.name}] epoch {epoch + 1}/{cfg.epochs} train_loss {train_loss:.4f} "
-            f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} val_auc {val_auc:.4f} "
-            f"lr {opt.param_groups[0]['lr']:.1e} "
-            f"{dt:.0f}s{' *' if improved else ''}"
+            f"val_loss {val['val_loss']:.4f} val_acc {val['val_acc']:.4f} "
+            f"val_auc {val['val_auc']:.4f} lr {lr:.1e} {dt:.0f}s{' *' if improved else ''}"
         )
         if rt.is_main:
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
-                    "epoch": epoch,
-                    "best_score": best_score,
-                    "bad_epochs": bad_epochs,
-                    "history": history,
-                    "elapsed": elapsed,
-                },
-                last.with_suffix(".tmp"),
-            )
-            last.with_suffix(".tmp").replace(last)
-        if bad_epochs >= cfg.patience and cfg.min_epochs <= epoch + 1 < cfg.epochs:
+            save_last(fit, progress, epoch, last)
+        if progress.bad_epochs >= cfg.patience and cfg.min_epochs <= epoch + 1 < cfg.epochs:
             log(f"[{workdir.name}] early stop after epoch {epoch + 1}")
             break
-    best_epoch = int(np.argmax([h["score"] for h in history])) if history else -1
-    facts = dict(
-        best_epoch=best_epoch + 1,
-        epochs_run=len(history),
-        seconds=elapsed,
-        best_val_loss=history[best_epoch]["val_loss"] if history else math.nan,
-        best_val_auc=history[best_epoch]["val_auc"] if history else math.nan,
-        monitor=cfg.monitor,
-        history=history,
-        n_train=len(train_idx),
-        n_val=len(val_idx),
-    )
+    facts = _run_facts(progress, cfg, len(train_idx), len(val_idx))
     if rt.is_main:
         (workdir / "history.json").write_text(json.dumps(facts, indent=1))
         done.write_text(json.dumps(facts))
     return facts
+
+
+def _run_facts(progress: Progress, cfg: TrainConfig, n_train: int, n_val: int) -> dict:
+    """What ``done.json`` records: the best epoch (1-based), its validation loss and AUC, time."""
+    history = progress.history
+    best_epoch = int(np.argmax([h["score"] for h in history])) if history else -1
+    return dict(
+        best_epoch=best_epoch + 1,
+        epochs_run=len(history),
+        seconds=progress.elapsed,
+        best_val_loss=history[best_epoch]["val_loss"] if history else math.nan,
+        best_val_auc=history[best_epoch]["val_auc"] if history else math.nan,
+        monitor=cfg.monitor,
+        history=history,
+        n_train=n_train,
+        n_val=n_val,
+    )
 
 
 @torch.no_grad()

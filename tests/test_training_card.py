@@ -1,0 +1,63 @@
+"""Model cards: the card writers reproduce the shipped cards from the shipped manifests.
+
+The shipped EfficientNet-Lite cards and manifests were written together by ``lunglens-train``,
+so rewriting a card from its manifest and ``metrics.json`` must give the same text byte for
+byte; a change in a section writer shows up as a diff against a real card.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lunglens.models import ModelManifest
+from lunglens.training.card import write_card
+from lunglens.training.presets import PRESETS
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def _shipped(name: str) -> tuple[ModelManifest, dict]:
+    data = json.loads((MODELS / name / "manifest.json").read_text(encoding="utf-8"))
+    # the pipeline holds the augmentation as dataclasses.asdict(AugmentConfig): scale is a tuple
+    aug = data["training"]["augmentation"]
+    aug["scale"] = tuple(aug["scale"])
+    metrics = json.loads((MODELS / name / "metrics.json").read_text(encoding="utf-8"))
+    return ModelManifest.from_dict(data), metrics
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite-ct", "efficientnet-lite-cxr"])
+def test_card_matches_the_shipped_card(name: str, tmp_path: Path) -> None:
+    manifest, metrics = _shipped(name)
+    assert manifest.training is not None
+    write_card(tmp_path, manifest, metrics, PRESETS[manifest.training["preset"]])
+    shipped = (MODELS / name / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8") == shipped
+
+
+def test_card_while_cross_validation_runs(tmp_path: Path) -> None:
+    """Without CV metrics the card says the evaluation is pending and keeps every other section."""
+    manifest, _ = _shipped("efficientnet-lite-ct")
+    assert manifest.training is not None
+    write_card(tmp_path, manifest, None, PRESETS[manifest.training["preset"]])
+    text = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "- Pending: cross-validation has not finished." in text
+    assert "### Per source" not in text and "![ROC]" not in text
+    for section in ("## Model", "## Training", "## Quantization", "## Where the model looks"):
+        assert section in text
+    assert text.endswith(f"- {manifest.intended_use}\n")
+
+
+def test_modality_check_card_matches_the_shipped_card() -> None:
+    """The generated part of the modality check's card; the shipped card adds a hand-written
+    section on the chest-image gate before "Intended use"."""
+    pytest.importorskip("torch")
+    from lunglens.training.modality import card
+
+    folder = MODELS / "modality-check"
+    shipped = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+    head, gate = shipped.split("## Chest-image gate", 1)
+    expected = head + "## Intended use" + gate.split("## Intended use", 1)[1]
+    assert card(ModelManifest.read(folder / "manifest.json")) == expected

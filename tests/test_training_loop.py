@@ -1,0 +1,129 @@
+"""The pieces of one training run (``lunglens.training.train``): epoch, evaluation, checkpoints.
+
+Needs the ``train`` extra (torch) and ../shared/data; runs in CI with ``-m slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.train,
+    pytest.mark.skipif(not (DATA / "ct-covid-binary").is_dir(), reason="../shared/data missing"),
+]
+
+
+@pytest.fixture(scope="module")
+def small():
+    from lunglens.training.data import load_imageset
+    from lunglens.training.device import setup_runtime
+    from lunglens.training.train import TrainConfig
+
+    ds = load_imageset(DATA / "ct-covid-binary" / "manifest.csv", 32, limit=12)
+    cfg = TrainConfig(size=32, epochs=2, batch_size=4)
+    idx = np.arange(len(ds.labels))
+    return ds, cfg, setup_runtime("cpu"), idx[:8], idx[8:]
+
+
+def _weights(model) -> list[np.ndarray]:
+    return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
+
+
+def test_one_epoch_is_seeded_and_changes_the_weights(small) -> None:
+    from lunglens.training.train import build_fit, train_one_epoch
+
+    ds, cfg, rt, tr, _ = small
+    runs = []
+    for _ in range(2):
+        fit = build_fit(ds, tr, cfg, rt)
+        before = _weights(fit.model)
+        loss = train_one_epoch(fit, ds, tr, 0, cfg, rt, torch.Generator().manual_seed(0))
+        runs.append((loss, before, _weights(fit.model)))
+    (loss_a, before, after_a), (loss_b, _, after_b) = runs
+    assert math.isfinite(loss_a) and loss_a == loss_b
+    assert all(np.array_equal(a, b) for a, b in zip(after_a, after_b, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after_a, strict=True))
+
+
+def test_evaluate_scores_the_model_probabilities(small) -> None:
+    from lunglens.training.metrics import macro_auc
+    from lunglens.training.train import build_fit, evaluate, predict_probs
+
+    ds, cfg, rt, tr, va = small
+    fit = build_fit(ds, tr, cfg, rt)
+    got = evaluate(fit, ds, va, cfg, rt)
+    probs = predict_probs(fit.model, ds.images[va], rt)
+    y = ds.labels[va]
+    assert got["val_acc"] == pytest.approx(float((probs.argmax(1) == y).mean()))
+    assert got["val_loss"] == pytest.approx(-np.log(probs[np.arange(len(y)), y]).mean(), rel=1e-5)
+    auc = macro_auc(y, probs)
+    assert (math.isnan(got["val_auc"]) and math.isnan(auc)) or got["val_auc"] == pytest.approx(auc)
+
+
+def test_last_checkpoint_resumes_the_run(small, tmp_path: Path) -> None:
+    from lunglens.training.train import (
+        Progress,
+        build_fit,
+        resume,
+        save_best,
+        save_last,
+        train_one_epoch,
+    )
+
+    ds, cfg, rt, tr, _ = small
+    fit = build_fit(ds, tr, cfg, rt)
+    train_one_epoch(fit, ds, tr, 0, cfg, rt, torch.Generator().manual_seed(0))
+    progress = Progress(best_score=0.75, bad_epochs=1, history=[{"epoch": 0}], elapsed=3.0)
+    save_last(fit, progress, 0, tmp_path / "last.pt")
+    save_best(fit, ds, cfg, 0, tmp_path)
+    again = build_fit(ds, tr, cfg, rt)
+    got = resume(again, tmp_path / "last.pt", rt)
+    assert got == Progress(1, 0.75, 1, [{"epoch": 0}], 3.0)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(_weights(fit.model), _weights(again.model), strict=True)
+    )
+    assert again.opt.state_dict()["state"].keys() == fit.opt.state_dict()["state"].keys()
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["classes"] == ds.classes and best["cfg"]["size"] == 32
+
+
+def test_run_records_history_in_order(small, tmp_path: Path) -> None:
+    from lunglens.training.train import train_run
+
+    ds, cfg, rt, tr, va = small
+    facts = train_run(ds, tr, va, cfg, rt, tmp_path / "run", log=lambda m: None)
+    assert list(facts) == [
+        "best_epoch",
+        "epochs_run",
+        "seconds",
+        "best_val_loss",
+        "best_val_auc",
+        "monitor",
+        "history",
+        "n_train",
+        "n_val",
+    ]
+    assert list(facts["history"][0]) == [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_acc",
+        "val_auc",
+        "score",
+        "lr",
+        "seconds",
+    ]
+    assert facts["epochs_run"] == 2 and (facts["n_train"], facts["n_val"]) == (8, 4)
+    best = max(facts["history"], key=lambda h: h["score"])
+    assert facts["best_epoch"] == best["epoch"] + 1 and facts["best_val_loss"] == best["val_loss"]
+    assert (tmp_path / "run" / "done.json").read_text() == json.dumps(facts)
