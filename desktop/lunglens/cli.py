@@ -151,7 +151,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from lunglens.explain import cam_map, overlay, save_png
     from lunglens.inference import classify_scan, require_chest
     from lunglens.io import load_scan
-    from lunglens.report.audit import append_audit
+    from lunglens.audit import append_audit
 
     try:
         scan = load_scan(args.file)

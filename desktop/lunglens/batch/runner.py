@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lunglens.audit import append_audit
 from lunglens.batch.events import BatchEvent, Finished, Progress, Row, Started, Summary
 from lunglens.batch.lock import ResultsLock
 from lunglens.batch.results_csv import open_results, utc_now
@@ -41,7 +42,6 @@ from lunglens.inference.wording import format_threshold, slice_numbers
 from lunglens.io.scan import Scan
 from lunglens.models.registry import ModelInfo, modality_checker
 from lunglens.preprocess import to_model_input
-from lunglens.report.audit import append_audit
 
 #: ``--model auto``: each scan is scored by its modality's default model.
 AUTO = "auto"

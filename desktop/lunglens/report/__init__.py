@@ -1,16 +1,14 @@
-"""Reports: the batch summary (``results.html``), one-scan PDFs and the audit log.
+"""Reports: the batch summary (``results.html``) and one-scan PDFs.
 
-``scan_pdf`` is imported lazily (it pulls in the PDF backend), so ``import lunglens.report`` stays
-cheap for the batch runner, which only needs the audit log.
+Both are imported lazily (they pull in matplotlib), so ``import lunglens.report`` stays cheap.
+The audit log is :mod:`lunglens.audit`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lunglens.report.audit import append_audit, audit_path, data_dir
-
-__all__ = ["append_audit", "audit_path", "data_dir", "scan_pdf", "write_html_report"]
+__all__ = ["scan_pdf", "write_html_report"]
 
 
 def __getattr__(name: str) -> Any:
