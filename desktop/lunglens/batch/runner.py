@@ -31,7 +31,7 @@ import numpy as np
 from lunglens.audit import append_audit
 from lunglens.batch.events import BatchEvent, Finished, Progress, Row, Started, Summary
 from lunglens.batch.lock import ResultsLock
-from lunglens.batch.results_csv import open_results, utc_now
+from lunglens.batch.results_csv import error_code, open_results, utc_now
 from lunglens.errors import LungLensError, ModelNotFound, ScanError
 from lunglens.inference.classify import result_from_probs
 from lunglens.inference.engine import Engine, get_engine
@@ -351,7 +351,7 @@ def score(
                 counts["flagged"] += row["flagged"] == "true"
             else:
                 counts["errors"] += 1
-                codes[row["error"].split(":", 1)[0]] += 1
+                codes[error_code(row["error"])] += 1
             yield Row(row)
             elapsed = time.perf_counter() - t0
             rate = counts["done"] / elapsed if elapsed > 0 else 0.0
