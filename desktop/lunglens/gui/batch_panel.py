@@ -37,13 +37,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lunglens.audit import data_dir
 from lunglens.batch import Finished, Progress, Row, Started, read_rows, score
 from lunglens.gui.classify_panel import AUTO, AUTO_TEXT
 from lunglens.gui.workers import Worker, WorkerPool
 from lunglens.inference import format_prob
 from lunglens.inference.modality import default_models
 from lunglens.models import ModelInfo
+from lunglens.report import data_dir
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 KEY_ROLE = Qt.ItemDataRole.UserRole + 2
