@@ -401,3 +401,14 @@ def test_ctrl_c_exits_130_and_resumes(env: Path) -> None:
     assert "Traceback" not in err and "--resume" in err
     records = _csv_records(out)
     assert all(len(r) == len(CONTRACT) for r in records) and len(records) < 41
+
+
+def test_error_code_is_the_text_before_the_first_colon() -> None:
+    """Counts per code (run summary, HTML report) survive messages that hold colons (paths)."""
+    from lunglens.batch import error_text
+    from lunglens.batch.results_csv import error_code
+    from lunglens.errors import CorruptFile
+
+    text = error_text(CorruptFile("C:/scans/a.dcm", "truncated: 12 bytes", "Re-export it."))
+    assert text.startswith("CorruptFile: ") and error_code(text) == "CorruptFile"
+    assert error_code(error_text(ValueError("x: y"))) == "ValueError"

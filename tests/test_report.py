@@ -107,3 +107,18 @@ def test_scan_pdf_has_what_a_clinic_files(tmp_path: Path, mdir: Path) -> None:
     for hidden in ("2178309", "MISTER", "2001-01-05", "0000000001"):
         assert hidden not in anon
     assert "left out (anonymized report)" in anon and "HELICAL CHEST" in anon
+
+
+def test_pdf_names_the_scan_by_its_key(tmp_path: Path, mdir: Path) -> None:
+    """A series key names its folder; a file whose own name holds ``#`` keeps its whole name."""
+    from lunglens.report.pdf import result_lines
+
+    info = get_model("synthetic-ct", mdir)
+    hashed = write_png(tmp_path / "case#7.png", 0.9)
+    for source, shown in (
+        (str(hashed), "case#7.png"),
+        (str(tmp_path / "series-x#1.2.840.1"), "series-x"),
+    ):
+        scan = Scan(source, blob_image(), modality="ct")
+        lines = result_lines(scan, classify_scan(scan, info, with_cam=False))
+        assert f"Scan:               {shown}" in lines

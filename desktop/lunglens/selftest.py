@@ -72,7 +72,7 @@ def _sample_for(info: ModelInfo, files: list[Path]) -> Scan:
     """A bundled sample of the model's modality (DICOM first), else a synthetic image."""
     import numpy as np
 
-    from lunglens.io import load_scan
+    from lunglens.io import Modality, load_scan
     from lunglens.io.scan import Scan
 
     prefix = f"{info.modality}-"
@@ -85,8 +85,8 @@ def _sample_for(info: ModelInfo, files: list[Path]) -> Scan:
             scan = load_scan(path)
         except Exception:
             continue
-        if scan.modality in (info.modality, "unknown"):
-            if scan.modality == "unknown":  # plain JPEG: its file name says what it is
+        if scan.modality in (info.modality, Modality.UNKNOWN):
+            if scan.modality == Modality.UNKNOWN:  # plain JPEG: its file name says what it is
                 scan.modality = info.modality
             return scan
     h, w = info.input_size

@@ -9,7 +9,9 @@ from lunglens.batch.results_csv import (
     read_rows,
     repair_torn_tail,
 )
-from lunglens.batch.runner import AUTO, discover, error_text, score
+from lunglens.batch.rows import error_text
+from lunglens.batch.runner import AUTO, score
+from lunglens.batch.units import discover
 
 __all__ = [
     "AUTO",

@@ -69,6 +69,11 @@ def columns(labels: Sequence[str], include_ids: bool = False) -> list[str]:
     return cols
 
 
+def error_code(error: str) -> str:
+    """The ``<ErrorCode>`` of an ``error`` cell (``"<ErrorCode>: <message>"``), for counts."""
+    return error.split(":", 1)[0]
+
+
 def utc_now() -> str:
     """ISO-8601 UTC timestamp with seconds, e.g. ``2024-05-01T12:00:00+00:00``."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

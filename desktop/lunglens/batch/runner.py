@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,20 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from lunglens.batch.events import BatchEvent, Finished, Progress, Row, Started, Summary
+from lunglens.audit import append_audit
+from lunglens.batch.events import BatchEvent, Finished, Started, Summary
 from lunglens.batch.lock import ResultsLock
-from lunglens.batch.results_csv import open_results, utc_now
-from lunglens.errors import LungLensError, ModelNotFound, ScanError
+from lunglens.batch.results_csv import ResultsWriter, open_results
+from lunglens.batch.rows import RowTally, error_row, error_text, result_row
+from lunglens.batch.units import discover
+from lunglens.errors import ModelNotFound
 from lunglens.inference.classify import BATCH_SIZE, result_from_probs
 from lunglens.inference.engine import Engine, get_engine
 from lunglens.inference.gate import require_chest
 from lunglens.inference.modality import check_with, default_models, find_mismatch, plain_check
-from lunglens.inference.result import ScanResult
-from lunglens.inference.wording import format_threshold, slice_numbers
-from lunglens.io.scan import Scan
+from lunglens.io.scan import SCORED_MODALITIES, Scan
 from lunglens.models.registry import ModelInfo, modality_checker
 from lunglens.preprocess import to_model_input
-from lunglens.report.audit import append_audit
 
 #: ``--model auto``: each scan is scored by its modality's default model.
 AUTO = "auto"
@@ -57,19 +57,13 @@ class _Decoded:
     info: ModelInfo | None = None
 
 
-def error_text(exc: BaseException) -> str:
-    """``"<ErrorCode>: message"`` for the ``error`` column."""
-    code = exc.code if isinstance(exc, LungLensError) else type(exc).__name__
-    return f"{code}: {exc}"
-
-
 def _route(
     key: str, scan: Scan, routes: dict[str, ModelInfo], checker: ModelInfo | None
 ) -> ModelInfo:
     """Automatic mode: the default model of the scan's modality (header, else the pixels)."""
     modality = scan.modality
     how = f"its DICOM modality is {modality.upper()}"
-    if modality not in ("ct", "cxr"):
+    if modality not in SCORED_MODALITIES:
         check = check_with(checker, scan) if checker is not None else None
         if check is None:
             raise ModelNotFound(
@@ -112,50 +106,6 @@ def _decode(
         return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0, chosen)
     except Exception as exc:  # a bad file must never stop the run: it becomes an error row
         return _Decoded(key, None, error_text(exc), (time.perf_counter() - start) * 1000.0, chosen)
-
-
-def _base_row(key: str, info: ModelInfo | None) -> dict[str, str]:
-    if info is None:  # automatic mode, and the scan's model could not be decided
-        return {"path": key}
-    return {
-        "path": key,
-        "model": info.name,
-        "model_version": info.version,
-        "model_sha256": info.sha256,
-        "threshold": format_threshold(info.threshold),
-    }
-
-
-def result_row(
-    result: ScanResult, key: str, info: ModelInfo, elapsed_ms: float, patient_id: str | None = None
-) -> dict[str, str]:
-    """The CSV row of a successful scan (the ``path`` column is the source key)."""
-    row = _base_row(key, info)
-    row.update(
-        status="ok",
-        error="",
-        prediction=result.headline,
-        flagged="true" if result.flagged else "false",
-        threshold=format_threshold(result.threshold),  # a series' own threshold, if calibrated
-        n_slices=str(result.n_slices),
-        top_slices=";".join(str(n) for n in slice_numbers(result.top_slices)),
-        elapsed_ms=f"{elapsed_ms:.1f}",
-        scored_at=utc_now(),
-    )
-    for label in info.labels:
-        row[f"p_{label}"] = f"{result.probs[label]:.6f}"
-    if patient_id is not None:
-        row["patient_id"] = patient_id
-    return row
-
-
-def error_row(
-    key: str, info: ModelInfo | None, error: str, elapsed_ms: float = 0.0
-) -> dict[str, str]:
-    """The CSV row of a scan that could not be scored (model columns empty when unknown)."""
-    row = _base_row(key, info)
-    row.update(status="error", error=error, elapsed_ms=f"{elapsed_ms:.1f}", scored_at=utc_now())
-    return row
 
 
 def _score_decoded(
@@ -209,50 +159,187 @@ def _lookahead(workers: int, batch_size: int, items: int, slices: int) -> int:
     return max(workers + 1, min(batch_size + 2 * workers, wanted))
 
 
-def discover(
-    paths: Iterable[str | os.PathLike[str]],
-    recursive: bool = True,
-    ignored: list[str] | None = None,
-) -> tuple[list[tuple[str, object]], list[tuple[str, str]]]:
-    """Expand ``paths`` into ``(key, source)`` scoring units and ``(key, error text)`` failures.
+@dataclass
+class _Models:
+    """The models of a run, verified before a file is touched.
 
-    Keys are unique: a file reached through two overlapping paths is scored once. Files found
-    in folders that hold no image (DICOM SR/KO/DICOMDIR, text files) are not scans: they get no
-    row (a study folder with a dose report is not an error) and are described in ``ignored``.
+    ``routes`` maps each modality to its default model in automatic mode (empty with a chosen
+    model); ``checker`` is the installed modality check (plain images), if any, found in
+    ``gate_dir``, where the chest-image gate also looks.
     """
-    from lunglens.io import discover_sources
 
-    units: dict[str, object] = {}
-    failures: dict[str, str] = {}
-    for p in paths:
-        notes: list[str] = []
-        try:
-            sources, errors = discover_sources(Path(p), recursive=recursive, ignored=notes)
-        except ScanError as exc:
-            failures.setdefault(str(p), error_text(exc))
-            continue
-        if Path(p).is_file() and not sources and not errors:
-            # A file the user named explicitly is never silently skipped (e.g. a DICOM SR):
-            # loading it gives the typed reason for its error row.
-            failures.setdefault(str(p), _load_error(Path(p)))
-        elif ignored is not None:
-            ignored.extend(notes)
-        for src in sources:
-            units.setdefault(src.key, src)
-        for key, err in errors:
-            failures.setdefault(str(key), error_text(err))
-    return list(units.items()), [(k, v) for k, v in failures.items() if k not in units]
+    info: ModelInfo | None
+    routes: dict[str, ModelInfo]
+    models: list[ModelInfo]
+    engines: dict[str, Engine]
+    checker: ModelInfo | None
+    gate_dir: str | os.PathLike[str] | None
+
+    @classmethod
+    def load(cls, info: ModelInfo | None, models_dir: str | os.PathLike[str] | None) -> _Models:
+        """The chosen model, or every default model in automatic mode, and the modality check.
+
+        Every engine is created (and its hash checked) here, so a tampered model stops the run
+        before a results file is opened.
+        """
+        routes = default_models(models_dir) if info is None else {}
+        models = list({m.name: m for m in routes.values()}.values()) if info is None else [info]
+        engines = {m.name: get_engine(m) for m in models}
+        gate_dir = models_dir if info is None else info.path.parent  # where the gate's check lives
+        checker = modality_checker(gate_dir)
+        if checker is not None:
+            get_engine(checker)  # verified like the triage models: a tampered check stops the run
+        return cls(info, routes, models, engines, checker, gate_dir)
 
 
-def _load_error(path: Path) -> str:
-    from lunglens.errors import UnsupportedFile
-    from lunglens.io import load_scan
-
+def _open_locked(
+    out_csv: str | os.PathLike[str],
+    models: list[ModelInfo],
+    *,
+    resume: bool,
+    overwrite: bool,
+    include_ids: bool,
+) -> tuple[ResultsLock, ResultsWriter]:
+    """Take the results file's lock (one run per file), then open it for appending."""
+    lock = ResultsLock(out_csv)  # ResultsLocked names the holder
+    lock.acquire()
     try:
-        load_scan(path)
-    except Exception as exc:
-        return error_text(exc)
-    return error_text(UnsupportedFile(path, "not a scan LungLens can score"))
+        writer = open_results(
+            out_csv, models, resume=resume, overwrite=overwrite, include_ids=include_ids
+        )
+    except BaseException:
+        lock.release()
+        raise
+    return lock, writer
+
+
+def _plan(
+    paths: list[str], recursive: bool, ignored: list[str], done: set[str]
+) -> tuple[list[tuple[str, object]], list[tuple[str, str]], int]:
+    """The units to score and the failures to write, less those ``done`` already (resume).
+
+    Returns ``(units, failures, skipped)``: :func:`~lunglens.batch.units.discover`'s two lists
+    without the keys that have a complete row in the results file, and how many those were.
+    """
+    units, failures = discover(paths, recursive, ignored)
+    skipped = sum(1 for k, _ in units if k in done) + sum(1 for k, _ in failures if k in done)
+    units = [(k, s) for k, s in units if k not in done]
+    failures = [(k, e) for k, e in failures if k not in done]
+    return units, failures, skipped
+
+
+def _cancelled(cancel: threading.Event | None) -> bool:
+    return cancel is not None and cancel.is_set()
+
+
+class _DecodeQueue:
+    """Decoded scans in batches for the inference loop, decoding ahead in the thread pool.
+
+    Iterating yields lists of decoded scans: when they hold ``batch_size`` slices, when nothing
+    more is coming, or when ``cancel`` is set (the decoded scans in hand are the "in-flight"
+    ones and are finished; no new scan is started). ``cancelled`` says whether it stopped so.
+    """
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        units: list[tuple[str, object]],
+        models: _Models,
+        workers: int,
+        batch_size: int,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.pool, self.todo, self.models = pool, iter(units), models
+        self.workers, self.batch_size, self.cancel = workers, batch_size, cancel
+        self.queue: deque[Future[_Decoded]] = deque()
+        self.seen_items = self.seen_slices = 0
+        self.exhausted = self.cancelled = False
+
+    def _fill(self) -> None:
+        """Submit scans until the look-ahead (:func:`_lookahead`) is reached or none is left."""
+        m = self.models
+        while not self.exhausted and len(self.queue) < _lookahead(
+            self.workers, self.batch_size, self.seen_items, self.seen_slices
+        ):
+            nxt = next(self.todo, None)
+            if nxt is None:
+                self.exhausted = True
+                break
+            key, source = nxt
+            self.queue.append(
+                self.pool.submit(_decode, source, key, m.info, m.checker, m.routes, m.gate_dir)
+            )
+
+    def __iter__(self) -> Iterator[list[_Decoded]]:
+        pending: list[_Decoded] = []
+        pending_slices = 0
+        while True:
+            self.cancelled = self.cancelled or _cancelled(self.cancel)
+            if not self.cancelled:
+                self._fill()
+            if self.queue and not self.cancelled:
+                item = self.queue.popleft().result()
+                pending.append(item)
+                n = item.scan.n_slices if item.scan is not None else 0
+                pending_slices += n
+                self.seen_items, self.seen_slices = self.seen_items + 1, self.seen_slices + n
+            if pending and (pending_slices >= self.batch_size or not self.queue or self.cancelled):
+                yield pending
+                pending, pending_slices = [], 0
+            if self.cancelled or (self.exhausted and not self.queue and not pending):
+                return
+
+
+def _summary(
+    tally: RowTally,
+    models: _Models,
+    out_csv: Path,
+    skipped: int,
+    cancelled: bool,
+    ignored: list[str],
+) -> Summary:
+    info = models.info
+    return Summary(
+        out_csv=out_csv,
+        model=info.name if info is not None else AUTO,
+        model_version=info.version if info is not None else "",
+        model_sha256=info.sha256 if info is not None else "",
+        models=tuple(f"{m.name} {m.version} ({m.short_hash})" for m in models.models),
+        total=tally.total,
+        done=tally.counts["done"],
+        ok=tally.counts["ok"],
+        errors=tally.counts["errors"],
+        flagged=tally.counts["flagged"],
+        skipped=skipped,
+        cancelled=cancelled,
+        elapsed_s=time.perf_counter() - tally.t0,
+        error_codes=dict(tally.codes),
+        ignored=tuple(ignored),
+    )
+
+
+def _audit_record(
+    summary: Summary, models: list[ModelInfo], inputs: list[str], resume: bool
+) -> dict[str, object]:
+    """The audit line of a run: inputs, output, models and counts, never patient ids."""
+    return {
+        "inputs": inputs,
+        "out_csv": str(summary.out_csv),
+        "model": summary.model,
+        "model_version": summary.model_version,
+        "model_sha256": summary.model_sha256,
+        "models": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
+        "total": summary.total,
+        "done": summary.done,
+        "ok": summary.ok,
+        "errors": summary.errors,
+        "flagged": summary.flagged,
+        "skipped": summary.skipped,
+        "cancelled": summary.cancelled,
+        "ignored": len(summary.ignored),
+        "resume": resume,
+        "elapsed_s": round(summary.elapsed_s, 3),
+    }
 
 
 def score(
@@ -305,139 +392,32 @@ def score(
         :class:`Finished` last.
     """
     t0 = time.perf_counter()
-    routes = default_models(models_dir) if info is None else {}
-    models = list({m.name: m for m in routes.values()}.values()) if info is None else [info]
-    # Every engine is created (and its hash checked) before a file is touched.
-    engines = {m.name: get_engine(m) for m in models}
-    # The image check for plain images, if any.
-    gate_dir = models_dir if info is None else info.path.parent  # where the gate's check lives
-    checker = modality_checker(gate_dir)
-    if checker is not None:
-        get_engine(checker)  # verified like the triage models: a tampered check stops the run
-    lock = ResultsLock(out_csv)  # one run per results file (ResultsLocked names the holder)
-    lock.acquire()
-    try:
-        writer = open_results(
-            out_csv, models, resume=resume, overwrite=overwrite, include_ids=include_ids
-        )
-    except BaseException:
-        lock.release()
-        raise
+    models = _Models.load(info, models_dir)
+    lock, writer = _open_locked(
+        out_csv, models.models, resume=resume, overwrite=overwrite, include_ids=include_ids
+    )
     path_list = [str(p) for p in paths]
-    counts: Counter[str] = Counter()
-    codes: Counter[str] = Counter()
-    skipped = 0
-    ignored_notes: list[str] = []
-    cancelled = False
-    total = 0
+    ignored: list[str] = []
+    tally = RowTally(writer, 0, t0)
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lunglens-decode")
     try:
-        units, failures = discover(path_list, recursive, ignored_notes)
-        skipped = sum(1 for k, _ in units if k in writer.done)
-        skipped += sum(1 for k, _ in failures if k in writer.done)
-        units = [(k, s) for k, s in units if k not in writer.done]
-        failures = [(k, e) for k, e in failures if k not in writer.done]
-        total = len(units) + len(failures)
-        yield Started(total=total, skipped=skipped, out_csv=writer.path)
-
-        def emit(row: dict[str, str]) -> Iterator[BatchEvent]:
-            writer.write(row)
-            counts["done"] += 1
-            if row["status"] == "ok":
-                counts["ok"] += 1
-                counts["flagged"] += row["flagged"] == "true"
-            else:
-                counts["errors"] += 1
-                codes[row["error"].split(":", 1)[0]] += 1
-            yield Row(row)
-            elapsed = time.perf_counter() - t0
-            rate = counts["done"] / elapsed if elapsed > 0 else 0.0
-            eta = (total - counts["done"]) / rate if rate > 0 else float("inf")
-            yield Progress(counts["done"], total, rate, eta)
-
+        units, failures, skipped = _plan(path_list, recursive, ignored, writer.done)
+        tally.total = len(units) + len(failures)
+        yield Started(total=tally.total, skipped=skipped, out_csv=writer.path)
         for key, err in failures:
-            if cancel is not None and cancel.is_set():
+            if _cancelled(cancel):
                 break
-            yield from emit(error_row(key, info, err))
-
-        seen_items = seen_slices = 0
-        queue: deque[Future[_Decoded]] = deque()
-        todo = iter(units)
-        pending: list[_Decoded] = []
-        pending_slices = 0
-        exhausted = False
-        while True:
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-            while (
-                not cancelled
-                and not exhausted
-                and len(queue) < _lookahead(workers, batch_size, seen_items, seen_slices)
-            ):
-                nxt = next(todo, None)
-                if nxt is None:
-                    exhausted = True
-                    break
-                queue.append(pool.submit(_decode, nxt[1], nxt[0], info, checker, routes, gate_dir))
-            if queue and not cancelled:
-                item = queue.popleft().result()
-                pending.append(item)
-                n = item.scan.n_slices if item.scan is not None else 0
-                pending_slices += n
-                seen_items, seen_slices = seen_items + 1, seen_slices + n
-            # Score when a batch is full, when nothing more is coming, or when cancelling
-            # (the decoded scans in hand are the "in-flight" ones and are finished).
-            if pending and (pending_slices >= batch_size or not queue or cancelled):
-                for row in _score_decoded(engines, pending, batch_size, include_ids):
-                    yield from emit(row)
-                pending, pending_slices = [], 0
-            if cancelled or (exhausted and not queue and not pending):
-                break
+            yield from tally.emit(error_row(key, info, err))
+        decoded = _DecodeQueue(pool, units, models, workers, batch_size, cancel)
+        for batch in decoded:
+            for row in _score_decoded(models.engines, batch, batch_size, include_ids):
+                yield from tally.emit(row)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         writer.close()
         lock.release()
-    if cancel is not None and cancel.is_set():
-        cancelled = True
-    summary = Summary(
-        out_csv=writer.path,
-        model=info.name if info is not None else AUTO,
-        model_version=info.version if info is not None else "",
-        model_sha256=info.sha256 if info is not None else "",
-        models=tuple(f"{m.name} {m.version} ({m.short_hash})" for m in models),
-        total=total,
-        done=counts["done"],
-        ok=counts["ok"],
-        errors=counts["errors"],
-        flagged=counts["flagged"],
-        skipped=skipped,
-        cancelled=cancelled,
-        elapsed_s=time.perf_counter() - t0,
-        error_codes=dict(codes),
-        ignored=tuple(ignored_notes),
-    )
+    cancelled = decoded.cancelled or _cancelled(cancel)
+    summary = _summary(tally, models, writer.path, skipped, cancelled, ignored)
     if audit:
-        append_audit(
-            "score",
-            {
-                "inputs": path_list,
-                "out_csv": str(writer.path),
-                "model": summary.model,
-                "model_version": summary.model_version,
-                "model_sha256": summary.model_sha256,
-                "models": [
-                    {"name": m.name, "version": m.version, "sha256": m.sha256} for m in models
-                ],
-                "total": total,
-                "done": summary.done,
-                "ok": summary.ok,
-                "errors": summary.errors,
-                "flagged": summary.flagged,
-                "skipped": skipped,
-                "cancelled": cancelled,
-                "ignored": len(ignored_notes),
-                "resume": resume,
-                "elapsed_s": round(summary.elapsed_s, 3),
-            },
-        )
+        append_audit("score", _audit_record(summary, models.models, path_list, resume))
     yield Finished(summary)

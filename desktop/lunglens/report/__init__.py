@@ -1,14 +1,15 @@
-"""Reports: the batch summary (``results.html``), one-scan PDFs and the audit log.
+"""Reports: the batch summary (``results.html``) and one-scan PDFs.
 
-``scan_pdf`` is imported lazily (it pulls in the PDF backend), so ``import lunglens.report`` stays
-cheap for the batch runner, which only needs the audit log.
+Both are imported lazily (they pull in matplotlib), so ``import lunglens.report`` stays cheap.
+The audit log lives in :mod:`lunglens.audit`, below the batch runner that appends to it; its
+functions are re-exported here, where the app looks up the user data folder.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lunglens.report.audit import append_audit, audit_path, data_dir
+from lunglens.audit import append_audit, audit_path, data_dir
 
 __all__ = ["append_audit", "audit_path", "data_dir", "scan_pdf", "write_html_report"]
 

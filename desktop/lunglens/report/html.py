@@ -8,12 +8,12 @@ from __future__ import annotations
 import html
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from lunglens import DISCLAIMER, __version__
-from lunglens.batch.results_csv import read_rows
+from lunglens.batch.results_csv import error_code, read_rows
 from lunglens.inference.wording import format_prob, format_threshold
 from lunglens.models.registry import ModelInfo
 from lunglens.report.charts import count_bars, data_uri, figure_png, score_histogram
@@ -38,6 +38,77 @@ def _esc(value: object) -> str:
 def _positive_label(row: dict[str, str], infos: dict[str, ModelInfo]) -> str:
     info = infos.get(row.get("model", ""))
     return info.positive_label if info is not None else DEFAULT_POSITIVE
+
+
+def _model_rows(
+    name: str, version: str, sha: str, rows: list[dict[str, str]], infos: dict[str, ModelInfo]
+) -> tuple[list[str], list[str]]:
+    """The summary-table rows of one model of the file and its histogram (none without rows).
+
+    The threshold and positive label come from the model passed by the caller when its hash
+    matches the rows, else from the rows themselves (``covid`` and the ``threshold`` column).
+    """
+    found = infos.get(name)
+    m = found if found is not None and found.sha256 == sha else None
+    threshold = (
+        m.threshold
+        if m is not None
+        else float(rows[0].get("threshold") or "nan")
+        if rows
+        else float("nan")
+    )
+    positive = m.positive_label if m is not None else DEFAULT_POSITIVE
+    rule = m.manifest.get("threshold_rule", "") if m is not None else ""
+    arch = f" ({_esc(m.architecture)})" if m is not None else ""
+    table = [
+        f"<tr><th>Model</th><td>{_esc(name)} {_esc(version)}{arch}, {len(rows)} scans</td></tr>",
+        f"<tr><th>Model SHA-256</th><td class='mono'>{_esc(sha)}</td></tr>",
+        f"<tr><th>Threshold</th><td>{format_threshold(threshold)} on "
+        f"P({_esc(positive)}) - {_esc(rule)}</td></tr>",
+    ]
+    if not rows:
+        return table, []
+    png = figure_png(
+        score_histogram([float(r[f"p_{positive}"]) for r in rows], threshold, positive)
+    )
+    hist = [
+        f"<h3>{_esc(name)} {_esc(version)}</h3>",
+        f"<img alt='score histogram' src='{data_uri(png)}'>",
+    ]
+    return table, hist
+
+
+def _flagged_table(flagged: list[dict[str, str]], prob: Callable[[dict[str, str]], float]) -> str:
+    """The flagged scans, most suspicious first (``flagged`` is sorted already)."""
+    if not flagged:
+        return "<p>None.</p>"
+    parts = [
+        "<table><tr><th>#</th><th>P</th><th>triage</th><th>scan</th><th>model</th>"
+        "<th>slices</th><th>most suspicious slices (1 = first)</th></tr>"
+    ]
+    for i, r in enumerate(flagged, 1):
+        parts.append(
+            f"<tr><td>{i}</td><td>{format_prob(prob(r))}</td><td>{_esc(r['prediction'])}"
+            f"</td><td>{_esc(r['path'])}</td><td>{_esc(r['model'])}</td>"
+            f"<td>{_esc(r['n_slices'])}</td><td>{_esc(r['top_slices'])}</td></tr>"
+        )
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _errors_table(errors: list[dict[str, str]]) -> str:
+    """The error rows, after a count per error code."""
+    if not errors:
+        return "<p>None.</p>"
+    codes = Counter(error_code(r["error"]) for r in errors)
+    parts = [
+        "<p>"
+        + ", ".join(f"{_esc(c)}: {n}" for c, n in codes.most_common())
+        + "</p><table><tr><th>scan</th><th>error</th></tr>"
+    ]
+    parts += [f"<tr><td>{_esc(r['path'])}</td><td>{_esc(r['error'])}</td></tr>" for r in errors]
+    parts.append("</table>")
+    return "\n".join(parts)
 
 
 def write_html_report(
@@ -76,7 +147,6 @@ def write_html_report(
     for g in given:  # a model of the run that scored nothing is still named
         used.setdefault((g.name, g.version, g.sha256), [])
     bars = data_uri(figure_png(count_bars(counts)))
-    codes = Counter(r["error"].split(":", 1)[0] for r in errors)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>LungLens results - {_esc(csv_path.name)}</title><style>{_STYLE}</style>",
@@ -87,33 +157,9 @@ def write_html_report(
     ]
     hists: list[str] = []
     for (name, version, sha), model_rows in used.items():
-        found = infos.get(name)
-        m = found if found is not None and found.sha256 == sha else None
-        threshold = (
-            m.threshold
-            if m is not None
-            else float(model_rows[0].get("threshold") or "nan")
-            if model_rows
-            else float("nan")
-        )
-        positive = m.positive_label if m is not None else DEFAULT_POSITIVE
-        rule = m.manifest.get("threshold_rule", "") if m is not None else ""
-        arch = f" ({_esc(m.architecture)})" if m is not None else ""
-        parts += [
-            f"<tr><th>Model</th><td>{_esc(name)} {_esc(version)}{arch}, "
-            f"{len(model_rows)} scans</td></tr>",
-            f"<tr><th>Model SHA-256</th><td class='mono'>{_esc(sha)}</td></tr>",
-            f"<tr><th>Threshold</th><td>{format_threshold(threshold)} on "
-            f"P({_esc(positive)}) - {_esc(rule)}</td></tr>",
-        ]
-        if model_rows:
-            png = figure_png(
-                score_histogram(
-                    [float(r[f"p_{positive}"]) for r in model_rows], threshold, positive
-                )
-            )
-            hists.append(f"<h3>{_esc(name)} {_esc(version)}</h3>")
-            hists.append(f"<img alt='score histogram' src='{data_uri(png)}'>")
+        table, hist = _model_rows(name, version, sha, model_rows, infos)
+        parts += table
+        hists += hist
     parts += [
         f"<tr><th>Scans</th><td>{len(rows)} ({len(ok)} scored, {len(flagged)} flagged, "
         f"{len(errors)} errors)</td></tr>",
@@ -123,33 +169,11 @@ def write_html_report(
         *hists,
         f"<h2>Outcomes</h2><img alt='outcome counts' src='{bars}'>",
         f"<h2>Flagged scans ({len(flagged)}), most suspicious first</h2>",
+        _flagged_table(flagged, prob),
+        f"<h2>Errors ({len(errors)})</h2>",
+        _errors_table(errors),
+        f"<p class='disclaimer'>{_esc(DISCLAIMER)}</p></body></html>",
     ]
-    if flagged:
-        parts.append(
-            "<table><tr><th>#</th><th>P</th><th>triage</th><th>scan</th><th>model</th>"
-            "<th>slices</th><th>most suspicious slices (1 = first)</th></tr>"
-        )
-        for i, r in enumerate(flagged, 1):
-            parts.append(
-                f"<tr><td>{i}</td><td>{format_prob(prob(r))}</td><td>{_esc(r['prediction'])}"
-                f"</td><td>{_esc(r['path'])}</td><td>{_esc(r['model'])}</td>"
-                f"<td>{_esc(r['n_slices'])}</td><td>{_esc(r['top_slices'])}</td></tr>"
-            )
-        parts.append("</table>")
-    else:
-        parts.append("<p>None.</p>")
-    parts.append(f"<h2>Errors ({len(errors)})</h2>")
-    if errors:
-        parts.append(
-            "<p>"
-            + ", ".join(f"{_esc(c)}: {n}" for c, n in codes.most_common())
-            + "</p><table><tr><th>scan</th><th>error</th></tr>"
-        )
-        parts += [f"<tr><td>{_esc(r['path'])}</td><td>{_esc(r['error'])}</td></tr>" for r in errors]
-        parts.append("</table>")
-    else:
-        parts.append("<p>None.</p>")
-    parts.append(f"<p class='disclaimer'>{_esc(DISCLAIMER)}</p></body></html>")
     # A file name that is not UTF-8 (surrogateescape) shows its odd bytes as \xNN escapes.
     text = "\n".join(parts).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     out.write_text(text, encoding="utf-8")

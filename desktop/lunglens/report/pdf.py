@@ -25,6 +25,7 @@ from lunglens.explain.cam import cam_map
 from lunglens.explain.overlay import overlay
 from lunglens.inference.result import ScanResult
 from lunglens.inference.wording import format_threshold, slice_numbers
+from lunglens.io.key import SourceKey
 from lunglens.io.scan import Scan
 from lunglens.report.charts import prob_bars
 
@@ -91,6 +92,103 @@ def _wrapped(lines: list[str], indent: str = "    ") -> list[str]:
     return out
 
 
+def _draw_header(fig: Figure, scan: Scan, result: ScanResult, anonymize: bool) -> None:
+    """Title, disclaimer, the triage headline (red when flagged) and the patient/study lines."""
+    fig.suptitle("LungLens - triage summary", fontsize=16, y=0.975)
+    fig.text(0.5, 0.948, result.disclaimer, ha="center", fontsize=9, color="#c0392b", weight="bold")
+    color = "#b00020" if result.flagged else "#1b6e20"
+    fig.text(
+        0.5,
+        0.925,
+        "\n".join(textwrap.wrap(result.headline, 80)),
+        ha="center",
+        va="top",
+        fontsize=12,
+        weight="bold",
+        color=color,
+    )
+    fig.text(
+        0.06,
+        0.885,
+        "\n".join(_wrapped(header_lines(scan, anonymize))),
+        va="top",
+        fontsize=8,
+        family="monospace",
+    )
+
+
+def _draw_cam_bar(fig: Figure, colormap: str) -> None:
+    """Colour bar of the activation map and its caveat.
+
+    The bar is the core overlay of a 0 -> 1 ramp over mid gray, so it shows exactly how each
+    value is drawn, transparent low end included.
+    """
+    ax_bar = fig.add_axes((0.56, 0.445, 0.35, 0.012))
+    ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (8, 1))
+    ax_bar.imshow(
+        overlay(np.full_like(ramp, 0.5), ramp, colormap=colormap),
+        aspect="auto",
+        extent=(0.0, 1.0, 0.0, 1.0),
+    )
+    ax_bar.set_yticks([])
+    ax_bar.set_xticks([0.0, 0.5, 1.0])
+    ax_bar.set_xticklabels(["0 (none)", "0.5", "1 (strongest)"], fontsize=7)
+    ax_bar.set_xlabel("model attention, relative to this map's maximum", fontsize=7)
+    fig.text(0.735, 0.405, CAM_CAVEAT, ha="center", fontsize=8, style="italic")
+
+
+def _draw_images(fig: Figure, scan: Scan, result: ScanResult, colormap: str) -> None:
+    """The representative slice beside its class activation map (when the result has one)."""
+    rep = min(result.representative_slice, scan.n_slices - 1)
+    image = scan.image[rep]
+    ax_img = fig.add_axes((0.05, 0.47, 0.43, 0.30))
+    ax_img.imshow(image, cmap="gray", vmin=0, vmax=1)
+    slice_note = f" (slice {rep + 1} of {result.n_slices})" if result.n_slices > 1 else ""
+    ax_img.set_title("image" + slice_note, fontsize=9)
+    ax_img.axis("off")
+    ax_cam = fig.add_axes((0.52, 0.47, 0.43, 0.30))
+    if result.cam is not None:
+        heat = cam_map(result, None, image.shape)
+        ax_cam.imshow(overlay(image, heat, colormap=colormap))
+        ax_cam.set_title(f"class activation map for {result.cam_class}", fontsize=9)
+        _draw_cam_bar(fig, colormap)
+    else:
+        ax_cam.text(0.5, 0.5, "no activation map", ha="center", va="center")
+    ax_cam.axis("off")
+
+
+def result_lines(scan: Scan, result: ScanResult) -> list[str]:
+    """The text block under the probabilities: decision, threshold rule, scan, model identity,
+    when and by which version the page was made, and every warning and note."""
+    rule = "series: mean of its most suspicious slices" if result.n_slices > 1 else "one image"
+    lines = [
+        f"Result:             {result.headline}",
+        f"Threshold:          {format_threshold(result.threshold)} on "
+        f"P({result.positive_label}) ({rule})",
+        f"Scan:               {SourceKey.parse(result.source).name}",
+        f"Slices scored:      {result.n_slices}",
+    ]
+    if result.n_slices > 1:
+        lines.append(
+            "Most suspicious:    slices "
+            + ", ".join(str(n) for n in slice_numbers(result.top_slices))
+            + " (1 = first)"
+        )
+    lines += [
+        f"Model:              {result.model} {result.model_version}",
+        f"Model SHA-256:      {result.model_sha256}",
+        f"Generated:          {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} "
+        f"by LungLens {__version__}",
+    ]
+    warnings = [*scan.notes, *(n for n in result.notes if n not in scan.notes)]
+    lines.append("")
+    lines.append(
+        f"Warnings and notes ({len(warnings)}):" if warnings else "Warnings and notes: none"
+    )
+    lines += [f"  - {w}" for w in warnings]
+    return lines
+
+
 def scan_pdf(
     scan: Scan,
     result: ScanResult,
@@ -114,91 +212,15 @@ def scan_pdf(
         Colour map of the activation map and its colour bar.
     """
     out = Path(out_pdf)
-    rep = min(result.representative_slice, scan.n_slices - 1)
-    image = scan.image[rep]
     fig = Figure(figsize=(8.27, 11.69))
-    fig.suptitle("LungLens - triage summary", fontsize=16, y=0.975)
-    fig.text(0.5, 0.948, result.disclaimer, ha="center", fontsize=9, color="#c0392b", weight="bold")
-    color = "#b00020" if result.flagged else "#1b6e20"
-    fig.text(
-        0.5,
-        0.925,
-        "\n".join(textwrap.wrap(result.headline, 80)),
-        ha="center",
-        va="top",
-        fontsize=12,
-        weight="bold",
-        color=color,
-    )
-    fig.text(
-        0.06,
-        0.885,
-        "\n".join(_wrapped(header_lines(scan, anonymize))),
-        va="top",
-        fontsize=8,
-        family="monospace",
-    )
-
-    ax_img = fig.add_axes((0.05, 0.47, 0.43, 0.30))
-    ax_img.imshow(image, cmap="gray", vmin=0, vmax=1)
-    slice_note = f" (slice {rep + 1} of {result.n_slices})" if result.n_slices > 1 else ""
-    ax_img.set_title("image" + slice_note, fontsize=9)
-    ax_img.axis("off")
-    ax_cam = fig.add_axes((0.52, 0.47, 0.43, 0.30))
-    if result.cam is not None:
-        heat = cam_map(result, None, image.shape)
-        ax_cam.imshow(overlay(image, heat, colormap=colormap))
-        ax_cam.set_title(f"class activation map for {result.cam_class}", fontsize=9)
-        # Colour bar: the core overlay of a 0 -> 1 ramp over mid gray, so it shows exactly how
-        # each value is drawn, transparent low end included.
-        ax_bar = fig.add_axes((0.56, 0.445, 0.35, 0.012))
-        ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (8, 1))
-        ax_bar.imshow(
-            overlay(np.full_like(ramp, 0.5), ramp, colormap=colormap),
-            aspect="auto",
-            extent=(0.0, 1.0, 0.0, 1.0),
-        )
-        ax_bar.set_yticks([])
-        ax_bar.set_xticks([0.0, 0.5, 1.0])
-        ax_bar.set_xticklabels(["0 (none)", "0.5", "1 (strongest)"], fontsize=7)
-        ax_bar.set_xlabel("model attention, relative to this map's maximum", fontsize=7)
-        fig.text(0.735, 0.405, CAM_CAVEAT, ha="center", fontsize=8, style="italic")
-    else:
-        ax_cam.text(0.5, 0.5, "no activation map", ha="center", va="center")
-    ax_cam.axis("off")
-
+    _draw_header(fig, scan, result, anonymize)
+    _draw_images(fig, scan, result, colormap)
     ax_bar = fig.add_axes((0.25, 0.30, 0.65, 0.08))
     prob_bars(ax_bar, result.probs, result.threshold, result.positive_label)
-    rule = "series: mean of its most suspicious slices" if result.n_slices > 1 else "one image"
-    lines = [
-        f"Result:             {result.headline}",
-        f"Threshold:          {format_threshold(result.threshold)} on "
-        f"P({result.positive_label}) ({rule})",
-        f"Scan:               {Path(result.source.split('#')[0]).name}",
-        f"Slices scored:      {result.n_slices}",
-    ]
-    if result.n_slices > 1:
-        lines.append(
-            "Most suspicious:    slices "
-            + ", ".join(str(n) for n in slice_numbers(result.top_slices))
-            + " (1 = first)"
-        )
-    lines += [
-        f"Model:              {result.model} {result.model_version}",
-        f"Model SHA-256:      {result.model_sha256}",
-        f"Generated:          {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} "
-        f"by LungLens {__version__}",
-    ]
-    warnings = [*scan.notes, *(n for n in result.notes if n not in scan.notes)]
-    lines.append("")
-    lines.append(
-        f"Warnings and notes ({len(warnings)}):" if warnings else "Warnings and notes: none"
-    )
-    lines += [f"  - {w}" for w in warnings]
     fig.text(
         0.06,
         0.265,
-        "\n".join(_wrapped(lines, " " * 20)),
+        "\n".join(_wrapped(result_lines(scan, result), " " * 20)),
         va="top",
         fontsize=8,
         family="monospace",

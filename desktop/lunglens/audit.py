@@ -2,6 +2,9 @@
 
 Answers "which model scored what, when, and where did the results go" after the fact. Lines carry
 paths, counts and the model hash, never patient names or ids.
+
+A module of its own below every layer (it imports nothing of LungLens), so the batch runner, the
+command line and the app all append to it without importing each other.
 """
 
 from __future__ import annotations

@@ -1,0 +1,157 @@
+"""``lunglens classify FILE``: one scan, its probabilities and optional CAM PNG / PDF / JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from lunglens.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    AddCommand,
+    UsageError,
+    choose_model,
+    err,
+)
+
+if TYPE_CHECKING:
+    from lunglens.inference.result import ScanResult
+    from lunglens.io.scan import Scan
+    from lunglens.models.registry import ModelInfo
+
+
+def _print_result(result: ScanResult, out: TextIO) -> None:
+    from lunglens.inference import format_prob, format_threshold, slice_numbers
+
+    print(f"result:      {result.headline}", file=out)
+    print(f"file:        {result.source}", file=out)
+    print(f"modality:    {result.modality}", file=out)
+    print(
+        f"model:       {result.model} {result.model_version} ({result.model_sha256[:12]})", file=out
+    )
+    for label, p in result.probs.items():
+        print(f"P({label}):{' ' * max(1, 10 - len(label))}{format_prob(p)}", file=out)
+    print(
+        f"threshold:   {format_threshold(result.threshold)} on P({result.positive_label})",
+        file=out,
+    )
+    if result.n_slices > 1:
+        print(
+            f"slices:      {result.n_slices}; most suspicious (1 = first): "
+            + ", ".join(str(n) for n in slice_numbers(result.top_slices)),
+            file=out,
+        )
+    print(f"elapsed:     {result.elapsed_ms:.0f} ms", file=out)
+    for note in result.notes:
+        print(f"note:        {note}", file=out)
+    print(result.disclaimer, file=out)
+
+
+def _print_refusal(exc: Any, as_json: bool) -> None:
+    """A refused scan on stdout (it is the answer, not a failure of the tool): no score."""
+    from lunglens import DISCLAIMER
+
+    if as_json:
+        data = {"source": exc.path, "status": "refused", "error": exc.code, "reason": exc.reason}
+        print(json.dumps(data, indent=2))
+        return
+    print(f"file:        {exc.path}")
+    print(f"refused:     {exc.reason}")
+    print("score:       none (LungLens scores chest CT slices and chest X-rays only)")
+    print(DISCLAIMER)
+
+
+def _write_outputs(args: argparse.Namespace, scan: Scan, result: ScanResult) -> list[str]:
+    """The ``--cam`` PNG and the ``--pdf`` page asked for; their paths."""
+    from lunglens.explain import cam_map, overlay, save_png
+
+    outputs: list[str] = []
+    if args.cam:
+        image = scan.image[result.representative_slice]
+        save_png(overlay(image, cam_map(result, None, image.shape)), args.cam)
+        outputs.append(str(args.cam))
+    if args.pdf:
+        from lunglens.report.pdf import scan_pdf
+
+        outputs.append(str(scan_pdf(scan, result, args.pdf, anonymize=args.anonymize)))
+    return outputs
+
+
+def _audit_record(
+    args: argparse.Namespace, info: ModelInfo, result: ScanResult, outputs: list[str]
+) -> dict[str, Any]:
+    """The audit line of a scored scan: input, model and decision, never patient ids."""
+    return {
+        "input": str(args.file),
+        "model": info.name,
+        "model_version": info.version,
+        "model_sha256": info.sha256,
+        "n_slices": result.n_slices,
+        "prediction": result.prediction,
+        "headline": result.headline,
+        "positive_prob": round(result.positive_prob, 6),
+        "flagged": result.flagged,
+        "outputs": outputs,
+    }
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Load, gate, choose the model, classify; print the result and append the audit line."""
+    from lunglens.audit import append_audit
+    from lunglens.errors import NotChestImage, ScanError
+    from lunglens.inference import classify_scan, require_chest
+    from lunglens.io import load_scan
+
+    try:
+        scan = load_scan(args.file)
+    except ScanError as exc:
+        err(f"{exc.code}: {exc}")
+        return EXIT_BAD_INPUT
+    try:  # before a model is chosen: a photo must not be routed, let alone scored
+        require_chest(scan, args.models_dir)
+    except NotChestImage as exc:
+        _print_refusal(exc, args.json)
+        err(f"{exc.code}: {exc}")
+        append_audit("classify", {"input": str(args.file), "refused": exc.reason})
+        return EXIT_BAD_INPUT
+    info = choose_model(args, scan)
+    if args.cam_class is not None and args.cam_class not in info.labels:
+        raise UsageError(
+            f"--cam-class {args.cam_class!r} is not a label of model {info.name} "
+            f"({', '.join(info.labels)})"
+        )
+    want_cam = bool(args.cam or args.pdf)
+    result = classify_scan(scan, info, with_cam=want_cam, cam_class=args.cam_class)
+    outputs = _write_outputs(args, scan, result)
+    if args.json:
+        data = result.to_dict(slice_probs=result.n_slices > 1)
+        if args.include_ids:
+            data["patient_id"] = scan.metadata.get("patient_id", "")
+        print(json.dumps(data, indent=2))
+    else:
+        _print_result(result, sys.stdout)
+        for path in outputs:
+            print(f"wrote:       {path}")
+    append_audit("classify", _audit_record(args, info, result, outputs))
+    return EXIT_OK
+
+
+def add_parser(add: AddCommand) -> None:
+    """Register ``classify`` and its options."""
+    p = add("classify", cmd_classify, "classify one scan (image, DICOM file or series folder)")
+    p.add_argument("file")
+    p.add_argument(
+        "--model", help="model name, or 'auto' (default): the scan's modality's default model"
+    )
+    p.add_argument("--cam", metavar="OUT.png", help="write the CAM overlay as PNG")
+    p.add_argument("--cam-class", metavar="LABEL", help="class to explain (default: positive)")
+    p.add_argument("--pdf", metavar="OUT.pdf", help="write a one-page PDF summary")
+    p.add_argument(
+        "--anonymize",
+        action="store_true",
+        help="leave patient ID/name, study date and accession number out of the PDF",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--include-ids", action="store_true", help="include the patient id (JSON)")

@@ -1,0 +1,46 @@
+"""``lunglens models [--verify]``: the installed models and, with ``--verify``, their integrity."""
+
+from __future__ import annotations
+
+import argparse
+
+from lunglens.cli.common import EXIT_MODEL, EXIT_OK, AddCommand, err
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the models found; exit 4 when none is found or, with ``--verify``, one is refused."""
+    from lunglens.errors import ModelError
+    from lunglens.models import discover_models, models_dir, verify_model
+
+    models, problems = discover_models(args.models_dir)
+    where = models_dir(args.models_dir)
+    if not models and not problems:
+        err(f"no models found in {where} (set LUNGLENS_MODELS_DIR or --models-dir)")
+        return EXIT_MODEL
+    print(f"models in {where}:")
+    refused = 0
+    for m in models:
+        status = ""
+        if args.verify:
+            try:
+                verify_model(m)
+                status = "  verified"
+            except ModelError as exc:
+                refused += 1
+                status = f"  REFUSED: {exc}"
+        print(
+            f"  {m.name} {m.version}  [{m.modality}]  labels={','.join(m.labels)}  "
+            f"input={m.input_size[0]}x{m.input_size[1]}  threshold={m.threshold:.3f}  "
+            f"sha256={m.short_hash}{status}"
+        )
+    for problem in problems:
+        print(f"  unusable: {problem}")
+    if args.verify and (refused or problems):
+        return EXIT_MODEL
+    return EXIT_OK
+
+
+def add_parser(add: AddCommand) -> None:
+    """Register ``models``."""
+    p = add("models", cmd_models, "list installed models")
+    p.add_argument("--verify", action="store_true", help="check every model's SHA-256")

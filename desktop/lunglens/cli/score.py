@@ -1,0 +1,171 @@
+"""``lunglens score PATH... --out X``: folders into a resumable results CSV and its HTML summary."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
+
+from lunglens.cli.common import (
+    AUTO,
+    EXIT_CANCELLED,
+    EXIT_ERRORS,
+    EXIT_OK,
+    AddCommand,
+    UsageError,
+    err,
+)
+
+if TYPE_CHECKING:
+    from lunglens.batch import Summary
+    from lunglens.models.registry import ModelInfo
+
+
+class ProgressLine:
+    """A tqdm-like progress line on stderr (redrawn in place on a terminal, else every 10 %)."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last = 0.0
+        self._last_decile = -1
+
+    def update(self, done: int, total: int, rate: float, eta: float) -> None:
+        now = time.monotonic()
+        frac = done / total if total else 1.0
+        if self.tty:
+            if now - self._last < 0.1 and done < total:
+                return
+            width = 30
+            bar = "#" * int(frac * width)
+            eta_txt = f"{int(eta // 60)}:{int(eta % 60):02d}" if eta != float("inf") else "?"
+            self.stream.write(
+                f"\r[{bar:<{width}}] {done}/{total} {rate:5.1f} scans/s ETA {eta_txt}  "
+            )
+            if done >= total:
+                self.stream.write("\n")
+        else:
+            decile = int(frac * 10)
+            if decile == self._last_decile and done < total:
+                return
+            self._last_decile = decile
+            self.stream.write(f"{done}/{total} scans ({frac:.0%}), {rate:.1f}/s\n")
+        self._last = now
+        self.stream.flush()
+
+
+def _run(args: argparse.Namespace, info: ModelInfo | None) -> Summary:
+    """Drive :func:`lunglens.batch.score` with a progress line; the first Ctrl-C asks it to
+    stop after the scans in hand, a second one aborts."""
+    from lunglens.batch import Finished, Progress, Started, score
+
+    cancel = threading.Event()
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        err("stopping after the scans in hand (Ctrl-C again to abort now)")
+
+    previous: Callable[..., Any] | int | None = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    bar = ProgressLine()
+    summary = None
+    try:
+        events = score(
+            args.paths,
+            info,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            workers=args.workers,
+            cancel=cancel,
+            include_ids=args.include_ids,
+            models_dir=args.models_dir,
+        )
+        for ev in events:
+            if isinstance(ev, Started):
+                skipped = f", {ev.skipped} already done" if ev.skipped else ""
+                how = (
+                    f"with {info.name} {info.version}"
+                    if info is not None
+                    else "each with its modality's default model"
+                )
+                err(f"scoring {ev.total} scans {how}{skipped}")
+            elif isinstance(ev, Progress):
+                bar.update(ev.done, ev.total, ev.rate, ev.eta_s)
+            elif isinstance(ev, Finished):
+                summary = ev.summary
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    assert summary is not None
+    return summary
+
+
+def _print_summary(summary: Summary, automatic: bool) -> None:
+    if automatic:
+        print("models: " + ", ".join(summary.models))
+    print(
+        f"{summary.done} scored: {summary.ok} ok, {summary.flagged} flagged, "
+        f"{summary.errors} errors ({summary.skipped} skipped as already done) "
+        f"in {summary.elapsed_s:.1f} s -> {summary.out_csv}"
+    )
+    if summary.ignored:
+        print(f"{len(summary.ignored)} files ignored (not scans), e.g. {summary.ignored[0]}")
+    if summary.error_codes:
+        print("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.error_codes.items())))
+
+
+def _auto_models(models_dir: str | None) -> list[ModelInfo]:
+    from lunglens.inference.modality import default_models
+
+    return list({m.name: m for m in default_models(models_dir).values()}.values())
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score ``args.paths`` into ``args.out``; print the summary and write ``results.html``."""
+    from lunglens import DISCLAIMER
+    from lunglens.report.html import write_html_report  # before scoring: fails fast if broken
+
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    info: ModelInfo | None = None  # automatic: each scan by its modality's default model
+    if args.model != AUTO:
+        from lunglens.models import get_model
+
+        info = get_model(args.model, args.models_dir)
+    summary = _run(args, info)
+    _print_summary(summary, automatic=info is None)
+    if not args.no_report:
+        models = [info] if info is not None else _auto_models(args.models_dir)
+        print(f"report: {write_html_report(summary.out_csv, models)}")
+    print(DISCLAIMER)
+    if summary.cancelled:
+        err("cancelled; rerun with --resume to finish")
+        return EXIT_CANCELLED
+    return EXIT_ERRORS if summary.errors else EXIT_OK
+
+
+def add_parser(add: AddCommand) -> None:
+    """Register ``score`` and its options."""
+    p = add("score", cmd_score, "score files and folders into a results CSV")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument(
+        "--model",
+        default=AUTO,
+        help="model name, or 'auto' (default): each scan by its modality's default model",
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="results.csv")
+    p.add_argument("--resume", action="store_true", help="skip scans already in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--workers", type=int, default=2, help="decoder threads (default 2)")
+    p.add_argument("--no-report", action="store_true", help="do not write the HTML summary")
+    p.add_argument("--include-ids", action="store_true", help="add a patient_id column")
