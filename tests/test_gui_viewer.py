@@ -550,7 +550,7 @@ def test_classification_stays_visible_with_gallery_and_batch_docks(
     qtbot, window: MainWindow, ct_file: Path
 ) -> None:
     """Opening the gallery and the batch dock must not squeeze the result out of view."""
-    from lunglens.gui.main_window import CLASSIFY_MIN_HEIGHT
+    from lunglens.gui.window_layout import CLASSIFY_MIN_HEIGHT
 
     open_and_classify(qtbot, window, ct_file)
     window.gallery.show()
@@ -565,7 +565,7 @@ def test_classification_stays_visible_with_gallery_and_batch_docks(
 def test_window_with_every_dock_open_fits_a_laptop_screen(qtbot, window: MainWindow) -> None:
     """1366x768 (minus title bar and taskbar): the docks scroll rather than grow the window
     (it needed 794 px, so the status bar with the triage-aid notice fell off the screen)."""
-    from lunglens.gui.main_window import (
+    from lunglens.gui.window_layout import (
         BATCH_MIN_HEIGHT,
         CLASSIFY_MIN_HEIGHT,
         MAX_WINDOW_MIN_HEIGHT,
@@ -586,7 +586,7 @@ def test_window_with_every_dock_open_fits_a_laptop_screen(qtbot, window: MainWin
 
 def test_batch_dock_opens_at_a_modest_height(qtbot, window: MainWindow) -> None:
     """First run: Qt would split the height evenly and leave the scan a strip."""
-    from lunglens.gui.main_window import BATCH_DEFAULT_HEIGHT
+    from lunglens.gui.window_layout import BATCH_DEFAULT_HEIGHT
 
     window.resize(1366, 740)
     window.batch_dock.show()
@@ -601,7 +601,7 @@ def test_first_window_fits_the_screen_and_size_is_remembered(qtbot, settings: Se
     included; the 1400x900 it used to get cut off the right panel. The user's size is kept."""
     from PySide6.QtCore import QRect, QSize
 
-    from lunglens.gui.main_window import FRAME_MARGIN, first_run_size
+    from lunglens.gui.window_layout import FRAME_MARGIN, first_run_size
 
     laptop = QRect(0, 0, 1366, 728)
     size = first_run_size(laptop)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QToolButton, QWidget
 
+from lunglens.errors import LungLensError
+
 
 class ErrorBanner(QFrame):
     """One-line (wrapping) message with a close button; hidden when empty.
@@ -56,3 +58,10 @@ class ErrorBanner(QFrame):
         self.hide()
         self.label.setText("")
         self.dismissed.emit()
+
+
+def user_message(exc: BaseException) -> str:
+    """User-facing text of an exception (typed LungLens errors are already sentences)."""
+    if isinstance(exc, LungLensError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -1,13 +1,14 @@
 """Batch panel: score a folder into a resumable results CSV while the viewer stays usable.
 
 :func:`lunglens.batch.score` does the work in a pool worker and yields events; this panel turns
-them into a progress bar (count, rate, ETA) and a sortable table that fills in as rows are written,
-ranked most suspicious first (highest P(covid) on top, errors last). The model choice defaults to
-automatic (each scan to its modality's default model, one results file). The summary report is
-written where the user chooses (default: beside the results CSV) and opened with a button.
-Rows are buffered and flushed to the table a few times a second, so a folder of thousands of small
-images cannot flood the GUI thread with one table update per scan. The CSV on disk is the source
-of truth: *Resume* reloads it into the table and skips what is done.
+them into a progress bar (count, rate, ETA) and a sortable table
+(:mod:`~lunglens.gui.batch_table`) that fills in as rows are written, ranked most suspicious first
+(highest P(covid) on top, errors last). The model choice defaults to automatic (each scan to its
+modality's default model, one results file). The summary report is written where the user
+chooses (default: beside the results CSV) and opened with a button. Rows are buffered and flushed
+to the table a few times a second, so a folder of thousands of small images cannot flood the GUI
+thread with one table update per scan. The CSV on disk is the source of truth: *Resume* reloads
+it into the table and skips what is done.
 """
 
 from __future__ import annotations
@@ -18,37 +19,32 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSortFilterProxyModel, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QBrush, QColor, QDesktopServices, QStandardItem, QStandardItemModel
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QTableView,
     QVBoxLayout,
     QWidget,
 )
 
 from lunglens.batch import Finished, Progress, Row, Started, read_rows, score
+from lunglens.gui.batch_table import KEY_ROLE, ResultsTable
 from lunglens.gui.classify_panel import AUTO, AUTO_TEXT
 from lunglens.gui.workers import Worker, WorkerPool
-from lunglens.inference import format_prob
 from lunglens.inference.modality import default_models
 from lunglens.models import ModelInfo
 from lunglens.report import data_dir
 
-SORT_ROLE = Qt.ItemDataRole.UserRole + 1
-KEY_ROLE = Qt.ItemDataRole.UserRole + 2
-FLAGGED_BRUSH = QBrush(QColor(255, 214, 214))
-ERROR_BRUSH = QBrush(QColor(235, 235, 235))
+#: How often buffered rows are moved into the table (ms): a few updates a second, however fast
+#: the rows come.
 FLUSH_MS = 150
 
 
@@ -95,7 +91,6 @@ class BatchPanel(QWidget):
         self._models: dict[str, ModelInfo] = {}
         self._worker: Worker | None = None
         self._buffer: list[dict[str, str]] = []
-        self._columns: list[tuple[str, str]] = []
         self._run_models: list[ModelInfo] = []
         #: Write the summary report beside the CSV when a run completes.
         self.auto_report = True
@@ -103,21 +98,36 @@ class BatchPanel(QWidget):
         self.last_progress: Progress | None = None
         self.report_path: Path | None = None
 
+        self._build_form()
+        self._build_buttons()
+        self._build_progress()
+        self.table = ResultsTable()
+        self.model = self.table.source
+        self.proxy = self.table.proxy
+        self.table.doubleClicked.connect(self._on_double_click)
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setInterval(FLUSH_MS)
+        self._flush_timer.timeout.connect(self.flush)
+        self._build_layout()
+
+    def _build_form(self) -> None:
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("Folder of scans (images, DICOM files, series)")
         self.folder_edit.textChanged.connect(self._suggest_csv)
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse_folder)
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.clicked.connect(self._browse_folder)
         self.model_combo = QComboBox()
         self.model_combo.currentIndexChanged.connect(lambda _i: self._suggest_csv())
         self.csv_edit = QLineEdit()
         self.csv_edit.setPlaceholderText("Results CSV")
         self._csv_auto = True
         self.csv_edit.textEdited.connect(lambda _t: setattr(self, "_csv_auto", False))
-        csv_browse = QPushButton("…")
-        csv_browse.setMaximumWidth(32)
-        csv_browse.clicked.connect(self._browse_csv)
+        self.csv_browse_button = QPushButton("…")
+        self.csv_browse_button.setMaximumWidth(32)
+        self.csv_browse_button.clicked.connect(self._browse_csv)
         self.resume_box = QCheckBox("Resume (skip scans already in the CSV)")
+
+    def _build_buttons(self) -> None:
         self.start_button = QPushButton("Start")
         self.start_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
@@ -133,6 +143,8 @@ class BatchPanel(QWidget):
         self.open_report_button.clicked.connect(self.open_report)
         for b in (self.export_button, self.report_button, self.open_report_button):
             b.setEnabled(False)
+
+    def _build_progress(self) -> None:
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -143,35 +155,13 @@ class BatchPanel(QWidget):
         self.report_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.report_label.setWordWrap(True)
 
-        self.model = QStandardItemModel(0, 0, self)
-        self.proxy = QSortFilterProxyModel(self)
-        self.proxy.setSourceModel(self.model)
-        self.proxy.setSortRole(SORT_ROLE)
-        self.table = QTableView()
-        self.table.setModel(self.proxy)
-        self.table.setSortingEnabled(True)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setAlternatingRowColors(False)
-        self.table.setWordWrap(False)  # one line per scan: more of the ranking in view
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.doubleClicked.connect(self._on_double_click)
-        self.table.setToolTip(
-            "Most suspicious first (highest P on top, errors last); click a header to sort "
-            "otherwise. Double-click a row to open the scan in the viewer"
-        )
-
-        self._flush_timer = QTimer(self)
-        self._flush_timer.setInterval(FLUSH_MS)
-        self._flush_timer.timeout.connect(self.flush)
-
+    def _build_layout(self) -> None:
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.folder_edit, 1)
-        folder_row.addWidget(browse)
+        folder_row.addWidget(self.browse_button)
         csv_row = QHBoxLayout()
         csv_row.addWidget(self.csv_edit, 1)
-        csv_row.addWidget(csv_browse)
+        csv_row.addWidget(self.csv_browse_button)
         form = QFormLayout()
         form.addRow("Folder", folder_row)
         form.addRow("Model", self.model_combo)
@@ -179,11 +169,14 @@ class BatchPanel(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.resume_box)
         buttons.addStretch(1)
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.export_button)
-        buttons.addWidget(self.report_button)
-        buttons.addWidget(self.open_report_button)
+        for b in (
+            self.start_button,
+            self.cancel_button,
+            self.export_button,
+            self.report_button,
+            self.open_report_button,
+        ):
+            buttons.addWidget(b)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
@@ -283,8 +276,8 @@ class BatchPanel(QWidget):
         except OSError as exc:
             self._fail(f"Batch: cannot create {Path(out_csv).parent} ({exc.strerror}).")
             return False
-        self._setup_columns(models)
-        self.model.removeRows(0, self.model.rowCount())
+        self.table.set_columns(models)
+        self.table.clear_rows()
         if resume and os.path.exists(out_csv):
             try:
                 self._append_rows(read_rows(out_csv))  # what is already done stays visible
@@ -391,77 +384,23 @@ class BatchPanel(QWidget):
         self.errorOccurred.emit(message)
 
     # table --------------------------------------------------------------------------------
-    def _setup_columns(self, models: list[ModelInfo]) -> None:
-        """Table columns; the rows are ranked by the positive probability, highest first."""
-        positives = list(dict.fromkeys(m.positive_label for m in models)) or ["covid"]
-        self._columns = [
-            ("path", "Scan"),
-            *((f"p_{pos}", f"P({pos})") for pos in positives),
-            ("prediction", "Triage"),
-            ("threshold", "Threshold"),
-            ("model", "Model"),
-            ("status", "Status"),
-            ("n_slices", "Slices"),
-            ("elapsed_ms", "ms"),
-            ("error", "Error"),
-        ]
-        self.model.setColumnCount(len(self._columns))
-        self.model.setHorizontalHeaderLabels([title for _k, title in self._columns])
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
-        self.table.setColumnWidth(0, 220)
-        self.table.setColumnWidth(self.column("prediction"), 470)
-        self.table.sortByColumn(self.column(f"p_{positives[0]}"), Qt.SortOrder.DescendingOrder)
-
     def column(self, key: str) -> int:
         """Index of the column showing CSV column ``key`` (``-1`` when not shown)."""
-        keys = [k for k, _t in self._columns]
-        return keys.index(key) if key in keys else -1
+        return self.table.column(key)
 
     def _append_rows(self, rows: list[dict[str, str]]) -> None:
-        if not self._columns:
+        if not self.table.columns:
             models = self.run_models()
             if not models:
                 return
-            self._setup_columns(models)
-        self.table.setSortingEnabled(False)  # one sort after the batch, not one per row
-        for row in rows:
-            self.model.appendRow(self._items(row))
-        self.table.setSortingEnabled(True)  # re-applies the current (ranked) sort
-
-    def _items(self, row: dict[str, str]) -> list[QStandardItem]:
-        key = row.get("path", "")
-        flagged = row.get("flagged") == "true"
-        error = row.get("status") != "ok"
-        items: list[QStandardItem] = []
-        for col, _title in self._columns:
-            value = row.get(col, "")
-            sort_value: Any = value
-            text = value
-            if col == "path":
-                text = _short_key(value)
-            elif col.startswith("p_") or col in ("elapsed_ms", "n_slices"):
-                try:
-                    sort_value = float(value)
-                    text = format_prob(sort_value) if col.startswith("p_") else value
-                except ValueError:
-                    sort_value = -1.0  # errors (and other models' classes) rank last
-            item = QStandardItem(text)
-            item.setData(sort_value, SORT_ROLE)
-            item.setData(key, KEY_ROLE)
-            item.setToolTip(value if col in ("path", "error") else text)
-            if flagged:
-                item.setBackground(FLAGGED_BRUSH)
-            elif error:
-                item.setBackground(ERROR_BRUSH)
-            items.append(item)
-        return items
+            self.table.set_columns(models)
+        self.table.append_rows(rows)
 
     def row_count(self) -> int:
         return self.model.rowCount()
 
     def row_keys(self) -> list[str]:
-        return [str(self.model.item(r, 0).data(KEY_ROLE)) for r in range(self.model.rowCount())]
+        return self.table.row_keys()
 
     def _on_double_click(self, index: Any) -> None:
         key = index.data(KEY_ROLE)
@@ -526,11 +465,3 @@ class BatchPanel(QWidget):
         if self.report_path is None:
             return False
         return bool(QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.report_path))))
-
-
-def _short_key(key: str) -> str:
-    """Display name of a results key: the file name, or ``folder#…uid-tail`` for a series."""
-    if "#" in key:
-        folder, uid = key.rsplit("#", 1)
-        return f"{Path(folder).name}#…{uid[-8:]}"
-    return Path(key).name or key

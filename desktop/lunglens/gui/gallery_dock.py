@@ -113,7 +113,12 @@ class GalleryDock(QDockWidget):
         self._worker: Worker | None = None
         self._pending_key: Hashable | None = None
         self.maps: list[ChannelMap] = []
+        self._build_controls()
+        self._build_grid()
+        self.setWidget(scrollable(self._layout_body(), GALLERY_MIN_HEIGHT))
+        self.visibilityChanged.connect(self._on_visibility)
 
+    def _build_controls(self) -> None:
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("Layer of the model (from its manifest)")
         self.layer_combo.currentIndexChanged.connect(lambda _i: self.refresh())
@@ -142,6 +147,8 @@ class GalleryDock(QDockWidget):
         self.enlarge_button.setEnabled(False)
         self.enlarge_button.clicked.connect(self.enlarge_selected)
         self.enlarged = EnlargedMap(self)
+
+    def _build_grid(self) -> None:
         self.grid = QListWidget()
         self.grid.setViewMode(QListView.ViewMode.IconMode)
         self.grid.setIconSize(QSize(THUMB, THUMB))
@@ -161,6 +168,7 @@ class GalleryDock(QDockWidget):
         self.preview_caption = QLabel("")
         self.preview_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
 
+    def _layout_body(self) -> QWidget:
         row = QHBoxLayout()
         row.addWidget(self.layer_combo, 1)
         row.addWidget(self.top_n)
@@ -184,8 +192,7 @@ class GalleryDock(QDockWidget):
         layout.addWidget(self.explain_label)
         layout.addWidget(self.status)
         layout.addWidget(split, 1)
-        self.setWidget(scrollable(body, GALLERY_MIN_HEIGHT))
-        self.visibilityChanged.connect(self._on_visibility)
+        return body
 
     def _on_visibility(self, visible: bool) -> None:
         if visible:

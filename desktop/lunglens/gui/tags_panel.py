@@ -6,8 +6,6 @@ Shows what the core reader collected in :attr:`lunglens.io.Scan.metadata` plus t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
@@ -17,7 +15,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lunglens.io import Scan
+from lunglens.io import Scan, SourceKey
 
 #: Display order and names of the metadata keys the readers produce; unknown keys follow.
 LABELS: dict[str, str] = {
@@ -68,7 +66,7 @@ class TagsPanel(QWidget):
         if scan is None:
             return
         rows: list[tuple[str, str]] = [
-            ("Source", Path(scan.source.split("#")[0]).name or scan.source),
+            ("Source", SourceKey.parse(scan.source).name),
             ("Kind", scan.kind),
             ("LungLens modality", scan.modality.upper()),
             ("Size", f"{scan.n_slices} x {scan.image.shape[1]} x {scan.image.shape[2]}"),
