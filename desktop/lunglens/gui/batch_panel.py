@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 
 from lunglens.batch import Finished, Progress, Row, Started, read_rows, score
 from lunglens.gui.batch_table import KEY_ROLE, ResultsTable
-from lunglens.gui.classify_panel import AUTO, AUTO_TEXT
+from lunglens.gui.classify_panel import AUTO, fill_model_combo
 from lunglens.gui.workers import Worker, WorkerPool
 from lunglens.inference.modality import default_models
 from lunglens.models import ModelInfo
@@ -190,16 +190,7 @@ class BatchPanel(QWidget):
         """Fill the model chooser (:data:`AUTO_TEXT` first, the default); ``preferred`` (e.g.
         the viewer's choice) is selected."""
         current = preferred or self.current_model_name()
-        self._models = {m.name: m for m in models}
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        if models:
-            self.model_combo.addItem(AUTO_TEXT, AUTO)
-        for m in models:
-            self.model_combo.addItem(f"{m.name}  ({m.modality.upper()}, v{m.version})", m.name)
-        idx = self.model_combo.findData(current)
-        self.model_combo.setCurrentIndex(max(0, idx))
-        self.model_combo.blockSignals(False)
+        self._models = fill_model_combo(self.model_combo, models, current)
         self.start_button.setEnabled(bool(models))
         self._suggest_csv()
 

@@ -30,6 +30,24 @@ from lunglens.models import ModelInfo
 AUTO = "auto"
 AUTO_TEXT = "Automatic (by modality)"
 
+
+def fill_model_combo(
+    combo: QComboBox, models: list[ModelInfo], current: str
+) -> dict[str, ModelInfo]:
+    """Fill a model chooser: :data:`AUTO_TEXT` first (when any model exists), then
+    ``name  (modality, version)``; ``current`` stays selected when still offered (else the
+    first entry). No change signal is emitted. Returns the models by name."""
+    combo.blockSignals(True)
+    combo.clear()
+    if models:
+        combo.addItem(AUTO_TEXT, AUTO)
+    for m in models:
+        combo.addItem(f"{m.name}  ({m.modality.upper()}, v{m.version})", m.name)
+    combo.setCurrentIndex(max(0, combo.findData(current)))
+    combo.blockSignals(False)
+    return {m.name: m for m in models}
+
+
 #: Bar colours: the positive class stands out, the others stay neutral.
 BAR_STYLE = "QProgressBar { border: 1px solid #aaa; border-radius: 2px; text-align: center; }"
 POSITIVE_STYLE = "QProgressBar::chunk { background-color: #d9534f; }"
@@ -144,17 +162,7 @@ class ClassifyPanel(QWidget):
     def set_models(self, models: list[ModelInfo]) -> None:
         """Fill the chooser (:data:`AUTO_TEXT` first, then ``name  (modality, version)``),
         keeping the current choice."""
-        current = self.current_model_name()
-        self._models = {m.name: m for m in models}
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        if models:
-            self.model_combo.addItem(AUTO_TEXT, AUTO)
-        for m in models:
-            self.model_combo.addItem(f"{m.name}  ({m.modality.upper()}, v{m.version})", m.name)
-        if current in self._models:
-            self.model_combo.setCurrentIndex(self.model_combo.findData(current))
-        self.model_combo.blockSignals(False)
+        self._models = fill_model_combo(self.model_combo, models, self.current_model_name())
         self.classify_button.setEnabled(bool(models))
         if not models:
             self.prediction_label.setText("No model installed")

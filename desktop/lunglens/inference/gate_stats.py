@@ -9,7 +9,6 @@ threshold from held-out folds; :func:`load_stats` reads the fitted ``ood.npz`` o
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import numpy as np
 from lunglens.errors import ModelRefused
 from lunglens.inference.gate_features import DESCRIPTOR_VERSION
 from lunglens.io.scan import SCORED_MODALITIES
+from lunglens.models.hashing import sha256_bytes
 from lunglens.models.registry import ModelInfo
 
 
@@ -130,7 +130,7 @@ def load_stats(info: ModelInfo) -> GateStats | None:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelRefused(path, f"gate statistics cannot be read ({exc.strerror})") from exc
-    actual = hashlib.sha256(data).hexdigest()
+    actual = sha256_bytes(data)
     if actual != str(entry.get("sha256", "")).lower():
         raise ModelRefused(
             path,

@@ -284,6 +284,8 @@ class Pipeline:
     def stage_quantize(self, ds: ImageSet) -> None:
         from lunglens.training.metrics import choose_threshold
         from lunglens.training.quantize import (
+            QuantCandidate,
+            Validation,
             onnx_probs,
             quantize_and_score,
             search_quantization,
@@ -313,8 +315,9 @@ class Pipeline:
                 self.log(f"quantization trial {t}")
         else:
             p32 = onnx_probs(fp32, ds.images[val_idx])
+            val = Validation(ds.images[val_idx], y, pos, p32, threshold)
             q, p8, thr = quantize_and_score(
-                fp32, int8, ds.images[calib], ds.images[val_idx], y, pos, p32, threshold, method
+                fp32, int8, ds.images[calib], val, QuantCandidate(method)
             )
         self.state["quantization"] = q
         self.state["threshold"] = thr

@@ -8,7 +8,9 @@ Every field is given by keyword, so a preset reads as what it is.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from lunglens.io.scan import Modality
 from lunglens.preprocess import IDENTITY, Preprocessing
 
 LUNG_WINDOW = ("lung", -600.0, 1500.0)
@@ -55,143 +57,111 @@ class Preset:
     views_from: str | None = None
 
 
+# What presets share, by task and by recipe; each preset below adds only what is its own.
+_CT: dict[str, Any] = dict(
+    modality=Modality.CT, data="ct-covid-binary", positive_label="covid", window=LUNG_WINDOW
+)
+_CXR: dict[str, Any] = dict(modality=Modality.CXR, data="cxr-3class", positive_label="covid")
+#: ImageNet-pretrained EfficientNet-Lite0, frozen stem and first stages, body crop, one-cycle
+_LITE: dict[str, Any] = dict(
+    arch="efficientnet-lite0",
+    size_cpu=224,
+    size_cuda=224,
+    pretrained=True,
+    frozen_stages=3,
+    preprocessing=BODY_CROP,
+    schedule="onecycle",
+    min_epochs_share=1.0,
+    calibration="auto",
+    default_for_modality=True,
+)
+#: SqueezeNet-light trained on the CT Lite teacher's cached augmented views
+_STUDENT: dict[str, Any] = dict(
+    arch="squeezenet-light",
+    size_cpu=128,
+    size_cuda=224,
+    epochs_cpu=6,
+    epochs_cuda=40,
+    preprocessing=BODY_CROP,
+    schedule="onecycle",
+    min_epochs_share=1.0,
+    views_from="ct-efficientnet-lite",
+    train_exclude_sources=("normal-ct-512",),
+)
+_SQUEEZENET: dict[str, Any] = dict(arch="squeezenet-light", size_cpu=128, size_cuda=224)
+_B5: dict[str, Any] = dict(
+    arch="efficientnet-b5", size_cpu=96, size_cuda=456, batch_size=16, calibration="auto"
+)
+
+
+def _preset(*shared: dict[str, Any], **own: Any) -> Preset:
+    """A preset from shared field sets (later ones win) and its own fields."""
+    fields: dict[str, Any] = {}
+    for part in (*shared, own):
+        fields.update(part)
+    return Preset(**fields)
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
-        Preset(
+        _preset(
+            _CT,
+            _LITE,
             name="ct-efficientnet-lite",
             model_name="efficientnet-lite-ct",
-            arch="efficientnet-lite0",
-            modality="ct",
-            data="ct-covid-binary",
-            positive_label="covid",
-            size_cpu=224,
-            size_cuda=224,
             epochs_cpu=6,
             epochs_cuda=12,
-            batch_size=32,
-            lr=1e-3,
-            window=LUNG_WINDOW,
-            pretrained=True,
-            frozen_stages=3,
-            preprocessing=BODY_CROP,
-            schedule="onecycle",
-            min_epochs_share=1.0,
-            calibration="auto",
-            default_for_modality=True,
             train_exclude_sources=("normal-ct-512",),
         ),
-        Preset(
+        _preset(
+            _CXR,
+            _LITE,
             name="cxr-efficientnet-lite",
             model_name="efficientnet-lite-cxr",
-            arch="efficientnet-lite0",
-            modality="cxr",
-            data="cxr-3class",
-            positive_label="covid",
-            size_cpu=224,
-            size_cuda=224,
             epochs_cpu=8,
             epochs_cuda=20,
-            batch_size=32,
-            lr=1e-3,
-            pretrained=True,
-            frozen_stages=3,
-            preprocessing=BODY_CROP,
-            schedule="onecycle",
-            min_epochs_share=1.0,
-            calibration="auto",
-            default_for_modality=True,
         ),
-        Preset(
+        _preset(
+            _CT,
+            _SQUEEZENET,
             name="ct-squeezenet",
             model_name="squeezenet-light-ct",
-            arch="squeezenet-light",
-            modality="ct",
-            data="ct-covid-binary",
-            positive_label="covid",
-            size_cpu=128,
-            size_cuda=224,
             epochs_cpu=14,
             epochs_cuda=40,
-            window=LUNG_WINDOW,
         ),
-        Preset(
+        _preset(
+            _CT,
+            _STUDENT,
             name="ct-squeezenet-distilled",
             model_name="squeezenet-light-ct-distilled",
-            arch="squeezenet-light",
-            modality="ct",
-            data="ct-covid-binary",
-            positive_label="covid",
-            size_cpu=128,
-            size_cuda=224,
-            epochs_cpu=6,
-            epochs_cuda=40,
-            window=LUNG_WINDOW,
-            preprocessing=BODY_CROP,
-            schedule="onecycle",
-            min_epochs_share=1.0,
             teacher="ct-efficientnet-lite",
-            views_from="ct-efficientnet-lite",
-            train_exclude_sources=("normal-ct-512",),
         ),
-        Preset(  # the same student without the teacher: the distillation's control
-            name="ct-squeezenet-views",
-            model_name="squeezenet-light-ct-views",
-            arch="squeezenet-light",
-            modality="ct",
-            data="ct-covid-binary",
-            positive_label="covid",
-            size_cpu=128,
-            size_cuda=224,
-            epochs_cpu=6,
-            epochs_cuda=40,
-            window=LUNG_WINDOW,
-            preprocessing=BODY_CROP,
-            schedule="onecycle",
-            min_epochs_share=1.0,
-            views_from="ct-efficientnet-lite",
-            train_exclude_sources=("normal-ct-512",),
-        ),
-        Preset(
+        # the same student without the teacher: the distillation's control
+        _preset(_CT, _STUDENT, name="ct-squeezenet-views", model_name="squeezenet-light-ct-views"),
+        _preset(
+            _CT,
+            _B5,
             name="ct-efficientnet-b5",
             model_name="efficientnet-b5-ct",
-            arch="efficientnet-b5",
-            modality="ct",
-            data="ct-covid-binary",
-            positive_label="covid",
-            size_cpu=96,
-            size_cuda=456,
             epochs_cpu=6,
             epochs_cuda=30,
-            batch_size=16,
-            calibration="auto",
-            window=LUNG_WINDOW,
         ),
-        Preset(
+        _preset(
+            _CXR,
+            _SQUEEZENET,
             name="cxr-squeezenet",
             model_name="squeezenet-light-cxr",
-            arch="squeezenet-light",
-            modality="cxr",
-            data="cxr-3class",
-            positive_label="covid",
-            size_cpu=128,
-            size_cuda=224,
             epochs_cpu=25,
             epochs_cuda=60,
         ),
-        Preset(
+        _preset(
+            _CXR,
+            _B5,
             name="cxr-efficientnet-b5",
             model_name="efficientnet-b5-cxr",
-            arch="efficientnet-b5",
-            modality="cxr",
-            data="cxr-3class",
-            positive_label="covid",
-            size_cpu=96,
-            size_cuda=456,
             epochs_cpu=12,
             epochs_cuda=40,
-            batch_size=16,
-            calibration="auto",
         ),
     ]
 }

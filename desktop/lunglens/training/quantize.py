@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -194,23 +194,26 @@ QUANT_CANDIDATES: tuple[QuantCandidate, ...] = (
 )
 
 
+class Validation(NamedTuple):
+    """The validation fold a quantization is scored on, against the float model."""
+
+    images: np.ndarray  #: uint8 ``[N, H, W]``
+    labels: np.ndarray  #: class indices ``[N]``
+    positive: int  #: index of the class the threshold is for
+    p32: np.ndarray  #: the float model's probabilities on ``images``
+    choose_threshold: Callable[[np.ndarray, np.ndarray], float]  #: ``(y_positive, p_positive)``
+
+
 def quantize_and_score(
     fp32_path: Path,
     int8_path: Path,
     calib_images: np.ndarray,
-    val_images: np.ndarray,
-    val_labels: np.ndarray,
-    positive: int,
-    p32: np.ndarray,
-    choose_threshold,
-    method: str = "MinMax",
-    keep_float_ops: Sequence[str] = (),
-    float_first_convs: int = 0,
+    val: Validation,
+    candidate: QuantCandidate,
 ) -> tuple[dict, np.ndarray, float]:
     """Quantize one way, then score the INT8 file on the validation fold against the float one.
 
-    ``p32`` are the float model's validation probabilities; the threshold is chosen on the INT8
-    model's own (``choose_threshold(y_positive, p_positive)``), since that is what ships.
+    The threshold is chosen on the INT8 model's own probabilities, since that is what ships.
 
     Returns
     -------
@@ -220,13 +223,14 @@ def quantize_and_score(
         fp32_path,
         int8_path,
         calib_images,
-        method=method,
-        keep_float_ops=keep_float_ops,
-        float_first_convs=float_first_convs,
+        method=candidate.method,
+        keep_float_ops=candidate.keep_float,
+        float_first_convs=candidate.float_first_convs,
     )
-    p8 = onnx_probs(int8_path, val_images)
-    thr = float(choose_threshold((val_labels == positive).astype(int), p8[:, positive]))
-    q["parity_validation_fold"] = parity(p32, p8, val_labels, positive, thr)
+    p8 = onnx_probs(int8_path, val.images)
+    y_pos = (val.labels == val.positive).astype(int)
+    thr = float(val.choose_threshold(y_pos, p8[:, val.positive]))
+    q["parity_validation_fold"] = parity(val.p32, p8, val.labels, val.positive, thr)
     return q, p8, thr
 
 
@@ -271,25 +275,14 @@ def search_quantization(
     report, fp32 validation probabilities, INT8 validation probabilities, threshold
     """
     p32 = onnx_probs(fp32_path, val_images)
+    val = Validation(val_images, val_labels, positive, p32, choose_threshold)
     trials: list[dict] = []
     best: tuple[tuple, dict, np.ndarray, float, Path] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         for i, cand in enumerate(candidates):
-            method, keep, n_float = QuantCandidate(*cand)
+            method, keep, n_float = cand = QuantCandidate(*cand)
             path = Path(tmp) / f"cand{i}.onnx"
-            q, p8, thr = quantize_and_score(
-                fp32_path,
-                path,
-                calib_images,
-                val_images,
-                val_labels,
-                positive,
-                p32,
-                choose_threshold,
-                method,
-                keep,
-                n_float,
-            )
+            q, p8, thr = quantize_and_score(fp32_path, path, calib_images, val, cand)
             par = q["parity_validation_fold"]
             ms = round(_single_image_ms(path, val_images[0]), 2)  # ranked as reported
             trial = dict(
@@ -317,7 +310,7 @@ def search_quantization(
         int8_path.write_bytes(path.read_bytes())
     report["selection"] = (
         f"of {len(candidates)} candidates, the fastest (single image) with agreement >= "
-        f"{min_agreement:.0%} with the float model and accuracy loss <= {max_accuracy_loss} "
+        f"{min_agreement:.1%} with the float model and accuracy loss <= {max_accuracy_loss} "
         "points on the validation fold; the highest agreement if none qualifies"
     )
     report["trials"] = trials
