@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,33 @@ def test_manifest_preprocessing_is_parsed_and_checked(mdir: Path) -> None:
     write_model(mdir / "bad-prep", name="bad-prep", input_preprocessing={"crop": "brain"})
     with pytest.raises(ModelRefused, match="preprocessing"):
         get_model("bad-prep", mdir)
+
+
+def test_manifests_are_parsed_once_and_again_when_edited(mdir: Path) -> None:
+    """Repeated lookups reuse the checked manifest (every classify call looks models up),
+    but an edit is seen at once, even one that keeps the file's size and time stamp."""
+    first = get_model("synthetic-ct", mdir)
+    assert get_model("synthetic-ct", mdir) is first
+    mpath = mdir / "synthetic-ct" / "manifest.json"
+    stat = mpath.stat()
+    text = mpath.read_text(encoding="utf-8")
+    data = json.loads(text)
+    data["version"] = "9" * len(str(data["version"]))  # same length
+    edited = json.dumps(data, indent=2)
+    edited += " " * (len(text) - len(edited))  # same size
+    mpath.write_text(edited, encoding="utf-8")
+    os.utime(mpath, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same time stamp
+    again = get_model("synthetic-ct", mdir)
+    assert again is not first and again.version == data["version"]
+    (mdir / "synthetic-ct" / "model.onnx").unlink()
+    with pytest.raises(ModelRefused, match="missing"):
+        get_model("synthetic-ct", mdir)  # the file check runs on every lookup
+
+
+def test_sessions_do_not_spin_between_runs(mdir: Path) -> None:
+    """Idle onnxruntime threads must not busy-wait: the gate's, the modality check's and the
+    triage model's sessions run in turn on 2 cores."""
+    from lunglens.inference.engine import SPINNING
+
+    engine = get_engine(get_model("synthetic-ct", mdir))
+    assert engine.session.get_session_options().get_session_config_entry(SPINNING) == "0"

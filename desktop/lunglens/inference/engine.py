@@ -73,6 +73,10 @@ def pruned_graph(
     return onnx.utils.Extractor(graph).extract_model([input_name], list(outputs))
 
 
+#: onnxruntime session option: intra-op threads busy-wait for work after a run.
+SPINNING = "session.intra_op.allow_spinning"
+
+
 def _session_options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     env = os.environ.get(THREADS_ENV)
@@ -81,6 +85,11 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: warnings about unused initializers are noise
+    # No spin-waiting after a run: one classify call runs three sessions in turn (the gate's
+    # modality-check graph, its probs graph, the triage model), and each session's idle pool
+    # threads spinning on the 2 cores starved the next one: file -> result took 23-29 ms with
+    # spinning and 9.6 ms without (benchmarks/bench_inference.py [1], same machine and run).
+    opts.add_session_config_entry(SPINNING, "0")
     return opts
 
 

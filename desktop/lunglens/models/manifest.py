@@ -108,16 +108,43 @@ class ModelManifest:
         ModelRefused
             Missing or unreadable file, invalid JSON, or a manifest :meth:`from_dict` refuses.
         """
+        return cls.parse(cls.read_text(path), path)
+
+    @staticmethod
+    def read_text(path: str | os.PathLike[str]) -> str:
+        """The manifest file's text.
+
+        Raises
+        ------
+        ModelRefused
+            Missing or unreadable file, or not UTF-8.
+        """
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            return path.read_text(encoding="utf-8")
         except FileNotFoundError as exc:
             raise ModelRefused(path, "no manifest.json in the model folder") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ModelRefused(
                 path, f"manifest is not valid JSON ({exc})", "Reinstall the model folder."
             ) from exc
-        return cls.from_dict(data, path)
+
+    @classmethod
+    def parse(cls, text: str, path: str | os.PathLike[str]) -> ModelManifest:
+        """Check the manifest text read from ``path`` (named in errors).
+
+        Raises
+        ------
+        ModelRefused
+            Invalid JSON, or a manifest :meth:`from_dict` refuses.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelRefused(
+                Path(path), f"manifest is not valid JSON ({exc})", "Reinstall the model folder."
+            ) from exc
+        return cls.from_dict(data, Path(path))
 
     @classmethod
     def from_dict(cls, data: object, source: str | Path | None = None) -> ModelManifest:

@@ -8,6 +8,7 @@ once before it creates a session.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -150,11 +151,24 @@ def load_manifest(folder: str | os.PathLike[str]) -> ModelInfo:
     """
     folder = Path(folder)
     mpath = folder / MANIFEST
-    info = ModelInfo.from_manifest(ModelManifest.read(mpath), folder)
+    info = _parsed(str(folder), ModelManifest.read_text(mpath))
     _confine(mpath, folder, info.onnx_path)
     if not info.onnx_path.is_file():
         raise ModelRefused(info.onnx_path, "model file is missing", "Reinstall the model folder.")
     return info
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(folder: str, text: str) -> ModelInfo:
+    """The checked manifest of ``folder`` whose file holds ``text``.
+
+    Keyed by the text itself (not the file's time stamp), so an edited manifest is parsed and
+    checked again, while every classify call, which looks the modality check and its model up
+    again, reads a few small files instead of parsing and checking five manifests. The
+    folder-confinement and file checks still run on every load.
+    """
+    path = Path(folder)
+    return ModelInfo.from_manifest(ModelManifest.parse(text, path / MANIFEST), path)
 
 
 def _confine(mpath: Path, folder: Path, onnx_path: Path) -> None:

@@ -180,9 +180,9 @@ class QuantCandidate(NamedTuple):
 # calibration methods; then the layers nearest the input left in float, increasingly (for
 # EfficientNet-Lite0, 3 Convs are the stem and block 0, 9 add stage 1, 15 stage 2, 21 half of
 # stage 3: on the CT model, stem and stages 0-1 in float cut the mean |dp| against float from
-# 0.023 to 0.006, at about 0.8 ms per image); then ``Mul`` in float, which in EfficientNet-B* is both halves of SiLU
-# (x * sigmoid(x)) and the squeeze-and-excitation gate, sigmoid outputs in [0, 1] next to
-# unbounded activations, the usual place where a per-tensor uint8 scale loses accuracy.
+# 0.023 to 0.006, at about 0.8 ms per image); then ``Mul`` in float, which in EfficientNet-B*
+# is both halves of SiLU (x * sigmoid(x)) and the squeeze-and-excitation gate, sigmoid outputs
+# in [0, 1] next to unbounded activations, where a per-tensor uint8 scale loses accuracy.
 QUANT_CANDIDATES: tuple[QuantCandidate, ...] = (
     QuantCandidate("MinMax"),
     QuantCandidate("Percentile"),
