@@ -31,11 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def session(path: Path, threads: int, outputs: list[str]) -> ort.InferenceSession:
     import onnx
 
-    from lunglens.inference.engine import pruned_graph
+    from lunglens.inference.engine import _session_options, pruned_graph
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so = _session_options(threads)  # the app's options (no spin-waiting between runs)
     graph = pruned_graph(onnx.load(str(path)), "image", outputs)
     return ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
