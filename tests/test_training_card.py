@@ -61,3 +61,36 @@ def test_modality_check_card_matches_the_shipped_card() -> None:
     head, gate = shipped.split("## Chest-image gate", 1)
     expected = head + "## Intended use" + gate.split("## Intended use", 1)[1]
     assert card(ModelManifest.read(folder / "manifest.json")) == expected
+
+
+def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: Path) -> None:
+    """A distilled student's card puts its pooled out-of-fold numbers next to its teacher's and
+    to the control's (same views, no teacher), read from their metrics.json; a control that
+    has not run is named with the command that runs it."""
+    from dataclasses import replace
+
+    manifest, lite_metrics = _shipped("efficientnet-lite-ct")
+    student = PRESETS["ct-squeezenet-distilled"]
+    assert student.views_from == "ct-efficientnet-lite" and student.teacher
+    teacher_dir = tmp_path / PRESETS["ct-efficientnet-lite"].model_name
+    teacher_dir.mkdir()
+    (teacher_dir / "metrics.json").write_text(json.dumps(lite_metrics), encoding="utf-8")
+    out = tmp_path / student.model_name
+    out.mkdir()
+    weaker = json.loads(json.dumps(lite_metrics))
+    weaker["pooled_out_of_fold"]["per_class"]["covid"]["auc"] = 0.5
+    student_manifest = replace(manifest, training={**manifest.training, "preset": student.name})
+    write_card(out, student_manifest, weaker, student)
+    text = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert rows[0].startswith("| `ct-squeezenet-distilled` (this model) | yes | 0.500 |")
+    auc = lite_metrics["pooled_out_of_fold"]["per_class"]["covid"]["auc"]
+    ucsd = lite_metrics["per_source"]["covid-ct-ucsd"]["per_class"]["covid"]["auc"]
+    assert rows[1].startswith(f"| `ct-efficientnet-lite` | no | {auc:.3f} |")
+    assert rows[1].endswith(f"| {ucsd:.3f} |")
+    assert (
+        rows[2] == "| `ct-squeezenet-views` | - | not run (`lunglens-train ct-squeezenet-views`) |"
+    )
+    # the Lite models have no teacher or control: their cards carry no such section
+    write_card(tmp_path, manifest, lite_metrics, PRESETS["ct-efficientnet-lite"])
+    assert "Compared on the same folds" not in (tmp_path / "MODEL_CARD.md").read_text()

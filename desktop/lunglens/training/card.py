@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,15 +139,17 @@ def _exclusion_text(t: Mapping[str, Any]) -> str:
 def _pretrained_text(t: Mapping[str, Any]) -> str:
     pre = t.get("pretrained")
     if not pre:
-        return "- Pretrained weights: none (trained from scratch)."
+        return "- Pretrained weights: none (trained from scratch)." + _distilled_text(t)
     text = (
         f"- Pretrained weights: ImageNet, {pre['source']} ({pre['licence']}, SHA-256 "
         f"`{pre['sha256'][:16]}...`), used at training time only: the app ships this ONNX file."
     )
+    return text + _distilled_text(t)
+
+
+def _distilled_text(t: Mapping[str, Any]) -> str:
     teacher = t.get("distilled_from")
-    if teacher:
-        text += f" Distilled from the `{teacher['preset']}` models (fold by fold)."
-    return text
+    return f" Distilled from the `{teacher['preset']}` models (fold by fold)." if teacher else ""
 
 
 def _schedule_text(t: Mapping[str, Any]) -> str:
@@ -172,10 +175,65 @@ def write_card(out: Path, manifest: ModelManifest, metrics: dict | None, preset:
         *_training_lines(m, preset),
         *_quantization_lines(m),
         *_evaluation_lines(m, metrics),
+        *_comparison_lines(out, m, metrics, preset),
         *_cam_lines(m.cam_in_lungs),
         *_limits_lines(m),
     ]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+#: Sources whose within-source AUC the comparison shows (the two two-class CT sources).
+COMPARED_SOURCES = ("sars-cov-2-ct", "covid-ct-ucsd")
+
+
+def _comparison_lines(
+    out: Path, m: ModelManifest, metrics: dict | None, preset: Preset
+) -> list[str]:
+    """A student trained on a teacher's cached views, next to that teacher and to the same
+    student trained on the same views without the teacher (the distillation's control), all on
+    the same folds. Each row is read from that preset's ``metrics.json`` beside this model's
+    folder (written by its own ``lunglens-train`` command); a preset not run yet says so."""
+    if preset.views_from is None or metrics is None:
+        return []
+    from lunglens.training.presets import PRESETS
+
+    related = [PRESETS[preset.views_from]] + [
+        p
+        for p in PRESETS.values()
+        if p.views_from == preset.views_from and p.arch == preset.arch and p.name != preset.name
+    ]
+    pos = m.positive_label
+    header = ["this model", *(p.name for p in related)]
+    rows: list[tuple[str, Preset, dict | None]] = [(header[0], preset, metrics)]
+    for p in related:
+        path = out.parent / p.model_name / "metrics.json"
+        rows.append((p.name, p, json.loads(path.read_text()) if path.is_file() else None))
+    lines = [
+        "",
+        "### Compared on the same folds (pooled out-of-fold, each model at its own threshold)",
+        "",
+        "| model | distilled | AUC | sensitivity | specificity | accuracy | "
+        + " | ".join(f"AUC within {s}" for s in COMPARED_SOURCES)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(COMPARED_SOURCES),
+    ]
+    for name, p, met in rows:
+        if met is None:
+            lines.append(f"| `{p.name}` | - | not run (`lunglens-train {p.name}`) |")
+            continue
+        pooled = met["pooled_out_of_fold"]
+        c = pooled["per_class"][pos]
+        within = [
+            met["per_source"].get(s, {}).get("per_class", {}).get(pos, {}) for s in COMPARED_SOURCES
+        ]
+        lines.append(
+            f"| `{p.name}`{' (this model)' if name == header[0] else ''} | "
+            f"{'yes' if p.teacher else 'no'} | {c['auc']:.3f} | {_pct(c['sensitivity'])} | "
+            f"{_pct(c['specificity'])} | {_pct(pooled['accuracy'])} | "
+            + " | ".join(f"{w['auc']:.3f}" if w.get("auc") is not None else "-" for w in within)
+            + " |"
+        )
+    return lines
 
 
 def _header_lines(m: ModelManifest) -> list[str]:
