@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lunglens.io.scan import Modality
-from lunglens.preprocess import IDENTITY, Preprocessing
+from lunglens.preprocess import IDENTITY, WINDOW_PRESETS, Preprocessing
 
-LUNG_WINDOW = ("lung", -600.0, 1500.0)
+_LUNG = WINDOW_PRESETS["lung"]
+#: The CT window the training images are rendered with, ``(name, center, width)``: the app's
+#: lung preset (one window table, :data:`lunglens.preprocess.WINDOW_PRESETS`).
+LUNG_WINDOW = (_LUNG.name, _LUNG.center, _LUNG.width)
 #: Crop to the body and stretch intensities between air and dense tissue (lunglens.preprocess):
 #: the sources of the public sets differ in frame and contrast, not only in disease.
 BODY_CROP = Preprocessing(crop="body", intensity="percentile")
