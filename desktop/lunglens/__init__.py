@@ -12,6 +12,11 @@ import sys
 
 __version__ = "0.1.0"
 
+#: The model choice "automatic" (``--model auto``, the app's "Automatic (by modality)"): each
+#: scan is scored by its modality's default model. Here, not in ``batch``, so that the CLI's
+#: argument parser names it without importing numpy and onnxruntime.
+AUTO_MODEL = "auto"
+
 DISCLAIMER = "Triage aid only - not a diagnosis. Results must be reviewed by a qualified clinician."
 
 #: onnxruntime >= 1.x sends usage events to ``mobile.events.data.microsoft.com`` (DNS lookups and

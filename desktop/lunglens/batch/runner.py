@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lunglens import AUTO_MODEL
 from lunglens.audit import append_audit
 from lunglens.batch.events import BatchEvent, Finished, Started, Summary
 from lunglens.batch.lock import ResultsLock
@@ -43,8 +44,7 @@ from lunglens.io.scan import SCORED_MODALITIES, Scan
 from lunglens.models.registry import ModelInfo, modality_checker
 from lunglens.preprocess import to_model_input
 
-#: ``--model auto``: each scan is scored by its modality's default model.
-AUTO = "auto"
+AUTO = AUTO_MODEL  #: ``--model auto``: each scan is scored by its modality's default model.
 
 
 @dataclass

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lunglens import AUTO_MODEL
+
 if TYPE_CHECKING:
     from lunglens.io.scan import Scan
     from lunglens.models.registry import ModelInfo
 
-#: ``--model auto``: each scan is scored by its modality's default model.
-AUTO = "auto"
+AUTO = AUTO_MODEL  #: ``--model auto``: each scan is scored by its modality's default model.
 
 EXIT_OK = 0
 EXIT_ERRORS = 1

@@ -22,12 +22,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lunglens import DISCLAIMER
+from lunglens import AUTO_MODEL, DISCLAIMER
 from lunglens.inference import ScanResult, format_prob, format_threshold, slice_numbers
 from lunglens.models import ModelInfo
 
-#: Combo data of the automatic choice: each scan gets its modality's default model.
-AUTO = "auto"
+AUTO = AUTO_MODEL  #: combo data of the automatic choice
 AUTO_TEXT = "Automatic (by modality)"
 
 
