@@ -203,11 +203,10 @@ def _comparison_lines(
         if p.views_from == preset.views_from and p.arch == preset.arch and p.name != preset.name
     ]
     pos = m.positive_label
-    header = ["this model", *(p.name for p in related)]
-    rows: list[tuple[str, Preset, dict | None]] = [(header[0], preset, metrics)]
+    rows: list[tuple[Preset, dict | None]] = [(preset, metrics)]
     for p in related:
         path = out.parent / p.model_name / "metrics.json"
-        rows.append((p.name, p, json.loads(path.read_text()) if path.is_file() else None))
+        rows.append((p, json.loads(path.read_text()) if path.is_file() else None))
     lines = [
         "",
         "### Compared on the same folds (pooled out-of-fold, each model at its own threshold)",
@@ -217,7 +216,7 @@ def _comparison_lines(
         + " |",
         "|---|---|---|---|---|---|" + "---|" * len(COMPARED_SOURCES),
     ]
-    for name, p, met in rows:
+    for p, met in rows:
         if met is None:
             lines.append(f"| `{p.name}` | - | not run (`lunglens-train {p.name}`) |")
             continue
@@ -227,7 +226,7 @@ def _comparison_lines(
             met["per_source"].get(s, {}).get("per_class", {}).get(pos, {}) for s in COMPARED_SOURCES
         ]
         lines.append(
-            f"| `{p.name}`{' (this model)' if name == header[0] else ''} | "
+            f"| `{p.name}`{' (this model)' if p is preset else ''} | "
             f"{'yes' if p.teacher else 'no'} | {c['auc']:.3f} | {_pct(c['sensitivity'])} | "
             f"{_pct(c['specificity'])} | {_pct(pooled['accuracy'])} | "
             + " | ".join(f"{w['auc']:.3f}" if w.get("auc") is not None else "-" for w in within)
