@@ -134,9 +134,6 @@ class CamControls(QGroupBox):
     def is_shown(self) -> bool:
         return self.show_box.isChecked()
 
-    def current_class(self) -> str:
-        return self.class_combo.currentText()
-
     def colormap(self) -> str:
         return self.colormap_combo.currentText()
 

@@ -214,10 +214,6 @@ class ViewerState:
             return None
         return self.cams.heat(self.slice_index, self.heat_class(), self.cam.colormap)
 
-    def has_raw_cam(self) -> bool:
-        """True when the raw CAM of the slice on screen is known (only coloring is left)."""
-        return self.slice_index in self.cams.raw
-
     def heat_request(self) -> HeatRequest | None:
         """What to compute for the slice on screen, or ``None`` (cached, or no result)."""
         scan, info = self.scan, self.result_info
