@@ -9,9 +9,12 @@ import pytest
 
 from lunglens.io import load_scan
 from lunglens.preprocess import (
+    CROPS,
     IDENTITY,
     Preprocessing,
     body_box,
+    lung_box,
+    lung_field,
     lung_mask,
     model_input_with_boxes,
     model_view,
@@ -22,6 +25,7 @@ from lunglens.preprocess import (
 
 SAMPLES = Path(__file__).resolve().parents[1] / "resources" / "samples"
 BODY = Preprocessing("body", "percentile")
+LUNGS = Preprocessing("lungs", "percentile")
 
 
 def _synthetic_slice(size: int = 200, fov: bool = True) -> np.ndarray:
@@ -116,3 +120,48 @@ def test_unknown_preprocessing_is_refused() -> None:
     assert Preprocessing.from_manifest(BODY.to_manifest()) == BODY
     with pytest.raises(ValueError, match="unknown preprocessing"):
         Preprocessing.from_manifest({"crop": "lungs-only"})
+
+
+def test_lung_box_frames_both_lungs_and_cuts_the_chest_wall() -> None:
+    img = _synthetic_slice()
+    t, b, left, r = lung_box(img)
+    # lungs span rows 50..150, columns 32..168; the margin is 6 % of that
+    assert 40 <= t <= 50 and 150 <= b <= 160
+    assert 20 <= left <= 32 and 168 <= r <= 180
+    body = body_box(img)
+    assert (b - t) * (r - left) < 0.75 * (body[1] - body[0]) * (body[3] - body[2])
+
+
+def test_lung_box_falls_back_to_the_body_when_one_lung_is_missing() -> None:
+    """A mask that found one lung would crop the other away: the body's box is used."""
+    img = _synthetic_slice()
+    yy, xx = np.mgrid[:200, :200]
+    right_lung = ((yy - 100) / 50.0) ** 2 + ((xx - 138) / 30.0) ** 2 < 1
+    img[right_lung] = 0.9  # filled with tissue density: only the left lung is dark
+    assert lung_box(img) == body_box(img)
+
+
+def test_lung_field_includes_a_dense_lesion_that_the_dark_mask_leaves_out() -> None:
+    img = _synthetic_slice()
+    lung = np.isclose(img, 0.36)
+    yy, xx = np.mgrid[:200, :200]
+    # subpleural consolidation, against the lateral chest wall of the left lung (x 32..92)
+    lesion = (((yy - 105) ** 2 + (xx - 34) ** 2) < 7**2) & lung
+    img[lesion] = 0.9
+    dark, field = lung_mask(img), lung_field(img)
+    assert dark[lesion].mean() < 0.2  # the dark-field mask has a hole there
+    assert field[lesion].mean() > 0.9
+    assert (field & ~dark).sum() < 0.15 * dark.sum()  # and adds little else
+
+
+@pytest.mark.parametrize("name", sorted(CROPS))
+def test_every_crop_keeps_the_lungs_of_real_samples(name: str) -> None:
+    image = load_scan(SAMPLES / "ct-covid-mosmed-0001.jpg").image[0]
+    view, box = model_view(image, Preprocessing(name, "percentile"))
+    assert view.shape == (box[1] - box[0], box[3] - box[2])
+    lungs = lung_mask(image)
+    assert lungs[box[0] : box[1], box[2] : box[3]].sum() == lungs.sum() > 0
+
+
+def test_lung_crop_is_a_manifest_choice() -> None:
+    assert Preprocessing.from_manifest(LUNGS.to_manifest()) == LUNGS

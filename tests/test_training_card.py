@@ -83,14 +83,16 @@ def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: P
     write_card(out, student_manifest, weaker, student)
     text = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.startswith("| `")]
-    assert rows[0].startswith("| `ct-squeezenet-distilled` (this model) | yes | 0.500 |")
+    assert rows[0].startswith(
+        "| `ct-squeezenet-distilled` (this model) | body | `ct-efficientnet-lite` | 0.500 |"
+    )
     auc = lite_metrics["pooled_out_of_fold"]["per_class"]["covid"]["auc"]
     ucsd = lite_metrics["per_source"]["covid-ct-ucsd"]["per_class"]["covid"]["auc"]
-    assert rows[1].startswith(f"| `ct-efficientnet-lite` | no | {auc:.3f} |")
+    assert rows[1].startswith(f"| `ct-efficientnet-lite` | body | - | {auc:.3f} |")
     assert rows[1].endswith(f"| {ucsd:.3f} |")
     assert (
         rows[2] == "| `ct-squeezenet-views` | - | not run (`lunglens-train ct-squeezenet-views`) |"
     )
-    # the Lite models have no teacher or control: their cards carry no such section
-    write_card(tmp_path, manifest, lite_metrics, PRESETS["ct-efficientnet-lite"])
+    # a preset compared with nothing carries no such section
+    write_card(tmp_path, manifest, lite_metrics, PRESETS["cxr-efficientnet-lite"])
     assert "Compared on the same folds" not in (tmp_path / "MODEL_CARD.md").read_text()

@@ -7,7 +7,7 @@ prepare images the same way; normalization and channel repeat live inside the ON
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -103,6 +103,8 @@ _MIN_CROP_SHARE = 0.15
 _MASKED_BLACK_SHARE = 0.35
 #: Margin added around the body's bounding box, as a share of its size.
 _CROP_MARGIN = 0.04
+#: Margin around the lungs' bounding box: keeps the pleura and subpleural lesions in view.
+_LUNG_MARGIN = 0.06
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ class Preprocessing:
     Attributes
     ----------
     crop
-        ``"none"`` or ``"body"``: crop to the bounding box of the body (:func:`body_box`).
+        ``"none"``; ``"body"``: crop to the bounding box of the body (:func:`body_box`);
+        ``"lungs"``: to the bounding box of the lung fields (:func:`lung_box`).
     intensity
         ``"none"`` or ``"percentile"``: linear stretch of the crop between its 1st and 99th
         percentiles (:func:`stretch_percentiles`).
@@ -133,7 +136,7 @@ class Preprocessing:
         if not isinstance(raw, dict):
             return cls()
         crop, intensity = str(raw.get("crop", "none")), str(raw.get("intensity", "none"))
-        if crop not in ("none", "body") or intensity not in ("none", "percentile"):
+        if crop not in CROPS or intensity not in ("none", "percentile"):
             raise ValueError(f"unknown preprocessing crop={crop!r} intensity={intensity!r}")
         return cls(crop, intensity)
 
@@ -268,8 +271,7 @@ def model_view(image: np.ndarray, prep: Preprocessing = IDENTITY) -> tuple[np.nd
     box
         ``(top, bottom, left, right)`` of ``view`` in the input image, for mapping a CAM back.
     """
-    h, w = image.shape
-    box: Box = body_box(image) if prep.crop == "body" else (0, h, 0, w)
+    box: Box = CROPS[prep.crop](image)
     view = image[box[0] : box[1], box[2] : box[3]]
     if prep.intensity == "percentile":
         view = stretch_percentiles(view)
@@ -319,14 +321,8 @@ def uncrop_cam(
     return out
 
 
-def lung_mask(image: np.ndarray) -> np.ndarray:
-    """Approximate lung-field mask of a lung-windowed CT slice (for CAM checks, not display).
-
-    Lungs are the large dark regions enclosed by the body: the body mask's holes (filled
-    outline minus tissue), opened to drop vessels' gaps, keeping the large components. For
-    images that are only lungs on black (masked sources), the non-black content is the lungs.
-    """
-    work, scale = _work_image(image)
+def _lungs_work(work: np.ndarray) -> np.ndarray:
+    """:func:`lung_mask` on the working copy (see :func:`_work_image`)."""
     body = body_mask(work)
     filled = np.zeros_like(body, dtype=np.uint8)
     contours, _ = cv2.findContours(
@@ -341,10 +337,103 @@ def lung_mask(image: np.ndarray) -> np.ndarray:
     lungs = _largest_components(lungs, keep_share=0.15)
     if lungs.sum() < 0.03 * lungs.size:  # no enclosed dark field: lungs on a black mask
         lungs = _largest_components(work > 0.03, keep_share=0.15)
-    if scale < 1.0:
-        lungs = cv2.resize(
-            lungs.astype(np.uint8),
-            (image.shape[1], image.shape[0]),
-            interpolation=cv2.INTER_NEAREST,
-        ).astype(bool)
     return lungs
+
+
+def _to_image_size(mask: np.ndarray, image: np.ndarray, scale: float) -> np.ndarray:
+    if scale >= 1.0:
+        return mask
+    return cv2.resize(
+        mask.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST
+    ).astype(bool)
+
+
+def lung_mask(image: np.ndarray) -> np.ndarray:
+    """Approximate aerated-lung mask of a lung-windowed CT slice (for CAM checks, not display).
+
+    Lungs are the large dark regions enclosed by the body: the body mask's holes (filled
+    outline minus tissue), opened to drop vessels' gaps, keeping the large components. For
+    images that are only lungs on black (masked sources), the non-black content is the lungs.
+    Dense lesions (consolidation) are not dark, so they fall outside this mask; see
+    :func:`lung_field` for the field that includes them.
+    """
+    work, scale = _work_image(image)
+    return _to_image_size(_lungs_work(work), image, scale)
+
+
+def _fill_bites(mask: np.ndarray) -> np.ndarray:
+    """``mask`` plus what its components' convex hulls add within 4% of the image side of it.
+
+    The hull of each lung fills the bites a subpleural lesion makes in the dark field; keeping
+    only the hull's pixels near the lung stops it from spanning the cardiac notch or the
+    mediastinum between two lungs that touch.
+    """
+    r = max(1, round(min(mask.shape) * 0.04))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    near = cv2.dilate(mask.astype(np.uint8), disc).astype(bool)
+    hulls = np.zeros(mask.shape, np.uint8)
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    for c in contours:
+        cv2.drawContours(hulls, [cv2.convexHull(c)], -1, 1, thickness=cv2.FILLED)
+    filled = np.zeros(mask.shape, np.uint8)  # holes (lesions inside a lung) filled too
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled.astype(bool) | (hulls.astype(bool) & near)
+
+
+def lung_field(image: np.ndarray) -> np.ndarray:
+    """The lung fields of a lung-windowed CT slice, lesions inside them included.
+
+    :func:`lung_mask` with its holes and bites filled (:func:`_fill_bites`): ground-glass opacity
+    and consolidation are denser than aerated lung, so the dark-field mask leaves holes and bites
+    exactly where COVID-19 lesions are (subpleural and posterior, Bernheim et al. 2020). The fill
+    puts them back; it also takes in a little of the hilum, which is why a share of CAM mass
+    measured with it is reported beside the dark-field one, not instead.
+    """
+    work, scale = _work_image(image)
+    return _to_image_size(_fill_bites(_lungs_work(work)), image, scale)
+
+
+def lung_box(image: np.ndarray) -> Box:
+    """Bounding box of both lung fields (plus a margin) in a lung-windowed ``[H, W]`` image.
+
+    The crop every source shares: a round field of view, the chest wall and the table (ct-512,
+    mosmed) are cut away, so the frame looks like the lung-cropped sources (sars-cov-2-ct) and
+    the lung-masked one (normal-ct-512). When the lung mask is implausible (narrower than half
+    the body, or a sliver) the body's box is used: the crop never loses a lung.
+    """
+    h, w = image.shape
+    body = body_box(image)
+    if h < 8 or w < 8:
+        return body
+    work, scale = _work_image(image)
+    box = _bbox(_lungs_work(work))
+    if box is None:
+        return body
+    t, b, left, r = (v / scale for v in box)
+    bw, bh = body[3] - body[2], body[1] - body[0]
+    if (r - left) < 0.5 * bw or (b - t) < 0.3 * bh:
+        return body
+    mh, mw = (b - t) * _LUNG_MARGIN, (r - left) * _LUNG_MARGIN
+    out = (
+        max(0, int(t - mh)),
+        min(h, int(np.ceil(b + mh))),
+        max(0, int(left - mw)),
+        min(w, int(np.ceil(r + mw))),
+    )
+    if (out[1] - out[0]) * (out[3] - out[2]) < _MIN_CROP_SHARE * h * w:
+        return body
+    return out
+
+
+def _whole(image: np.ndarray) -> Box:
+    return (0, int(image.shape[0]), 0, int(image.shape[1]))
+
+
+#: Crop methods by manifest name (``input.preprocessing.crop``).
+CROPS: dict[str, Callable[[np.ndarray], Box]] = {
+    "none": _whole,
+    "body": body_box,
+    "lungs": lung_box,
+}

@@ -189,19 +189,15 @@ COMPARED_SOURCES = ("sars-cov-2-ct", "covid-ct-ucsd")
 def _comparison_lines(
     out: Path, m: ModelManifest, metrics: dict | None, preset: Preset
 ) -> list[str]:
-    """A student trained on a teacher's cached views, next to that teacher and to the same
-    student trained on the same views without the teacher (the distillation's control), all on
-    the same folds. Each row is read from that preset's ``metrics.json`` beside this model's
-    folder (written by its own ``lunglens-train`` command); a preset not run yet says so."""
-    if preset.views_from is None or metrics is None:
+    """This model next to the presets it is measured against (``Preset.compared_with``: a
+    student's teacher and control, a crop's alternative), all on the same folds. Each row is
+    read from that preset's ``metrics.json`` beside this model's folder (written by its own
+    ``lunglens-train`` command); a preset not run yet says so."""
+    if not preset.compared_with or metrics is None:
         return []
     from lunglens.training.presets import PRESETS
 
-    related = [PRESETS[preset.views_from]] + [
-        p
-        for p in PRESETS.values()
-        if p.views_from == preset.views_from and p.arch == preset.arch and p.name != preset.name
-    ]
+    related = [PRESETS[name] for name in preset.compared_with]
     pos = m.positive_label
     rows: list[tuple[Preset, dict | None]] = [(preset, metrics)]
     for p in related:
@@ -211,10 +207,10 @@ def _comparison_lines(
         "",
         "### Compared on the same folds (pooled out-of-fold, each model at its own threshold)",
         "",
-        "| model | distilled | AUC | sensitivity | specificity | accuracy | "
+        "| model | crop | teacher | AUC | sensitivity | specificity | accuracy | "
         + " | ".join(f"AUC within {s}" for s in COMPARED_SOURCES)
         + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(COMPARED_SOURCES),
+        "|---|---|---|---|---|---|---|" + "---|" * len(COMPARED_SOURCES),
     ]
     for p, met in rows:
         if met is None:
@@ -227,7 +223,8 @@ def _comparison_lines(
         ]
         lines.append(
             f"| `{p.name}`{' (this model)' if p is preset else ''} | "
-            f"{'yes' if p.teacher else 'no'} | {c['auc']:.3f} | {_pct(c['sensitivity'])} | "
+            f"{p.preprocessing.crop} | {f'`{p.teacher}`' if p.teacher else '-'} | "
+            f"{c['auc']:.3f} | {_pct(c['sensitivity'])} | "
             f"{_pct(c['specificity'])} | {_pct(pooled['accuracy'])} | "
             + " | ".join(f"{w['auc']:.3f}" if w.get("auc") is not None else "-" for w in within)
             + " |"
@@ -386,10 +383,19 @@ def _limits_lines(m: ModelManifest) -> list[str]:
     ]
 
 
+#: What each crop of lunglens.preprocess.CROPS does, in a card's words.
+_CROP_TEXT = {
+    "body": "cropped to the body's bounding box",
+    "lungs": "cropped to the bounding box of both lung fields (the body's box if the lungs "
+    "are not found)",
+}
+
+
 def _prep_text(prep: Mapping[str, Any]) -> str:
     steps = []
-    if prep.get("crop") == "body":
-        steps.append("cropped to the body's bounding box")
+    crop = _CROP_TEXT.get(str(prep.get("crop", "none")))
+    if crop:
+        steps.append(crop)
     if prep.get("intensity") == "percentile":
         steps.append("its intensities stretched between their 1st and 99th percentiles")
     if not steps:
@@ -443,6 +449,14 @@ def _cam_lines(cam: Mapping[str, Any] | None) -> list[str]:
         "## Where the model looks",
         f"- Share of the CAM's mass inside the lung field: mean {_pct(cam['mean'])}, median "
         f"{_pct(cam['median'])} ({cam['method']}). Per source: {per}.",
+        *(
+            [
+                f"- Inside the aerated (dark) lung only, lesions left out "
+                f"(lunglens.preprocess.lung_mask): mean {_pct(cam['aerated_mean'])}."
+            ]
+            if "aerated_mean" in cam
+            else []
+        ),
         "- The map is where the model looked, not a lesion outline.",
     ]
 

@@ -489,7 +489,7 @@ class Pipeline:
         from lunglens.inference.view import predict_image
         from lunglens.io import load_scan
         from lunglens.models.registry import load_manifest
-        from lunglens.preprocess import lung_mask
+        from lunglens.preprocess import lung_field, lung_mask
 
         info = load_manifest(self.out)
         engine = Engine(info)
@@ -498,27 +498,31 @@ class Pipeline:
         rng = np.random.default_rng(0)
         pick = [val[i] for i in rng.permutation(len(val))[:limit]]
         shares: list[float] = []
+        dark: list[float] = []
         per_source: dict[str, list[float]] = {}
         for i in pick:
             image = load_scan(ds.records[i].path).image[0]
             cam = predict_image(engine, image, ("cam",))["cam"][0]
             heat = cam_map(cam, pos, image.shape)
-            mask = lung_mask(image)
+            field, aerated = lung_field(image), lung_mask(image)
             total = float(heat.sum())
-            if total <= 0 or mask.sum() == 0:
+            if total <= 0 or field.sum() == 0:
                 continue
-            share = float(heat[mask].sum() / total)
+            share = float(heat[field].sum() / total)
             shares.append(share)
+            dark.append(float(heat[aerated].sum() / total))
             per_source.setdefault(ds.records[i].source, []).append(share)
         self.state["cam_in_lungs"] = dict(
             images=len(shares),
             mean=float(np.mean(shares)) if shares else float("nan"),
             median=float(np.median(shares)) if shares else float("nan"),
             per_source={k: float(np.mean(v)) for k, v in sorted(per_source.items())},
+            aerated_mean=float(np.mean(dark)) if dark else float("nan"),
             method=(
                 f"{len(shares)} COVID-positive images of validation fold {self.val_fold(ds)}, "
                 "shipped INT8 model, positive-class CAM after ReLU resized to the image; share "
-                "of its mass inside lunglens.preprocess.lung_mask (body-enclosed dark field)"
+                "of its mass inside lunglens.preprocess.lung_field (the lungs with the lesions "
+                "inside them)"
             ),
         )
         self.log(f"CAM mass inside the lungs: mean {self.state['cam_in_lungs']['mean']:.3f}")

@@ -20,6 +20,8 @@ LUNG_WINDOW = (_LUNG.name, _LUNG.center, _LUNG.width)
 #: Crop to the body and stretch intensities between air and dense tissue (lunglens.preprocess):
 #: the sources of the public sets differ in frame and contrast, not only in disease.
 BODY_CROP = Preprocessing(crop="body", intensity="percentile")
+#: Crop to the lung fields instead: every source framed alike, chest wall and table cut away.
+LUNG_CROP = Preprocessing(crop="lungs", intensity="percentile")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class Preset:
     #: train on the augmented views cached for this preset (a teacher's): with ``teacher`` set
     #: to the same preset, the student learns the teacher's outputs on exactly those views
     views_from: str | None = None
+    #: presets this one is measured against on the same folds (a table in its card)
+    compared_with: tuple[str, ...] = field(default=())
 
 
 # What presets share, by task and by recipe; each preset below adds only what is its own.
@@ -116,6 +120,19 @@ PRESETS: dict[str, Preset] = {
             epochs_cpu=6,
             epochs_cuda=12,
             train_exclude_sources=("normal-ct-512",),
+            compared_with=("ct-efficientnet-lite-lungs",),
+        ),
+        # the same recipe on a lung-field crop (issue 13, point 4): measured on the same folds
+        _preset(
+            _CT,
+            _LITE,
+            name="ct-efficientnet-lite-lungs",
+            model_name="efficientnet-lite-ct-lungs",
+            epochs_cpu=6,
+            epochs_cuda=12,
+            train_exclude_sources=("normal-ct-512",),
+            preprocessing=LUNG_CROP,
+            compared_with=("ct-efficientnet-lite",),
         ),
         _preset(
             _CXR,
@@ -139,9 +156,16 @@ PRESETS: dict[str, Preset] = {
             name="ct-squeezenet-distilled",
             model_name="squeezenet-light-ct-distilled",
             teacher="ct-efficientnet-lite",
+            compared_with=("ct-efficientnet-lite", "ct-squeezenet-views"),
         ),
         # the same student without the teacher: the distillation's control
-        _preset(_CT, _STUDENT, name="ct-squeezenet-views", model_name="squeezenet-light-ct-views"),
+        _preset(
+            _CT,
+            _STUDENT,
+            name="ct-squeezenet-views",
+            model_name="squeezenet-light-ct-views",
+            compared_with=("ct-efficientnet-lite", "ct-squeezenet-distilled"),
+        ),
         _preset(
             _CT,
             _B5,
