@@ -80,7 +80,7 @@ def _minimal() -> dict:
         ({"input": {"shape": [1]}}, "manifest is malformed"),
         ({"input": {}}, "manifest is malformed"),
         ({"threshold": "high"}, "manifest is malformed"),
-        ({"input": {"size": [8, 8], "preprocessing": {"crop": "lungs"}}}, "manifest is malformed"),
+        ({"input": {"size": [8, 8], "preprocessing": {"crop": "heart"}}}, "manifest is malformed"),
         ({"outputs": {"gallery": [{"layer": "x"}]}}, "manifest is malformed"),
         ({"positive_label": "pneumonia"}, "positive_label 'pneumonia' is not one of"),
         ({"labels": ["covid"]}, "at least two labels"),

@@ -32,12 +32,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lunglens.explain import ChannelMap, activation_maps, layer_description, overlay
+from lunglens.explain import ChannelMap, layer_description
 from lunglens.gui.image_view import to_qimage
 from lunglens.gui.scroll import scrollable
 from lunglens.gui.workers import Worker, WorkerPool
-from lunglens.inference import get_engine
 from lunglens.models import ModelInfo
+from lunglens.viewer.jobs import gallery_maps, map_rgb
 
 THUMB = 88
 #: Side of an enlarged map (screen pixels): the maps are 8-64 px, readable only when big.
@@ -45,17 +45,6 @@ ENLARGED = 480
 #: Smallest height of the gallery's content (the layer chooser and a row of maps; the rest
 #: scrolls), so the window with every dock open still fits a 1366x768 screen.
 GALLERY_MIN_HEIGHT = 150
-GALLERY_COLORMAP = "viridis"
-
-
-def compute_maps(info: ModelInfo, image2d: np.ndarray, output: str, top_n: int) -> list[ChannelMap]:
-    """Worker body: the core gallery on the cached engine (created on first use)."""
-    return activation_maps(get_engine(info), image2d, output, top_n)
-
-
-def map_rgb(channel: ChannelMap) -> np.ndarray:
-    """Color one [0, 1] channel map with the core overlay (no pixel math in the GUI)."""
-    return overlay(np.zeros_like(channel.map), channel.map, alpha=1.0, colormap=GALLERY_COLORMAP)
 
 
 class EnlargedMap(QDialog):
@@ -262,7 +251,7 @@ class GalleryDock(QDockWidget):
             self._worker.cancel()  # its result is ignored by key below
         _scan, idx, image2d, info = self._context
         output = str(self.layer_combo.currentData())
-        worker = Worker(compute_maps, info, image2d, output, self.top_n.value())
+        worker = Worker(gallery_maps, info, image2d, output, self.top_n.value())
         self._worker, self._pending_key = worker, key
         worker.signals.result.connect(lambda maps, k=key: self._on_result(k, maps))
         worker.signals.error.connect(self._on_error)

@@ -1,4 +1,4 @@
-"""Worker bodies of the viewer: opening a scan and writing its PDF.
+"""Worker bodies of the viewer: opening a scan, the activation gallery, writing its PDF.
 
 Plain functions with plain arguments, run by :mod:`lunglens.gui` in its worker pool (and
 callable from tests as they are). The heat-map job is :func:`lunglens.viewer.cam.compute_heat`.
@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
+from lunglens.explain import ChannelMap, activation_maps, overlay
 from lunglens.inference import (
     GateVerdict,
     ModalityCheck,
     ScanResult,
     check_chest,
     check_modality,
+    get_engine,
 )
 from lunglens.io import (
     SCORED_MODALITIES,
@@ -24,6 +28,20 @@ from lunglens.io import (
     load_scan,
     load_source,
 )
+from lunglens.models import ModelInfo
+
+#: Colour map of the activation gallery (one per map, unlike the CAM's overlay on the image).
+GALLERY_COLORMAP = "viridis"
+
+
+def gallery_maps(info: ModelInfo, image2d: np.ndarray, output: str, top_n: int) -> list[ChannelMap]:
+    """The ``top_n`` channel maps of one layer ``output`` (the cached engine, made on first use)."""
+    return activation_maps(get_engine(info), image2d, output, top_n)
+
+
+def map_rgb(channel: ChannelMap) -> np.ndarray:
+    """One [0, 1] channel map coloured for display (the core overlay, on black)."""
+    return overlay(np.zeros_like(channel.map), channel.map, alpha=1.0, colormap=GALLERY_COLORMAP)
 
 
 def load_target(target: str) -> Scan:
