@@ -96,3 +96,39 @@ def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: P
     # a preset compared with nothing carries no such section
     write_card(tmp_path, manifest, lite_metrics, PRESETS["cxr-efficientnet-lite"])
     assert "Compared on the same folds" not in (tmp_path / "MODEL_CARD.md").read_text()
+
+
+def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> None:
+    """The compared rows are snapshot into the model's metrics.json, so its card can be rebuilt
+    from its own folder after the compared model is removed from models/."""
+    import shutil
+    from dataclasses import replace
+
+    from lunglens.training.card import comparison_snapshot
+
+    manifest, body_metrics = _shipped("efficientnet-lite-ct")
+    lungs = PRESETS["ct-efficientnet-lite-lungs"]
+    assert lungs.compared_with == ("ct-efficientnet-lite",)
+    body_dir = tmp_path / PRESETS["ct-efficientnet-lite"].model_name
+    body_dir.mkdir()
+    (body_dir / "metrics.json").write_text(json.dumps(body_metrics), encoding="utf-8")
+    out = tmp_path / lungs.model_name
+    out.mkdir()
+    snap = comparison_snapshot(out, lungs, "covid")
+    auc = body_metrics["pooled_out_of_fold"]["per_class"]["covid"]["auc"]
+    assert snap["ct-efficientnet-lite"]["auc"] == auc
+    shutil.rmtree(body_dir)
+    assert comparison_snapshot(out, lungs, "covid") == {}
+    assert comparison_snapshot(out, lungs, "covid", snap) == snap
+    own = json.loads(json.dumps(body_metrics))
+    own["pooled_out_of_fold"]["per_class"]["covid"]["auc"] = 0.75
+    own["compared"] = snap
+    lungs_manifest = replace(manifest, training={**manifest.training, "preset": lungs.name})
+    write_card(out, lungs_manifest, own, lungs)
+    rows = [
+        line
+        for line in (out / "MODEL_CARD.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `")
+    ]
+    assert rows[0].startswith("| `ct-efficientnet-lite-lungs` (this model) | lungs | - | 0.750 |")
+    assert rows[1].startswith(f"| `ct-efficientnet-lite` | body | - | {auc:.3f} |")

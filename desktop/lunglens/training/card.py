@@ -186,23 +186,59 @@ def write_card(out: Path, manifest: ModelManifest, metrics: dict | None, preset:
 COMPARED_SOURCES = ("sars-cov-2-ct", "covid-ct-ucsd")
 
 
+def _summary(met: Mapping[str, Any], pos: str) -> dict[str, Any]:
+    """What the comparison table shows of one model's ``metrics.json``."""
+    pooled = met["pooled_out_of_fold"]
+    c = pooled["per_class"][pos]
+    within = {
+        s: met["per_source"].get(s, {}).get("per_class", {}).get(pos, {}).get("auc")
+        for s in COMPARED_SOURCES
+    }
+    return dict(
+        auc=c["auc"],
+        sensitivity=c["sensitivity"],
+        specificity=c["specificity"],
+        accuracy=pooled["accuracy"],
+        within=within,
+    )
+
+
+def comparison_snapshot(
+    out: Path, preset: Preset, pos: str, previous: Mapping[str, Any] | None = None
+) -> dict[str, dict]:
+    """The compared presets' rows, kept in this model's ``metrics.json`` (key ``compared``).
+
+    Read from each preset's ``metrics.json`` beside ``out`` when it is there, else kept from
+    ``previous`` (the last snapshot): the card can be rebuilt from this model's own folder
+    after a compared model has left ``models/``.
+    """
+    rows: dict[str, dict] = {}
+    for name in preset.compared_with:
+        from lunglens.training.presets import PRESETS
+
+        path = out.parent / PRESETS[name].model_name / "metrics.json"
+        if path.is_file():
+            rows[name] = _summary(json.loads(path.read_text()), pos)
+        elif previous and name in previous:
+            rows[name] = dict(previous[name])
+    return rows
+
+
 def _comparison_lines(
     out: Path, m: ModelManifest, metrics: dict | None, preset: Preset
 ) -> list[str]:
     """This model next to the presets it is measured against (``Preset.compared_with``: a
-    student's teacher and control, a crop's alternative), all on the same folds. Each row is
-    read from that preset's ``metrics.json`` beside this model's folder (written by its own
-    ``lunglens-train`` command); a preset not run yet says so."""
+    student's teacher and control, a crop's alternative), all on the same folds. The rows come
+    from :func:`comparison_snapshot`; a preset not run yet is named with its command."""
     if not preset.compared_with or metrics is None:
         return []
     from lunglens.training.presets import PRESETS
 
-    related = [PRESETS[name] for name in preset.compared_with]
     pos = m.positive_label
-    rows: list[tuple[Preset, dict | None]] = [(preset, metrics)]
-    for p in related:
-        path = out.parent / p.model_name / "metrics.json"
-        rows.append((p, json.loads(path.read_text()) if path.is_file() else None))
+    snapshot = comparison_snapshot(out, preset, pos, metrics.get("compared"))
+    rows = [(preset, _summary(metrics, pos))] + [
+        (PRESETS[name], snapshot.get(name)) for name in preset.compared_with
+    ]
     lines = [
         "",
         "### Compared on the same folds (pooled out-of-fold, each model at its own threshold)",
@@ -212,21 +248,17 @@ def _comparison_lines(
         + " |",
         "|---|---|---|---|---|---|---|" + "---|" * len(COMPARED_SOURCES),
     ]
-    for p, met in rows:
-        if met is None:
+    for p, row in rows:
+        if row is None:
             lines.append(f"| `{p.name}` | - | not run (`lunglens-train {p.name}`) |")
             continue
-        pooled = met["pooled_out_of_fold"]
-        c = pooled["per_class"][pos]
-        within = [
-            met["per_source"].get(s, {}).get("per_class", {}).get(pos, {}) for s in COMPARED_SOURCES
-        ]
+        within = [row["within"].get(s) for s in COMPARED_SOURCES]
         lines.append(
             f"| `{p.name}`{' (this model)' if p is preset else ''} | "
             f"{p.preprocessing.crop} | {f'`{p.teacher}`' if p.teacher else '-'} | "
-            f"{c['auc']:.3f} | {_pct(c['sensitivity'])} | "
-            f"{_pct(c['specificity'])} | {_pct(pooled['accuracy'])} | "
-            + " | ".join(f"{w['auc']:.3f}" if w.get("auc") is not None else "-" for w in within)
+            f"{row['auc']:.3f} | {_pct(row['sensitivity'])} | "
+            f"{_pct(row['specificity'])} | {_pct(row['accuracy'])} | "
+            + " | ".join(f"{w:.3f}" if w is not None else "-" for w in within)
             + " |"
         )
     return lines

@@ -582,7 +582,7 @@ class Pipeline:
         )
 
     def write_model_dir(self, ds: ImageSet) -> None:
-        from lunglens.training.card import write_card, write_plots
+        from lunglens.training.card import comparison_snapshot, write_card, write_plots
 
         self.out.mkdir(parents=True, exist_ok=True)
         model_path = self.out / "model.onnx"
@@ -592,6 +592,11 @@ class Pipeline:
         shutil.copyfile(self.work / "model_fp32.onnx", fp32_path)
         metrics = self.cv_metrics(ds)
         if metrics is not None:
+            old = self.out / "metrics.json"
+            previous = json.loads(old.read_text()).get("compared") if old.is_file() else None
+            metrics["compared"] = comparison_snapshot(
+                self.out, self.p, self.p.positive_label, previous
+            )
             (self.out / "metrics.json").write_text(_json(metrics))
             write_plots(self.work, self.out, ds, self.positive(ds), self.shipped_threshold())
         manifest = self.manifest(ds, metrics, model_path, fp32_path)
