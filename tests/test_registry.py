@@ -134,14 +134,15 @@ def test_manifest_marked_default_wins(mdir: Path) -> None:
     assert default_model_for("cxr", mdir).name == "synthetic-cxr"
 
 
-def test_manifest_preprocessing_is_parsed_and_checked(mdir: Path) -> None:
+@pytest.mark.parametrize("crop", ["body", "lungs"])
+def test_manifest_preprocessing_is_parsed_and_checked(mdir: Path, crop: str) -> None:
     from lunglens.preprocess import Preprocessing
 
     assert list_models(mdir)[0].preprocessing == Preprocessing()
-    prep = {"crop": "body", "intensity": "percentile"}
+    prep = {"crop": crop, "intensity": "percentile"}
     write_model(mdir / "cropped", name="cropped", input_preprocessing=prep)
     info = get_model("cropped", mdir)
-    assert info.preprocessing == Preprocessing("body", "percentile")
+    assert info.preprocessing == Preprocessing(crop, "percentile")
     write_model(mdir / "bad-prep", name="bad-prep", input_preprocessing={"crop": "brain"})
     with pytest.raises(ModelRefused, match="preprocessing"):
         get_model("bad-prep", mdir)

@@ -213,12 +213,17 @@ def body_box(image: np.ndarray) -> Box:
     implausibly small (lung-masked images: the lungs are the only content), and to the whole
     image when that fails too, so the crop never loses the chest.
     """
-    h, w = image.shape
-    whole: Box = (0, h, 0, w)
-    if h < 8 or w < 8:
-        return whole
+    if min(image.shape) < 8:
+        return (0, image.shape[0], 0, image.shape[1])
     work, scale = _work_image(image)
-    box = _bbox(body_mask(work))
+    return _body_box(image.shape, work, scale, body_mask(work))
+
+
+def _body_box(shape: tuple[int, ...], work: np.ndarray, scale: float, body: np.ndarray) -> Box:
+    """:func:`body_box` from the working copy and its body mask (computed once by callers)."""
+    h, w = int(shape[0]), int(shape[1])
+    whole: Box = (0, h, 0, w)
+    box = _bbox(body)
     content = _bbox(work > 0.03)
     if content is None:
         return whole
@@ -321,9 +326,9 @@ def uncrop_cam(
     return out
 
 
-def _lungs_work(work: np.ndarray) -> np.ndarray:
-    """:func:`lung_mask` on the working copy (see :func:`_work_image`)."""
-    body = body_mask(work)
+def _lungs_work(work: np.ndarray, body: np.ndarray | None = None) -> np.ndarray:
+    """:func:`lung_mask` on the working copy (see :func:`_work_image`) and its body mask."""
+    body = body_mask(work) if body is None else body
     filled = np.zeros_like(body, dtype=np.uint8)
     contours, _ = cv2.findContours(
         body.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
@@ -404,11 +409,12 @@ def lung_box(image: np.ndarray) -> Box:
     the body, or a sliver) the body's box is used: the crop never loses a lung.
     """
     h, w = image.shape
-    body = body_box(image)
     if h < 8 or w < 8:
-        return body
+        return (0, h, 0, w)
     work, scale = _work_image(image)
-    box = _bbox(_lungs_work(work))
+    tissue = body_mask(work)
+    body = _body_box(image.shape, work, scale, tissue)
+    box = _bbox(_lungs_work(work, tissue))
     if box is None:
         return body
     t, b, left, r = (v / scale for v in box)
