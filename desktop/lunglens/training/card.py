@@ -305,7 +305,9 @@ def _training_lines(m: ModelManifest, preset: Preset) -> list[str]:
         f"- Data: {t['data']}." + _exclusion_text(t),
         _pretrained_text(t),
         f"- Recipe `lunglens-train {preset.name}`: resolution {t['resolution']} px, "
-        f"{_schedule_text(t)}, label smoothing, class weights; the checkpoint with the best "
+        f"{_schedule_text(t)}, label smoothing, "
+        f"{'loss weights: ' + t['loss_weights'] if t.get('loss_weights') else 'class weights'}"
+        "; the checkpoint with the best "
         f"validation-fold {t.get('monitor', 'unweighted cross-entropy')} is kept; "
         f"augmentation {t['augmentation']}.",
         f"- Device: {t['device']}. Final model: {final.get('epochs_run')} epochs, best "

@@ -95,6 +95,7 @@ class Pipeline:
             pretrained=preset.pretrained,
             schedule=preset.schedule,
             frozen_stages=preset.frozen_stages,
+            balance=preset.balance,
         )
         self._features: np.ndarray | None = None
         self._teacher: tuple[Pipeline, ImageSet, np.ndarray] | None = None
@@ -698,6 +699,14 @@ class Pipeline:
                     else False
                 ),
                 excluded_from_training=list(self.p.train_exclude_sources),
+                **(
+                    dict(
+                        loss_weights="classes balanced within each source; single-class "
+                        f"sources weighted {self.cfg.single_class_source_weight}"
+                    )
+                    if self.cfg.balance == "source"
+                    else {}
+                ),
                 distilled_from=(
                     dict(
                         preset=self.p.teacher,

@@ -60,6 +60,8 @@ class Preset:
     #: train on the augmented views cached for this preset (a teacher's): with ``teacher`` set
     #: to the same preset, the student learns the teacher's outputs on exactly those views
     views_from: str | None = None
+    #: loss weights (training.train.TrainConfig.balance): "class" or "source"
+    balance: str = "class"
     #: presets this one is measured against on the same folds (a table in its card)
     compared_with: tuple[str, ...] = field(default=())
 

@@ -69,6 +69,11 @@ class TrainConfig:
     frozen_stages: int = 0
     #: views per image in the frozen-feature cache: the image itself plus augmented copies
     feature_views: int = 4
+    #: loss weights: "class" (inverse class frequency) or "source" (classes balanced within each
+    #: source, single-class sources down-weighted: :func:`source_balanced_weights`)
+    balance: str = "class"
+    #: with ``balance="source"``: the weight of a source that holds one class only
+    single_class_source_weight: float = 0.5
 
 
 def _batches(x: np.ndarray, bs: int):
@@ -93,6 +98,32 @@ def predict_probs(
             logits = model(to_tensor(chunk, rt, channels_last))
         out.append(torch.softmax(logits.float(), 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def source_balanced_weights(
+    labels: np.ndarray, sources: np.ndarray, n_classes: int, single_class_weight: float
+) -> np.ndarray:
+    """Per-image loss weights that leave a model nothing to gain from a source's class mix.
+
+    Within each source the classes get equal total weight (the source keeps its size), so a
+    source that is 73% COVID (ct-512) no longer rewards "this look means COVID"; a source with
+    one class only is scaled by ``single_class_weight``; finally the classes are balanced over
+    all sources, as the inverse-frequency class weights do. Mean 1.
+    """
+    w = np.ones(len(labels), np.float64)
+    for src in np.unique(sources):
+        in_src = sources == src
+        present = np.unique(labels[in_src])
+        for c in present:
+            cell = in_src & (labels == c)
+            w[cell] = in_src.sum() / (len(present) * cell.sum())
+        if len(present) == 1:
+            w[in_src] *= single_class_weight
+    for c in range(n_classes):
+        cell = labels == c
+        if cell.any():
+            w[cell] *= len(labels) / (n_classes * w[cell].sum())
+    return w / w.mean()
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -231,6 +262,8 @@ class Fit:
     sched: Scheduler
     scaler: torch.amp.GradScaler
     weights: torch.Tensor
+    #: per-image loss weights over the whole data set (``balance="source"``), else ``None``
+    sample_weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -277,12 +310,24 @@ def build_fit(
         )
     scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
     weights = class_weights(data.labels[train_idx], n_classes).to(rt.device)
+    sample_weights = None
+    if cfg.balance == "source":
+        full = np.zeros(len(data.labels), np.float32)
+        full[train_idx] = source_balanced_weights(
+            data.labels[train_idx],
+            data.sources[train_idx],
+            n_classes,
+            cfg.single_class_source_weight,
+        )
+        sample_weights = torch.from_numpy(full).to(rt.device)
+    elif cfg.balance != "class":
+        raise ValueError(f"unknown balance {cfg.balance!r}")
     net: nn.Module = model
     if rt.distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
         )
-    return Fit(model, net, split, opt, sched, scaler, weights)
+    return Fit(model, net, split, opt, sched, scaler, weights, sample_weights)
 
 
 def _batch_input(
@@ -314,6 +359,17 @@ def _batch_input(
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, None
+
+
+def _label_loss(
+    logits: torch.Tensor, y: torch.Tensor, fit: Fit, chunk: np.ndarray, smoothing: float
+) -> torch.Tensor:
+    """Cross-entropy with label smoothing, weighted per class or per image (``Fit``)."""
+    if fit.sample_weights is None:
+        return F.cross_entropy(logits, y, weight=fit.weights, label_smoothing=smoothing)
+    w = fit.sample_weights[torch.from_numpy(chunk).to(fit.sample_weights.device)]
+    each = F.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
+    return (each * w).sum() / w.sum().clamp_min(1e-12)
 
 
 def train_one_epoch(
@@ -348,9 +404,7 @@ def train_one_epoch(
         x, v_idx = _batch_input(data, chunk, fit, cfg, rt, rng, gen, features, views)
         with rt.autocast():
             logits = fit.split.head(x) if fit.split is not None else fit.net(x)
-            loss = F.cross_entropy(
-                logits.float(), y, weight=fit.weights, label_smoothing=cfg.label_smoothing
-            )
+            loss = _label_loss(logits.float(), y, fit, chunk, cfg.label_smoothing)
             if soft_targets is not None:  # the teacher's logits on the same cached views
                 soft = torch.from_numpy(soft_targets[v_idx, chunk]).to(rt.device)
                 loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(
