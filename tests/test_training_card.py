@@ -84,17 +84,18 @@ def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: P
     text = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert rows[0].startswith(
-        "| `ct-squeezenet-distilled` (this model) | body | `ct-efficientnet-lite` | 0.500 |"
+        "| `ct-squeezenet-distilled` (this model) | body | per class | `ct-efficientnet-lite` "
+        "| 0.500 |"
     )
     auc = lite_metrics["pooled_out_of_fold"]["per_class"]["covid"]["auc"]
-    ucsd = lite_metrics["per_source"]["covid-ct-ucsd"]["per_class"]["covid"]["auc"]
-    assert rows[1].startswith(f"| `ct-efficientnet-lite` | body | - | {auc:.3f} |")
-    assert rows[1].endswith(f"| {ucsd:.3f} |")
+    sars = lite_metrics["per_source"]["sars-cov-2-ct"]["per_class"]["covid"]["auc"]
+    assert rows[1].startswith(f"| `ct-efficientnet-lite` | body | per class | - | {auc:.3f} |")
+    assert rows[1].endswith(f"| {sars:.3f} |")  # the last of the sources, in name order
     assert (
         rows[2] == "| `ct-squeezenet-views` | - | not run (`lunglens-train ct-squeezenet-views`) |"
     )
     # a preset compared with nothing carries no such section
-    write_card(tmp_path, manifest, lite_metrics, PRESETS["cxr-efficientnet-lite"])
+    write_card(tmp_path, manifest, lite_metrics, PRESETS["ct-squeezenet"])
     assert "Compared on the same folds" not in (tmp_path / "MODEL_CARD.md").read_text()
 
 
@@ -130,5 +131,7 @@ def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> No
         for line in (out / "MODEL_CARD.md").read_text(encoding="utf-8").splitlines()
         if line.startswith("| `")
     ]
-    assert rows[0].startswith("| `ct-efficientnet-lite-lungs` (this model) | lungs | - | 0.750 |")
-    assert rows[1].startswith(f"| `ct-efficientnet-lite` | body | - | {auc:.3f} |")
+    assert rows[0].startswith(
+        "| `ct-efficientnet-lite-lungs` (this model) | lungs | per class | - | 0.750 |"
+    )
+    assert rows[1].startswith(f"| `ct-efficientnet-lite` | body | per class | - | {auc:.3f} |")

@@ -182,23 +182,24 @@ def write_card(out: Path, manifest: ModelManifest, metrics: dict | None, preset:
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
-#: Sources whose within-source AUC the comparison shows (the two two-class CT sources).
-COMPARED_SOURCES = ("sars-cov-2-ct", "covid-ct-ucsd")
-
-
 def _summary(met: Mapping[str, Any], pos: str) -> dict[str, Any]:
-    """What the comparison table shows of one model's ``metrics.json``."""
+    """What the comparison table shows of one model's ``metrics.json``: pooled out-of-fold
+    numbers, the other classes' sensitivity, and the AUC within every two-class source."""
     pooled = met["pooled_out_of_fold"]
     c = pooled["per_class"][pos]
     within = {
-        s: met["per_source"].get(s, {}).get("per_class", {}).get(pos, {}).get("auc")
-        for s in COMPARED_SOURCES
+        src: r["per_class"][pos]["auc"]
+        for src, r in sorted(met["per_source"].items())
+        if r.get("per_class", {}).get(pos, {}).get("auc") is not None
     }
+    others = {k: v["sensitivity"] for k, v in pooled["per_class"].items() if k != pos}
     return dict(
         auc=c["auc"],
         sensitivity=c["sensitivity"],
         specificity=c["specificity"],
         accuracy=pooled["accuracy"],
+        macro_f1=pooled["macro_f1"],
+        other_sensitivity=others,
         within=within,
     )
 
@@ -236,31 +237,41 @@ def _comparison_lines(
 
     pos = m.positive_label
     snapshot = comparison_snapshot(out, preset, pos, metrics.get("compared"))
-    rows = [(preset, _summary(metrics, pos))] + [
-        (PRESETS[name], snapshot.get(name)) for name in preset.compared_with
-    ]
+    own = _summary(metrics, pos)
+    rows = [(preset, own)] + [(PRESETS[name], snapshot.get(name)) for name in preset.compared_with]
+    sources, others = list(own["within"]), list(own["other_sensitivity"])
     lines = [
         "",
         "### Compared on the same folds (pooled out-of-fold, each model at its own threshold)",
         "",
-        "| model | crop | teacher | AUC | sensitivity | specificity | accuracy | "
-        + " | ".join(f"AUC within {s}" for s in COMPARED_SOURCES)
-        + " |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(COMPARED_SOURCES),
+        f"| model | crop | loss weights | teacher | AUC | sensitivity `{pos}` | specificity | "
+        "accuracy | macro-F1 | "
+        + "".join(f"sensitivity `{k}` | " for k in others if len(others) > 1)
+        + "".join(f"AUC within {s} | " for s in sources),
+        "|---|---|---|---|---|---|---|---|---|"
+        + "---|" * ((len(others) if len(others) > 1 else 0) + len(sources)),
     ]
     for p, row in rows:
         if row is None:
             lines.append(f"| `{p.name}` | - | not run (`lunglens-train {p.name}`) |")
             continue
-        within = [row["within"].get(s) for s in COMPARED_SOURCES]
-        lines.append(
-            f"| `{p.name}`{' (this model)' if p is preset else ''} | "
-            f"{p.preprocessing.crop} | {f'`{p.teacher}`' if p.teacher else '-'} | "
-            f"{row['auc']:.3f} | {_pct(row['sensitivity'])} | "
-            f"{_pct(row['specificity'])} | {_pct(row['accuracy'])} | "
-            + " | ".join(f"{w:.3f}" if w is not None else "-" for w in within)
-            + " |"
-        )
+        cells = [
+            f"`{p.name}`{' (this model)' if p is preset else ''}",
+            p.preprocessing.crop,
+            "per source" if p.balance == "source" else "per class",
+            f"`{p.teacher}`" if p.teacher else "-",
+            f"{row['auc']:.3f}",
+            _pct(row["sensitivity"]),
+            _pct(row["specificity"]),
+            _pct(row["accuracy"]),
+            _pct(row["macro_f1"]),
+            *(_pct(row["other_sensitivity"].get(k)) for k in others if len(others) > 1),
+            *(
+                f"{row['within'][s]:.3f}" if row["within"].get(s) is not None else "-"
+                for s in sources
+            ),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

@@ -143,6 +143,18 @@ PRESETS: dict[str, Preset] = {
             model_name="efficientnet-lite-cxr",
             epochs_cpu=8,
             epochs_cuda=20,
+            compared_with=("cxr-efficientnet-lite-balanced",),
+        ),
+        # the same recipe with classes balanced within each source (issue 13, point 4)
+        _preset(
+            _CXR,
+            _LITE,
+            name="cxr-efficientnet-lite-balanced",
+            model_name="efficientnet-lite-cxr-balanced",
+            epochs_cpu=8,
+            epochs_cuda=20,
+            balance="source",
+            compared_with=("cxr-efficientnet-lite",),
         ),
         _preset(
             _CT,
