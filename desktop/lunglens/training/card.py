@@ -244,10 +244,23 @@ def _comparison_lines(
         "",
         "### Compared on the same folds (pooled out-of-fold, each model at its own threshold)",
         "",
-        f"| model | crop | loss weights | teacher | AUC | sensitivity `{pos}` | specificity | "
-        "accuracy | macro-F1 | "
-        + "".join(f"sensitivity `{k}` | " for k in others if len(others) > 1)
-        + "".join(f"AUC within {s} | " for s in sources),
+        "| "
+        + " | ".join(
+            [
+                "model",
+                "crop",
+                "loss weights",
+                "teacher",
+                "AUC",
+                f"sensitivity `{pos}`",
+                "specificity",
+                "accuracy",
+                "macro-F1",
+                *(f"sensitivity `{k}`" for k in others if len(others) > 1),
+                *(f"AUC within {s}" for s in sources),
+            ]
+        )
+        + " |",
         "|---|---|---|---|---|---|---|---|---|"
         + "---|" * ((len(others) if len(others) > 1 else 0) + len(sources)),
     ]
