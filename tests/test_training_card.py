@@ -111,7 +111,7 @@ def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> No
 
     manifest, body_metrics = _shipped("efficientnet-lite-ct")
     lungs = PRESETS["ct-efficientnet-lite-lungs"]
-    assert lungs.compared_with == ("ct-efficientnet-lite",)
+    assert lungs.compared_with[0] == "ct-efficientnet-lite"
     body_dir = tmp_path / PRESETS["ct-efficientnet-lite"].model_name
     body_dir.mkdir()
     (body_dir / "metrics.json").write_text(json.dumps(body_metrics), encoding="utf-8")

@@ -54,6 +54,30 @@ def test_one_epoch_is_seeded_and_changes_the_weights(small) -> None:
     assert any(not np.array_equal(a, b) for a, b in zip(before, after_a, strict=True))
 
 
+def test_source_balance_weights_only_the_training_images(small) -> None:
+    """``balance="source"``: per-image weights on the training images (zero elsewhere) that
+    the epoch uses: the loss differs from the class-weighted one."""
+    from dataclasses import replace
+
+    from lunglens.training.train import build_fit, train_one_epoch
+
+    ds, cfg, rt, tr, _ = small
+    balanced = replace(cfg, balance="source")
+    fit = build_fit(ds, tr, balanced, rt)
+    assert fit.sample_weights is not None
+    w = fit.sample_weights.cpu().numpy()
+    assert np.all(w[tr] > 0) and np.all(np.delete(w, tr) == 0)
+    assert w[tr].mean() == pytest.approx(1.0, rel=1e-5)
+    gen = torch.Generator().manual_seed(0)
+    loss_balanced = train_one_epoch(fit, ds, tr, 0, balanced, rt, gen)
+    plain = build_fit(ds, tr, cfg, rt)
+    assert plain.sample_weights is None
+    loss_plain = train_one_epoch(plain, ds, tr, 0, cfg, rt, torch.Generator().manual_seed(0))
+    assert math.isfinite(loss_balanced) and loss_balanced != loss_plain
+    with pytest.raises(ValueError, match="unknown balance"):
+        build_fit(ds, tr, replace(cfg, balance="patients"), rt)
+
+
 def test_evaluate_scores_the_model_probabilities(small) -> None:
     from lunglens.training.metrics import macro_auc
     from lunglens.training.train import build_fit, evaluate, predict_probs

@@ -122,7 +122,19 @@ PRESETS: dict[str, Preset] = {
             epochs_cpu=6,
             epochs_cuda=12,
             train_exclude_sources=("normal-ct-512",),
-            compared_with=("ct-efficientnet-lite-lungs",),
+            compared_with=("ct-efficientnet-lite-lungs", "ct-efficientnet-lite-balanced"),
+        ),
+        # the same recipe with classes balanced within each source (issue 13, point 4)
+        _preset(
+            _CT,
+            _LITE,
+            name="ct-efficientnet-lite-balanced",
+            model_name="efficientnet-lite-ct-balanced",
+            epochs_cpu=6,
+            epochs_cuda=12,
+            train_exclude_sources=("normal-ct-512",),
+            balance="source",
+            compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-lungs"),
         ),
         # the same recipe on a lung-field crop (issue 13, point 4): measured on the same folds
         _preset(
@@ -134,7 +146,7 @@ PRESETS: dict[str, Preset] = {
             epochs_cuda=12,
             train_exclude_sources=("normal-ct-512",),
             preprocessing=LUNG_CROP,
-            compared_with=("ct-efficientnet-lite",),
+            compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-balanced"),
         ),
         _preset(
             _CXR,
