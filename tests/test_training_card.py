@@ -92,6 +92,9 @@ def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: P
     assert rows[1].startswith(f"| `ct-efficientnet-lite` | body | per class | - | {auc:.3f} |")
     assert rows[1].endswith(f"| {sars:.3f} |")  # the last of the sources, in name order
     header = next(line for line in text.splitlines() if line.startswith("| model |"))
+    # only two-class sources have a within-source AUC (single-class ones are NaN in metrics)
+    assert "AUC within misc" not in header and "nan" not in rows[1]
+    assert "AUC within ct-512" in header
     assert header.endswith(" |") and header.count("|") == rows[0].count("|") == rows[1].count("|")
     assert (
         rows[2] == "| `ct-squeezenet-views` | - | not run (`lunglens-train ct-squeezenet-views`) |"

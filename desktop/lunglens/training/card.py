@@ -187,11 +187,12 @@ def _summary(met: Mapping[str, Any], pos: str) -> dict[str, Any]:
     numbers, the other classes' sensitivity, and the AUC within every two-class source."""
     pooled = met["pooled_out_of_fold"]
     c = pooled["per_class"][pos]
-    within = {
-        src: r["per_class"][pos]["auc"]
+    aucs = {
+        src: r.get("per_class", {}).get(pos, {}).get("auc")
         for src, r in sorted(met["per_source"].items())
-        if r.get("per_class", {}).get(pos, {}).get("auc") is not None
     }
+    # a single-class source has no AUC (None, or NaN from the metrics)
+    within = {src: auc for src, auc in aucs.items() if auc is not None and auc == auc}
     others = {k: v["sensitivity"] for k, v in pooled["per_class"].items() if k != pos}
     return dict(
         auc=c["auc"],
