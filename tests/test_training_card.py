@@ -79,6 +79,7 @@ def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: P
     out.mkdir()
     weaker = json.loads(json.dumps(lite_metrics))
     weaker["pooled_out_of_fold"]["per_class"]["covid"]["auc"] = 0.5
+    weaker["per_source"]["misc"]["per_class"]["covid"]["auc"] = float("nan")  # one class
     student_manifest = replace(manifest, training={**manifest.training, "preset": student.name})
     write_card(out, student_manifest, weaker, student)
     text = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
