@@ -48,7 +48,10 @@ def test_unknown_keys_are_kept_after_the_known_ones() -> None:
 
 
 def test_typed_fields_and_derived_values() -> None:
-    spec = ModelManifest.read(REPO / "models" / "efficientnet-lite-ct" / "manifest.json")
+    from lunglens.models import default_model_for
+
+    ct_default = default_model_for("ct", REPO / "models").path  # the shipped CT default
+    spec = ModelManifest.read(ct_default / "manifest.json")
     assert spec.labels == ("covid", "non-covid") and isinstance(spec.threshold, float)
     assert spec.task is None and spec.task_or_default() == "triage"
     assert spec.input_size() == (224, 224)

@@ -224,8 +224,11 @@ def test_bundle_scores_samples_like_source(bundle: tuple[Path, Path], tmp_path: 
     folder, clone = bundle
     samples = clone / "resources" / "samples"
     expected_files = sorted(p.name for p in samples.iterdir() if p.suffix != ".md")
-    ct_rows, _ = _score_both_ways(folder, clone, "efficientnet-lite-ct", tmp_path)
-    cxr_rows, _ = _score_both_ways(folder, clone, "efficientnet-lite-cxr", tmp_path)
+    from lunglens.models import default_model_for
+
+    ct, cxr = (default_model_for(m, clone / "models").name for m in ("ct", "cxr"))
+    ct_rows, _ = _score_both_ways(folder, clone, ct, tmp_path)
+    cxr_rows, _ = _score_both_ways(folder, clone, cxr, tmp_path)
     assert sorted(ct_rows) == sorted(cxr_rows) == expected_files, "one row per sample"
     for name in expected_files:
         own = cxr_rows if name.startswith("cxr-") else ct_rows
