@@ -135,6 +135,7 @@ PRESETS: dict[str, Preset] = {
             train_exclude_sources=("normal-ct-512",),
             balance="source",
             compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-lungs"),
+            default_for_modality=False,  # measured, not shipped (README)
         ),
         # the same recipe on a lung-field crop (issue 13, point 4): measured on the same folds
         _preset(
@@ -147,6 +148,7 @@ PRESETS: dict[str, Preset] = {
             train_exclude_sources=("normal-ct-512",),
             preprocessing=LUNG_CROP,
             compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-balanced"),
+            default_for_modality=False,  # measured, not shipped (README)
         ),
         _preset(
             _CXR,
@@ -167,6 +169,7 @@ PRESETS: dict[str, Preset] = {
             epochs_cuda=20,
             balance="source",
             compared_with=("cxr-efficientnet-lite",),
+            default_for_modality=False,  # measured, not shipped (README)
         ),
         _preset(
             _CT,
