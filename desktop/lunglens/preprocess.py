@@ -214,7 +214,7 @@ def body_box(image: np.ndarray) -> Box:
     image when that fails too, so the crop never loses the chest.
     """
     if min(image.shape) < 8:
-        return (0, image.shape[0], 0, image.shape[1])
+        return _whole(image)
     work, scale = _work_image(image)
     return _body_box(image.shape, work, scale, body_mask(work))
 
@@ -235,16 +235,29 @@ def _body_box(shape: tuple[int, ...], work: np.ndarray, scale: float, body: np.n
     masked = float(np.mean(work <= 0.03)) > _MASKED_BLACK_SHARE
     if masked or box is None or area(box) < 0.2 * area(content):
         box = content
+    return _grown(box, scale, _CROP_MARGIN, (h, w)) or whole
+
+
+def _grown(
+    box: tuple[float, float, float, float], scale: float, margin: float, shape: tuple[int, int]
+) -> Box | None:
+    """``box`` (in working-copy pixels, ``scale`` of the image) grown by ``margin`` of its
+    size, in the image's pixels.
+
+    ``None`` when the result covers less than ``_MIN_CROP_SHARE`` of the image (a failed
+    segmentation): the caller falls back to a wider box.
+    """
+    h, w = shape
     t, b, left, r = box
-    mh, mw = (b - t) * _CROP_MARGIN, (r - left) * _CROP_MARGIN
+    mh, mw = (b - t) * margin, (r - left) * margin
     out = (
         max(0, int((t - mh) / scale)),
         min(h, int(np.ceil((b + mh) / scale))),
         max(0, int((left - mw) / scale)),
         min(w, int(np.ceil((r + mw) / scale))),
     )
-    if area(out) < _MIN_CROP_SHARE * h * w:
-        return whole
+    if (out[1] - out[0]) * (out[3] - out[2]) < _MIN_CROP_SHARE * h * w:
+        return None
     return out
 
 
@@ -408,29 +421,20 @@ def lung_box(image: np.ndarray) -> Box:
     the lung-masked one (normal-ct-512). When the lung mask is implausible (narrower than half
     the body, or a sliver) the body's box is used: the crop never loses a lung.
     """
-    h, w = image.shape
-    if h < 8 or w < 8:
-        return (0, h, 0, w)
+    if min(image.shape) < 8:
+        return _whole(image)
     work, scale = _work_image(image)
     tissue = body_mask(work)
     body = _body_box(image.shape, work, scale, tissue)
     box = _bbox(_lungs_work(work, tissue))
     if box is None:
         return body
-    t, b, left, r = (v / scale for v in box)
-    bw, bh = body[3] - body[2], body[1] - body[0]
-    if (r - left) < 0.5 * bw or (b - t) < 0.3 * bh:
+    t, b, left, r = (v / scale for v in box)  # in the image's pixels
+    narrow = (r - left) < 0.5 * (body[3] - body[2])  # one lung found, not both
+    sliver = (b - t) < 0.3 * (body[1] - body[0])
+    if narrow or sliver:
         return body
-    mh, mw = (b - t) * _LUNG_MARGIN, (r - left) * _LUNG_MARGIN
-    out = (
-        max(0, int(t - mh)),
-        min(h, int(np.ceil(b + mh))),
-        max(0, int(left - mw)),
-        min(w, int(np.ceil(r + mw))),
-    )
-    if (out[1] - out[0]) * (out[3] - out[2]) < _MIN_CROP_SHARE * h * w:
-        return body
-    return out
+    return _grown((t, b, left, r), 1.0, _LUNG_MARGIN, (image.shape[0], image.shape[1])) or body
 
 
 def _whole(image: np.ndarray) -> Box:
