@@ -84,6 +84,13 @@ _LITE: dict[str, Any] = dict(
     calibration="auto",
     default_for_modality=True,
 )
+#: The Lite recipe's budget and exclusions per task (the variants measured against it share them)
+_LITE_CT: dict[str, Any] = dict(
+    epochs_cpu=6, epochs_cuda=12, train_exclude_sources=("normal-ct-512",)
+)
+_LITE_CXR: dict[str, Any] = dict(epochs_cpu=8, epochs_cuda=20)
+#: A variant measured against a shipped recipe on the same folds, not shipped (README)
+_MEASURED: dict[str, Any] = dict(default_for_modality=False)
 #: SqueezeNet-light trained on the CT Lite teacher's cached augmented views
 _STUDENT: dict[str, Any] = dict(
     arch="squeezenet-light",
@@ -117,59 +124,51 @@ PRESETS: dict[str, Preset] = {
         _preset(
             _CT,
             _LITE,
+            _LITE_CT,
             name="ct-efficientnet-lite",
             model_name="efficientnet-lite-ct",
-            epochs_cpu=6,
-            epochs_cuda=12,
-            train_exclude_sources=("normal-ct-512",),
             compared_with=("ct-efficientnet-lite-lungs", "ct-efficientnet-lite-balanced"),
         ),
         # the same recipe with classes balanced within each source (issue 13, point 4)
         _preset(
             _CT,
             _LITE,
+            _LITE_CT,
+            _MEASURED,
             name="ct-efficientnet-lite-balanced",
             model_name="efficientnet-lite-ct-balanced",
-            epochs_cpu=6,
-            epochs_cuda=12,
-            train_exclude_sources=("normal-ct-512",),
             balance="source",
             compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-lungs"),
-            default_for_modality=False,  # measured, not shipped (README)
         ),
-        # the same recipe on a lung-field crop (issue 13, point 4): measured on the same folds
+        # the same recipe on a lung-field crop (issue 13, point 4)
         _preset(
             _CT,
             _LITE,
+            _LITE_CT,
+            _MEASURED,
             name="ct-efficientnet-lite-lungs",
             model_name="efficientnet-lite-ct-lungs",
-            epochs_cpu=6,
-            epochs_cuda=12,
-            train_exclude_sources=("normal-ct-512",),
             preprocessing=LUNG_CROP,
             compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-balanced"),
-            default_for_modality=False,  # measured, not shipped (README)
         ),
         _preset(
             _CXR,
             _LITE,
+            _LITE_CXR,
             name="cxr-efficientnet-lite",
             model_name="efficientnet-lite-cxr",
-            epochs_cpu=8,
-            epochs_cuda=20,
             compared_with=("cxr-efficientnet-lite-balanced",),
         ),
         # the same recipe with classes balanced within each source (issue 13, point 4)
         _preset(
             _CXR,
             _LITE,
+            _LITE_CXR,
+            _MEASURED,
             name="cxr-efficientnet-lite-balanced",
             model_name="efficientnet-lite-cxr-balanced",
-            epochs_cpu=8,
-            epochs_cuda=20,
             balance="source",
             compared_with=("cxr-efficientnet-lite",),
-            default_for_modality=False,  # measured, not shipped (README)
         ),
         _preset(
             _CT,
