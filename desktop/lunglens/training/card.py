@@ -214,10 +214,10 @@ def comparison_snapshot(
     ``previous`` (the last snapshot): the card can be rebuilt from this model's own folder
     after a compared model has left ``models/``.
     """
+    from lunglens.training.presets import PRESETS
+
     rows: dict[str, dict] = {}
     for name in preset.compared_with:
-        from lunglens.training.presets import PRESETS
-
         path = out.parent / PRESETS[name].model_name / "metrics.json"
         if path.is_file():
             rows[name] = _summary(json.loads(path.read_text()), pos)
@@ -240,30 +240,28 @@ def _comparison_lines(
     snapshot = comparison_snapshot(out, preset, pos, metrics.get("compared"))
     own = _summary(metrics, pos)
     rows = [(preset, own)] + [(PRESETS[name], snapshot.get(name)) for name in preset.compared_with]
-    sources, others = list(own["within"]), list(own["other_sensitivity"])
+    sources = list(own["within"])
+    # the other classes' sensitivity only where there are several (X-ray: normal, pneumonia)
+    others = list(own["other_sensitivity"]) if len(own["other_sensitivity"]) > 1 else []
+    header = [
+        "model",
+        "crop",
+        "loss weights",
+        "teacher",
+        "AUC",
+        f"sensitivity `{pos}`",
+        "specificity",
+        "accuracy",
+        "macro-F1",
+        *(f"sensitivity `{k}`" for k in others),
+        *(f"AUC within {s}" for s in sources),
+    ]
     lines = [
         "",
         "### Compared on the same folds (pooled out-of-fold, each model at its own threshold)",
         "",
-        "| "
-        + " | ".join(
-            [
-                "model",
-                "crop",
-                "loss weights",
-                "teacher",
-                "AUC",
-                f"sensitivity `{pos}`",
-                "specificity",
-                "accuracy",
-                "macro-F1",
-                *(f"sensitivity `{k}`" for k in others if len(others) > 1),
-                *(f"AUC within {s}" for s in sources),
-            ]
-        )
-        + " |",
-        "|---|---|---|---|---|---|---|---|---|"
-        + "---|" * ((len(others) if len(others) > 1 else 0) + len(sources)),
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
     for p, row in rows:
         if row is None:
@@ -279,7 +277,7 @@ def _comparison_lines(
             _pct(row["specificity"]),
             _pct(row["accuracy"]),
             _pct(row["macro_f1"]),
-            *(_pct(row["other_sensitivity"].get(k)) for k in others if len(others) > 1),
+            *(_pct(row["other_sensitivity"].get(k)) for k in others),
             *(
                 f"{row['within'][s]:.3f}" if row["within"].get(s) is not None else "-"
                 for s in sources

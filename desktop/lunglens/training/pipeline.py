@@ -593,12 +593,12 @@ class Pipeline:
         shutil.copyfile(self.work / "model_fp32.onnx", fp32_path)
         metrics = self.cv_metrics(ds)
         if metrics is not None:
-            old = self.out / "metrics.json"
-            previous = json.loads(old.read_text()).get("compared") if old.is_file() else None
+            path = self.out / "metrics.json"
+            previous = json.loads(path.read_text()).get("compared") if path.is_file() else None
             metrics["compared"] = comparison_snapshot(
                 self.out, self.p, self.p.positive_label, previous
             )
-            (self.out / "metrics.json").write_text(_json(metrics))
+            path.write_text(_json(metrics))
             write_plots(self.work, self.out, ds, self.positive(ds), self.shipped_threshold())
         manifest = self.manifest(ds, metrics, model_path, fp32_path)
         (self.out / "manifest.json").write_text(_json(manifest.to_dict()))
