@@ -87,13 +87,19 @@ def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: P
     text = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert rows[0].startswith(
-        "| `ct-squeezenet-distilled` (this model) | body | per class | `ct-efficientnet-lite` "
-        "| 0.500 |"
+        "| `ct-squeezenet-distilled` (this model) | body | 0 | per class | - "
+        "| `ct-efficientnet-lite` | 0.500 |"
     )
     auc = lite_metrics["pooled_out_of_fold"]["per_class"]["covid"]["auc"]
     sars = lite_metrics["per_source"]["sars-cov-2-ct"]["per_class"]["covid"]["auc"]
-    assert rows[1].startswith(f"| `ct-efficientnet-lite` | body | per class | - | {auc:.3f} |")
-    assert rows[1].endswith(f"| {sars:.3f} |")  # the last of the sources, in name order
+    assert rows[1].startswith(
+        f"| `ct-efficientnet-lite` | body | 3 | per class | - | - | {auc:.3f} |"
+    )
+    # the last of the sources in name order, then the CAM's share inside the lungs: the own
+    # manifest has one; the teacher's folder holds no manifest, so its share is not known
+    assert rows[1].endswith(f"| {sars:.3f} | n/a |")
+    cam = manifest.cam_in_lungs["mean"]
+    assert rows[0].endswith(f"| {100 * cam:.1f}% |")
     header = next(line for line in text.splitlines() if line.startswith("| model |"))
     # only two-class sources have a within-source AUC (single-class ones are NaN in metrics)
     assert "AUC within misc" not in header and "nan" not in rows[1]
@@ -121,9 +127,11 @@ def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> No
     body_dir = tmp_path / PRESETS["ct-efficientnet-lite"].model_name
     body_dir.mkdir()
     (body_dir / "metrics.json").write_text(json.dumps(body_metrics), encoding="utf-8")
+    shutil.copy(MODELS / "efficientnet-lite-ct" / "manifest.json", body_dir / "manifest.json")
     out = tmp_path / lungs.model_name
     out.mkdir()
     snap = comparison_snapshot(out, lungs, "covid")
+    assert snap["ct-efficientnet-lite"]["cam_in_lungs"] == manifest.cam_in_lungs["mean"]
     auc = body_metrics["pooled_out_of_fold"]["per_class"]["covid"]["auc"]
     assert snap["ct-efficientnet-lite"]["auc"] == auc
     shutil.rmtree(body_dir)
@@ -140,6 +148,10 @@ def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> No
         if line.startswith("| `")
     ]
     assert rows[0].startswith(
-        "| `ct-efficientnet-lite-lungs` (this model) | lungs | per class | - | 0.750 |"
+        "| `ct-efficientnet-lite-lungs` (this model) | lungs | 3 | per class | - | - | 0.750 |"
     )
-    assert rows[1].startswith(f"| `ct-efficientnet-lite` | body | per class | - | {auc:.3f} |")
+    assert rows[1].startswith(
+        f"| `ct-efficientnet-lite` | body | 3 | per class | - | - | {auc:.3f} |"
+    )
+    # the compared model's CAM share came from its manifest and stays in the snapshot
+    assert rows[1].endswith(f"| {100 * manifest.cam_in_lungs['mean']:.1f}% |")

@@ -211,3 +211,26 @@ def test_pretrained_teacher_and_distilled_student_end_to_end(
         assert info.preprocessing.crop == "body"
         result = classify_scan(scan, info, with_cam=True, modality_check=False)
         assert 0.0 <= result.positive_prob <= 1.0 and result.cam is not None
+
+
+def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lung-attention variant: lung fields found, moved with the cached views, pooled to
+    the CAM grid, the penalty trained with, and named in the manifest and card."""
+    from lunglens.training.cli import main
+
+    monkeypatch.setenv("LUNGLENS_RUNS", str(tmp_path / "runs"))
+    models = tmp_path / "models"
+    args = ["ct-efficientnet-lite-attention", "--size", "64", "--limit", "30", "--epochs", "1"]
+    args += ["--calib-images", "16", "--calibration", "MinMax", "--skip-cv"]
+    assert main([*args, "--models-dir", str(models), "--device", "cpu"]) == 0
+    work = tmp_path / "runs" / "efficientnet-lite-ct-attention"
+    cells = np.load(work / "lungs_64_g2_v4.npy")
+    assert cells.shape == (4, 30, 2, 2)
+    usable = np.isfinite(cells[0, :, 0, 0])
+    assert usable.sum() >= 20  # most slices have a lung field; the rest get no penalty
+    assert ((cells[:, usable] >= 0) & (cells[:, usable] <= 1)).all()
+    folder = models / "efficientnet-lite-ct-attention"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["training"]["config"]["lung_attention"] == 1.0
+    assert manifest["default_for_modality"] is False
+    assert "lung-attention penalty, weight 1" in (folder / "MODEL_CARD.md").read_text()

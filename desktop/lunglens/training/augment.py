@@ -32,6 +32,21 @@ def augment(
     x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None
 ) -> torch.Tensor:
     """Augment a batch ``[N, 1, H, W]`` in [0, 1]; returns a new tensor in [0, 1]."""
+    return augment_with_masks(x, None, cfg, gen)[0]
+
+
+def augment_with_masks(
+    x: torch.Tensor,
+    masks: torch.Tensor | None,
+    cfg: AugmentConfig,
+    gen: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`augment`, with ``masks`` ``[N, 1, H, W]`` moved by the same geometry.
+
+    The random numbers are drawn exactly as :func:`augment` draws them (the masks draw none),
+    so a seeded generator gives the same augmented images with or without masks: lung masks
+    can be aligned with views whose features were cached long before.
+    """
     n = x.shape[0]
     dev = x.device
 
@@ -52,6 +67,11 @@ def augment(
     theta[:, 1, 2] = u(-cfg.shift, cfg.shift) * 2
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    moved = None
+    if masks is not None:
+        moved = F.grid_sample(
+            masks.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
     c = u(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
     b = u(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1)
     mean = out.mean((2, 3), keepdim=True)
@@ -59,4 +79,4 @@ def augment(
     sigma = u(0, cfg.noise_std).view(n, 1, 1, 1)
     noise = torch.randn(out.shape, generator=gen, device="cpu").to(dev)
     out = out + noise * sigma
-    return out.clamp_(0.0, 1.0)
+    return out.clamp_(0.0, 1.0), moved

@@ -182,9 +182,10 @@ def write_card(out: Path, manifest: ModelManifest, metrics: dict | None, preset:
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
-def _summary(met: Mapping[str, Any], pos: str) -> dict[str, Any]:
+def _summary(met: Mapping[str, Any], pos: str, cam: Mapping[str, Any] | None) -> dict[str, Any]:
     """What the comparison table shows of one model's ``metrics.json``: pooled out-of-fold
-    numbers, the other classes' sensitivity, and the AUC within every two-class source."""
+    numbers, the other classes' sensitivity, the AUC within every two-class source, and the
+    share of CAM mass inside the lung field (``cam``: the manifest's ``cam_in_lungs``)."""
     pooled = met["pooled_out_of_fold"]
     c = pooled["per_class"][pos]
     aucs = {
@@ -202,6 +203,7 @@ def _summary(met: Mapping[str, Any], pos: str) -> dict[str, Any]:
         macro_f1=pooled["macro_f1"],
         other_sensitivity=others,
         within=within,
+        cam_in_lungs=(cam or {}).get("mean"),
     )
 
 
@@ -218,9 +220,14 @@ def comparison_snapshot(
 
     rows: dict[str, dict] = {}
     for name in preset.compared_with:
-        path = out.parent / PRESETS[name].model_name / "metrics.json"
+        folder = out.parent / PRESETS[name].model_name
+        path = folder / "metrics.json"
         if path.is_file():
-            rows[name] = _summary(json.loads(path.read_text()), pos)
+            manifest = folder / "manifest.json"
+            cam = None
+            if manifest.is_file():
+                cam = json.loads(manifest.read_text()).get("cam_in_lungs")
+            rows[name] = _summary(json.loads(path.read_text()), pos, cam)
         elif previous and name in previous:
             rows[name] = dict(previous[name])
     return rows
@@ -238,15 +245,19 @@ def _comparison_lines(
 
     pos = m.positive_label
     snapshot = comparison_snapshot(out, preset, pos, metrics.get("compared"))
-    own = _summary(metrics, pos)
+    own = _summary(metrics, pos, m.cam_in_lungs)
     rows = [(preset, own)] + [(PRESETS[name], snapshot.get(name)) for name in preset.compared_with]
     sources = list(own["within"])
     # the other classes' sensitivity only where there are several (X-ray: normal, pneumonia)
     others = list(own["other_sensitivity"]) if len(own["other_sensitivity"]) > 1 else []
+    # the CAM's share inside the lungs where it was measured (CT)
+    cam = any(row and row.get("cam_in_lungs") is not None for _, row in rows)
     header = [
         "model",
         "crop",
+        "frozen stages",
         "loss weights",
+        "lung attention",
         "teacher",
         "AUC",
         f"sensitivity `{pos}`",
@@ -255,6 +266,7 @@ def _comparison_lines(
         "macro-F1",
         *(f"sensitivity `{k}`" for k in others),
         *(f"AUC within {s}" for s in sources),
+        *(["CAM in lung field"] if cam else []),
     ]
     lines = [
         "",
@@ -270,7 +282,9 @@ def _comparison_lines(
         cells = [
             f"`{p.name}`{' (this model)' if p is preset else ''}",
             p.preprocessing.crop,
+            str(p.frozen_stages),
             "per source" if p.balance == "source" else "per class",
+            f"{p.lung_attention:g}" if p.lung_attention else "-",
             f"`{p.teacher}`" if p.teacher else "-",
             f"{row['auc']:.3f}",
             _pct(row["sensitivity"]),
@@ -282,6 +296,7 @@ def _comparison_lines(
                 f"{row['within'][s]:.3f}" if row["within"].get(s) is not None else "-"
                 for s in sources
             ),
+            *([_pct(row.get("cam_in_lungs"))] if cam else []),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -320,6 +335,16 @@ def _model_lines(m: ModelManifest) -> list[str]:
     ]
 
 
+def _attention_text(t: Mapping[str, Any]) -> str:
+    weight = (t.get("config") or {}).get("lung_attention") or 0.0
+    if not weight:
+        return ""
+    return (
+        f"; lung-attention penalty, weight {weight:g}: the share of class evidence (CAM) "
+        "outside the lung field is added to the loss (`lunglens.training.attention`)"
+    )
+
+
 def _training_lines(m: ModelManifest, preset: Preset) -> list[str]:
     t = m.training or {}
     final = t["final_model"]
@@ -330,7 +355,7 @@ def _training_lines(m: ModelManifest, preset: Preset) -> list[str]:
         f"- Recipe `lunglens-train {preset.name}`: resolution {t['resolution']} px, "
         f"{_schedule_text(t)}, label smoothing, "
         f"{'loss weights: ' + t['loss_weights'] if t.get('loss_weights') else 'class weights'}"
-        "; the checkpoint with the best "
+        f"{_attention_text(t)}; the checkpoint with the best "
         f"validation-fold {t.get('monitor', 'unweighted cross-entropy')} is kept; "
         f"augmentation {t['augmentation']}.",
         f"- Device: {t['device']}. Final model: {final.get('epochs_run')} epochs, best "

@@ -96,8 +96,10 @@ class Pipeline:
             schedule=preset.schedule,
             frozen_stages=preset.frozen_stages,
             balance=preset.balance,
+            lung_attention=preset.lung_attention,
         )
         self._features: np.ndarray | None = None
+        self._lungs: np.ndarray | None = None
         self._teacher: tuple[Pipeline, ImageSet, np.ndarray] | None = None
         self.work = opts.workdir
         self.work.mkdir(parents=True, exist_ok=True)
@@ -195,7 +197,10 @@ class Pipeline:
         """Extra inputs of one run: cached features, or cached views and the teacher's soft
         targets on them (distillation with the same augmented view for teacher and student)."""
         if self.p.views_from is None:
-            return dict(features=self.features(ds))
+            own: dict = dict(features=self.features(ds))
+            if self.cfg.lung_attention > 0:
+                own["lungs"] = self.lung_cells(ds)
+            return own
         from lunglens.training.train import cached_teacher_logits
 
         tpipe, tds, views = self.teacher_views(ds)
@@ -232,6 +237,33 @@ class Pipeline:
                 path.with_suffix(".tmp.npy").replace(path)
             self._features = np.load(path)
         return self._features
+
+    def lung_cells(self, ds: ImageSet) -> np.ndarray:
+        """Lung share of every CAM cell of every cached view (training.attention), cached."""
+        if self._lungs is None:
+            import torch
+
+            from lunglens.training.attention import lung_cells
+            from lunglens.training.data import load_lung_fields
+            from lunglens.training.models import create_model
+            from lunglens.training.train import SplitModel
+
+            feats = self.features(ds)
+            assert feats is not None
+            model = create_model(self.p.arch, len(ds.classes)).eval()
+            with torch.no_grad():
+                first = torch.from_numpy(feats[0, :1].astype(np.float32))
+                grid = int(SplitModel(model, self.cfg.frozen_stages).head_maps(first).shape[-1])
+            path = self.work / f"lungs_{self.size}_g{grid}_v{self.cfg.feature_views}.npy"
+            if not path.exists():
+                fields = load_lung_fields(ds.records, self.size, prep=self.p.preprocessing)
+                cells = lung_cells(ds, fields, self.cfg, self.rt, grid)
+                np.save(path.with_suffix(".tmp.npy"), cells)
+                path.with_suffix(".tmp.npy").replace(path)
+                usable = int(np.isfinite(cells[0, :, 0, 0]).sum())
+                self.log(f"lung fields: {usable}/{len(ds.labels)} usable, {grid}x{grid} cells")
+            self._lungs = np.load(path)
+        return self._lungs
 
     def positive(self, ds: ImageSet) -> int:
         return ds.classes.index(self.p.positive_label)

@@ -62,6 +62,8 @@ class Preset:
     views_from: str | None = None
     #: loss weights (training.train.TrainConfig.balance): "class" or "source"
     balance: str = "class"
+    #: weight of the lung-attention penalty (training.attention); 0 = none
+    lung_attention: float = 0.0
     #: presets this one is measured against on the same folds (a table in its card)
     compared_with: tuple[str, ...] = field(default=())
 
@@ -151,6 +153,17 @@ PRESETS: dict[str, Preset] = {
             preprocessing=LUNG_CROP,
             compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-balanced"),
         ),
+        # the same recipe with evidence outside the lung field penalized (issue 13, points 4-5)
+        _preset(
+            _CT,
+            _LITE,
+            _LITE_CT,
+            _MEASURED,
+            name="ct-efficientnet-lite-attention",
+            model_name="efficientnet-lite-ct-attention",
+            lung_attention=1.0,
+            compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-balanced"),
+        ),
         _preset(
             _CXR,
             _LITE,
@@ -169,6 +182,17 @@ PRESETS: dict[str, Preset] = {
             model_name="efficientnet-lite-cxr-balanced",
             balance="source",
             compared_with=("cxr-efficientnet-lite",),
+        ),
+        # the same recipe with only the stem and first stage frozen (issue 13: pneumonia vs COVID)
+        _preset(
+            _CXR,
+            _LITE,
+            _LITE_CXR,
+            _MEASURED,
+            name="cxr-efficientnet-lite-k1",
+            model_name="efficientnet-lite-cxr-k1",
+            frozen_stages=1,
+            compared_with=("cxr-efficientnet-lite", "cxr-efficientnet-lite-balanced"),
         ),
         _preset(
             _CT,

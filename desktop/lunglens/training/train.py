@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lunglens.training.augment import AugmentConfig, augment
+from lunglens.training.attention import attention_penalty
+from lunglens.training.augment import AugmentConfig, augment, augment_with_masks
 from lunglens.training.data import ImageSet
 from lunglens.training.device import Runtime
 from lunglens.training.metrics import macro_auc
@@ -74,6 +75,9 @@ class TrainConfig:
     balance: str = "class"
     #: with ``balance="source"``: the weight of a source that holds one class only
     single_class_source_weight: float = 0.5
+    #: weight of the lung-attention penalty (:mod:`lunglens.training.attention`): the share of
+    #: class evidence outside the lung field, added to the loss; frozen-feature runs only
+    lung_attention: float = 0.0
 
 
 def _batches(x: np.ndarray, bs: int):
@@ -160,11 +164,18 @@ class SplitModel:
         return x
 
     def head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.head_maps(f))
+
+    def head_maps(self, f: torch.Tensor) -> torch.Tensor:
+        """The later stages and the head convolution: the maps the CAM is made of."""
         b = self.backbone
         for stage in b.blocks[self.k :]:
             f = stage(f)
-        f = b.bn2(b.conv_head(f))
-        return self.model.classifier(self.model.dropout(f.mean((2, 3))))  # type: ignore[operator]
+        return b.bn2(b.conv_head(f))
+
+    def classify(self, maps: torch.Tensor) -> torch.Tensor:
+        """Global average pooling, dropout and the linear classifier."""
+        return self.model.classifier(self.model.dropout(maps.mean((2, 3))))  # type: ignore[operator]
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.backbone.conv_stem, self.backbone.bn1, *self.backbone.blocks[: self.k]]
@@ -183,7 +194,7 @@ def frozen_features(
     split = SplitModel(model, cfg.frozen_stages)
     out: np.ndarray | None = None
     t0 = time.time()
-    for v, lo, x in augmented_views(data, cfg, rt, bs):
+    for v, lo, x, _ in augmented_views(data, cfg, rt, bs):
         f = split.frozen(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
         if out is None:
             out = np.empty((cfg.feature_views, len(data.labels), *f.shape[1:]), np.float16)
@@ -195,26 +206,32 @@ def frozen_features(
 
 
 def augmented_views(
-    data: ImageSet, cfg: TrainConfig, rt: Runtime, bs: int = 64
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """``(view, first index, batch [n, 1, H, W] in [0, 1])`` for every view of every image.
+    data: ImageSet, cfg: TrainConfig, rt: Runtime, bs: int = 64, masks: np.ndarray | None = None
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
+    """``(view, first index, batch [n, 1, H, W] in [0, 1], masks)`` for every view of every
+    image.
 
     View 0 is the image itself; view ``v > 0`` is augmented with a generator seeded by ``v``,
     batch after batch in index order, so the same call always yields the same views: the
     teacher's cached features and a student's cached images are of the same augmented views.
+    ``masks`` (uint8 ``[N, H, W]``, 255 = inside) are moved with their images (``None`` if not
+    given).
     """
     for v in range(cfg.feature_views):
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + v)
         for lo in range(0, len(data.labels), bs):
             x = to_tensor(data.images[lo : lo + bs], rt)
-            yield v, lo, (augment(x, cfg.augment, gen) if v > 0 else x)
+            m = None if masks is None else to_tensor(masks[lo : lo + bs], rt)
+            if v > 0:
+                x, m = augment_with_masks(x, m, cfg.augment, gen)
+            yield v, lo, x, m
 
 
 @torch.no_grad()
 def view_images(data: ImageSet, cfg: TrainConfig, rt: Runtime, size: int) -> np.ndarray:
     """The views of :func:`augmented_views` resized to ``size`` (area), uint8 ``[V, N, s, s]``."""
     out = np.empty((cfg.feature_views, len(data.labels), size, size), np.uint8)
-    for v, lo, x in augmented_views(data, cfg, rt):
+    for v, lo, x, _ in augmented_views(data, cfg, rt):
         small = F.interpolate(x, size=(size, size), mode="area") if x.shape[-1] != size else x
         out[v, lo : lo + len(x)] = (small[:, 0] * 255.0).round().clamp(0, 255).byte().cpu().numpy()
     return out
@@ -383,11 +400,13 @@ def train_one_epoch(
     features: np.ndarray | None = None,
     views: np.ndarray | None = None,
     soft_targets: np.ndarray | None = None,
+    lungs: np.ndarray | None = None,
 ) -> float:
     """One pass over this rank's share of ``train_idx`` in a seeded order; the mean loss.
 
     The one-cycle schedule steps per batch; the plateau schedule steps on the validation score
-    (in :func:`train_run`).
+    (in :func:`train_run`). ``lungs`` (:func:`lunglens.training.attention.lung_cells`, with
+    frozen features) adds the lung-attention penalty.
     """
     fit.net.train()
     if fit.split is not None:  # frozen BatchNorm keeps its ImageNet statistics
@@ -403,8 +422,17 @@ def train_one_epoch(
         y = torch.from_numpy(data.labels[chunk]).to(rt.device)
         x, v_idx = _batch_input(data, chunk, fit, cfg, rt, rng, gen, features, views)
         with rt.autocast():
-            logits = fit.split.head(x) if fit.split is not None else fit.net(x)
+            if fit.split is not None:
+                maps = fit.split.head_maps(x)
+                logits = fit.split.classify(maps)
+            else:
+                logits = fit.net(x)
             loss = _label_loss(logits.float(), y, fit, chunk, cfg.label_smoothing)
+            if lungs is not None and cfg.lung_attention > 0:
+                weight: torch.Tensor = fit.model.classifier.weight  # type: ignore[union-attr,assignment]
+                pen = attention_penalty(maps, weight, lungs[v_idx, chunk])
+                if pen is not None:
+                    loss = loss + cfg.lung_attention * pen
             if soft_targets is not None:  # the teacher's logits on the same cached views
                 soft = torch.from_numpy(soft_targets[v_idx, chunk]).to(rt.device)
                 loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(
@@ -499,6 +527,7 @@ def train_run(
     features: np.ndarray | None = None,
     views: np.ndarray | None = None,
     soft_targets: np.ndarray | None = None,
+    lungs: np.ndarray | None = None,
 ) -> dict:
     """Train one model; returns facts about the run (best epoch, losses, wall time).
 
@@ -511,6 +540,8 @@ def train_run(
     if done.exists():
         log(f"[{workdir.name}] already trained, skipping")
         return json.loads(done.read_text())
+    if cfg.lung_attention > 0 and (not cfg.frozen_stages or lungs is None):
+        raise ValueError("lung_attention needs frozen features and their lung cells")
     fit = build_fit(data, train_idx, cfg, rt, features)
     progress = Progress()
     last = workdir / "last.pt"
@@ -521,7 +552,7 @@ def train_run(
     for epoch in range(progress.start_epoch, cfg.epochs):
         t0 = time.time()
         train_loss = train_one_epoch(
-            fit, data, train_idx, epoch, cfg, rt, gen, features, views, soft_targets
+            fit, data, train_idx, epoch, cfg, rt, gen, features, views, soft_targets, lungs
         )
         val = evaluate(fit, data, val_idx, cfg, rt, features)
         score = _score(cfg, val["val_loss"], val["val_auc"])
