@@ -129,7 +129,11 @@ PRESETS: dict[str, Preset] = {
             _LITE_CT,
             name="ct-efficientnet-lite",
             model_name="efficientnet-lite-ct",
-            compared_with=("ct-efficientnet-lite-lungs", "ct-efficientnet-lite-balanced"),
+            compared_with=(
+                "ct-efficientnet-lite-lungs",
+                "ct-efficientnet-lite-balanced",
+                "ct-efficientnet-lite-attention",
+            ),
         ),
         # the same recipe with classes balanced within each source (issue 13, point 4)
         _preset(
@@ -170,7 +174,7 @@ PRESETS: dict[str, Preset] = {
             _LITE_CXR,
             name="cxr-efficientnet-lite",
             model_name="efficientnet-lite-cxr",
-            compared_with=("cxr-efficientnet-lite-balanced",),
+            compared_with=("cxr-efficientnet-lite-balanced", "cxr-efficientnet-lite-k1"),
         ),
         # the same recipe with classes balanced within each source (issue 13, point 4)
         _preset(
