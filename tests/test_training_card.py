@@ -73,8 +73,8 @@ def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: P
 
     manifest, lite_metrics = _shipped("efficientnet-lite-ct")
     student = PRESETS["ct-squeezenet-distilled"]
-    assert student.views_from == "ct-efficientnet-lite" and student.teacher
-    teacher_dir = tmp_path / PRESETS["ct-efficientnet-lite"].model_name
+    assert student.views_from == "ct-efficientnet-lite-plain" and student.teacher
+    teacher_dir = tmp_path / PRESETS["ct-efficientnet-lite-plain"].model_name
     teacher_dir.mkdir()
     (teacher_dir / "metrics.json").write_text(json.dumps(lite_metrics), encoding="utf-8")
     out = tmp_path / student.model_name
@@ -88,12 +88,12 @@ def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: P
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert rows[0].startswith(
         "| `ct-squeezenet-distilled` (this model) | body | 0 | per class | - "
-        "| `ct-efficientnet-lite` | 0.500 |"
+        "| `ct-efficientnet-lite-plain` | 0.500 |"
     )
     auc = lite_metrics["pooled_out_of_fold"]["per_class"]["covid"]["auc"]
     sars = lite_metrics["per_source"]["sars-cov-2-ct"]["per_class"]["covid"]["auc"]
     assert rows[1].startswith(
-        f"| `ct-efficientnet-lite` | body | 3 | per class | - | - | {auc:.3f} |"
+        f"| `ct-efficientnet-lite-plain` | body | 3 | per class | - | - | {auc:.3f} |"
     )
     # the last of the sources in name order, then the CAM's share inside the lungs: the own
     # manifest has one; the teacher's folder holds no manifest, so its share is not known
@@ -123,17 +123,17 @@ def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> No
 
     manifest, body_metrics = _shipped("efficientnet-lite-ct")
     lungs = PRESETS["ct-efficientnet-lite-lungs"]
-    assert lungs.compared_with[0] == "ct-efficientnet-lite"
-    body_dir = tmp_path / PRESETS["ct-efficientnet-lite"].model_name
+    assert lungs.compared_with[0] == "ct-efficientnet-lite-plain"
+    body_dir = tmp_path / PRESETS["ct-efficientnet-lite-plain"].model_name
     body_dir.mkdir()
     (body_dir / "metrics.json").write_text(json.dumps(body_metrics), encoding="utf-8")
     shutil.copy(MODELS / "efficientnet-lite-ct" / "manifest.json", body_dir / "manifest.json")
     out = tmp_path / lungs.model_name
     out.mkdir()
     snap = comparison_snapshot(out, lungs, "covid")
-    assert snap["ct-efficientnet-lite"]["cam_in_lungs"] == manifest.cam_in_lungs["mean"]
+    assert snap["ct-efficientnet-lite-plain"]["cam_in_lungs"] == manifest.cam_in_lungs["mean"]
     auc = body_metrics["pooled_out_of_fold"]["per_class"]["covid"]["auc"]
-    assert snap["ct-efficientnet-lite"]["auc"] == auc
+    assert snap["ct-efficientnet-lite-plain"]["auc"] == auc
     shutil.rmtree(body_dir)
     assert comparison_snapshot(out, lungs, "covid") == {}
     assert comparison_snapshot(out, lungs, "covid", snap) == snap
@@ -151,7 +151,7 @@ def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> No
         "| `ct-efficientnet-lite-lungs` (this model) | lungs | 3 | per class | - | - | 0.750 |"
     )
     assert rows[1].startswith(
-        f"| `ct-efficientnet-lite` | body | 3 | per class | - | - | {auc:.3f} |"
+        f"| `ct-efficientnet-lite-plain` | body | 3 | per class | - | - | {auc:.3f} |"
     )
     # the compared model's CAM share came from its manifest and stays in the snapshot
     assert rows[1].endswith(f"| {100 * manifest.cam_in_lungs['mean']:.1f}% |")

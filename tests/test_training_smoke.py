@@ -185,28 +185,28 @@ def test_pretrained_teacher_and_distilled_student_end_to_end(
     models = tmp_path / "models"
     common = ["--limit", "30", "--epochs", "1", "--calib-images", "16", "--calibration"]
     common += ["MinMax", "--models-dir", str(models), "--device", "cpu"]
-    assert main(["ct-efficientnet-lite", "--size", "64", *common]) == 0
-    teacher = json.loads((models / "efficientnet-lite-ct" / "manifest.json").read_text())
-    assert teacher["default_for_modality"] is True
+    assert main(["ct-efficientnet-lite-plain", "--size", "64", *common]) == 0
+    teacher = json.loads((models / "efficientnet-lite-ct-plain" / "manifest.json").read_text())
+    assert teacher["default_for_modality"] is False  # a measured recipe, not the shipped one
     assert teacher["input"]["preprocessing"] == {"crop": "body", "intensity": "percentile"}
     assert teacher["training"]["pretrained"]["sha256"].startswith("579344248a93")
     assert teacher["training"]["excluded_from_training"] == ["normal-ct-512"]
-    assert (tmp_path / "runs" / "efficientnet-lite-ct" / "fold4" / "best.pt").exists()
-    assert "ImageNet" in (models / "efficientnet-lite-ct" / "MODEL_CARD.md").read_text()
+    assert (tmp_path / "runs" / "efficientnet-lite-ct-plain" / "fold4" / "best.pt").exists()
+    assert "ImageNet" in (models / "efficientnet-lite-ct-plain" / "MODEL_CARD.md").read_text()
 
     assert main(["ct-squeezenet-distilled", "--size", "32", *common]) == 0
     student = json.loads((models / "squeezenet-light-ct-distilled" / "manifest.json").read_text())
-    assert student["training"]["distilled_from"]["preset"] == "ct-efficientnet-lite"
+    assert student["training"]["distilled_from"]["preset"] == "ct-efficientnet-lite-plain"
     assert student["training"]["pretrained"] is False
     work = tmp_path / "runs" / "squeezenet-light-ct-distilled"
-    views = np.load(next(work.glob("views_32_from_ct-efficientnet-lite.npy")))
+    views = np.load(next(work.glob("views_32_from_ct-efficientnet-lite-plain.npy")))
     assert views.shape[:2] == (4, 30) and views.dtype == np.uint8
     assert not np.array_equal(views[0], views[1])  # view 1 is augmented
 
     # the app applies the crop and maps the CAM back into the whole image
     clear_engines()
     scan = load_scan(DATA / "dicom" / "chest-ct-transfer-syntaxes" / "CTImage.dcm")
-    for name in ("efficientnet-lite-ct", "squeezenet-light-ct-distilled"):
+    for name in ("efficientnet-lite-ct-plain", "squeezenet-light-ct-distilled"):
         info = get_model(name, models)
         assert info.preprocessing.crop == "body"
         result = classify_scan(scan, info, with_cam=True, modality_check=False)
@@ -214,23 +214,23 @@ def test_pretrained_teacher_and_distilled_student_end_to_end(
 
 
 def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lung-attention variant: lung fields found, moved with the cached views, pooled to
-    the CAM grid, the penalty trained with, and named in the manifest and card."""
+    """The shipped CT recipe with its lung-attention penalty: lung fields found, moved with the
+    cached views, pooled to the CAM grid, trained with, and named in the manifest and card."""
     from lunglens.training.cli import main
 
     monkeypatch.setenv("LUNGLENS_RUNS", str(tmp_path / "runs"))
     models = tmp_path / "models"
-    args = ["ct-efficientnet-lite-attention", "--size", "64", "--limit", "30", "--epochs", "1"]
+    args = ["ct-efficientnet-lite", "--size", "64", "--limit", "30", "--epochs", "1"]
     args += ["--calib-images", "16", "--calibration", "MinMax", "--skip-cv"]
     assert main([*args, "--models-dir", str(models), "--device", "cpu"]) == 0
-    work = tmp_path / "runs" / "efficientnet-lite-ct-attention"
+    work = tmp_path / "runs" / "efficientnet-lite-ct"
     cells = np.load(work / "lungs_64_g2_v4.npy")
     assert cells.shape == (4, 30, 2, 2)
     usable = np.isfinite(cells[0, :, 0, 0])
     assert usable.sum() >= 20  # most slices have a lung field; the rest get no penalty
     assert ((cells[:, usable] >= 0) & (cells[:, usable] <= 1)).all()
-    folder = models / "efficientnet-lite-ct-attention"
+    folder = models / "efficientnet-lite-ct"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["training"]["config"]["lung_attention"] == 1.0
-    assert manifest["default_for_modality"] is False
+    assert manifest["default_for_modality"] is True and manifest["version"] == "1.1.0"
     assert "lung-attention penalty, weight 1" in (folder / "MODEL_CARD.md").read_text()

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="INT8 calibration (default: the preset's; auto = measure candidates, keep the best)",
     )
-    ap.add_argument("--version", default="1.0.0")
+    ap.add_argument("--version", default=None, help="manifest version (default: the preset's)")
     args = ap.parse_args(argv)
     t0 = time.time()
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workdir or default_workdir(MODALITY_CHECK),
             epochs=args.epochs or 16,
             device=args.device,
-            version=args.version,
+            version=args.version or "1.0.0",
             log=log,
         )
         log("done")

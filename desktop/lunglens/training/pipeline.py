@@ -55,7 +55,7 @@ class PipelineOptions:
     calib_images: int = 300
     calibration: str | None = None  # None: the preset's (a method name or "auto": search)
     min_sensitivity: float = 0.95
-    version: str = "1.0.0"
+    version: str | None = None  # None: the preset's
 
 
 def _json(obj) -> str:
@@ -649,7 +649,7 @@ class Pipeline:
         op = self.state.get("operating_point")
         return ModelManifest(
             name=self.p.model_name,
-            version=self.o.version,
+            version=self.o.version or self.p.version,
             architecture=spec.description,
             arch=self.p.arch,
             modality=self.p.modality,

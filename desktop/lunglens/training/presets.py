@@ -64,6 +64,8 @@ class Preset:
     balance: str = "class"
     #: weight of the lung-attention penalty (training.attention); 0 = none
     lung_attention: float = 0.0
+    #: the model's version in its manifest (raised when the recipe of a shipped model changes)
+    version: str = "1.0.0"
     #: presets this one is measured against on the same folds (a table in its card)
     compared_with: tuple[str, ...] = field(default=())
 
@@ -103,7 +105,7 @@ _STUDENT: dict[str, Any] = dict(
     preprocessing=BODY_CROP,
     schedule="onecycle",
     min_epochs_share=1.0,
-    views_from="ct-efficientnet-lite",
+    views_from="ct-efficientnet-lite-plain",
     train_exclude_sources=("normal-ct-512",),
 )
 _SQUEEZENET: dict[str, Any] = dict(arch="squeezenet-light", size_cpu=128, size_cuda=224)
@@ -123,19 +125,49 @@ def _preset(*shared: dict[str, Any], **own: Any) -> Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
+        # the shipped CT recipe: the plain one below plus the lung-attention penalty (1.1.0)
         _preset(
             _CT,
             _LITE,
             _LITE_CT,
             name="ct-efficientnet-lite",
             model_name="efficientnet-lite-ct",
+            lung_attention=1.0,
+            version="1.1.0",
             compared_with=(
+                "ct-efficientnet-lite-plain",
+                "ct-efficientnet-lite-attention-0.3",
                 "ct-efficientnet-lite-lungs",
                 "ct-efficientnet-lite-balanced",
-                "ct-efficientnet-lite-attention",
             ),
         ),
-        # the same recipe with classes balanced within each source (issue 13, point 4)
+        # the recipe shipped as efficientnet-lite-ct 1.0.0: no lung attention; the distilled
+        # SqueezeNets learnt from its fold models
+        _preset(
+            _CT,
+            _LITE,
+            _LITE_CT,
+            _MEASURED,
+            name="ct-efficientnet-lite-plain",
+            model_name="efficientnet-lite-ct-plain",
+            compared_with=(
+                "ct-efficientnet-lite",
+                "ct-efficientnet-lite-lungs",
+                "ct-efficientnet-lite-balanced",
+            ),
+        ),
+        # the shipped recipe with a lighter lung-attention penalty (issue 13, points 4-5)
+        _preset(
+            _CT,
+            _LITE,
+            _LITE_CT,
+            _MEASURED,
+            name="ct-efficientnet-lite-attention-0.3",
+            model_name="efficientnet-lite-ct-attention-0.3",
+            lung_attention=0.3,
+            compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-plain"),
+        ),
+        # the plain recipe with classes balanced within each source (issue 13, point 4)
         _preset(
             _CT,
             _LITE,
@@ -144,9 +176,9 @@ PRESETS: dict[str, Preset] = {
             name="ct-efficientnet-lite-balanced",
             model_name="efficientnet-lite-ct-balanced",
             balance="source",
-            compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-lungs"),
+            compared_with=("ct-efficientnet-lite-plain", "ct-efficientnet-lite-lungs"),
         ),
-        # the same recipe on a lung-field crop (issue 13, point 4)
+        # the plain recipe on a lung-field crop (issue 13, point 4)
         _preset(
             _CT,
             _LITE,
@@ -155,18 +187,7 @@ PRESETS: dict[str, Preset] = {
             name="ct-efficientnet-lite-lungs",
             model_name="efficientnet-lite-ct-lungs",
             preprocessing=LUNG_CROP,
-            compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-balanced"),
-        ),
-        # the same recipe with evidence outside the lung field penalized (issue 13, points 4-5)
-        _preset(
-            _CT,
-            _LITE,
-            _LITE_CT,
-            _MEASURED,
-            name="ct-efficientnet-lite-attention",
-            model_name="efficientnet-lite-ct-attention",
-            lung_attention=1.0,
-            compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-balanced"),
+            compared_with=("ct-efficientnet-lite-plain", "ct-efficientnet-lite-balanced"),
         ),
         _preset(
             _CXR,
@@ -211,8 +232,8 @@ PRESETS: dict[str, Preset] = {
             _STUDENT,
             name="ct-squeezenet-distilled",
             model_name="squeezenet-light-ct-distilled",
-            teacher="ct-efficientnet-lite",
-            compared_with=("ct-efficientnet-lite", "ct-squeezenet-views"),
+            teacher="ct-efficientnet-lite-plain",
+            compared_with=("ct-efficientnet-lite-plain", "ct-squeezenet-views"),
         ),
         # the same student without the teacher: the distillation's control
         _preset(
@@ -220,7 +241,7 @@ PRESETS: dict[str, Preset] = {
             _STUDENT,
             name="ct-squeezenet-views",
             model_name="squeezenet-light-ct-views",
-            compared_with=("ct-efficientnet-lite", "ct-squeezenet-distilled"),
+            compared_with=("ct-efficientnet-lite-plain", "ct-squeezenet-distilled"),
         ),
         _preset(
             _CT,
