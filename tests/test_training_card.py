@@ -155,3 +155,23 @@ def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> No
     )
     # the compared model's CAM share came from its manifest and stays in the snapshot
     assert rows[1].endswith(f"| {100 * manifest.cam_in_lungs['mean']:.1f}% |")
+
+
+def test_int8_parity_is_also_reported_at_the_shipped_threshold(tmp_path: Path) -> None:
+    """The quantization recipe is picked at the validation fold's own threshold before the CV;
+    the card also judges the same images at the pooled threshold the app ships with."""
+    from dataclasses import replace
+
+    manifest, metrics = _shipped("efficientnet-lite-ct")
+    q = dict(manifest.quantization or {})
+    par = q["parity_shipped_threshold"]
+    assert par["threshold"] == manifest.operating_point["threshold"]
+    preset = PRESETS[manifest.training["preset"]]
+    write_card(tmp_path, manifest, metrics, preset)
+    text = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    flips = round((1 - par["agreement"]) * par["n"])
+    assert f"at the shipped threshold {par['threshold']:.4f}" in text
+    assert f"({flips} of {par['n']} decisions differ)" in text
+    q.pop("parity_shipped_threshold")
+    write_card(tmp_path, replace(manifest, quantization=q), metrics, preset)
+    assert "decisions differ" not in (tmp_path / "MODEL_CARD.md").read_text()

@@ -365,6 +365,18 @@ def _training_lines(m: ModelManifest, preset: Preset) -> list[str]:
     ]
 
 
+def _shipped_parity_text(par: Mapping[str, Any] | None) -> str:
+    """The same images judged at the shipped threshold, which is chosen after the CV."""
+    if not par:
+        return ""
+    flips = round((1 - par["agreement"]) * par["n"])
+    return (
+        f"; at the shipped threshold {par['threshold']:.4f}: agreement {_pct(par['agreement'])} "
+        f"({flips} of {par['n']} decisions differ), accuracy change "
+        f"{par['accuracy_change_points']:+.2f} points"
+    )
+
+
 def _quantization_lines(m: ModelManifest) -> list[str]:
     q = m.quantization or {}
     par = q["parity_validation_fold"]
@@ -377,7 +389,8 @@ def _quantization_lines(m: ModelManifest) -> list[str]:
         f"- Parity on validation fold ({par['n']} images): "
         f"decision agreement {_pct(par['agreement'])}, "
         f"accuracy float {_pct(par['accuracy_float'])} vs INT8 {_pct(par['accuracy_int8'])} "
-        f"({par['accuracy_change_points']:+.2f} points), max |dp| {par['max_abs_prob_diff']:.3f}.",
+        f"({par['accuracy_change_points']:+.2f} points), max |dp| {par['max_abs_prob_diff']:.3f}"
+        f"{_shipped_parity_text(q.get('parity_shipped_threshold'))}.",
         *_quantization_trials(q),
         "",
     ]

@@ -362,6 +362,20 @@ class Pipeline:
         )
         self.save_state()
 
+    def shipped_parity(self, ds: ImageSet) -> dict:
+        """INT8 vs float on the validation fold at the shipped threshold, once the pooled
+        operating point exists (the quantization recipe was chosen before, at the validation
+        fold's own threshold): ``{"parity_shipped_threshold": ...}``, or ``{}``."""
+        probs = self.work / "final_val_probs.npz"
+        if not self.state.get("operating_point") or not probs.exists():
+            return {}
+        from lunglens.training.quantize import parity
+
+        z = np.load(probs)
+        thr = self.shipped_threshold()
+        par = parity(z["fp32"], z["int8"], z["labels"], self.positive(ds), thr)
+        return {"parity_shipped_threshold": {**par, "threshold": thr}}
+
     def stage_cv(self, ds: ImageSet) -> None:
         from lunglens.training.metrics import choose_threshold
 
@@ -695,7 +709,7 @@ class Pipeline:
                 ),
             ),
             cam_in_lungs=self.state.get("cam_in_lungs"),
-            quantization=self.state["quantization"],
+            quantization={**self.state["quantization"], **self.shipped_parity(ds)},
             export=dict(
                 opset=ex["opset"],
                 # a state.json without the key: no rewrites
