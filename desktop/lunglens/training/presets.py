@@ -88,11 +88,12 @@ _LITE: dict[str, Any] = dict(
     calibration="auto",
     default_for_modality=True,
 )
-#: The Lite recipe's budget and exclusions per task (the variants measured against it share them)
+#: The Lite recipe per task: the task, the recipe, its budget and exclusions (the variants
+#: measured against it share them)
 _LITE_CT: dict[str, Any] = dict(
-    epochs_cpu=6, epochs_cuda=12, train_exclude_sources=("normal-ct-512",)
+    **_CT, **_LITE, epochs_cpu=6, epochs_cuda=12, train_exclude_sources=("normal-ct-512",)
 )
-_LITE_CXR: dict[str, Any] = dict(epochs_cpu=8, epochs_cuda=20)
+_LITE_CXR: dict[str, Any] = dict(**_CXR, **_LITE, epochs_cpu=8, epochs_cuda=20)
 #: A variant measured against a shipped recipe on the same folds, not shipped (README)
 _MEASURED: dict[str, Any] = dict(default_for_modality=False)
 #: SqueezeNet-light trained on the CT Lite teacher's cached augmented views
@@ -127,8 +128,6 @@ PRESETS: dict[str, Preset] = {
     for p in [
         # the shipped CT recipe: the plain one below plus the lung-attention penalty (1.1.0)
         _preset(
-            _CT,
-            _LITE,
             _LITE_CT,
             name="ct-efficientnet-lite",
             model_name="efficientnet-lite-ct",
@@ -144,8 +143,6 @@ PRESETS: dict[str, Preset] = {
         # the recipe shipped as efficientnet-lite-ct 1.0.0: no lung attention; the distilled
         # SqueezeNets learnt from its fold models
         _preset(
-            _CT,
-            _LITE,
             _LITE_CT,
             _MEASURED,
             name="ct-efficientnet-lite-plain",
@@ -158,8 +155,6 @@ PRESETS: dict[str, Preset] = {
         ),
         # the shipped recipe with a lighter lung-attention penalty (issue 13, points 4-5)
         _preset(
-            _CT,
-            _LITE,
             _LITE_CT,
             _MEASURED,
             name="ct-efficientnet-lite-attention-0.3",
@@ -169,8 +164,6 @@ PRESETS: dict[str, Preset] = {
         ),
         # the plain recipe with classes balanced within each source (issue 13, point 4)
         _preset(
-            _CT,
-            _LITE,
             _LITE_CT,
             _MEASURED,
             name="ct-efficientnet-lite-balanced",
@@ -180,8 +173,6 @@ PRESETS: dict[str, Preset] = {
         ),
         # the plain recipe on a lung-field crop (issue 13, point 4)
         _preset(
-            _CT,
-            _LITE,
             _LITE_CT,
             _MEASURED,
             name="ct-efficientnet-lite-lungs",
@@ -190,8 +181,6 @@ PRESETS: dict[str, Preset] = {
             compared_with=("ct-efficientnet-lite-plain", "ct-efficientnet-lite-balanced"),
         ),
         _preset(
-            _CXR,
-            _LITE,
             _LITE_CXR,
             name="cxr-efficientnet-lite",
             model_name="efficientnet-lite-cxr",
@@ -199,8 +188,6 @@ PRESETS: dict[str, Preset] = {
         ),
         # the same recipe with classes balanced within each source (issue 13, point 4)
         _preset(
-            _CXR,
-            _LITE,
             _LITE_CXR,
             _MEASURED,
             name="cxr-efficientnet-lite-balanced",
@@ -210,8 +197,6 @@ PRESETS: dict[str, Preset] = {
         ),
         # the same recipe with only the stem and first stage frozen (issue 13: pneumonia vs COVID)
         _preset(
-            _CXR,
-            _LITE,
             _LITE_CXR,
             _MEASURED,
             name="cxr-efficientnet-lite-k1",
