@@ -70,13 +70,23 @@ def test_search_measures_every_candidate_and_keeps_a_qualifying_one(tmp_path: Pa
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     export_onnx(model, 32, fp32)
 
-    cands = (*QUANT_CANDIDATES[:2], ("MinMax", ("Mul",)), QuantCandidate("MinMax", (), 1))
+    cands = (
+        *QUANT_CANDIDATES[:2],
+        ("MinMax", ("Mul",)),
+        QuantCandidate("MinMax", (), 1),
+        QuantCandidate("MinMax", bias_correction=True),
+    )
     report, p32, p8, thr = search_quantization(
         fp32, int8, x[:32], x[64:], y[64:], 0, choose_threshold, candidates=cands
     )
     trials = report["trials"]
     assert [
-        QuantCandidate(t["calibration_method"], tuple(t["kept_float"]), t["float_first_convs"])
+        QuantCandidate(
+            t["calibration_method"],
+            tuple(t["kept_float"]),
+            t["float_first_convs"],
+            t["bias_correction"],
+        )
         for t in trials
     ] == [QuantCandidate(*c) for c in cands]
     assert all(0.0 <= t["agreement"] <= 1.0 and t["single_image_ms"] > 0 for t in trials)
@@ -87,6 +97,7 @@ def test_search_measures_every_candidate_and_keeps_a_qualifying_one(tmp_path: Pa
     chosen = trials[report["chosen_trial"]]
     assert chosen["calibration_method"] == report["calibration_method"]
     assert chosen["agreement"] == par["agreement"]
+    assert bool(report["bias_correction"]) == chosen["bias_correction"]
     qualifying = [
         t for t in trials if t["agreement"] >= 0.995 and t["accuracy_change_points"] >= -0.5
     ]
@@ -139,3 +150,43 @@ def test_first_convs_kept_float_are_the_layers_nearest_the_input(tmp_path: Path)
     assert producers.get(first.input[1]) != "DequantizeLinear"  # float weights
     second = next(n for n in q.node if n.name == convs[1])
     assert producers.get(second.input[1]) == "DequantizeLinear"  # INT8 weights
+
+
+def test_bias_correction_matches_each_int8_conv_mean_to_float(tmp_path: Path) -> None:
+    """After the correction every INT8 Conv's per-channel output mean on the calibration
+    images equals the float one to within half a step of its int32 bias (the rounding the
+    correction cannot undo), the mismatch shrinks, and the graph keeps its nodes."""
+    import onnx
+    from onnx import numpy_helper
+
+    from lunglens.training.bias_correction import channel_means, quantized_conv_biases
+    from lunglens.training.export import export_onnx
+    from lunglens.training.quantize import quantize_model
+
+    torch.manual_seed(0)
+    fp32, raw, fixed = (tmp_path / f"{n}.onnx" for n in ("fp32", "raw", "fixed"))
+    export_onnx(_TinySENet().eval(), 32, fp32)
+    x, _ = _images(48, np.random.default_rng(3))
+    quantize_model(fp32, raw, x)
+    report = quantize_model(fp32, fixed, x, bias_correction=True)
+    assert report["bias_correction"]["convs"] >= 3 and report["bias_correction"]["images"] == 48
+
+    float_graph = onnx.load(str(fp32))
+    float_out = {n.name: n.output[0] for n in float_graph.graph.node if n.op_type == "Conv"}
+
+    def mismatch(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        model = onnx.load(str(path))
+        biases = quantized_conv_biases(model.graph)
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        want = channel_means(float_graph, [float_out[k] for k in biases], x)
+        got = channel_means(model, [b.output for b in biases.values()], x)
+        diffs = [np.abs(g - w) for g, w in zip(got, want, strict=True)]
+        return diffs, [inits[b.scale] for b in biases.values()]
+
+    before, _ = mismatch(raw)
+    after, scales = mismatch(fixed)
+    for diff, scale in zip(after, scales, strict=True):
+        assert np.all(diff <= 0.5 * scale + 1e-5)
+    assert sum(d.sum() for d in after) < sum(d.sum() for d in before)
+    ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]  # noqa: E731
+    assert ops(fixed) == ops(raw)

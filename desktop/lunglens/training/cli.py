@@ -76,14 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset == MODALITY_CHECK:
         from lunglens.training import modality
 
+        # epochs and version only when given: modality.run's defaults are the recipe's
+        given = {k: v for k, v in dict(epochs=args.epochs, version=args.version).items() if v}
         modality.run(
             args.data_root,
             args.models_dir,
             args.workdir or default_workdir(MODALITY_CHECK),
-            epochs=args.epochs or 16,
             device=args.device,
-            version=args.version or "1.0.0",
             log=log,
+            **given,
         )
         log("done")
         return 0

@@ -180,6 +180,17 @@ PRESETS: dict[str, Preset] = {
             preprocessing=LUNG_CROP,
             compared_with=("ct-efficientnet-lite-plain", "ct-efficientnet-lite-balanced"),
         ),
+        # the shipped recipe with the second stage trained too (issue 13: "a full fine-tune
+        # with fewer frozen stages"); 31 ms per image forward + backward instead of 23
+        _preset(
+            _LITE_CT,
+            _MEASURED,
+            name="ct-efficientnet-lite-k2",
+            model_name="efficientnet-lite-ct-k2",
+            lung_attention=1.0,
+            frozen_stages=2,
+            compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-plain"),
+        ),
         _preset(
             _LITE_CXR,
             name="cxr-efficientnet-lite",

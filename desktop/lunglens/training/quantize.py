@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lunglens.training.bias_correction import correct_biases
+
 _BATCH = 16  # calibration batch size
 
 
@@ -72,6 +74,8 @@ def quantize_model(
     keep_float_ops: Sequence[str] = (),
     per_channel: bool = True,
     float_first_convs: int = 0,
+    float_prefixes: Sequence[str] = (),
+    bias_correction: bool = False,
 ) -> dict:
     """Quantize ``fp32_path`` to ``int8_path``; returns what was done (for the manifest).
 
@@ -79,7 +83,11 @@ def quantize_model(
     last of them) in float: the full-resolution stem and first blocks, where a per-tensor
     uint8 activation scale costs a MobileNet-style network most (Nagel et al. 2019, "Data-Free
     Quantization Through Weight Equalization and Bias Correction", section 3) at a small share
-    of the compute.
+    of the compute. ``float_prefixes`` keeps every node whose name starts with one of them in
+    float (a block of the network, e.g. ``/blocks/blocks.1/``): the layers a sensitivity scan
+    found to cost the most agreement. ``bias_correction`` then removes the mean shift each
+    quantized Conv adds to its output (:mod:`lunglens.training.bias_correction`), measured on
+    the calibration images.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -97,6 +105,11 @@ def quantize_model(
         graph = onnx.load(str(pre)).graph
         exclude = _output_ops(graph, ["probs", "cam"])
         exclude += _first_convs_and_before(graph, float_first_convs, set(exclude))
+        exclude += [
+            n.name
+            for n in graph.node
+            if n.name not in exclude and any(n.name.startswith(p) for p in float_prefixes)
+        ]
         op_types = sorted({n.op_type for n in graph.node})
         # ConvTranspose stays float: onnxruntime has no INT8 ConvTranspose kernel, so QDQ would
         # only add a weight dequantization per run (measured slower than float).
@@ -123,6 +136,7 @@ def quantize_model(
             op_types_to_quantize=quant_ops,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
+        corrected = correct_biases(pre, int8_path, calib_images) if bias_correction else None
     return dict(
         scheme="static QDQ, activations uint8 asymmetric, weights int8 symmetric"
         + (" per-channel" if per_channel else " per-tensor"),
@@ -131,6 +145,8 @@ def quantize_model(
         quantized_op_types=quant_ops,
         float_nodes=exclude,
         float_first_convs=float_first_convs,
+        float_prefixes=list(float_prefixes),
+        bias_correction=corrected,
         float_op_types=sorted(set(op_types) - set(quant_ops)),
         seconds=round(time.time() - t0, 1),
     )
@@ -174,6 +190,7 @@ class QuantCandidate(NamedTuple):
     method: str  #: onnxruntime calibration method: MinMax, Percentile or Entropy
     keep_float: tuple[str, ...] = ()  #: op types left in float
     float_first_convs: int = 0  #: the first N Conv layers (and what precedes them) left float
+    bias_correction: bool = False  #: per-channel output means matched to float, layer by layer
 
 
 # Candidates tried, in order, by ``search_quantization``: every quantizable op in INT8 with two
@@ -183,6 +200,11 @@ class QuantCandidate(NamedTuple):
 # 0.023 to 0.006, at about 0.8 ms per image); then ``Mul`` in float, which in EfficientNet-B*
 # is both halves of SiLU (x * sigmoid(x)) and the squeeze-and-excitation gate, sigmoid outputs
 # in [0, 1] next to unbounded activations, where a per-tensor uint8 scale loses accuracy.
+# Last, the float-stem recipes again with empirical bias correction: on CT 1.1.0 at its shipped
+# threshold 0.0945 every one of the 11 decisions MinMax + 21 float Convs flipped went the same
+# way (P up); corrected, 2 flipped (15 float Convs: 13 -> 5). With more layers in INT8 the
+# error is noise more than a shift, and the correction did not help (9 float Convs: 6 -> 17
+# flips; none: 23 -> 31).
 QUANT_CANDIDATES: tuple[QuantCandidate, ...] = (
     QuantCandidate("MinMax"),
     QuantCandidate("Percentile"),
@@ -193,6 +215,8 @@ QUANT_CANDIDATES: tuple[QuantCandidate, ...] = (
     QuantCandidate("Percentile", float_first_convs=15),
     QuantCandidate("MinMax", float_first_convs=21),
     QuantCandidate("MinMax", ("Mul",)),
+    QuantCandidate("MinMax", float_first_convs=15, bias_correction=True),
+    QuantCandidate("MinMax", float_first_convs=21, bias_correction=True),
 )
 
 
@@ -228,6 +252,7 @@ def quantize_and_score(
         method=candidate.method,
         keep_float_ops=candidate.keep_float,
         float_first_convs=candidate.float_first_convs,
+        bias_correction=candidate.bias_correction,
     )
     p8 = onnx_probs(int8_path, val.images)
     y_pos = (val.labels == val.positive).astype(int)
@@ -282,7 +307,7 @@ def search_quantization(
     best: tuple[tuple, dict, np.ndarray, float, Path] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         for i, cand in enumerate(candidates):
-            method, keep, n_float = cand = QuantCandidate(*cand)
+            method, keep, n_float, corrected = cand = QuantCandidate(*cand)
             path = Path(tmp) / f"cand{i}.onnx"
             q, p8, thr = quantize_and_score(fp32_path, path, calib_images, val, cand)
             par = q["parity_validation_fold"]
@@ -291,6 +316,7 @@ def search_quantization(
                 calibration_method=method,
                 kept_float=list(keep),
                 float_first_convs=n_float,
+                bias_correction=corrected,
                 agreement=par["agreement"],
                 accuracy_change_points=par["accuracy_change_points"],
                 max_abs_prob_diff=par["max_abs_prob_diff"],
