@@ -232,5 +232,5 @@ def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     folder = models / "efficientnet-lite-ct"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["training"]["config"]["lung_attention"] == 1.0
-    assert manifest["default_for_modality"] is True and manifest["version"] == "1.1.0"
+    assert manifest["default_for_modality"] is True and manifest["version"] == "1.1.1"
     assert "lung-attention penalty, weight 1" in (folder / "MODEL_CARD.md").read_text()

@@ -126,13 +126,14 @@ def _preset(*shared: dict[str, Any], **own: Any) -> Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
-        # the shipped CT recipe: the plain one below plus the lung-attention penalty (1.1.0)
+        # the shipped CT recipe: the plain one below plus the lung-attention penalty (1.1.0);
+        # 1.1.1: the same model, its INT8 copy re-quantized with bias correction
         _preset(
             _LITE_CT,
             name="ct-efficientnet-lite",
             model_name="efficientnet-lite-ct",
             lung_attention=1.0,
-            version="1.1.0",
+            version="1.1.1",
             compared_with=(
                 "ct-efficientnet-lite-plain",
                 "ct-efficientnet-lite-attention-0.3",
@@ -195,6 +196,7 @@ PRESETS: dict[str, Preset] = {
             _LITE_CXR,
             name="cxr-efficientnet-lite",
             model_name="efficientnet-lite-cxr",
+            version="1.0.1",  # 1.0.0 re-quantized with bias correction
             compared_with=("cxr-efficientnet-lite-balanced", "cxr-efficientnet-lite-k1"),
         ),
         # the same recipe with classes balanced within each source (issue 13, point 4)
