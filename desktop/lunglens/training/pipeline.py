@@ -315,6 +315,15 @@ class Pipeline:
         )
         self.save_state()
 
+    def quantization_images(self, ds: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+        """Calibration images (``calib_images`` training images of the final model, a fixed
+        draw) and the validation fold's indices, on which INT8 is scored against float."""
+        v = self.val_fold(ds)
+        train_idx = ds.folds([f for f in range(self.o.folds) if f != v])
+        rng = np.random.default_rng(0)
+        calib = train_idx[rng.permutation(len(train_idx))[: self.o.calib_images]]
+        return ds.images[calib], ds.folds([v])
+
     def stage_quantize(self, ds: ImageSet, at_operating_point: bool = False) -> None:
         """INT8 file, recipe and parity on the validation fold.
 
@@ -341,11 +350,7 @@ class Pipeline:
                 return
         elif done and int8.exists():
             return
-        v = self.val_fold(ds)
-        train_idx = ds.folds([f for f in range(self.o.folds) if f != v])
-        val_idx = ds.folds([v])
-        rng = np.random.default_rng(0)
-        calib = train_idx[rng.permutation(len(train_idx))[: self.o.calib_images]]
+        calib, val_idx = self.quantization_images(ds)
         pos = self.positive(ds)
         y = ds.labels[val_idx]
         fp32 = self.work / "model_fp32.onnx"
@@ -358,16 +363,14 @@ class Pipeline:
 
         if method == "auto":
             q, p32, p8, thr = search_quantization(
-                fp32, int8, ds.images[calib], ds.images[val_idx], y, pos, threshold
+                fp32, int8, calib, ds.images[val_idx], y, pos, threshold
             )
             for t in q["trials"]:
                 self.log(f"quantization trial {t}")
         else:
             p32 = onnx_probs(fp32, ds.images[val_idx])
             val = Validation(ds.images[val_idx], y, pos, p32, threshold)
-            q, p8, thr = quantize_and_score(
-                fp32, int8, ds.images[calib], val, QuantCandidate(method)
-            )
+            q, p8, thr = quantize_and_score(fp32, int8, calib, val, QuantCandidate(method))
         q["threshold_basis"] = "shipped" if at_operating_point else "validation fold"
         self.state["quantization"] = q
         if not at_operating_point:

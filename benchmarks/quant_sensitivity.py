@@ -1,0 +1,82 @@
+"""Which blocks of a trained network cost INT8 agreement: each block quantized alone.
+
+Usage: ``python benchmarks/quant_sensitivity.py [ct-efficientnet-lite] [--blocks N]``
+
+Takes the float graph ``lunglens-train <preset>`` left in its work folder
+(``runs/<model>/model_fp32.onnx``), the pipeline's calibration images and validation fold
+(``Pipeline.quantization_images``), and for each block of the network (the stem, every
+``/blocks/blocks.i/blocks.i.j/``, the head) writes a copy with that block in INT8 and every
+other one in float (``quantize_model(float_prefixes=...)``). It prints, per block, how many
+validation decisions flip against float at the shipped threshold, and the mean and max |dp|.
+The scan is why the search's candidates keep the first Convs in float (docs/measurements.md
+quotes one run). Needs the train extra and ``../shared/data``; about 20 s per block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+_STEM = ("/conv_stem", "/bn1/")
+_HEAD = ("/conv_head", "/bn2/", "/ReduceMean")
+
+
+def blocks(fp32: Path) -> dict[str, tuple[str, ...]]:
+    """Block name -> node-name prefixes, in graph order (timm EfficientNet naming)."""
+    import onnx
+
+    found: dict[str, tuple[str, ...]] = {}
+    for node in onnx.load(str(fp32)).graph.node:
+        if node.name.startswith("/blocks/"):
+            key = "/".join(node.name.split("/")[:4]) + "/"
+            found.setdefault(key, (key,))
+        elif node.name.startswith(_STEM):
+            found.setdefault("stem", _STEM)
+        elif node.name.startswith(_HEAD):
+            found.setdefault("head", _HEAD)
+    return found
+
+
+def main() -> None:
+    from lunglens.training.pipeline import Pipeline, PipelineOptions
+    from lunglens.training.presets import PRESETS
+    from lunglens.training.quantize import onnx_probs, quantize_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("preset", nargs="?", default="ct-efficientnet-lite")
+    ap.add_argument("--blocks", type=int, default=None, help="only the first N blocks")
+    args = ap.parse_args()
+    preset = PRESETS[args.preset]
+    runs = Path(os.environ.get("LUNGLENS_RUNS", ROOT / "runs"))
+    opts = PipelineOptions(
+        data_root=ROOT.parent / "shared" / "data",
+        models_dir=ROOT / "models",
+        workdir=runs / preset.model_name,
+    )
+    pipe = Pipeline(preset, opts, log=lambda msg: None)
+    ds = pipe.data()
+    calib, val_idx = pipe.quantization_images(ds)
+    pos, thr = pipe.positive(ds), pipe.shipped_threshold()
+    fp32 = pipe.work / "model_fp32.onnx"
+    p32 = onnx_probs(fp32, ds.images[val_idx])[:, pos]
+    groups = blocks(fp32)
+    print(f"{args.preset}: {len(val_idx)} validation images, threshold {thr:.4f}")
+    print(f"{'block in INT8 alone':32s} {'flips':>5s} {'mean|dp|':>9s} {'max|dp|':>8s}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in list(groups)[: args.blocks]:
+            rest = [p for other, ps in groups.items() if other != name for p in ps]
+            out = Path(tmp) / "one.onnx"
+            quantize_model(fp32, out, calib, float_prefixes=rest)
+            p8 = onnx_probs(out, ds.images[val_idx])[:, pos]
+            dp = np.abs(p8 - p32)
+            flips = int(((p8 >= thr) != (p32 >= thr)).sum())
+            print(f"{name:32s} {flips:5d} {dp.mean():9.4f} {dp.max():8.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
