@@ -137,6 +137,7 @@ PRESETS: dict[str, Preset] = {
             compared_with=(
                 "ct-efficientnet-lite-plain",
                 "ct-efficientnet-lite-attention-0.3",
+                "ct-efficientnet-lite-k2",
                 "ct-efficientnet-lite-lungs",
                 "ct-efficientnet-lite-balanced",
             ),
