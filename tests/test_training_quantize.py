@@ -190,3 +190,28 @@ def test_bias_correction_matches_each_int8_conv_mean_to_float(tmp_path: Path) ->
     assert sum(d.sum() for d in after) < sum(d.sum() for d in before)
     ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]  # noqa: E731
     assert ops(fixed) == ops(raw)
+
+
+def test_bias_correction_refuses_convs_it_cannot_pair(tmp_path: Path) -> None:
+    """Float and INT8 Convs are paired by node name: unnamed Convs are refused, not paired
+    with the wrong layer (or corrected one for all)."""
+    import onnx
+
+    from lunglens.training.bias_correction import correct_biases
+    from lunglens.training.export import export_onnx
+    from lunglens.training.quantize import quantize_model
+
+    torch.manual_seed(0)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_onnx(_TinySENet().eval(), 32, fp32)
+    x, _ = _images(16, np.random.default_rng(4))
+    quantize_model(fp32, int8, x)
+    model = onnx.load(str(int8))
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            node.name = ""
+    onnx.save(model, str(int8))
+    before = int8.read_bytes()
+    with pytest.raises(ValueError, match="unique, non-empty names"):
+        correct_biases(fp32, int8, x)
+    assert int8.read_bytes() == before  # nothing half-corrected was written

@@ -192,6 +192,13 @@ def test_pretrained_teacher_and_distilled_student_end_to_end(
     assert teacher["training"]["pretrained"]["sha256"].startswith("579344248a93")
     assert teacher["training"]["excluded_from_training"] == ["normal-ct-512"]
     assert (tmp_path / "runs" / "efficientnet-lite-ct-plain" / "fold4" / "best.pt").exists()
+    # a fixed recipe (MinMax) is not searched again after the CV: scored at the validation
+    # fold's own threshold, and the same decisions reported at the shipped threshold
+    quant = teacher["quantization"]
+    assert quant["threshold_basis"] == "validation fold" and 0 < quant["threshold"] < 1
+    shipped = quant["parity_shipped_threshold"]
+    assert shipped["threshold"] == teacher["operating_point"]["threshold"]
+    assert shipped["n"] == quant["parity_validation_fold"]["n"]
     assert "ImageNet" in (models / "efficientnet-lite-ct-plain" / "MODEL_CARD.md").read_text()
 
     assert main(["ct-squeezenet-distilled", "--size", "32", *common]) == 0

@@ -97,6 +97,14 @@ def _up_to(model, output: str):
     return part
 
 
+def _check_conv_names(graph) -> None:
+    """Convs are paired between the float and the INT8 graph by node name: every Conv needs
+    one, and a distinct one (an unnamed or repeated name would pair the wrong layers)."""
+    names = [n.name for n in graph.node if n.op_type == "Conv"]
+    if "" in names or len(set(names)) < len(names):
+        raise ValueError(f"graph {graph.name!r}: Conv nodes need unique, non-empty names")
+
+
 def correct_biases(float_path: Path, int8_path: Path, images: np.ndarray) -> dict:
     """Rewrite the int32 Conv biases of ``int8_path`` (in place) so that each quantized
     Conv's per-channel output mean on ``images`` matches the float model's.
@@ -116,8 +124,12 @@ def correct_biases(float_path: Path, int8_path: Path, images: np.ndarray) -> dic
     t0 = time.time()
     qmodel = onnx.load(str(int8_path))
     fmodel = onnx.load(str(float_path))
+    _check_conv_names(fmodel.graph)
+    _check_conv_names(qmodel.graph)
     float_out = {n.name: n.output[0] for n in fmodel.graph.node if n.op_type == "Conv"}
     biases = {k: b for k, b in quantized_conv_biases(qmodel.graph).items() if k in float_out}
+    if len({b.bias for b in biases.values()}) < len(biases):
+        raise ValueError("two INT8 Convs share one bias initializer: cannot correct each alone")
     targets = channel_means(fmodel, [float_out[k] for k in biases], images)
     inits = {i.name: i for i in qmodel.graph.initializer}
     shifts = []

@@ -380,8 +380,8 @@ def _shipped_parity_text(par: Mapping[str, Any] | None) -> str:
 def _quantization_lines(m: ModelManifest) -> list[str]:
     q = m.quantization or {}
     par = q["parity_validation_fold"]
-    shipped = q.get("threshold_basis") == "shipped" and m.threshold is not None
-    where = f" at the shipped threshold {m.threshold:.4f}" if shipped else ""
+    shipped = q.get("threshold_basis") == "shipped" and "threshold" in q
+    where = f" at the shipped threshold {q['threshold']:.4f}" if shipped else ""
     return [
         "## Quantization",
         *_export_line(m.export or {}),

@@ -316,8 +316,9 @@ class Pipeline:
         self.save_state()
 
     def quantization_images(self, ds: ImageSet) -> tuple[np.ndarray, np.ndarray]:
-        """Calibration images (``calib_images`` training images of the final model, a fixed
-        draw) and the validation fold's indices, on which INT8 is scored against float."""
+        """Calibration images (``calib_images`` images, a fixed draw from every fold but the
+        validation fold, sources left out of training included) and the validation fold's
+        indices, on which INT8 is scored against float."""
         v = self.val_fold(ds)
         train_idx = ds.folds([f for f in range(self.o.folds) if f != v])
         rng = np.random.default_rng(0)
@@ -345,8 +346,11 @@ class Pipeline:
         int8 = self.work / "model_int8.onnx"
         done = self.state.get("quantization", {})
         op = self.state.get("operating_point")
+        method = self.o.calibration or self.p.calibration
         if at_operating_point:
-            if not op or done.get("threshold_basis") == "shipped":
+            # A fixed recipe gives the same file at any threshold: its parity at the shipped one
+            # is `shipped_parity`. A searched one is chosen again unless it already was, there.
+            if not op or method != "auto" or done.get("threshold") == op["threshold"]:
                 return
         elif done and int8.exists():
             return
@@ -354,7 +358,6 @@ class Pipeline:
         pos = self.positive(ds)
         y = ds.labels[val_idx]
         fp32 = self.work / "model_fp32.onnx"
-        method = self.o.calibration or self.p.calibration
 
         def threshold(y_pos: np.ndarray, p_pos: np.ndarray) -> float:
             if at_operating_point and op:
@@ -372,6 +375,7 @@ class Pipeline:
             val = Validation(ds.images[val_idx], y, pos, p32, threshold)
             q, p8, thr = quantize_and_score(fp32, int8, calib, val, QuantCandidate(method))
         q["threshold_basis"] = "shipped" if at_operating_point else "validation fold"
+        q["threshold"] = thr  # the threshold the recipe was chosen and scored at
         self.state["quantization"] = q
         if not at_operating_point:
             self.state["threshold"] = thr
@@ -386,8 +390,9 @@ class Pipeline:
 
     def shipped_parity(self, ds: ImageSet) -> dict:
         """INT8 vs float on the validation fold at the shipped threshold, once the pooled
-        operating point exists (the quantization recipe was chosen before, at the validation
-        fold's own threshold): ``{"parity_shipped_threshold": ...}``, or ``{}``."""
+        operating point exists (a fixed recipe is scored at the validation fold's own threshold;
+        a searched one is chosen again at the shipped one, where this repeats its parity):
+        ``{"parity_shipped_threshold": ...}``, or ``{}``."""
         probs = self.work / "final_val_probs.npz"
         if not self.state.get("operating_point") or not probs.exists():
             return {}

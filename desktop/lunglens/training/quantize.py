@@ -239,7 +239,8 @@ def quantize_and_score(
 ) -> tuple[dict, np.ndarray, float]:
     """Quantize one way, then score the INT8 file on the validation fold against the float one.
 
-    The threshold is chosen on the INT8 model's own probabilities, since that is what ships.
+    The threshold is ``val.choose_threshold`` applied to the INT8 model's probabilities (what
+    ships): the validation fold's own for a first pass, the shipped one once the CV set it.
 
     Returns
     -------
@@ -291,9 +292,10 @@ def search_quantization(
     """Try calibration methods and float-op sets; keep the one that holds accuracy.
 
     Each candidate is quantized, then scored on the validation fold against the float model
-    (decision agreement at its own threshold, accuracy change, single-image latency). Of the
-    candidates that agree on at least ``min_agreement`` of the images and lose at most
-    ``max_accuracy_loss`` points the fastest is chosen (the earlier one on equal latency);
+    (decision agreement at the threshold ``choose_threshold`` gives, accuracy change,
+    single-image latency). Of the candidates that agree on at least ``min_agreement`` of the
+    images and lose at most ``max_accuracy_loss`` points the fastest is chosen (the earlier
+    one on equal latency);
     when none qualifies, the one with the highest agreement. Every trial is returned in the
     report (``trials``, ``chosen_trial``) so the manifest shows why the shipped recipe won.
 
