@@ -56,6 +56,8 @@ def channel_means(model, outputs: Sequence[str], images: np.ndarray) -> list[np.
     import onnx
     import onnxruntime as ort
 
+    from lunglens.training.quantize import input_batches  # here: quantize imports this module
+
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.output[:]
@@ -66,8 +68,7 @@ def channel_means(model, outputs: Sequence[str], images: np.ndarray) -> list[np.
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     sums: list[np.ndarray] = []
     count = 0
-    for i in range(0, len(images), _BATCH):
-        x = (images[i : i + _BATCH].astype(np.float32) / 255.0)[:, None]
+    for x in input_batches(images, _BATCH):
         got = [a.astype(np.float64) for a in sess.run(list(outputs), {"image": x})]
         part = [a.mean(axis=(2, 3)).sum(axis=0) for a in got]  # each tensor has its own H, W
         sums = [s + q for s, q in zip(sums, part, strict=True)] if sums else part

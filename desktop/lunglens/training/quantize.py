@@ -21,14 +21,18 @@ from lunglens.training.bias_correction import correct_biases
 _BATCH = 16  # calibration batch size
 
 
+def input_batches(images: np.ndarray, batch: int = _BATCH) -> Iterator[np.ndarray]:
+    """uint8 images ``[N, H, W]`` as the graphs' ``image`` input (float32 ``[b, 1, H, W]`` in
+    [0, 1]), ``batch`` at a time."""
+    for i in range(0, len(images), batch):
+        yield (images[i : i + batch].astype(np.float32) / 255.0)[:, None]
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over uint8 images ``[N, H, W]``."""
 
     def __init__(self, images: np.ndarray, batch: int = _BATCH) -> None:
-        self._it: Iterator[dict] = (
-            {"image": (images[i : i + batch].astype(np.float32) / 255.0)[:, None]}
-            for i in range(0, len(images), batch)
-        )
+        self._it: Iterator[dict] = ({"image": x} for x in input_batches(images, batch))
 
     def get_next(self):
         return next(self._it, None)
@@ -157,12 +161,7 @@ def onnx_probs(path: Path, images: np.ndarray, batch: int = 64) -> np.ndarray:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = [
-        sess.run(["probs"], {"image": (images[i : i + batch].astype(np.float32) / 255.0)[:, None]})[
-            0
-        ]
-        for i in range(0, len(images), batch)
-    ]
+    out = [sess.run(["probs"], {"image": x})[0] for x in input_batches(images, batch)]
     return np.concatenate(out)
 
 
