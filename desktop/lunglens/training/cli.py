@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         help="INT8 calibration (default: the preset's; auto = measure candidates, keep the best)",
     )
     ap.add_argument("--version", default=None, help="manifest version (default: the preset's)")
+    ap.add_argument(
+        "--stages",
+        choices=["all", "train"],
+        default="all",
+        help="train: the final model and the CV folds only (on a lent GPU machine; a later "
+        "run with all stages exports, quantizes and writes the card)",
+    )
     args = ap.parse_args(argv)
     t0 = time.time()
 
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         calibration=args.calibration,
         version=args.version,
     )
-    Pipeline(preset, opts, log).run()
+    Pipeline(preset, opts, log).run(train_only=args.stages == "train")
     log("done")
     return 0
 

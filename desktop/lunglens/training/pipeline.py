@@ -269,7 +269,10 @@ class Pipeline:
         return ds.classes.index(self.p.positive_label)
 
     # -- stages ----------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self, train_only: bool = False) -> dict:
+        """Every stage; ``train_only``: the final model and the CV folds' training and test
+        predictions only (a lent GPU machine: export, INT8, operating point and card follow
+        on a later run, where the INT8 recipe search is measured on the CPU the app runs on)."""
         ds = self.data()
         self.log(
             f"{self.p.name}: {len(ds.labels)} images, classes {ds.classes}, size {self.size}, "
@@ -278,6 +281,10 @@ class Pipeline:
         self.stage_final(ds)
         if not self.rt.is_main:
             return {}
+        if train_only:
+            if not self.o.skip_cv:
+                self.stage_cv(ds)
+            return self.state
         self.stage_export(ds)
         self.stage_quantize(ds)
         self.write_model_dir(ds)

@@ -193,6 +193,27 @@ PRESETS: dict[str, Preset] = {
             frozen_stages=2,
             compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-plain"),
         ),
+        # every layer fine-tuned, on a lent GPU (issue 13: "a full fine-tune"). On these 2
+        # cores it would take about 320 ms per image forward + backward, some 24 hours for the
+        # CV; the lung-attention penalty needs the frozen-feature cache, so it is not used here
+        _preset(
+            _LITE_CT,
+            _MEASURED,
+            name="ct-efficientnet-lite-full",
+            model_name="efficientnet-lite-ct-full",
+            frozen_stages=0,
+            lr=3e-4,
+            compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-plain"),
+        ),
+        # the same with the preset learning rate of the frozen-stage recipes
+        _preset(
+            _LITE_CT,
+            _MEASURED,
+            name="ct-efficientnet-lite-full-lr1e-3",
+            model_name="efficientnet-lite-ct-full-lr1e-3",
+            frozen_stages=0,
+            compared_with=("ct-efficientnet-lite-full", "ct-efficientnet-lite"),
+        ),
         _preset(
             _LITE_CXR,
             name="cxr-efficientnet-lite",
