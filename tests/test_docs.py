@@ -64,6 +64,16 @@ def test_every_command_option_and_exit_code_is_documented() -> None:
     assert documented == codes
 
 
+def test_every_training_option_is_documented() -> None:
+    pytest.importorskip("torch")
+    from lunglens.training.cli import build_parser
+
+    text = _page("training.md")
+    options = [o for a in build_parser()._actions for o in a.option_strings]
+    assert "--stages" in options
+    assert [o for o in options if f"`{o}`" not in text and o not in ("-h", "--help")] == []
+
+
 def test_every_manifest_field_is_documented() -> None:
     rows = _table_keys(_page("model-contract.md"))
     # "input.size" documents the block "input" and its key "size"; "resize" stands alone in the

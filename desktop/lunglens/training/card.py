@@ -360,7 +360,9 @@ def _training_lines(m: ModelManifest, preset: Preset) -> list[str]:
         f"augmentation {t['augmentation']}.",
         f"- Device: {t['device']}. Final model: {final.get('epochs_run')} epochs, best "
         f"epoch {final.get('best_epoch')}, {final.get('seconds', 0) / 60:.1f} min; "
-        f"cross-validation {t['cv_seconds'] / 60:.1f} min.",
+        f"cross-validation {t['cv_seconds'] / 60:.1f} min."
+        + (f" Trained on {t['trained_on_images']}." if t.get("trained_on_images") else "")
+        + (f" CV: {t['cv_predicted']}." if t.get("cv_predicted") else ""),
         "",
     ]
 

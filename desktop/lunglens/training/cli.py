@@ -31,7 +31,8 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``lunglens-train`` (documented in ``docs/training.md``)."""
     ap = argparse.ArgumentParser(
         prog="lunglens-train",
         description=__doc__,
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         help="train: the final model and the CV folds only (on a lent GPU machine; a later "
         "run with all stages exports, quantizes and writes the card)",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     t0 = time.time()
 
     def log(msg: str) -> None:

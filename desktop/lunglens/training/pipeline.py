@@ -79,9 +79,22 @@ class Pipeline:
     def __init__(self, preset: Preset, opts: PipelineOptions, log=print) -> None:
         self.p, self.o, self.log = preset, opts, log
         self.rt = setup_runtime(opts.device)
+        self.work = opts.workdir
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out = opts.models_dir / preset.model_name
+        self.state_path = self.work / "state.json"
+        self.state: dict = (
+            json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        )
         cuda = self.rt.device.type == "cuda"
-        self.size = opts.size or (preset.size_cuda if cuda else preset.size_cpu)
-        epochs = opts.epochs or (preset.epochs_cuda if cuda else preset.epochs_cpu)
+        # A run trained elsewhere (a lent GPU: docs/training.md) is finished here with the
+        # recipe that trained it, so the card states the epochs, size and device it really had.
+        trained = self.state.get("trained_on", {})
+        default_size, default_epochs = (
+            (preset.size_cuda, preset.epochs_cuda) if cuda else (preset.size_cpu, preset.epochs_cpu)
+        )
+        self.size = opts.size or trained.get("size") or default_size
+        epochs = opts.epochs or trained.get("epochs") or default_epochs
         self.cfg = TrainConfig(
             arch=preset.arch,
             size=self.size,
@@ -101,22 +114,20 @@ class Pipeline:
         self._features: np.ndarray | None = None
         self._lungs: np.ndarray | None = None
         self._teacher: tuple[Pipeline, ImageSet, np.ndarray] | None = None
-        self.work = opts.workdir
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.out = opts.models_dir / preset.model_name
-        self.state_path = self.work / "state.json"
-        self.state: dict = (
-            json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-        )
 
     # -- helpers ---------------------------------------------------------------------------
     def save_state(self) -> None:
         self.state_path.write_text(_json(self.state))
 
-    def data(self) -> ImageSet:
+    def cache_path(self) -> Path:
+        """The decoded, preprocessed training images (uint8), computed once per size."""
         prep = self.p.preprocessing
         tag = "" if prep.is_identity else f"_{prep.crop}_{prep.intensity}"
-        cache = self.work / f"images_{self.size}{tag}.npz"
+        return self.work / f"images_{self.size}{tag}.npz"
+
+    def data(self) -> ImageSet:
+        prep = self.p.preprocessing
+        cache = self.cache_path()
         manifest = self.o.data_root / self.p.data / "manifest.csv"
         if cache.exists():
             z = np.load(cache, allow_pickle=True)
@@ -303,9 +314,19 @@ class Pipeline:
         train_idx = self.train_indices(ds, [f for f in range(self.o.folds) if f != v])
         val_idx = ds.folds([v])
         run = self.work / "final"
-        extra = self.run_inputs(ds, "final", train_idx) if not (run / "done.json").exists() else {}
+        fresh = not (run / "done.json").exists()
+        extra = self.run_inputs(ds, "final", train_idx) if fresh else {}
         facts = train_run(ds, train_idx, val_idx, self.cfg, self.rt, run, self.log, **extra)
         self.state["final"] = {k: v for k, v in facts.items() if k != "history"}
+        if fresh or "trained_on" not in self.state:
+            from lunglens.training.transport import describe
+
+            self.state["trained_on"] = dict(
+                device=self.rt.describe(),
+                epochs=self.cfg.epochs,
+                size=self.size,
+                images=describe(self.cache_path()),
+            )
         self.save_state()
 
     def stage_export(self, ds: ImageSet) -> None:
@@ -685,6 +706,19 @@ class Pipeline:
         write_card(self.out, manifest, metrics, self.p)
         self.log(f"wrote {self.out}")
 
+    def trained_elsewhere(self) -> dict:
+        """Manifest ``training`` fields of a run trained on a lent GPU (docs/training.md):
+        the lossy copy of the images it trained on, and that its folds were predicted here."""
+        out = {}
+        if images := self.state.get("trained_on", {}).get("images"):
+            out["trained_on_images"] = images
+        if "cv_gpu" in self.state:
+            out["cv_predicted"] = (
+                "each test fold predicted again on this machine, on the lossless images, "
+                "with the fold checkpoints brought back (float16)"
+            )
+        return out
+
     def manifest(
         self, ds: ImageSet, metrics: dict | None, model_path: Path, fp32_path: Path
     ) -> ModelManifest:
@@ -766,7 +800,8 @@ class Pipeline:
                 final_model=self.state.get("final", {}),
                 config={k: v for k, v in asdict(self.cfg).items() if k != "augment"},
                 augmentation=asdict(self.cfg.augment),
-                device=self.rt.describe(),
+                device=self.state.get("trained_on", {}).get("device", self.rt.describe()),
+                **self.trained_elsewhere(),
                 host=platform.processor() or platform.machine(),
                 pretrained=(
                     dict(

@@ -48,6 +48,8 @@ def pack_images(cache: Path, out: Path, quality: int = 85) -> dict:
             raise RuntimeError(f"WebP encoding failed for an image of {cache}")
         blobs.append(buf.tobytes())
         back = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+        if back is None:
+            raise RuntimeError(f"WebP decoding failed for an image of {cache}")
         errs.append(np.abs(back.astype(np.int16) - im.astype(np.int16)).mean())
     offsets = np.cumsum([0, *(len(b) for b in blobs)])
     np.savez(
@@ -59,6 +61,7 @@ def pack_images(cache: Path, out: Path, quality: int = 85) -> dict:
         classes=z["classes"],
         keep=z["keep"],
         quality=np.array(quality),
+        mean_abs_error=np.array(np.mean(errs)),
         name=np.array(cache.name),
     )
     return dict(
@@ -79,7 +82,34 @@ def unpack_images(pack: Path, workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / str(z["name"])
     np.savez(path, images=images, labels=z["labels"], classes=z["classes"], keep=z["keep"])
+    provenance(path).write_text(
+        json.dumps(
+            dict(
+                codec="WebP",
+                quality=int(z["quality"]),
+                mean_abs_error=float(z["mean_abs_error"]),
+            )
+        )
+    )
     return path
+
+
+def provenance(cache: Path) -> Path:
+    """The file beside an unpacked image cache that says it is a lossy copy: the pipeline
+    records it with the run (``state.json`` ``trained_on.images``) and the card states it."""
+    return cache.with_name(cache.name.replace(".npz", ".transport.json"))
+
+
+def describe(cache: Path) -> str | None:
+    """ "WebP quality Q copy ..." for a cache :func:`unpack_images` wrote, else None."""
+    p = provenance(cache)
+    if not p.exists():
+        return None
+    d = json.loads(p.read_text())
+    return (
+        f"a {d['codec']} quality-{d['quality']} copy of the training images "
+        f"(mean absolute error {d['mean_abs_error']:.1f} grey levels of 255)"
+    )
 
 
 def _half_checkpoint(path: Path) -> bytes:
@@ -87,9 +117,7 @@ def _half_checkpoint(path: Path) -> bytes:
     import torch
 
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    ck["model"] = {
-        k: v.half() if v.is_floating_point() else v for k, v in ck["model"].items()
-    }
+    ck["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["model"].items()}
     ck["transport"] = "float16 weights (lunglens.training.transport)"
     buf = io.BytesIO()
     torch.save(ck, buf)
