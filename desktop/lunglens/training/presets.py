@@ -206,15 +206,6 @@ PRESETS: dict[str, Preset] = {
             lr=3e-4,
             compared_with=("ct-efficientnet-lite", "ct-efficientnet-lite-plain"),
         ),
-        # the same with the preset learning rate of the frozen-stage recipes
-        _preset(
-            _LITE_CT,
-            _MEASURED,
-            name="ct-efficientnet-lite-full-lr1e-3",
-            model_name="efficientnet-lite-ct-full-lr1e-3",
-            frozen_stages=0,
-            compared_with=("ct-efficientnet-lite-full", "ct-efficientnet-lite"),
-        ),
         _preset(
             _LITE_CXR,
             name="cxr-efficientnet-lite",
