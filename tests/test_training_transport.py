@@ -1,7 +1,7 @@
 """Moving a training run to a lent GPU machine and back (``lunglens.training.transport``).
 
-The unit tests need numpy, OpenCV and torch; the round trip (train-only stages "there", the
-rest here) also needs ../shared/data and runs with ``-m slow``.
+The image tests need numpy and OpenCV; the run tests torch; the round trip (train-only stages
+"there", the rest here) also needs ../shared/data and runs with ``-m slow``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from lunglens.training import transport  # noqa: E402
+from lunglens.training import transport
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -52,9 +50,12 @@ def test_images_round_trip_within_codec_error(tmp_path: Path) -> None:
     assert err < 4.0
     for key in ("labels", "classes", "keep"):
         np.testing.assert_array_equal(back[key], z[key])
+    assert transport.describe(out) is not None and "WebP quality-85" in transport.describe(out)
+    assert transport.describe(src) is None, "a cache decoded from the data set is no copy"
 
 
 def _fake_run(work: Path) -> None:
+    torch = pytest.importorskip("torch")
     work.mkdir(parents=True)
     model = torch.nn.Linear(4, 2)
     for run in ("final", "fold0", "fold1"):
@@ -86,14 +87,14 @@ def test_pack_run_keeps_results_and_halves_fold_checkpoints(tmp_path: Path) -> N
     assert "state.json" in members and "fold1_test.npz" in members
     assert not any("last.pt" in n or "images_" in n for n in members), "resume state stays"
 
+    import torch
+
     def dtype(name: str) -> torch.dtype:
         ck = torch.load(io.BytesIO(members[name]), weights_only=False)
         return ck["model"]["weight"].dtype
 
     assert dtype("final/best.pt") == torch.float32, "the exported model travels exactly"
     assert dtype("fold0/best.pt") == torch.float16
-    light = _members(transport.pack_run(tmp_path / "w", tmp_path / "l", prefix="m", light=True))
-    assert "fold0/best.pt" not in light and "fold0/done.json" in light
 
 
 def test_pack_run_splits_under_the_return_limit(
@@ -119,17 +120,61 @@ def test_unpack_run_sets_the_cv_up_to_predict_again(tmp_path: Path) -> None:
     assert not list((tmp_path / "here").glob("fold*_test.npz"))
     assert (tmp_path / "here" / "fold0_test.gpu.npz").exists()
     assert (tmp_path / "here" / "fold1" / "done.json").exists()
+    assert state["unfinished"] == []
+    assert "cv_gpu" in json.loads((tmp_path / "here" / "state.json").read_text())
 
 
-def test_unpack_run_refuses_paths_outside_the_workdir(tmp_path: Path) -> None:
+def test_unpack_run_names_runs_cut_off_on_the_gpu(tmp_path: Path) -> None:
+    _fake_run(tmp_path / "w")
+    (tmp_path / "w" / "fold1" / "done.json").unlink()  # killed by the time limit there
+    state = transport.unpack_run(
+        tmp_path / "here", transport.pack_run(tmp_path / "w", tmp_path / "o")
+    )
+    assert state["unfinished"] == ["fold1"]
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/tmp/escape.txt", "link"])
+def test_unpack_run_refuses_members_outside_the_workdir(tmp_path: Path, name: str) -> None:
     bad = tmp_path / "bad.tar"
     with tarfile.open(bad, "w") as tar:
-        info = tarfile.TarInfo("../escape.txt")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"hi"))
+        info = tarfile.TarInfo(name)
+        if name == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
     with pytest.raises(ValueError, match="unexpected member"):
         transport.unpack_run(tmp_path / "here", [bad])
-    assert not (tmp_path / "escape.txt").exists()
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "here" / "link").exists()
+
+
+def test_a_run_trained_elsewhere_is_finished_with_its_own_size_and_epochs(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from lunglens.training.pipeline import Pipeline, PipelineOptions
+    from lunglens.training.presets import PRESETS
+
+    preset = PRESETS["ct-squeezenet"]
+    work = tmp_path / "w"
+    (work / "final").mkdir(parents=True)
+    trained = dict(device="a GPU", epochs=3, size=40, images=None)
+    (work / "state.json").write_text(json.dumps({"trained_on": trained}))
+
+    def pipe(**kw: object) -> Pipeline:
+        opts = PipelineOptions(tmp_path, tmp_path / "m", work, device="cpu", **kw)  # type: ignore[arg-type]
+        return Pipeline(preset, opts, log=lambda m: None)
+
+    # until the final model is done, the preset's own CPU recipe holds
+    p = pipe()
+    assert (p.size, p.cfg.epochs) == (preset.size_cpu, preset.epochs_cpu)
+    (work / "final" / "done.json").write_text("{}")
+    p = pipe()
+    assert (p.size, p.cfg.epochs) == (40, 3)
+    assert pipe(size=40, epochs=3).size == 40
+    with pytest.raises(ValueError, match="trained with size 40"):
+        pipe(size=48)
+    with pytest.raises(ValueError, match="trained with epochs 3"):
+        pipe(epochs=1)
 
 
 @pytest.mark.slow
@@ -147,17 +192,27 @@ def test_train_there_finish_here(tmp_path: Path) -> None:
     rc = main([*common, "--workdir", str(there), "--models-dir", str(tmp_path / "m0")])
     assert rc == 0  # a full run first: the reference fold predictions
     ref = {k: np.load(there / f"fold{k}_test.npz")["probs"] for k in range(5)}
-    # the same training, train-only, in a fresh directory (what the GPU machine runs)
+    # the same training, train-only, in a fresh directory (what the GPU machine runs), on a
+    # lossless copy of the cache that went through the transport (quality 101: WebP lossless)
     gpu = tmp_path / "gpu"
+    (cache,) = there.glob("images_*.npz")
+    transport.pack_images(cache, tmp_path / "pack.npz", quality=101)
+    transport.unpack_images(tmp_path / "pack.npz", gpu)
     assert main([*common, "--workdir", str(gpu), "--stages", "train"]) == 0
     state = json.loads((gpu / "state.json").read_text())
     assert len(state["cv"]) == 5 and "quantization" not in state
+    assert state["trained_on"]["epochs"] == 1 and state["trained_on"]["size"] == 48
+    assert "WebP quality-101 copy" in state["trained_on"]["images"]
     assert not (gpu / "model_fp32.onnx").exists(), "no export on the GPU machine"
     tars = transport.pack_run(gpu, tmp_path / "out")
     here.mkdir()
     for cache in there.glob("images_*.npz"):
         (here / cache.name).write_bytes(cache.read_bytes())
     transport.unpack_run(here, tars)
+    # as if "there" were a GPU: the card must say where the model was trained, not here
+    moved = json.loads((here / "state.json").read_text())
+    moved["trained_on"]["device"] = "a lent GPU"
+    (here / "state.json").write_text(json.dumps(moved))
     final_done = (here / "final" / "done.json").read_text()
     # no --size/--epochs here: the run is finished with the size and epochs that trained it
     rest = ["--calib-images", "16", "--device", "cpu", "--calibration", "MinMax"]
@@ -175,4 +230,18 @@ def test_train_there_finish_here(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "m1" / "squeezenet-light-ct" / "manifest.json").read_text())
     assert manifest["input"]["size"] == [48, 48]
     assert manifest["training"]["epochs_max"] == 1
-    assert manifest["training"]["device"] == state["trained_on"]["device"]
+    assert manifest["training"]["device"] == "a lent GPU"
+    assert "WebP quality-101 copy" in manifest["training"]["trained_on_images"]
+    assert "predicted again" in manifest["training"]["cv_predicted"]
+    card = (tmp_path / "m1" / "squeezenet-light-ct" / "MODEL_CARD.md").read_text()
+    assert "Device: a lent GPU" in card and "Trained on a WebP quality-101 copy" in card
+
+
+@pytest.mark.parametrize("preset", ["ood", "modality-check"])
+def test_train_stages_are_for_triage_presets_only(preset: str) -> None:
+    pytest.importorskip("torch")
+    from lunglens.training.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([preset, "--stages", "train"])
+    assert exc.value.code == 2

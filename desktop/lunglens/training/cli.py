@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
 
+    if args.stages != "all" and args.preset in (OOD, MODALITY_CHECK):
+        build_parser().error(f"--stages {args.stages} is for the triage presets only")
     if args.preset == OOD:
         from lunglens.training import ood
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,24 @@ class ImageSet:
     @property
     def groups(self) -> np.ndarray:
         return np.array([r.group for r in self.records])
+
+
+def save_image_cache(
+    path: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str] | np.ndarray,
+    keep: np.ndarray,
+    **extra: str,
+) -> None:
+    """Write the training pipeline's image cache: uint8 images, integer labels, class names
+    and ``keep`` (each image's row in the data set's ``manifest.csv``), plus ``extra`` keys
+    (a transported copy's provenance, :mod:`lunglens.training.transport`)."""
+    arrays: dict[str, Any] = dict(
+        images=images, labels=labels, classes=np.array(classes), keep=keep
+    )
+    arrays.update({k: np.array(v) for k, v in extra.items()})
+    np.savez(path, **arrays)
 
 
 def load_imageset(

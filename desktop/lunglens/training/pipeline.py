@@ -29,7 +29,7 @@ import numpy as np
 from lunglens.io import Modality
 from lunglens.models.hashing import sha256_of
 from lunglens.models.manifest import ModelManifest
-from lunglens.training.data import ImageSet, load_imageset
+from lunglens.training.data import ImageSet, load_imageset, save_image_cache
 from lunglens.training.device import setup_runtime
 from lunglens.training.models import get_spec
 from lunglens.training.presets import Preset
@@ -86,15 +86,7 @@ class Pipeline:
         self.state: dict = (
             json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         )
-        cuda = self.rt.device.type == "cuda"
-        # A run trained elsewhere (a lent GPU: docs/training.md) is finished here with the
-        # recipe that trained it, so the card states the epochs, size and device it really had.
-        trained = self.state.get("trained_on", {})
-        default_size, default_epochs = (
-            (preset.size_cuda, preset.epochs_cuda) if cuda else (preset.size_cpu, preset.epochs_cpu)
-        )
-        self.size = opts.size or trained.get("size") or default_size
-        epochs = opts.epochs or trained.get("epochs") or default_epochs
+        self.size, epochs = self._size_and_epochs()
         self.cfg = TrainConfig(
             arch=preset.arch,
             size=self.size,
@@ -116,6 +108,27 @@ class Pipeline:
         self._teacher: tuple[Pipeline, ImageSet, np.ndarray] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
+    def _size_and_epochs(self) -> tuple[int, int]:
+        """The resolution and epoch budget: given, or the preset's for this device; but a
+        final model already trained (``state.json`` ``trained_on``, e.g. on a lent GPU:
+        docs/training.md) is finished with the size and epochs that trained it, so the card
+        states them and the folds are predicted at its size. A different ``--size`` or
+        ``--epochs`` for such a run is refused rather than silently mixed."""
+        p, o = self.p, self.o
+        cuda = self.rt.device.type == "cuda"
+        size = o.size or (p.size_cuda if cuda else p.size_cpu)
+        epochs = o.epochs or (p.epochs_cuda if cuda else p.epochs_cpu)
+        trained = self.state.get("trained_on")
+        if not trained or not (self.work / "final" / "done.json").exists():
+            return size, epochs
+        for name, given in (("size", o.size), ("epochs", o.epochs)):
+            if given is not None and given != trained[name]:
+                raise ValueError(
+                    f"{self.work} holds a final model trained with {name} {trained[name]}, "
+                    f"not {given}: use another --workdir, or leave --{name} out"
+                )
+        return int(trained["size"]), int(trained["epochs"])
+
     def save_state(self) -> None:
         self.state_path.write_text(_json(self.state))
 
@@ -148,7 +161,7 @@ class Pipeline:
             )
         }
         keep = np.array([all_recs[str(r.path)] for r in ds.records])
-        np.savez(cache, images=ds.images, labels=ds.labels, classes=np.array(ds.classes), keep=keep)
+        save_image_cache(cache, ds.images, ds.labels, ds.classes, keep)
         self.log(f"decoded {len(ds.labels)} images at {self.size}px in {time.time() - t0:.0f}s")
         return ds
 
@@ -318,7 +331,7 @@ class Pipeline:
         extra = self.run_inputs(ds, "final", train_idx) if fresh else {}
         facts = train_run(ds, train_idx, val_idx, self.cfg, self.rt, run, self.log, **extra)
         self.state["final"] = {k: v for k, v in facts.items() if k != "history"}
-        if fresh or "trained_on" not in self.state:
+        if fresh:  # what trained it: a run finished elsewhere keeps the facts it came with
             from lunglens.training.transport import describe
 
             self.state["trained_on"] = dict(

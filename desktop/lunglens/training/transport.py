@@ -2,17 +2,17 @@
 
 A lent GPU machine (see ``docs/training.md``, "Training on a lent GPU") receives at most 64 MiB
 and sends back at most 8 files of 16 MB. The CT training cache at 224 px is 231 MB of uint8, so
-it travels as WebP (quality 85: 42 MB for 4,597 slices), and a run comes back as a few tar files
+it travels as WebP (quality 82: 38 MB for 4,597 slices), and a run comes back as a few tar files
 with the fold checkpoints in float16 (the final model stays float32: it is the one exported).
 
 Lossy transport changes what the GPU trains on, not what the numbers here are measured on: after
 :func:`unpack_run` the out-of-fold predictions are recomputed here on the lossless cache
-(:func:`unpack_run` drops the GPU's ``cv`` entries and test predictions, so ``lunglens-train``
-predicts again with the returned fold checkpoints).
+(:func:`unpack_run` keeps the GPU's test predictions as ``fold*_test.gpu.npz`` and its ``cv``
+entries as ``cv_gpu``, so ``lunglens-train`` predicts again with the returned fold checkpoints).
 
 Usage::
 
-    python -m lunglens.training.transport pack-images CACHE.npz OUT.npz [--quality 85]
+    python -m lunglens.training.transport pack-images CACHE.npz OUT.npz [--quality 82]
     python -m lunglens.training.transport unpack-images PACK.npz WORKDIR
     python -m lunglens.training.transport pack-run WORKDIR OUTDIR [--prefix NAME]
     python -m lunglens.training.transport unpack-run WORKDIR TAR...
@@ -30,26 +30,31 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lunglens.training.data import save_image_cache
+
 #: The largest file a lent machine sends back (device tool: 16 MB), with room for tar headers.
 MAX_RETURN_BYTES = 15_500_000
+#: WebP quality of the transported images: the CT cache fits the 64 MiB beside the wheels.
+DEFAULT_QUALITY = 82
+#: The key of an unpacked cache that says it is a lossy copy (read by :func:`describe`).
+PROVENANCE_KEY = "transport"
 
 
-def pack_images(cache: Path, out: Path, quality: int = 85) -> dict:
+def pack_images(cache: Path, out: Path, quality: int = DEFAULT_QUALITY) -> dict:
     """Re-encode a pipeline image cache (``images_<size>_<prep>.npz``) as WebP blobs.
 
-    Returns the sizes and the encoding error (mean and max absolute grey-level difference).
+    Returns the image count, the sizes and the mean absolute grey-level error of the codec
+    (recorded with the run, so its card says what the model trained on).
     """
     z = np.load(cache, allow_pickle=True)
     images = z["images"]
     blobs, errs = [], []
     for im in images:
         ok, buf = cv2.imencode(".webp", im, [cv2.IMWRITE_WEBP_QUALITY, quality])
-        if not ok:
-            raise RuntimeError(f"WebP encoding failed for an image of {cache}")
-        blobs.append(buf.tobytes())
-        back = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+        back = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else None
         if back is None:
-            raise RuntimeError(f"WebP decoding failed for an image of {cache}")
+            raise RuntimeError(f"WebP round trip failed for an image of {cache}")
+        blobs.append(buf.tobytes())
         errs.append(np.abs(back.astype(np.int16) - im.astype(np.int16)).mean())
     offsets = np.cumsum([0, *(len(b) for b in blobs)])
     np.savez(
@@ -73,7 +78,11 @@ def pack_images(cache: Path, out: Path, quality: int = 85) -> dict:
 
 
 def unpack_images(pack: Path, workdir: Path) -> Path:
-    """Decode a :func:`pack_images` file into the pipeline's cache file in ``workdir``."""
+    """Decode a :func:`pack_images` file into the pipeline's cache file in ``workdir``.
+
+    The cache carries its provenance (:data:`PROVENANCE_KEY`), so a run trained on it records
+    that it trained on a lossy copy.
+    """
     z = np.load(pack, allow_pickle=True)
     blob, offsets = z["blob"], z["offsets"]
     images = np.empty(tuple(z["shape"]), np.uint8)
@@ -81,31 +90,22 @@ def unpack_images(pack: Path, workdir: Path) -> Path:
         images[i] = cv2.imdecode(blob[offsets[i] : offsets[i + 1]], cv2.IMREAD_GRAYSCALE)
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / str(z["name"])
-    np.savez(path, images=images, labels=z["labels"], classes=z["classes"], keep=z["keep"])
-    provenance(path).write_text(
-        json.dumps(
-            dict(
-                codec="WebP",
-                quality=int(z["quality"]),
-                mean_abs_error=float(z["mean_abs_error"]),
-            )
-        )
+    note = dict(codec="WebP", quality=int(z["quality"]), mean_abs_error=float(z["mean_abs_error"]))
+    save_image_cache(
+        path, images, z["labels"], z["classes"], z["keep"], **{PROVENANCE_KEY: json.dumps(note)}
     )
     return path
 
 
-def provenance(cache: Path) -> Path:
-    """The file beside an unpacked image cache that says it is a lossy copy: the pipeline
-    records it with the run (``state.json`` ``trained_on.images``) and the card states it."""
-    return cache.with_name(cache.name.replace(".npz", ".transport.json"))
-
-
 def describe(cache: Path) -> str | None:
-    """ "WebP quality Q copy ..." for a cache :func:`unpack_images` wrote, else None."""
-    p = provenance(cache)
-    if not p.exists():
+    """What a cache written by :func:`unpack_images` is (a lossy copy), or None for a cache
+    decoded from the data set itself."""
+    if not cache.exists():
         return None
-    d = json.loads(p.read_text())
+    with np.load(cache) as z:
+        if PROVENANCE_KEY not in z.files:
+            return None
+        d = json.loads(str(z[PROVENANCE_KEY]))
     return (
         f"a {d['codec']} quality-{d['quality']} copy of the training images "
         f"(mean absolute error {d['mean_abs_error']:.1f} grey levels of 255)"
@@ -124,25 +124,25 @@ def _half_checkpoint(path: Path) -> bytes:
     return buf.getvalue()
 
 
-def pack_run(workdir: Path, outdir: Path, prefix: str = "run", light: bool = False) -> list[Path]:
+def pack_run(workdir: Path, outdir: Path, prefix: str = "run") -> list[Path]:
     """Tar a run's results into files under :data:`MAX_RETURN_BYTES`.
 
-    Kept: ``state.json``, the small ``.npz`` files and each run's ``done.json``,
+    Kept: ``state.json``, the folds' test predictions and each run's ``done.json``,
     ``history.json`` and ``best.pt`` (float32 for ``final``, float16 for the CV folds). Left
-    out: the image cache and ``last.pt`` (resume state, optimizer included). ``light``: the
-    final model in float16 and no fold checkpoints (a second run within the return budget).
+    out: the image cache and ``last.pt`` (resume state, optimizer included).
     """
     items: list[tuple[str, bytes]] = []
-    for p in sorted(workdir.glob("*.json")) + sorted(workdir.glob("fold*_test.npz")):
-        items.append((p.name, p.read_bytes()))
+    for p in [workdir / "state.json", *sorted(workdir.glob("fold*_test.npz"))]:
+        if p.exists():
+            items.append((p.name, p.read_bytes()))
     for run in sorted(d for d in workdir.iterdir() if d.is_dir()):
         for name in ("done.json", "history.json"):
             if (run / name).exists():
                 items.append((f"{run.name}/{name}", (run / name).read_bytes()))
-        if (run / "best.pt").exists() and not (light and run.name != "final"):
+        if (run / "best.pt").exists():
             data = (
                 (run / "best.pt").read_bytes()
-                if run.name == "final" and not light
+                if run.name == "final"
                 else _half_checkpoint(run / "best.pt")
             )
             items.append((f"{run.name}/best.pt", data))
@@ -178,34 +178,47 @@ def unpack_run(workdir: Path, tars: list[Path]) -> dict:
     The GPU machine's fold predictions were made on the lossy copy of the images: they are
     renamed ``*.gpu.npz`` and the state's ``cv`` entries moved to ``cv_gpu``, so the next
     ``lunglens-train`` run predicts each test fold with the returned checkpoint on the
-    lossless cache (training is skipped: every run has its ``done.json``).
+    lossless cache (training is skipped: every finished run has its ``done.json``). Returns
+    the state; its ``unfinished`` lists runs that came back without ``done.json`` (cut off
+    on the GPU machine: finishing them here means training them here).
     """
+    from lunglens.training.pipeline import _json
+
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir.resolve()
     for t in tars:
         with tarfile.open(t) as tar:
-            for m in tar.getmembers():
+            members = tar.getmembers()
+            for m in members:
                 target = (workdir / m.name).resolve()
                 if not m.isfile() or root not in target.parents:
                     raise ValueError(f"{t}: unexpected member {m.name!r}")
-            tar.extractall(workdir, filter="data")
+            for m in members:
+                target = workdir / m.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(m)
+                assert src is not None  # a regular file (checked above)
+                target.write_bytes(src.read())
     for p in workdir.glob("fold*_test.npz"):
         p.replace(p.with_name(p.name.replace(".npz", ".gpu.npz")))
     state_path = workdir / "state.json"
     state = json.loads(state_path.read_text())
     if "cv" in state:
         state["cv_gpu"] = state.pop("cv")
-    state_path.write_text(json.dumps(state, indent=1))
+    state_path.write_text(_json(state))
+    runs = [d for d in workdir.iterdir() if d.is_dir()]
+    state["unfinished"] = sorted(d.name for d in runs if not (d / "done.json").exists())
     return state
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line of the module (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m lunglens.training.transport")
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("pack-images")
     a.add_argument("cache", type=Path)
     a.add_argument("out", type=Path)
-    a.add_argument("--quality", type=int, default=85)
+    a.add_argument("--quality", type=int, default=DEFAULT_QUALITY)
     b = sub.add_parser("unpack-images")
     b.add_argument("pack", type=Path)
     b.add_argument("workdir", type=Path)
@@ -213,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("workdir", type=Path)
     c.add_argument("outdir", type=Path)
     c.add_argument("--prefix", default="run")
-    c.add_argument("--light", action="store_true", help="final model only, in float16")
     d = sub.add_parser("unpack-run")
     d.add_argument("workdir", type=Path)
     d.add_argument("tars", type=Path, nargs="+")
@@ -223,11 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "unpack-images":
         print(unpack_images(args.pack, args.workdir))
     elif args.cmd == "pack-run":
-        for f in pack_run(args.workdir, args.outdir, args.prefix, args.light):
+        for f in pack_run(args.workdir, args.outdir, args.prefix):
             print(f, f.stat().st_size)
     else:
         state = unpack_run(args.workdir, args.tars)
         print(f"unpacked into {args.workdir}: {sorted(state)}")
+        if state["unfinished"]:
+            print(
+                f"warning: {', '.join(state['unfinished'])} came back unfinished; "
+                "lunglens-train would train them here",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 
