@@ -7,7 +7,7 @@
 #   .gpu/data/ct-covid-binary/manifest.csv
 # Writes to $OUT: the log and the run as tar files (transport pack-run). Then, here:
 #   python -m lunglens.training.transport unpack-run runs/<model> <tars>
-#   lunglens-train <preset> --models-dir runs/candidate-models
+#   lunglens-train <preset>
 # which predicts the CV folds again on the lossless images, exports, quantizes and writes the
 # card. Usage: benchmarks/gpu_train.sh PACK SECONDS PRESET MODEL_DIR_NAME
 # SECONDS bounds the training, so that the run is packed and sent back before the call's limit.

@@ -157,6 +157,46 @@ def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> No
     assert rows[1].endswith(f"| {100 * manifest.cam_in_lungs['mean']:.1f}% |")
 
 
+def test_compared_models_are_found_among_the_candidates(tmp_path: Path) -> None:
+    """A shipped card compares with measured variants, which live in runs/candidate-models,
+    not beside it in models/: the snapshot looks in every folder it is given, own folder
+    first."""
+    from lunglens.training.card import comparison_snapshot
+
+    _, metrics = _shipped("efficientnet-lite-ct")
+    shipped = PRESETS["ct-efficientnet-lite"]
+    k2 = PRESETS["ct-efficientnet-lite-k2"]
+    assert k2.name in shipped.compared_with and not k2.shipped
+    models, cands = tmp_path / "models", tmp_path / "candidates"
+    (models / shipped.model_name).mkdir(parents=True)
+    (cands / k2.model_name).mkdir(parents=True)
+    tweaked = json.loads(json.dumps(metrics))
+    tweaked["pooled_out_of_fold"]["per_class"]["covid"]["auc"] = 0.61
+    (cands / k2.model_name / "metrics.json").write_text(json.dumps(tweaked), encoding="utf-8")
+    out = models / shipped.model_name
+    assert k2.name not in comparison_snapshot(out, shipped, "covid")
+    snap = comparison_snapshot(out, shipped, "covid", search=(models, cands))
+    assert snap[k2.name]["auc"] == 0.61
+    # a copy beside the model wins over the candidate folder
+    (models / k2.model_name).mkdir()
+    (models / k2.model_name / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    snap = comparison_snapshot(out, shipped, "covid", search=(models, cands))
+    assert snap[k2.name]["auc"] == metrics["pooled_out_of_fold"]["per_class"]["covid"]["auc"]
+
+
+def test_measured_variants_are_written_apart_from_the_shipped_models() -> None:
+    pytest.importorskip("torch")
+    from lunglens.training.cli import CANDIDATES, default_models_dir
+
+    shipped = {p.model_name for p in PRESETS.values() if p.shipped}
+    in_models = {d.name for d in MODELS.iterdir() if (d / "manifest.json").is_file()}
+    assert shipped == in_models - {"modality-check"}
+    for p in PRESETS.values():
+        where = default_models_dir(p)
+        assert where == (MODELS if p.shipped else MODELS.parent / CANDIDATES), p.name
+        assert p.shipped or not p.default_for_modality, "a default model ships"
+
+
 def test_int8_parity_is_reported_at_the_shipped_threshold(tmp_path: Path) -> None:
     """A recipe picked before the CV (at the validation fold's own threshold) is also judged
     at the pooled threshold the app ships with; one picked again at the shipped threshold

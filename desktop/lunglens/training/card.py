@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -208,11 +208,16 @@ def _summary(met: Mapping[str, Any], pos: str, cam: Mapping[str, Any] | None) ->
 
 
 def comparison_snapshot(
-    out: Path, preset: Preset, pos: str, previous: Mapping[str, Any] | None = None
+    out: Path,
+    preset: Preset,
+    pos: str,
+    previous: Mapping[str, Any] | None = None,
+    search: Sequence[Path] = (),
 ) -> dict[str, dict]:
     """The compared presets' rows, kept in this model's ``metrics.json`` (key ``compared``).
 
-    Read from each preset's ``metrics.json`` beside ``out`` when it is there, else kept from
+    Read from each preset's ``metrics.json`` beside ``out`` or in a folder of ``search``
+    (shipped models and measured candidates live apart) when it is there, else kept from
     ``previous`` (the last snapshot): the card can be rebuilt from this model's own folder
     after a compared model has left ``models/``.
     """
@@ -220,7 +225,12 @@ def comparison_snapshot(
 
     rows: dict[str, dict] = {}
     for name in preset.compared_with:
-        folder = out.parent / PRESETS[name].model_name
+        found = [
+            d / PRESETS[name].model_name
+            for d in (out.parent, *search)
+            if (d / PRESETS[name].model_name / "metrics.json").is_file()
+        ]
+        folder = found[0] if found else out.parent / PRESETS[name].model_name
         path = folder / "metrics.json"
         if path.is_file():
             manifest = folder / "manifest.json"

@@ -8,6 +8,8 @@ Examples
 ``lunglens-train modality-check`` trains the image-level CT-vs-X-ray check
 (``models/modality-check/``); ``lunglens-train ood`` refits the chest-image gate's statistics
 next to it (``ood.npz``, numpy + onnxruntime only).
+A measured variant (``Preset.shipped`` False, e.g. ``ct-efficientnet-lite-k2``) writes its
+folder to ``runs/candidate-models/`` unless ``--models-dir`` is given.
 Killed runs resume: run the same command again.
 """
 
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 from lunglens.training.pipeline import Pipeline, PipelineOptions, default_workdir
-from lunglens.training.presets import PRESETS
+from lunglens.training.presets import PRESETS, Preset
 
 #: Not a triage preset: the CT-vs-X-ray routing model (lunglens.training.modality).
 MODALITY_CHECK = "modality-check"
@@ -31,6 +33,18 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
+#: Where measured variants (``Preset.shipped`` False) write their model folder by default.
+CANDIDATES = Path("runs") / "candidate-models"
+
+
+def default_models_dir(preset: Preset | None) -> Path:
+    """``models/`` for the shipped presets and the routing model; ``runs/candidate-models``
+    for a measured variant, so that running one never adds a folder to what the app ships."""
+    if preset is None or preset.shipped:
+        return _repo_root() / "models"
+    return _repo_root() / CANDIDATES
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``lunglens-train`` (documented in ``docs/training.md``)."""
     ap = argparse.ArgumentParser(
@@ -40,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("preset", choices=[*sorted(PRESETS), MODALITY_CHECK, OOD])
     ap.add_argument("--data-root", type=Path, default=_repo_root().parent / "shared" / "data")
-    ap.add_argument("--models-dir", type=Path, default=_repo_root() / "models")
+    ap.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help=f"default: models/ for a shipped preset, {CANDIDATES} for a measured variant",
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--device", choices=["auto", "cpu"], default="auto")
     ap.add_argument("--size", type=int, default=None, help="override the preset resolution")
@@ -81,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.stages != "all" and args.preset in (OOD, MODALITY_CHECK):
         build_parser().error(f"--stages {args.stages} is for the triage presets only")
+    preset = PRESETS.get(args.preset)
+    models_dir = args.models_dir or default_models_dir(preset)
     if args.preset == OOD:
         from lunglens.training import ood
 
-        ood.run(args.data_root, args.models_dir, log=log)
+        ood.run(args.data_root, models_dir, log=log)
         log("done")
         return 0
     if args.preset == MODALITY_CHECK:
@@ -94,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         given = {k: v for k, v in dict(epochs=args.epochs, version=args.version).items() if v}
         modality.run(
             args.data_root,
-            args.models_dir,
+            models_dir,
             args.workdir or default_workdir(MODALITY_CHECK),
             device=args.device,
             log=log,
@@ -102,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         log("done")
         return 0
-    preset = PRESETS[args.preset]
+    assert preset is not None  # a triage preset (argparse choices)
     opts = PipelineOptions(
         data_root=args.data_root,
-        models_dir=args.models_dir,
+        models_dir=models_dir,
         workdir=args.workdir or default_workdir(preset.model_name),
         device=args.device,
         size=args.size,
@@ -117,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         calib_images=args.calib_images,
         calibration=args.calibration,
         version=args.version,
+        # the compared models of a card: shipped ones and measured candidates
+        compare_dirs=(default_models_dir(None), _repo_root() / CANDIDATES),
     )
     Pipeline(preset, opts, log).run(train_only=args.stages == "train")
     log("done")

@@ -56,6 +56,8 @@ class PipelineOptions:
     calibration: str | None = None  # None: the preset's (a method name or "auto": search)
     min_sensitivity: float = 0.95
     version: str | None = None  # None: the preset's
+    #: more folders where the models named in ``Preset.compared_with`` may be (card table)
+    compare_dirs: tuple[Path, ...] = ()
 
 
 def _json(obj) -> str:
@@ -710,7 +712,7 @@ class Pipeline:
             path = self.out / "metrics.json"
             previous = json.loads(path.read_text()).get("compared") if path.is_file() else None
             metrics["compared"] = comparison_snapshot(
-                self.out, self.p, self.p.positive_label, previous
+                self.out, self.p, self.p.positive_label, previous, self.o.compare_dirs
             )
             path.write_text(_json(metrics))
             write_plots(self.work, self.out, ds, self.positive(ds), self.shipped_threshold())

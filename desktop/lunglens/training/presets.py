@@ -52,6 +52,9 @@ class Preset:
     teacher: str | None = None
     #: the app's default model for its modality (manifest ``default_for_modality``)
     default_for_modality: bool = False
+    #: its folder ships in ``models/``; a measured variant (False) is written to
+    #: ``runs/candidate-models`` unless ``--models-dir`` says otherwise (training.cli)
+    shipped: bool = True
     #: sources left out of training (still in validation and test folds, and reported):
     #: single-class sources whose look alone gives the label away
     train_exclude_sources: tuple[str, ...] = field(default=())
@@ -95,9 +98,10 @@ _LITE_CT: dict[str, Any] = dict(
 )
 _LITE_CXR: dict[str, Any] = dict(**_CXR, **_LITE, epochs_cpu=8, epochs_cuda=20)
 #: A variant measured against a shipped recipe on the same folds, not shipped (README)
-_MEASURED: dict[str, Any] = dict(default_for_modality=False)
+_MEASURED: dict[str, Any] = dict(default_for_modality=False, shipped=False)
 #: SqueezeNet-light trained on the CT Lite teacher's cached augmented views
 _STUDENT: dict[str, Any] = dict(
+    shipped=False,
     arch="squeezenet-light",
     size_cpu=128,
     size_cuda=224,
@@ -111,7 +115,12 @@ _STUDENT: dict[str, Any] = dict(
 )
 _SQUEEZENET: dict[str, Any] = dict(arch="squeezenet-light", size_cpu=128, size_cuda=224)
 _B5: dict[str, Any] = dict(
-    arch="efficientnet-b5", size_cpu=96, size_cuda=456, batch_size=16, calibration="auto"
+    shipped=False,
+    arch="efficientnet-b5",
+    size_cpu=96,
+    size_cuda=456,
+    batch_size=16,
+    calibration="auto",
 )
 
 
