@@ -151,3 +151,19 @@ def test_run_records_history_in_order(small, tmp_path: Path) -> None:
     best = max(facts["history"], key=lambda h: h["score"])
     assert facts["best_epoch"] == best["epoch"] + 1 and facts["best_val_loss"] == best["val_loss"]
     assert (tmp_path / "run" / "done.json").read_text() == json.dumps(facts)
+
+
+def test_padding_the_last_batch_changes_no_prediction(small) -> None:
+    """On a GPU the last, partial batch is padded to the batch size (one batch shape, not one
+    per fold); in eval mode the blank rows leave the real rows' probabilities as they are."""
+    from lunglens.training.models import create_model
+    from lunglens.training.train import predict_probs
+
+    ds, _, rt, _, _ = small
+    torch.manual_seed(0)
+    model = create_model("squeezenet-light", 2)
+    images = ds.images[:7]
+    plain = predict_probs(model, images, rt, bs=4, pad=False)
+    padded = predict_probs(model, images, rt, bs=4, pad=True)
+    assert plain.shape == padded.shape == (7, 2)
+    np.testing.assert_allclose(padded, plain, atol=1e-6)

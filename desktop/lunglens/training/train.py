@@ -92,15 +92,30 @@ def to_tensor(images: np.ndarray, rt: Runtime, channels_last: bool = False) -> t
 
 @torch.no_grad()
 def predict_probs(
-    model: nn.Module, images: np.ndarray, rt: Runtime, bs: int = 64, channels_last: bool = False
+    model: nn.Module,
+    images: np.ndarray,
+    rt: Runtime,
+    bs: int = 64,
+    channels_last: bool = False,
+    pad: bool | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities ``[N, C]`` for uint8 images ``[N, H, W]``."""
+    """Softmax probabilities ``[N, C]`` for uint8 images ``[N, H, W]``.
+
+    ``pad`` (default: on CUDA) fills the last, partial batch up to ``bs`` with blank images
+    and drops their outputs: on a GPU every new batch shape costs 9-36 s of cuDNN set-up
+    (``benchmarks/gpu_step_time.py``, H200), and each validation and test fold has its own
+    remainder. The model is in eval mode, so the padding cannot change the other outputs.
+    """
     model.eval()
+    pad = rt.device.type == "cuda" if pad is None else pad
     out = []
     for chunk in _batches(images, bs):
+        n = len(chunk)
+        if pad and n < bs:
+            chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), chunk.dtype)])
         with rt.autocast():
             logits = model(to_tensor(chunk, rt, channels_last))
-        out.append(torch.softmax(logits.float(), 1).cpu().numpy())
+        out.append(torch.softmax(logits.float(), 1)[:n].cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
