@@ -124,3 +124,37 @@ def test_memory_flat_over_many_calls(engine) -> None:  # type: ignore[no-untyped
     tracemalloc.stop()
     assert grown_py < 256 * 1024, f"Python heap grew {grown_py} bytes over 300 calls"
     assert _rss_kb() - base_rss < 20 * 1024, "RSS grew more than 20 MB over 300 calls"
+
+
+def test_a_not_flagged_map_is_drawn_against_the_reference_peak(engine) -> None:  # type: ignore[no-untyped-def]
+    """Scaled to its own maximum, the weakest map reaches full colour; a scan that is not
+    flagged is drawn against the model's reference peak instead, a flagged one stays as is."""
+    from dataclasses import replace
+
+    from lunglens.explain import display_floor
+
+    img = blob_image(96, 96, center=(70, 24), radius=8)
+    res = classify_scan(Scan("blob", img[None], modality="ct"), engine.info)
+    assert res.cam_reference == {}, "the synthetic model has no reference: own maximum"
+    own = cam_map(res, "covid", img.shape)
+    assert own.max() == pytest.approx(1.0)
+    peak = float(np.maximum(res.cam[0], 0).max())  # type: ignore[index]
+    reference = {"covid": 10 * peak}
+    quiet = replace(res, flagged=False, cam_reference=reference)
+    faint = cam_map(quiet, "covid", img.shape)
+    assert faint.max() == pytest.approx(own.max() / 10, rel=0.05)
+    np.testing.assert_allclose(faint / faint.max(), own, atol=1e-5)  # one map, another scale
+    loud = replace(res, flagged=True, cam_reference=reference)
+    np.testing.assert_allclose(cam_map(loud, "covid", img.shape), own)
+    # a class without a reference keeps its own scale; a floor under the peak changes nothing
+    np.testing.assert_allclose(
+        cam_map(quiet, "non-covid", img.shape), cam_map(res, "non-covid", img.shape)
+    )
+    np.testing.assert_allclose(cam_map(res.cam, 0, img.shape, floor=peak / 2), own)
+    assert display_floor(False, "covid", reference) == 10 * peak
+    assert display_floor(True, "covid", reference) is None
+    assert display_floor(False, "non-covid", reference) is None
+    # drawn, the not-flagged map of a weak scan is transparent where the own-scale one is not
+    a_own = colorize(own)[..., 3]
+    a_faint = colorize(faint)[..., 3]
+    assert a_own.max() == 255 and a_faint.max() == 0

@@ -161,3 +161,19 @@ def test_ood_writer_keeps_the_rest_of_the_manifest(tmp_path: Path) -> None:
     assert {k: v for k, v in info.manifest.items() if k != "ood"} == {
         k: v for k, v in json.loads(text).items() if k != "ood"
     }
+
+
+def test_cam_reference_is_read_and_checked() -> None:
+    """The app scales a not-flagged scan's CAM by ``cam_reference``: a value that is not a
+    positive number of one of the model's labels would silently blank or saturate maps."""
+    from lunglens.models import default_model_for
+
+    info = default_model_for("ct", REPO / "models")
+    assert set(info.cam_reference) == {"covid"} and info.cam_reference["covid"] > 0
+    base = json.loads((REPO / "models" / "squeezenet-light-cxr" / "manifest.json").read_text())
+    assert ModelManifest.from_dict(base).cam_references() == {}
+    good = base | {"cam_reference": {"values": {"covid": 4.5}, "rule": "r"}}
+    assert ModelManifest.from_dict(good).cam_references() == {"covid": 4.5}
+    for values in ({"flu": 4.5}, {"covid": 0}, {"covid": -1.0}, {"covid": float("nan")}):
+        with pytest.raises(ModelRefused, match="cam_reference"):
+            ModelManifest.from_dict(base | {"cam_reference": {"values": values}})

@@ -122,3 +122,24 @@ def test_pdf_names_the_scan_by_its_key(tmp_path: Path, mdir: Path) -> None:
         scan = Scan(source, blob_image(), modality="ct")
         lines = result_lines(scan, classify_scan(scan, info, with_cam=False))
         assert f"Scan:               {shown}" in lines
+
+
+def test_scan_pdf_says_when_the_map_is_drawn_on_the_reference_scale(
+    tmp_path: Path, mdir: Path
+) -> None:
+    from dataclasses import replace
+
+    from lunglens.explain import FLOOR_NOTE
+    from lunglens.io import Scan
+    from onnx_fixtures import blob_image
+
+    scan = Scan("blob", blob_image(96, 96)[None], modality="ct")
+    result = classify_scan(scan, get_model("synthetic-ct", mdir), with_cam=True)
+    quiet = replace(result, flagged=False, cam_reference={result.cam_class: 1e6})
+    flat = " ".join(_pdf_text(scan_pdf(scan, quiet, tmp_path / "quiet.pdf")).split())
+    # the note is wrapped in the map's title, where the page's text layout may interleave it
+    head, tail = FLOOR_NOTE.split(" a typical ")
+    assert head in flat and tail in flat and "typical flagged scan's maximum" in flat
+    loud = replace(quiet, flagged=True)
+    flat = " ".join(_pdf_text(scan_pdf(scan, loud, tmp_path / "loud.pdf")).split())
+    assert head not in flat and "relative to this map's maximum" in flat

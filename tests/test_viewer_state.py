@@ -285,3 +285,37 @@ def test_viewer_core_does_not_import_qt() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_a_not_flagged_result_draws_its_cam_against_the_reference(
+    classified: ViewerState, tmp_path: Path
+) -> None:
+    """Heat maps, the PNG export and the panel's note all use the model's reference peak when
+    the scan is not flagged, and the map's own maximum when it is."""
+    from dataclasses import replace
+
+    from lunglens.explain import FLOOR_NOTE
+
+    result = classified.result
+    assert result is not None and result.cam is not None
+    flagged = replace(result, flagged=True, cam_reference={"covid": 1e6})
+    classified.result = flagged
+    request = classified.heat_request()
+    assert request is not None and request.floors == ()
+    assert classified.cam_scale_note() == ""
+    classified.result = replace(flagged, flagged=False)
+    request = classified.heat_request()
+    assert request is not None and request.floors == (("covid", 1e6),)
+    heat = compute_heat(request)
+    assert heat.heats["covid"][..., 3].max() == 0, "a huge reference: nothing drawn"
+    assert heat.heats["non-covid"][..., 3].max() == 255, "no reference: own maximum"
+    classified.cam.cam_class = "covid"
+    assert classified.cam_scale_note() == FLOOR_NOTE
+    assert classified.store_heat(heat)
+    export = classified.overlay_export()
+    assert export.floor == 1e6
+    written = np.asarray(Image.open(export.write(tmp_path / "cam.png")))
+    gray = np.asarray(Image.open(replace(export, opacity=0.0).write(tmp_path / "gray.png")))
+    assert np.array_equal(written, gray), "the faint map leaves the slice as it is"
+    classified.cam.cam_class = "non-covid"
+    assert classified.cam_scale_note() == "" and classified.overlay_export().floor is None

@@ -1,6 +1,6 @@
 """Explanations: class activation maps, overlays, and the activation gallery."""
 
-from lunglens.explain.cam import cam_map
+from lunglens.explain.cam import FLOOR_NOTE, cam_map, display_floor
 from lunglens.explain.gallery import ChannelMap, activation_maps, layer_description, tile
 from lunglens.explain.methods import CAM_METHODS, raw_cam
 from lunglens.explain.overlay import COLORMAPS, cam_alpha, colorize, overlay, save_png
@@ -8,11 +8,13 @@ from lunglens.explain.overlay import COLORMAPS, cam_alpha, colorize, overlay, sa
 __all__ = [
     "CAM_METHODS",
     "COLORMAPS",
+    "FLOOR_NOTE",
     "ChannelMap",
     "activation_maps",
     "cam_alpha",
     "cam_map",
     "colorize",
+    "display_floor",
     "layer_description",
     "overlay",
     "raw_cam",

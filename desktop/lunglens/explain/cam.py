@@ -4,22 +4,39 @@ The ONNX ``cam`` output is the classifier weights times the last feature maps (u
 negative). For a global-average-pool + linear head this equals Grad-CAM, so the app needs no
 gradients. Here it becomes a display map: ReLU (only evidence *for* the class), bilinear upsampling
 to the image size, and scaling to [0, 1] by its maximum (so zero stays "no evidence").
+
+A map scaled to its own maximum always reaches full colour, however weak its evidence: on the CT
+model the positive class's peak is about 16 on flagged slices and 0.03 on slices that are not
+flagged (median of 160 validation slices), and both used to show the same red blob. So a scan
+that is **not flagged** has its map scaled to at least the model's ``cam_reference`` (the peak of
+a typical flagged scan, manifest): weak evidence stays faint (:func:`display_floor`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 
 from lunglens.inference.result import ScanResult
 
+#: Said under a map drawn with a floor (the app's CAM panel, the PDF report).
+FLOOR_NOTE = "Not flagged: drawn on the scale of a typical flagged scan, so weak evidence is faint"
+
+
+def display_floor(flagged: bool, label: str, reference: Mapping[str, float]) -> float | None:
+    """The least peak a map of ``label`` is scaled to: the model's reference peak when the scan
+    is not flagged, else None (a flagged scan's map, and a class without a reference, are
+    scaled to their own maximum)."""
+    return None if flagged else reference.get(label)
+
 
 def cam_map(
     result_or_raw_cam: ScanResult | np.ndarray,
     class_index: int | str | None = None,
     out_size: Sequence[int] | None = None,
+    floor: float | None = None,
 ) -> np.ndarray:
     """Return a float32 ``[H, W]`` heat map in [0, 1] for one class.
 
@@ -33,16 +50,22 @@ def cam_map(
         ``[C, h, w]`` stack is *not* assumed, so a raw stack needs an index).
     out_size
         ``(H, W)`` of the displayed image; default: the map's own size.
+    floor
+        Scale to ``max(peak, floor)`` instead of the peak (:func:`display_floor`). For a
+        :class:`~lunglens.inference.ScanResult` it defaults to the result's own floor.
     """
     if isinstance(result_or_raw_cam, ScanResult):
-        if result_or_raw_cam.cam is None:
+        result = result_or_raw_cam
+        if result.cam is None:
             raise ValueError("the result has no CAM; classify with with_cam=True")
-        labels = result_or_raw_cam.labels
+        labels = result.labels
         if class_index is None:
-            class_index = result_or_raw_cam.cam_class
+            class_index = result.cam_class
         if isinstance(class_index, str):
             class_index = labels.index(class_index)
-        raw = result_or_raw_cam.cam[class_index]
+        raw = result.cam[class_index]
+        if floor is None:
+            floor = display_floor(result.flagged, labels[class_index], result.cam_reference)
     else:
         raw = np.asarray(result_or_raw_cam)
         if raw.ndim == 3:
@@ -57,6 +80,8 @@ def cam_map(
         heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
         np.maximum(heat, 0.0, out=heat)
     peak = float(heat.max()) if heat.size else 0.0
+    if floor is not None and np.isfinite(floor):
+        peak = max(peak, float(floor))
     if peak <= 1e-12 or not np.isfinite(peak):
         return np.zeros_like(heat, dtype=np.float32)
     return (heat / np.float32(peak)).astype(np.float32)

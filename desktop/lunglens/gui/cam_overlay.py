@@ -129,9 +129,8 @@ class CamOverlay(QObject):
             return
         self.view.set_overlay(heat)
         self.view.set_overlay_visible(True)
-        self.controls.status_label.setText(
-            f"CAM of slice {state.slice_index + 1}" if state.n_slices > 1 else ""
-        )
+        where = f"CAM of slice {state.slice_index + 1}" if state.n_slices > 1 else ""
+        self.controls.status_label.setText("\n".join(filter(None, [where, state.cam_scale_note()])))
         self.ready.emit()
 
     def _request(self) -> None:

@@ -93,6 +93,7 @@ def result_from_probs(
         top_slices=top_slices(slice_probs, info.positive_index, 3),
         representative_slice=top_slices(slice_probs, cam_idx, 1)[0],
         cam_class=info.labels[cam_idx],
+        cam_reference=info.cam_reference,
         modality=modality,
         model_modality=info.modality,
     )

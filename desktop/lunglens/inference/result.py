@@ -50,6 +50,10 @@ class ScanResult:
     cam
         float32 ``[C, h, w]`` raw class activation maps of the representative slice, or
         ``None`` when not requested. Turn into a heat map with :func:`lunglens.explain.cam_map`.
+    cam_reference
+        Label -> the model's CAM peak of a typical flagged scan (manifest ``cam_reference``):
+        a scan that is not flagged has its map drawn on that scale, not its own
+        (:func:`lunglens.explain.display_floor`). Empty for a model without one.
     elapsed_ms
         Wall time of preprocessing plus inference.
     modality
@@ -77,6 +81,7 @@ class ScanResult:
     representative_slice: int
     cam_class: str
     cam: np.ndarray | None = None
+    cam_reference: dict[str, float] = field(default_factory=dict)
     elapsed_ms: float = 0.0
     modality: str = Modality.UNKNOWN
     model_modality: str = Modality.UNKNOWN

@@ -14,6 +14,7 @@ round-trips unchanged, including keys written as ``null`` and keys this schema d
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -57,8 +58,10 @@ class ModelManifest:
         file with its hash (kept as written; the registry compares it lower-cased).
     task
         ``"triage"`` when absent, or ``"modality-check"``.
-    threshold, series_aggregation, warn_probability, default_for_modality, outputs, ood
-        Read by the app (decision, CT series, modality warning, model choice, gallery, gate).
+    threshold, series_aggregation, warn_probability, default_for_modality, outputs, ood,
+    cam_reference
+        Read by the app (decision, CT series, modality warning, model choice, gallery, gate,
+        the CAM's colour scale on a scan that is not flagged).
     architecture, arch, reference_fp32, threshold_rule, decision_rule, operating_point,
     cam_in_lungs, quantization, export, metrics, training, intended_use
         Documentation for people, model cards, benchmarks and tests.
@@ -89,6 +92,7 @@ class ModelManifest:
     operating_point: JSONObject | None = None
     series_aggregation: JSONObject | None = None
     cam_in_lungs: JSONObject | None = None
+    cam_reference: JSONObject | None = None
     quantization: JSONObject | None = None
     export: JSONObject | None = None
     metrics: JSONObject | None = None
@@ -185,6 +189,7 @@ class ModelManifest:
             manifest.window()
             manifest.preprocessing()
             manifest.gallery()
+            manifest.cam_references()
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelRefused(
                 source, f"manifest is malformed ({exc!r})", "Reinstall the model."
@@ -237,6 +242,16 @@ class ModelManifest:
     def preprocessing(self) -> Preprocessing:
         """The crop and intensity step of ``input.preprocessing`` (none when absent)."""
         return Preprocessing.from_manifest(self.input.get("preprocessing"))
+
+    def cam_references(self) -> dict[str, float]:
+        """``cam_reference.values``: per label, the CAM peak of a typical flagged scan of that
+        label (``docs/model-contract.md``); empty when the manifest has none."""
+        values = (self.cam_reference or {}).get("values", {})
+        out = {str(k): float(v) for k, v in values.items()}
+        for label, v in out.items():
+            if label not in self.labels or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"cam_reference {label!r}: {v} is not a positive value of a label")
+        return out
 
     def gallery(self) -> tuple[GalleryLayer, ...]:
         """The ``act_<k>`` outputs listed in ``outputs.gallery``."""

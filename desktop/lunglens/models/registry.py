@@ -112,6 +112,12 @@ class ModelInfo:
         return self.spec.to_dict()
 
     @property
+    def cam_reference(self) -> dict[str, float]:
+        """Label -> CAM peak of a typical flagged scan (the floor of a not-flagged scan's map
+        scale, :func:`lunglens.explain.display_floor`); empty for a model without one."""
+        return self.spec.cam_references()
+
+    @property
     def positive_index(self) -> int:
         """Index of :attr:`positive_label` in :attr:`labels`."""
         return self.labels.index(self.positive_label)

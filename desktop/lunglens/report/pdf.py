@@ -21,7 +21,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from lunglens import DISCLAIMER, __version__
-from lunglens.explain.cam import cam_map
+from lunglens.explain.cam import FLOOR_NOTE, cam_map, display_floor
 from lunglens.explain.overlay import overlay
 from lunglens.inference.result import ScanResult
 from lunglens.inference.wording import format_threshold, slice_numbers
@@ -117,11 +117,12 @@ def _draw_header(fig: Figure, scan: Scan, result: ScanResult, anonymize: bool) -
     )
 
 
-def _draw_cam_bar(fig: Figure, colormap: str) -> None:
+def _draw_cam_bar(fig: Figure, colormap: str, floored: bool = False) -> None:
     """Colour bar of the activation map and its caveat.
 
     The bar is the core overlay of a 0 -> 1 ramp over mid gray, so it shows exactly how each
-    value is drawn, transparent low end included.
+    value is drawn, transparent low end included. ``floored``: the map of a scan that is not
+    flagged, drawn on the scale of a typical flagged scan (:func:`lunglens.explain.display_floor`).
     """
     ax_bar = fig.add_axes((0.56, 0.445, 0.35, 0.012))
     ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (8, 1))
@@ -133,7 +134,12 @@ def _draw_cam_bar(fig: Figure, colormap: str) -> None:
     ax_bar.set_yticks([])
     ax_bar.set_xticks([0.0, 0.5, 1.0])
     ax_bar.set_xticklabels(["0 (none)", "0.5", "1 (strongest)"], fontsize=7)
-    ax_bar.set_xlabel("model attention, relative to this map's maximum", fontsize=7)
+    ax_bar.set_xlabel(
+        "model attention, relative to a typical flagged scan's maximum"
+        if floored
+        else "model attention, relative to this map's maximum",
+        fontsize=7,
+    )
     fig.text(0.735, 0.405, CAM_CAVEAT, ha="center", fontsize=8, style="italic")
 
 
@@ -150,8 +156,12 @@ def _draw_images(fig: Figure, scan: Scan, result: ScanResult, colormap: str) -> 
     if result.cam is not None:
         heat = cam_map(result, None, image.shape)
         ax_cam.imshow(overlay(image, heat, colormap=colormap))
-        ax_cam.set_title(f"class activation map for {result.cam_class}", fontsize=9)
-        _draw_cam_bar(fig, colormap)
+        floored = display_floor(result.flagged, result.cam_class, result.cam_reference) is not None
+        title = f"class activation map for {result.cam_class}"
+        # the note goes above the map: below it, the colour bar and the chart leave no room
+        note = "\n" + textwrap.fill(FLOOR_NOTE, 48) if floored else ""
+        ax_cam.set_title(title + note, fontsize=9 - floored)
+        _draw_cam_bar(fig, colormap, floored=floored)
     else:
         ax_cam.text(0.5, 0.5, "no activation map", ha="center", va="center")
     ax_cam.axis("off")

@@ -176,7 +176,7 @@ def write_card(out: Path, manifest: ModelManifest, metrics: dict | None, preset:
         *_quantization_lines(m),
         *_evaluation_lines(m, metrics),
         *_comparison_lines(out, m, metrics, preset),
-        *_cam_lines(m.cam_in_lungs),
+        *_cam_lines(m.cam_in_lungs, m.cam_reference),
         *_limits_lines(m),
     ]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
@@ -561,25 +561,30 @@ def _operating_point_lines(m: ModelManifest, metrics: dict, pos: str) -> list[st
     return lines
 
 
-def _cam_lines(cam: Mapping[str, Any] | None) -> list[str]:
-    if not cam:
+def _cam_lines(cam: Mapping[str, Any] | None, reference: Mapping[str, Any] | None) -> list[str]:
+    """Where the CAM lies (CT: the lung-field share) and the scale of a not-flagged map."""
+    if not cam and not reference:
         return []
-    per = ", ".join(f"{k} {_pct(v)}" for k, v in cam["per_source"].items())
-    return [
-        "",
-        "## Where the model looks",
-        f"- Share of the CAM's mass inside the lung field: mean {_pct(cam['mean'])}, median "
-        f"{_pct(cam['median'])} ({cam['method']}). Per source: {per}.",
-        *(
-            [
+    lines = ["", "## Where the model looks"]
+    if cam:
+        per = ", ".join(f"{k} {_pct(v)}" for k, v in cam["per_source"].items())
+        lines.append(
+            f"- Share of the CAM's mass inside the lung field: mean {_pct(cam['mean'])}, median "
+            f"{_pct(cam['median'])} ({cam['method']}). Per source: {per}."
+        )
+        if "aerated_mean" in cam:
+            lines.append(
                 f"- Inside the aerated (dark) lung only, lesions left out "
                 f"(lunglens.preprocess.lung_mask): mean {_pct(cam['aerated_mean'])}."
-            ]
-            if "aerated_mean" in cam
-            else []
-        ),
-        "- The map is where the model looked, not a lesion outline.",
-    ]
+            )
+    if reference:
+        values = ", ".join(f"`{k}` {v:.3g}" for k, v in reference["values"].items())
+        lines.append(
+            f"- Colour scale of a scan that is not flagged ({values}): {reference['rule']}. "
+            "Weak evidence stays faint; a flagged scan's map is scaled to its own maximum."
+        )
+    lines.append("- The map is where the model looked, not a lesion outline.")
+    return lines
 
 
 def _series_lines(series: dict | None, pos: str) -> list[str]:

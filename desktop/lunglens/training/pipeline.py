@@ -320,6 +320,7 @@ class Pipeline:
             self.stage_quantize(ds, at_operating_point=True)
             self.write_model_dir(ds)
             self.stage_cam_check(ds)
+            self.stage_cam_reference(ds)
             self.write_model_dir(ds)
         return self.state
 
@@ -422,7 +423,8 @@ class Pipeline:
         self.state["quantization"] = q
         if not at_operating_point:
             self.state["threshold"] = thr
-        self.state.pop("cam_in_lungs", None)  # measured on the INT8 file: again for a new one
+        for key in ("cam_in_lungs", "cam_reference"):  # measured on the INT8 file: again
+            self.state.pop(key, None)
         np.savez(self.work / "final_val_probs.npz", fp32=p32, int8=p8, labels=y)
         self.log(
             f"INT8: agreement {q['parity_validation_fold']['agreement']:.4f}, accuracy change "
@@ -591,6 +593,60 @@ class Pipeline:
         )
         self.save_state()
 
+    def positive_validation_cams(self, ds: ImageSet, limit: int = 150):
+        """``(index, image, raw CAM [C, h, w], P(positive))`` of up to ``limit`` positive
+        images of the validation fold (a fixed draw), run through the shipped INT8 model as
+        the app runs it (:func:`lunglens.inference.view.predict_image`, original size)."""
+        from lunglens.inference.engine import Engine
+        from lunglens.inference.view import predict_image
+        from lunglens.io import load_scan
+        from lunglens.models.registry import load_manifest
+
+        engine = Engine(load_manifest(self.out))
+        pos = self.positive(ds)
+        val = [i for i in ds.folds([self.val_fold(ds)]) if ds.labels[i] == pos]
+        rng = np.random.default_rng(0)
+        for i in [val[k] for k in rng.permutation(len(val))[:limit]]:
+            image = load_scan(ds.records[i].path).image[0]
+            out = predict_image(engine, image, ("probs", "cam"))
+            yield i, image, out["cam"][0], float(out["probs"][0][pos])
+
+    def stage_cam_reference(self, ds: ImageSet, limit: int = 150) -> None:
+        """The CAM scale of a scan that is not flagged (manifest ``cam_reference``): the median
+        positive-class CAM peak (after ReLU) over the validation fold's positive images that
+        the shipped INT8 model flags at the shipped threshold.
+
+        A map scaled to its own maximum shows weak evidence in full colour; the app draws a
+        not-flagged scan's map against this peak instead (:func:`lunglens.explain.display_floor`).
+        """
+        if "cam_reference" in self.state or not self.state.get("operating_point"):
+            return
+        pos = self.positive(ds)
+        thr = self.shipped_threshold()
+        peaks = [
+            float(np.maximum(cam[pos], 0.0).max())
+            for _, _, cam, p in self.positive_validation_cams(ds, limit)
+            if p >= thr
+        ]
+        if not peaks:
+            return
+        value = float(np.median(peaks))
+        self.state["cam_reference"] = dict(
+            values={self.p.positive_label: value},
+            rule=(
+                f"median positive-class CAM peak (after ReLU) of the {len(peaks)} flagged "
+                f"'{self.p.positive_label}' images among {limit} drawn from validation fold "
+                f"{self.val_fold(ds)} (shipped INT8 model, threshold {thr:.4f}); the app draws "
+                "the map of a scan that is not flagged against this peak, not its own"
+            ),
+            flagged_peak_percentiles={
+                str(q): float(v)
+                for q, v in zip((10, 50, 90), np.percentile(peaks, [10, 50, 90]), strict=True)
+            },
+        )
+        self.log(f"CAM reference peak: {value:.3f} ({len(peaks)} flagged positives)")
+        self.save_state()
+
     def stage_cam_check(self, ds: ImageSet, limit: int = 150) -> None:
         """Share of CAM mass inside the lung field on COVID-positive validation images.
 
@@ -602,24 +658,13 @@ class Pipeline:
         if self.p.modality != Modality.CT or "cam_in_lungs" in self.state:
             return
         from lunglens.explain.cam import cam_map
-        from lunglens.inference.engine import Engine
-        from lunglens.inference.view import predict_image
-        from lunglens.io import load_scan
-        from lunglens.models.registry import load_manifest
         from lunglens.preprocess import lung_field, lung_mask
 
-        info = load_manifest(self.out)
-        engine = Engine(info)
         pos = self.positive(ds)
-        val = [i for i in ds.folds([self.val_fold(ds)]) if ds.labels[i] == pos]
-        rng = np.random.default_rng(0)
-        pick = [val[i] for i in rng.permutation(len(val))[:limit]]
         shares: list[float] = []
         dark: list[float] = []
         per_source: dict[str, list[float]] = {}
-        for i in pick:
-            image = load_scan(ds.records[i].path).image[0]
-            cam = predict_image(engine, image, ("cam",))["cam"][0]
+        for i, image, cam, _ in self.positive_validation_cams(ds, limit):
             heat = cam_map(cam, pos, image.shape)
             field, aerated = lung_field(image), lung_mask(image)
             total = float(heat.sum())
@@ -792,6 +837,7 @@ class Pipeline:
                 ),
             ),
             cam_in_lungs=self.state.get("cam_in_lungs"),
+            cam_reference=self.state.get("cam_reference"),
             quantization={**self.state["quantization"], **self.shipped_parity(ds)},
             export=dict(
                 opset=ex["opset"],

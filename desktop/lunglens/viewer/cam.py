@@ -73,6 +73,10 @@ class HeatRequest:
         cache hit instead of another round trip through the worker pool.
     colormap
         Colormap of the heat maps.
+    floors
+        Class name -> the least peak its map is scaled to (a scan that is not flagged:
+        :func:`lunglens.explain.display_floor`); classes not named are scaled to their own
+        maximum.
     """
 
     scan_id: int
@@ -82,6 +86,7 @@ class HeatRequest:
     info: ModelInfo
     classes: tuple[tuple[str, int], ...]
     colormap: str
+    floors: tuple[tuple[str, float], ...] = ()
 
     @property
     def key(self) -> tuple[int, int, str]:
@@ -123,8 +128,9 @@ def compute_heat(request: HeatRequest) -> SliceHeat:
     if raw is None:
         raw = raw_cam(get_engine(request.info), request.image)
     shape = request.image.shape
+    floors = dict(request.floors)
     heats = {
-        name: colorize(cam_map(raw, index, shape), request.colormap)
+        name: colorize(cam_map(raw, index, shape, floors.get(name)), request.colormap)
         for name, index in request.classes
     }
     return SliceHeat(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lunglens.explain import cam_map, overlay, save_png
+from lunglens.explain import FLOOR_NOTE, cam_map, display_floor, overlay, save_png
 from lunglens.explain.overlay import to_uint8
 from lunglens.inference import GateVerdict, ScanResult, label_index
 from lunglens.io import Modality, Scan, SourceKey
@@ -228,7 +228,26 @@ class ViewerState:
             info=info,
             classes=tuple((name, label_index(info, name)) for name in self.result.labels),
             colormap=self.cam.colormap,
+            floors=tuple(
+                (name, floor)
+                for name in self.result.labels
+                if (floor := self.cam_floor(name)) is not None
+            ),
         )
+
+    def cam_scale_note(self) -> str:
+        """What the CAM panel says about the scale of the map on screen ("" for the usual
+        scale, the map's own maximum)."""
+        if self.result is None or self.cam_floor(self.heat_class()) is None:
+            return ""
+        return FLOOR_NOTE
+
+    def cam_floor(self, label: str) -> float | None:
+        """The least peak the map of ``label`` is scaled to on this result
+        (:func:`lunglens.explain.display_floor`: the model's reference when not flagged)."""
+        if self.result is None:
+            return None
+        return display_floor(self.result.flagged, label, self.result.cam_reference)
 
     def store_heat(self, heat: SliceHeat) -> bool:
         """Keep what a heat job computed; ``False`` (nothing kept) when it is for a scan closed
@@ -259,7 +278,9 @@ class ViewerState:
         cls = self.heat_class()
         info = self.result_info
         idx = label_index(info, cls) if info is not None else self.result.labels.index(cls)
-        return OverlayExport(self.display_image(), raw, idx, self.cam.opacity, self.cam.colormap)
+        return OverlayExport(
+            self.display_image(), raw, idx, self.cam.opacity, self.cam.colormap, self.cam_floor(cls)
+        )
 
 
 @dataclass(frozen=True)
@@ -276,6 +297,8 @@ class OverlayExport:
         Class of ``raw`` blended over the slice.
     opacity, colormap
         As on screen.
+    floor
+        The map's least scale peak, as on screen (:func:`lunglens.explain.display_floor`).
     """
 
     image: np.ndarray
@@ -283,10 +306,11 @@ class OverlayExport:
     class_index: int
     opacity: float
     colormap: str
+    floor: float | None = None
 
     def rgb(self) -> np.ndarray:
         """uint8 RGB ``[H, W, 3]``: the slice in gray with the class's heat blended on top."""
-        heat = cam_map(self.raw, self.class_index, self.image.shape)
+        heat = cam_map(self.raw, self.class_index, self.image.shape, self.floor)
         return overlay(self.image, heat, alpha=self.opacity, colormap=self.colormap)
 
     def write(self, path: str | os.PathLike[str]) -> Path:
