@@ -628,9 +628,10 @@ class Pipeline:
             for _, _, cam, p in self.positive_validation_cams(ds, limit)
             if p >= thr
         ]
-        if not peaks:
+        value = float(np.median(peaks)) if peaks else 0.0
+        if not value > 0:  # no flagged positive, or no positive evidence: own maximum stays
+            self.log("CAM reference: no flagged positive with evidence; not recorded")
             return
-        value = float(np.median(peaks))
         self.state["cam_reference"] = dict(
             values={self.p.positive_label: value},
             rule=(
