@@ -256,6 +256,20 @@ PRESETS: dict[str, Preset] = {
             teacher="ct-efficientnet-lite-plain",
             compared_with=("ct-efficientnet-lite-plain", "ct-squeezenet-views"),
         ),
+        # the student at the teacher's resolution (issue 13: "at 224 px"): 3x the CPU cost
+        _preset(
+            _CT,
+            _STUDENT,
+            name="ct-squeezenet-distilled-224",
+            model_name="squeezenet-light-ct-distilled-224",
+            teacher="ct-efficientnet-lite-plain",
+            size_cpu=224,
+            compared_with=(
+                "ct-efficientnet-lite-plain",
+                "ct-squeezenet-distilled",
+                "ct-squeezenet-views",
+            ),
+        ),
         # the same student without the teacher: the distillation's control
         _preset(
             _CT,
