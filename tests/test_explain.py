@@ -127,8 +127,9 @@ def test_memory_flat_over_many_calls(engine) -> None:  # type: ignore[no-untyped
 
 
 def test_a_not_flagged_map_is_drawn_against_the_reference_peak(engine) -> None:  # type: ignore[no-untyped-def]
-    """Scaled to its own maximum, the weakest map reaches full colour; a scan that is not
-    flagged is drawn against the model's reference peak instead, a flagged one stays as is."""
+    """Scaled to its own maximum, the weakest map reaches full colour; an image that is not
+    flagged is drawn against the model's reference peak instead, a flagged one stays as is.
+    The decision is the slice's own (its probability against the slice threshold)."""
     from dataclasses import replace
 
     from lunglens.explain import display_floor
@@ -140,11 +141,11 @@ def test_a_not_flagged_map_is_drawn_against_the_reference_peak(engine) -> None: 
     assert own.max() == pytest.approx(1.0)
     peak = float(np.maximum(res.cam[0], 0).max())  # type: ignore[index]
     reference = {"covid": 10 * peak}
-    quiet = replace(res, flagged=False, cam_reference=reference)
+    quiet = replace(res, slice_threshold=1.01, cam_reference=reference)  # never reached
     faint = cam_map(quiet, "covid", img.shape)
     assert faint.max() == pytest.approx(own.max() / 10, rel=0.05)
     np.testing.assert_allclose(faint / faint.max(), own, atol=1e-5)  # one map, another scale
-    loud = replace(res, flagged=True, cam_reference=reference)
+    loud = replace(res, slice_threshold=0.0, cam_reference=reference)  # always reached
     np.testing.assert_allclose(cam_map(loud, "covid", img.shape), own)
     # a class without a reference keeps its own scale; a floor under the peak changes nothing
     np.testing.assert_allclose(

@@ -177,3 +177,7 @@ def test_cam_reference_is_read_and_checked() -> None:
     for values in ({"flu": 4.5}, {"covid": 0}, {"covid": -1.0}, {"covid": float("nan")}):
         with pytest.raises(ModelRefused, match="cam_reference"):
             ModelManifest.from_dict(base | {"cam_reference": {"values": values}})
+    # a wrong type is a refused model (ModelRefused), never a crash of the model list
+    for ref in ("x", {"values": [1]}, {"values": {"covid": True}}, {"values": {"covid": "4"}}):
+        with pytest.raises(ModelRefused, match="cam_reference"):
+            ModelManifest.from_dict(base | {"cam_reference": ref})

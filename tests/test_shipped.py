@@ -156,3 +156,24 @@ def test_source_tree_reads_the_checkout_folders(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("LUNGLENS_RESOURCES_DIR", raising=False)
     assert models_dir() == REPO / "models"
     assert resources_dir() == REPO / "resources"
+
+
+def test_classify_cam_says_when_a_not_flagged_map_uses_the_reference_scale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the shipped CT model: the not-flagged sample's --cam PNG is drawn against the
+    model's reference peak and the output says so; the flagged sample's is not."""
+    from lunglens.cli import main
+    from lunglens.explain import FLOOR_NOTE
+
+    monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path / "data"))  # the audit log
+    monkeypatch.delenv("LUNGLENS_MODELS_DIR", raising=False)  # the shipped models
+
+    samples = REPO / "resources" / "samples"
+    for name, floored in (("ct-dicom-chest-j2k.dcm", True), ("ct-covid-mosmed-0001.jpg", False)):
+        cam = tmp_path / f"{name}.png"
+        assert main(["classify", str(samples / name), "--cam", str(cam)]) == 0
+        out = capsys.readouterr().out
+        assert ("Not flagged" in out) == floored
+        assert (f"cam scale:   {FLOOR_NOTE}" in out) == floored
+        assert cam.is_file()

@@ -48,4 +48,19 @@ def test_reference_is_the_median_peak_of_the_flagged_positives(tmp_path: Path) -
 def test_no_reference_without_flagged_evidence(tmp_path: Path) -> None:
     pipe, ds = _pipeline(tmp_path, [(-3.0, 0.9), (5.0, 0.1)])  # flagged, but all negative
     pipe.stage_cam_reference(ds)
-    assert "cam_reference" not in pipe.state
+    assert pipe.state["cam_reference"] == {"values": {}, "threshold": 0.5}, "measured, none"
+
+
+def test_reference_is_measured_again_when_the_threshold_moves(tmp_path: Path) -> None:
+    """The flagged set depends on the threshold: a re-run whose CV moved it measures again;
+    one at the same threshold does not (150 INT8 inferences saved)."""
+    pipe, ds = _pipeline(tmp_path, [(10.0, 0.9), (2.0, 0.6), (30.0, 0.7)])
+    pipe.stage_cam_reference(ds)
+    assert pipe.state["cam_reference"]["values"] == {"covid": 10.0}
+    pipe.state["cam_reference"]["values"] = {"covid": -1.0}  # would show if measured again
+    pipe.stage_cam_reference(ds)
+    assert pipe.state["cam_reference"]["values"] == {"covid": -1.0}
+    pipe.state["operating_point"]["threshold"] = 0.65  # 0.6 no longer flagged
+    pipe.stage_cam_reference(ds)
+    assert pipe.state["cam_reference"]["values"] == {"covid": 20.0}
+    assert pipe.state["cam_reference"]["threshold"] == 0.65

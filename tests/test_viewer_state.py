@@ -291,19 +291,19 @@ def test_a_not_flagged_result_draws_its_cam_against_the_reference(
     classified: ViewerState, tmp_path: Path
 ) -> None:
     """Heat maps, the PNG export and the panel's note all use the model's reference peak when
-    the scan is not flagged, and the map's own maximum when it is."""
+    the slice on screen is not flagged on its own, and the map's own maximum when it is."""
     from dataclasses import replace
 
     from lunglens.explain import FLOOR_NOTE
 
     result = classified.result
     assert result is not None and result.cam is not None
-    flagged = replace(result, flagged=True, cam_reference={"covid": 1e6})
+    flagged = replace(result, slice_threshold=0.0, cam_reference={"covid": 1e6})
     classified.result = flagged
     request = classified.heat_request()
     assert request is not None and request.floors == ()
     assert classified.cam_scale_note() == ""
-    classified.result = replace(flagged, flagged=False)
+    classified.result = replace(flagged, slice_threshold=1.01)  # this slice alone: not flagged
     request = classified.heat_request()
     assert request is not None and request.floors == (("covid", 1e6),)
     heat = compute_heat(request)
@@ -319,3 +319,23 @@ def test_a_not_flagged_result_draws_its_cam_against_the_reference(
     assert np.array_equal(written, gray), "the faint map leaves the slice as it is"
     classified.cam.cam_class = "non-covid"
     assert classified.cam_scale_note() == "" and classified.overlay_export().floor is None
+
+
+def test_the_cam_scale_follows_the_slice_not_the_series(classified: ViewerState) -> None:
+    """The reference peak was measured per slice: in a flagged series, a slice that alone stays
+    under the slice threshold is drawn faint, and the series' decision does not change that."""
+    from dataclasses import replace
+
+    result = classified.result
+    assert result is not None and result.n_slices == 2
+    pos = result.labels.index("covid")
+    low, high = sorted(range(2), key=lambda i: result.slice_probs[i, pos])
+    between = float(result.slice_probs[[low, high], pos].mean())
+    for series_flagged in (True, False):
+        classified.result = replace(
+            result, flagged=series_flagged, slice_threshold=between, cam_reference={"covid": 5.0}
+        )
+        classified.slice_index = high
+        assert classified.cam_floor("covid") is None
+        classified.slice_index = low
+        assert classified.cam_floor("covid") == 5.0

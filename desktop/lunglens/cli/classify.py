@@ -63,6 +63,16 @@ def _print_refusal(exc: Any, as_json: bool) -> None:
     print(DISCLAIMER)
 
 
+def _cam_scale_note(result: ScanResult) -> str:
+    """:data:`lunglens.explain.FLOOR_NOTE` when the ``--cam`` map is drawn against the model's
+    reference peak (the image is not flagged), else "" (scaled to its own peak)."""
+    from lunglens.explain import FLOOR_NOTE, display_floor
+
+    shown = result.slice_flagged(result.representative_slice)
+    floor = display_floor(shown, result.cam_class, result.cam_reference)
+    return FLOOR_NOTE if floor is not None else ""
+
+
 def _write_outputs(args: argparse.Namespace, scan: Scan, result: ScanResult) -> list[str]:
     """The ``--cam`` PNG and the ``--pdf`` page asked for; their paths."""
     from lunglens.explain import cam_map, overlay, save_png
@@ -134,6 +144,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
         _print_result(result, sys.stdout)
         for path in outputs:
             print(f"wrote:       {path}")
+        if args.cam and (note := _cam_scale_note(result)):
+            print(f"cam scale:   {note}")
     append_audit("classify", _audit_record(args, info, result, outputs))
     return EXIT_OK
 

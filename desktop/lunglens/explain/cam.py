@@ -7,9 +7,11 @@ to the image size, and scaling to [0, 1] by its maximum (so zero stays "no evide
 
 A map scaled to its own maximum always reaches full colour, however weak its evidence: on the CT
 model the positive class's peak is about 16 on flagged slices and 0.03 on slices that are not
-flagged (median of 160 validation slices), and both used to show the same red blob. So a scan
-that is **not flagged** has its map scaled to at least the model's ``cam_reference`` (the peak of
-a typical flagged scan, manifest): weak evidence stays faint (:func:`display_floor`).
+flagged (medians over 160 validation slices), and both used to show the same red blob. So a slice
+or image that is **not flagged** on its own has its map scaled to at least the model's
+``cam_reference`` (the median peak of flagged validation positives, manifest): weak evidence
+stays faint (:func:`display_floor`). The unit is the slice, as the reference was measured: in a
+flagged CT series, a slice that alone stays under the slice threshold is drawn faint too.
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ import numpy as np
 
 from lunglens.inference.result import ScanResult
 
-#: Said under a map drawn with a floor (the app's CAM panel, the PDF report).
-FLOOR_NOTE = "Not flagged: drawn on the scale of a typical flagged scan, so weak evidence is faint"
+#: Said with a map drawn with a floor (the app's CAM panel, the PDF report, ``classify --cam``).
+FLOOR_NOTE = (
+    "Not flagged: colours scaled to at least the peak of a typical flagged image, "
+    "so weak evidence is faint"
+)
 
 
 def display_floor(flagged: bool, label: str, reference: Mapping[str, float]) -> float | None:
-    """The least peak a map of ``label`` is scaled to: the model's reference peak when the scan
-    is not flagged, else None (a flagged scan's map, and a class without a reference, are
-    scaled to their own maximum)."""
+    """The least peak a map of ``label`` is scaled to: the model's reference peak when the
+    slice or image is not flagged, else None (a flagged one's map, and a class without a
+    reference, are scaled to their own maximum)."""
     return None if flagged else reference.get(label)
 
 
@@ -52,7 +57,8 @@ def cam_map(
         ``(H, W)`` of the displayed image; default: the map's own size.
     floor
         Scale to ``max(peak, floor)`` instead of the peak (:func:`display_floor`). For a
-        :class:`~lunglens.inference.ScanResult` it defaults to the result's own floor.
+        :class:`~lunglens.inference.ScanResult` it defaults to the floor of its representative
+        slice (the slice its CAM belongs to).
     """
     if isinstance(result_or_raw_cam, ScanResult):
         result = result_or_raw_cam
@@ -65,7 +71,8 @@ def cam_map(
             class_index = labels.index(class_index)
         raw = result.cam[class_index]
         if floor is None:
-            floor = display_floor(result.flagged, labels[class_index], result.cam_reference)
+            shown = result.slice_flagged(result.representative_slice)
+            floor = display_floor(shown, labels[class_index], result.cam_reference)
     else:
         raw = np.asarray(result_or_raw_cam)
         if raw.ndim == 3:

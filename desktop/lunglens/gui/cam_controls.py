@@ -72,6 +72,10 @@ class CamControls(QGroupBox):
         self.legend.setScaledContents(True)
         self.legend.setFixedHeight(14)
         self.legend.setMinimumWidth(120)
+        self.legend.setToolTip(
+            "Colours relative to the map's own peak; on a slice or image that is not flagged, "
+            "to at least the peak of a typical flagged one (the model's cam_reference)"
+        )
         self.legend_low = QLabel("low")
         self.legend_high = QLabel("high evidence")
         self.export_button = QPushButton("Export PNG… (Ctrl+E)")

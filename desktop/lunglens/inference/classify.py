@@ -94,6 +94,7 @@ def result_from_probs(
         representative_slice=top_slices(slice_probs, cam_idx, 1)[0],
         cam_class=info.labels[cam_idx],
         cam_reference=info.cam_reference,
+        slice_threshold=info.threshold,
         modality=modality,
         model_modality=info.modality,
     )

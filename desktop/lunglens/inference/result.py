@@ -51,9 +51,13 @@ class ScanResult:
         float32 ``[C, h, w]`` raw class activation maps of the representative slice, or
         ``None`` when not requested. Turn into a heat map with :func:`lunglens.explain.cam_map`.
     cam_reference
-        Label -> the model's CAM peak of a typical flagged scan (manifest ``cam_reference``):
-        a scan that is not flagged has its map drawn on that scale, not its own
-        (:func:`lunglens.explain.display_floor`). Empty for a model without one.
+        Label -> the model's CAM peak of a typical flagged slice or image (manifest
+        ``cam_reference``): the map of a slice that is not flagged on its own is drawn against
+        it, not only its own peak (:func:`lunglens.explain.display_floor`). Empty for a model
+        without one.
+    slice_threshold
+        The model's threshold for one slice or image (a series is judged by its own,
+        ``threshold``); ``None``: the same as ``threshold``.
     elapsed_ms
         Wall time of preprocessing plus inference.
     modality
@@ -82,11 +86,19 @@ class ScanResult:
     cam_class: str
     cam: np.ndarray | None = None
     cam_reference: dict[str, float] = field(default_factory=dict)
+    slice_threshold: float | None = None
     elapsed_ms: float = 0.0
     modality: str = Modality.UNKNOWN
     model_modality: str = Modality.UNKNOWN
     notes: list[str] = field(default_factory=list)
     disclaimer: str = DISCLAIMER
+
+    def slice_flagged(self, index: int) -> bool:
+        """Whether slice ``index`` alone reaches the slice threshold (the unit the CAM's
+        reference peak was measured in; a series' own decision is :attr:`flagged`)."""
+        pos = self.labels.index(self.positive_label)
+        limit = self.threshold if self.slice_threshold is None else self.slice_threshold
+        return bool(self.slice_probs[index, pos] >= limit)
 
     @property
     def headline(self) -> str:

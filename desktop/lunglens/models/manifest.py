@@ -246,11 +246,19 @@ class ModelManifest:
     def cam_references(self) -> dict[str, float]:
         """``cam_reference.values``: per label, the CAM peak of a typical flagged scan of that
         label (``docs/model-contract.md``); empty when the manifest has none."""
-        values = (self.cam_reference or {}).get("values", {})
-        out = {str(k): float(v) for k, v in values.items()}
-        for label, v in out.items():
+        ref = self.cam_reference or {}
+        if not isinstance(ref, Mapping):
+            raise TypeError(f"cam_reference must be an object, not {ref!r}")
+        values = ref.get("values") or {}
+        if not isinstance(values, Mapping):
+            raise TypeError(f"cam_reference values must be an object, not {values!r}")
+        out: dict[str, float] = {}
+        for label, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise TypeError(f"cam_reference {label!r}: {v!r} is not a number")
             if label not in self.labels or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"cam_reference {label!r}: {v} is not a positive value of a label")
+            out[str(label)] = float(v)
         return out
 
     def gallery(self) -> tuple[GalleryLayer, ...]:

@@ -121,8 +121,9 @@ def _draw_cam_bar(fig: Figure, colormap: str, floored: bool = False) -> None:
     """Colour bar of the activation map and its caveat.
 
     The bar is the core overlay of a 0 -> 1 ramp over mid gray, so it shows exactly how each
-    value is drawn, transparent low end included. ``floored``: the map of a scan that is not
-    flagged, drawn on the scale of a typical flagged scan (:func:`lunglens.explain.display_floor`).
+    value is drawn, transparent low end included. ``floored``: the map of a slice or image that
+    is not flagged, scaled to at least a typical flagged one's peak
+    (:func:`lunglens.explain.display_floor`).
     """
     ax_bar = fig.add_axes((0.56, 0.445, 0.35, 0.012))
     ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (8, 1))
@@ -135,7 +136,7 @@ def _draw_cam_bar(fig: Figure, colormap: str, floored: bool = False) -> None:
     ax_bar.set_xticks([0.0, 0.5, 1.0])
     ax_bar.set_xticklabels(["0 (none)", "0.5", "1 (strongest)"], fontsize=7)
     ax_bar.set_xlabel(
-        "model attention, relative to a typical flagged scan's maximum"
+        "model attention, relative to at least a typical flagged image's peak"
         if floored
         else "model attention, relative to this map's maximum",
         fontsize=7,
@@ -156,10 +157,11 @@ def _draw_images(fig: Figure, scan: Scan, result: ScanResult, colormap: str) -> 
     if result.cam is not None:
         heat = cam_map(result, None, image.shape)
         ax_cam.imshow(overlay(image, heat, colormap=colormap))
-        floored = display_floor(result.flagged, result.cam_class, result.cam_reference) is not None
+        shown = result.slice_flagged(rep)
+        floored = display_floor(shown, result.cam_class, result.cam_reference) is not None
         title = f"class activation map for {result.cam_class}"
         # the note goes above the map: below it, the colour bar and the chart leave no room
-        note = "\n" + textwrap.fill(FLOOR_NOTE, 48) if floored else ""
+        note = "\n" + textwrap.fill(FLOOR_NOTE, 56) if floored else ""
         ax_cam.set_title(title + note, fontsize=9 - floored)
         _draw_cam_bar(fig, colormap, floored=floored)
     else:

@@ -619,10 +619,12 @@ class Pipeline:
         A map scaled to its own maximum shows weak evidence in full colour; the app draws a
         not-flagged scan's map against this peak instead (:func:`lunglens.explain.display_floor`).
         """
-        if "cam_reference" in self.state or not self.state.get("operating_point"):
+        if not self.state.get("operating_point"):
             return
-        pos = self.positive(ds)
         thr = self.shipped_threshold()
+        if self.state.get("cam_reference", {}).get("threshold") == thr:
+            return  # measured at this threshold on this INT8 file (stage_quantize pops it)
+        pos = self.positive(ds)
         peaks = [
             float(np.maximum(cam[pos], 0.0).max())
             for _, _, cam, p in self.positive_validation_cams(ds, limit)
@@ -630,10 +632,13 @@ class Pipeline:
         ]
         value = float(np.median(peaks)) if peaks else 0.0
         if not value > 0:  # no flagged positive, or no positive evidence: own maximum stays
-            self.log("CAM reference: no flagged positive with evidence; not recorded")
+            self.log("CAM reference: no flagged positive with evidence; none in the manifest")
+            self.state["cam_reference"] = dict(values={}, threshold=thr)
+            self.save_state()
             return
         self.state["cam_reference"] = dict(
             values={self.p.positive_label: value},
+            threshold=thr,
             rule=(
                 f"median positive-class CAM peak (after ReLU) of the {len(peaks)} flagged "
                 f"'{self.p.positive_label}' images among {limit} drawn from validation fold "
@@ -838,7 +843,11 @@ class Pipeline:
                 ),
             ),
             cam_in_lungs=self.state.get("cam_in_lungs"),
-            cam_reference=self.state.get("cam_reference"),
+            cam_reference=(
+                self.state["cam_reference"]
+                if (self.state.get("cam_reference") or {}).get("values")
+                else None
+            ),
             quantization={**self.state["quantization"], **self.shipped_parity(ds)},
             export=dict(
                 opset=ex["opset"],

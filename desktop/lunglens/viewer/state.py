@@ -243,11 +243,13 @@ class ViewerState:
         return FLOOR_NOTE
 
     def cam_floor(self, label: str) -> float | None:
-        """The least peak the map of ``label`` is scaled to on this result
-        (:func:`lunglens.explain.display_floor`: the model's reference when not flagged)."""
+        """The least peak the map of ``label`` on the slice on screen is scaled to
+        (:func:`lunglens.explain.display_floor`: the model's reference when that slice alone
+        is not flagged)."""
         if self.result is None:
             return None
-        return display_floor(self.result.flagged, label, self.result.cam_reference)
+        shown = self.result.slice_flagged(self.slice_index)
+        return display_floor(shown, label, self.result.cam_reference)
 
     def store_heat(self, heat: SliceHeat) -> bool:
         """Keep what a heat job computed; ``False`` (nothing kept) when it is for a scan closed
