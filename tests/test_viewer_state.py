@@ -339,3 +339,18 @@ def test_the_cam_scale_follows_the_slice_not_the_series(classified: ViewerState)
         assert classified.cam_floor("covid") is None
         classified.slice_index = low
         assert classified.cam_floor("covid") == 5.0
+
+
+def test_heat_requests_of_two_models_are_not_the_same_job(classified: ViewerState) -> None:
+    """Classified again with another model while a heat job of the first runs: the new request
+    has its own key, so the panel does not wait for the old job (whose maps are dropped)."""
+    from dataclasses import replace
+
+    from lunglens.models import get_model
+
+    request = classified.heat_request()
+    assert request is not None
+    other = get_model("squeezenet-light-ct", MODELS)
+    assert other.sha256 != request.info.sha256
+    assert replace(request, info=other).key != request.key
+    assert replace(request).key == request.key

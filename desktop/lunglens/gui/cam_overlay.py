@@ -64,7 +64,7 @@ class CamOverlay(QObject):
         self.state, self.controls, self.view = state, controls, view
         self.pool, self.settings = pool, settings
         self._worker: Worker | None = None
-        self._pending: tuple[int, int, str] | None = None
+        self._pending: tuple[int, int, str, str] | None = None
         controls.set_opacity(settings.opacity())
         controls.set_colormap(settings.colormap())
         state.cam.visible = controls.is_shown()

@@ -89,9 +89,12 @@ class HeatRequest:
     floors: tuple[tuple[str, float], ...] = ()
 
     @property
-    def key(self) -> tuple[int, int, str]:
-        """``(scan_id, index, colormap)``: two requests with one key compute the same maps."""
-        return (self.scan_id, self.index, self.colormap)
+    def key(self) -> tuple[int, int, str, str]:
+        """``(scan_id, index, colormap, model hash)``: two requests with one key compute the
+        same maps. The model is part of it: a scan classified again with another model while
+        a job of the first was running must not have its request taken for the running one
+        (whose maps are then dropped as another model's)."""
+        return (self.scan_id, self.index, self.colormap, self.info.sha256)
 
 
 @dataclass(frozen=True)
