@@ -66,11 +66,9 @@ def _print_refusal(exc: Any, as_json: bool) -> None:
 def _cam_scale_note(result: ScanResult) -> str:
     """:data:`lunglens.explain.FLOOR_NOTE` when the ``--cam`` map is drawn against the model's
     reference peak (the image is not flagged), else "" (scaled to its own peak)."""
-    from lunglens.explain import FLOOR_NOTE, display_floor
+    from lunglens.explain import FLOOR_NOTE, result_floor
 
-    shown = result.slice_flagged(result.representative_slice)
-    floor = display_floor(shown, result.cam_class, result.cam_reference)
-    return FLOOR_NOTE if floor is not None else ""
+    return FLOOR_NOTE if result_floor(result, result.cam_class) is not None else ""
 
 
 def _write_outputs(args: argparse.Namespace, scan: Scan, result: ScanResult) -> list[str]:

@@ -1,6 +1,6 @@
 """Explanations: class activation maps, overlays, and the activation gallery."""
 
-from lunglens.explain.cam import FLOOR_NOTE, cam_map, display_floor
+from lunglens.explain.cam import FLOOR_NOTE, cam_map, display_floor, result_floor
 from lunglens.explain.gallery import ChannelMap, activation_maps, layer_description, tile
 from lunglens.explain.methods import CAM_METHODS, raw_cam
 from lunglens.explain.overlay import COLORMAPS, cam_alpha, colorize, overlay, save_png
@@ -18,6 +18,7 @@ __all__ = [
     "layer_description",
     "overlay",
     "raw_cam",
+    "result_floor",
     "save_png",
     "tile",
 ]

@@ -37,6 +37,13 @@ def display_floor(flagged: bool, label: str, reference: Mapping[str, float]) -> 
     return None if flagged else reference.get(label)
 
 
+def result_floor(result: ScanResult, label: str, index: int | None = None) -> float | None:
+    """:func:`display_floor` of ``label`` on slice ``index`` of ``result`` (default: its
+    representative slice, the one its CAM belongs to), judged by that slice's own decision."""
+    shown = result.slice_flagged(result.representative_slice if index is None else index)
+    return display_floor(shown, label, result.cam_reference)
+
+
 def cam_map(
     result_or_raw_cam: ScanResult | np.ndarray,
     class_index: int | str | None = None,
@@ -71,8 +78,7 @@ def cam_map(
             class_index = labels.index(class_index)
         raw = result.cam[class_index]
         if floor is None:
-            shown = result.slice_flagged(result.representative_slice)
-            floor = display_floor(shown, labels[class_index], result.cam_reference)
+            floor = result_floor(result, labels[class_index])
     else:
         raw = np.asarray(result_or_raw_cam)
         if raw.ndim == 3:

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from lunglens import DISCLAIMER, __version__
-from lunglens.explain.cam import FLOOR_NOTE, cam_map, display_floor
+from lunglens.explain.cam import FLOOR_NOTE, cam_map, result_floor
 from lunglens.explain.overlay import overlay
 from lunglens.inference.result import ScanResult
 from lunglens.inference.wording import format_threshold, slice_numbers
@@ -157,8 +157,7 @@ def _draw_images(fig: Figure, scan: Scan, result: ScanResult, colormap: str) -> 
     if result.cam is not None:
         heat = cam_map(result, None, image.shape)
         ax_cam.imshow(overlay(image, heat, colormap=colormap))
-        shown = result.slice_flagged(rep)
-        floored = display_floor(shown, result.cam_class, result.cam_reference) is not None
+        floored = result_floor(result, result.cam_class, rep) is not None
         title = f"class activation map for {result.cam_class}"
         # the note goes above the map: below it, the colour bar and the chart leave no room
         note = "\n" + textwrap.fill(FLOOR_NOTE, 56) if floored else ""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lunglens.explain import FLOOR_NOTE, cam_map, display_floor, overlay, save_png
+from lunglens.explain import FLOOR_NOTE, cam_map, overlay, result_floor, save_png
 from lunglens.explain.overlay import to_uint8
 from lunglens.inference import GateVerdict, ScanResult, label_index
 from lunglens.io import Modality, Scan, SourceKey
@@ -248,8 +248,7 @@ class ViewerState:
         is not flagged)."""
         if self.result is None:
             return None
-        shown = self.result.slice_flagged(self.slice_index)
-        return display_floor(shown, label, self.result.cam_reference)
+        return result_floor(self.result, label, self.slice_index)
 
     def store_heat(self, heat: SliceHeat) -> bool:
         """Keep what a heat job computed; ``False`` (nothing kept) when it is for a scan closed
