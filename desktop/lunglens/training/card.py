@@ -225,19 +225,17 @@ def comparison_snapshot(
 
     rows: dict[str, dict] = {}
     for name in preset.compared_with:
-        found = [
-            d / PRESETS[name].model_name
-            for d in (out.parent, *search)
-            if (d / PRESETS[name].model_name / "metrics.json").is_file()
-        ]
-        folder = found[0] if found else out.parent / PRESETS[name].model_name
-        path = folder / "metrics.json"
-        if path.is_file():
+        model = PRESETS[name].model_name
+        folder = next(
+            (d / model for d in (out.parent, *search) if (d / model / "metrics.json").is_file()),
+            None,
+        )
+        if folder is not None:
             manifest = folder / "manifest.json"
             cam = None
             if manifest.is_file():
                 cam = json.loads(manifest.read_text()).get("cam_in_lungs")
-            rows[name] = _summary(json.loads(path.read_text()), pos, cam)
+            rows[name] = _summary(json.loads((folder / "metrics.json").read_text()), pos, cam)
         elif previous and name in previous:
             rows[name] = dict(previous[name])
     return rows

@@ -92,14 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     t0 = time.time()
 
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:7.0f}s] {msg}", flush=True)
 
     if args.stages != "all" and args.preset in (OOD, MODALITY_CHECK):
-        build_parser().error(f"--stages {args.stages} is for the triage presets only")
+        parser.error(f"--stages {args.stages} is for the triage presets only")
     preset = PRESETS.get(args.preset)
     models_dir = args.models_dir or default_models_dir(preset)
     if args.preset == OOD:
