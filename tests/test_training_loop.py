@@ -167,3 +167,18 @@ def test_padding_the_last_batch_changes_no_prediction(small) -> None:
     padded = predict_probs(model, images, rt, bs=4, pad=True)
     assert plain.shape == padded.shape == (7, 2)
     np.testing.assert_allclose(padded, plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 70])
+def test_filled_last_batch_keeps_every_image_and_one_batch_shape(n: int) -> None:
+    """On CUDA every training batch has one shape (no cuDNN autotuning per run): the last
+    partial batch is filled from the start of the epoch's order, nothing is dropped."""
+    from lunglens.training.train import fill_last_batch
+
+    order = np.random.default_rng(n).permutation(n) + 100
+    out = fill_last_batch(order, 32)
+    np.testing.assert_array_equal(out[:n], order)
+    if n > 32 - n % 32 or n % 32 == 0:
+        assert len(out) % 32 == 0 and set(out[n:]) <= set(order)
+    else:  # fewer images than the batch would need: left as one short batch
+        np.testing.assert_array_equal(out, order)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,7 @@ def test_pretrained_teacher_and_distilled_student_end_to_end(
     from lunglens.inference import classify_scan, clear_engines
     from lunglens.io import load_scan
     from lunglens.models import get_model
+    from lunglens.models.hashing import sha256_of
     from lunglens.training.cli import main
 
     monkeypatch.setenv("LUNGLENS_RUNS", str(tmp_path / "runs"))
@@ -218,6 +220,33 @@ def test_pretrained_teacher_and_distilled_student_end_to_end(
         assert info.preprocessing.crop == "body"
         result = classify_scan(scan, info, with_cam=True, modality_check=False)
         assert 0.0 <= result.positive_prob <= 1.0 and result.cam is not None
+
+    # the teacher's logits are kept per run, with the checkpoint they came from ...
+    runs = ["final", *[f"fold{k}" for k in range(5)]]
+    assert sorted(p.name for p in work.glob("teacher_*.npz")) == [f"teacher_{r}.npz" for r in runs]
+    teacher_work = tmp_path / "runs" / "efficientnet-lite-ct-plain"
+    kept = np.load(work / "teacher_fold0.npz")
+    assert str(kept["teacher_sha256"]) == sha256_of(teacher_work / "fold0" / "best.pt")
+    assert np.isfinite(kept["logits"]).all() and kept["logits"].shape[:2] == (4, len(kept["idx"]))
+    # ... so the student trains where the teacher's checkpoints and features are not (a lent
+    # GPU machine): only its images and the kept logits travel
+    there = tmp_path / "there"
+    there.mkdir()
+    for f in [*work.glob("teacher_*.npz"), *work.glob("images_*.npz")]:
+        shutil.copy(f, there)
+    for f in [*teacher_work.glob("*/*.pt"), *teacher_work.glob("features_*.npy")]:
+        f.unlink()
+    train_there = ["ct-squeezenet-distilled", "--size", "32", "--limit", "30", "--epochs", "1"]
+    train_there += ["--device", "cpu", "--workdir", str(there), "--stages", "train"]
+    assert main(train_there) == 0
+    state = json.loads((there / "state.json").read_text())
+    assert len(state["cv"]) == 5 and (there / "fold4" / "done.json").exists()
+    # logits kept for other training images are refused when the teacher cannot remake them
+    z = dict(np.load(there / "teacher_final.npz"))
+    np.savez(there / "teacher_final.npz", **{**z, "idx": z["idx"][:-1]})
+    shutil.rmtree(there / "final")
+    with pytest.raises(ValueError, match="other training images"):
+        main(train_there)
 
 
 def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -245,3 +245,17 @@ def test_train_stages_are_for_triage_presets_only(preset: str) -> None:
     with pytest.raises(SystemExit) as exc:
         main([preset, "--stages", "train"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("preset", ["ct-squeezenet", "ct-squeezenet-views-long", "ood"])
+def test_teacher_stage_is_for_distilled_presets_only(
+    preset: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("torch")
+    from lunglens.training.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([preset, "--stages", "teacher"])
+    assert exc.value.code == 2
+    why = "for the triage presets only" if preset == "ood" else "for distilled presets only"
+    assert why in capsys.readouterr().err

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from lunglens.training.pipeline import Pipeline, PipelineOptions, default_workdir
+from lunglens.training.pipeline import STAGES, Pipeline, PipelineOptions, default_workdir
 from lunglens.training.presets import PRESETS, Preset
 
 #: Not a triage preset: the CT-vs-X-ray routing model (lunglens.training.modality).
@@ -83,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", default=None, help="manifest version (default: the preset's)")
     ap.add_argument(
         "--stages",
-        choices=["all", "train"],
+        choices=STAGES,
         default="all",
         help="train: the final model and the CV folds only (on a lent GPU machine; a later "
-        "run with all stages exports, quantizes and writes the card)",
+        "run with all stages exports, quantizes and writes the card); teacher: a distilled "
+        "preset's teacher logits of every run, kept in its work folder (before its training "
+        "goes to a GPU machine that lacks the teacher)",
     )
     return ap
 
@@ -102,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages != "all" and args.preset in (OOD, MODALITY_CHECK):
         parser.error(f"--stages {args.stages} is for the triage presets only")
     preset = PRESETS.get(args.preset)
+    if args.stages == "teacher" and not (preset and preset.teacher):
+        parser.error(
+            f"--stages teacher is for distilled presets only ({args.preset} has no teacher)"
+        )
     models_dir = args.models_dir or default_models_dir(preset)
     if args.preset == OOD:
         from lunglens.training import ood
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         # the compared models of a card: shipped ones and measured candidates
         compare_dirs=(default_models_dir(None), _repo_root() / CANDIDATES),
     )
-    Pipeline(preset, opts, log).run(train_only=args.stages == "train")
+    Pipeline(preset, opts, log).run(args.stages)
     log("done")
     return 0
 

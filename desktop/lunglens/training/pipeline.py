@@ -107,7 +107,8 @@ class Pipeline:
         )
         self._features: np.ndarray | None = None
         self._lungs: np.ndarray | None = None
-        self._teacher: tuple[Pipeline, ImageSet, np.ndarray] | None = None
+        self._teacher: tuple[Pipeline, ImageSet] | None = None
+        self._views: np.ndarray | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _size_and_epochs(self) -> tuple[int, int]:
@@ -188,6 +189,14 @@ class Pipeline:
         ]
         return int(np.argmin(tv))
 
+    def final_train_folds(self, ds: ImageSet) -> list[int]:
+        """The final model's training folds: all but its validation fold."""
+        return [f for f in range(self.o.folds) if f != self.val_fold(ds)]
+
+    def cv_train_folds(self, k: int) -> list[int]:
+        """Fold ``k``'s training folds: all but its test fold ``k`` and validation fold k+1."""
+        return [f for f in range(self.o.folds) if f not in (k, (k + 1) % self.o.folds)]
+
     def train_indices(self, ds: ImageSet, folds: list[int]) -> np.ndarray:
         """Images of ``folds`` used for training (the preset's excluded sources left out)."""
         idx = ds.folds(folds)
@@ -196,12 +205,10 @@ class Pipeline:
         excluded = np.isin(ds.sources[idx], list(self.p.train_exclude_sources))
         return idx[~excluded]
 
-    def teacher_views(self, ds: ImageSet) -> tuple[Pipeline, ImageSet, np.ndarray]:
-        """The pipeline and data of the preset whose views (and models) teach this one, and
-        its augmented views at this preset's size; built once and reused by every run."""
+    def teacher_pipeline(self, ds: ImageSet) -> tuple[Pipeline, ImageSet]:
+        """The pipeline and data of the preset whose views (and models) teach this one."""
         if self._teacher is None:
             from lunglens.training.presets import PRESETS
-            from lunglens.training.train import view_images
 
             assert self.p.views_from is not None
             tp = PRESETS[self.p.views_from]
@@ -210,14 +217,24 @@ class Pipeline:
             tds = tpipe.data()
             if [r.path for r in tds.records] != [r.path for r in ds.records]:
                 raise RuntimeError("teacher and student data sets differ")
-            path = self.work / f"views_{self.size}_from_{tp.name}.npy"
+            self._teacher = (tpipe, tds)
+        return self._teacher
+
+    def teacher_views(self, ds: ImageSet) -> np.ndarray:
+        """The teacher's augmented views at this preset's size, cached on disk and built once
+        for every run."""
+        if self._views is None:
+            from lunglens.training.train import view_images
+
+            tpipe, tds = self.teacher_pipeline(ds)
+            path = self.work / f"views_{self.size}_from_{tpipe.p.name}.npy"
             if not path.exists():
                 views = view_images(tds, tpipe.cfg, self.rt, self.size)
                 np.save(path.with_suffix(".tmp.npy"), views)
                 path.with_suffix(".tmp.npy").replace(path)
-                self.log(f"cached {tpipe.cfg.feature_views} views per image from {tp.name}")
-            self._teacher = (tpipe, tds, np.load(path))
-        return self._teacher
+                self.log(f"cached {tpipe.cfg.feature_views} views per image from {tpipe.p.name}")
+            self._views = np.load(path)
+        return self._views
 
     def run_inputs(self, ds: ImageSet, run: str, train_idx: np.ndarray) -> dict:
         """Extra inputs of one run: cached features, or cached views and the teacher's soft
@@ -227,24 +244,61 @@ class Pipeline:
             if self.cfg.lung_attention > 0:
                 own["lungs"] = self.lung_cells(ds)
             return own
+        out: dict = dict(views=self.teacher_views(ds))
+        if self.p.teacher:
+            out["soft_targets"] = self.teacher_logits(ds, run, train_idx)
+        return out
+
+    def teacher_logits(self, ds: ImageSet, run: str, train_idx: np.ndarray) -> np.ndarray:
+        """The teacher's logits ``[V, N, C]`` on the cached views of ``run``'s training images
+        (NaN elsewhere), from the teacher's checkpoint of the same run.
+
+        Kept in the work folder (``teacher_<run>.npz``: the logits, the images they cover, the
+        checkpoint's SHA-256), so that the run can train where the teacher's checkpoints and
+        frozen features are not: on a lent GPU machine (docs/training.md). A kept file is used
+        when it covers these images and, where the checkpoint is present, was made from it.
+        """
+        tpipe, tds = self.teacher_pipeline(ds)
+        path = self.work / f"teacher_{run}.npz"
+        ckpt = tpipe.work / run / "best.pt"
+        sha = sha256_of(ckpt) if ckpt.exists() else None
+        if path.exists():
+            z = np.load(path)
+            if np.array_equal(z["idx"], train_idx) and sha in (None, str(z["teacher_sha256"])):
+                out = np.full((z["logits"].shape[0], len(ds.labels), z["logits"].shape[2]), np.nan)
+                out[:, train_idx] = z["logits"]
+                return out.astype(np.float32)
+            if sha is None:
+                raise ValueError(f"{path} was made for other training images than run {run}'s")
+        if sha is None:
+            raise FileNotFoundError(
+                f"teacher checkpoint {ckpt} is missing: run 'lunglens-train {tpipe.p.name}' "
+                "first (its CV folds are the teachers)"
+            )
         from lunglens.training.train import cached_teacher_logits
 
-        tpipe, tds, views = self.teacher_views(ds)
-        out: dict = dict(views=views)
-        if self.p.teacher:
-            tdir = tpipe.work / run
-            if not (tdir / "best.pt").exists():
-                raise FileNotFoundError(
-                    f"teacher checkpoint {tdir / 'best.pt'} is missing: run "
-                    f"'lunglens-train {tpipe.p.name}' first (its CV folds are the teachers)"
-                )
-            teacher = load_best(tdir, tpipe.p.arch, len(ds.classes))
-            feats = tpipe.features(tds)
-            assert feats is not None
-            out["soft_targets"] = cached_teacher_logits(
-                teacher, tpipe.cfg.frozen_stages, feats, train_idx
-            )
-        return out
+        teacher = load_best(tpipe.work / run, tpipe.p.arch, len(ds.classes))
+        feats = tpipe.features(tds)
+        assert feats is not None
+        logits = cached_teacher_logits(teacher, tpipe.cfg.frozen_stages, feats, train_idx)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, logits=logits[:, train_idx], idx=train_idx, teacher_sha256=sha)
+        tmp.replace(path)
+        return logits
+
+    def stage_teacher(self, ds: ImageSet) -> None:
+        """The teacher's logits of every run (final model and CV folds), kept in the work
+        folder: the part of a distilled run that needs the teacher's checkpoints and features,
+        done before the run trains on a lent GPU (``--stages teacher``)."""
+        if not self.p.teacher:
+            raise ValueError(f"{self.p.name} has no teacher")
+        runs = {"final": self.train_indices(ds, self.final_train_folds(ds))}
+        if not self.o.skip_cv:
+            for k in range(self.o.folds):
+                runs[f"fold{k}"] = self.train_indices(ds, self.cv_train_folds(k))
+        for run, idx in runs.items():
+            self.teacher_logits(ds, run, idx)
+            self.log(f"teacher logits of {run}: {len(idx)} images")
 
     def features(self, ds: ImageSet) -> np.ndarray | None:
         """The frozen stages' outputs (computed once, cached on disk), if the preset freezes."""
@@ -295,19 +349,26 @@ class Pipeline:
         return ds.classes.index(self.p.positive_label)
 
     # -- stages ----------------------------------------------------------------------------
-    def run(self, train_only: bool = False) -> dict:
-        """Every stage; ``train_only``: the final model and the CV folds' training and test
-        predictions only (a lent GPU machine: export, INT8, operating point and card follow
-        on a later run, where the INT8 recipe search is measured on the CPU the app runs on)."""
+    def run(self, stages: str = "all") -> dict:
+        """The stages of ``lunglens-train --stages``: ``all``; ``train``, the final model and
+        the CV folds' training and test predictions only (a lent GPU machine: export, INT8,
+        operating point and card follow on a later run, where the INT8 recipe search is
+        measured on the CPU the app runs on); ``teacher``, a distilled preset's teacher logits
+        only (:meth:`stage_teacher`, before its training travels)."""
+        if stages not in STAGES:
+            raise ValueError(f"stages {stages!r}: expected one of {STAGES}")
         ds = self.data()
         self.log(
             f"{self.p.name}: {len(ds.labels)} images, classes {ds.classes}, size {self.size}, "
             f"device {self.rt.describe()}"
         )
+        if stages == "teacher":
+            self.stage_teacher(ds)
+            return self.state
         self.stage_final(ds)
         if not self.rt.is_main:
             return {}
-        if train_only:
+        if stages == "train":
             if not self.o.skip_cv:
                 self.stage_cv(ds)
             return self.state
@@ -327,7 +388,7 @@ class Pipeline:
     def stage_final(self, ds: ImageSet) -> None:
         v = self.val_fold(ds)
         self.state["val_fold"] = v
-        train_idx = self.train_indices(ds, [f for f in range(self.o.folds) if f != v])
+        train_idx = self.train_indices(ds, self.final_train_folds(ds))
         val_idx = ds.folds([v])
         run = self.work / "final"
         fresh = not (run / "done.json").exists()
@@ -457,7 +518,7 @@ class Pipeline:
             if key in self.state.get("cv", {}):
                 continue
             vf = (k + 1) % self.o.folds
-            tr = self.train_indices(ds, [f for f in range(self.o.folds) if f not in (k, vf)])
+            tr = self.train_indices(ds, self.cv_train_folds(k))
             va, te = ds.folds([vf]), ds.folds([k])
             extra = (
                 self.run_inputs(ds, key, tr) if not (self.work / key / "done.json").exists() else {}
@@ -917,6 +978,10 @@ class Pipeline:
             # written as null until measured (CV pending; cam_in_lungs: CT only)
             keep_null=frozenset({"operating_point", "cam_in_lungs"}),
         )
+
+
+#: What ``lunglens-train --stages`` may run (:meth:`Pipeline.run`).
+STAGES = ("all", "train", "teacher")
 
 
 def default_workdir(name: str) -> Path:

@@ -270,6 +270,35 @@ PRESETS: dict[str, Preset] = {
                 "ct-squeezenet-views",
             ),
         ),
+        # the student at 224 px with 5x the epochs (30): about 10 hours on the 2 cores, minutes
+        # on a GPU (docs/training.md, "Training on a lent GPU"); the same recipe on either
+        _preset(
+            _CT,
+            _STUDENT,
+            name="ct-squeezenet-distilled-long",
+            model_name="squeezenet-light-ct-distilled-long",
+            teacher="ct-efficientnet-lite-plain",
+            size_cpu=224,
+            epochs_cpu=30,
+            epochs_cuda=30,
+            compared_with=(
+                "ct-efficientnet-lite-plain",
+                "ct-squeezenet-views-long",
+                "ct-squeezenet-distilled-224",
+                "ct-squeezenet-distilled",
+            ),
+        ),
+        # its control: the same views and epochs, no teacher
+        _preset(
+            _CT,
+            _STUDENT,
+            name="ct-squeezenet-views-long",
+            model_name="squeezenet-light-ct-views-long",
+            size_cpu=224,
+            epochs_cpu=30,
+            epochs_cuda=30,
+            compared_with=("ct-efficientnet-lite-plain", "ct-squeezenet-distilled-long"),
+        ),
         # the same student without the teacher: the distillation's control
         _preset(
             _CT,

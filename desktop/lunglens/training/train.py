@@ -85,6 +85,15 @@ def _batches(x: np.ndarray, bs: int):
         yield x[i : i + bs]
 
 
+def fill_last_batch(order: np.ndarray, bs: int) -> np.ndarray:
+    """``order`` with its last partial batch filled up from its start, so every batch has the
+    same shape: on CUDA each new shape costs cuDNN's autotuning 22-36 s (docs/measurements.md),
+    once per run since the runs' last batches differ; the few images seen twice in the epoch
+    are a different few each epoch (the order is shuffled)."""
+    short = -len(order) % bs
+    return np.concatenate([order, order[:short]]) if short and len(order) > short else order
+
+
 def to_tensor(images: np.ndarray, rt: Runtime, channels_last: bool = False) -> torch.Tensor:
     t = torch.from_numpy(images).to(rt.device, non_blocking=True).float().div_(255.0)[:, None]
     return t.contiguous(memory_format=torch.channels_last) if channels_last else t
@@ -430,6 +439,8 @@ def train_one_epoch(
     rng = np.random.default_rng(cfg.seed * 1000 + epoch)
     order = train_idx[rng.permutation(len(train_idx))]
     order = order[rt.rank :: rt.world_size]
+    if rt.device.type == "cuda":
+        order = fill_last_batch(order, cfg.batch_size)
     total, seen = 0.0, 0
     for chunk in _batches(order, cfg.batch_size):
         if len(chunk) < 2:
