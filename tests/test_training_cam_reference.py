@@ -22,7 +22,7 @@ def _pipeline(tmp_path: Path, cams: list[tuple[float, float]]) -> tuple[Pipeline
     work.mkdir()
     (work / "state.json").write_text(json.dumps({"operating_point": {"threshold": 0.5}}))
     opts = PipelineOptions(tmp_path, tmp_path / "m", work, device="cpu")
-    pipe = Pipeline(PRESETS["ct-squeezenet"], opts, log=lambda m: None)
+    pipe = Pipeline(PRESETS["ct-squeezenet-scratch"], opts, log=lambda m: None)
     ds = ImageSet(np.zeros((1, 4, 4), np.uint8), np.zeros(1, int), [], ["covid", "non-covid"])
 
     def fake(ds: ImageSet, limit: int = 150):  # type: ignore[no-untyped-def]

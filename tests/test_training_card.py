@@ -29,7 +29,11 @@ def _shipped(name: str) -> tuple[ModelManifest, dict]:
 
 
 @pytest.mark.parametrize(
-    "name", sorted(p.parent.name for p in MODELS.glob("efficientnet-lite-*/manifest.json"))
+    "name",
+    [
+        *sorted(p.parent.name for p in MODELS.glob("efficientnet-lite-*/manifest.json")),
+        "squeezenet-light-ct",
+    ],
 )
 def test_card_matches_the_shipped_card(name: str, tmp_path: Path) -> None:
     manifest, metrics = _shipped(name)
@@ -37,6 +41,29 @@ def test_card_matches_the_shipped_card(name: str, tmp_path: Path) -> None:
     write_card(tmp_path, manifest, metrics, PRESETS[manifest.training["preset"]])
     shipped = (MODELS / name / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8") == shipped
+
+
+def test_distilled_card_names_its_teacher_and_how(tmp_path: Path) -> None:
+    """The shipped CT SqueezeNet is a student: its banner and training section say of whom and
+    how, not only "trained from scratch"."""
+    from dataclasses import replace
+
+    manifest, metrics = _shipped("squeezenet-light-ct")
+    assert manifest.training is not None
+    assert manifest.training["distilled_from"]["preset"] == "ct-efficientnet-lite-plain"
+
+    def lines(m: ModelManifest) -> list[str]:
+        write_card(tmp_path, m, metrics, PRESETS["ct-squeezenet"])
+        return (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8").splitlines()
+
+    text = lines(manifest)
+    banner = next(line for line in text if line.startswith("> **Triage aid"))
+    assert "Trained from scratch, distilled from `ct-efficientnet-lite-plain`," in banner
+    weights = next(line for line in text if line.startswith("- Pretrained weights"))
+    assert "Distilled from the `ct-efficientnet-lite-plain` models (fold by fold): KL" in weights
+    # a model without a teacher keeps the plain wording
+    scratch = replace(manifest, training={**manifest.training, "distilled_from": None})
+    assert "not a diagnosis.** Trained from scratch on small" in lines(scratch)[2]
 
 
 def test_card_while_cross_validation_runs(tmp_path: Path) -> None:
@@ -109,7 +136,7 @@ def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: P
         rows[2] == "| `ct-squeezenet-views` | - | not run (`lunglens-train ct-squeezenet-views`) |"
     )
     # a preset compared with nothing carries no such section
-    write_card(tmp_path, manifest, lite_metrics, PRESETS["ct-squeezenet"])
+    write_card(tmp_path, manifest, lite_metrics, PRESETS["ct-squeezenet-scratch"])
     assert "Compared on the same folds" not in (tmp_path / "MODEL_CARD.md").read_text()
 
 

@@ -32,7 +32,7 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     models = tmp_path / "models"
     rc = main(
         [
-            "ct-squeezenet",
+            "ct-squeezenet-scratch",
             "--limit",
             "40",
             "--size",
@@ -52,7 +52,7 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
         ]
     )
     assert rc == 0
-    out = models / "squeezenet-light-ct"
+    out = models / "squeezenet-light-ct-scratch"
     manifest = json.loads((out / "manifest.json").read_text())
     onnx_bytes = (out / "model.onnx").read_bytes()
     assert manifest["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()

@@ -154,7 +154,7 @@ def test_a_run_trained_elsewhere_is_finished_with_its_own_size_and_epochs(tmp_pa
     from lunglens.training.pipeline import Pipeline, PipelineOptions
     from lunglens.training.presets import PRESETS
 
-    preset = PRESETS["ct-squeezenet"]
+    preset = PRESETS["ct-squeezenet-scratch"]
     work = tmp_path / "w"
     (work / "final").mkdir(parents=True)
     trained = dict(device="a GPU", epochs=3, size=40, images=None)
@@ -186,7 +186,7 @@ def test_train_there_finish_here(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     from lunglens.training.cli import main
 
-    common = ["ct-squeezenet", "--limit", "40", "--size", "48", "--epochs", "1"]
+    common = ["ct-squeezenet-scratch", "--limit", "40", "--size", "48", "--epochs", "1"]
     common += ["--calib-images", "16", "--device", "cpu", "--calibration", "MinMax"]
     there, here = tmp_path / "there", tmp_path / "here"
     rc = main([*common, "--workdir", str(there), "--models-dir", str(tmp_path / "m0")])
@@ -217,7 +217,14 @@ def test_train_there_finish_here(tmp_path: Path) -> None:
     # no --size/--epochs here: the run is finished with the size and epochs that trained it
     rest = ["--calib-images", "16", "--device", "cpu", "--calibration", "MinMax"]
     rc = main(
-        ["ct-squeezenet", *rest, "--workdir", str(here), "--models-dir", str(tmp_path / "m1")]
+        [
+            "ct-squeezenet-scratch",
+            *rest,
+            "--workdir",
+            str(here),
+            "--models-dir",
+            str(tmp_path / "m1"),
+        ]
     )
     assert rc == 0
     assert (here / "final" / "done.json").read_text() == final_done, "not trained again"
@@ -227,13 +234,15 @@ def test_train_there_finish_here(tmp_path: Path) -> None:
         # fold checkpoints came back in float16: the predictions here match the float32 ones
         got = np.load(here / f"fold{k}_test.npz")["probs"]
         np.testing.assert_allclose(got, ref[k], atol=5e-3)
-    manifest = json.loads((tmp_path / "m1" / "squeezenet-light-ct" / "manifest.json").read_text())
+    manifest = json.loads(
+        (tmp_path / "m1" / "squeezenet-light-ct-scratch" / "manifest.json").read_text()
+    )
     assert manifest["input"]["size"] == [48, 48]
     assert manifest["training"]["epochs_max"] == 1
     assert manifest["training"]["device"] == "a lent GPU"
     assert "WebP quality-101 copy" in manifest["training"]["trained_on_images"]
     assert "predicted again" in manifest["training"]["cv_predicted"]
-    card = (tmp_path / "m1" / "squeezenet-light-ct" / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "m1" / "squeezenet-light-ct-scratch" / "MODEL_CARD.md").read_text()
     assert "Device: a lent GPU" in card and "Trained on a WebP quality-101 copy" in card
 
 
@@ -247,7 +256,7 @@ def test_train_stages_are_for_triage_presets_only(preset: str) -> None:
     assert exc.value.code == 2
 
 
-@pytest.mark.parametrize("preset", ["ct-squeezenet", "ct-squeezenet-views-long", "ood"])
+@pytest.mark.parametrize("preset", ["ct-squeezenet-scratch", "ct-squeezenet-views-long", "ood"])
 def test_teacher_stage_is_for_distilled_presets_only(
     preset: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -149,7 +149,10 @@ def _pretrained_text(t: Mapping[str, Any]) -> str:
 
 def _distilled_text(t: Mapping[str, Any]) -> str:
     teacher = t.get("distilled_from")
-    return f" Distilled from the `{teacher['preset']}` models (fold by fold)." if teacher else ""
+    if not teacher:
+        return ""
+    how = f": {teacher['how']}" if teacher.get("how") else ""
+    return f" Distilled from the `{teacher['preset']}` models (fold by fold){how}."
 
 
 def _schedule_text(t: Mapping[str, Any]) -> str:
@@ -310,13 +313,22 @@ def _comparison_lines(
     return lines
 
 
+def _origin_text(t: Mapping[str, Any]) -> str:
+    """Where the weights came from, for the card's banner."""
+    if t.get("pretrained"):
+        return "Fine-tuned from ImageNet weights"
+    if t.get("distilled_from"):
+        return f"Trained from scratch, distilled from `{t['distilled_from']['preset']}`,"
+    return "Trained from scratch"
+
+
 def _header_lines(m: ModelManifest) -> list[str]:
     t = m.training or {}
     return [
         f"# Model card: {m.name} {m.version}",
         "",
         "> **Triage aid only - not a diagnosis.** "
-        + ("Fine-tuned from ImageNet weights" if t.get("pretrained") else "Trained from scratch")
+        + _origin_text(t)
         + " on small public research data sets; not validated on scans from any hospital.",
         "",
     ]

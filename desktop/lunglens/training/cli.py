@@ -2,8 +2,11 @@
 
 Examples
 --------
-``lunglens-train ct-squeezenet`` trains, cross-validates, exports and quantizes
-``models/squeezenet-light-ct/`` (CPU: 128 px; CUDA: 224 px with mixed precision).
+``lunglens-train cxr-squeezenet`` trains, cross-validates, exports and quantizes
+``models/squeezenet-light-cxr/`` (CPU: 128 px; CUDA: 224 px with mixed precision).
+``lunglens-train ct-squeezenet`` distils ``models/squeezenet-light-ct/`` from the fold models
+of ``ct-efficientnet-lite-plain`` (run that first); ``--stages teacher`` keeps the teacher's
+logits so the student can train on a lent GPU (docs/training.md).
 ``torchrun --nproc_per_node=4 -m lunglens.training.cli ct-efficientnet-b5`` uses 4 GPUs.
 ``lunglens-train modality-check`` trains the image-level CT-vs-X-ray check
 (``models/modality-check/``); ``lunglens-train ood`` refits the chest-image gate's statistics

@@ -29,7 +29,7 @@ import numpy as np
 from lunglens.io import Modality
 from lunglens.models.hashing import sha256_of
 from lunglens.models.manifest import ModelManifest
-from lunglens.training.data import ImageSet, load_imageset, save_image_cache
+from lunglens.training.data import ImageSet, load_imageset, read_manifest, save_image_cache
 from lunglens.training.device import setup_runtime
 from lunglens.training.models import get_spec
 from lunglens.training.presets import Preset
@@ -147,23 +147,14 @@ class Pipeline:
         manifest = self.o.data_root / self.p.data / "manifest.csv"
         if cache.exists():
             z = np.load(cache, allow_pickle=True)
-            from lunglens.training.data import read_manifest
-
             recs = read_manifest(manifest)
             keep = z["keep"].tolist()
             recs = [recs[i] for i in keep]
             return ImageSet(z["images"], z["labels"], recs, [str(c) for c in z["classes"]])
         t0 = time.time()
         ds = load_imageset(manifest, self.size, limit=self.o.limit, prep=prep)
-        all_recs = {
-            str(r.path): i
-            for i, r in enumerate(
-                __import__("lunglens.training.data", fromlist=["read_manifest"]).read_manifest(
-                    manifest
-                )
-            )
-        }
-        keep = np.array([all_recs[str(r.path)] for r in ds.records])
+        row = {str(r.path): i for i, r in enumerate(read_manifest(manifest))}
+        keep = np.array([row[str(r.path)] for r in ds.records])
         save_image_cache(cache, ds.images, ds.labels, ds.classes, keep)
         self.log(f"decoded {len(ds.labels)} images at {self.size}px in {time.time() - t0:.0f}s")
         return ds

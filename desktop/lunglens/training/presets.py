@@ -240,11 +240,36 @@ PRESETS: dict[str, Preset] = {
             frozen_stages=1,
             compared_with=("cxr-efficientnet-lite", "cxr-efficientnet-lite-balanced"),
         ),
+        # the shipped CT SqueezeNet (2.0.0): distilled from the CT Lite teacher at 224 px for 30
+        # epochs, about 10 hours on the 2 cores (each run resumes from its checkpoint), minutes
+        # on a GPU (docs/training.md, "Training on a lent GPU"); the same recipe on either
+        _preset(
+            _CT,
+            _STUDENT,
+            name="ct-squeezenet",
+            model_name="squeezenet-light-ct",
+            teacher="ct-efficientnet-lite-plain",
+            size_cpu=224,
+            epochs_cpu=30,
+            epochs_cuda=30,
+            calibration="auto",
+            shipped=True,
+            version="2.0.0",
+            compared_with=(
+                "ct-efficientnet-lite-plain",
+                "ct-squeezenet-views-long",
+                "ct-squeezenet-scratch",
+                "ct-squeezenet-distilled-224",
+                "ct-squeezenet-distilled",
+            ),
+        ),
+        # squeezenet-light-ct 1.0.0: from scratch, 128 px, no teacher
         _preset(
             _CT,
             _SQUEEZENET,
-            name="ct-squeezenet",
-            model_name="squeezenet-light-ct",
+            _MEASURED,
+            name="ct-squeezenet-scratch",
+            model_name="squeezenet-light-ct-scratch",
             epochs_cpu=14,
             epochs_cuda=40,
         ),
@@ -270,25 +295,7 @@ PRESETS: dict[str, Preset] = {
                 "ct-squeezenet-views",
             ),
         ),
-        # the student at 224 px with 5x the epochs (30): about 10 hours on the 2 cores, minutes
-        # on a GPU (docs/training.md, "Training on a lent GPU"); the same recipe on either
-        _preset(
-            _CT,
-            _STUDENT,
-            name="ct-squeezenet-distilled-long",
-            model_name="squeezenet-light-ct-distilled-long",
-            teacher="ct-efficientnet-lite-plain",
-            size_cpu=224,
-            epochs_cpu=30,
-            epochs_cuda=30,
-            compared_with=(
-                "ct-efficientnet-lite-plain",
-                "ct-squeezenet-views-long",
-                "ct-squeezenet-distilled-224",
-                "ct-squeezenet-distilled",
-            ),
-        ),
-        # its control: the same views and epochs, no teacher
+        # the shipped student's control: the same views and epochs, no teacher
         _preset(
             _CT,
             _STUDENT,
@@ -297,7 +304,7 @@ PRESETS: dict[str, Preset] = {
             size_cpu=224,
             epochs_cpu=30,
             epochs_cuda=30,
-            compared_with=("ct-efficientnet-lite-plain", "ct-squeezenet-distilled-long"),
+            compared_with=("ct-efficientnet-lite-plain", "ct-squeezenet"),
         ),
         # the same student without the teacher: the distillation's control
         _preset(
