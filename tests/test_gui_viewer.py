@@ -296,11 +296,18 @@ def test_plain_image_routed_by_modality_check(
     assert window.result is not None and window.result.model == "synthetic-cxr"
     assert on_load and "chest X-ray" in on_load[0] and "synthetic-cxr" in on_load[0]
     assert "chest X-ray" in window.classify_panel.notes_label.text()
-    # choosing the CT model for it anyway is allowed, with a visible warning
-    with qtbot.waitSignal(window.resultReady, timeout=TIMEOUT):
-        idx = window.classify_panel.model_combo.findData("synthetic-ct")
-        window.classify_panel.model_combo.setCurrentIndex(idx)
-    assert "not meaningful" in window.classify_panel.notes_label.text()
+    assert window.cam.controls.show_box.isEnabled()  # the X-ray model's CAM
+    # choosing the CT model for it is refused: a red banner, no numbers
+    results: list[object] = []
+    window.resultReady.connect(results.append)
+    idx = window.classify_panel.model_combo.findData("synthetic-ct")
+    window.classify_panel.model_combo.setCurrentIndex(idx)
+    qtbot.waitUntil(lambda: bool(window.classify_panel.refusal()), timeout=TIMEOUT)
+    assert "Not scored with this model" in window.classify_panel.refusal()
+    assert "synthetic-ct is for CT" in window.classify_panel.refusal()
+    assert window.classify_panel.prediction_label.text() == "Not scored" and not results
+    # the X-ray model's result and its CAM do not stay on screen under the banner
+    assert window.result is None and not window.cam.controls.show_box.isEnabled()
 
 
 def test_errors_are_shown_not_raised(

@@ -71,11 +71,37 @@ def test_plain_image_is_routed_by_the_check(
     assert not any("not meaningful" in n for n in res.notes)
 
 
-def test_confident_mismatch_with_the_chosen_model_is_a_note(models: Path, tmp_path: Path) -> None:
+def test_confident_mismatch_with_the_chosen_model_is_refused(models: Path, tmp_path: Path) -> None:
+    """A plain image the check is sure is an X-ray gets no score from the CT model: a headline
+    from a model that never saw X-rays would read as a triage decision."""
     scan = load_scan(write_png(tmp_path / "bright.png", 1.0))
-    res = classify_scan(scan, get_model("synthetic-ct", models))
-    assert res.model == "synthetic-ct"
-    assert any("looks like a chest X-ray" in n and "synthetic-ct is for CT" in n for n in res.notes)
+    with pytest.raises(ModalityMismatch, match=r"looks like a chest X-ray.*synthetic-ct is for CT"):
+        classify_scan(scan, get_model("synthetic-ct", models))
+    assert classify_scan(scan, get_model("synthetic-cxr", models)).model == "synthetic-cxr"
+
+
+def test_dicom_of_the_other_modality_is_refused_by_its_header(models: Path) -> None:
+    """The header decides, with or without the pixel check."""
+    scan = Scan("s.dcm", np.zeros((1, 32, 32), np.float32), modality="cxr")
+    for check in (True, False):
+        with pytest.raises(ModalityMismatch, match="the scan is CXR but model synthetic-ct is"):
+            classify_scan(scan, get_model("synthetic-ct", models), modality_check=check, gate=False)
+
+
+def test_cli_classify_refuses_the_other_modality(
+    models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = write_png(tmp_path / "bright.png", 1.0)
+    assert main(["classify", str(png), "--model", "synthetic-ct"]) == 3
+    out = capsys.readouterr()
+    assert "refused:     plain image that looks like a chest X-ray" in out.out
+    assert "score:       none; score it with a model for its modality" in out.out
+    assert "P(" not in out.out and "Flagged" not in out.out
+    assert "ModalityMismatch" in out.err
+    assert main(["classify", str(png), "--model", "synthetic-ct", "--json"]) == 3
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "refused" and data["error"] == "ModalityMismatch"
+    assert "positive_prob" not in data
 
 
 def test_unsure_check_routes_but_never_warns(models: Path, tmp_path: Path) -> None:
@@ -251,17 +277,17 @@ def test_one_mismatch_rule(
         err = mismatch.error("scans/s.dcm")
         assert isinstance(err, ModalityMismatch) and err.path == "scans/s.dcm"
         assert "synthetic-ct is for CT" in str(err) and "--model auto" in str(err)
-        assert "not meaningful" in mismatch.note() and "synthetic-ct" in mismatch.note()
         # the reason names what said so: the header, or the pixel check and its model
         assert ("check 1.0" in str(err)) == (header == "unknown")
 
 
-def test_mismatch_is_noted_once(models: Path) -> None:
-    """A DICOM CXR given to the CT model whose pixels also look like an X-ray: one note."""
-    info = get_model("synthetic-ct", models)
+def test_notes_speak_of_the_scan_not_the_model() -> None:
+    """A DICOM CXR whose pixels look like CT earns a note about the file; the model is not
+    mentioned (a scan that does not fit its model is refused before any note)."""
     scan = Scan("s.dcm", np.zeros((1, 32, 32), np.float32), modality="cxr")
-    notes = modality_notes(scan, info, _check("cxr", True))
-    assert len([n for n in notes if "not meaningful" in n]) == 1
+    notes = modality_notes(scan, _check("ct", True))
+    assert len(notes) == 1 and "DICOM header says CXR" in notes[0]
+    assert modality_notes(scan, _check("cxr", True)) == []
 
 
 def test_plain_check_runs_only_for_plain_images(models: Path) -> None:

@@ -50,8 +50,13 @@ def _print_result(result: ScanResult, out: TextIO) -> None:
 
 
 def _print_refusal(exc: Any, as_json: bool) -> None:
-    """A refused scan on stdout (it is the answer, not a failure of the tool): no score."""
+    """A refused scan on stdout (it is the answer, not a failure of the tool): no score.
+
+    ``exc`` is a :class:`~lunglens.errors.NotChestImage` (not a chest scan) or a
+    :class:`~lunglens.errors.ModalityMismatch` (a chest scan of the other modality than the
+    chosen model's)."""
     from lunglens import DISCLAIMER
+    from lunglens.errors import ModalityMismatch
 
     if as_json:
         data = {"source": exc.path, "status": "refused", "error": exc.code, "reason": exc.reason}
@@ -59,7 +64,10 @@ def _print_refusal(exc: Any, as_json: bool) -> None:
         return
     print(f"file:        {exc.path}")
     print(f"refused:     {exc.reason}")
-    print("score:       none (LungLens scores chest CT slices and chest X-rays only)")
+    if isinstance(exc, ModalityMismatch):
+        print(f"score:       none; {exc.hint[:1].lower()}{exc.hint[1:]}")
+    else:
+        print("score:       none (LungLens scores chest CT slices and chest X-rays only)")
     print(DISCLAIMER)
 
 
@@ -108,7 +116,7 @@ def _audit_record(
 def cmd_classify(args: argparse.Namespace) -> int:
     """Load, gate, choose the model, classify; print the result and append the audit line."""
     from lunglens.audit import append_audit
-    from lunglens.errors import NotChestImage, ScanError
+    from lunglens.errors import ModalityMismatch, NotChestImage, ScanError
     from lunglens.inference import classify_scan, require_chest
     from lunglens.io import load_scan
 
@@ -131,7 +139,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
             f"({', '.join(info.labels)})"
         )
     want_cam = bool(args.cam or args.pdf)
-    result = classify_scan(scan, info, with_cam=want_cam, cam_class=args.cam_class)
+    try:
+        result = classify_scan(scan, info, with_cam=want_cam, cam_class=args.cam_class)
+    except ModalityMismatch as exc:  # the other modality's model was named: refused, no score
+        _print_refusal(exc, args.json)
+        err(f"{exc.code}: {exc}")
+        append_audit("classify", {"input": str(args.file), "refused": exc.reason})
+        return EXIT_BAD_INPUT
     outputs = _write_outputs(args, scan, result)
     if args.json:
         data = result.to_dict(slice_probs=result.n_slices > 1)

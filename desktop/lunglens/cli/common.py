@@ -32,7 +32,8 @@ EPILOG = """exit codes:
   1    score: some scans errored (see their rows); any command: disk full or unexpected error
   2    usage error (bad option, results file exists without --resume, resume conflict,
        results file in use by another run)
-  3    classify: the input cannot be read as a scan, or is not a chest scan (no score)
+  3    classify: the input cannot be read as a scan, is not a chest scan, or is of the
+       other modality than the --model named (no score)
   4    model refused (integrity check failed) or not found
   130  cancelled with Ctrl-C (score: rows so far are kept; rerun with --resume)
 

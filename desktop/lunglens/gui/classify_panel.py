@@ -210,11 +210,21 @@ class ClassifyPanel(QWidget):
     # result -------------------------------------------------------------------------------
     def show_refusal(self, reason: str) -> None:
         """The chest-image gate refused the scan: a red banner with the reason, no numbers."""
-        self.clear_result("Not scored")
-        self.refusal_label.setText(
+        self._refuse(
             f"Not a chest scan: {reason}.\nNo score is given: LungLens scores chest CT slices "
             "and chest X-rays only."
         )
+
+    def show_mismatch(self, reason: str) -> None:
+        """The chosen model is for the other modality: the same red banner, no numbers."""
+        self._refuse(
+            f"Not scored with this model: {reason}.\nChoose a model for its modality, or "
+            "Automatic (by modality)."
+        )
+
+    def _refuse(self, text: str) -> None:
+        self.clear_result("Not scored")
+        self.refusal_label.setText(text)
         self.refusal_label.show()
         self.bars_box.setVisible(False)
 

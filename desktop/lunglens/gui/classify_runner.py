@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from lunglens.errors import NotChestImage
+from lunglens.errors import ModalityMismatch, NotChestImage
 from lunglens.gui.banner import user_message
 from lunglens.gui.classify_panel import ClassifyPanel
 from lunglens.gui.workers import Worker, WorkerPool
@@ -37,10 +37,14 @@ class ClassifyRunner(QObject):
         ``(scan_id, ModelInfo, ScanResult)`` of a classification that was not cancelled.
     failed(str)
         The classification failed (the message for the banner).
+    refused()
+        The core refused the scan (not a chest scan, or not of the chosen model's modality);
+        the panel shows why, and no result exists.
     """
 
     classified = Signal(int, object, object)
     failed = Signal(str)
+    refused = Signal()
 
     def __init__(
         self, pool: WorkerPool, panel: ClassifyPanel, parent: QObject | None = None
@@ -97,6 +101,11 @@ class ClassifyRunner(QObject):
             return
         if isinstance(exc, NotChestImage):
             self.panel.show_refusal(exc.reason.removeprefix(REFUSAL_PREFIX))
+            self.refused.emit()
+            return
+        if isinstance(exc, ModalityMismatch):
+            self.panel.show_mismatch(exc.reason)
+            self.refused.emit()
             return
         self.panel.clear_result("Classification failed")
         self.failed.emit(f"Classification failed: {user_message(exc)}")

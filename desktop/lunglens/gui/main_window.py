@@ -160,6 +160,7 @@ class MainWindow(QMainWindow):
         self.classifier = ClassifyRunner(self.pool, self.classify_panel, self)
         self.classifier.classified.connect(self._on_classified)
         self.classifier.failed.connect(self.show_error)
+        self.classifier.refused.connect(self._on_refused)
         self.cam_controls = CamControls()
         self.cam = CamOverlay(self.state, self.cam_controls, self.view, self.pool, self.settings)
         self.cam.ready.connect(self.camReady)
@@ -409,6 +410,12 @@ class MainWindow(QMainWindow):
             f"with {info.name} v{info.version}"
         )
         self.resultReady.emit(result)
+
+    def _on_refused(self) -> None:
+        """The core refused the scan for the chosen model: no result and no CAM stay shown."""
+        self.state.clear_result()
+        self.cam.reset()
+        self._update_gallery_context()
 
     def _on_model_changed(self, _name: str) -> None:
         self._update_gallery_context()

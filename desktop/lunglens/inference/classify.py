@@ -12,7 +12,12 @@ from lunglens.inference.aggregate import aggregate, top_slices
 from lunglens.inference.decision import decide
 from lunglens.inference.engine import BATCH_SIZE, Engine, batches, get_engine
 from lunglens.inference.gate import require_chest
-from lunglens.inference.modality import check_modality, choose_model, modality_notes
+from lunglens.inference.modality import (
+    check_modality,
+    choose_model,
+    find_mismatch,
+    modality_notes,
+)
 from lunglens.inference.result import ScanResult
 from lunglens.inference.view import predict_image
 from lunglens.io.scan import Modality, Scan
@@ -175,6 +180,10 @@ def classify_scan(
     ------
     NotChestImage
         The gate refused the scan (the message gives the reason); no score exists.
+    ModalityMismatch
+        ``info`` is a model for the other modality than the scan's (its DICOM header, or a
+        confident pixel check for a plain image:
+        :func:`~lunglens.inference.modality.find_mismatch`); no score exists.
     ModelNotFound
         No model given and none fits the scan's modality.
     ModelRefused
@@ -188,11 +197,15 @@ def classify_scan(
         check = check_modality(scan, models_dir)
     if info is None:
         info = choose_model(scan, check=check)
+    elif (mismatch := find_mismatch(scan, info, check)) is not None:
+        # a scan of the other modality gets no score from a model it was not trained on: a
+        # "flagged" headline from it would read as a triage decision (batch: an error row)
+        raise mismatch.error(scan.source)
     label_index(info, cam_class)  # fail fast on a bad label, before any work
     start = time.perf_counter()
     result = _score_and_explain(
         scan, get_engine(info), with_cam, cam_class, progress, cancel, batch_size
     )
-    result.notes.extend(modality_notes(scan, info, check))  # includes a modality mismatch
+    result.notes.extend(modality_notes(scan, check))
     result.elapsed_ms = (time.perf_counter() - start) * 1000.0
     return result

@@ -164,21 +164,9 @@ class Mismatch:
     info: ModelInfo
     check: ModalityCheck | None = None
 
-    def note(self) -> str:
-        """The result note (the scan is scored anyway, e.g. in the viewer)."""
-        model, want = self.info.name, self.info.modality.upper()
-        if self.check is None:
-            return (
-                f"the scan is {self.modality.upper()} but model {model} was trained on "
-                f"{want} images; the score is not meaningful"
-            )
-        return (
-            f"the image {self.check.looks_like()}, but model {model} is for {want} scans; "
-            "the score is not meaningful"
-        )
-
     def error(self, key: str) -> ModalityMismatch:
-        """The typed error naming ``key`` (batch scoring refuses the scan: an error row)."""
+        """The typed error naming ``key``: the scan is refused, never scored (an error row in
+        batch, exit 3 in ``classify``, a red banner in the viewer)."""
         model, want = self.info.name, self.info.modality.upper()
         if self.check is None:
             reason = f"the scan is {self.modality.upper()} but model {model} is for {want}"
@@ -219,9 +207,10 @@ def find_mismatch(scan: Scan, info: ModelInfo, check: ModalityCheck | None) -> M
     return None
 
 
-def modality_notes(scan: Scan, info: ModelInfo, check: ModalityCheck | None) -> list[str]:
-    """What the user must know about modality: how a plain image looks, the header and the
-    pixels disagreeing, and the scan not fitting the model (:func:`find_mismatch`)."""
+def modality_notes(scan: Scan, check: ModalityCheck | None) -> list[str]:
+    """What the user must know about modality: how a plain image looks, and the header and the
+    pixels disagreeing. (A scan that does not fit the model, :func:`find_mismatch`, is refused
+    before it is scored, so it has no notes.)"""
     notes = []
     if scan.modality not in SCORED_MODALITIES and check is not None:
         notes.append(
@@ -238,7 +227,4 @@ def modality_notes(scan: Scan, info: ModelInfo, check: ModalityCheck | None) -> 
             f"the DICOM header says {scan.modality.upper()}, but the image {check.looks_like()}; "
             "check that the file is what it claims to be"
         )
-    mismatch = find_mismatch(scan, info, check)
-    if mismatch is not None:
-        notes.append(mismatch.note())
     return notes

@@ -88,10 +88,8 @@ class ViewerState:
         self.scan_id = next(_scan_ids)
         self.slice_index = 0
         self.display_window = scan.window if scan.raw is not None else None
-        self.result = None
-        self.result_info = None
         self.auto_model = None
-        self.cams.clear()
+        self.clear_result()
         return self.scan_id
 
     @property
@@ -191,6 +189,13 @@ class ViewerState:
         return self.display_window
 
     # result and CAM -----------------------------------------------------------------------
+    def clear_result(self) -> None:
+        """No result and no CAM: a scan was opened, or its classification was refused (a
+        previous model's result must not stay on screen under a "Not scored" banner)."""
+        self.result = None
+        self.result_info = None
+        self.cams.clear()
+
     def set_result(self, result: ScanResult, info: ModelInfo) -> None:
         """Store the classification of the open scan; its CAM seeds the cache and its class
         becomes the one shown."""
