@@ -7,7 +7,7 @@ with ImageMagick's ``import -window root``.
 
 Usage::
 
-    DISPLAY=:77 python benchmarks/gui_screenshots.py SCAN FOLDER --out DIR
+    DISPLAY=:77 python benchmarks/gui_screenshots.py SCAN FOLDER --out DIR [--other-model NAME]
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scan", help="scan opened in the viewer")
     parser.add_argument("folder", help="folder scored in the batch dock")
     parser.add_argument("--out", type=Path, default=Path("screenshots"))
+    parser.add_argument(
+        "--other-model",
+        metavar="NAME",
+        help="after the first shot, pick this model in the list and shoot the result again "
+        "(e.g. a model for the other modality: the refusal banner)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -59,6 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     wait(win.resultReady)
     win.cam_controls.show_box.setChecked(True)
     shot("1-viewer-headline")
+    if args.other_model:
+        combo = win.classify_panel.model_combo
+        combo.setCurrentIndex(combo.findData(args.other_model))
+        settle(5000)  # a result, or a refusal (no signal): wait a fixed time
+        shot("1b-viewer-other-model")
+        print("with", args.other_model + ":", win.classify_panel.prediction_label.text())
+        print("banner:", win.classify_panel.refusal())
+        combo.setCurrentIndex(0)  # back to automatic for the batch
+        wait(win.resultReady)
     win.batch_dock.show()
     panel = win.batch_panel
     panel._csv_auto = False

@@ -308,6 +308,7 @@ def test_plain_image_routed_by_modality_check(
     assert window.classify_panel.prediction_label.text() == "Not scored" and not results
     # the X-ray model's result and its CAM do not stay on screen under the banner
     assert window.result is None and not window.cam.controls.show_box.isEnabled()
+    assert window.statusBar().currentMessage().startswith("Not scored: plain image that looks")
 
 
 def test_errors_are_shown_not_raised(

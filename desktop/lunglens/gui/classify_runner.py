@@ -37,14 +37,14 @@ class ClassifyRunner(QObject):
         ``(scan_id, ModelInfo, ScanResult)`` of a classification that was not cancelled.
     failed(str)
         The classification failed (the message for the banner).
-    refused()
-        The core refused the scan (not a chest scan, or not of the chosen model's modality);
-        the panel shows why, and no result exists.
+    refused(str)
+        The core refused the scan (not a chest scan, or not of the chosen model's modality):
+        the reason; the panel shows it, and no result exists.
     """
 
     classified = Signal(int, object, object)
     failed = Signal(str)
-    refused = Signal()
+    refused = Signal(str)
 
     def __init__(
         self, pool: WorkerPool, panel: ClassifyPanel, parent: QObject | None = None
@@ -101,11 +101,11 @@ class ClassifyRunner(QObject):
             return
         if isinstance(exc, NotChestImage):
             self.panel.show_refusal(exc.reason.removeprefix(REFUSAL_PREFIX))
-            self.refused.emit()
+            self.refused.emit(exc.reason)
             return
         if isinstance(exc, ModalityMismatch):
             self.panel.show_mismatch(exc.reason)
-            self.refused.emit()
+            self.refused.emit(exc.reason)
             return
         self.panel.clear_result("Classification failed")
         self.failed.emit(f"Classification failed: {user_message(exc)}")

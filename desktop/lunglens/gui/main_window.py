@@ -411,11 +411,13 @@ class MainWindow(QMainWindow):
         )
         self.resultReady.emit(result)
 
-    def _on_refused(self) -> None:
-        """The core refused the scan for the chosen model: no result and no CAM stay shown."""
+    def _on_refused(self, reason: str) -> None:
+        """The core refused the scan for the chosen model: no result and no CAM stay shown,
+        nor the previous result's status line."""
         self.state.clear_result()
         self.cam.reset()
         self._update_gallery_context()
+        self.show_status(f"Not scored: {reason}.")
 
     def _on_model_changed(self, _name: str) -> None:
         self._update_gallery_context()
