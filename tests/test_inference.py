@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lunglens import DISCLAIMER
-from lunglens.errors import ModelNotFound
+from lunglens.errors import ModalityMismatch, ModelNotFound
 from lunglens.inference import (
     Cancelled,
     aggregate,
@@ -185,11 +185,11 @@ def test_unknown_modality_needs_a_model(mdir: Path) -> None:
     assert res.cam is None and not res.flagged and res.prediction == "non-covid"
 
 
-def test_cxr_default_and_modality_note(mdir: Path) -> None:
+def test_cxr_default_and_the_other_modality_refused(mdir: Path) -> None:
     scan = Scan("cxr.dcm", blob_image()[None], modality="cxr")
     assert classify_scan(scan).model == "synthetic-cxr"
-    res = classify_scan(scan, get_model("synthetic-ct"))
-    assert res.notes and "CXR" in res.notes[0]
+    with pytest.raises(ModalityMismatch, match="the scan is CXR but model synthetic-ct is for CT"):
+        classify_scan(scan, get_model("synthetic-ct"))
 
 
 def test_cam_class_and_cancel(mdir: Path) -> None:
