@@ -1,6 +1,6 @@
 """INT8 vs float onnxruntime latency of a shipped model, measured in one run.
 
-Usage: ``python benchmarks/bench_quantization.py [squeezenet-light-ct] [--threads 2]``
+Usage: ``python benchmarks/bench_quantization.py [squeezenet-light-ct] [--threads 2] [--vs MODEL]``
 
 Compares ``models/<name>/model.onnx`` (INT8, shipped) with ``models/<name>/model_fp32.onnx``
 (the float export the INT8 file was quantized from). Runs are interleaved (fp32, int8, fp32,
@@ -76,18 +76,35 @@ def real_images(manifest: dict, n: int, size: list[int]) -> np.ndarray:
         return np.random.default_rng(0).random((n, 1, *size), dtype=np.float32)
 
 
+def folder(model: str) -> Path:
+    """A shipped model's folder by name, or any model folder by path (a measured variant in
+    ``runs/candidate-models``)."""
+    return Path(model) if Path(model).is_dir() else ROOT / "models" / model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default="squeezenet-light-ct")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument(
+        "--vs",
+        metavar="MODEL",
+        help="another model (name or folder) of the same input size: its files run interleaved "
+        "with these, and the latency ratios between the two models are printed",
+    )
     args = ap.parse_args()
-    d = ROOT / "models" / args.model
+    d = folder(args.model)
     import json
 
     size = json.loads((d / "manifest.json").read_text())["input"]["size"]
     files = {"fp32": d / "model_fp32.onnx", "int8": d / "model.onnx"}
+    if args.vs:
+        other = folder(args.vs)
+        if json.loads((other / "manifest.json").read_text())["input"]["size"] != size:
+            ap.error(f"{args.vs} has another input size than {args.model}")
+        files |= {"vs fp32": other / "model_fp32.onnx", "vs int8": other / "model.onnx"}
     images = real_images(json.loads((d / "manifest.json").read_text()), args.batch, size)
     one = {"image": images[:1]}
     batch = {"image": images}
@@ -111,6 +128,13 @@ def main() -> None:
         f"speed-up {rb['fp32'] / rb['int8']:.2f}x  "
         f"({args.batch / rb['int8'] * 1000:.0f} images/s INT8)"
     )
+    if args.vs:
+        for what, r in (("1 image (probs+cam)", r1), (f"batch {args.batch} (probs)", rb)):
+            print(
+                f"{what}: {args.vs} fp32 {r['vs fp32']:.2f} ms, int8 {r['vs int8']:.2f} ms; "
+                f"{args.model} / {args.vs}: fp32 {r['fp32'] / r['vs fp32']:.2f}x, "
+                f"int8 {r['int8'] / r['vs int8']:.2f}x the time"
+            )
 
 
 if __name__ == "__main__":
