@@ -147,6 +147,7 @@ PRESETS: dict[str, Preset] = {
                 "ct-efficientnet-lite-plain",
                 "ct-efficientnet-lite-attention-0.3",
                 "ct-efficientnet-lite-k2",
+                "ct-efficientnet-lite2",
                 "ct-efficientnet-lite-full",
                 "ct-efficientnet-lite-lungs",
                 "ct-efficientnet-lite-balanced",
