@@ -71,6 +71,17 @@ def _print_refusal(exc: Any, as_json: bool) -> None:
     print(DISCLAIMER)
 
 
+def _refuse(args: argparse.Namespace, exc: Any) -> int:
+    """A refused scan (:func:`_print_refusal`): its line on stderr and in the audit log; exit
+    code 3."""
+    from lunglens.audit import append_audit
+
+    _print_refusal(exc, args.json)
+    err(f"{exc.code}: {exc}")
+    append_audit("classify", {"input": str(args.file), "refused": exc.reason})
+    return EXIT_BAD_INPUT
+
+
 def _cam_scale_note(result: ScanResult) -> str:
     """:data:`lunglens.explain.FLOOR_NOTE` when the ``--cam`` map is drawn against the model's
     reference peak (the image is not flagged), else "" (scaled to its own peak)."""
@@ -128,10 +139,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     try:  # before a model is chosen: a photo must not be routed, let alone scored
         require_chest(scan, args.models_dir)
     except NotChestImage as exc:
-        _print_refusal(exc, args.json)
-        err(f"{exc.code}: {exc}")
-        append_audit("classify", {"input": str(args.file), "refused": exc.reason})
-        return EXIT_BAD_INPUT
+        return _refuse(args, exc)
     info = choose_model(args, scan)
     if args.cam_class is not None and args.cam_class not in info.labels:
         raise UsageError(
@@ -142,10 +150,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     try:
         result = classify_scan(scan, info, with_cam=want_cam, cam_class=args.cam_class)
     except ModalityMismatch as exc:  # the other modality's model was named: refused, no score
-        _print_refusal(exc, args.json)
-        err(f"{exc.code}: {exc}")
-        append_audit("classify", {"input": str(args.file), "refused": exc.reason})
-        return EXIT_BAD_INPUT
+        return _refuse(args, exc)
     outputs = _write_outputs(args, scan, result)
     if args.json:
         data = result.to_dict(slice_probs=result.n_slices > 1)
