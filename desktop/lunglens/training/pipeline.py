@@ -180,13 +180,17 @@ class Pipeline:
         ]
         return int(np.argmin(tv))
 
-    def final_train_folds(self, ds: ImageSet) -> list[int]:
-        """The final model's training folds: all but its validation fold."""
-        return [f for f in range(self.o.folds) if f != self.val_fold(ds)]
+    def final_train_folds(self, val_fold: int) -> list[int]:
+        """The final model's training folds: all but its validation fold (:meth:`val_fold`)."""
+        return [f for f in range(self.o.folds) if f != val_fold]
+
+    def cv_val_fold(self, k: int) -> int:
+        """Fold ``k``'s validation fold (early stopping, per-fold threshold): the next one."""
+        return (k + 1) % self.o.folds
 
     def cv_train_folds(self, k: int) -> list[int]:
-        """Fold ``k``'s training folds: all but its test fold ``k`` and validation fold k+1."""
-        return [f for f in range(self.o.folds) if f not in (k, (k + 1) % self.o.folds)]
+        """Fold ``k``'s training folds: all but its test fold ``k`` and its validation fold."""
+        return [f for f in range(self.o.folds) if f not in (k, self.cv_val_fold(k))]
 
     def train_indices(self, ds: ImageSet, folds: list[int]) -> np.ndarray:
         """Images of ``folds`` used for training (the preset's excluded sources left out)."""
@@ -256,9 +260,10 @@ class Pipeline:
         if path.exists():
             z = np.load(path)
             if np.array_equal(z["idx"], train_idx) and sha in (None, str(z["teacher_sha256"])):
-                out = np.full((z["logits"].shape[0], len(ds.labels), z["logits"].shape[2]), np.nan)
+                views, _, classes = z["logits"].shape
+                out = np.full((views, len(ds.labels), classes), np.nan, np.float32)
                 out[:, train_idx] = z["logits"]
-                return out.astype(np.float32)
+                return out
             if sha is None:
                 raise ValueError(f"{path} was made for other training images than run {run}'s")
         if sha is None:
@@ -283,7 +288,7 @@ class Pipeline:
         done before the run trains on a lent GPU (``--stages teacher``)."""
         if not self.p.teacher:
             raise ValueError(f"{self.p.name} has no teacher")
-        runs = {"final": self.train_indices(ds, self.final_train_folds(ds))}
+        runs = {"final": self.train_indices(ds, self.final_train_folds(self.val_fold(ds)))}
         if not self.o.skip_cv:
             for k in range(self.o.folds):
                 runs[f"fold{k}"] = self.train_indices(ds, self.cv_train_folds(k))
@@ -379,7 +384,7 @@ class Pipeline:
     def stage_final(self, ds: ImageSet) -> None:
         v = self.val_fold(ds)
         self.state["val_fold"] = v
-        train_idx = self.train_indices(ds, self.final_train_folds(ds))
+        train_idx = self.train_indices(ds, self.final_train_folds(v))
         val_idx = ds.folds([v])
         run = self.work / "final"
         fresh = not (run / "done.json").exists()
@@ -508,7 +513,7 @@ class Pipeline:
             key = f"fold{k}"
             if key in self.state.get("cv", {}):
                 continue
-            vf = (k + 1) % self.o.folds
+            vf = self.cv_val_fold(k)
             tr = self.train_indices(ds, self.cv_train_folds(k))
             va, te = ds.folds([vf]), ds.folds([k])
             extra = (
