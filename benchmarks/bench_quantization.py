@@ -98,14 +98,15 @@ def main() -> None:
     d = folder(args.model)
     import json
 
-    size = json.loads((d / "manifest.json").read_text())["input"]["size"]
+    manifest = json.loads((d / "manifest.json").read_text())
+    size = manifest["input"]["size"]
     files = {"fp32": d / "model_fp32.onnx", "int8": d / "model.onnx"}
     if args.vs:
         other = folder(args.vs)
         if json.loads((other / "manifest.json").read_text())["input"]["size"] != size:
             ap.error(f"{args.vs} has another input size than {args.model}")
         files |= {"vs fp32": other / "model_fp32.onnx", "vs int8": other / "model.onnx"}
-    images = real_images(json.loads((d / "manifest.json").read_text()), args.batch, size)
+    images = real_images(manifest, args.batch, size)
     one = {"image": images[:1]}
     batch = {"image": images}
     viewer = ["probs", "cam"]
