@@ -252,3 +252,42 @@ def test_bias_correction_refuses_convs_it_cannot_pair(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unique, non-empty names"):
         correct_biases(fp32, int8, x)
     assert int8.read_bytes() == before  # nothing half-corrected was written
+
+
+def test_a_qat_candidate_is_made_from_the_tuned_model_and_scored_against_the_original(
+    tmp_path: Path,
+) -> None:
+    from lunglens.training.export import export_onnx
+    from lunglens.training.metrics import choose_threshold
+    from lunglens.training.quantize import QuantCandidate, onnx_probs, search_quantization
+
+    torch.manual_seed(0)
+    model = _TinySENet().eval()
+    rng = np.random.default_rng(1)
+    x, y = _images(96, rng)
+    fp32, other, int8 = tmp_path / "fp32.onnx", tmp_path / "other.onnx", tmp_path / "int8.onnx"
+    export_onnx(model, 32, fp32)
+    with torch.no_grad():  # a "fine-tuned" copy that decides the other way round
+        model.classifier.weight.neg_()
+        model.classifier.bias.neg_()
+    export_onnx(model, 32, other)
+    asked: list[int] = []
+
+    def tuned(n_float: int) -> Path:
+        asked.append(n_float)
+        return other
+
+    cands = (QuantCandidate("MinMax"), QuantCandidate("MinMax", float_first_convs=1, qat=True))
+    report, p32, _p8, _thr = search_quantization(
+        fp32, int8, x[:32], x[32:], y[32:], 0, lambda *_: 0.5, candidates=cands, qat_fp32=tuned
+    )
+    plain, qat = report["trials"]
+    assert asked == [1] and qat["qat"] and not plain["qat"]
+    np.testing.assert_allclose(p32, onnx_probs(fp32, x[32:]), atol=1e-6)  # the original's
+    # the mirrored copy's INT8 file disagrees with the original float model: measured as such
+    assert qat["agreement"] < plain["agreement"]
+    assert report["chosen_trial"] == 0
+    with pytest.raises(ValueError, match="qat_fp32"):
+        search_quantization(
+            fp32, int8, x[:32], x[32:], y[32:], 0, choose_threshold, candidates=cands[1:]
+        )

@@ -270,3 +270,22 @@ def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert manifest["training"]["config"]["lung_attention"] == 1.0
     assert manifest["default_for_modality"] is True and manifest["version"] == "1.1.1"
     assert "lung-attention penalty, weight 1" in (folder / "MODEL_CARD.md").read_text()
+
+    # --requantize: the INT8 file made again by the recipe search, whose last candidate is the
+    # quantization-aware fine-tuned copy (the preset's qat_epochs), scored against the original
+    again = [*args[:-3], "--calibration", "auto", "--skip-cv", "--requantize"]
+    assert main([*again, "--models-dir", str(models), "--device", "cpu"]) == 0
+    state = json.loads((work / "state.json").read_text())
+    assert state["qat"]["epochs"] == 6 and state["qat"]["float_convs"] == 3
+    assert 0 < state["qat"]["images"] <= 30 and len(state["qat"]["kl_per_epoch"]) == 6
+    manifest = json.loads((folder / "manifest.json").read_text())
+    q = manifest["quantization"]
+    assert [t["qat"] for t in q["trials"]] == [False] * (len(q["trials"]) - 1) + [True]
+    chosen_qat = q["trials"][q["chosen_trial"]]["qat"]
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert q["qat"] == state["qat"] and "Quantization-aware distillation" in card
+    assert chosen_qat == ("This is the shipped INT8 file." in card) != ("Not chosen;" in card)
+    assert "| MinMax after QAT | first 3 Conv layers |" in card
+    # the shipped float reference is the original model, not the fine-tuned copy
+    assert (folder / "model_fp32.onnx").read_bytes() == (work / "model_fp32.onnx").read_bytes()
+    assert (work / "model_qat_fp32.onnx").read_bytes() != (work / "model_fp32.onnx").read_bytes()

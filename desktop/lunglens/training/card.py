@@ -411,6 +411,7 @@ def _quantization_lines(m: ModelManifest) -> list[str]:
         f"INT8 op types: {', '.join(q['quantized_op_types'])}; kept in float: "
         f"{', '.join(q['float_op_types'])} (nodes {', '.join(q['float_nodes']) or 'none'}).",
         *_bias_correction_line(q.get("bias_correction")),
+        *_qat_line(q),
         f"- Parity on validation fold ({par['n']} images){where}: "
         f"decision agreement {_pct(par['agreement'])}, "
         f"accuracy float {_pct(par['accuracy_float'])} vs INT8 {_pct(par['accuracy_int8'])} "
@@ -429,6 +430,30 @@ def _bias_correction_line(bc: Mapping[str, Any] | None) -> list[str]:
         f"- Bias correction: {bc['method']}, {bc['convs']} INT8 Conv layers, mean per-channel "
         f"output shift removed {bc['mean_abs_shift']:.4f}, measured on the "
         f"{bc['images']} calibration images."
+    ]
+
+
+def _qat_line(q: Mapping[str, Any]) -> list[str]:
+    """How the quantization-aware candidate's weights were made, when the search tried one."""
+    qat = q.get("qat")
+    if not qat:
+        return []
+    chosen = bool(q.get("trials") and q["trials"][q["chosen_trial"]].get("qat"))
+    kl = ", ".join(f"{v:.4f}" for v in qat["kl_per_epoch"])
+    verdict = (
+        "This is the shipped INT8 file."
+        if chosen
+        else "Not chosen; its measurements are in the table below."
+    )
+    return [
+        f"- Quantization-aware distillation (`MinMax after QAT` in the table; "
+        f"lunglens.training.qat): a copy of the float model fine-tuned {qat['epochs']} epochs "
+        f"(Adam, learning rate {qat['lr']:g}) on {qat['images']} training images with BatchNorm "
+        f"folded and INT8 simulated (weights per channel, {qat['simulated_activations']} "
+        f"activations uint8, the first {qat['float_convs']} Conv layers float) to match the "
+        f"float model's probabilities; KL(float || simulated INT8) per epoch {kl}. Its INT8 "
+        "copy is scored against the original float model (`model_fp32.onnx`, the one the "
+        f"cross-validation describes). {verdict}"
     ]
 
 
@@ -649,7 +674,8 @@ def _quantization_trials(q: Mapping[str, Any]) -> list[str]:
     # agreement to 0.01%: against a 99.5% bar, 99.46% must not read as 99.5%
     for t in q["trials"]:
         rows.append(
-            f"| {t['calibration_method']} | {_kept_float(t)} | "
+            f"| {t['calibration_method']}{' after QAT' if t.get('qat') else ''} | "
+            f"{_kept_float(t)} | "
             f"{'yes' if t.get('bias_correction') else 'no'} | "
             f"{100 * t['agreement']:.2f}% | {t['accuracy_change_points']:+.2f} points | "
             f"{t['max_abs_prob_diff']:.3f} | {t['single_image_ms']:.1f} |"

@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="INT8 calibration (default: the preset's; auto = measure candidates, keep the best)",
     )
+    ap.add_argument(
+        "--requantize",
+        action="store_true",
+        help="make the INT8 file again (a new recipe or candidates) from the trained model; the "
+        "training, the CV and the operating point are kept",
+    )
     ap.add_argument("--version", default=None, help="manifest version (default: the preset's)")
     ap.add_argument(
         "--stages",
@@ -147,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         val_fold=args.val_fold,
         calib_images=args.calib_images,
         calibration=args.calibration,
+        requantize=args.requantize,
         version=args.version,
         # the compared models of a card: shipped ones and measured candidates
         compare_dirs=(default_models_dir(None), _repo_root() / CANDIDATES),

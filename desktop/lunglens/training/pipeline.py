@@ -54,6 +54,7 @@ class PipelineOptions:
     skip_cv: bool = False
     calib_images: int = 300
     calibration: str | None = None  # None: the preset's (a method name or "auto": search)
+    requantize: bool = False  # forget the recorded INT8 recipe: quantize (search) again
     min_sensitivity: float = 0.95
     version: str | None = None  # None: the preset's
     #: more folders where the models named in ``Preset.compared_with`` may be (card table)
@@ -369,6 +370,8 @@ class Pipeline:
                 self.stage_cv(ds)
             return self.state
         self.stage_export(ds)
+        if self.o.requantize:
+            self.state.pop("quantization", None)
         self.stage_quantize(ds)
         self.write_model_dir(ds)
         if not self.o.skip_cv:
@@ -433,10 +436,13 @@ class Pipeline:
         exists before the CV ends); then, once the pooled out-of-fold operating point is
         known, again at that shipped threshold (``at_operating_point``), since the decisions
         that ship are made there and a recipe chosen elsewhere can flip more of them (CT 1.1.0:
-        99.6% agreement at its own 0.107, 98.8% at the shipped 0.0945).
+        99.6% agreement at its own 0.107, 98.8% at the shipped 0.0945). A search on a model
+        whose operating point is already known (``--requantize``) runs once, at that threshold.
         """
         from lunglens.training.metrics import choose_threshold
         from lunglens.training.quantize import (
+            QAT_CANDIDATE,
+            QUANT_CANDIDATES,
             QuantCandidate,
             Validation,
             onnx_probs,
@@ -455,6 +461,8 @@ class Pipeline:
                 return
         elif done and int8.exists():
             return
+        # the searched recipe is chosen at the shipped threshold wherever that is known
+        at_operating_point = at_operating_point or bool(op and method == "auto")
         calib, val_idx = self.quantization_images(ds)
         pos = self.positive(ds)
         y = ds.labels[val_idx]
@@ -466,11 +474,22 @@ class Pipeline:
             return choose_threshold(y_pos, p_pos, self.o.min_sensitivity)
 
         if method == "auto":
+            qat = self.p.qat_epochs > 0
             q, p32, p8, thr = search_quantization(
-                fp32, int8, calib, ds.images[val_idx], y, pos, threshold
+                fp32,
+                int8,
+                calib,
+                ds.images[val_idx],
+                y,
+                pos,
+                threshold,
+                candidates=(*QUANT_CANDIDATES, QAT_CANDIDATE) if qat else QUANT_CANDIDATES,
+                qat_fp32=(lambda n: self.qat_model(ds, calib, n)) if qat else None,
             )
             for t in q["trials"]:
                 self.log(f"quantization trial {t}")
+            if qat:  # how the fine-tuned copy was made, chosen or not (the card says which)
+                q["qat"] = self.state["qat"]
         else:
             p32 = onnx_probs(fp32, ds.images[val_idx])
             val = Validation(ds.images[val_idx], y, pos, p32, threshold)
@@ -489,6 +508,41 @@ class Pipeline:
             f"threshold {thr:.3f}"
         )
         self.save_state()
+
+    def qat_model(self, ds: ImageSet, calib: np.ndarray, float_convs: int) -> Path:
+        """The final model fine-tuned with INT8 simulated (:mod:`lunglens.training.qat`),
+        exported as ``model_qat_fp32.onnx``: what a ``qat`` quantization candidate is made from.
+
+        Made once per recipe (``state["qat"]`` records it; a new model's search runs twice, at
+        the validation fold's threshold and at the shipped one). Its images are the final model's
+        training folds, never the validation fold the INT8 file is scored on: at most
+        ``Preset.qat_images`` of them, a fixed draw.
+        """
+        from lunglens.training.export import export_onnx
+        from lunglens.training.qat import fine_tune
+        from lunglens.training.train import load_best
+
+        path = self.work / "model_qat_fp32.onnx"
+        recipe = dict(epochs=self.p.qat_epochs, float_convs=float_convs)
+        done = self.state.get("qat")
+        if done and path.exists() and all(done.get(k) == v for k, v in recipe.items()):
+            return path
+        v = self.val_fold(ds)
+        pool = ds.folds([f for f in range(self.o.folds) if f != v])
+        pool = np.sort(np.random.default_rng(1).permutation(pool)[: self.p.qat_images])
+        model = load_best(self.work / "final", self.p.arch, len(ds.classes))
+        tuned, report = fine_tune(
+            model,
+            ds.images[pool],
+            calib,
+            epochs=self.p.qat_epochs,
+            float_convs=float_convs,
+            log=self.log,
+        )
+        export_onnx(tuned, self.size, path)
+        self.state["qat"] = report
+        self.save_state()
+        return path
 
     def shipped_parity(self, ds: ImageSet) -> dict:
         """INT8 vs float on the validation fold at the shipped threshold, once the pooled

@@ -71,6 +71,10 @@ class Preset:
     version: str = "1.0.0"
     #: presets this one is measured against on the same folds (a table in its card)
     compared_with: tuple[str, ...] = field(default=())
+    #: INT8 recipe search (``calibration="auto"``) also tries quantization-aware distillation
+    #: (training.qat) for this many epochs over at most ``qat_images`` training images; 0 = not
+    qat_epochs: int = 0
+    qat_images: int = 1500
 
 
 # What presets share, by task and by recipe; each preset below adds only what is its own.
@@ -143,6 +147,7 @@ PRESETS: dict[str, Preset] = {
             model_name="efficientnet-lite-ct",
             lung_attention=1.0,
             version="1.1.1",
+            qat_epochs=6,
             compared_with=(
                 "ct-efficientnet-lite-plain",
                 "ct-efficientnet-lite-attention-0.3",
@@ -233,6 +238,7 @@ PRESETS: dict[str, Preset] = {
             name="cxr-efficientnet-lite",
             model_name="efficientnet-lite-cxr",
             version="1.0.1",  # 1.0.0 re-quantized with bias correction
+            qat_epochs=6,
             compared_with=("cxr-efficientnet-lite-balanced", "cxr-efficientnet-lite-k1"),
         ),
         # the same recipe with classes balanced within each source (issue 13, point 4)

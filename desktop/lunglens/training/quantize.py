@@ -190,6 +190,9 @@ class QuantCandidate(NamedTuple):
     keep_float: tuple[str, ...] = ()  #: op types left in float
     float_first_convs: int = 0  #: the first N Conv layers (and what precedes them) left float
     bias_correction: bool = False  #: per-channel output means matched to float, layer by layer
+    #: quantized from the quantization-aware fine-tuned copy of the float model
+    #: (:mod:`lunglens.training.qat`), scored against the original float model
+    qat: bool = False
 
 
 # Candidates tried, in order, by ``search_quantization``: every quantizable op in INT8 with two
@@ -219,6 +222,14 @@ QUANT_CANDIDATES: tuple[QuantCandidate, ...] = (
 )
 
 
+#: Tried after ``QUANT_CANDIDATES`` by a preset with quantization-aware fine-tuning
+#: (``Preset.qat_epochs``): MinMax over the fine-tuned weights with only the stem and block 0
+#: in float, the fast graph that plain calibration cannot make agree (the first 3 Conv layers,
+#: on the X-ray Lite0: 97.4% agreement post-training, 98.1% after QAT; CT 98.4% and 98.9%;
+#: docs/measurements.md).
+QAT_CANDIDATE = QuantCandidate("MinMax", float_first_convs=3, qat=True)
+
+
 class Validation(NamedTuple):
     """The validation fold a quantization is scored on, against the float model."""
 
@@ -240,6 +251,9 @@ def quantize_and_score(
 
     The threshold is ``val.choose_threshold`` applied to the INT8 model's probabilities (what
     ships): the validation fold's own for a first pass, the shipped one once the CV set it.
+
+    ``fp32_path`` is the model the INT8 file is made from (for a ``qat`` candidate, the
+    fine-tuned copy); ``val.p32`` are the probabilities of the float model it must agree with.
 
     Returns
     -------
@@ -318,6 +332,7 @@ def search_quantization(
     min_agreement: float = 0.995,
     max_accuracy_loss: float = 0.5,
     candidates: Sequence[tuple] = QUANT_CANDIDATES,
+    qat_fp32: Callable[[int], Path] | None = None,
 ) -> tuple[dict, np.ndarray, np.ndarray, float]:
     """Try calibration methods and float-op sets; keep the one that holds accuracy.
 
@@ -325,7 +340,9 @@ def search_quantization(
     (decision agreement at the threshold ``choose_threshold`` gives, accuracy change, max
     |dp|, single-image latency); :func:`choose_trial` picks one from those measurements. Every
     trial is returned in the report (``trials``, ``chosen_trial``) so the manifest shows why
-    the shipped recipe won.
+    the shipped recipe won. A ``qat`` candidate is quantized from ``qat_fp32(float_first_convs)``
+    (the float model fine-tuned with INT8 simulated, those first convolutions left float) and
+    scored against the original float model like the others.
 
     Returns
     -------
@@ -337,9 +354,12 @@ def search_quantization(
     results: list[tuple[dict, np.ndarray, float, Path]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, cand in enumerate(candidates):
-            method, keep, n_float, corrected = cand = QuantCandidate(*cand)
+            method, keep, n_float, corrected, qat = cand = QuantCandidate(*cand)
+            if qat and qat_fp32 is None:
+                raise ValueError(f"candidate {cand} needs qat_fp32, the fine-tuned float model")
+            source = qat_fp32(n_float) if qat and qat_fp32 else fp32_path
             path = Path(tmp) / f"cand{i}.onnx"
-            q, p8, thr = quantize_and_score(fp32_path, path, calib_images, val, cand)
+            q, p8, thr = quantize_and_score(source, path, calib_images, val, cand)
             par = q["parity_validation_fold"]
             trials.append(
                 dict(
@@ -347,6 +367,7 @@ def search_quantization(
                     kept_float=list(keep),
                     float_first_convs=n_float,
                     bias_correction=corrected,
+                    qat=qat,
                     agreement=par["agreement"],
                     accuracy_change_points=par["accuracy_change_points"],
                     max_abs_prob_diff=par["max_abs_prob_diff"],
