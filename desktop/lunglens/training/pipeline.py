@@ -424,7 +424,7 @@ class Pipeline:
         validation fold, sources left out of training included) and the validation fold's
         indices, on which INT8 is scored against float."""
         v = self.val_fold(ds)
-        train_idx = ds.folds([f for f in range(self.o.folds) if f != v])
+        train_idx = ds.folds(self.final_train_folds(v))
         rng = np.random.default_rng(0)
         calib = train_idx[rng.permutation(len(train_idx))[: self.o.calib_images]]
         return ds.images[calib], ds.folds([v])
@@ -528,7 +528,7 @@ class Pipeline:
         if done and path.exists() and all(done.get(k) == v for k, v in recipe.items()):
             return path
         v = self.val_fold(ds)
-        pool = ds.folds([f for f in range(self.o.folds) if f != v])
+        pool = ds.folds(self.final_train_folds(v))
         pool = np.sort(np.random.default_rng(1).permutation(pool)[: self.p.qat_images])
         model = load_best(self.work / "final", self.p.arch, len(ds.classes))
         tuned, report = fine_tune(
