@@ -86,15 +86,17 @@ def test_folding_batchnorm_keeps_the_function() -> None:
 
 
 def test_simulation_quantizes_weights_per_channel_and_activations_to_uint8() -> None:
-    from lunglens.training.qat import simulate_int8
+    from lunglens.training.qat import _W_MAX, simulate_int8
+    from lunglens.training.quantize import WEIGHT_MAX
 
+    assert _W_MAX == WEIGHT_MAX == 64  # the simulation's weight grid is the INT8 file's
     m = _model()
     calib = _x(_images(32))
     student, hooks = simulate_int8(m, calib, float_convs=1)
     # stem BN, block bn1, block bn2 outputs and the residual sum
     assert len(hooks) == 4 and all(not h.observing and h.hi > h.lo for h in hooks)
     w = student.block.conv_pw.weight  # the quantized copy the forward pass sees
-    scale = w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+    scale = w.abs().amax(dim=(1, 2, 3), keepdim=True) / _W_MAX
     steps = (w / scale).detach()
     assert torch.allclose(steps, steps.round(), atol=1e-3)  # on each channel's int8 grid
     # the first conv stays float, as the INT8 file keeps it
@@ -113,7 +115,7 @@ def test_simulation_quantizes_weights_per_channel_and_activations_to_uint8() -> 
 
 def test_fine_tune_brings_the_simulated_int8_network_closer_to_float(tmp_path: Path) -> None:
     from lunglens.training.export import export_onnx
-    from lunglens.training.qat import _W_MAX, fine_tune, simulate_int8
+    from lunglens.training.qat import fine_tune, simulate_int8
 
     m = _model()
     with torch.no_grad():
@@ -135,7 +137,6 @@ def test_fine_tune_brings_the_simulated_int8_network_closer_to_float(tmp_path: P
     after = kl(simulate_int8(tuned, _x(calib))[0])
     assert after < before, (before, after)
     assert len(report["kl_per_epoch"]) == 8 and report["images"] == 64
-    assert _W_MAX == 127
     # the original model is untouched; the tuned one is a plain float model that exports
     assert m.block.bn1.running_var.min() > 0.4
     assert not any(mod._forward_hooks for mod in tuned.modules())

@@ -148,6 +148,57 @@ def test_shipped_int8_recipe_follows_from_its_recorded_trials(name: str) -> None
     assert q["trials"][q["chosen_trial"]]["agreement"] == q["parity_validation_fold"]["agreement"]
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "efficientnet-lite-ct",
+        "efficientnet-lite-cxr",
+        "squeezenet-light-ct",
+        "squeezenet-light-cxr",
+    ],
+)
+def test_shipped_int8_weights_fit_seven_bits(name: str) -> None:
+    """Every shipped INT8 file computes the same on CPUs with and without VNNI: its int8
+    weights lie within +-WEIGHT_MAX, where VPMADDUBSW's int16 pair sums cannot saturate."""
+    from lunglens.training.quantize import WEIGHT_MAX, int8_weight_max
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    w_max = int8_weight_max(models / name / "model.onnx")
+    assert 0 < w_max <= WEIGHT_MAX, w_max
+
+
+def test_int8_weights_are_quantized_within_seven_bits(tmp_path: Path) -> None:
+    """``quantize_model`` writes 7-bit weights and reports them; a full-range int8 file (what
+    onnxruntime writes by default) is caught by the same check."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from lunglens.training.export import export_onnx
+    from lunglens.training.quantize import (
+        WEIGHT_MAX,
+        _Reader,
+        int8_weight_max,
+        quantize_model,
+    )
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "fp32.onnx"
+    export_onnx(_TinySENet().eval(), 32, fp32)
+    x, _ = _images(32, np.random.default_rng(4))
+    report = quantize_model(fp32, tmp_path / "int8.onnx", x)
+    assert report["weight_max_abs"] == int8_weight_max(tmp_path / "int8.onnx") == WEIGHT_MAX
+    full = tmp_path / "full.onnx"
+    quantize_static(
+        str(fp32),
+        str(full),
+        _Reader(x),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        extra_options={"WeightSymmetric": True},
+    )
+    assert int8_weight_max(full) == 127
+
+
 def test_ops_kept_in_float_are_reported_as_float(tmp_path: Path) -> None:
     """An op type left in float by request is reported as float (it was dropped from the
     report before, so a card could claim an all-INT8 SiLU that was not)."""

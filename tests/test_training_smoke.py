@@ -268,7 +268,7 @@ def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     folder = models / "efficientnet-lite-ct"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["training"]["config"]["lung_attention"] == 1.0
-    assert manifest["default_for_modality"] is True and manifest["version"] == "1.1.1"
+    assert manifest["default_for_modality"] is True and manifest["version"] == "1.1.2"
     assert "lung-attention penalty, weight 1" in (folder / "MODEL_CARD.md").read_text()
 
     # --requantize: the INT8 file made again by the recipe search, whose last candidate is the
@@ -280,6 +280,8 @@ def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert 0 < state["qat"]["images"] <= 30 and len(state["qat"]["kl_per_epoch"]) == 6
     manifest = json.loads((folder / "manifest.json").read_text())
     q = manifest["quantization"]
+    # 7-bit weights in the file and in the fine-tune's simulation (quantize.WEIGHT_MAX)
+    assert q["weight_max_abs"] <= 64 and state["qat"]["weight_max"] == 64
     assert [t["qat"] for t in q["trials"]] == [False] * (len(q["trials"]) - 1) + [True]
     chosen_qat = q["trials"][q["chosen_trial"]]["qat"]
     card = (folder / "MODEL_CARD.md").read_text()

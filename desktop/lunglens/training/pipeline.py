@@ -520,10 +520,12 @@ class Pipeline:
         """
         from lunglens.training.export import export_onnx
         from lunglens.training.qat import fine_tune
+        from lunglens.training.quantize import WEIGHT_MAX
         from lunglens.training.train import load_best
 
         path = self.work / "model_qat_fp32.onnx"
-        recipe = dict(epochs=self.p.qat_epochs, float_convs=float_convs)
+        # a copy tuned for another weight range (full int8, before 7-bit weights) is made again
+        recipe = dict(epochs=self.p.qat_epochs, float_convs=float_convs, weight_max=WEIGHT_MAX)
         done = self.state.get("qat")
         if done and path.exists() and all(done.get(k) == v for k, v in recipe.items()):
             return path

@@ -140,13 +140,14 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
         # the shipped CT recipe: the plain one below plus the lung-attention penalty (1.1.0);
-        # 1.1.1: the same model, its INT8 copy re-quantized with bias correction
+        # 1.1.1: the same model, its INT8 copy re-quantized with bias correction; 1.1.2: with
+        # 7-bit weights (quantize.WEIGHT_MAX: the same decisions on CPUs without VNNI)
         _preset(
             _LITE_CT,
             name="ct-efficientnet-lite",
             model_name="efficientnet-lite-ct",
             lung_attention=1.0,
-            version="1.1.1",
+            version="1.1.2",
             qat_epochs=6,
             compared_with=(
                 "ct-efficientnet-lite-plain",
@@ -237,7 +238,8 @@ PRESETS: dict[str, Preset] = {
             _LITE_CXR,
             name="cxr-efficientnet-lite",
             model_name="efficientnet-lite-cxr",
-            version="1.0.1",  # 1.0.0 re-quantized with bias correction
+            # 1.0.1: 1.0.0 re-quantized with bias correction; 1.0.2: with 7-bit weights
+            version="1.0.2",
             qat_epochs=6,
             compared_with=("cxr-efficientnet-lite-balanced", "cxr-efficientnet-lite-k1"),
         ),
@@ -273,7 +275,7 @@ PRESETS: dict[str, Preset] = {
             epochs_cuda=30,
             calibration="auto",
             shipped=True,
-            version="2.0.0",
+            version="2.0.1",  # 2.0.0 re-quantized with 7-bit weights (quantize.WEIGHT_MAX)
             compared_with=(
                 "ct-efficientnet-lite-plain",
                 "ct-squeezenet-views-long",
@@ -348,6 +350,9 @@ PRESETS: dict[str, Preset] = {
             model_name="squeezenet-light-cxr",
             epochs_cpu=25,
             epochs_cuda=60,
+            # 1.0.1: trained again by the same command (the run folder was gone) for an INT8
+            # file with 7-bit weights (quantize.WEIGHT_MAX)
+            version="1.0.1",
         ),
         _preset(
             _CXR,

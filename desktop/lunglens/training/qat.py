@@ -10,8 +10,9 @@ copy of the trained model with
 
 * BatchNorm folded into the convolutions (what the ONNX export does), so the simulated weight
   quantization sees the same weights onnxruntime quantizes;
-* every convolution's weights fake-quantized per output channel, int8 symmetric (-127..127), as
-  ``quantize_static(..., per_channel=True, WeightSymmetric=True)`` does;
+* every convolution's weights fake-quantized per output channel, int8 symmetric within
+  -64..64, as ``quantize_static(..., per_channel=True, reduce_range=True,
+  WeightSymmetric=True)`` does (``quantize.WEIGHT_MAX``: exact on CPUs without VNNI);
 * every activation onnxruntime quantizes (each Conv + activation output, each residual sum)
   fake-quantized to uint8 over its calibrated min/max (MinMax, the shipped calibration);
 
@@ -42,7 +43,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 _ACT_LEVELS = 255  # uint8 activations
-_W_MAX = 127  # int8 symmetric weights: -127..127 (onnxruntime's symmetric int8 range)
+# int8 symmetric weights within -64..64: the 7-bit range quantize.WEIGHT_MAX gives every INT8 file
+_W_MAX = 64
 
 
 class _WeightFakeQuant(nn.Module):
@@ -242,6 +244,7 @@ def fine_tune(
         calibration_images=len(calib),
         simulated_activations=len(hooks),
         float_convs=float_convs,
+        weight_max=_W_MAX,
         kl_per_epoch=[round(v, 6) for v in history],
         seconds=round(time.time() - t0, 1),
     )

@@ -20,6 +20,17 @@ from lunglens.training.bias_correction import correct_biases
 
 _BATCH = 16  # calibration batch size
 
+#: Largest |int8| weight an INT8 file may hold: 7-bit weights (onnxruntime's ``reduce_range``).
+#: x86 CPUs without VNNI (AVX2 and AVX-512 before Cascade Lake / Ice Lake, Zen 1-3: most clinic
+#: laptops) multiply uint8 activations by int8 weights with VPMADDUBSW, which adds each pair
+#: of products into a *saturating* int16 (onnxruntime's quantization guide; Intel oneDNN,
+#: "Nuances of int8 computations"). 255 * (|w1| + |w2|) stays within 32767 only when
+#: |w| <= 64. With full-range weights the X-ray Lite0 1.0.1 agreed with float on 100% of its
+#: validation decisions on this VNNI machine and lost one under an emulated Haswell CPU (a
+#: COVID-flagged X-ray, P 0.284, fell to 0.159; max |dp| against the same file here 0.24);
+#: the 7-bit file gives the same probabilities on both (docs/measurements.md).
+WEIGHT_MAX = 64
+
 
 def input_batches(images: np.ndarray, batch: int = _BATCH) -> Iterator[np.ndarray]:
     """uint8 images ``[N, H, W]`` as the graphs' ``image`` input (float32 ``[b, 1, H, W]`` in
@@ -83,6 +94,9 @@ def quantize_model(
 ) -> dict:
     """Quantize ``fp32_path`` to ``int8_path``; returns what was done (for the manifest).
 
+    Weights are int8 symmetric within +-:data:`WEIGHT_MAX` (7 bits), so the integer arithmetic
+    is exact on every x86 CPU and the parity measured here holds on the clinic's laptop.
+
     ``float_first_convs`` keeps the graph's first N ``Conv`` nodes (and every node before the
     last of them) in float: the full-resolution stem and first blocks, where a per-tensor
     uint8 activation scale costs a MobileNet-style network most (Nagel et al. 2019, "Data-Free
@@ -138,12 +152,18 @@ def quantize_model(
             calibrate_method=getattr(CalibrationMethod, method),
             nodes_to_exclude=exclude,
             op_types_to_quantize=quant_ops,
+            reduce_range=True,  # weights within +-WEIGHT_MAX: no int16 saturation without VNNI
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         corrected = correct_biases(pre, int8_path, calib_images) if bias_correction else None
+    w_max = int8_weight_max(int8_path)
+    if w_max > WEIGHT_MAX:  # the quantizer's contract, checked on what it wrote
+        raise RuntimeError(f"{int8_path.name}: an int8 weight of {w_max} exceeds {WEIGHT_MAX}")
     return dict(
         scheme="static QDQ, activations uint8 asymmetric, weights int8 symmetric"
-        + (" per-channel" if per_channel else " per-tensor"),
+        + (" per-channel" if per_channel else " per-tensor")
+        + f" within +-{WEIGHT_MAX} (7 bits: exact on x86 CPUs without VNNI)",
+        weight_max_abs=w_max,
         calibration_method=method,
         calibration_images=len(calib_images),  # after trimming to whole batches
         quantized_op_types=quant_ops,
@@ -154,6 +174,24 @@ def quantize_model(
         float_op_types=sorted(set(op_types) - set(quant_ops)),
         seconds=round(time.time() - t0, 1),
     )
+
+
+def int8_weight_max(path: Path) -> int:
+    """Largest |value| of the int8 weights of an INT8 (QDQ) file: the signed initializers that
+    a ``DequantizeLinear`` turns into a weight. :data:`WEIGHT_MAX` or less means the file
+    computes the same on CPUs with and without VNNI; 0 when it holds no int8 weight."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    largest = 0
+    for node in graph.node:
+        src = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if src is not None and src.data_type == onnx.TensorProto.INT8:
+            w = numpy_helper.to_array(src).astype(np.int16)
+            largest = max(largest, int(np.abs(w).max(initial=0)))
+    return largest
 
 
 def onnx_probs(path: Path, images: np.ndarray, batch: int = 64) -> np.ndarray:
