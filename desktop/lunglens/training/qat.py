@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lunglens.training.quantize import WEIGHT_MAX
+
 _ACT_LEVELS = 255  # uint8 activations
-# int8 symmetric weights within -64..64: the 7-bit range quantize.WEIGHT_MAX gives every INT8 file
-_W_MAX = 64
+_W_MAX = WEIGHT_MAX  # int8 symmetric weights within -64..64, the grid of every INT8 file
 
 
 class _WeightFakeQuant(nn.Module):
