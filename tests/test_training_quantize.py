@@ -38,6 +38,26 @@ class _TinySENet(torch.nn.Module):
         return self.classifier(self.features(x).mean((2, 3)))
 
 
+class _TinyDWNet(_TinySENet):
+    """Stem, a depthwise 3x3 (one input channel per group: MLAS's depthwise kernel), a grouped
+    3x3 that is not depthwise (GEMM kernels) and a pointwise conv, as in EfficientNet-Lite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 8, 3, 1, 1, groups=8),
+            nn.ReLU6(),
+            nn.Conv2d(8, 8, 3, 2, 1, groups=2),
+            nn.ReLU6(),
+            nn.Conv2d(8, 16, 1),
+            nn.ReLU6(),
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.stem(x))
+
+
 def _images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two separable classes: bright blob vs dark, uint8 [N, 32, 32]."""
     labels = rng.integers(0, 2, n)
@@ -197,6 +217,42 @@ def test_int8_weights_are_quantized_within_seven_bits(tmp_path: Path) -> None:
         extra_options={"WeightSymmetric": True},
     )
     assert int8_weight_max(full) == 127
+
+
+def test_depthwise_weights_get_eight_bits_and_nothing_else_changes(tmp_path: Path) -> None:
+    """``depthwise_8bit`` gives only the depthwise Conv (MLAS's widening kernel) the full int8
+    range: the grouped and pointwise Convs keep 7 bits, every activation scale is the 7-bit
+    file's, and the report says so."""
+    import onnx
+    from onnx import numpy_helper
+
+    from lunglens.training.export import export_onnx
+    from lunglens.training.quantize import (
+        WEIGHT_MAX,
+        int8_weight_max,
+        onnx_probs,
+        quantize_model,
+    )
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "fp32.onnx"
+    export_onnx(_TinyDWNet().eval(), 32, fp32)
+    x, _ = _images(48, np.random.default_rng(5))
+    seven, eight = tmp_path / "seven.onnx", tmp_path / "eight.onnx"
+    r7 = quantize_model(fp32, seven, x)
+    r8 = quantize_model(fp32, eight, x, depthwise_8bit=True)
+    assert r7["depthwise_weight_max_abs"] == WEIGHT_MAX and not r7["depthwise_8bit"]
+    assert r8["depthwise_weight_max_abs"] == int8_weight_max(eight, depthwise=True) == 127
+    assert r8["weight_max_abs"] == int8_weight_max(eight) == WEIGHT_MAX  # grouped + pointwise
+    assert "depthwise Convs 8 bits" in r8["scheme"] and "depthwise" not in r7["scheme"]
+    a = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(seven)).graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(eight)).graph.initializer}
+    assert a.keys() == b.keys()
+    changed = {k for k in a if not np.array_equal(a[k], b[k])}
+    # the depthwise weight, its scale and its int32 bias (whose scale is s_x * s_w)
+    assert changed and all("body.0" in k for k in changed), changed
+    p32, p8 = onnx_probs(fp32, x), onnx_probs(eight, x)
+    assert np.abs(p32 - p8).max() < 0.05
 
 
 def test_ops_kept_in_float_are_reported_as_float(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MODELS = Path(__file__).resolve().parents[1] / "models"  # the shipped models
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.train,
@@ -268,7 +269,9 @@ def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     folder = models / "efficientnet-lite-ct"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["training"]["config"]["lung_attention"] == 1.0
-    assert manifest["default_for_modality"] is True and manifest["version"] == "1.1.2"
+    shipped = json.loads((MODELS / "efficientnet-lite-ct" / "manifest.json").read_text())
+    assert manifest["default_for_modality"] is True
+    assert manifest["version"] == shipped["version"]  # the preset names what ships
     assert "lung-attention penalty, weight 1" in (folder / "MODEL_CARD.md").read_text()
 
     # --requantize: the INT8 file made again by the recipe search, whose last candidate is the
@@ -282,6 +285,9 @@ def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     q = manifest["quantization"]
     # 7-bit weights in the file and in the fine-tune's simulation (quantize.WEIGHT_MAX)
     assert q["weight_max_abs"] <= 64 and state["qat"]["weight_max"] == 64
+    # Lite0 has depthwise convolutions, so the 8-bit depthwise recipes were measured too
+    assert sum(t["depthwise_8bit"] for t in q["trials"]) == 4
+    assert q["depthwise_weight_max_abs"] <= (127 if q["depthwise_8bit"] else 64)
     assert [t["qat"] for t in q["trials"]] == [False] * (len(q["trials"]) - 1) + [True]
     chosen_qat = q["trials"][q["chosen_trial"]]["qat"]
     card = (folder / "MODEL_CARD.md").read_text()

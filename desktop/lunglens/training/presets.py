@@ -141,13 +141,14 @@ PRESETS: dict[str, Preset] = {
     for p in [
         # the shipped CT recipe: the plain one below plus the lung-attention penalty (1.1.0);
         # 1.1.1: the same model, its INT8 copy re-quantized with bias correction; 1.1.2: with
-        # 7-bit weights (quantize.WEIGHT_MAX: the same decisions on CPUs without VNNI)
+        # 7-bit weights (quantize.WEIGHT_MAX: the same decisions on CPUs without VNNI); 1.1.3:
+        # re-quantized with 8-bit depthwise weights among the candidates (depthwise_8bit)
         _preset(
             _LITE_CT,
             name="ct-efficientnet-lite",
             model_name="efficientnet-lite-ct",
             lung_attention=1.0,
-            version="1.1.2",
+            version="1.1.3",
             qat_epochs=6,
             compared_with=(
                 "ct-efficientnet-lite-plain",
@@ -238,7 +239,8 @@ PRESETS: dict[str, Preset] = {
             _LITE_CXR,
             name="cxr-efficientnet-lite",
             model_name="efficientnet-lite-cxr",
-            # 1.0.1: 1.0.0 re-quantized with bias correction; 1.0.2: with 7-bit weights
+            # 1.0.1: 1.0.0 re-quantized with bias correction; 1.0.2: with 7-bit weights (the
+            # search with the 8-bit depthwise candidates chose the same file again)
             version="1.0.2",
             qat_epochs=6,
             compared_with=("cxr-efficientnet-lite-balanced", "cxr-efficientnet-lite-k1"),
@@ -275,7 +277,9 @@ PRESETS: dict[str, Preset] = {
             epochs_cuda=30,
             calibration="auto",
             shipped=True,
-            version="2.0.1",  # 2.0.0 re-quantized with 7-bit weights (quantize.WEIGHT_MAX)
+            # 2.0.1: 2.0.0 re-quantized with 7-bit weights (quantize.WEIGHT_MAX); 2.0.2: the
+            # same search again on an idle machine (2.0.1's timings shared the CPU with an emulator)
+            version="2.0.2",
             compared_with=(
                 "ct-efficientnet-lite-plain",
                 "ct-squeezenet-views-long",
