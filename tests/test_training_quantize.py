@@ -58,6 +58,16 @@ class _TinyDWNet(_TinySENet):
         return self.body(self.stem(x))
 
 
+def _exported(net: type[torch.nn.Module], tmp_path: Path) -> Path:
+    """``net`` (seeded, eval mode) exported with the app's ONNX contract at 32 px."""
+    from lunglens.training.export import export_onnx
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "fp32.onnx"
+    export_onnx(net().eval(), 32, fp32)
+    return fp32
+
+
 def _images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two separable classes: bright blob vs dark, uint8 [N, 32, 32]."""
     labels = rng.integers(0, 2, n)
@@ -72,6 +82,7 @@ def test_search_measures_every_candidate_and_keeps_a_qualifying_one(tmp_path: Pa
     from lunglens.training.quantize import (
         QUANT_CANDIDATES,
         QuantCandidate,
+        has_depthwise_convs,
         onnx_probs,
         search_quantization,
     )
@@ -95,7 +106,9 @@ def test_search_measures_every_candidate_and_keeps_a_qualifying_one(tmp_path: Pa
         ("MinMax", ("Mul",)),
         QuantCandidate("MinMax", (), 1),
         QuantCandidate("MinMax", bias_correction=True),
+        QuantCandidate("MinMax", depthwise_8bit=True),  # skipped: no depthwise Conv here
     )
+    assert not has_depthwise_convs(fp32)
     report, p32, p8, thr = search_quantization(
         fp32, int8, x[:32], x[64:], y[64:], 0, choose_threshold, candidates=cands
     )
@@ -106,9 +119,10 @@ def test_search_measures_every_candidate_and_keeps_a_qualifying_one(tmp_path: Pa
             tuple(t["kept_float"]),
             t["float_first_convs"],
             t["bias_correction"],
+            depthwise_8bit=t["depthwise_8bit"],
         )
         for t in trials
-    ] == [QuantCandidate(*c) for c in cands]
+    ] == [QuantCandidate(*c) for c in cands[:-1]]
     assert all(0.0 <= t["agreement"] <= 1.0 and t["single_image_ms"] > 0 for t in trials)
     # The written file is the chosen candidate: its probabilities are the ones returned.
     np.testing.assert_allclose(onnx_probs(int8, x[64:]), p8, atol=1e-6)
@@ -192,17 +206,9 @@ def test_int8_weights_are_quantized_within_seven_bits(tmp_path: Path) -> None:
     onnxruntime writes by default) is caught by the same check."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from lunglens.training.export import export_onnx
-    from lunglens.training.quantize import (
-        WEIGHT_MAX,
-        _Reader,
-        int8_weight_max,
-        quantize_model,
-    )
+    from lunglens.training.quantize import WEIGHT_MAX, _Reader, int8_weight_max, quantize_model
 
-    torch.manual_seed(0)
-    fp32 = tmp_path / "fp32.onnx"
-    export_onnx(_TinySENet().eval(), 32, fp32)
+    fp32 = _exported(_TinySENet, tmp_path)
     x, _ = _images(32, np.random.default_rng(4))
     report = quantize_model(fp32, tmp_path / "int8.onnx", x)
     assert report["weight_max_abs"] == int8_weight_max(tmp_path / "int8.onnx") == WEIGHT_MAX
@@ -226,17 +232,16 @@ def test_depthwise_weights_get_eight_bits_and_nothing_else_changes(tmp_path: Pat
     import onnx
     from onnx import numpy_helper
 
-    from lunglens.training.export import export_onnx
     from lunglens.training.quantize import (
         WEIGHT_MAX,
+        has_depthwise_convs,
         int8_weight_max,
         onnx_probs,
         quantize_model,
     )
 
-    torch.manual_seed(0)
-    fp32 = tmp_path / "fp32.onnx"
-    export_onnx(_TinyDWNet().eval(), 32, fp32)
+    fp32 = _exported(_TinyDWNet, tmp_path)
+    assert has_depthwise_convs(fp32)
     x, _ = _images(48, np.random.default_rng(5))
     seven, eight = tmp_path / "seven.onnx", tmp_path / "eight.onnx"
     r7 = quantize_model(fp32, seven, x)
