@@ -1,6 +1,7 @@
 """Which blocks of a trained network cost INT8 agreement: each block quantized alone.
 
-Usage: ``python benchmarks/quant_sensitivity.py [ct-efficientnet-lite] [--blocks N]``
+Usage: ``python benchmarks/quant_sensitivity.py [ct-efficientnet-lite] [--blocks N]
+[--from-float N] [--depthwise-8bit]``
 
 Takes the float graph ``lunglens-train <preset>`` left in its work folder
 (``runs/<model>/model_fp32.onnx``), the pipeline's calibration images and validation fold
@@ -10,6 +11,12 @@ other one in float (``quantize_model(float_prefixes=...)``). It prints, per bloc
 validation decisions flip against float at the shipped threshold, and the mean and max |dp|.
 The scan is why the search's candidates keep the first Convs in float (docs/measurements.md
 quotes one run). Needs the train extra and ``../shared/data``; about 20 s per block.
+
+``--from-float N`` scans the other way, from a shipped-style recipe: the stem and the first N
+blocks in float, everything after them in INT8, and each of those N blocks put into INT8 alone
+(the rest of them still float). It answers whether any block of the float region can go
+(each one it can is speed for free). ``--depthwise-8bit`` gives every copy 8-bit depthwise
+weights (``quantize_model(depthwise_8bit=True)``), as the CT Lite0 1.1.3 has.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("preset", nargs="?", default="ct-efficientnet-lite")
     ap.add_argument("--blocks", type=int, default=None, help="only the first N blocks")
+    ap.add_argument("--from-float", type=int, default=0, metavar="N", help="see the docstring")
+    ap.add_argument("--depthwise-8bit", action="store_true", help="8-bit depthwise weights")
     args = ap.parse_args()
     preset = PRESETS[args.preset]
     runs = Path(os.environ.get("LUNGLENS_RUNS", ROOT / "runs"))
@@ -65,13 +74,23 @@ def main() -> None:
     fp32 = pipe.work / "model_fp32.onnx"
     p32 = onnx_probs(fp32, ds.images[val_idx])[:, pos]
     groups = blocks(fp32)
+    names = list(groups)
+    if args.from_float:  # the stem and the first N blocks float; each of them INT8 in turn
+        base = names[: args.from_float + 1]
+        scans = [("(none)", base)] + [(n, [b for b in base if b != n]) for n in base]
+        title = f"stem + {args.from_float} blocks float, INT8 too"
+    else:
+        scans = [(n, [b for b in names if b != n]) for n in names[: args.blocks]]
+        title = "block in INT8 alone"
     print(f"{args.preset}: {len(val_idx)} validation images, threshold {thr:.4f}")
-    print(f"{'block in INT8 alone':32s} {'flips':>5s} {'mean|dp|':>9s} {'max|dp|':>8s}")
+    print(f"{title:32s} {'flips':>5s} {'mean|dp|':>9s} {'max|dp|':>8s}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in list(groups)[: args.blocks]:
-            rest = [p for other, ps in groups.items() if other != name for p in ps]
+        for name, floats in scans:
+            rest = [p for block in floats for p in groups[block]]
             out = Path(tmp) / "one.onnx"
-            quantize_model(fp32, out, calib, float_prefixes=rest)
+            quantize_model(
+                fp32, out, calib, float_prefixes=rest, depthwise_8bit=args.depthwise_8bit
+            )
             p8 = onnx_probs(out, ds.images[val_idx])[:, pos]
             dp = np.abs(p8 - p32)
             flips = int(((p8 >= thr) != (p32 >= thr)).sum())
