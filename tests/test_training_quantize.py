@@ -193,12 +193,21 @@ def test_shipped_int8_recipe_follows_from_its_recorded_trials(name: str) -> None
 )
 def test_shipped_int8_weights_fit_seven_bits(name: str) -> None:
     """Every shipped INT8 file computes the same on CPUs with and without VNNI: its int8
-    weights lie within +-WEIGHT_MAX, where VPMADDUBSW's int16 pair sums cannot saturate."""
+    weights outside depthwise Convs lie within +-WEIGHT_MAX, where VPMADDUBSW's int16 pair
+    sums cannot saturate (depthwise Convs run on kernels that cannot), and the manifest
+    records what the file holds."""
+    import json
+
     from lunglens.training.quantize import WEIGHT_MAX, int8_weight_max
 
     models = Path(__file__).resolve().parents[1] / "models"
     w_max = int8_weight_max(models / name / "model.onnx")
     assert 0 < w_max <= WEIGHT_MAX, w_max
+    q = json.loads((models / name / "manifest.json").read_text())["quantization"]
+    assert q["weight_max_abs"] == w_max
+    if "depthwise_weight_max_abs" in q:  # written since 8-bit depthwise weights exist
+        dw = int8_weight_max(models / name / "model.onnx", depthwise=True)
+        assert q["depthwise_weight_max_abs"] == dw <= (127 if q["depthwise_8bit"] else WEIGHT_MAX)
 
 
 def test_int8_weights_are_quantized_within_seven_bits(tmp_path: Path) -> None:
@@ -234,6 +243,7 @@ def test_depthwise_weights_get_eight_bits_and_nothing_else_changes(tmp_path: Pat
 
     from lunglens.training.quantize import (
         WEIGHT_MAX,
+        _take_depthwise_weights,
         has_depthwise_convs,
         int8_weight_max,
         onnx_probs,
@@ -258,6 +268,11 @@ def test_depthwise_weights_get_eight_bits_and_nothing_else_changes(tmp_path: Pat
     assert changed and all("body.0" in k for k in changed), changed
     p32, p8 = onnx_probs(fp32, x), onnx_probs(eight, x)
     assert np.abs(p32 - p8).max() < 0.05
+    # weights taken from a file calibrated on other images (other activation scales) refused
+    other = tmp_path / "other.onnx"
+    quantize_model(fp32, other, x[:8] // 2)
+    with pytest.raises(RuntimeError, match="differs from the 7-bit file"):
+        _take_depthwise_weights(seven, other)
 
 
 def test_ops_kept_in_float_are_reported_as_float(tmp_path: Path) -> None:

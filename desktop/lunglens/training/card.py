@@ -672,10 +672,12 @@ def _quantization_trials(q: Mapping[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     # agreement to 0.01%: against a 99.5% bar, 99.46% must not read as 99.5%
+    no_depthwise = q.get("depthwise_weight_max_abs") == 0  # e.g. SqueezeNet
     for t in q["trials"]:
+        dw = "-" if no_depthwise else f"{8 if t.get('depthwise_8bit') else 7} bits"
         rows.append(
             f"| {t['calibration_method']}{' after QAT' if t.get('qat') else ''} | "
-            f"{_kept_float(t)} | {8 if t.get('depthwise_8bit') else 7} bits | "
+            f"{_kept_float(t)} | {dw} | "
             f"{'yes' if t.get('bias_correction') else 'no'} | "
             f"{100 * t['agreement']:.2f}% | {t['accuracy_change_points']:+.2f} points | "
             f"{t['max_abs_prob_diff']:.3f} | {t['single_image_ms']:.1f} |"

@@ -30,8 +30,7 @@ _BATCH = 16  # calibration batch size
 #: COVID-flagged X-ray, P 0.284, fell to 0.159; max |dp| against the same file here 0.24);
 #: the 7-bit file gives the same probabilities on both (docs/measurements.md).
 #: Depthwise convolutions are exempt (:func:`quantize_model`'s ``depthwise_8bit``): MLAS runs
-#: them with a kernel that widens both operands to int16 before multiplying, which cannot
-#: saturate.
+#: them on depthwise kernels that form exact 32-bit products, which cannot saturate.
 WEIGHT_MAX = 64
 
 
@@ -101,12 +100,12 @@ def quantize_model(
     Weights are int8 symmetric within +-:data:`WEIGHT_MAX` (7 bits), so the integer arithmetic
     is exact on every x86 CPU and the parity measured here holds on the clinic's laptop.
     ``depthwise_8bit`` gives the depthwise convolutions (one input channel per output channel)
-    the full int8 range: onnxruntime's depthwise kernel (MLAS ``qdwconv``) widens activations
-    and weights to int16 before it multiplies, so they cannot saturate, and a 3x3 or 5x5
+    the full int8 range: onnxruntime's depthwise kernels (MLAS's symmetric depthwise kernel,
+    and ``qdwconv``) form exact 32-bit products, so they cannot saturate, and a 3x3 or 5x5
     depthwise filter has too few taps per channel to average a coarser grid out. On the CT
     Lite0 (21 Convs float) 8-bit depthwise weights raised decision agreement with float from
-    98.9% to 99.7% (919 validation slices), and the file gave bit-identical probabilities under
-    an emulated Haswell CPU (docs/measurements.md).
+    99.13% to 99.67% (919 validation slices), and the file gave bit-identical probabilities
+    under an emulated Haswell CPU (docs/measurements.md).
 
     ``float_first_convs`` keeps the graph's first N ``Conv`` nodes (and every node before the
     last of them) in float: the full-resolution stem and first blocks, where a per-tensor
@@ -177,7 +176,7 @@ def quantize_model(
             # Convs' weights and biases are taken from it.
             full = Path(tmp) / "full.onnx"
             run(full, reduce_range=False)
-            _take_depthwise_weights(int8_path, full)
+            depthwise_8bit = _take_depthwise_weights(int8_path, full) > 0
         corrected = correct_biases(pre, int8_path, calib_images) if bias_correction else None
     w_max = int8_weight_max(int8_path)
     if w_max > WEIGHT_MAX:  # the quantizer's contract, checked on what it wrote
@@ -245,16 +244,23 @@ def _depthwise_weight_dqs(graph) -> dict[str, bool]:
 
 def _take_depthwise_weights(int8_path: Path, full_path: Path) -> int:
     """Copy the depthwise Convs' quantized weights and biases (with their scales and zero
-    points) from ``full_path`` into ``int8_path`` (same graph, same activation scales);
-    returns how many initializers were replaced."""
+    points) from ``full_path`` into ``int8_path``; returns how many initializers were replaced.
+
+    The two files must be the same graph with the same activation scales (only the Conv
+    weights and biases may differ): checked, since the copied int32 biases are scaled by the
+    activation scale they were quantized with.
+    """
     import onnx
 
     model = onnx.load(str(int8_path))
     full = {t.name: t for t in onnx.load(str(full_path)).graph.initializer}
     kinds = _depthwise_weight_dqs(model.graph)
+    params = {i for n in model.graph.node if n.name in kinds for i in n.input}
     names = {i for n in model.graph.node if kinds.get(n.name) for i in n.input}
     replaced = 0
     for t in model.graph.initializer:
+        if t.name not in params and t != full.get(t.name):
+            raise RuntimeError(f"{full_path.name}: {t.name} differs from the 7-bit file's")
         if t.name in names and t.name in full:
             t.CopyFrom(full[t.name])
             replaced += 1
@@ -338,8 +344,8 @@ class QuantCandidate(NamedTuple):
 # way (P up); corrected, 2 flipped (15 float Convs: 13 -> 5). With more layers in INT8 the
 # error is noise more than a shift, and the correction did not help (9 float Convs: 6 -> 17
 # flips; none: 23 -> 31). Then the float-stem recipes with the depthwise Convs' weights in 8
-# bits, the rest in 7 (``depthwise_8bit``): on the CT Lite0, 21 float Convs, agreement 98.9% ->
-# 99.7% and mean |dp| 0.010 -> 0.007; with 9 float Convs it went the other way (97.4% -> 96.7%),
+# bits, the rest in 7 (``depthwise_8bit``): on the CT Lite0, 21 float Convs, agreement 99.13% ->
+# 99.67%; with 9 float Convs it went the other way (97.39% -> 96.74%),
 # so the search measures it rather than assuming it.
 QUANT_CANDIDATES: tuple[QuantCandidate, ...] = (
     QuantCandidate("MinMax"),
