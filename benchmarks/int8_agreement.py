@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quant_sensitivity import quiet_pipeline
+
     from lunglens.training.metrics import decide
-    from lunglens.training.pipeline import Pipeline, PipelineOptions
-    from lunglens.training.presets import PRESETS
     from lunglens.training.quantize import onnx_probs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("preset", nargs="?", default="ct-efficientnet-lite")
     args = ap.parse_args()
-    preset = PRESETS[args.preset]
+    pipe = quiet_pipeline(args.preset)
+    preset = pipe.p
     folder = ROOT / "models" / preset.model_name
     manifest = json.loads((folder / "manifest.json").read_text())
-    runs = Path(os.environ.get("LUNGLENS_RUNS", ROOT / "runs"))
-    opts = PipelineOptions(
-        data_root=ROOT.parent / "shared" / "data",
-        models_dir=ROOT / "models",
-        workdir=runs / preset.model_name,
-    )
-    pipe = Pipeline(preset, opts, log=lambda msg: None)
     ds = pipe.data()
     _, val_idx = pipe.quantization_images(ds)
     pos = ds.classes.index(manifest["positive_label"])

@@ -49,9 +49,24 @@ def blocks(fp32: Path) -> dict[str, tuple[str, ...]]:
     return found
 
 
-def main() -> None:
+def quiet_pipeline(preset_name: str):
+    """The training pipeline of a preset over ``../shared/data`` and its work folder under
+    ``$LUNGLENS_RUNS`` (default ``runs/``), logging nothing: what the INT8 benchmarks read the
+    data set, the calibration images and the validation fold from."""
     from lunglens.training.pipeline import Pipeline, PipelineOptions
     from lunglens.training.presets import PRESETS
+
+    preset = PRESETS[preset_name]
+    runs = Path(os.environ.get("LUNGLENS_RUNS", ROOT / "runs"))
+    opts = PipelineOptions(
+        data_root=ROOT.parent / "shared" / "data",
+        models_dir=ROOT / "models",
+        workdir=runs / preset.model_name,
+    )
+    return Pipeline(preset, opts, log=lambda msg: None)
+
+
+def main() -> None:
     from lunglens.training.quantize import onnx_probs, quantize_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,14 +75,7 @@ def main() -> None:
     ap.add_argument("--from-float", type=int, default=0, metavar="N", help="see the docstring")
     ap.add_argument("--depthwise-8bit", action="store_true", help="8-bit depthwise weights")
     args = ap.parse_args()
-    preset = PRESETS[args.preset]
-    runs = Path(os.environ.get("LUNGLENS_RUNS", ROOT / "runs"))
-    opts = PipelineOptions(
-        data_root=ROOT.parent / "shared" / "data",
-        models_dir=ROOT / "models",
-        workdir=runs / preset.model_name,
-    )
-    pipe = Pipeline(preset, opts, log=lambda msg: None)
+    pipe = quiet_pipeline(args.preset)
     ds = pipe.data()
     calib, val_idx = pipe.quantization_images(ds)
     pos, thr = pipe.positive(ds), pipe.shipped_threshold()
