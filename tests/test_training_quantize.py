@@ -198,15 +198,14 @@ def test_shipped_int8_weights_fit_seven_bits(name: str) -> None:
     records what the file holds."""
     import json
 
-    from lunglens.training.quantize import WEIGHT_MAX, int8_weight_max
+    from lunglens.training.quantize import WEIGHT_MAX, int8_weight_maxima
 
     models = Path(__file__).resolve().parents[1] / "models"
-    w_max = int8_weight_max(models / name / "model.onnx")
+    w_max, dw = int8_weight_maxima(models / name / "model.onnx")
     assert 0 < w_max <= WEIGHT_MAX, w_max
     q = json.loads((models / name / "manifest.json").read_text())["quantization"]
     assert q["weight_max_abs"] == w_max
     if "depthwise_weight_max_abs" in q:  # written since 8-bit depthwise weights exist
-        dw = int8_weight_max(models / name / "model.onnx", depthwise=True)
         assert q["depthwise_weight_max_abs"] == dw <= (127 if q["depthwise_8bit"] else WEIGHT_MAX)
 
 

@@ -178,7 +178,7 @@ def quantize_model(
             run(full, reduce_range=False)
             depthwise_8bit = _take_depthwise_weights(int8_path, full) > 0
         corrected = correct_biases(pre, int8_path, calib_images) if bias_correction else None
-    w_max = int8_weight_max(int8_path)
+    w_max, dw_max = int8_weight_maxima(int8_path)
     if w_max > WEIGHT_MAX:  # the quantizer's contract, checked on what it wrote
         raise RuntimeError(f"{int8_path.name}: an int8 weight of {w_max} exceeds {WEIGHT_MAX}")
     return dict(
@@ -187,7 +187,7 @@ def quantize_model(
         + f" within +-{WEIGHT_MAX} (7 bits: exact on x86 CPUs without VNNI)"
         + (", depthwise Convs 8 bits (a kernel that cannot saturate)" if depthwise_8bit else ""),
         weight_max_abs=w_max,
-        depthwise_weight_max_abs=int8_weight_max(int8_path, depthwise=True),
+        depthwise_weight_max_abs=dw_max,
         depthwise_8bit=depthwise_8bit,
         calibration_method=method,
         calibration_images=len(calib_images),  # after trimming to whole batches
@@ -202,8 +202,8 @@ def quantize_model(
 
 
 def _is_depthwise(node, weight_shape: Sequence[int]) -> bool:
-    """A Conv onnxruntime's QLinearConv runs on MLAS's depthwise kernel (``qdwconv``):
-    ``group`` equal to the output channels, one input channel per group."""
+    """A Conv onnxruntime's QLinearConv runs on MLAS's depthwise kernels (the symmetric one,
+    or ``qdwconv``): ``group`` equal to the output channels, one input channel per group."""
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
     shape = list(weight_shape)
     return len(shape) == 4 and shape[1] == 1 and group == shape[0] > 1
@@ -268,27 +268,33 @@ def _take_depthwise_weights(int8_path: Path, full_path: Path) -> int:
     return replaced
 
 
-def int8_weight_max(path: Path, depthwise: bool = False) -> int:
-    """Largest |value| of the int8 weights of an INT8 (QDQ) file: the signed initializers that
-    a ``DequantizeLinear`` turns into a weight, of the depthwise Convs when ``depthwise``,
-    of every other op otherwise. :data:`WEIGHT_MAX` or less for the others means the file
-    computes the same on CPUs with and without VNNI (depthwise Convs run on a kernel that
-    cannot saturate); 0 when it holds no such weight."""
+def int8_weight_maxima(path: Path) -> tuple[int, int]:
+    """Largest |value| of the int8 weights of an INT8 (QDQ) file (the signed initializers that
+    a ``DequantizeLinear`` turns into a weight), outside and inside depthwise Convs, from one
+    read of the file. :data:`WEIGHT_MAX` or less for the first means the file computes the
+    same on CPUs with and without VNNI (depthwise Convs run on kernels that cannot saturate);
+    0 where the file holds no such weight."""
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
     inits = {t.name: t for t in graph.initializer}
     kinds = _depthwise_weight_dqs(graph)
-    largest = 0
+    largest = [0, 0]  # others, depthwise
     for node in graph.node:
         src = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
         if src is None or src.data_type != onnx.TensorProto.INT8:
             continue
-        if kinds.get(node.name, False) == depthwise:
-            w = numpy_helper.to_array(src).astype(np.int16)
-            largest = max(largest, int(np.abs(w).max(initial=0)))
-    return largest
+        w = numpy_helper.to_array(src).astype(np.int16)
+        k = int(kinds.get(node.name, False))
+        largest[k] = max(largest[k], int(np.abs(w).max(initial=0)))
+    return largest[0], largest[1]
+
+
+def int8_weight_max(path: Path, depthwise: bool = False) -> int:
+    """:func:`int8_weight_maxima` of the depthwise Convs when ``depthwise``, of every other op
+    otherwise."""
+    return int8_weight_maxima(path)[int(depthwise)]
 
 
 def onnx_probs(path: Path, images: np.ndarray, batch: int = 64) -> np.ndarray:
