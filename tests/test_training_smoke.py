@@ -297,3 +297,32 @@ def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     # the shipped float reference is the original model, not the fine-tuned copy
     assert (folder / "model_fp32.onnx").read_bytes() == (work / "model_fp32.onnx").read_bytes()
     assert (work / "model_qat_fp32.onnx").read_bytes() != (work / "model_fp32.onnx").read_bytes()
+
+
+def test_cam_stage_measures_a_shipped_x_ray_model_in_place(tmp_path: Path) -> None:
+    """``--stages cam`` measures the CAM check on a model folder as it is (no work folder) and
+    writes it into the manifest and card; nothing else in the folder changes."""
+    from lunglens.training.cli import main
+
+    out = tmp_path / "models" / "squeezenet-light-cxr"
+    shutil.copytree(MODELS / "squeezenet-light-cxr", out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.pop("cam_in_lungs", None)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    onnx_before = (out / "model.onnx").read_bytes()
+    args = ["cxr-squeezenet", "--stages", "cam", "--models-dir", str(tmp_path / "models")]
+    assert main([*args, "--workdir", str(tmp_path / "work")]) == 0
+    written = json.loads((out / "manifest.json").read_text())
+    cam = written.pop("cam_in_lungs")
+    assert written == manifest  # only the CAM check was added
+    assert (out / "model.onnx").read_bytes() == onnx_before
+    n_val = manifest["training"]["final_model"]["n_val"]
+    assert 0 < cam["images"] <= n_val and 0.0 <= cam["mean"] <= 1.0
+    assert "lunglens.xray_lungs.xray_lung_field" in cam["method"]
+    assert set(cam["per_source"]) == {"covid-chestxray-dataset", "covid19-image-dataset-3way"}
+    assert "aerated_mean" not in cam  # the dark-lung share is a CT rule
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"inside the lung field: mean {100 * cam['mean']:.1f}%" in card
+    # a validation fold other than the one the model was chosen on is refused
+    with pytest.raises(ValueError, match="validated on"):
+        main([*args, "--workdir", str(tmp_path / "work2"), "--val-fold", "0"])

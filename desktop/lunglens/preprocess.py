@@ -154,7 +154,7 @@ def _otsu(values: np.ndarray) -> float:
     return float(t) / 255.0
 
 
-def _work_image(image: np.ndarray, side: int = 256) -> tuple[np.ndarray, float]:
+def work_image(image: np.ndarray, side: int = 256) -> tuple[np.ndarray, float]:
     """A copy at most ``side`` pixels on its long side (segmentation needs no more)."""
     h, w = image.shape
     scale = min(1.0, side / max(h, w))
@@ -168,7 +168,7 @@ def _work_image(image: np.ndarray, side: int = 256) -> tuple[np.ndarray, float]:
     return image.astype(np.float32, copy=False), 1.0
 
 
-def _largest_components(mask: np.ndarray, keep_share: float) -> np.ndarray:
+def largest_components(mask: np.ndarray, keep_share: float) -> np.ndarray:
     """Components of ``mask`` with at least ``keep_share`` of the largest one's area."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
@@ -196,7 +196,7 @@ def body_mask(image: np.ndarray) -> np.ndarray:
         cv2.MORPH_CLOSE,
         cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)),
     ).astype(bool)
-    return _largest_components(bright, keep_share=0.2)
+    return largest_components(bright, keep_share=0.2)
 
 
 def _bbox(mask: np.ndarray) -> Box | None:
@@ -215,7 +215,7 @@ def body_box(image: np.ndarray) -> Box:
     """
     if min(image.shape) < 8:
         return _whole(image)
-    work, scale = _work_image(image)
+    work, scale = work_image(image)
     return _body_box(image.shape, work, scale, body_mask(work))
 
 
@@ -340,7 +340,7 @@ def uncrop_cam(
 
 
 def _lungs_work(work: np.ndarray, body: np.ndarray | None = None) -> np.ndarray:
-    """:func:`lung_mask` on the working copy (see :func:`_work_image`) and its body mask."""
+    """:func:`lung_mask` on the working copy (see :func:`work_image`) and its body mask."""
     body = body_mask(work) if body is None else body
     filled = np.zeros_like(body, dtype=np.uint8)
     contours, _ = cv2.findContours(
@@ -352,9 +352,9 @@ def _lungs_work(work: np.ndarray, body: np.ndarray | None = None) -> np.ndarray:
     lungs = cv2.morphologyEx(
         lungs.astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     ).astype(bool)
-    lungs = _largest_components(lungs, keep_share=0.15)
+    lungs = largest_components(lungs, keep_share=0.15)
     if lungs.sum() < 0.03 * lungs.size:  # no enclosed dark field: lungs on a black mask
-        lungs = _largest_components(work > 0.03, keep_share=0.15)
+        lungs = largest_components(work > 0.03, keep_share=0.15)
     return lungs
 
 
@@ -375,11 +375,11 @@ def lung_mask(image: np.ndarray) -> np.ndarray:
     Dense lesions (consolidation) are not dark, so they fall outside this mask; see
     :func:`lung_field` for the field that includes them.
     """
-    work, scale = _work_image(image)
+    work, scale = work_image(image)
     return _to_image_size(_lungs_work(work), image, scale)
 
 
-def _fill_bites(mask: np.ndarray) -> np.ndarray:
+def fill_bites(mask: np.ndarray) -> np.ndarray:
     """``mask`` plus what its components' convex hulls add within 4% of the image side of it.
 
     The hull of each lung fills the bites a subpleural lesion makes in the dark field; keeping
@@ -403,14 +403,14 @@ def _fill_bites(mask: np.ndarray) -> np.ndarray:
 def lung_field(image: np.ndarray) -> np.ndarray:
     """The lung fields of a lung-windowed CT slice, lesions inside them included.
 
-    :func:`lung_mask` with its holes and bites filled (:func:`_fill_bites`): ground-glass opacity
+    :func:`lung_mask` with its holes and bites filled (:func:`fill_bites`): ground-glass opacity
     and consolidation are denser than aerated lung, so the dark-field mask leaves holes and bites
     exactly where COVID-19 lesions are (subpleural and posterior, Bernheim et al. 2020). The fill
     puts them back; it also takes in a little of the hilum, which is why a share of CAM mass
     measured with it is reported beside the dark-field one, not instead.
     """
-    work, scale = _work_image(image)
-    return _to_image_size(_fill_bites(_lungs_work(work)), image, scale)
+    work, scale = work_image(image)
+    return _to_image_size(fill_bites(_lungs_work(work)), image, scale)
 
 
 def lung_box(image: np.ndarray) -> Box:
@@ -423,7 +423,7 @@ def lung_box(image: np.ndarray) -> Box:
     """
     if min(image.shape) < 8:
         return _whole(image)
-    work, scale = _work_image(image)
+    work, scale = work_image(image)
     tissue = body_mask(work)
     body = _body_box(image.shape, work, scale, tissue)
     box = _bbox(_lungs_work(work, tissue))

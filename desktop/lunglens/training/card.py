@@ -365,6 +365,12 @@ def _attention_text(t: Mapping[str, Any]) -> str:
     )
 
 
+def _as_written(aug: Mapping[str, Any]) -> dict[str, Any]:
+    """The augmentation as the preset holds it (ranges as tuples), whether it comes from the
+    run or from a manifest read back from JSON (lists): a card written again reads the same."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
+
+
 def _training_lines(m: ModelManifest, preset: Preset) -> list[str]:
     t = m.training or {}
     final = t["final_model"]
@@ -377,7 +383,7 @@ def _training_lines(m: ModelManifest, preset: Preset) -> list[str]:
         f"{'loss weights: ' + t['loss_weights'] if t.get('loss_weights') else 'class weights'}"
         f"{_attention_text(t)}; the checkpoint with the best "
         f"validation-fold {t.get('monitor', 'unweighted cross-entropy')} is kept; "
-        f"augmentation {t['augmentation']}.",
+        f"augmentation {_as_written(t['augmentation'])}.",
         f"- Device: {t['device']}. Final model: {final.get('epochs_run')} epochs, best "
         f"epoch {final.get('best_epoch')}, {final.get('seconds', 0) / 60:.1f} min; "
         f"cross-validation {t['cv_seconds'] / 60:.1f} min."

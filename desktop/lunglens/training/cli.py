@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train: the final model and the CV folds only (on a lent GPU machine; a later "
         "run with all stages exports, quantizes and writes the card); teacher: a distilled "
         "preset's teacher logits of every run, kept in its work folder (before its training "
-        "goes to a GPU machine that lacks the teacher)",
+        "goes to a GPU machine that lacks the teacher); cam: measure the shipped model "
+        "folder's share of CAM mass inside the lung field again and write it into its "
+        "manifest and card (nothing is trained)",
     )
     return ap
 

@@ -8,7 +8,7 @@ function the app calls), and kept in memory as uint8: the CT set is 4,597 images
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,18 +148,20 @@ def load_lung_fields(
     size: int,
     workers: int = 2,
     prep: Preprocessing = IDENTITY,
+    field_of: Callable[[np.ndarray], np.ndarray] = lung_field,
 ) -> np.ndarray:
     """Lung fields of ``records`` framed like :func:`load_records` frames the images.
 
-    :func:`lunglens.preprocess.lung_field` runs on the whole decoded image (it needs the air
-    around the body to tell the lungs from it), then the mask is cut to the image's crop box
-    and resized to ``size x size``. uint8 ``[N, size, size]``, 255 inside.
+    ``field_of`` (:func:`lunglens.preprocess.lung_field` for CT slices,
+    :func:`lunglens.xray_lungs.xray_lung_field` for X-rays) runs on the whole decoded image (it
+    needs the air around the body to tell the lungs from it), then the mask is cut to the
+    image's crop box and resized to ``size x size``. uint8 ``[N, size, size]``, 255 inside.
     """
 
     def one(rec: Record) -> np.ndarray:
         image = load_unit_image(rec.path)
         top, bottom, left, right = CROPS[prep.crop](image)
-        field = lung_field(image)[top:bottom, left:right].astype(np.float32)
+        field = field_of(image)[top:bottom, left:right].astype(np.float32)
         return np.round(resize(field, (size, size)) * 255.0).astype(np.uint8)
 
     with ThreadPoolExecutor(workers) as pool:

@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -29,15 +30,28 @@ import numpy as np
 from lunglens.io import Modality
 from lunglens.models.hashing import sha256_of
 from lunglens.models.manifest import ModelManifest
+from lunglens.preprocess import lung_field
 from lunglens.training.data import ImageSet, load_imageset, read_manifest, save_image_cache
 from lunglens.training.device import setup_runtime
 from lunglens.training.models import get_spec
 from lunglens.training.presets import Preset
 from lunglens.training.train import TrainConfig, load_best, predict_probs, train_run
+from lunglens.xray_lungs import xray_lung_field
 
 N_FOLDS = 5
 #: How the app aggregates a CT series (written to the manifest, checked per patient in the CV).
 SERIES_METHOD, SERIES_K = "top_k_mean", 3
+
+#: The lung field that the card's share of CAM mass is measured in, per modality
+#: (:meth:`Pipeline.stage_cam_check`).
+LUNG_FIELDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    Modality.CT: lung_field,
+    Modality.CXR: xray_lung_field,
+}
+_FIELD_WORDS: dict[str, str] = {
+    Modality.CT: "the lungs with the lesions inside them",
+    Modality.CXR: "both lung fields by marker-controlled watershed, opacities inside them",
+}
 
 
 @dataclass
@@ -333,7 +347,12 @@ class Pipeline:
                 grid = int(SplitModel(model, self.cfg.frozen_stages).head_maps(first).shape[-1])
             path = self.work / f"lungs_{self.size}_g{grid}_v{self.cfg.feature_views}.npy"
             if not path.exists():
-                fields = load_lung_fields(ds.records, self.size, prep=self.p.preprocessing)
+                fields = load_lung_fields(
+                    ds.records,
+                    self.size,
+                    prep=self.p.preprocessing,
+                    field_of=LUNG_FIELDS[self.p.modality],
+                )
                 cells = lung_cells(ds, fields, self.cfg, self.rt, grid)
                 np.save(path.with_suffix(".tmp.npy"), cells)
                 path.with_suffix(".tmp.npy").replace(path)
@@ -361,6 +380,9 @@ class Pipeline:
         )
         if stages == "teacher":
             self.stage_teacher(ds)
+            return self.state
+        if stages == "cam":
+            self.stage_cam_of_shipped(ds)
             return self.state
         self.stage_final(ds)
         if not self.rt.is_main:
@@ -771,43 +793,77 @@ class Pipeline:
 
         Runs the shipped INT8 model the way the app does (:func:`lunglens.inference.view`),
         on the validation fold's positive images at their original size, and measures the
-        positive class's CAM (ReLU, resized to the image) inside
-        :func:`lunglens.preprocess.lung_mask`. CT only (the lung mask is a CT rule).
+        positive class's CAM (ReLU, resized to the image) inside the modality's lung field
+        (:data:`LUNG_FIELDS`). For CT, the share inside the dark, aerated lung
+        (:func:`lunglens.preprocess.lung_mask`) is reported beside it.
         """
-        if self.p.modality != Modality.CT or "cam_in_lungs" in self.state:
+        if "cam_in_lungs" in self.state:
             return
         from lunglens.explain.cam import cam_map
-        from lunglens.preprocess import lung_field, lung_mask
+        from lunglens.preprocess import lung_mask
 
+        field_of = LUNG_FIELDS[self.p.modality]
         pos = self.positive(ds)
         shares: list[float] = []
         dark: list[float] = []
         per_source: dict[str, list[float]] = {}
         for i, image, cam, _ in self.positive_validation_cams(ds, limit):
             heat = cam_map(cam, pos, image.shape)
-            field, aerated = lung_field(image), lung_mask(image)
+            field = field_of(image)
             total = float(heat.sum())
             if total <= 0 or field.sum() == 0:
                 continue
             share = float(heat[field].sum() / total)
             shares.append(share)
-            dark.append(float(heat[aerated].sum() / total))
+            if self.p.modality == Modality.CT:
+                dark.append(float(heat[lung_mask(image)].sum() / total))
             per_source.setdefault(ds.records[i].source, []).append(share)
         self.state["cam_in_lungs"] = dict(
             images=len(shares),
             mean=float(np.mean(shares)) if shares else float("nan"),
             median=float(np.median(shares)) if shares else float("nan"),
             per_source={k: float(np.mean(v)) for k, v in sorted(per_source.items())},
-            aerated_mean=float(np.mean(dark)) if dark else float("nan"),
+            **({"aerated_mean": float(np.mean(dark))} if dark else {}),
             method=(
                 f"{len(shares)} COVID-positive images of validation fold {self.val_fold(ds)}, "
                 "shipped INT8 model, positive-class CAM after ReLU resized to the image; share "
-                "of its mass inside lunglens.preprocess.lung_field (the lungs with the lesions "
-                "inside them)"
+                f"of its mass inside {field_of.__module__}.{field_of.__name__} "
+                f"({_FIELD_WORDS[self.p.modality]})"
             ),
         )
         self.log(f"CAM mass inside the lungs: mean {self.state['cam_in_lungs']['mean']:.3f}")
         self.save_state()
+
+    def stage_cam_of_shipped(self, ds: ImageSet) -> None:
+        """``--stages cam``: measure :meth:`stage_cam_check` again on the model folder as it
+        is (a new lung-field rule, or a folder whose work folder is gone) and write the result
+        into its manifest and card; nothing is trained, exported or quantized.
+
+        The validation fold is the one the final model was chosen on (:meth:`val_fold`); the
+        manifest's validation size must match it, so a folder made with other options is
+        refused rather than measured on images it trained on.
+        """
+        from lunglens.training.card import write_card
+
+        path = self.out / "manifest.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no model to measure (run the preset first)")
+        manifest = ModelManifest.read(path)
+        n_val = (manifest.training or {}).get("final_model", {}).get("n_val")
+        v = self.val_fold(ds)
+        if n_val is not None and n_val != len(ds.folds([v])):
+            raise ValueError(
+                f"{path}: the final model was validated on {n_val} images, fold {v} holds "
+                f"{len(ds.folds([v]))}; give --val-fold (and --limit) as when it was trained"
+            )
+        self.state.pop("cam_in_lungs", None)
+        self.stage_cam_check(ds)
+        manifest = replace(manifest, cam_in_lungs=self.state["cam_in_lungs"])
+        path.write_text(_json(manifest.to_dict()))
+        metrics_path = self.out / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+        write_card(self.out, manifest, metrics, self.p)
+        self.log(f"wrote the CAM check into {path} and its card")
 
     def cv_metrics(self, ds: ImageSet) -> dict | None:
         from lunglens.training.metrics import classification_report, summarize_folds
@@ -1027,13 +1083,13 @@ class Pipeline:
                 + ": ranks scans so a radiologist reviews likely COVID-19 first. Not a diagnosis; "
                 "not validated on data from any hospital; research use."
             ),
-            # written as null until measured (CV pending; cam_in_lungs: CT only)
+            # written as null until measured (CV pending)
             keep_null=frozenset({"operating_point", "cam_in_lungs"}),
         )
 
 
 #: What ``lunglens-train --stages`` may run (:meth:`Pipeline.run`).
-STAGES = ("all", "train", "teacher")
+STAGES = ("all", "train", "teacher", "cam")
 
 
 def default_workdir(name: str) -> Path:

@@ -254,6 +254,16 @@ PRESETS: dict[str, Preset] = {
             balance="source",
             compared_with=("cxr-efficientnet-lite",),
         ),
+        # the shipped recipe plus the lung-attention penalty, with the X-ray lung field
+        # (xray_lungs): the shipped model's CAM put 31% of its mass in the lungs (issue 13, point 5)
+        _preset(
+            _LITE_CXR,
+            _MEASURED,
+            name="cxr-efficientnet-lite-lungs",
+            model_name="efficientnet-lite-cxr-lungs",
+            lung_attention=1.0,
+            compared_with=("cxr-efficientnet-lite", "cxr-efficientnet-lite-k1"),
+        ),
         # the same recipe with only the stem and first stage frozen (issue 13: pneumonia vs COVID)
         _preset(
             _LITE_CXR,
