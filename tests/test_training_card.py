@@ -251,3 +251,13 @@ def test_int8_parity_is_reported_at_the_shipped_threshold(tmp_path: Path) -> Non
     assert "decisions differ" not in after
     q.pop("parity_shipped_threshold")
     assert "decisions differ" not in card(threshold_basis="validation fold")
+
+
+def test_every_compared_preset_exists_and_is_another_preset() -> None:
+    """A card names its compared models by preset; a renamed or removed preset would make
+    writing the card fail after hours of training."""
+    for preset in PRESETS.values():
+        for name in preset.compared_with:
+            assert name in PRESETS, f"{preset.name} compares with unknown preset {name}"
+            assert name != preset.name
+            assert PRESETS[name].modality == preset.modality, (preset.name, name)

@@ -310,19 +310,27 @@ def test_cam_stage_measures_a_shipped_x_ray_model_in_place(tmp_path: Path) -> No
     manifest.pop("cam_in_lungs", None)
     (out / "manifest.json").write_text(json.dumps(manifest))
     onnx_before = (out / "model.onnx").read_bytes()
+    work = tmp_path / "work"
+    work.mkdir()
+    stale = {"cam_in_lungs": {"mean": 0.99}, "note": "a training run's state"}
+    (work / "state.json").write_text(json.dumps(stale))
     args = ["cxr-squeezenet", "--stages", "cam", "--models-dir", str(tmp_path / "models")]
-    assert main([*args, "--workdir", str(tmp_path / "work")]) == 0
+    assert main([*args, "--workdir", str(work)]) == 0
     written = json.loads((out / "manifest.json").read_text())
     cam = written.pop("cam_in_lungs")
-    assert written == manifest  # only the CAM check was added
+    # only the CAM check and the validation fold it was measured on were added
+    final = written["training"]["final_model"]
+    assert final.pop("val_fold") == 4  # the fold the card's CAM reference names
+    assert written == manifest
     assert (out / "model.onnx").read_bytes() == onnx_before
+    assert json.loads((work / "state.json").read_text()) == stale  # the run's state untouched
     n_val = manifest["training"]["final_model"]["n_val"]
-    assert 0 < cam["images"] <= n_val and 0.0 <= cam["mean"] <= 1.0
+    assert 0 < cam["images"] <= n_val and 0.0 <= cam["mean"] <= 1.0 and cam["mean"] != 0.99
     assert "lunglens.xray_lungs.xray_lung_field" in cam["method"]
     assert set(cam["per_source"]) == {"covid-chestxray-dataset", "covid19-image-dataset-3way"}
     assert "aerated_mean" not in cam  # the dark-lung share is a CT rule
     card = (out / "MODEL_CARD.md").read_text()
     assert f"inside the lung field: mean {100 * cam['mean']:.1f}%" in card
     # a validation fold other than the one the model was chosen on is refused
-    with pytest.raises(ValueError, match="validated on"):
-        main([*args, "--workdir", str(tmp_path / "work2"), "--val-fold", "0"])
+    with pytest.raises(ValueError, match="validated on fold 4"):
+        main([*args, "--workdir", str(tmp_path / "work2"), "--val-fold", "1"])

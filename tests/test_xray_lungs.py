@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from lunglens.io import load_scan
-from lunglens.xray_lungs import midline, xray_lung_field, xray_lung_fields
+from lunglens.preprocess import work_image
+from lunglens.xray_lungs import _smoothed, midline, xray_lung_field, xray_lung_fields
 
 OUTLINES = Path(__file__).resolve().parent / "data" / "cxr_lung_outlines.json"
 
@@ -54,9 +55,21 @@ def test_each_lung_of_a_phantom_is_found_on_its_own_side() -> None:
     assert (xray_lung_field(img) == (right | left)).all()
 
 
+def test_an_opacity_at_the_edge_of_a_lung_stays_inside_its_field() -> None:
+    """A dense subpleural opacity bites into the dark lung; the field takes it back (the
+    share of CAM mass over such a lesion must count as inside the lungs)."""
+    img, right_drawn, _ = _phantom()
+    yy, xx = np.mgrid[:256, :256]
+    lesion = (((yy - 120) ** 2 + (xx - 50) ** 2) < 9**2) & right_drawn  # lateral edge
+    img[lesion] = 0.6  # as dense as the chest wall
+    right, _ = xray_lung_fields(img)
+    assert right[lesion].mean() > 0.8
+
+
 def test_an_off_centre_mediastinum_moves_the_split() -> None:
     img, right_drawn, left_drawn = _phantom(shift=20)
-    assert abs(midline(cv2.GaussianBlur(img, (0, 0), 2)) - (128 + 20)) <= 4
+    g = _smoothed(work_image(img)[0])  # what xray_lung_fields gives midline
+    assert g is not None and abs(midline(g) - (128 + 20)) <= 4
     right, left = xray_lung_fields(img)
     assert _dice(right, right_drawn) > 0.85 and _dice(left, left_drawn) > 0.85
 
@@ -70,13 +83,28 @@ def test_a_large_image_gives_a_mask_of_its_own_size() -> None:
     assert _dice(right, drawn) > 0.85
 
 
-def test_degenerate_inputs() -> None:
-    right, left = xray_lung_fields(np.zeros((20, 20), np.float32))
-    assert right.shape == (20, 20) and not right.any() and not left.any()
-    flat_right, _ = xray_lung_fields(np.full((300, 300), 0.5, np.float32))
-    assert flat_right.shape == (300, 300)  # a blank image gives masks, not an error
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((20, 20), np.float32),  # too small
+        np.full((300, 300), 0.5, np.float32),  # blank
+        np.zeros((300, 300), np.float32),
+        np.random.default_rng(1).random((33, 8000), dtype=np.float32),  # a sliver once shrunk
+    ],
+    ids=["tiny", "blank", "black", "sliver"],
+)
+def test_no_lungs_where_there_is_nothing_to_find(image: np.ndarray) -> None:
+    right, left = xray_lung_fields(image)
+    assert right.shape == left.shape == image.shape
+    assert not right.any() and not left.any()
+
+
+def test_inputs_outside_the_contract_are_refused() -> None:
     with pytest.raises(ValueError, match="2-D"):
         xray_lung_fields(np.zeros((3, 64, 64), np.float32))
+    img, _, _ = _phantom()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        xray_lung_fields(img * 255.0)  # 8-bit levels, not load_scan's [0, 1]
 
 
 def _outline(points: list[list[float]], shape: tuple[int, ...]) -> np.ndarray:
@@ -102,6 +130,6 @@ def test_fields_agree_with_hand_outlines_on_real_x_rays(shared_data: Path) -> No
         both, drawn = found[0] | found[1], truth[0] | truth[1]
         dice.append(_dice(both, drawn))
         inside.append((both & drawn).sum() / max(1, both.sum()))
-    assert np.mean(dice) > 0.75 and min(dice) > 0.5
-    assert np.mean(inside) > 0.82  # the field errs small, not into the heart or the abdomen
+    assert np.mean(dice) > 0.77 and min(dice) > 0.55
+    assert np.mean(inside) > 0.85  # the field errs small, not into the heart or the abdomen
     assert np.median(per_lung) > 0.75

@@ -358,7 +358,9 @@ def _lungs_work(work: np.ndarray, body: np.ndarray | None = None) -> np.ndarray:
     return lungs
 
 
-def _to_image_size(mask: np.ndarray, image: np.ndarray, scale: float) -> np.ndarray:
+def to_image_size(mask: np.ndarray, image: np.ndarray, scale: float) -> np.ndarray:
+    """A mask found on :func:`work_image`'s copy (``scale`` of ``image``) at ``image``'s size
+    (nearest neighbour: a mask stays a mask)."""
     if scale >= 1.0:
         return mask
     return cv2.resize(
@@ -376,7 +378,7 @@ def lung_mask(image: np.ndarray) -> np.ndarray:
     :func:`lung_field` for the field that includes them.
     """
     work, scale = work_image(image)
-    return _to_image_size(_lungs_work(work), image, scale)
+    return to_image_size(_lungs_work(work), image, scale)
 
 
 def fill_bites(mask: np.ndarray) -> np.ndarray:
@@ -410,7 +412,7 @@ def lung_field(image: np.ndarray) -> np.ndarray:
     measured with it is reported beside the dark-field one, not instead.
     """
     work, scale = work_image(image)
-    return _to_image_size(fill_bites(_lungs_work(work)), image, scale)
+    return to_image_size(fill_bites(_lungs_work(work)), image, scale)
 
 
 def lung_box(image: np.ndarray) -> Box:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -50,7 +51,8 @@ LUNG_FIELDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 _FIELD_WORDS: dict[str, str] = {
     Modality.CT: "the lungs with the lesions inside them",
-    Modality.CXR: "both lung fields by marker-controlled watershed, opacities inside them",
+    Modality.CXR: "both lung fields by marker-controlled watershed, checked against hand "
+    "outlines in docs/measurements.md",
 }
 
 
@@ -73,6 +75,17 @@ class PipelineOptions:
     version: str | None = None  # None: the preset's
     #: more folders where the models named in ``Preset.compared_with`` may be (card table)
     compare_dirs: tuple[Path, ...] = ()
+
+
+def _recorded_val_fold(manifest: ModelManifest) -> int | None:
+    """The fold a model folder's final model was validated on: ``training.final_model.
+    val_fold``, or for folders written before it was recorded, the fold its CAM reference
+    names ("... drawn from validation fold N ...")."""
+    final = (manifest.training or {}).get("final_model", {})
+    if final.get("val_fold") is not None:
+        return int(final["val_fold"])
+    found = re.search(r"validation fold (\d+)", (manifest.cam_reference or {}).get("rule", ""))
+    return int(found.group(1)) if found else None
 
 
 def _json(obj) -> str:
@@ -100,6 +113,9 @@ class Pipeline:
         self.work.mkdir(parents=True, exist_ok=True)
         self.out = opts.models_dir / preset.model_name
         self.state_path = self.work / "state.json"
+        #: False for ``--stages cam``: it measures a finished model folder and must not touch
+        #: the state of a run that may share the work folder
+        self.keep_state = True
         self.state: dict = (
             json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         )
@@ -148,7 +164,8 @@ class Pipeline:
         return int(trained["size"]), int(trained["epochs"])
 
     def save_state(self) -> None:
-        self.state_path.write_text(_json(self.state))
+        if self.keep_state:
+            self.state_path.write_text(_json(self.state))
 
     def cache_path(self) -> Path:
         """The decoded, preprocessed training images (uint8), computed once per size."""
@@ -345,13 +362,13 @@ class Pipeline:
             with torch.no_grad():
                 first = torch.from_numpy(feats[0, :1].astype(np.float32))
                 grid = int(SplitModel(model, self.cfg.frozen_stages).head_maps(first).shape[-1])
-            path = self.work / f"lungs_{self.size}_g{grid}_v{self.cfg.feature_views}.npy"
+            field_of = LUNG_FIELDS[self.p.modality]
+            path = self.work / (
+                f"lungs_{field_of.__name__}_{self.size}_g{grid}_v{self.cfg.feature_views}.npy"
+            )
             if not path.exists():
                 fields = load_lung_fields(
-                    ds.records,
-                    self.size,
-                    prep=self.p.preprocessing,
-                    field_of=LUNG_FIELDS[self.p.modality],
+                    ds.records, self.size, prep=self.p.preprocessing, field_of=field_of
                 )
                 cells = lung_cells(ds, fields, self.cfg, self.rt, grid)
                 np.save(path.with_suffix(".tmp.npy"), cells)
@@ -382,6 +399,7 @@ class Pipeline:
             self.stage_teacher(ds)
             return self.state
         if stages == "cam":
+            self.keep_state = False
             self.stage_cam_of_shipped(ds)
             return self.state
         self.stage_final(ds)
@@ -839,9 +857,10 @@ class Pipeline:
         is (a new lung-field rule, or a folder whose work folder is gone) and write the result
         into its manifest and card; nothing is trained, exported or quantized.
 
-        The validation fold is the one the final model was chosen on (:meth:`val_fold`); the
-        manifest's validation size must match it, so a folder made with other options is
-        refused rather than measured on images it trained on.
+        The validation fold is the one the final model was chosen on (:meth:`val_fold`): it
+        must be the fold the manifest records (:func:`_recorded_val_fold`) with as many
+        images, so a folder made with other options is refused rather than measured on images
+        it trained on. The result is not saved in the work folder's state.
         """
         from lunglens.training.card import write_card
 
@@ -849,16 +868,20 @@ class Pipeline:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no model to measure (run the preset first)")
         manifest = ModelManifest.read(path)
-        n_val = (manifest.training or {}).get("final_model", {}).get("n_val")
+        final = dict((manifest.training or {}).get("final_model", {}))
         v = self.val_fold(ds)
-        if n_val is not None and n_val != len(ds.folds([v])):
+        recorded = _recorded_val_fold(manifest)
+        if recorded != v or final.get("n_val", len(ds.folds([v]))) != len(ds.folds([v])):
             raise ValueError(
-                f"{path}: the final model was validated on {n_val} images, fold {v} holds "
-                f"{len(ds.folds([v]))}; give --val-fold (and --limit) as when it was trained"
+                f"{path}: the final model was validated on fold {recorded} "
+                f"({final.get('n_val')} images), this run's validation fold is {v} "
+                f"({len(ds.folds([v]))} images): give --val-fold (and --limit) as when it "
+                "was trained"
             )
         self.state.pop("cam_in_lungs", None)
         self.stage_cam_check(ds)
-        manifest = replace(manifest, cam_in_lungs=self.state["cam_in_lungs"])
+        training = dict(manifest.training or {}, final_model=final | {"val_fold": v})
+        manifest = replace(manifest, cam_in_lungs=self.state["cam_in_lungs"], training=training)
         path.write_text(_json(manifest.to_dict()))
         metrics_path = self.out / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
@@ -1037,7 +1060,7 @@ class Pipeline:
                     if self.cfg.monitor == "auc"
                     else "unweighted cross-entropy"
                 ),
-                final_model=self.state.get("final", {}),
+                final_model=self.state.get("final", {}) | {"val_fold": self.state["val_fold"]},
                 config={k: v for k, v in asdict(self.cfg).items() if k != "augment"},
                 augmentation=asdict(self.cfg.augment),
                 device=self.state.get("trained_on", {}).get("device", self.rt.describe()),

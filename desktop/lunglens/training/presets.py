@@ -240,10 +240,17 @@ PRESETS: dict[str, Preset] = {
             name="cxr-efficientnet-lite",
             model_name="efficientnet-lite-cxr",
             # 1.0.1: 1.0.0 re-quantized with bias correction; 1.0.2: with 7-bit weights (the
-            # search with the 8-bit depthwise candidates chose the same file again)
-            version="1.0.2",
+            # search with the 8-bit depthwise candidates chose the same file again); 1.1.0:
+            # trained with the lung-attention penalty in the X-ray lung field (xray_lungs)
+            lung_attention=1.0,
+            version="1.1.0",
             qat_epochs=6,
-            compared_with=("cxr-efficientnet-lite-balanced", "cxr-efficientnet-lite-k1"),
+            compared_with=(
+                "cxr-efficientnet-lite-plain",
+                "cxr-efficientnet-lite-lungs-0.3",
+                "cxr-efficientnet-lite-balanced",
+                "cxr-efficientnet-lite-k1",
+            ),
         ),
         # the same recipe with classes balanced within each source (issue 13, point 4)
         _preset(
@@ -252,17 +259,26 @@ PRESETS: dict[str, Preset] = {
             name="cxr-efficientnet-lite-balanced",
             model_name="efficientnet-lite-cxr-balanced",
             balance="source",
-            compared_with=("cxr-efficientnet-lite",),
+            compared_with=("cxr-efficientnet-lite-plain",),
         ),
-        # the shipped recipe plus the lung-attention penalty, with the X-ray lung field
-        # (xray_lungs): the shipped model's CAM put 31% of its mass in the lungs (issue 13, point 5)
+        # the recipe shipped as efficientnet-lite-cxr 1.0.x (without its QAT candidate in the
+        # INT8 search): no lung attention; its CAM put 31% of its mass in the lung fields
+        # (xray_lungs), about what an even map puts there
         _preset(
             _LITE_CXR,
             _MEASURED,
-            name="cxr-efficientnet-lite-lungs",
-            model_name="efficientnet-lite-cxr-lungs",
-            lung_attention=1.0,
-            compared_with=("cxr-efficientnet-lite", "cxr-efficientnet-lite-k1"),
+            name="cxr-efficientnet-lite-plain",
+            model_name="efficientnet-lite-cxr-plain",
+            compared_with=("cxr-efficientnet-lite", "cxr-efficientnet-lite-lungs-0.3"),
+        ),
+        # the same with a lighter penalty
+        _preset(
+            _LITE_CXR,
+            _MEASURED,
+            name="cxr-efficientnet-lite-lungs-0.3",
+            model_name="efficientnet-lite-cxr-lungs-0.3",
+            lung_attention=0.3,
+            compared_with=("cxr-efficientnet-lite", "cxr-efficientnet-lite-plain"),
         ),
         # the same recipe with only the stem and first stage frozen (issue 13: pneumonia vs COVID)
         _preset(
@@ -271,7 +287,7 @@ PRESETS: dict[str, Preset] = {
             name="cxr-efficientnet-lite-k1",
             model_name="efficientnet-lite-cxr-k1",
             frozen_stages=1,
-            compared_with=("cxr-efficientnet-lite", "cxr-efficientnet-lite-balanced"),
+            compared_with=("cxr-efficientnet-lite-plain", "cxr-efficientnet-lite-balanced"),
         ),
         # the shipped CT SqueezeNet (2.0.0): distilled from the CT Lite teacher at 224 px for 30
         # epochs, about 10 hours on the 2 cores (each run resumes from its checkpoint), minutes
