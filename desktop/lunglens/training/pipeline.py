@@ -43,16 +43,24 @@ N_FOLDS = 5
 #: How the app aggregates a CT series (written to the manifest, checked per patient in the CV).
 SERIES_METHOD, SERIES_K = "top_k_mean", 3
 
-#: The lung field that the card's share of CAM mass is measured in, per modality
-#: (:meth:`Pipeline.stage_cam_check`).
-LUNG_FIELDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    Modality.CT: lung_field,
-    Modality.CXR: xray_lung_field,
-}
-_FIELD_WORDS: dict[str, str] = {
-    Modality.CT: "the lungs with the lesions inside them",
-    Modality.CXR: "both lung fields by marker-controlled watershed, checked against hand "
-    "outlines in docs/measurements.md",
+
+@dataclass(frozen=True)
+class LungField:
+    """A modality's lung-field rule and the words the card's CAM check uses for it."""
+
+    find: Callable[[np.ndarray], np.ndarray]
+    words: str
+
+
+#: The lung field that the card's share of CAM mass is measured in, and the lung-attention
+#: penalty trains against, per modality (:meth:`Pipeline.stage_cam_check`).
+LUNG_FIELDS: dict[str, LungField] = {
+    Modality.CT: LungField(lung_field, "the lungs with the lesions inside them"),
+    Modality.CXR: LungField(
+        xray_lung_field,
+        "both lung fields by marker-controlled watershed, checked against hand outlines in "
+        "docs/measurements.md",
+    ),
 }
 
 
@@ -362,7 +370,7 @@ class Pipeline:
             with torch.no_grad():
                 first = torch.from_numpy(feats[0, :1].astype(np.float32))
                 grid = int(SplitModel(model, self.cfg.frozen_stages).head_maps(first).shape[-1])
-            field_of = LUNG_FIELDS[self.p.modality]
+            field_of = LUNG_FIELDS[self.p.modality].find
             path = self.work / (
                 f"lungs_{field_of.__name__}_{self.size}_g{grid}_v{self.cfg.feature_views}.npy"
             )
@@ -820,7 +828,8 @@ class Pipeline:
         from lunglens.explain.cam import cam_map
         from lunglens.preprocess import lung_mask
 
-        field_of = LUNG_FIELDS[self.p.modality]
+        rule = LUNG_FIELDS[self.p.modality]
+        field_of = rule.find
         pos = self.positive(ds)
         shares: list[float] = []
         dark: list[float] = []
@@ -846,7 +855,7 @@ class Pipeline:
                 f"{len(shares)} COVID-positive images of validation fold {self.val_fold(ds)}, "
                 "shipped INT8 model, positive-class CAM after ReLU resized to the image; share "
                 f"of its mass inside {field_of.__module__}.{field_of.__name__} "
-                f"({_FIELD_WORDS[self.p.modality]})"
+                f"({rule.words})"
             ),
         )
         self.log(f"CAM mass inside the lungs: mean {self.state['cam_in_lungs']['mean']:.3f}")
@@ -870,13 +879,13 @@ class Pipeline:
         manifest = ModelManifest.read(path)
         final = dict((manifest.training or {}).get("final_model", {}))
         v = self.val_fold(ds)
+        n_val = len(ds.folds([v]))
         recorded = _recorded_val_fold(manifest)
-        if recorded != v or final.get("n_val", len(ds.folds([v]))) != len(ds.folds([v])):
+        if recorded != v or final.get("n_val", n_val) != n_val:
             raise ValueError(
                 f"{path}: the final model was validated on fold {recorded} "
                 f"({final.get('n_val')} images), this run's validation fold is {v} "
-                f"({len(ds.folds([v]))} images): give --val-fold (and --limit) as when it "
-                "was trained"
+                f"({n_val} images): give --val-fold (and --limit) as when it was trained"
             )
         self.state.pop("cam_in_lungs", None)
         self.stage_cam_check(ds)
