@@ -6,8 +6,10 @@
 #                    image)
 #   .gpu/ct.npz      the 224 px CT training cache as WebP (lunglens.training.transport pack-images)
 #   .gpu/data/ct-covid-binary/manifest.csv
-#   .gpu/work/MODEL_DIR_NAME/  for a distilled preset, its teacher logits (teacher_<run>.npz
-#                    from lunglens-train PRESET --stages teacher), copied into its work folder
+#   .gpu/work/MODEL_DIR_NAME/  for a preset trained on a teacher's views, what
+#                    lunglens-train PRESET --stages teacher kept in its work folder: the teacher
+#                    logits (teacher_<run>.npz) and, with lung attention, the views' lung cells
+#                    (lungs_*.npy, gzipped: *.npy.gz), copied into its work folder
 # Writes to $OUT: the log and the run as tar files (transport pack-run). Then, here:
 #   python -m lunglens.training.transport unpack-run runs/<model> <tars>
 #   lunglens-train <preset>
@@ -21,7 +23,10 @@ preset=$3
 model=$4
 start=$(date +%s)
 out=${OUT:-/tmp/gpu-out}
-mkdir -p "$out"
+# the training log goes to $LOGS (default $OUT): $OUT brings back 8 files at most, so runs
+# side by side keep their logs elsewhere and concatenate them into one
+logs=${LOGS:-$out}
+mkdir -p "$out" "$logs"
 # everything this run writes outside $OUT is its own (two runs may share the machine)
 if [ -d .gpu/whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -43,6 +48,10 @@ if [ -n "$teacher" ]; then
 fi
 if [ -d ".gpu/work/$model" ]; then
     cp -v ".gpu/work/$model"/* "$work"/
+    # large kept inputs (the views' lung cells) travel gzipped
+    for f in "$work"/*.gz; do
+        [ -e "$f" ] && gunzip -f "$f"
+    done
 fi
 left=$((budget - ($(date +%s) - start)))
 if [ "$left" -lt 60 ]; then
@@ -50,7 +59,7 @@ if [ "$left" -lt 60 ]; then
     exit 1
 fi
 timeout "$left" python3 -m lunglens.training.cli "$preset" --data-root .gpu/data \
-    --workdir "$work" --models-dir /tmp/models --stages train 2>&1 | tee "$out/$preset.log"
+    --workdir "$work" --models-dir /tmp/models --stages train 2>&1 | tee "$logs/$preset.log"
 echo "$preset exit $? after $(($(date +%s) - start)) s"
 rm -f "$work"/images_*.npz "$work"/views_*.npy "$work"/*/last.pt
 python3 -m lunglens.training.transport pack-run "$work" "$out" --prefix "$model"

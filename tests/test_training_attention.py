@@ -23,6 +23,7 @@ from lunglens.training.attention import (  # noqa: E402
 from lunglens.training.augment import AugmentConfig, augment, augment_with_masks  # noqa: E402
 from lunglens.training.data import ImageSet  # noqa: E402
 from lunglens.training.device import setup_runtime  # noqa: E402
+from lunglens.training.models import create_model  # noqa: E402
 from lunglens.training.train import TrainConfig, train_run  # noqa: E402
 
 #: geometry only: with the grey-level jitter and the noise off, a mask equal to the image must
@@ -152,11 +153,71 @@ def test_lung_cells_follow_the_cached_views() -> None:
         assert not np.allclose(cells[v, :-1], cells[0, :-1], atol=1e-2)
 
 
-def test_attention_needs_frozen_features(tmp_path: Path) -> None:
+def test_attention_needs_lung_cells(tmp_path: Path) -> None:
     data, _ = _toy_set()
     cfg = replace(TrainConfig(), lung_attention=1.0)
     with pytest.raises(ValueError, match="lung_attention"):
         train_run(data, np.arange(4), np.arange(4, 5), cfg, setup_runtime("cpu"), tmp_path)
+
+
+def test_the_cam_maps_of_a_whole_network_are_its_features() -> None:
+    """Without frozen features the maps come from a hook on the CAM layer: the same tensor
+    ``features`` gives, and the logits of the network's own forward pass."""
+    from lunglens.training.train import _logits_and_maps, build_fit
+
+    data, _ = _toy_set(side=32)
+    rt = setup_runtime("cpu")
+    fit = build_fit(data, np.arange(4), TrainConfig(epochs=1), rt)
+    fit.model.eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        logits, maps = _logits_and_maps(fit, x, "squeezenet-light", want_maps=True)
+        assert maps is not None
+        torch.testing.assert_close(maps, fit.model.features(x))
+        torch.testing.assert_close(logits, fit.model(x))
+        assert _logits_and_maps(fit, x, "squeezenet-light", want_maps=False)[1] is None
+
+
+def test_a_student_on_cached_views_learns_to_look_inside_the_lungs(tmp_path: Path) -> None:
+    """The penalty works on a whole network trained on cached views (a distilled student):
+    the class evidence the trained SqueezeNet-light finds outside the lung cells is a smaller
+    share with the penalty than without it, on the same views, seeds and epochs."""
+    rng = np.random.default_rng(1)
+    n, side = 24, 32
+    labels = np.arange(n) % 2
+    views = rng.integers(0, 60, (2, n, side, side), dtype=np.uint8)
+    # the label is written twice: in the lungs (the left half) and, louder, outside them
+    views[:, labels == 1, 8:24, 4:12] += 120
+    views[:, labels == 1, 8:24, 22:30] += 190
+    data = ImageSet(views[0].copy(), labels, [], ["a", "b"])
+    grid = 8  # squeezenet-light's CAM grid at 32 px
+    cells = np.zeros((2, n, grid, grid), np.float16)
+    cells[..., : grid // 2] = 1.0
+    rt = setup_runtime("cpu")
+    shares = {}
+    for weight in (0.0, 3.0):
+        cfg = TrainConfig(epochs=8, batch_size=8, lr=3e-3, lung_attention=weight)
+        run = tmp_path / f"w{weight}"
+        train_run(
+            data,
+            np.arange(n),
+            np.arange(n),
+            cfg,
+            rt,
+            run,
+            log=lambda _m: None,
+            views=views,
+            lungs=cells if weight else None,
+        )
+        model = create_model("squeezenet-light", 2)
+        model.load_state_dict(torch.load(run / "last.pt", weights_only=False)["model"])
+        model.eval()
+        x = torch.from_numpy(views[0]).float().div(255.0)[:, None]
+        with torch.no_grad():
+            inside = torch.from_numpy(cells[0].astype(np.float32))
+            share = outside_share(model.features(x), model.classifier.weight, inside)
+        shares[weight] = float(share.mean())
+    assert shares[3.0] < shares[0.0] - 0.1, shares
 
 
 def test_lung_fields_are_framed_like_the_training_images(shared_data: Path) -> None:

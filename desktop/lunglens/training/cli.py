@@ -95,11 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=STAGES,
         default="all",
         help="train: the final model and the CV folds only (on a lent GPU machine; a later "
-        "run with all stages exports, quantizes and writes the card); teacher: a distilled "
-        "preset's teacher logits of every run, kept in its work folder (before its training "
-        "goes to a GPU machine that lacks the teacher); cam: measure the shipped model "
-        "folder's share of CAM mass inside the lung field again and write it into its "
-        "manifest and card (nothing is trained)",
+        "run with all stages exports, quantizes and writes the card); teacher: what a preset "
+        "trained on a teacher's views needs from the teacher's work folder and the scans (the "
+        "teacher logits of every run; with lung attention, the lung cells of the views), kept "
+        "in its work folder before its training goes to a GPU machine that lacks them; cam: "
+        "measure the shipped model folder's share of CAM mass inside the lung field again "
+        "and write it into its manifest and card (nothing is trained)",
     )
     return ap
 
@@ -115,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages != "all" and args.preset in (OOD, MODALITY_CHECK):
         parser.error(f"--stages {args.stages} is for the triage presets only")
     preset = PRESETS.get(args.preset)
-    if args.stages == "teacher" and not (preset and preset.teacher):
+    if args.stages == "teacher" and not (preset and preset.views_from):
         parser.error(
-            f"--stages teacher is for distilled presets only ({args.preset} has no teacher)"
+            f"--stages teacher is for presets that train on a teacher's views only "
+            f"({args.preset} has none)"
         )
     models_dir = args.models_dir or default_models_dir(preset)
     if args.preset == OOD:

@@ -282,6 +282,8 @@ class Pipeline:
         out: dict = dict(views=self.teacher_views(ds))
         if self.p.teacher:
             out["soft_targets"] = self.teacher_logits(ds, run, train_idx)
+        if self.cfg.lung_attention > 0:
+            out["lungs"] = self.lung_cells(ds)
         return out
 
     def teacher_logits(self, ds: ImageSet, run: str, train_idx: np.ndarray) -> np.ndarray:
@@ -323,11 +325,16 @@ class Pipeline:
         return logits
 
     def stage_teacher(self, ds: ImageSet) -> None:
-        """The teacher's logits of every run (final model and CV folds), kept in the work
-        folder: the part of a distilled run that needs the teacher's checkpoints and features,
-        done before the run trains on a lent GPU (``--stages teacher``)."""
+        """What a run on a teacher's views needs from the teacher's work folder and the scans,
+        kept in the work folder before the run trains on a lent GPU (``--stages teacher``):
+        the teacher's logits of every run (final model and CV folds) for a distilled preset,
+        and the views' lung cells for a preset with the lung-attention penalty."""
+        if self.p.views_from is None:
+            raise ValueError(f"{self.p.name} does not train on a teacher's views")
+        if self.cfg.lung_attention > 0:
+            self.lung_cells(ds)
         if not self.p.teacher:
-            raise ValueError(f"{self.p.name} has no teacher")
+            return
         runs = {"final": self.train_indices(ds, self.final_train_folds(self.val_fold(ds)))}
         if not self.o.skip_cv:
             for k in range(self.o.folds):
@@ -354,31 +361,44 @@ class Pipeline:
             self._features = np.load(path)
         return self._features
 
-    def lung_cells(self, ds: ImageSet) -> np.ndarray:
-        """Lung share of every CAM cell of every cached view (training.attention), cached."""
-        if self._lungs is None:
-            import torch
+    def cam_grid(self, ds: ImageSet) -> int:
+        """The side of the CAM layer's maps for this preset's cached inputs."""
+        import torch
 
-            from lunglens.training.attention import lung_cells
-            from lunglens.training.data import load_lung_fields
-            from lunglens.training.models import create_model
-            from lunglens.training.train import SplitModel
+        from lunglens.training.models import create_model
+        from lunglens.training.train import SplitModel
 
+        model = create_model(self.p.arch, len(ds.classes)).eval()
+        with torch.no_grad():
+            if self.p.views_from is not None:
+                return int(model.features(torch.zeros(1, 1, self.size, self.size)).shape[-1])  # type: ignore[operator]
             feats = self.features(ds)
             assert feats is not None
-            model = create_model(self.p.arch, len(ds.classes)).eval()
-            with torch.no_grad():
-                first = torch.from_numpy(feats[0, :1].astype(np.float32))
-                grid = int(SplitModel(model, self.cfg.frozen_stages).head_maps(first).shape[-1])
+            first = torch.from_numpy(feats[0, :1].astype(np.float32))
+            return int(SplitModel(model, self.cfg.frozen_stages).head_maps(first).shape[-1])
+
+    def lung_cells(self, ds: ImageSet) -> np.ndarray:
+        """Lung share of every CAM cell of every cached view (training.attention), cached.
+
+        The cached views are this preset's frozen features, or a teacher's augmented views
+        (``views_from``): then the fields are moved with the teacher's augmentation, the one
+        that made the views, and pooled to this network's CAM grid.
+        """
+        if self._lungs is None:
+            from lunglens.training.attention import lung_cells
+
+            src, src_ds = (self, ds) if self.p.views_from is None else self.teacher_pipeline(ds)
+            grid = self.cam_grid(ds)
             field_of = LUNG_FIELDS[self.p.modality].find
-            path = self.work / (
-                f"lungs_{field_of.__name__}_{self.size}_g{grid}_v{self.cfg.feature_views}.npy"
-            )
+            views = src.cfg.feature_views
+            path = self.work / f"lungs_{field_of.__name__}_{self.size}_g{grid}_v{views}.npy"
             if not path.exists():
+                from lunglens.training.data import load_lung_fields
+
                 fields = load_lung_fields(
-                    ds.records, self.size, prep=self.p.preprocessing, field_of=field_of
+                    src_ds.records, src.size, prep=src.p.preprocessing, field_of=field_of
                 )
-                cells = lung_cells(ds, fields, self.cfg, self.rt, grid)
+                cells = lung_cells(src_ds, fields, src.cfg, self.rt, grid)
                 np.save(path.with_suffix(".tmp.npy"), cells)
                 path.with_suffix(".tmp.npy").replace(path)
                 usable = int(np.isfinite(cells[0, :, 0, 0]).sum())
@@ -394,8 +414,9 @@ class Pipeline:
         """The stages of ``lunglens-train --stages``: ``all``; ``train``, the final model and
         the CV folds' training and test predictions only (a lent GPU machine: export, INT8,
         operating point and card follow on a later run, where the INT8 recipe search is
-        measured on the CPU the app runs on); ``teacher``, a distilled preset's teacher logits
-        only (:meth:`stage_teacher`, before its training travels)."""
+        measured on the CPU the app runs on); ``teacher``, the teacher logits and lung cells of
+        a preset trained on a teacher's views only (:meth:`stage_teacher`, before its training
+        travels)."""
         if stages not in STAGES:
             raise ValueError(f"stages {stages!r}: expected one of {STAGES}")
         ds = self.data()

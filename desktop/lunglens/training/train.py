@@ -32,7 +32,7 @@ from lunglens.training.augment import AugmentConfig, augment, augment_with_masks
 from lunglens.training.data import ImageSet
 from lunglens.training.device import Runtime
 from lunglens.training.metrics import macro_auc
-from lunglens.training.models import create_model
+from lunglens.training.models import create_model, get_spec
 
 
 @dataclass
@@ -76,7 +76,8 @@ class TrainConfig:
     #: with ``balance="source"``: the weight of a source that holds one class only
     single_class_source_weight: float = 0.5
     #: weight of the lung-attention penalty (:mod:`lunglens.training.attention`): the share of
-    #: class evidence outside the lung field, added to the loss; frozen-feature runs only
+    #: class evidence outside the lung field, added to the loss; runs on cached inputs only
+    #: (frozen features, or a teacher's views), whose lung fields are moved with them
     lung_attention: float = 0.0
 
 
@@ -413,6 +414,32 @@ def _label_loss(
     return (each * w).sum() / w.sum().clamp_min(1e-12)
 
 
+def _logits_and_maps(
+    fit: Fit, x: torch.Tensor, arch: str, want_maps: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The logits and, when asked, the CAM layer's maps (the classifier's input, before pooling).
+
+    On cached frozen features the split head gives both. A whole network is called through
+    ``fit.net`` (its DistributedDataParallel wrapper under torchrun, so gradients stay in sync),
+    and the maps are taken by a forward hook on the architecture's CAM layer
+    (:attr:`lunglens.training.models.ArchSpec.cam_layer`).
+    """
+    if fit.split is not None:
+        maps = fit.split.head_maps(x)
+        return fit.split.classify(maps), maps
+    if not want_maps:
+        return fit.net(x), None
+    layers: dict[str, nn.Module] = fit.model.gallery_layers  # type: ignore[assignment]
+    layer = layers[get_spec(arch).cam_layer]
+    seen: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        logits = fit.net(x)
+    finally:
+        hook.remove()
+    return logits, seen[-1]
+
+
 def train_one_epoch(
     fit: Fit,
     data: ImageSet,
@@ -429,8 +456,8 @@ def train_one_epoch(
     """One pass over this rank's share of ``train_idx`` in a seeded order; the mean loss.
 
     The one-cycle schedule steps per batch; the plateau schedule steps on the validation score
-    (in :func:`train_run`). ``lungs`` (:func:`lunglens.training.attention.lung_cells`, with
-    frozen features) adds the lung-attention penalty.
+    (in :func:`train_run`). ``lungs`` (:func:`lunglens.training.attention.lung_cells` of the
+    cached frozen features or views, at the CAM layer's grid) adds the lung-attention penalty.
     """
     fit.net.train()
     if fit.split is not None:  # frozen BatchNorm keeps its ImageNet statistics
@@ -447,23 +474,21 @@ def train_one_epoch(
             continue  # BatchNorm needs more than one sample
         y = torch.from_numpy(data.labels[chunk]).to(rt.device)
         x, v_idx = _batch_input(data, chunk, fit, cfg, rt, rng, gen, features, views)
+        penalize = lungs is not None and cfg.lung_attention > 0
         with rt.autocast():
-            if fit.split is not None:
-                maps = fit.split.head_maps(x)
-                logits = fit.split.classify(maps)
-            else:
-                logits = fit.net(x)
+            logits, maps = _logits_and_maps(fit, x, cfg.arch, penalize)
             loss = _label_loss(logits.float(), y, fit, chunk, cfg.label_smoothing)
-            if lungs is not None and cfg.lung_attention > 0:
-                weight: torch.Tensor = fit.model.classifier.weight  # type: ignore[union-attr,assignment]
-                pen = attention_penalty(maps, weight, lungs[v_idx, chunk])
-                if pen is not None:
-                    loss = loss + cfg.lung_attention * pen
             if soft_targets is not None:  # the teacher's logits on the same cached views
                 soft = torch.from_numpy(soft_targets[v_idx, chunk]).to(rt.device)
                 loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * distill_loss(
                     logits.float(), soft, cfg.distill_temperature
                 )
+            if penalize:  # added after the distillation mix: its weight is the preset's own
+                assert lungs is not None and maps is not None
+                weight: torch.Tensor = fit.model.classifier.weight  # type: ignore[union-attr,assignment]
+                pen = attention_penalty(maps, weight, lungs[v_idx, chunk])
+                if pen is not None:
+                    loss = loss + cfg.lung_attention * pen
         fit.opt.zero_grad(set_to_none=True)
         fit.scaler.scale(loss).backward()
         fit.scaler.step(fit.opt)
@@ -566,8 +591,8 @@ def train_run(
     if done.exists():
         log(f"[{workdir.name}] already trained, skipping")
         return json.loads(done.read_text())
-    if cfg.lung_attention > 0 and (not cfg.frozen_stages or lungs is None):
-        raise ValueError("lung_attention needs frozen features and their lung cells")
+    if cfg.lung_attention > 0 and lungs is None:
+        raise ValueError("lung_attention needs the lung cells of the cached inputs")
     fit = build_fit(data, train_idx, cfg, rt, features)
     progress = Progress()
     last = workdir / "last.pt"
