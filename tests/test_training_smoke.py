@@ -336,3 +336,46 @@ def test_cam_stage_measures_a_shipped_x_ray_model_in_place(tmp_path: Path) -> No
     # a validation fold other than the one the model was chosen on is refused
     with pytest.raises(ValueError, match="validated on fold 4"):
         main([*args, "--workdir", str(tmp_path / "work2"), "--val-fold", "1"])
+
+
+def test_x_ray_student_with_lung_attention_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped X-ray SqueezeNet recipe: distilled from the X-ray Lite on its cached views,
+    with the lung-attention penalty on the student's own CAM grid. ``--stages teacher`` keeps
+    what travels to a GPU: the teacher's logits and the views' lung cells (the control without
+    a teacher keeps the cells only)."""
+    from lunglens.training.cli import main
+
+    monkeypatch.setenv("LUNGLENS_RUNS", str(tmp_path / "runs"))
+    models = tmp_path / "models"
+    common = ["--size", "64", "--limit", "30", "--epochs", "1", "--calib-images", "16"]
+    common += ["--calibration", "MinMax", "--skip-cv", "--models-dir", str(models)]
+    common += ["--device", "cpu"]
+    assert main(["cxr-efficientnet-lite", *common]) == 0
+
+    runs = tmp_path / "runs"
+    assert main(["cxr-squeezenet-views", *common, "--stages", "teacher"]) == 0
+    control = runs / "squeezenet-light-cxr-views"
+    assert [p.name for p in control.glob("teacher_*.npz")] == []  # it has no teacher
+    cells = np.load(control / "lungs_xray_lung_field_64_g16_v4.npy")  # the student's 16x16 grid
+    assert cells.shape == (4, 30, 16, 16)
+    usable = np.isfinite(cells[0, :, 0, 0])
+    assert usable.sum() >= 20 and ((cells[:, usable] >= 0) & (cells[:, usable] <= 1)).all()
+    # the cells follow the teacher's views: an augmented view moves the field
+    assert not np.allclose(cells[1, usable], cells[0, usable], atol=1e-2)
+
+    assert main(["cxr-squeezenet", *common]) == 0
+    work = runs / "squeezenet-light-cxr"
+    np.testing.assert_array_equal(np.load(work / "lungs_xray_lung_field_64_g16_v4.npy"), cells)
+    assert (work / "teacher_final.npz").exists()
+    manifest = json.loads((models / "squeezenet-light-cxr" / "manifest.json").read_text())
+    assert manifest["training"]["config"]["lung_attention"] == 1.0
+    assert manifest["training"]["distilled_from"]["preset"] == "cxr-efficientnet-lite"
+    history = json.loads((work / "final" / "history.json").read_text())["history"]
+    assert np.isfinite(history[0]["train_loss"])
+    card = (models / "squeezenet-light-cxr" / "MODEL_CARD.md").read_text()
+    assert "lung-attention penalty, weight 1" in card
+
+    with pytest.raises(SystemExit):  # nothing to keep for a preset without a teacher's views
+        main(["cxr-efficientnet-lite-plain", *common, "--stages", "teacher"])

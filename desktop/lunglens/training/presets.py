@@ -329,6 +329,34 @@ PRESETS: dict[str, Preset] = {
                 "ct-squeezenet-distilled",
             ),
         ),
+        # the CT student from the shipped CT recipe (lung attention) with the penalty on its own
+        # CAM grid, the X-ray student's recipe (cxr-squeezenet)
+        _preset(
+            _CT,
+            _STUDENT,
+            name="ct-squeezenet-lungs",
+            model_name="squeezenet-light-ct-lungs",
+            teacher="ct-efficientnet-lite",
+            views_from="ct-efficientnet-lite",
+            lung_attention=1.0,
+            size_cpu=224,
+            epochs_cpu=30,
+            epochs_cuda=30,
+            compared_with=("ct-efficientnet-lite", "ct-squeezenet", "ct-squeezenet-lungs-views"),
+        ),
+        # its control: the same views, epochs and penalty, no teacher
+        _preset(
+            _CT,
+            _STUDENT,
+            name="ct-squeezenet-lungs-views",
+            model_name="squeezenet-light-ct-lungs-views",
+            views_from="ct-efficientnet-lite",
+            lung_attention=1.0,
+            size_cpu=224,
+            epochs_cpu=30,
+            epochs_cuda=30,
+            compared_with=("ct-efficientnet-lite", "ct-squeezenet-lungs"),
+        ),
         # squeezenet-light-ct 1.0.0: from scratch, 128 px, no teacher
         _preset(
             _CT,
