@@ -116,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages != "all" and args.preset in (OOD, MODALITY_CHECK):
         parser.error(f"--stages {args.stages} is for the triage presets only")
     preset = PRESETS.get(args.preset)
-    if args.stages == "teacher" and not (preset and preset.views_from):
+    keeps = bool(preset and preset.views_from and (preset.teacher or preset.lung_attention > 0))
+    if args.stages == "teacher" and not keeps:
         parser.error(
-            f"--stages teacher is for presets that train on a teacher's views only "
-            f"({args.preset} has none)"
+            "--stages teacher keeps a teacher's logits or the lung cells of its views, for "
+            f"presets trained on a teacher's views only ({args.preset} needs neither)"
         )
     models_dir = args.models_dir or default_models_dir(preset)
     if args.preset == OOD:

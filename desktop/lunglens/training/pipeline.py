@@ -329,8 +329,8 @@ class Pipeline:
         kept in the work folder before the run trains on a lent GPU (``--stages teacher``):
         the teacher's logits of every run (final model and CV folds) for a distilled preset,
         and the views' lung cells for a preset with the lung-attention penalty."""
-        if self.p.views_from is None:
-            raise ValueError(f"{self.p.name} does not train on a teacher's views")
+        if self.p.views_from is None or not (self.p.teacher or self.cfg.lung_attention > 0):
+            raise ValueError(f"{self.p.name} needs no teacher logits and no lung cells")
         if self.cfg.lung_attention > 0:
             self.lung_cells(ds)
         if not self.p.teacher:
