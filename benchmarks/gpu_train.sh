@@ -50,7 +50,7 @@ if [ -d ".gpu/work/$model" ]; then
     cp -v ".gpu/work/$model"/* "$work"/
     # large kept inputs (the views' lung cells) travel gzipped
     for f in "$work"/*.gz; do
-        [ -e "$f" ] && gunzip -f "$f"
+        if [ -e "$f" ]; then gunzip -f "$f" || exit 1; fi
     done
 fi
 left=$((budget - ($(date +%s) - start)))

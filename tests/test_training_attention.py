@@ -189,10 +189,12 @@ def test_a_student_on_cached_views_learns_to_look_inside_the_lungs(tmp_path: Pat
     # the label is written twice: in the lungs (the left half) and, louder, outside them
     views[:, labels == 1, 8:24, 4:12] += 120
     views[:, labels == 1, 8:24, 22:30] += 190
+    views[1] = views[1, :, :, ::-1]  # view 1 is mirrored, and so are its lung cells
     data = ImageSet(views[0].copy(), labels, [], ["a", "b"])
     grid = 8  # squeezenet-light's CAM grid at 32 px
     cells = np.zeros((2, n, grid, grid), np.float16)
-    cells[..., : grid // 2] = 1.0
+    cells[0, ..., : grid // 2] = 1.0
+    cells[1, ..., grid // 2 :] = 1.0
     rt = setup_runtime("cpu")
     shares = {}
     for weight in (0.0, 3.0):
@@ -212,12 +214,26 @@ def test_a_student_on_cached_views_learns_to_look_inside_the_lungs(tmp_path: Pat
         model = create_model("squeezenet-light", 2)
         model.load_state_dict(torch.load(run / "last.pt", weights_only=False)["model"])
         model.eval()
-        x = torch.from_numpy(views[0]).float().div(255.0)[:, None]
-        with torch.no_grad():
-            inside = torch.from_numpy(cells[0].astype(np.float32))
-            share = outside_share(model.features(x), model.classifier.weight, inside)
-        shares[weight] = float(share.mean())
+        share = []
+        for v in (0, 1):  # each view against its own cells
+            x = torch.from_numpy(views[v].copy()).float().div(255.0)[:, None]
+            with torch.no_grad():
+                inside = torch.from_numpy(cells[v].astype(np.float32))
+                share.append(outside_share(model.features(x), model.classifier.weight, inside))
+        shares[weight] = float(torch.cat(share).mean())
     assert shares[3.0] < shares[0.0] - 0.1, shares
+
+
+def test_attention_refuses_images_augmented_on_the_fly(tmp_path: Path) -> None:
+    """Lung cells belong to cached views: with images augmented on the fly they would point
+    at the wrong cells, so a run with cells but no cached inputs is refused."""
+    data, _ = _toy_set(side=32)
+    cells = np.ones((2, 5, 8, 8), np.float16)
+    cfg = replace(TrainConfig(epochs=1), lung_attention=1.0)
+    with pytest.raises(ValueError, match="cached inputs"):
+        train_run(
+            data, np.arange(4), np.arange(4, 5), cfg, setup_runtime("cpu"), tmp_path, lungs=cells
+        )
 
 
 def test_lung_fields_are_framed_like_the_training_images(shared_data: Path) -> None:

@@ -358,16 +358,29 @@ def test_x_ray_student_with_lung_attention_end_to_end(
     assert main(["cxr-squeezenet-views", *common, "--stages", "teacher"]) == 0
     control = runs / "squeezenet-light-cxr-views"
     assert [p.name for p in control.glob("teacher_*.npz")] == []  # it has no teacher
-    cells = np.load(control / "lungs_xray_lung_field_64_g16_v4.npy")  # the student's 16x16 grid
+    # the student's 16x16 grid; named after the teacher whose augmentation made the views
+    name = "lungs_xray_lung_field_64_g16_v4_from_cxr-efficientnet-lite_64.npy"
+    cells = np.load(control / name)
     assert cells.shape == (4, 30, 16, 16)
     usable = np.isfinite(cells[0, :, 0, 0])
     assert usable.sum() >= 20 and ((cells[:, usable] >= 0) & (cells[:, usable] <= 1)).all()
+    # view 0 is the image itself: its cells are the teacher's lung fields pooled to the grid
+    from lunglens.training.data import load_lung_fields
+    from lunglens.training.pipeline import Pipeline, PipelineOptions
+    from lunglens.training.presets import BODY_CROP, PRESETS
+    from lunglens.xray_lungs import xray_lung_field
+
+    opts = PipelineOptions(DATA, models, control, device="cpu", size=64, limit=30)
+    ds = Pipeline(PRESETS["cxr-squeezenet-views"], opts).data()
+    fields = load_lung_fields(ds.records, 64, prep=BODY_CROP, field_of=xray_lung_field)
+    pooled = fields.reshape(30, 16, 4, 16, 4).mean((2, 4)) / 255.0
+    np.testing.assert_allclose(cells[0, usable], pooled[usable], atol=2e-3)
     # the cells follow the teacher's views: an augmented view moves the field
     assert not np.allclose(cells[1, usable], cells[0, usable], atol=1e-2)
 
     assert main(["cxr-squeezenet", *common]) == 0
     work = runs / "squeezenet-light-cxr"
-    np.testing.assert_array_equal(np.load(work / "lungs_xray_lung_field_64_g16_v4.npy"), cells)
+    np.testing.assert_array_equal(np.load(work / name), cells)
     assert (work / "teacher_final.npz").exists()
     manifest = json.loads((models / "squeezenet-light-cxr" / "manifest.json").read_text())
     assert manifest["training"]["config"]["lung_attention"] == 1.0

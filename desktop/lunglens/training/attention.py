@@ -105,4 +105,6 @@ def attention_penalty(
     ok = ~torch.isnan(inside.flatten(1)).any(1)
     if not bool(ok.any()):
         return None
-    return outside_share(maps[ok].float(), weight.float(), inside[ok]).mean()
+    # in float32 even inside a mixed-precision step: autocast would run the einsum in bf16
+    with torch.autocast(maps.device.type, enabled=False):
+        return outside_share(maps[ok].float(), weight.float(), inside[ok]).mean()

@@ -331,6 +331,11 @@ class Pipeline:
         and the views' lung cells for a preset with the lung-attention penalty."""
         if self.p.views_from is None or not (self.p.teacher or self.cfg.lung_attention > 0):
             raise ValueError(f"{self.p.name} needs no teacher logits and no lung cells")
+        if self.p.size_cpu != self.p.size_cuda and self.o.size is None:
+            raise ValueError(
+                f"{self.p.name} trains at {self.p.size_cpu} px here and {self.p.size_cuda} px on "
+                "CUDA: give --size for the machine the run will train on"
+            )
         if self.cfg.lung_attention > 0:
             self.lung_cells(ds)
         if not self.p.teacher:
@@ -391,7 +396,10 @@ class Pipeline:
             grid = self.cam_grid(ds)
             field_of = LUNG_FIELDS[self.p.modality].find
             views = src.cfg.feature_views
-            path = self.work / f"lungs_{field_of.__name__}_{self.size}_g{grid}_v{views}.npy"
+            # a teacher's views: the cells belong to that teacher's augmentation and size
+            whose = "" if src is self else f"_from_{src.p.name}_{src.size}"
+            name = f"lungs_{field_of.__name__}_{self.size}_g{grid}_v{views}{whose}.npy"
+            path = self.work / name
             if not path.exists():
                 from lunglens.training.data import load_lung_fields
 
@@ -403,7 +411,13 @@ class Pipeline:
                 path.with_suffix(".tmp.npy").replace(path)
                 usable = int(np.isfinite(cells[0, :, 0, 0]).sum())
                 self.log(f"lung fields: {usable}/{len(ds.labels)} usable, {grid}x{grid} cells")
-            self._lungs = np.load(path)
+            cells = np.load(path)
+            if cells.shape != (views, len(ds.labels), grid, grid):
+                raise ValueError(
+                    f"{path} holds lung cells of shape {cells.shape}, not "
+                    f"{(views, len(ds.labels), grid, grid)}: made for other images; delete it"
+                )
+            self._lungs = cells
         return self._lungs
 
     def positive(self, ds: ImageSet) -> int:

@@ -591,8 +591,11 @@ def train_run(
     if done.exists():
         log(f"[{workdir.name}] already trained, skipping")
         return json.loads(done.read_text())
-    if cfg.lung_attention > 0 and lungs is None:
-        raise ValueError("lung_attention needs the lung cells of the cached inputs")
+    if cfg.lung_attention > 0 and (lungs is None or (features is None and views is None)):
+        raise ValueError(
+            "lung_attention needs cached inputs (frozen features or a teacher's views) and "
+            "their lung cells: on-the-fly augmentation would move the lungs away from them"
+        )
     fit = build_fit(data, train_idx, cfg, rt, features)
     progress = Progress()
     last = workdir / "last.pt"
