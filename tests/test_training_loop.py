@@ -182,3 +182,28 @@ def test_filled_last_batch_keeps_every_image_and_one_batch_shape(n: int) -> None
         assert len(out) % 32 == 0 and set(out[n:]) <= set(order)
     else:  # fewer images than the batch would need: left as one short batch
         np.testing.assert_array_equal(out, order)
+
+
+def test_cache_files_are_written_whole_under_a_private_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``save_npy`` leaves the finished file and no temporary one, and its temporary name is
+    the process's own (torchrun ranks may build the same cache at once)."""
+    import os
+
+    from lunglens.training.pipeline import save_npy
+
+    seen: list[str] = []
+    real_save = np.save
+
+    def spy(file, arr):  # type: ignore[no-untyped-def]
+        seen.append(Path(file).name)
+        real_save(file, arr)
+
+    monkeypatch.setattr(np, "save", spy)
+    path = tmp_path / "features_224_k3_v4.npy"
+    arr = np.arange(12, dtype=np.float16).reshape(3, 4)
+    save_npy(path, arr)
+    assert seen == [f"features_224_k3_v4.{os.getpid()}.tmp.npy"]
+    np.testing.assert_array_equal(np.load(path), arr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

@@ -85,6 +85,15 @@ class PipelineOptions:
     compare_dirs: tuple[Path, ...] = ()
 
 
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write a cache file whole or not at all: a temporary file of this process's own, then a
+    rename. Under torchrun every rank may build the same missing cache at once; a shared
+    temporary name would let one rank rename another's half-written file."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
+
+
 def _recorded_val_fold(manifest: ModelManifest) -> int | None:
     """The fold a model folder's final model was validated on: ``training.final_model.
     val_fold``, or for folders written before it was recorded, the fold its CAM reference
@@ -265,8 +274,7 @@ class Pipeline:
             path = self.work / f"views_{self.size}_from_{tpipe.p.name}.npy"
             if not path.exists():
                 views = view_images(tds, tpipe.cfg, self.rt, self.size)
-                np.save(path.with_suffix(".tmp.npy"), views)
-                path.with_suffix(".tmp.npy").replace(path)
+                save_npy(path, views)
                 self.log(f"cached {tpipe.cfg.feature_views} views per image from {tpipe.p.name}")
             self._views = np.load(path)
         return self._views
@@ -319,7 +327,7 @@ class Pipeline:
         feats = tpipe.features(tds)
         assert feats is not None
         logits = cached_teacher_logits(teacher, tpipe.cfg.frozen_stages, feats, train_idx)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # as in save_npy
         np.savez(tmp, logits=logits[:, train_idx], idx=train_idx, teacher_sha256=sha)
         tmp.replace(path)
         return logits
@@ -359,10 +367,7 @@ class Pipeline:
                 f"features_{self.size}_k{self.cfg.frozen_stages}_v{self.cfg.feature_views}.npy"
             )
             if not path.exists():
-                np.save(
-                    path.with_suffix(".tmp.npy"), frozen_features(ds, self.cfg, self.rt, self.log)
-                )
-                path.with_suffix(".tmp.npy").replace(path)
+                save_npy(path, frozen_features(ds, self.cfg, self.rt, self.log))
             self._features = np.load(path)
         return self._features
 
@@ -407,8 +412,7 @@ class Pipeline:
                     src_ds.records, src.size, prep=src.p.preprocessing, field_of=field_of
                 )
                 cells = lung_cells(src_ds, fields, src.cfg, self.rt, grid)
-                np.save(path.with_suffix(".tmp.npy"), cells)
-                path.with_suffix(".tmp.npy").replace(path)
+                save_npy(path, cells)
                 usable = int(np.isfinite(cells[0, :, 0, 0]).sum())
                 self.log(f"lung fields: {usable}/{len(ds.labels)} usable, {grid}x{grid} cells")
             cells = np.load(path)
