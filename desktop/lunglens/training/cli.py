@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages != "all" and args.preset in (OOD, MODALITY_CHECK):
         parser.error(f"--stages {args.stages} is for the triage presets only")
     preset = PRESETS.get(args.preset)
-    keeps = bool(preset and preset.views_from and (preset.teacher or preset.lung_attention > 0))
-    if args.stages == "teacher" and not keeps:
+    if args.stages == "teacher" and not (preset and preset.keeps_teacher_inputs):
         parser.error(
             "--stages teacher keeps a teacher's logits or the lung cells of its views, for "
             f"presets trained on a teacher's views only ({args.preset} needs neither)"

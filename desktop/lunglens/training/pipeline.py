@@ -85,11 +85,16 @@ class PipelineOptions:
     compare_dirs: tuple[Path, ...] = ()
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """Write a cache file whole or not at all: a temporary file of this process's own, then a
-    rename. Under torchrun every rank may build the same missing cache at once; a shared
+def private_tmp(path: Path) -> Path:
+    """Where to write ``path`` before renaming it into place: a temporary name of this process's
+    own. Under torchrun every rank may build the same missing cache at once; a shared
     temporary name would let one rank rename another's half-written file."""
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    return path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write a cache file whole or not at all (:func:`private_tmp`, then a rename)."""
+    tmp = private_tmp(path)
     np.save(tmp, array)
     tmp.replace(path)
 
@@ -327,7 +332,7 @@ class Pipeline:
         feats = tpipe.features(tds)
         assert feats is not None
         logits = cached_teacher_logits(teacher, tpipe.cfg.frozen_stages, feats, train_idx)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # as in save_npy
+        tmp = private_tmp(path)
         np.savez(tmp, logits=logits[:, train_idx], idx=train_idx, teacher_sha256=sha)
         tmp.replace(path)
         return logits
@@ -337,7 +342,7 @@ class Pipeline:
         kept in the work folder before the run trains on a lent GPU (``--stages teacher``):
         the teacher's logits of every run (final model and CV folds) for a distilled preset,
         and the views' lung cells for a preset with the lung-attention penalty."""
-        if self.p.views_from is None or not (self.p.teacher or self.cfg.lung_attention > 0):
+        if not self.p.keeps_teacher_inputs:
             raise ValueError(f"{self.p.name} needs no teacher logits and no lung cells")
         if self.p.size_cpu != self.p.size_cuda and self.o.size is None:
             raise ValueError(

@@ -76,6 +76,12 @@ class Preset:
     qat_epochs: int = 0
     qat_images: int = 1500
 
+    @property
+    def keeps_teacher_inputs(self) -> bool:
+        """Trains on a teacher's views and needs something made from the teacher's work folder
+        or the scans: the teacher's logits, or the views' lung cells (``--stages teacher``)."""
+        return self.views_from is not None and (self.teacher is not None or self.lung_attention > 0)
+
 
 # What presets share, by task and by recipe; each preset below adds only what is its own.
 _CT: dict[str, Any] = dict(
@@ -103,33 +109,43 @@ _LITE_CT: dict[str, Any] = dict(
 _LITE_CXR: dict[str, Any] = dict(**_CXR, **_LITE, epochs_cpu=8, epochs_cuda=20)
 #: A variant measured against a shipped recipe on the same folds, not shipped (README)
 _MEASURED: dict[str, Any] = dict(default_for_modality=False, shipped=False)
-#: SqueezeNet-light trained on the CT Lite teacher's cached augmented views
-_STUDENT: dict[str, Any] = dict(
+#: SqueezeNet-light trained on a Lite teacher's cached augmented views (the recipe; each task
+#: adds its teacher's views, resolution and budget)
+_STUDENT_RECIPE: dict[str, Any] = dict(
     shipped=False,
     arch="squeezenet-light",
-    size_cpu=128,
     size_cuda=224,
-    epochs_cpu=6,
-    epochs_cuda=40,
     preprocessing=BODY_CROP,
     schedule="onecycle",
     min_epochs_share=1.0,
+)
+#: ... on the CT Lite teacher's views
+_STUDENT: dict[str, Any] = dict(
+    _STUDENT_RECIPE,
+    size_cpu=128,
+    epochs_cpu=6,
+    epochs_cuda=40,
     views_from="ct-efficientnet-lite-plain",
     train_exclude_sources=("normal-ct-512",),
 )
-#: SqueezeNet-light trained on the X-ray Lite teacher's cached augmented views, 60 epochs at
-#: 224 px on either device (about 28 s an epoch on the 2 cores, 3 hours for the final model and
-#: the 5 folds; seconds an epoch on a GPU)
-_CXR_STUDENT: dict[str, Any] = dict(
-    _MEASURED,
-    arch="squeezenet-light",
+#: ... on the shipped CT recipe's views, with the lung-attention penalty, at 224 px for 30
+#: epochs on either device
+_CT_STUDENT_LUNGS: dict[str, Any] = dict(
+    _STUDENT,
+    views_from="ct-efficientnet-lite",
+    lung_attention=1.0,
     size_cpu=224,
-    size_cuda=224,
+    epochs_cpu=30,
+    epochs_cuda=30,
+)
+#: ... on the X-ray Lite teacher's views, 60 epochs at 224 px on either device (about 36 s an
+#: epoch on the 2 cores, 3.5 hours for the final model and the 5 folds; under a second an
+#: epoch on a GPU)
+_CXR_STUDENT: dict[str, Any] = dict(
+    _STUDENT_RECIPE,
+    size_cpu=224,
     epochs_cpu=60,
     epochs_cuda=60,
-    preprocessing=BODY_CROP,
-    schedule="onecycle",
-    min_epochs_share=1.0,
     views_from="cxr-efficientnet-lite",
 )
 _SQUEEZENET: dict[str, Any] = dict(arch="squeezenet-light", size_cpu=128, size_cuda=224)
@@ -333,28 +349,18 @@ PRESETS: dict[str, Preset] = {
         # CAM grid, the X-ray student's recipe (cxr-squeezenet)
         _preset(
             _CT,
-            _STUDENT,
+            _CT_STUDENT_LUNGS,
             name="ct-squeezenet-lungs",
             model_name="squeezenet-light-ct-lungs",
             teacher="ct-efficientnet-lite",
-            views_from="ct-efficientnet-lite",
-            lung_attention=1.0,
-            size_cpu=224,
-            epochs_cpu=30,
-            epochs_cuda=30,
             compared_with=("ct-efficientnet-lite", "ct-squeezenet", "ct-squeezenet-lungs-views"),
         ),
         # its control: the same views, epochs and penalty, no teacher
         _preset(
             _CT,
-            _STUDENT,
+            _CT_STUDENT_LUNGS,
             name="ct-squeezenet-lungs-views",
             model_name="squeezenet-light-ct-lungs-views",
-            views_from="ct-efficientnet-lite",
-            lung_attention=1.0,
-            size_cpu=224,
-            epochs_cpu=30,
-            epochs_cuda=30,
             compared_with=("ct-efficientnet-lite", "ct-squeezenet-lungs"),
         ),
         # squeezenet-light-ct 1.0.0: from scratch, 128 px, no teacher
