@@ -146,30 +146,51 @@ def test_search_measures_every_candidate_and_keeps_a_qualifying_one(tmp_path: Pa
     assert 0.0 < thr < 1.0 and "fastest" in report["selection"]
 
 
-def _trial(agreement: float, ms: float, dp: float = 0.05, change: float = 0.0) -> dict:
+def _trial(
+    agreement: float, ms: float, dp: float = 0.05, change: float = 0.0, graph: int = 0
+) -> dict:
+    """A measured trial; ``graph`` stands for its float layers (the first N Convs)."""
     return dict(
-        agreement=agreement, single_image_ms=ms, max_abs_prob_diff=dp, accuracy_change_points=change
+        agreement=agreement,
+        single_image_ms=ms,
+        max_abs_prob_diff=dp,
+        accuracy_change_points=change,
+        kept_float=[],
+        float_first_convs=graph,
     )
 
 
 def test_choose_trial_lets_agreement_not_timing_noise_decide() -> None:
     """Qualifying recipes within 5% of the fastest tie on speed: the higher agreement wins,
     then the smaller max |dp|; a clearly faster qualifying recipe still wins; with none
-    qualifying, the highest agreement."""
+    qualifying, the highest agreement. Trials of one graph share its fastest timing."""
     from lunglens.training.quantize import choose_trial
 
     # a corrected copy of the same graph, timed 0.03 ms slower: agreement decides
     assert choose_trial([_trial(0.995, 3.42), _trial(0.999, 3.45)]) == 1
     assert choose_trial([_trial(1.0, 3.45, dp=0.12), _trial(1.0, 3.42, dp=0.04)]) == 1
     # 20% faster and above the bar: speed decides
-    assert choose_trial([_trial(0.999, 3.60), _trial(0.996, 3.00)]) == 1
+    assert choose_trial([_trial(0.999, 3.60, graph=9), _trial(0.996, 3.00, graph=3)]) == 1
+    # the same graph timed 70% slower in one trial (noise): still a tie, max |dp| decides
+    same = [_trial(1.0, 2.24, dp=0.109, graph=3), _trial(1.0, 3.80, dp=0.086, graph=3)]
+    assert choose_trial(same) == 1
+    # ... but not against a different graph that is really that much faster
+    assert choose_trial([_trial(1.0, 2.24, dp=0.109, graph=3), _trial(1.0, 3.80, graph=9)]) == 0
     # below the bar, or losing more than 0.5 accuracy points, does not qualify
-    assert choose_trial([_trial(0.990, 2.0), _trial(0.996, 3.0)]) == 1
-    assert choose_trial([_trial(0.999, 2.0, change=-0.6), _trial(0.996, 3.0)]) == 1
+    assert choose_trial([_trial(0.990, 2.0, graph=3), _trial(0.996, 3.0, graph=9)]) == 1
+    assert choose_trial([_trial(0.999, 2.0, change=-0.6, graph=3), _trial(0.996, 3.0)]) == 1
     assert choose_trial([_trial(0.97, 2.0), _trial(0.98, 3.0), _trial(0.98, 2.5)]) == 1
 
 
-@pytest.mark.parametrize("name", ["efficientnet-lite-ct", "efficientnet-lite-cxr"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "efficientnet-lite-ct",
+        "efficientnet-lite-cxr",
+        "squeezenet-light-ct",
+        "squeezenet-light-cxr",
+    ],
+)
 def test_shipped_int8_recipe_follows_from_its_recorded_trials(name: str) -> None:
     """The rule, applied to the trials a shipped manifest records, picks the recipe it ships."""
     import json
@@ -417,3 +438,49 @@ def test_a_qat_candidate_is_made_from_the_tuned_model_and_scored_against_the_ori
         search_quantization(
             fp32, int8, x[:32], x[32:], y[32:], 0, choose_threshold, candidates=cands[1:]
         )
+
+
+def test_gptq_changes_only_which_grid_point_each_weight_takes(tmp_path: Path) -> None:
+    """``quantize_model(gptq=True)`` rewrites only the int8 Conv weights: every other
+    initializer (scales, zero points, int32 biases), the ops and the 7-bit / 8-bit ranges
+    stay the nearest-rounding file's. Each layer's output error on the calibration inputs must
+    not grow (the report's ratio), and on the depthwise / grouped / pointwise net the INT8
+    feature maps must end nearer the float ones than with nearest rounding."""
+    import onnx
+    from onnx import numpy_helper
+
+    from lunglens.training.gptq import quantized_conv_weights
+    from lunglens.training.quantize import WEIGHT_MAX, int8_weight_maxima, quantize_model
+
+    fp32 = _exported(_TinyDWNet, tmp_path)
+    x, _ = _images(48, np.random.default_rng(7))
+    near, gptq = tmp_path / "near.onnx", tmp_path / "gptq.onnx"
+    r_near = quantize_model(fp32, near, x, depthwise_8bit=True)
+    r_gptq = quantize_model(fp32, gptq, x, depthwise_8bit=True, gptq=True)
+    assert r_near["weight_rounding"] is None
+    wr = r_gptq["weight_rounding"]
+    assert wr["convs"] == len(quantized_conv_weights(onnx.load(str(gptq)).graph)) >= 3
+    assert 0.0 < wr["output_error_ratio"] <= 1.0 and wr["images"] == 48
+    a = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(near)).graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(gptq)).graph.initializer}
+    weights = {w.weight for w in quantized_conv_weights(onnx.load(str(gptq)).graph).values()}
+    changed = {k for k in a if not np.array_equal(a[k], b[k])}
+    assert changed and changed <= weights
+    assert int8_weight_maxima(gptq)[0] <= WEIGHT_MAX and int8_weight_maxima(gptq)[1] <= 127
+    ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]  # noqa: E731
+    assert ops(gptq) == ops(near)
+    # the gallery's feature map and the CAM (the head's input maps), elementwise vs float
+    import onnxruntime as ort
+
+    from lunglens.training.quantize import input_batches
+
+    def outputs(path: Path) -> list[np.ndarray]:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(["act_0", "cam"], {"image": next(input_batches(x, len(x)))})
+
+    f32 = outputs(fp32)
+    err = {
+        p.name: [float(np.abs(o - f).mean()) for o, f in zip(outputs(p), f32, strict=True)]
+        for p in (near, gptq)
+    }
+    assert all(g < n for g, n in zip(err["gptq.onnx"], err["near.onnx"], strict=True)), err

@@ -286,11 +286,14 @@ def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     # 7-bit weights in the file and in the fine-tune's simulation (quantize.WEIGHT_MAX)
     assert q["weight_max_abs"] <= 64 and state["qat"]["weight_max"] == 64
     # Lite0 has depthwise convolutions, so the 8-bit depthwise recipes were measured too
-    assert sum(t["depthwise_8bit"] for t in q["trials"]) == 4
+    assert sum(t["depthwise_8bit"] for t in q["trials"]) == 10
+    assert sum(t["gptq"] for t in q["trials"]) == 9  # and the GPTQ-rounded ones
     assert q["depthwise_weight_max_abs"] <= (127 if q["depthwise_8bit"] else 64)
     assert [t["qat"] for t in q["trials"]] == [False] * (len(q["trials"]) - 1) + [True]
     chosen_qat = q["trials"][q["chosen_trial"]]["qat"]
     card = (folder / "MODEL_CARD.md").read_text()
+    # the trial table names each row's weight rounding (with and without bias correction)
+    assert all(row in card for row in ("| GPTQ | no |", "| GPTQ | yes |", "| nearest | no |"))
     assert q["qat"] == state["qat"] and "Quantization-aware distillation" in card
     assert chosen_qat == ("This is the shipped INT8 file." in card) != ("Not chosen;" in card)
     assert "| MinMax after QAT | first 3 Conv layers |" in card

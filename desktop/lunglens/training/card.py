@@ -416,6 +416,7 @@ def _quantization_lines(m: ModelManifest) -> list[str]:
         f"- Calibration: {q['calibration_images']} training images, {q['calibration_method']}. "
         f"INT8 op types: {', '.join(q['quantized_op_types'])}; kept in float: "
         f"{', '.join(q['float_op_types'])} (nodes {', '.join(q['float_nodes']) or 'none'}).",
+        *_weight_rounding_line(q.get("weight_rounding")),
         *_bias_correction_line(q.get("bias_correction")),
         *_qat_line(q),
         f"- Parity on validation fold ({par['n']} images){where}: "
@@ -425,6 +426,17 @@ def _quantization_lines(m: ModelManifest) -> list[str]:
         f"{'' if shipped else _shipped_parity_text(q.get('parity_shipped_threshold'))}.",
         *_quantization_trials(q),
         "",
+    ]
+
+
+def _weight_rounding_line(wr: Mapping[str, Any] | None) -> list[str]:
+    """How the weights were rounded, when the chosen recipe used GPTQ."""
+    if not wr:
+        return []
+    return [
+        f"- Weight rounding: {wr['method']}, {wr['convs']} INT8 Conv layers; each layer's "
+        f"output error on the {wr['images']} calibration images, median over layers, "
+        f"{wr['output_error_ratio']:.2f}x that of rounding to nearest."
     ]
 
 
@@ -673,9 +685,9 @@ def _quantization_trials(q: Mapping[str, Any]) -> list[str]:
     rows = [
         f"- Recipe chosen by measurement ({q['selection']}):",
         "",
-        "| calibration | kept in float | depthwise weights | bias correction | agreement "
-        "| accuracy change | max abs dp | ms / image |",
-        "|---|---|---|---|---|---|---|---|",
+        "| calibration | kept in float | depthwise weights | weight rounding | bias correction "
+        "| agreement | accuracy change | max abs dp | ms / image |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     # agreement to 0.01%: against a 99.5% bar, 99.46% must not read as 99.5%
     no_depthwise = q.get("depthwise_weight_max_abs") == 0  # e.g. SqueezeNet
@@ -683,7 +695,7 @@ def _quantization_trials(q: Mapping[str, Any]) -> list[str]:
         dw = "-" if no_depthwise else f"{8 if t.get('depthwise_8bit') else 7} bits"
         rows.append(
             f"| {t['calibration_method']}{' after QAT' if t.get('qat') else ''} | "
-            f"{_kept_float(t)} | {dw} | "
+            f"{_kept_float(t)} | {dw} | {'GPTQ' if t.get('gptq') else 'nearest'} | "
             f"{'yes' if t.get('bias_correction') else 'no'} | "
             f"{100 * t['agreement']:.2f}% | {t['accuracy_change_points']:+.2f} points | "
             f"{t['max_abs_prob_diff']:.3f} | {t['single_image_ms']:.1f} |"

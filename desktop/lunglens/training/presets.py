@@ -272,9 +272,10 @@ PRESETS: dict[str, Preset] = {
             model_name="efficientnet-lite-cxr",
             # 1.0.1: 1.0.0 re-quantized with bias correction; 1.0.2: with 7-bit weights (the
             # search with the 8-bit depthwise candidates chose the same file again); 1.1.0:
-            # trained with the lung-attention penalty in the X-ray lung field (xray_lungs)
+            # trained with the lung-attention penalty in the X-ray lung field (xray_lungs); 1.1.1:
+            # re-quantized with the GPTQ-rounded candidates (quantize.QUANT_CANDIDATES)
             lung_attention=1.0,
-            version="1.1.0",
+            version="1.1.1",
             qat_epochs=6,
             compared_with=(
                 "cxr-efficientnet-lite-plain",
