@@ -17,6 +17,14 @@ pytest.importorskip("onnx")
 
 pytestmark = pytest.mark.train
 
+#: the shipped triage models with an INT8 file made by the recipe search
+SHIPPED_INT8 = [
+    "efficientnet-lite-ct",
+    "efficientnet-lite-cxr",
+    "squeezenet-light-ct",
+    "squeezenet-light-cxr",
+]
+
 
 class _TinySENet(torch.nn.Module):
     """Conv -> SiLU -> SE gate -> conv: features/classifier/gallery like the shipped models."""
@@ -182,15 +190,7 @@ def test_choose_trial_lets_agreement_not_timing_noise_decide() -> None:
     assert choose_trial([_trial(0.97, 2.0), _trial(0.98, 3.0), _trial(0.98, 2.5)]) == 1
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "efficientnet-lite-ct",
-        "efficientnet-lite-cxr",
-        "squeezenet-light-ct",
-        "squeezenet-light-cxr",
-    ],
-)
+@pytest.mark.parametrize("name", SHIPPED_INT8)
 def test_shipped_int8_recipe_follows_from_its_recorded_trials(name: str) -> None:
     """The rule, applied to the trials a shipped manifest records, picks the recipe it ships."""
     import json
@@ -203,15 +203,7 @@ def test_shipped_int8_recipe_follows_from_its_recorded_trials(name: str) -> None
     assert q["trials"][q["chosen_trial"]]["agreement"] == q["parity_validation_fold"]["agreement"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "efficientnet-lite-ct",
-        "efficientnet-lite-cxr",
-        "squeezenet-light-ct",
-        "squeezenet-light-cxr",
-    ],
-)
+@pytest.mark.parametrize("name", SHIPPED_INT8)
 def test_shipped_int8_weights_fit_seven_bits(name: str) -> None:
     """Every shipped INT8 file computes the same on CPUs with and without VNNI: its int8
     weights outside depthwise Convs lie within +-WEIGHT_MAX, where VPMADDUBSW's int16 pair

@@ -224,6 +224,9 @@ def round_weights(float_path: Path, int8_path: Path, images: np.ndarray) -> dict
     finits = {i.name: i for i in fmodel.graph.initializer}
     qinits = {i.name: i for i in qmodel.graph.initializer}
     weights = {k: v for k, v in quantized_conv_weights(qmodel.graph).items() if k in fconvs}
+    if len({w.weight for w in weights.values()}) < len(weights):
+        # each Conv's rounding is fitted to its own inputs: one tensor cannot take two
+        raise ValueError("two INT8 Convs share one weight initializer: cannot round each alone")
     layers: dict[str, _Layer] = {}
     for name in weights:
         node = fconvs[name]

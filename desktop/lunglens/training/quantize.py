@@ -490,11 +490,12 @@ def choose_trial(
     fastest; of them the highest agreement, then the smallest max |dp|, then the earliest.
     When none qualifies, the highest agreement (the earliest on ties).
 
-    A trial's latency is its *graph's*: the fastest timing of the trials that share its float
+    A trial's latency is its *graph's*: the median timing of the trials that share its float
     layers (``kept_float``, ``float_first_convs``). Calibration, weight rounding, bias
     correction and 8-bit depthwise weights change numbers, not ops, so timing noise must not
     separate them: in the X-ray Lite0's search one graph timed 2.24 ms in one trial and 3.80
-    ms in another, which ruled out the one with the smaller error.
+    ms in another, which ruled out the one with the smaller error. The median, not the
+    minimum: a graph tried in more recipes would otherwise look faster by noise alone.
     """
     ok = [
         i
@@ -503,11 +504,10 @@ def choose_trial(
     ]
     if not ok:
         return max(range(len(trials)), key=lambda i: (trials[i]["agreement"], -i))
-    graph_ms: dict[tuple, float] = {}
+    timings: dict[tuple, list[float]] = {}
     for t in trials:
-        key = _graph_key(t)
-        graph_ms[key] = min(graph_ms.get(key, np.inf), t["single_image_ms"])
-    ms = [graph_ms[_graph_key(t)] for t in trials]
+        timings.setdefault(_graph_key(t), []).append(t["single_image_ms"])
+    ms = [float(np.median(timings[_graph_key(t)])) for t in trials]
     fastest = min(ms[i] for i in ok)
     near = [i for i in ok if ms[i] <= fastest * (1 + tolerance)]
     return min(near, key=lambda i: (-trials[i]["agreement"], trials[i]["max_abs_prob_diff"], i))
