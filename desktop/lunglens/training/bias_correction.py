@@ -50,13 +50,11 @@ def quantized_conv_biases(graph) -> dict[str, _QuantBias]:
     return found
 
 
-def channel_means(model, outputs: Sequence[str], images: np.ndarray) -> list[np.ndarray]:
-    """Per-channel means of ``outputs`` (NCHW tensors) over uint8 ``images`` ``[N, H, W]``,
-    with those tensors made graph outputs of a copy of ``model``."""
+def output_session(model, outputs: Sequence[str]):
+    """An onnxruntime session of a copy of ``model`` whose graph outputs are ``outputs`` (float
+    tensors inside the graph): how the INT8 tools read a layer's input or output."""
     import onnx
     import onnxruntime as ort
-
-    from lunglens.training.quantize import input_batches  # here: quantize imports this module
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -65,7 +63,15 @@ def channel_means(model, outputs: Sequence[str], images: np.ndarray) -> list[np.
     m.graph.output.extend(onnx.helper.make_tensor_value_info(n, float32, None) for n in outputs)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # a cut-down graph leaves initializers unused: not an error
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def channel_means(model, outputs: Sequence[str], images: np.ndarray) -> list[np.ndarray]:
+    """Per-channel means of ``outputs`` (NCHW tensors) over uint8 ``images`` ``[N, H, W]``,
+    with those tensors made graph outputs of a copy of ``model``."""
+    from lunglens.training.quantize import input_batches  # here: quantize imports this module
+
+    sess = output_session(model, outputs)
     sums: list[np.ndarray] = []
     count = 0
     for x in input_batches(images, _BATCH):
@@ -98,7 +104,7 @@ def _up_to(model, output: str):
     return part
 
 
-def _check_conv_names(graph) -> None:
+def check_conv_names(graph) -> None:
     """Convs are paired between the float and the INT8 graph by node name: every Conv needs
     one, and a distinct one (an unnamed or repeated name would pair the wrong layers)."""
     names = [n.name for n in graph.node if n.op_type == "Conv"]
@@ -125,8 +131,8 @@ def correct_biases(float_path: Path, int8_path: Path, images: np.ndarray) -> dic
     t0 = time.time()
     qmodel = onnx.load(str(int8_path))
     fmodel = onnx.load(str(float_path))
-    _check_conv_names(fmodel.graph)
-    _check_conv_names(qmodel.graph)
+    check_conv_names(fmodel.graph)
+    check_conv_names(qmodel.graph)
     float_out = {n.name: n.output[0] for n in fmodel.graph.node if n.op_type == "Conv"}
     biases = {k: b for k, b in quantized_conv_biases(qmodel.graph).items() if k in float_out}
     if len({b.bias for b in biases.values()}) < len(biases):

@@ -63,7 +63,7 @@ def quantized_conv_weights(graph) -> dict[str, _QuantWeight]:
     return found
 
 
-def _conv_attrs(node, kernel: tuple[int, int]) -> tuple[int, tuple[int, int], tuple[int, ...]]:
+def _conv_attrs(node) -> tuple[int, tuple[int, int], tuple[int, ...]]:
     """``group``, strides and pads ``(top, left, bottom, right)`` of a Conv node."""
     a = {x.name: x for x in node.attribute}
     if "dilations" in a and any(d != 1 for d in a["dilations"].ints):
@@ -100,10 +100,10 @@ def _accumulate(layer: _Layer, x: np.ndarray) -> np.ndarray:
     one per channel, ``D = kh*kw``)."""
     kh, kw = layer.kernel
     n, c = x.shape[:2]
-    if layer.group == 1 and layer.kernel == (1, 1) and layer.strides == (1, 1):
-        if not any(layer.pads):  # a pointwise Conv: the pixels are the patches
-            pixels = x.transpose(0, 2, 3, 1).reshape(-1, c)
-            return pixels.T.astype(np.float64) @ pixels
+    pointwise = layer.kernel == (1, 1) and layer.strides == (1, 1) and not any(layer.pads)
+    if layer.group == 1 and pointwise:  # the pixels are the patches
+        pixels = x.transpose(0, 2, 3, 1).reshape(-1, c)
+        return pixels.T.astype(np.float64) @ pixels
     p = _patches(x, layer.kernel, layer.strides, layer.pads)  # [N, C, Ho, Wo, kh, kw]
     g = layer.group
     p = p.reshape(n, g, c // g, *p.shape[2:])  # [N, G, C/G, Ho, Wo, kh, kw]
@@ -118,20 +118,11 @@ def input_hessians(
     """``(conv name, H)`` for each layer: the sum of ``X^T X`` over the input patches the float
     model gives that layer on uint8 ``images`` ``[N, H, W]``. One forward pass per batch for
     all layers; the sums, not the activations, are kept."""
-    import onnx
-    import onnxruntime as ort
-
+    from lunglens.training.bias_correction import output_session
     from lunglens.training.quantize import input_batches
 
-    m = onnx.ModelProto()
-    m.CopyFrom(fmodel)
-    del m.graph.output[:]
     names = sorted({lay.input for lay in layers.values()})
-    float32 = onnx.TensorProto.FLOAT
-    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, float32, None) for n in names)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = output_session(fmodel, names)
     sums: dict[str, np.ndarray] = {}
     for x in input_batches(images, _BATCH):
         got = dict(zip(names, sess.run(names, {"image": x}), strict=True))
@@ -213,13 +204,13 @@ def round_weights(float_path: Path, int8_path: Path, images: np.ndarray) -> dict
     import onnx
     from onnx import numpy_helper
 
-    from lunglens.training.bias_correction import _check_conv_names
+    from lunglens.training.bias_correction import check_conv_names
 
     t0 = time.time()
     qmodel = onnx.load(str(int8_path))
     fmodel = onnx.load(str(float_path))
-    _check_conv_names(fmodel.graph)
-    _check_conv_names(qmodel.graph)
+    check_conv_names(fmodel.graph)
+    check_conv_names(qmodel.graph)
     fconvs = {n.name: n for n in fmodel.graph.node if n.op_type == "Conv"}
     finits = {i.name: i for i in fmodel.graph.initializer}
     qinits = {i.name: i for i in qmodel.graph.initializer}
@@ -232,7 +223,7 @@ def round_weights(float_path: Path, int8_path: Path, images: np.ndarray) -> dict
         node = fconvs[name]
         shape = tuple(finits[node.input[1]].dims)
         kernel = (int(shape[2]), int(shape[3]))
-        group, strides, pads = _conv_attrs(node, kernel)
+        group, strides, pads = _conv_attrs(node)
         layers[name] = _Layer(node.input[0], kernel, strides, pads, group)
     ratios = []
     for name, h in input_hessians(fmodel, layers, images):
