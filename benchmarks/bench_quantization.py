@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def session(path: Path, threads: int, outputs: list[str]) -> ort.InferenceSession:
     import onnx
 
-    from lunglens.inference.engine import _session_options, pruned_graph
+    from lunglens.inference.engine import open_session, pruned_graph
 
-    so = _session_options(threads)  # the app's options (no spin-waiting between runs)
+    # the app's options (no spin-waiting between runs, float layers left float)
     graph = pruned_graph(onnx.load(str(path)), "image", outputs)
-    return ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return open_session(graph.SerializeToString(), threads)
 
 
 def interleaved(sessions: dict, feed: dict, outputs: list[str], reps: int) -> dict[str, float]:

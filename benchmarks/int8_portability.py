@@ -30,13 +30,16 @@ from pathlib import Path
 import numpy as np
 
 
-def probs(path: str, images: np.ndarray, threads: int = 2) -> np.ndarray:
-    """The ``probs`` output of an ONNX file on model-input images ``[N, 1, H, W]``."""
+def probs(path: str, images: np.ndarray, disabled: list[str], threads: int = 2) -> np.ndarray:
+    """The ``probs`` output of an ONNX file on model-input images ``[N, 1, H, W]``, with the
+    onnxruntime transformers the app turns off (``engine.DISABLED_OPTIMIZERS``) off."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        path, so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+    )
     return np.concatenate(
         [sess.run(["probs"], {"image": images[i : i + 8]})[0] for i in range(0, len(images), 8)]
     )
@@ -46,13 +49,14 @@ def child(inputs: str, out: str, files: list[str]) -> None:
     """Runs under the emulator: numpy + onnxruntime only (no lunglens import, for speed)."""
     from numpy._core._multiarray_umath import __cpu_features__ as feats
 
-    x = np.load(inputs)["images"]
+    given = np.load(inputs)
+    x, disabled = given["images"], [str(n) for n in given["disabled"]]
     seen = [k for k in ("AVX2", "AVX512F", "AVX512_CLX", "AVX512_ICL") if feats.get(k)]
     print(f"emulated CPU features: {', '.join(seen) or 'none of AVX2 / AVX-512'}", flush=True)
     result = {}
     for i, f in enumerate(files):
         t0 = time.time()
-        result[f"p{i}"] = probs(f, x)
+        result[f"p{i}"] = probs(f, x, disabled)
         print(f"  {Path(f).name}: {time.time() - t0:.0f} s under emulation", flush=True)
     np.savez(out, **result)
 
@@ -60,6 +64,8 @@ def child(inputs: str, out: str, files: list[str]) -> None:
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_quantization import folder, real_images
+
+    from lunglens.inference.engine import DISABLED_OPTIMIZERS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default="efficientnet-lite-cxr")
@@ -78,7 +84,7 @@ def main() -> None:
     thr = float(manifest["threshold"])
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-        np.savez(inp, images=images)
+        np.savez(inp, images=images, disabled=np.array(DISABLED_OPTIMIZERS))
         cmd = [qemu, "-cpu", args.cpu, sys.executable, __file__, "--child", str(inp), str(out)]
         run = subprocess.run([*cmd, *files], capture_output=True, text=True)
         print("".join(line + "\n" for line in run.stdout.splitlines()), end="")
@@ -90,7 +96,7 @@ def main() -> None:
             f"{len(images)} images, threshold {thr:.4f}, here vs emulated {args.cpu}:"
         )
         for i, f in enumerate(files):
-            here, there = probs(f, images), emulated[f"p{i}"]
+            here, there = probs(f, images, list(DISABLED_OPTIMIZERS)), emulated[f"p{i}"]
             flips = int(((here[:, pos] >= thr) != (there[:, pos] >= thr)).sum())
             print(
                 f"  {Path(f).name}: max |dp| {np.abs(here - there).max():.2e}, mean |dp| "

@@ -46,12 +46,12 @@ def test_engine_is_cached_and_asks_only_requested_outputs(mdir: Path) -> None:
 
 
 def test_engine_runs_only_the_graph_the_requested_outputs_need(mdir: Path) -> None:
-    import onnxruntime as ort
+    from lunglens.inference import open_session
 
     info = get_model("synthetic-ct", mdir)
     engine = get_engine(info)
     x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
-    full = ort.InferenceSession(str(info.onnx_path), providers=["CPUExecutionProvider"])
+    full = open_session(info.onnx_path)
     want = full.run(None, {"image": x})
     names = [o.name for o in full.get_outputs()]
     assert len(names) > 2  # the fixture has gallery outputs to prune away
@@ -219,3 +219,66 @@ def test_one_batching_constant_for_every_caller() -> None:
         2 * BATCH_SIZE,
         2 * BATCH_SIZE + 1,
     ]
+
+
+def _float_conv_between_int8(scale_out: float) -> bytes:
+    """input -> Q -> DQ -> Conv (float weights) -> Q -> DQ -> output: a layer an INT8 recipe keeps
+    float between quantized tensors. Its weights span three orders of magnitude across output
+    channels, so a per-tensor 8-bit grid rounds the small channels' weights to zero."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 4, 3, 3)).astype(np.float32) * np.array([1.0, 0.1, 0.01, 0.001])[
+        :, None, None, None
+    ].astype(np.float32)
+    b = np.zeros(4, np.float32)
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(b, "b"),
+        numpy_helper.from_array(np.array(1 / 255, np.float32), "s_in"),
+        numpy_helper.from_array(np.array(0, np.uint8), "z_in"),
+        numpy_helper.from_array(np.array(scale_out, np.float32), "s_out"),
+        numpy_helper.from_array(np.array(128, np.uint8), "z_out"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["image", "s_in", "z_in"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s_in", "z_in"], ["xd"]),
+        helper.make_node("Conv", ["xd", "w", "b"], ["y"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["y", "s_out", "z_out"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "s_out", "z_out"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "island",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_sessions_keep_a_float_layer_between_int8_layers_float() -> None:
+    """onnxruntime's WeightBiasQuantization would quantize such a Conv's weights per tensor in 8
+    bits when the session is created; the app's sessions run it in float, as the quantizer
+    wrote it and the manifest says."""
+    import onnxruntime as ort
+
+    from lunglens.inference import DISABLED_OPTIMIZERS, open_session
+
+    step = 0.0005  # the output's quantization step: small enough to see the weights' rounding
+    data = _float_conv_between_int8(step)
+    x = np.random.default_rng(1).random((1, 4, 8, 8), dtype=np.float32)
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    exact = ort.InferenceSession(data, plain, providers=["CPUExecutionProvider"])
+    want = exact.run(None, {"image": x})[0]  # no graph transformer: the float Conv as written
+    got = open_session(data, threads=1).run(None, {"image": x})[0]
+    assert DISABLED_OPTIMIZERS == ("WeightBiasQuantization",)
+    np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.01)  # a rounding step at most
+    # the fixture does trigger the transformer: onnxruntime's defaults compute another layer
+    default = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    moved = np.abs(default.run(None, {"image": x})[0] - want)
+    assert moved.max() > 20 * step, "onnxruntime no longer quantizes float Convs at load time"

@@ -462,12 +462,11 @@ def test_gptq_changes_only_which_grid_point_each_weight_takes(tmp_path: Path) ->
     ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]  # noqa: E731
     assert ops(gptq) == ops(near)
     # the gallery's feature map and the CAM (the head's input maps), elementwise vs float
-    import onnxruntime as ort
-
+    from lunglens.inference import open_session
     from lunglens.training.quantize import input_batches
 
     def outputs(path: Path) -> list[np.ndarray]:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = open_session(path)
         return sess.run(["act_0", "cam"], {"image": next(input_batches(x, len(x)))})
 
     f32 = outputs(fp32)

@@ -26,8 +26,7 @@ pytestmark = [
 
 
 def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
-    import onnxruntime as ort
-
+    from lunglens.inference import open_session
     from lunglens.training.cli import main
 
     models = tmp_path / "models"
@@ -68,7 +67,7 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     ops = {n.op_type for n in onnx.load_from_string(onnx_bytes).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     # Contract: probs sum to 1, cam has one map per class, gallery outputs as the manifest says.
-    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = open_session(out / "model.onnx")
     x = np.random.default_rng(0).random((3, 1, 48, 48), dtype=np.float32)
     gallery = manifest["outputs"]["gallery"]
     names = ["probs", "cam"] + [g["output"] for g in gallery]

@@ -12,10 +12,12 @@ from lunglens.inference.classify import (
 from lunglens.inference.decision import decide, decide_classes
 from lunglens.inference.engine import (
     BATCH_SIZE,
+    DISABLED_OPTIMIZERS,
     Engine,
     batches,
     clear_engines,
     get_engine,
+    open_session,
     physical_cores,
 )
 from lunglens.inference.gate import GateVerdict, check_chest, require_chest
@@ -41,6 +43,7 @@ from lunglens.inference.wording import (
 __all__ = [
     "AGGREGATORS",
     "BATCH_SIZE",
+    "DISABLED_OPTIMIZERS",
     "Cancelled",
     "Engine",
     "GateVerdict",
@@ -65,6 +68,7 @@ __all__ = [
     "headline",
     "label_index",
     "modality_notes",
+    "open_session",
     "physical_cores",
     "require_chest",
     "result_from_probs",

@@ -54,16 +54,16 @@ def output_session(model, outputs: Sequence[str]):
     """An onnxruntime session of a copy of ``model`` whose graph outputs are ``outputs`` (float
     tensors inside the graph): how the INT8 tools read a layer's input or output."""
     import onnx
-    import onnxruntime as ort
+
+    from lunglens.inference.engine import open_session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.output[:]
     float32 = onnx.TensorProto.FLOAT
     m.graph.output.extend(onnx.helper.make_tensor_value_info(n, float32, None) for n in outputs)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # a cut-down graph leaves initializers unused: not an error
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    # the app's options, which log errors only: a cut-down graph leaves initializers unused
+    return open_session(m.SerializeToString())
 
 
 def channel_means(model, outputs: Sequence[str], images: np.ndarray) -> list[np.ndarray]:

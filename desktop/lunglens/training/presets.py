@@ -434,7 +434,9 @@ PRESETS: dict[str, Preset] = {
             lung_attention=1.0,
             calibration="auto",
             shipped=True,
-            version="2.0.0",
+            # 2.0.1: the same float model, INT8 searched again with the float layers left float
+            # by onnxruntime (engine.DISABLED_OPTIMIZERS)
+            version="2.0.1",
             compared_with=(
                 "cxr-efficientnet-lite",
                 "cxr-squeezenet-distilled",
