@@ -276,9 +276,30 @@ def test_sessions_keep_a_float_layer_between_int8_layers_float() -> None:
     exact = ort.InferenceSession(data, plain, providers=["CPUExecutionProvider"])
     want = exact.run(None, {"image": x})[0]  # no graph transformer: the float Conv as written
     got = open_session(data, threads=1).run(None, {"image": x})[0]
-    assert DISABLED_OPTIMIZERS == ("WeightBiasQuantization",)
+    assert "WeightBiasQuantization" in DISABLED_OPTIMIZERS
     np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.01)  # a rounding step at most
     # the fixture does trigger the transformer: onnxruntime's defaults compute another layer
     default = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     moved = np.abs(default.run(None, {"image": x})[0] - want)
     assert moved.max() > 20 * step, "onnxruntime no longer quantizes float Convs at load time"
+
+
+def test_every_session_is_opened_as_the_app_opens_it() -> None:
+    """The quantization search, the parity checks and the benchmarks must score what the app
+    computes: only ``engine.open_session`` creates onnxruntime sessions, except the float
+    export check (no quantized tensors) and the emulated-CPU child, which is given the app's
+    disabled transformers explicitly."""
+    root = Path(__file__).resolve().parents[1]
+    allowed = {
+        "desktop/lunglens/inference/engine.py",  # open_session itself
+        "desktop/lunglens/training/export.py",  # float ONNX vs PyTorch
+        "benchmarks/int8_portability.py",  # no lunglens import under the emulator
+    }
+    found = {
+        str(p.relative_to(root))
+        for folder in ("desktop", "benchmarks")
+        for p in (root / folder).rglob("*.py")
+        if "InferenceSession(" in p.read_text(encoding="utf-8")
+    }
+    assert found <= allowed, sorted(found - allowed)
+    assert "disabled_optimizers=disabled" in (root / "benchmarks/int8_portability.py").read_text()

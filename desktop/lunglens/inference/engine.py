@@ -96,9 +96,10 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
 #: onnxruntime graph transformers every LungLens session turns off.
 #:
 #: ``WeightBiasQuantization`` (a basic-level transformer of onnxruntime, 1.32 here) rewrites,
-#: when a session is created, every ``Conv``/``Gemm`` with float weights whose input comes from
-#: a ``DequantizeLinear`` and whose output leads to a ``QuantizeLinear``: it quantizes the
-#: weights per tensor, symmetric, in the full 8 bits, so the node runs in INT8. An INT8 file
+#: when a session is created, every ``Conv``/``ConvTranspose``/``Gemm`` with float weights whose
+#: input comes from a ``DequantizeLinear`` and whose output leads (through Relu/Clip nodes at
+#: most) to a ``QuantizeLinear``: it quantizes the weights per tensor, in the full 8 bits, with
+#: a zero point from their min and max, so the node runs in INT8. An INT8 file
 #: keeps a layer float on purpose (``lunglens.training.quantize``: the recipe's float Convs are
 #: those a per-tensor grid hurts, and 8-bit weights can saturate on x86 CPUs without VNNI), so
 #: that rewrite silently ran another model than the one measured and described. Measured on
@@ -115,8 +116,8 @@ def open_session(
     options: ort.SessionOptions | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session of ``model`` (a path or serialized bytes) as the app opens
-    it: its options (:func:`_session_options` unless ``options`` are given) and
-    :data:`DISABLED_OPTIMIZERS` off.
+    it: its options (:func:`_session_options` for ``threads`` unless ``options`` are given;
+    then ``threads`` is not used) and :data:`DISABLED_OPTIMIZERS` off.
 
     Every tool that scores an INT8 file (quantization search, parity checks, benchmarks) opens
     it through here, so what they measure is what the viewer and batch scoring compute.

@@ -88,14 +88,14 @@ def config(epochs: int) -> TrainConfig:
 
 def external_check(onnx_path: Path, dicom_root: Path, size: int) -> list[dict]:
     """Predict every CT/CR/DX file under ``dicom_root`` with the exported model (onnxruntime)."""
-    import onnxruntime as ort
     import pydicom
 
     from lunglens.errors import ScanError
+    from lunglens.inference.engine import open_session
     from lunglens.io import load_scan
     from lunglens.preprocess import to_model_input
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = open_session(onnx_path)  # as the app opens it
     rows = []
     for path in sorted(dicom_root.rglob("*.dcm")):
         try:

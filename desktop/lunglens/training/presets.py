@@ -423,7 +423,7 @@ PRESETS: dict[str, Preset] = {
             epochs_cpu=6,
             epochs_cuda=30,
         ),
-        # the shipped X-ray SqueezeNet (2.0.0): distilled from the shipped X-ray Lite (1.1.0),
+        # the shipped X-ray SqueezeNet (2.0.x): distilled from the shipped X-ray Lite (1.1.0),
         # fold by fold, with the lung-attention penalty on the CAM of its own 56 x 56 grid
         _preset(
             _CXR,
