@@ -33,6 +33,7 @@ def _shipped(name: str) -> tuple[ModelManifest, dict]:
     [
         *sorted(p.parent.name for p in MODELS.glob("efficientnet-lite-*/manifest.json")),
         "squeezenet-light-ct",
+        "squeezenet-light-cxr",
     ],
 )
 def test_card_matches_the_shipped_card(name: str, tmp_path: Path) -> None:
@@ -261,3 +262,46 @@ def test_every_compared_preset_exists_and_is_another_preset() -> None:
             assert name in PRESETS, f"{preset.name} compares with unknown preset {name}"
             assert name != preset.name
             assert PRESETS[name].modality == preset.modality, (preset.name, name)
+
+
+def test_trial_table_marks_the_shipped_recipe_and_the_timing_the_rule_compared(
+    tmp_path: Path,
+) -> None:
+    """A reader must see which trial shipped and the latency the choice used (its graph's
+    median), not only each trial's own noisy timing."""
+    from dataclasses import replace
+
+    from lunglens.training.quantize import choose_trial
+
+    manifest, metrics = _shipped("squeezenet-light-cxr")
+    q = dict(manifest.quantization or {})
+    trials = [dict(t) for t in q["trials"]]
+    # the X-ray SqueezeNet 2.0.1 search: one 15-Conv trial timed 13.5 ms, its graph 8.0 ms
+    slow = max(range(len(trials)), key=lambda i: trials[i]["single_image_ms"])
+    assert choose_trial(trials) == q["chosen_trial"]
+    write_card(tmp_path, manifest, metrics, PRESETS["cxr-squeezenet"])
+    rows = [
+        line
+        for line in (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| ") and line.count("|") == 12 and "points" in line
+    ]
+    assert len(rows) == len(trials)
+    assert [i for i, r in enumerate(rows) if r.endswith("| **yes** |")] == [q["chosen_trial"]]
+    cells = rows[slow].split(" | ")
+    assert float(cells[-3]) == round(trials[slow]["single_image_ms"], 1)
+    assert float(cells[-2]) < float(cells[-3])  # the graph's median, below the outlier
+    # another chosen trial moves the mark
+    other = (q["chosen_trial"] + 1) % len(trials)
+    write_card(
+        tmp_path,
+        replace(manifest, quantization={**q, "chosen_trial": other}),
+        metrics,
+        PRESETS["cxr-squeezenet"],
+    )
+    text = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    marked = [line for line in text.splitlines() if line.endswith("| **yes** |")]
+    assert (
+        len(marked) == 1
+        and marked[0]
+        == [line for line in text.splitlines() if line.startswith("| ") and "points" in line][other]
+    )

@@ -475,6 +475,15 @@ def _graph_key(trial: Mapping[str, Any]) -> tuple:
     return tuple(trial["kept_float"]), trial["float_first_convs"]
 
 
+def graph_latencies(trials: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Each trial's single-image latency as :func:`choose_trial` compares it: the median
+    ``single_image_ms`` of the trials that share its graph (:func:`_graph_key`)."""
+    timings: dict[tuple, list[float]] = {}
+    for t in trials:
+        timings.setdefault(_graph_key(t), []).append(t["single_image_ms"])
+    return [float(np.median(timings[_graph_key(t)])) for t in trials]
+
+
 def choose_trial(
     trials: Sequence[Mapping[str, Any]],
     min_agreement: float = 0.995,
@@ -502,10 +511,7 @@ def choose_trial(
     ]
     if not ok:
         return max(range(len(trials)), key=lambda i: (trials[i]["agreement"], -i))
-    timings: dict[tuple, list[float]] = {}
-    for t in trials:
-        timings.setdefault(_graph_key(t), []).append(t["single_image_ms"])
-    ms = [float(np.median(timings[_graph_key(t)])) for t in trials]
+    ms = graph_latencies(trials)
     fastest = min(ms[i] for i in ok)
     near = [i for i in ok if ms[i] <= fastest * (1 + tolerance)]
     return min(near, key=lambda i: (-trials[i]["agreement"], trials[i]["max_abs_prob_diff"], i))
@@ -577,9 +583,9 @@ def search_quantization(
     report["selection"] = (
         f"of {len(candidates)} candidates, those with agreement >= {min_agreement:.1%} with the "
         f"float model and accuracy loss <= {max_accuracy_loss} points on the validation fold; "
-        f"of them the ones within {LATENCY_TOLERANCE:.0%} of the fastest (single image), then "
-        "the highest agreement, then the smallest max |dp|; the highest agreement if none "
-        "qualifies"
+        f"of them the ones within {LATENCY_TOLERANCE:.0%} of the fastest (single image; a "
+        "graph's timing is the median over the trials with the same float layers), then the "
+        "highest agreement, then the smallest max |dp|; the highest agreement if none qualifies"
     )
     report["trials"] = trials
     return report, p32, p8, thr
