@@ -340,6 +340,45 @@ def test_cam_stage_measures_a_shipped_x_ray_model_in_place(tmp_path: Path) -> No
         main([*args, "--workdir", str(tmp_path / "work2"), "--val-fold", "1"])
 
 
+def test_parity_stage_scores_a_shipped_model_again_in_the_apps_sessions(tmp_path: Path) -> None:
+    """``--stages parity`` scores the folder's INT8 file against its float file on the recorded
+    validation fold, at the shipped threshold, and writes that (and with what runtime) into
+    the manifest and card; the files and the recorded search trials stay as they were. A file
+    that is not the one the manifest names is refused."""
+    from lunglens.training.cli import main
+
+    out = tmp_path / "models" / "squeezenet-light-cxr"
+    shutil.copytree(MODELS / "squeezenet-light-cxr", out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    q = manifest["quantization"]
+    q.pop("parity_measured_again", None)
+    q["parity_validation_fold"] = {**q["parity_validation_fold"], "agreement": 0.5}  # stale
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    onnx_before = (out / "model.onnx").read_bytes()
+    args = ["cxr-squeezenet", "--stages", "parity", "--models-dir", str(tmp_path / "models")]
+    assert main([*args, "--workdir", str(tmp_path / "work")]) == 0
+    written = json.loads((out / "manifest.json").read_text())
+    wq = written["quantization"]
+    again = wq.pop("parity_measured_again")
+    assert again["disabled_optimizers"] == ["WeightBiasQuantization"]
+    assert again["command"] == "lunglens-train cxr-squeezenet --stages parity"
+    par, shipped = wq.pop("parity_validation_fold"), wq.pop("parity_shipped_threshold")
+    assert shipped.pop("threshold") == manifest["operating_point"]["threshold"]
+    assert par == shipped
+    assert par["n"] == manifest["training"]["final_model"]["n_val"]
+    assert par["agreement"] == 1.0  # the 2.0.1 file, as its search measured it
+    for key in ("parity_validation_fold", "parity_shipped_threshold", "parity_measured_again"):
+        q.pop(key, None)
+    assert written == manifest  # nothing else changed, the trials included
+    assert (out / "model.onnx").read_bytes() == onnx_before
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "decision agreement 100.0%" in card and "--stages parity`, onnxruntime" in card
+    # another file under the manifest's name is refused, not measured
+    (out / "model.onnx").write_bytes((out / "model_fp32.onnx").read_bytes())
+    with pytest.raises(ValueError, match="not the shipped file"):
+        main([*args, "--workdir", str(tmp_path / "work")])
+
+
 def test_x_ray_student_with_lung_attention_end_to_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

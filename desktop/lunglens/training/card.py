@@ -405,6 +405,18 @@ def _shipped_parity_text(par: Mapping[str, Any] | None) -> str:
     )
 
 
+def _measured_again_text(again: Mapping[str, Any] | None) -> str:
+    """Where the parity was scored again on the files as shipped (``--stages parity``)."""
+    if not again:
+        return ""
+    off = ", ".join(again.get("disabled_optimizers", [])) or "none"
+    return (
+        f" (measured again on the shipped files: `{again['command']}`, {again['runtime']}, "
+        f"the app's sessions, graph transformers off: {off}; the trials below are as the "
+        "search measured them)"
+    )
+
+
 def _quantization_lines(m: ModelManifest) -> list[str]:
     q = m.quantization or {}
     par = q["parity_validation_fold"]
@@ -423,7 +435,8 @@ def _quantization_lines(m: ModelManifest) -> list[str]:
         f"decision agreement {_pct(par['agreement'])}, "
         f"accuracy float {_pct(par['accuracy_float'])} vs INT8 {_pct(par['accuracy_int8'])} "
         f"({par['accuracy_change_points']:+.2f} points), max |dp| {par['max_abs_prob_diff']:.3f}"
-        f"{'' if shipped else _shipped_parity_text(q.get('parity_shipped_threshold'))}.",
+        f"{'' if shipped else _shipped_parity_text(q.get('parity_shipped_threshold'))}"
+        f"{_measured_again_text(q.get('parity_measured_again'))}.",
         *_quantization_trials(q),
         "",
     ]

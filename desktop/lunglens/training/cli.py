@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "teacher logits of every run; with lung attention, the lung cells of the views), kept "
         "in its work folder before its training goes to a GPU machine that lacks them; cam: "
         "measure the shipped model folder's share of CAM mass inside the lung field again "
-        "and write it into its manifest and card (nothing is trained)",
+        "and write it into its manifest and card (nothing is trained); parity: score the "
+        "shipped INT8 file against its float file again on the validation fold, in the app's "
+        "sessions, and write that into its manifest and card (after a runtime change)",
     )
     return ap
 

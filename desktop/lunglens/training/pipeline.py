@@ -454,6 +454,10 @@ class Pipeline:
             self.keep_state = False
             self.stage_cam_of_shipped(ds)
             return self.state
+        if stages == "parity":
+            self.keep_state = False
+            self.stage_parity_of_shipped(ds)
+            return self.state
         self.stage_final(ds)
         if not self.rt.is_main:
             return {}
@@ -915,8 +919,69 @@ class Pipeline:
         images, so a folder made with other options is refused rather than measured on images
         it trained on. The result is not saved in the work folder's state.
         """
-        from lunglens.training.card import write_card
+        manifest, v = self._shipped_manifest(ds)
+        self.state.pop("cam_in_lungs", None)
+        self.stage_cam_check(ds)
+        final = dict((manifest.training or {}).get("final_model", {}))
+        training = dict(manifest.training or {}, final_model=final | {"val_fold": v})
+        manifest = replace(manifest, cam_in_lungs=self.state["cam_in_lungs"], training=training)
+        self._rewrite_shipped(manifest, "the CAM check")
 
+    def stage_parity_of_shipped(self, ds: ImageSet) -> None:
+        """``--stages parity``: score the model folder's INT8 file against its float file
+        again, on the validation fold at the shipped threshold, in sessions opened as the app
+        opens them (``engine.open_session``), and write the parity into its manifest and card;
+        nothing is trained, exported or quantized, and the recorded search trials stay as they
+        were measured.
+
+        What a runtime change needs: the parity a card states is what the app computes only
+        for the onnxruntime and session settings it was measured with (onnxruntime's
+        ``WeightBiasQuantization`` ran the SqueezeNets' last float Conv in INT8 until the
+        app's sessions turned it off). The files must be the ones the manifest names (SHA-256).
+        """
+        import onnxruntime as ort
+
+        from lunglens.inference.engine import DISABLED_OPTIMIZERS
+        from lunglens.models.hashing import sha256_of
+        from lunglens.training.quantize import onnx_probs, parity
+
+        manifest, v = self._shipped_manifest(ds)
+        q = dict(manifest.quantization or {})
+        int8, fp32 = self.out / manifest.file, self.out / "model_fp32.onnx"
+        if not q or not fp32.is_file():
+            raise FileNotFoundError(f"{self.out}: no INT8 and float pair to compare")
+        if sha256_of(int8) != manifest.sha256:
+            raise ValueError(f"{int8}: SHA-256 differs from the manifest's: not the shipped file")
+        val_idx = ds.folds([v])
+        images, labels = ds.images[val_idx], ds.labels[val_idx]
+        # the pooled operating point unrounded, as the search and the first parity used it
+        op = manifest.operating_point or {}
+        thr = float(
+            op.get("threshold", manifest.threshold if manifest.threshold else q["threshold"])
+        )
+        par = parity(
+            onnx_probs(fp32, images), onnx_probs(int8, images), labels, self.positive(ds), thr
+        )
+        q["parity_shipped_threshold"] = {**par, "threshold": thr}
+        if q.get("threshold_basis") == "shipped":  # the card's parity line is at that threshold
+            q["parity_validation_fold"] = par
+        q["parity_measured_again"] = dict(
+            runtime=f"onnxruntime {ort.__version__}",
+            disabled_optimizers=list(DISABLED_OPTIMIZERS),
+            command=f"lunglens-train {self.p.name} --stages parity",
+        )
+        self.log(
+            f"INT8 vs float, validation fold {v} ({len(val_idx)} images) at {thr:.4f}: "
+            f"agreement {par['agreement']:.4f}, max |dp| {par['max_abs_prob_diff']:.3f}"
+        )
+        self._rewrite_shipped(replace(manifest, quantization=q), "the INT8 parity")
+
+    def _shipped_manifest(self, ds: ImageSet) -> tuple[ModelManifest, int]:
+        """The model folder's manifest and the validation fold its final model was chosen on,
+        for a stage that measures a shipped folder again (``cam``, ``parity``): that fold must
+        be the one the manifest records (:func:`_recorded_val_fold`) with as many images, so a
+        folder made with other options is refused rather than measured on images it trained
+        on."""
         path = self.out / "manifest.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no model to measure (run the preset first)")
@@ -931,15 +996,18 @@ class Pipeline:
                 f"({final.get('n_val')} images), this run's validation fold is {v} "
                 f"({n_val} images): give --val-fold (and --limit) as when it was trained"
             )
-        self.state.pop("cam_in_lungs", None)
-        self.stage_cam_check(ds)
-        training = dict(manifest.training or {}, final_model=final | {"val_fold": v})
-        manifest = replace(manifest, cam_in_lungs=self.state["cam_in_lungs"], training=training)
+        return manifest, v
+
+    def _rewrite_shipped(self, manifest: ModelManifest, what: str) -> None:
+        """Write a measured-again ``manifest`` and its card into the model folder."""
+        from lunglens.training.card import write_card
+
+        path = self.out / "manifest.json"
         path.write_text(_json(manifest.to_dict()))
         metrics_path = self.out / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
         write_card(self.out, manifest, metrics, self.p)
-        self.log(f"wrote the CAM check into {path} and its card")
+        self.log(f"wrote {what} into {path} and its card")
 
     def cv_metrics(self, ds: ImageSet) -> dict | None:
         from lunglens.training.metrics import classification_report, summarize_folds
@@ -1165,7 +1233,7 @@ class Pipeline:
 
 
 #: What ``lunglens-train --stages`` may run (:meth:`Pipeline.run`).
-STAGES = ("all", "train", "teacher", "cam")
+STAGES = ("all", "train", "teacher", "cam", "parity")
 
 
 def default_workdir(name: str) -> Path:
