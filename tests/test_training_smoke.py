@@ -355,15 +355,21 @@ def test_parity_stage_scores_a_shipped_model_again_in_the_apps_sessions(tmp_path
     q["parity_validation_fold"] = {**q["parity_validation_fold"], "agreement": 0.5}  # stale
     (out / "manifest.json").write_text(json.dumps(manifest))
     onnx_before = (out / "model.onnx").read_bytes()
+    work = tmp_path / "work"
+    work.mkdir()
+    stale = {"quantization": {"note": "a training run's state"}}
+    (work / "state.json").write_text(json.dumps(stale))
     args = ["cxr-squeezenet", "--stages", "parity", "--models-dir", str(tmp_path / "models")]
-    assert main([*args, "--workdir", str(tmp_path / "work")]) == 0
+    assert main([*args, "--workdir", str(work)]) == 0
+    assert json.loads((work / "state.json").read_text()) == stale  # the run's state untouched
     written = json.loads((out / "manifest.json").read_text())
     wq = written["quantization"]
     again = wq.pop("parity_measured_again")
     assert again["disabled_optimizers"] == ["WeightBiasQuantization"]
     assert again["command"] == "lunglens-train cxr-squeezenet --stages parity"
+    assert again["val_fold"] == 4
     par, shipped = wq.pop("parity_validation_fold"), wq.pop("parity_shipped_threshold")
-    assert shipped.pop("threshold") == manifest["operating_point"]["threshold"]
+    assert shipped.pop("threshold") == manifest["operating_point"]["threshold"] == q["threshold"]
     assert par == shipped
     assert par["n"] == manifest["training"]["final_model"]["n_val"]
     assert par["agreement"] == 1.0  # the 2.0.1 file, as its search measured it
@@ -373,10 +379,29 @@ def test_parity_stage_scores_a_shipped_model_again_in_the_apps_sessions(tmp_path
     assert (out / "model.onnx").read_bytes() == onnx_before
     card = (out / "MODEL_CARD.md").read_text()
     assert "decision agreement 100.0%" in card and "--stages parity`, onnxruntime" in card
-    # another file under the manifest's name is refused, not measured
-    (out / "model.onnx").write_bytes((out / "model_fp32.onnx").read_bytes())
-    with pytest.raises(ValueError, match="not the shipped file"):
-        main([*args, "--workdir", str(tmp_path / "work")])
+    # a recipe chosen at the validation fold's own threshold: its line is scored again there
+    written["quantization"] = {
+        **written["quantization"],
+        "threshold_basis": "validation fold",
+        "threshold": 0.5,
+        "parity_validation_fold": {**par, "agreement": 0.5, "max_abs_prob_diff": 0.9},
+    }
+    (out / "manifest.json").write_text(json.dumps(written))
+    assert main([*args, "--workdir", str(work)]) == 0
+    again_q = json.loads((out / "manifest.json").read_text())["quantization"]
+    at_half = again_q["parity_validation_fold"]
+    assert at_half["max_abs_prob_diff"] == par["max_abs_prob_diff"] < 0.9  # same probabilities
+    assert at_half["agreement"] > 0.5 and again_q["parity_shipped_threshold"]["agreement"] == 1.0
+    assert "decision agreement 50.0%" not in (out / "MODEL_CARD.md").read_text()
+    # another file under either name is refused, not measured
+    fp32_bytes = (out / "model_fp32.onnx").read_bytes()
+    (out / "model_fp32.onnx").write_bytes(onnx_before)
+    with pytest.raises(ValueError, match=r"/model_fp32\.onnx: SHA-256 differs"):
+        main([*args, "--workdir", str(work)])
+    (out / "model_fp32.onnx").write_bytes(fp32_bytes)
+    (out / "model.onnx").write_bytes(fp32_bytes)
+    with pytest.raises(ValueError, match=r"/model\.onnx: SHA-256 differs"):
+        main([*args, "--workdir", str(work)])
 
 
 def test_x_ray_student_with_lung_attention_end_to_end(

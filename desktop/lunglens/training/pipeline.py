@@ -135,8 +135,8 @@ class Pipeline:
         self.work.mkdir(parents=True, exist_ok=True)
         self.out = opts.models_dir / preset.model_name
         self.state_path = self.work / "state.json"
-        #: False for ``--stages cam``: it measures a finished model folder and must not touch
-        #: the state of a run that may share the work folder
+        #: False for ``--stages cam`` and ``parity``: they measure a finished model folder and
+        #: must not touch the state of a run that may share the work folder
         self.keep_state = True
         self.state: dict = (
             json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
@@ -947,31 +947,34 @@ class Pipeline:
 
         manifest, v = self._shipped_manifest(ds)
         q = dict(manifest.quantization or {})
-        int8, fp32 = self.out / manifest.file, self.out / "model_fp32.onnx"
-        if not q or not fp32.is_file():
+        ref = manifest.reference_fp32 or {}
+        int8, fp32 = self.out / manifest.file, self.out / str(ref.get("file", ""))
+        if not q or not ref.get("file") or not fp32.is_file():
             raise FileNotFoundError(f"{self.out}: no INT8 and float pair to compare")
-        if sha256_of(int8) != manifest.sha256:
-            raise ValueError(f"{int8}: SHA-256 differs from the manifest's: not the shipped file")
+        for path, want in ((int8, manifest.sha256), (fp32, ref.get("sha256"))):
+            if sha256_of(path) != want:
+                raise ValueError(
+                    f"{path}: SHA-256 differs from the manifest's: not the shipped file"
+                )
         val_idx = ds.folds([v])
-        images, labels = ds.images[val_idx], ds.labels[val_idx]
-        # the pooled operating point unrounded, as the search and the first parity used it
+        labels, pos = ds.labels[val_idx], self.positive(ds)
+        p32, p8 = onnx_probs(fp32, ds.images[val_idx]), onnx_probs(int8, ds.images[val_idx])
+        # the thresholds the search and the first parity used, unrounded: the recipe's (the
+        # card's main parity line) and the pooled operating point's
         op = manifest.operating_point or {}
-        thr = float(
-            op.get("threshold", manifest.threshold if manifest.threshold else q["threshold"])
-        )
-        par = parity(
-            onnx_probs(fp32, images), onnx_probs(int8, images), labels, self.positive(ds), thr
-        )
-        q["parity_shipped_threshold"] = {**par, "threshold": thr}
-        if q.get("threshold_basis") == "shipped":  # the card's parity line is at that threshold
-            q["parity_validation_fold"] = par
+        recipe_thr = float(q["threshold"])
+        shipped_thr = float(op.get("threshold", manifest.threshold or recipe_thr))
+        q["parity_validation_fold"] = parity(p32, p8, labels, pos, recipe_thr)
+        par = parity(p32, p8, labels, pos, shipped_thr)
+        q["parity_shipped_threshold"] = {**par, "threshold": shipped_thr}
         q["parity_measured_again"] = dict(
             runtime=f"onnxruntime {ort.__version__}",
             disabled_optimizers=list(DISABLED_OPTIMIZERS),
             command=f"lunglens-train {self.p.name} --stages parity",
+            val_fold=v,
         )
         self.log(
-            f"INT8 vs float, validation fold {v} ({len(val_idx)} images) at {thr:.4f}: "
+            f"INT8 vs float, validation fold {v} ({len(val_idx)} images) at {shipped_thr:.4f}: "
             f"agreement {par['agreement']:.4f}, max |dp| {par['max_abs_prob_diff']:.3f}"
         )
         self._rewrite_shipped(replace(manifest, quantization=q), "the INT8 parity")
