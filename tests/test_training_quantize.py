@@ -90,6 +90,7 @@ def test_search_measures_every_candidate_and_keeps_a_qualifying_one(tmp_path: Pa
     from lunglens.training.quantize import (
         QUANT_CANDIDATES,
         QuantCandidate,
+        graph_latencies,
         has_depthwise_convs,
         onnx_probs,
         search_quantization,
@@ -141,11 +142,16 @@ def test_search_measures_every_candidate_and_keeps_a_qualifying_one(tmp_path: Pa
     assert chosen["agreement"] == par["agreement"]
     assert bool(report["bias_correction"]) == chosen["bias_correction"]
     qualifying = [
-        t for t in trials if t["agreement"] >= 0.995 and t["accuracy_change_points"] >= -0.5
+        i
+        for i, t in enumerate(trials)
+        if t["agreement"] >= 0.995 and t["accuracy_change_points"] >= -0.5
     ]
     if qualifying:
-        fastest = min(t["single_image_ms"] for t in qualifying)
-        assert chosen in qualifying and chosen["single_image_ms"] <= 1.05 * fastest
+        # the rule compares each trial's graph's median timing, not the trial's own (noisy)
+        ms = graph_latencies(trials)
+        fastest = min(ms[i] for i in qualifying)
+        assert report["chosen_trial"] in qualifying
+        assert ms[report["chosen_trial"]] <= 1.05 * fastest
     else:
         assert chosen["agreement"] == max(t["agreement"] for t in trials)
     # Leaving Mul in float shows in the report of that trial's graph, not silently.
