@@ -450,13 +450,10 @@ class Pipeline:
         if stages == "teacher":
             self.stage_teacher(ds)
             return self.state
-        if stages == "cam":
+        of_shipped = {"cam": self.stage_cam_of_shipped, "parity": self.stage_parity_of_shipped}
+        if stages in of_shipped:  # a model folder measured again: no run state is written
             self.keep_state = False
-            self.stage_cam_of_shipped(ds)
-            return self.state
-        if stages == "parity":
-            self.keep_state = False
-            self.stage_parity_of_shipped(ds)
+            of_shipped[stages](ds)
             return self.state
         self.stage_final(ds)
         if not self.rt.is_main:

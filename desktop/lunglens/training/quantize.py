@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lunglens.inference.engine import open_session
 from lunglens.training.bias_correction import correct_biases
 from lunglens.training.gptq import round_weights
 
@@ -310,6 +309,8 @@ def int8_weight_max(path: Path, depthwise: bool = False) -> int:
 def onnx_probs(path: Path, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """``probs`` from an ONNX file for uint8 images ``[N, H, W]`` (only that output is asked),
     in a session opened as the app opens it (``engine.open_session``)."""
+    from lunglens.inference.engine import open_session  # onnxruntime only when scoring
+
     sess = open_session(path)
     out = [sess.run(["probs"], {"image": x})[0] for x in input_batches(images, batch)]
     return np.concatenate(out)
@@ -453,6 +454,8 @@ def quantize_and_score(
 
 def _single_image_ms(path: Path, image: np.ndarray, runs: int = 20) -> float:
     """Median latency (ms) of one ``probs`` call on one image: a tie-breaker, not a benchmark."""
+    from lunglens.inference.engine import open_session
+
     sess = open_session(path)
     x = (image.astype(np.float32) / 255.0)[None, None]
     sess.run(["probs"], {"image": x})
