@@ -404,6 +404,74 @@ def test_parity_stage_scores_a_shipped_model_again_in_the_apps_sessions(tmp_path
         main([*args, "--workdir", str(work)])
 
 
+def test_quantize_stage_searches_a_shipped_model_again_as_a_new_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--stages quantize`` searches the INT8 recipe again from the folder's float file at
+    its operating threshold and ships the chosen file as a new version, with the CAM check and
+    reference measured on it; the float file, the CV and the operating point stay. The same
+    version, or a float file that is not the manifest's, is refused."""
+    import lunglens.training.quantize as quantize
+    from lunglens.models.hashing import sha256_of
+    from lunglens.models.registry import load_manifest, verify_model
+    from lunglens.training.cli import main
+
+    # two candidates keep the test short; the preset's search has fourteen
+    two = (
+        quantize.QuantCandidate("MinMax", float_first_convs=9),
+        quantize.QuantCandidate("Percentile", float_first_convs=9, bias_correction=True),
+    )
+    monkeypatch.setattr(quantize, "QUANT_CANDIDATES", two)
+    out = tmp_path / "models" / "squeezenet-light-cxr"
+    shutil.copytree(MODELS / "squeezenet-light-cxr", out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    fp32_before = (out / "model_fp32.onnx").read_bytes()
+    work = tmp_path / "work"
+    work.mkdir()
+    stale = {"quantization": {"note": "a training run's state"}}
+    (work / "state.json").write_text(json.dumps(stale))
+    args = ["cxr-squeezenet", "--stages", "quantize", "--models-dir", str(tmp_path / "models")]
+    args += ["--workdir", str(work), "--calib-images", "16"]
+    with pytest.raises(ValueError, match=r"version 2\.0\.1 is the folder's own"):
+        main(args)
+    assert main([*args, "--version", "9.9.9"]) == 0
+    assert json.loads((work / "state.json").read_text()) == stale  # the run's state untouched
+    written = json.loads((out / "manifest.json").read_text())
+    q = written["quantization"]
+    assert written["version"] == "9.9.9" and written["sha256"] == sha256_of(out / "model.onnx")
+    assert [(t["calibration_method"], t["bias_correction"]) for t in q["trials"]] == [
+        ("MinMax", False),
+        ("Percentile", True),
+    ]
+    assert q["calibration_images"] == 16 and q["threshold_basis"] == "shipped"
+    thr = manifest["operating_point"]["threshold"]
+    assert q["threshold"] == q["parity_shipped_threshold"]["threshold"] == thr
+    again = q["searched_again"]
+    assert again["from_version"] == "2.0.1" and again["val_fold"] == 4
+    assert again["disabled_optimizers"] == ["WeightBiasQuantization"]
+    assert q["parity_validation_fold"]["n"] == manifest["training"]["final_model"]["n_val"]
+    # the float file, the CV and the operating point are the folder's; the maps measured again
+    assert (out / "model_fp32.onnx").read_bytes() == fp32_before
+    for key in ("reference_fp32", "operating_point", "metrics", "threshold", "training"):
+        assert written[key] == manifest[key], key
+    cam = written["cam_in_lungs"]
+    assert 0 < cam["images"] <= 150 and 0.0 <= cam["mean"] <= 1.0
+    assert written["cam_reference"]["threshold"] == thr
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Searched again from the shipped float file (version 2.0.1's INT8 replaced)" in card
+    assert (
+        "no quantization-aware candidate" in card
+        and "# Model card: squeezenet-light-cxr 9.9.9" in card
+    )
+    assert verify_model(load_manifest(out)).version == "9.9.9"  # the app's check of the hash
+    # a float file other than the manifest's is refused before anything is written
+    (out / "model_fp32.onnx").write_bytes((out / "model.onnx").read_bytes())
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(ValueError, match=r"/model_fp32\.onnx: SHA-256 differs"):
+        main([*args, "--version", "9.9.10"])
+    assert (out / "manifest.json").read_text() == before
+
+
 def test_x_ray_student_with_lung_attention_end_to_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -417,6 +417,24 @@ def _measured_again_text(again: Mapping[str, Any] | None) -> str:
     )
 
 
+def _searched_again_line(again: Mapping[str, Any] | None) -> list[str]:
+    """Where the recipe was searched again from the shipped float file (``--stages
+    quantize``): the trials below are that search's."""
+    if not again:
+        return []
+    off = ", ".join(again.get("disabled_optimizers", [])) or "none"
+    qat = (
+        ""
+        if again.get("qat_candidate")
+        else " (no quantization-aware candidate: it needs the training checkpoint)"
+    )
+    return [
+        f"- Searched again from the shipped float file (version {again['from_version']}'s "
+        f"INT8 replaced): `{again['command']}`, {again['runtime']}, the app's sessions, graph "
+        f"transformers off: {off}; validation fold {again['val_fold']}{qat}."
+    ]
+
+
 def _quantization_lines(m: ModelManifest) -> list[str]:
     q = m.quantization or {}
     par = q["parity_validation_fold"]
@@ -437,6 +455,7 @@ def _quantization_lines(m: ModelManifest) -> list[str]:
         f"({par['accuracy_change_points']:+.2f} points), max |dp| {par['max_abs_prob_diff']:.3f}"
         f"{'' if shipped else _shipped_parity_text(q.get('parity_shipped_threshold'))}"
         f"{_measured_again_text(q.get('parity_measured_again'))}.",
+        *_searched_again_line(q.get("searched_again")),
         *_quantization_trials(q),
         "",
     ]

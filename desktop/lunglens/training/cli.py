@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         "measure the shipped model folder's share of CAM mass inside the lung field again "
         "and write it into its manifest and card (nothing is trained); parity: score the "
         "shipped INT8 file against its float file again on the validation fold, in the app's "
-        "sessions, and write that into its manifest and card (after a runtime change)",
+        "sessions, and write that into its manifest and card (after a runtime change); "
+        "quantize: search the INT8 recipe again from the shipped float file and ship the "
+        "chosen file as the preset's new version, its CAM check and reference measured again "
+        "(when the run's work folder, which --requantize needs, is gone)",
     )
     return ap
 

@@ -450,7 +450,11 @@ class Pipeline:
         if stages == "teacher":
             self.stage_teacher(ds)
             return self.state
-        of_shipped = {"cam": self.stage_cam_of_shipped, "parity": self.stage_parity_of_shipped}
+        of_shipped = {
+            "cam": self.stage_cam_of_shipped,
+            "parity": self.stage_parity_of_shipped,
+            "quantize": self.stage_quantize_of_shipped,
+        }
         if stages in of_shipped:  # a model folder measured again: no run state is written
             self.keep_state = False
             of_shipped[stages](ds)
@@ -976,9 +980,100 @@ class Pipeline:
         )
         self._rewrite_shipped(replace(manifest, quantization=q), "the INT8 parity")
 
+    def stage_quantize_of_shipped(self, ds: ImageSet) -> None:
+        """``--stages quantize``: search the INT8 recipe again from the model folder's float
+        file (``reference_fp32``), at its pooled operating threshold on the recorded validation
+        fold, and ship the chosen file as the preset's new version; the CAM check and CAM
+        reference are measured again on it. Nothing is trained or exported, no work folder is
+        needed, and the cross-validation, the operating point and the float file stay.
+
+        What a runtime change that alters INT8 needs when the run's work folder is gone
+        (``--requantize`` needs it): the search's trials were measured in the sessions of their
+        day, and onnxruntime's ``WeightBiasQuantization`` ran a float Conv of the SqueezeNets in
+        INT8 until the app's sessions turned it off. A new file is a new model version, so the
+        preset's version (or ``--version``) must differ from the folder's. The quantization-aware
+        candidate needs the training checkpoint and is not tried (the card says so).
+        """
+        import onnxruntime as ort
+
+        from lunglens.inference.engine import DISABLED_OPTIMIZERS
+        from lunglens.training.quantize import QUANT_CANDIDATES, parity, search_quantization
+
+        manifest, v = self._shipped_manifest(ds)
+        version = self.o.version or self.p.version
+        if version == manifest.version:
+            raise ValueError(
+                f"{self.out}: version {version} is the folder's own; a new INT8 file is a new "
+                "model version (raise the preset's version or give --version)"
+            )
+        ref = manifest.reference_fp32 or {}
+        fp32 = self.out / str(ref.get("file", ""))
+        if not ref.get("file") or not fp32.is_file():
+            raise FileNotFoundError(f"{self.out}: no float file to quantize")
+        if sha256_of(fp32) != ref.get("sha256"):
+            raise ValueError(f"{fp32}: SHA-256 differs from the manifest's: not the shipped file")
+        op = manifest.operating_point
+        if not op:
+            raise ValueError(f"{self.out}: no pooled operating point yet (run the preset first)")
+        thr = float(op["threshold"])
+        calib, val_idx = self.quantization_images(ds)
+        labels, pos = ds.labels[val_idx], self.positive(ds)
+        int8 = self.out / manifest.file
+        staged = private_tmp(int8)  # the shipped file is replaced only once the search is done
+        try:
+            q, p32, p8, _ = search_quantization(
+                fp32,
+                staged,
+                calib,
+                ds.images[val_idx],
+                labels,
+                pos,
+                lambda y_pos, p_pos: thr,
+                candidates=QUANT_CANDIDATES,
+            )
+            for t in q["trials"]:
+                self.log(f"quantization trial {t}")
+            os.replace(staged, int8)
+        finally:
+            staged.unlink(missing_ok=True)
+        q |= dict(
+            threshold_basis="shipped",
+            threshold=thr,
+            parity_shipped_threshold={**parity(p32, p8, labels, pos, thr), "threshold": thr},
+            searched_again=dict(
+                runtime=f"onnxruntime {ort.__version__}",
+                disabled_optimizers=list(DISABLED_OPTIMIZERS),
+                command=f"lunglens-train {self.p.name} --stages quantize",
+                val_fold=v,
+                from_version=manifest.version,
+                qat_candidate=False,
+            ),
+        )
+        par = q["parity_validation_fold"]
+        self.log(
+            f"INT8 {version}: agreement {par['agreement']:.4f}, accuracy change "
+            f"{par['accuracy_change_points']:+.2f} points at {thr:.4f}"
+        )
+        manifest = replace(
+            manifest, version=version, sha256=sha256_of(int8), quantization=q, cam_reference=None
+        )
+        self._rewrite_shipped(manifest, "the INT8 search")
+        # the CAM stages run the folder's INT8 file as the app does: measured again on it
+        self.state = dict(operating_point=op, val_fold=v)
+        self.stage_cam_check(ds)
+        self.stage_cam_reference(ds)
+        cam_ref = self.state.get("cam_reference") or {}
+        manifest = replace(
+            manifest,
+            cam_in_lungs=self.state["cam_in_lungs"],
+            cam_reference=cam_ref if cam_ref.get("values") else None,
+        )
+        self._rewrite_shipped(manifest, "the CAM check and reference of the new INT8 file")
+
     def _shipped_manifest(self, ds: ImageSet) -> tuple[ModelManifest, int]:
         """The model folder's manifest and the validation fold its final model was chosen on,
-        for a stage that measures a shipped folder again (``cam``, ``parity``): that fold must
+        for a stage that measures a shipped folder again (``cam``, ``parity``, ``quantize``):
+        that fold must
         be the one the manifest records (:func:`_recorded_val_fold`) with as many images, so a
         folder made with other options is refused rather than measured on images it trained
         on."""
@@ -1233,7 +1328,7 @@ class Pipeline:
 
 
 #: What ``lunglens-train --stages`` may run (:meth:`Pipeline.run`).
-STAGES = ("all", "train", "teacher", "cam", "parity")
+STAGES = ("all", "train", "teacher", "cam", "parity", "quantize")
 
 
 def default_workdir(name: str) -> Path:
