@@ -48,6 +48,7 @@ CONTRACT = [
     "top_slices",
     "elapsed_ms",
     "scored_at",
+    "notes",
 ]
 
 
@@ -220,6 +221,33 @@ def test_series_rows_name_slices(env: Path, info: ModelInfo) -> None:
     # slice numbers count from 1 (as the app and the PDF show them): 1..4, never 0
     assert sorted(int(n) for n in rows[0]["top_slices"].split(";"))[0] >= 1
     assert {int(n) for n in rows[0]["top_slices"].split(";")} <= {1, 2, 3, 4}
+
+
+def test_series_row_notes_a_slice_it_could_not_read(env: Path, info: ModelInfo) -> None:
+    """A series scored without an unreadable slice says so in its row, as ``classify`` does:
+    the reader must know the score came from fewer slices than the folder holds."""
+    pydicom = pytest.importorskip("pydicom")
+    ct = SHARED_DATA / "dicom" / "ct-misc" / "693_UNCI.dcm"
+    if not ct.exists():
+        pytest.skip("shared DICOM data not available")
+    series = env / "series"
+    series.mkdir()
+    uid = pydicom.uid.generate_uid()
+    for i in range(4):
+        ds = pydicom.dcmread(ct)
+        ds.SeriesInstanceUID = uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(i * 5)]
+        ds.save_as(series / f"s{i}.dcm")
+    torn = series / "s2.dcm"
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+    out = env / "r.csv"
+    list(score([series], info, out))
+    (row,) = read_rows(out)
+    assert row["status"] == "ok" and row["n_slices"] == "3"
+    notes = row["notes"].split(" | ")
+    assert any(n.startswith("skipped slice: ") and "s2.dcm" in n for n in notes), notes
 
 
 def test_series_is_judged_by_its_calibrated_threshold(env: Path) -> None:

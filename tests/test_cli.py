@@ -144,7 +144,8 @@ def test_score_exit_codes_and_report(env: Path, capsys: pytest.CaptureFixture[st
         )
         == 2
     )  # other model: resume refused
-    assert [a["event"] for a in _audit(env)].count("score") == 3
+    runs = [a for a in _audit(env) if a["event"] == "score"]
+    assert [a.get("error") for a in runs] == [None, "ResultsExist", None, None, "ResumeConflict"]
 
 
 def test_models_listing(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -251,3 +252,194 @@ def test_patient_id_only_when_asked(env: Path, capsys: pytest.CaptureFixture[str
     assert out2.read_text().splitlines()[0].endswith(",patient_id")
     assert out2.read_text().splitlines()[1].endswith("," + pid)
     assert pid not in out.read_text() and pid not in (env / "data" / "audit.log").read_text()
+
+
+def test_resume_and_overwrite_exclude_each_other(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``[--resume | --overwrite]``: both at once used to be accepted and overwrite silently
+    dropped the rows --resume was meant to keep."""
+    img = write_png(env / "imgs" / "a.png", 0.5)
+    out = env / "r.csv"
+    argv = ["score", str(img), "--out", str(out), "--model", "synthetic-ct"]
+    assert main([*argv, "--resume", "--overwrite"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
+    assert main([*argv, "--overwrite"]) == 0 and main([*argv, "--resume"]) == 0
+
+
+def _unreadable_inputs(env: Path) -> dict[Path, str]:
+    """Inputs ``classify`` cannot read as a scan, each with its error code."""
+    from onnx_fixtures import write_bad_inputs
+
+    folder = env / "bad"
+    found = {folder / name: code for name, code in write_bad_inputs(folder).items()}
+    (folder / "notes.dcm").write_text("a text file named .dcm\n", encoding="utf-8")
+    found[folder / "notes.dcm"] = "CorruptFile"
+    found[folder / "missing.dcm"] = "UnreadablePath"
+    if CT_DICOM.exists():
+        data = CT_DICOM.read_bytes()
+        (folder / "truncated.dcm").write_bytes(data[: len(data) // 2])
+        found[folder / "truncated.dcm"] = "CorruptFile"
+    return found
+
+
+def test_unreadable_input_is_answered_like_a_refusal(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An input that cannot be read as a scan used to print nothing on stdout and leave no
+    audit line: stdout now says it was refused and why (JSON or text), stderr keeps the error
+    line, the exit code stays 3 and the audit log records it."""
+    for path, code in _unreadable_inputs(env).items():
+        assert main(["classify", str(path), "--json"]) == 3, path
+        out, err = capsys.readouterr()
+        data = json.loads(out)
+        assert data["source"] == str(path) and data["status"] == "refused", out
+        assert data["error"] == code and data["reason"] and str(path) not in data["reason"]
+        assert f"{code}: " in err and "Traceback" not in err
+        line = _audit(env)[-1]
+        assert line["event"] == "classify" and line["input"] == str(path)
+        assert line["outcome"] == "refused" and line["error"] == code
+        assert main(["classify", str(path)]) == 3
+        text = capsys.readouterr().out.splitlines()
+        assert text[:2] == [f"file:        {path}", f"refused:     {data['reason']}"]
+        assert text[2] == "score:       none (the input could not be read as a scan)"
+        assert text[3] == DISCLAIMER
+
+
+def test_refusals_keep_their_own_score_line(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A scan of the other modality keeps its hint; only unreadable input reads as such."""
+    from lunglens.cli.classify import _print_refusal
+    from lunglens.errors import ModalityMismatch, NotChestImage
+
+    img = write_png(env / "ok.png", 0.5)
+
+    _print_refusal(NotChestImage(img, "not a chest scan: a colour picture"), str(img), False)
+    assert "chest CT slices and chest X-rays only" in capsys.readouterr().out
+    mismatch = ModalityMismatch(img, "a chest X-ray given to a CT model", "Use --model auto.")
+    _print_refusal(mismatch, str(img), False)
+    assert "score:       none; use --model auto." in capsys.readouterr().out
+
+
+def _series(folder: Path, n: int = 4) -> Path:
+    """A CT series of ``n`` slices from one real slice, each slice brighter than the last
+    (RescaleIntercept raised), so the synthetic brightness model ranks the last one first."""
+    pydicom = pytest.importorskip("pydicom")
+    folder.mkdir(parents=True)
+    uid = pydicom.uid.generate_uid()
+    for i in range(n):
+        ds = pydicom.dcmread(CT_DICOM)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, pydicom.uid.generate_uid()
+        ds.InstanceNumber, ds.ImagePositionPatient = i + 1, [0.0, 0.0, float(i * 5)]
+        ds.RescaleIntercept = float(ds.get("RescaleIntercept", -1024)) + 300 * i
+        ds.save_as(folder / f"s{i}.dcm")
+    return folder
+
+
+@pytest.mark.skipif(not CT_DICOM.exists(), reason="shared DICOM data not available")
+def test_classify_json_numbers_slices_from_1(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--json`` used to give 0-based ``top_slices``/``representative_slice`` while the text,
+    the CSV and the PDF count from 1: all now name the same slices the same way."""
+    series = _series(env / "series")
+    assert main(["classify", str(series)]) == 0
+    text = capsys.readouterr().out
+    shown = next(line for line in text.splitlines() if "most suspicious (1 = first)" in line)
+    numbers = [int(n) for n in shown.split(":", 2)[2].split(",")]
+    assert main(["classify", str(series), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["n_slices"] == 4 and data["top_slices"] == numbers
+    assert data["top_slices"][0] == 4  # the brightest slice is the fourth, not "3"
+    assert data["representative_slice"] == 4 and len(data["slice_probs"]) == 4
+
+
+def test_failed_runs_are_audited(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs stopped by an error used to leave no audit line; now each leaves one with its
+    ``outcome`` and error code (never the message), in the shape of a normal line."""
+    import errno
+
+    from lunglens.batch import results_csv
+
+    imgs = env / "imgs"
+    for i in range(3):
+        write_png(imgs / f"{i}.png", i / 2)
+    real_append = results_csv._append
+    calls = []
+
+    def full_after_one(fh: object, data: bytes) -> None:
+        calls.append(data)
+        if len(calls) > 1:  # one row fits, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(fh, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(results_csv, "_append", full_after_one)
+    out = env / "r.csv"
+    argv = ["score", str(imgs), "--out", str(out), "--model", "synthetic-ct", "--workers", "1"]
+    assert main(argv) == 1
+    assert "OutputError" in capsys.readouterr().err
+    (line,) = [a for a in _audit(env) if a["event"] == "score"]
+    assert line["outcome"] == "error" and line["error"] == "OutputError"
+    assert line["inputs"] == [str(imgs)] and line["out_csv"] == str(out)
+    assert line["model"] == "synthetic-ct" and len(line["model_sha256"]) == 64
+    assert line["total"] == 3 and line["done"] == 1 and line["resume"] is False
+    monkeypatch.setattr(results_csv, "_append", real_append)
+
+    onnx_path = env / "models" / "synthetic-ct" / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[:-4] + b"evil")
+    clear_engines()  # the run above holds the verified engine
+    assert main(["classify", str(imgs / "0.png"), "--model", "synthetic-ct"]) == 4
+    assert main([*argv, "--resume"]) == 4
+    classify_line, score_line = _audit(env)[-2:]
+    assert classify_line == {
+        "event": "classify",
+        "at": classify_line["at"],
+        "input": str(imgs / "0.png"),
+        "outcome": "error",
+        "error": "ModelRefused",
+    }
+    assert score_line["event"] == "score" and score_line["error"] == "ModelRefused"
+    assert score_line["outcome"] == "error" and score_line["resume"] is True
+
+
+def test_scored_classify_line_says_scored(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = write_png(env / "ok.png", 0.5)
+    assert main(["classify", str(img), "--model", "synthetic-ct"]) == 0
+    assert _audit(env)[-1]["outcome"] == "scored"
+
+
+MODALITY_CHECK = Path(__file__).resolve().parents[1] / "models" / "modality-check"
+
+
+def test_models_verify_checks_the_gate_statistics(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``models --verify`` used to say "verified" for a modality check whose ``ood.npz`` was
+    modified, which ``classify`` then refused: it now makes the same check (exit code 4)."""
+    import shutil
+
+    shutil.copytree(MODALITY_CHECK, env / "models" / "modality-check")
+    assert main(["models", "--verify"]) == 0
+    assert capsys.readouterr().out.count("verified") == 3
+    stats = env / "models" / "modality-check" / "ood.npz"
+    stats.write_bytes(stats.read_bytes()[:-8] + b"tampered")
+    assert main(["models", "--verify"]) == 4
+    out = capsys.readouterr().out
+    refused = next(line for line in out.splitlines() if "modality-check" in line)
+    assert "REFUSED" in refused and "gate statistics failed their integrity check" in refused
+    assert out.count("verified") == 2  # the triage models are fine
+
+
+def test_summary_counts_read_as_english(capsys: pytest.CaptureFixture[str]) -> None:
+    from lunglens.batch import Summary
+    from lunglens.cli.score import _print_summary
+
+    one = Summary(Path("r.csv"), "m", "1", "x", total=2, done=2, ok=1, errors=1, ignored=("a",))
+    _print_summary(one, automatic=False)
+    out = capsys.readouterr().out
+    assert "1 ok, 0 flagged, 1 error (0 skipped" in out
+    assert "1 file ignored (not scans), e.g. a" in out
+    two = Summary(Path("r.csv"), "m", "1", "x", total=2, done=2, errors=2, ignored=("a", "b"))
+    _print_summary(two, automatic=False)
+    out = capsys.readouterr().out
+    assert "2 errors (" in out and "2 files ignored" in out

@@ -112,3 +112,12 @@ def test_docs_are_linked_and_nothing_cites_the_old_design_file() -> None:
         if old in p.read_text(encoding="utf-8")
     ]
     assert stale == []
+
+
+def test_threshold_column_names_the_series_threshold() -> None:
+    """Series rows carry ``series_aggregation.threshold`` (lunglens.batch.rows.result_row); the
+    page used to say every row carries the manifest ``threshold``."""
+    row = next(
+        line for line in _page("results-csv.md").splitlines() if line.startswith("| `threshold`")
+    )
+    assert "`series_aggregation.threshold`" in row and "`n_slices`" in row

@@ -31,6 +31,8 @@ from lunglens.gui.settings import Settings
 from lunglens.inference import clear_engines
 from onnx_fixtures import make_models_dir, write_modality_check, write_png
 
+REPO_MODELS = Path(__file__).resolve().parents[1] / "models"  # the shipped models
+
 pytestmark = pytest.mark.gui
 
 TIMEOUT = 20_000
@@ -691,3 +693,28 @@ def test_non_chest_scan_is_shown_with_a_red_refusal_and_never_scored(
     window.open_path(str(ct_file))  # a chest scan clears the banner
     qtbot.waitUntil(lambda: window.scan is not None and window.scan.source == str(ct_file))
     assert not panel.refusal()
+
+
+def test_plain_image_the_check_and_the_gate_disagree_on_is_not_scored(
+    qtbot, settings: Settings, shared_data: Path
+) -> None:
+    """With the shipped models: a chest X-ray the modality check calls a CT slice (p 0.81)
+    while the gate finds it nearest the X-ray training images. Automatic mode picks no model
+    and the button gives the red banner, not a headline from the CT model."""
+    clear_engines()
+    win = MainWindow(settings, models_dir=REPO_MODELS)
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        win.open_path(str(shared_data / "cxr-3class" / "covid" / "covid-ieee8023-0256.jpg"))
+        qtbot.waitUntil(lambda: win.scan is not None, timeout=TIMEOUT)
+        assert "training images of a chest X-ray" in (win.state.unrouted or "")
+        assert win.chosen_model() is None
+        win.classify()
+        qtbot.waitUntil(win.pool.idle, timeout=TIMEOUT)
+        assert win.result is None
+        assert "Not scored: cannot tell whether this plain image" in win.classify_panel.refusal()
+        assert not win.classify_panel.bars_box.isVisibleTo(win)
+    finally:
+        win.pool.cancel_all()
+        win.pool.wait(10_000)

@@ -168,6 +168,15 @@ def test_series_top_k_mean_names_suspicious_slices(mdir: Path) -> None:
     assert seen == [(8, 20), (16, 20), (20, 20)]
 
 
+def test_result_carries_what_loading_noticed(mdir: Path) -> None:
+    """A series scored without a slice it could not read, or with another series left out,
+    says so in the result's notes: every output (classify, JSON, CSV, PDF, app) shows them."""
+    notes = ["skipped slice: s3.dcm: cannot decode", "1 other series ignored (loaded the largest)"]
+    stack = np.stack([textured(0.3, (32, 32))] * 3)
+    res = classify_scan(Scan("series", stack, modality="ct", kind="dicom-series", notes=notes))
+    assert res.notes[:2] == notes and res.to_dict()["notes"][:2] == notes
+
+
 def test_aggregate_keeps_a_distribution() -> None:
     p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]], np.float32)
     agg = aggregate(p, 0, "top_k_mean", 2)

@@ -13,7 +13,7 @@ import pytest
 
 from lunglens.batch import Finished, score
 from lunglens.cli import main
-from lunglens.errors import ModalityMismatch, ModelNotFound, ModelRefused
+from lunglens.errors import ModalityMismatch, ModalityUncertain, ModelNotFound, ModelRefused
 from lunglens.inference import (
     ModalityCheck,
     check_modality,
@@ -21,6 +21,7 @@ from lunglens.inference import (
     clear_engines,
     find_mismatch,
     modality_notes,
+    routing_modality,
 )
 from lunglens.inference.modality import plain_check
 from lunglens.io import Scan, load_scan
@@ -249,8 +250,8 @@ def test_shipped_check_routes_the_bundled_plain_samples(shipped: Path) -> None:
         assert get_model(res.model, shipped).modality == family, (path.name, res.notes)
 
 
-def _check(modality: str, confident: bool) -> ModalityCheck:
-    return ModalityCheck(modality, 0.95 if confident else 0.55, confident, "check 1.0")
+def _check(modality: str, confident: bool, nearest: str | None = None) -> ModalityCheck:
+    return ModalityCheck(modality, 0.95 if confident else 0.55, confident, "check 1.0", nearest)
 
 
 @pytest.mark.parametrize(
@@ -261,7 +262,11 @@ def _check(modality: str, confident: bool) -> ModalityCheck:
         ("ct", _check("cxr", True), None),  # header fits; the pixels only earn a note
         ("cxr", _check("ct", True), "cxr"),  # header decides even against the pixels
         ("unknown", None, None),  # plain image, nothing can tell
-        ("unknown", _check("cxr", False), None),  # an unsure check never raises a mismatch
+        ("unknown", _check("cxr", False), None),  # an unsure check alone raises no mismatch
+        ("unknown", _check("cxr", False, "cxr"), "cxr"),  # unsure, but the gate agrees
+        ("unknown", _check("cxr", False, "ct"), None),  # they disagree: the choice stands
+        ("unknown", _check("cxr", True, "ct"), "cxr"),  # a confident check is enough
+        ("unknown", _check("ct", False, "ct"), None),
         ("unknown", _check("cxr", True), "cxr"),
         ("unknown", _check("ct", True), None),
     ],
@@ -299,3 +304,59 @@ def test_plain_check_runs_only_for_plain_images(models: Path) -> None:
     assert plain_check(None, plain) is None
     check = plain_check(checker, plain)
     assert check is not None and check.modality == "cxr"
+
+
+def test_routing_needs_the_check_and_the_gate_to_agree() -> None:
+    """Automatic mode routes a plain image only where the check's more probable label and the
+    gate's nearest training modality agree (or the gate did not run); the header decides for
+    DICOM."""
+    plain = Scan("s.png", np.zeros((1, 32, 32), np.float32))
+    assert routing_modality(plain, _check("cxr", False, "cxr")) == "cxr"
+    assert routing_modality(plain, _check("ct", True)) == "ct"
+    for check in (_check("cxr", False, "ct"), _check("cxr", True, "ct")):
+        with pytest.raises(ModalityUncertain, match="nearer to the training images of a CT"):
+            routing_modality(plain, check, "folder/s.png")
+    dicom = Scan("s.dcm", np.zeros((1, 32, 32), np.float32), modality="ct")
+    assert routing_modality(dicom, _check("cxr", True, "cxr")) == "ct"
+    notes = modality_notes(plain, _check("cxr", False, "ct"))
+    assert len(notes) == 2 and "check that the model fits the image" in notes[1]
+    assert len(modality_notes(plain, _check("cxr", False, "cxr"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("relpath", "model"),
+    [
+        # CT slices the check calls CT at p 0.88 (below its 0.9) and the gate agrees
+        ("resources/samples/ct-covid-covid-ct-ucsd-0001.jpg", "efficientnet-lite-cxr"),
+        # an X-ray at p 0.79
+        ("resources/samples/cxr-normal-ieee8023-0006.jpg", "efficientnet-lite-ct"),
+    ],
+)
+def test_shipped_models_refuse_a_plain_image_of_the_other_family(
+    shipped: Path, relpath: str, model: str
+) -> None:
+    """The app once gave the UCSD COVID CT slice a green "Not flagged" from the X-ray model:
+    the check alone was below its 0.9, so nothing refused it. With the gate agreeing it is."""
+    scan = load_scan(REPO_MODELS.parent / relpath)
+    with pytest.raises(ModalityMismatch, match=f"{model} is for"):
+        classify_scan(scan, get_model(model, shipped), with_cam=False)
+    assert classify_scan(scan, with_cam=False).model != model  # automatic mode routes it
+
+
+def test_shipped_check_and_gate_disagreeing_route_nowhere(
+    shipped: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """A chest X-ray the check calls a CT slice (p 0.81) while the gate finds it nearest the
+    X-ray training images: automatic mode refuses it (it went to the CT model before) and a
+    chosen X-ray model scores it with a note."""
+    path = shared_data / "cxr-3class" / "covid" / "covid-ieee8023-0256.jpg"
+    scan = load_scan(path)
+    with pytest.raises(ModalityUncertain, match="nearer to the training images of a chest X-ray"):
+        classify_scan(scan, with_cam=False)
+    res = classify_scan(scan, get_model("efficientnet-lite-cxr", shipped), with_cam=False)
+    assert any("check that the model fits the image" in n for n in res.notes)
+    out = tmp_path / "r.csv"
+    assert isinstance(list(score([path], None, out))[-1], Finished)
+    (row,) = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert row["status"] == "error" and row["error"].startswith("ModalityUncertain: ")
+    assert row["model"] == "" and row["prediction"] == ""

@@ -80,3 +80,25 @@ def test_selftest_fails_when_the_modality_check_is_wrong(tmp_path: Path) -> None
     out = io.StringIO()
     assert selftest.run(models, RESOURCES, gui=False, out=out) == 1
     assert "but the check says" in out.getvalue()
+
+
+def test_selftest_blames_tampered_gate_statistics_on_the_modality_check(models: Path) -> None:
+    """A modified ``ood.npz`` used to pass the modality check's line and fail every triage
+    model's: the failure now names the modality check's gate statistics, and the triage
+    models, which are intact, pass."""
+    import shutil
+
+    shutil.copytree(RESOURCES.parent / "models" / "modality-check", models / "modality-check")
+    out = io.StringIO()
+    assert selftest.run(models, RESOURCES, gui=False, out=out) == 0, out.getvalue()
+    assert "gate statistics match" in out.getvalue()
+    stats = models / "modality-check" / "ood.npz"
+    stats.write_bytes(stats.read_bytes()[:-8] + b"tampered")
+    clear_engines()
+    out = io.StringIO()
+    assert selftest.run(models, RESOURCES, gui=False, out=out) == 1
+    text = out.getvalue()
+    failed = [line for line in text.splitlines() if "FAIL" in line and "self-test" not in line]
+    assert len(failed) == 1 and "FAIL  modality-check" in failed[0], text
+    assert "gate statistics failed their integrity check" in failed[0]
+    assert "ok    synthetic-ct" in text and "ok    synthetic-cxr" in text

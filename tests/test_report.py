@@ -12,6 +12,7 @@ from lunglens.batch import score
 from lunglens.inference import classify_scan, clear_engines
 from lunglens.io.scan import Scan
 from lunglens.models import get_model
+from lunglens.models.registry import ModelInfo
 from lunglens.report import scan_pdf, write_html_report
 from onnx_fixtures import blob_image, make_models_dir, textured, write_png
 
@@ -143,3 +144,67 @@ def test_scan_pdf_says_when_the_map_is_drawn_on_the_reference_scale(
     loud = replace(quiet, slice_threshold=0.0)
     flat = " ".join(_pdf_text(scan_pdf(scan, loud, tmp_path / "loud.pdf")).split())
     assert head not in flat and "relative to this map's maximum" in flat
+
+
+def _row(info: ModelInfo, path: str, p: float, threshold: str, n_slices: int) -> dict[str, str]:
+    """An ``ok`` row of ``info`` as the batch runner writes it (only what the report reads)."""
+    return {
+        "path": path,
+        "status": "ok",
+        "model": info.name,
+        "model_version": info.version,
+        "model_sha256": info.sha256,
+        "prediction": "Not flagged",
+        "p_covid": f"{p:.6f}",
+        "p_non-covid": f"{1 - p:.6f}",
+        "flagged": "true" if p >= float(threshold) else "false",
+        "threshold": threshold,
+        "n_slices": str(n_slices),
+        "top_slices": "1",
+    }
+
+
+def test_html_report_states_the_threshold_each_row_was_judged_by(
+    tmp_path: Path, mdir: Path
+) -> None:
+    """Series rows are judged by ``series_aggregation.threshold``; the report used to state
+    only the slice threshold, and it listed a model of the run that scored nothing with
+    "0 scans"."""
+    from lunglens.batch.results_csv import open_results
+    from onnx_fixtures import write_model
+
+    agg = {"method": "top_k_mean", "k": 3, "threshold": 0.9, "rule": "calibrated on patients"}
+    write_model(mdir / "series-ct", name="series-ct", series_aggregation=agg)
+    info, unused = get_model("series-ct", mdir), get_model("synthetic-cxr", mdir)
+    out = tmp_path / "results.csv"
+    writer = open_results(out, [info, unused])
+    for row in (
+        _row(info, "one.png", 0.6, "0.500", 1),
+        _row(info, "two.png", 0.2, "0.500", 1),
+        _row(info, "series#1.2.3", 0.7, "0.900", 3),
+    ):
+        writer.write(row)
+    writer.close()
+    html = write_html_report(out, [info, unused]).read_text()
+    assert "<th>Thresholds</th>" in html
+    assert "0.500 on P(covid) for single images (2 scans) - fixed at 0.5 for tests" in html
+    assert "0.900 on P(covid) for series (1 scan) - calibrated on patients" in html
+    assert "series-ct 0.0.1 (synthetic brightness detector (tests only)), 3 scans" in html
+    assert "0 scans" not in html and "1 scans" not in html
+    assert f"synthetic-cxr 0.0.1 ({unused.short_hash}): scored no scan in this file" in html
+    assert html.count("data:image/png;base64,") == 2  # one histogram (series-ct) + outcomes
+
+
+def test_score_histogram_draws_the_threshold_of_each_group() -> None:
+    """One dashed line per threshold the rows were judged by, labelled with its group; a
+    single group keeps the plain "threshold 0.500" label."""
+    from lunglens.report.charts import score_histogram
+
+    fig = score_histogram([("single images", [0.6, 0.2], 0.5), ("series", [0.7], 0.9)], "covid")
+    ax = fig.axes[0]
+    assert sorted(float(line.get_xdata()[0]) for line in ax.get_lines()) == [0.5, 0.9]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "threshold 0.500 (single images)" in legend and "threshold 0.900 (series)" in legend
+    assert "series" in legend and "single images" in legend  # the stacked bars' groups
+    one = score_histogram([("single images", [0.6], 0.5)], "covid").axes[0]
+    assert [t.get_text() for t in one.get_legend().get_texts()] == ["threshold 0.500"]

@@ -52,3 +52,11 @@ def test_headline_of_a_result() -> None:
         flagged, positive_prob, threshold, positive_label = False, 0.01, 0.2031, "covid"
 
     assert headline(R()) == "Not flagged (P 0.010 < 0.203)"
+
+
+def test_counted_agrees_in_number() -> None:
+    from lunglens.inference.wording import counted
+
+    assert counted(1, "file") == "1 file" and counted(2, "file") == "2 files"
+    assert counted(0, "error") == "0 errors" and counted(1, "series", "series") == "1 series"
+    assert counted(3, "analysis", "analyses") == "3 analyses"

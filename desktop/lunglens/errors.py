@@ -68,6 +68,13 @@ class ModalityMismatch(ScanError):
     model's (e.g. a chest X-ray given to the CT model); batch scoring writes an error row."""
 
 
+class ModalityUncertain(ModalityMismatch):
+    """A plain image the modality check cannot place confidently (below its
+    ``warn_probability``) while no model was chosen: no model is picked for it, so it gets no
+    score (a chest X-ray routed to the CT model would get a headline from a model that never
+    saw one)."""
+
+
 class OutputError(LungLensError):
     """A result (CSV row, report) could not be written, e.g. the disk is full."""
 

@@ -5,7 +5,10 @@ one line per check:
 
 1. every installed model's ``model.onnx`` matches the SHA-256 in its manifest, loads in
    onnxruntime and scores one scan of its modality (a bundled sample when there is one, else a
-   synthetic image) with finite probabilities that sum to 1 and a class activation map;
+   synthetic image) with finite probabilities that sum to 1 and a class activation map; the
+   modality check names the family of a bundled CT and X-ray sample, and its chest-image gate
+   statistics (``ood.npz``) match their SHA-256 and let those samples through (a fault of the
+   gate is reported on the modality check's line, not on the triage models');
 2. the pylibjpeg decoder plugins (openjpeg, libjpeg, rle) are registered (a frozen app only
    finds them when their packages' entry-point metadata was bundled), every bundled DICOM sample
    decodes, and at least one of them is compressed;
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from lunglens.inference.gate_stats import GateStats
     from lunglens.io.scan import Scan
     from lunglens.models.registry import ModelInfo
 
@@ -103,7 +107,10 @@ def _check_model(info: ModelInfo, files: list[Path]) -> str:
 
     verify_model(info)  # raises ModelRefused on a hash mismatch
     scan = _sample_for(info, files)
-    result = classify_scan(scan, info, with_cam=True)
+    # The model's own scoring only: the chest-image gate and the modality check are parts of
+    # the modality-check model, checked on its line, so a fault of theirs (a tampered ood.npz)
+    # is blamed there instead of on every triage model.
+    result = classify_scan(scan, info, with_cam=True, gate=False, modality_check=False)
     probs = np.array(list(result.probs.values()), dtype=np.float64)
     if not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1.0) > 1e-3:
         raise ValueError(f"probabilities are not a distribution: {result.probs}")
@@ -115,16 +122,32 @@ def _check_model(info: ModelInfo, files: list[Path]) -> str:
     )
 
 
+def _gate_accepts(info: ModelInfo, stats: GateStats | None, scan: Scan, name: str) -> None:
+    """The chest-image gate's learned check (``stats``, when installed) must let a bundled
+    chest sample through: a gate refusing real chest scans would leave every scan unscored."""
+    from lunglens.inference.gate import learned_check
+
+    if stats is None:
+        return
+    verdict = learned_check(scan, info, stats)
+    if not verdict.accepted:
+        raise ValueError(f"the chest-image gate refuses {name}: {verdict.reason}")
+
+
 def _check_modality_model(info: ModelInfo, files: list[Path]) -> str:
-    """The modality check must name the family of one bundled CT and one X-ray sample."""
+    """The modality check must name the family of one bundled CT and one X-ray sample, and
+    the chest-image gate statistics it carries (manifest ``ood``) must be intact and let those
+    samples through."""
     import numpy as np
 
     from lunglens.inference import get_engine
+    from lunglens.inference.gate import load_stats
     from lunglens.io import load_scan
     from lunglens.models import verify_model
     from lunglens.preprocess import to_model_input
 
     verify_model(info)
+    stats = load_stats(info)  # ModelRefused naming ood.npz when it was damaged or modified
     engine = get_engine(info)
     said = []
     for family in info.labels:
@@ -147,10 +170,12 @@ def _check_modality_model(info: ModelInfo, files: list[Path]) -> str:
             raise ValueError(
                 f"{path.name} is {family} but the check says {got} (p={float(probs.max()):.2f})"
             )
+        _gate_accepts(info, stats, scan, path.name)
         said.append(f"{path.name} -> {got} (p={float(probs.max()):.2f})")
     if not said:
         raise ValueError("no bundled sample to check it on")
-    return f"sha256 {info.short_hash} matches; " + ", ".join(said)
+    gate = "; gate statistics match" if stats is not None else ""
+    return f"sha256 {info.short_hash} matches{gate}; " + ", ".join(said)
 
 
 #: What each kind of model (manifest ``task``) is checked with.
@@ -248,6 +273,7 @@ def run(
 ) -> int:
     """Run every check, print a report on ``out`` (stdout) and return 0 (all ok) or 1."""
     from lunglens import __version__
+    from lunglens.inference.wording import counted
     from lunglens.models import discover_models
     from lunglens.models import models_dir as find_models
     from lunglens.models import resources_dir as find_resources
@@ -304,7 +330,8 @@ def run(
         rep.check("Qt", _check_qt)
 
     status = "PASSED" if not rep.failed else f"FAILED ({rep.failed} failed)"
-    rep.line(f"self-test {status}: {rep.passed} checks ok in {time.perf_counter() - t0:.1f} s")
+    passed = counted(rep.passed, "check")
+    rep.line(f"self-test {status}: {passed} ok in {time.perf_counter() - t0:.1f} s")
     return 0 if not rep.failed else 1
 
 

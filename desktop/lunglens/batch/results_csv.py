@@ -40,7 +40,17 @@ from lunglens.models.registry import ModelInfo
 #: Columns before the per-label probabilities.
 HEAD_COLUMNS = ("path", "status", "error", "model", "model_version", "model_sha256", "prediction")
 #: Columns after them.
-TAIL_COLUMNS = ("flagged", "threshold", "n_slices", "top_slices", "elapsed_ms", "scored_at")
+TAIL_COLUMNS = (
+    "flagged",
+    "threshold",
+    "n_slices",
+    "top_slices",
+    "elapsed_ms",
+    "scored_at",
+    "notes",
+)
+#: Separator of the notes in the ``notes`` cell (a note may hold ``;`` or ``,``).
+NOTE_SEPARATOR = " | "
 #: Opt-in identifier column (``--include-ids``).
 ID_COLUMNS = ("patient_id",)
 
@@ -284,7 +294,7 @@ def open_results(
         raise ResultsExist(
             path,
             "the results file already exists",
-            "Pass --resume to continue it or choose another --out.",
+            "Pass --resume to continue it, --overwrite to replace it, or choose another --out.",
         )
     if not has_content or overwrite:
         _write_atomic(path, ",".join(header) + "\n")

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from lunglens.batch.events import BatchEvent, Progress, Row
-from lunglens.batch.results_csv import ResultsWriter, error_code, utc_now
+from lunglens.batch.results_csv import NOTE_SEPARATOR, ResultsWriter, error_code, utc_now
 from lunglens.errors import LungLensError
 from lunglens.inference.result import ScanResult
 from lunglens.inference.wording import format_threshold, slice_numbers
@@ -50,6 +50,9 @@ def result_row(
         top_slices=";".join(str(n) for n in slice_numbers(result.top_slices)),
         elapsed_ms=f"{elapsed_ms:.1f}",
         scored_at=utc_now(),
+        # what the reader must know beside the score: slices skipped, series left out, how a
+        # plain image was placed
+        notes=NOTE_SEPARATOR.join(result.notes),
     )
     for label in info.labels:
         row[f"p_{label}"] = f"{result.probs[label]:.6f}"

@@ -38,8 +38,17 @@ from lunglens.batch.units import discover
 from lunglens.errors import ModelNotFound
 from lunglens.inference.classify import BATCH_SIZE, result_from_probs
 from lunglens.inference.engine import Engine, get_engine
-from lunglens.inference.gate import require_chest
-from lunglens.inference.modality import check_with, default_models, find_mismatch, plain_check
+from lunglens.inference.gate import GateVerdict, require_chest
+from lunglens.inference.modality import (
+    ModalityCheck,
+    check_with,
+    default_models,
+    find_mismatch,
+    modality_notes,
+    plain_check,
+    routing_modality,
+    with_gate,
+)
 from lunglens.io.scan import SCORED_MODALITIES, Scan
 from lunglens.models.registry import ModelInfo, modality_checker
 from lunglens.preprocess import to_model_input
@@ -55,16 +64,25 @@ class _Decoded:
     decode_ms: float
     #: The model that scores it (``None`` when the model could not be decided).
     info: ModelInfo | None = None
+    #: What the row's reader must know (loading and modality notes), as ``classify`` gives.
+    notes: tuple[str, ...] = ()
 
 
 def _route(
-    key: str, scan: Scan, routes: dict[str, ModelInfo], checker: ModelInfo | None
-) -> ModelInfo:
-    """Automatic mode: the default model of the scan's modality (header, else the pixels)."""
+    key: str,
+    scan: Scan,
+    routes: dict[str, ModelInfo],
+    checker: ModelInfo | None,
+    verdict: GateVerdict,
+) -> tuple[ModelInfo, ModalityCheck | None]:
+    """Automatic mode: the default model of the scan's modality (header, else the pixel check
+    where the gate's nearest training modality agrees), and the pixel check of a plain
+    image."""
     modality = scan.modality
     how = f"its DICOM modality is {modality.upper()}"
+    check = None
     if modality not in SCORED_MODALITIES:
-        check = check_with(checker, scan) if checker is not None else None
+        check = with_gate(check_with(checker, scan), verdict) if checker is not None else None
         if check is None:
             raise ModelNotFound(
                 key,
@@ -72,14 +90,15 @@ def _route(
                 "to tell a CT slice from a chest X-ray",
                 "Score it with a chosen model (--model).",
             )
-        modality, how = check.modality, f"the image {check.looks_like()}"
+        # the check and the gate disagreeing route nowhere: ModalityUncertain, an error row
+        modality, how = routing_modality(scan, check, key), f"the image {check.looks_like()}"
     if modality not in routes:
         raise ModelNotFound(
             key,
             f"{how}, but no {modality.upper()} model is installed",
             "Install one or score it with a chosen model (--model).",
         )
-    return routes[modality]
+    return routes[modality], check
 
 
 def _decode(
@@ -96,14 +115,16 @@ def _decode(
     chosen: ModelInfo | None = info
     try:
         scan = load_source(source)  # type: ignore[arg-type]
-        require_chest(scan, gate_dir)  # not a chest scan: an error row, no score
+        verdict = require_chest(scan, gate_dir)  # not a chest scan: an error row, no score
         if info is None:
-            chosen = _route(key, scan, routes or {}, checker)
+            chosen, check = _route(key, scan, routes or {}, checker, verdict)
         else:
-            mismatch = find_mismatch(scan, info, plain_check(checker, scan))
+            check = with_gate(plain_check(checker, scan), verdict)
+            mismatch = find_mismatch(scan, info, check)
             if mismatch is not None:
                 raise mismatch.error(key)
-        return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0, chosen)
+        notes = (*scan.notes, *modality_notes(scan, check))
+        return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0, chosen, notes)
     except Exception as exc:  # a bad file must never stop the run: it becomes an error row
         return _Decoded(key, None, error_text(exc), (time.perf_counter() - start) * 1000.0, chosen)
 
@@ -140,6 +161,7 @@ def _score_decoded(
             result = result_from_probs(
                 info, it.key, probs[offset : offset + n], modality=it.scan.modality
             )
+            result.notes.extend(it.notes)
             offset += n
             pid = it.scan.metadata.get("patient_id", "") if include_ids else None
             rows[i] = result_row(result, it.key, info, it.decode_ms + per_slice * n, pid)

@@ -14,10 +14,11 @@ Exit codes
 0   success
 1   ``score``: some scans could not be read (see their error rows); any command: an output could
     not be written (disk full: rerun with --resume once space is freed) or an unexpected error
-2   usage error (bad option, existing results file without --resume, resume conflict, results
-    file in use by another run)
+2   usage error (bad option, --resume with --overwrite, existing results file without --resume
+    or --overwrite, resume conflict, results file in use by another run)
 3   ``classify``: the input file cannot be read as a scan, or is not a chest scan (refused by
-    the chest-image gate; the reason is printed, no score)
+    the chest-image gate), or is of the other modality than the named model: the reason is
+    printed as ``refused:`` (``"status": "refused"`` with --json), no score
 4   model refused (integrity check failed) or not found
 130 cancelled with Ctrl-C (rows written so far are kept; rerun ``score`` with --resume)
 

@@ -14,6 +14,7 @@ from lunglens.cli.common import (
     UsageError,
     choose_model,
     err,
+    failure_fields,
 )
 
 if TYPE_CHECKING:
@@ -49,36 +50,49 @@ def _print_result(result: ScanResult, out: TextIO) -> None:
     print(result.disclaimer, file=out)
 
 
-def _print_refusal(exc: Any, as_json: bool) -> None:
+def _no_score_reason(exc: Any) -> str:
+    """The ``score:`` line's reason, fitting why there is no score: the other modality's model
+    (its hint says what to do), not a chest scan, or a file that could not be read at all (a
+    chest-only wording would wrongly suggest the file was looked at and judged)."""
+    from lunglens.errors import ModalityMismatch, NotChestImage
+
+    if isinstance(exc, ModalityMismatch):
+        return f"none; {exc.hint[:1].lower()}{exc.hint[1:]}"
+    if isinstance(exc, NotChestImage):
+        return "none (LungLens scores chest CT slices and chest X-rays only)"
+    return "none (the input could not be read as a scan)"
+
+
+def _print_refusal(exc: Any, source: str, as_json: bool) -> None:
     """A refused scan on stdout (it is the answer, not a failure of the tool): no score.
 
-    ``exc`` is a :class:`~lunglens.errors.NotChestImage` (not a chest scan) or a
+    ``exc`` is a :class:`~lunglens.errors.NotChestImage` (not a chest scan), a
     :class:`~lunglens.errors.ModalityMismatch` (a chest scan of the other modality than the
-    chosen model's)."""
+    chosen model's) or another :class:`~lunglens.errors.ScanError` (the input could not be
+    read as a scan): a script reading stdout gets an answer in every case. ``source`` names the
+    input when the error does not."""
     from lunglens import DISCLAIMER
-    from lunglens.errors import ModalityMismatch
 
+    where = exc.path if exc.path is not None else source
     if as_json:
-        data = {"source": exc.path, "status": "refused", "error": exc.code, "reason": exc.reason}
+        data = {"source": where, "status": "refused", "error": exc.code, "reason": exc.reason}
         print(json.dumps(data, indent=2))
         return
-    print(f"file:        {exc.path}")
+    print(f"file:        {where}")
     print(f"refused:     {exc.reason}")
-    if isinstance(exc, ModalityMismatch):
-        print(f"score:       none; {exc.hint[:1].lower()}{exc.hint[1:]}")
-    else:
-        print("score:       none (LungLens scores chest CT slices and chest X-rays only)")
+    print(f"score:       {_no_score_reason(exc)}")
     print(DISCLAIMER)
 
 
 def _refuse(args: argparse.Namespace, exc: Any) -> int:
-    """A refused scan (:func:`_print_refusal`): its line on stderr and in the audit log; exit
-    code 3."""
+    """A refused or unreadable scan (:func:`_print_refusal`): its line on stderr and in the
+    audit log; exit code 3."""
     from lunglens.audit import append_audit
 
-    _print_refusal(exc, args.json)
+    _print_refusal(exc, str(args.file), args.json)
     err(f"{exc.code}: {exc}")
-    append_audit("classify", {"input": str(args.file), "refused": exc.reason})
+    record = {"input": str(args.file), "refused": exc.reason}
+    append_audit("classify", {**record, "outcome": "refused", "error": exc.code})
     return EXIT_BAD_INPUT
 
 
@@ -121,10 +135,25 @@ def _audit_record(
         "positive_prob": round(result.positive_prob, 6),
         "flagged": result.flagged,
         "outputs": outputs,
+        "outcome": "scored",
     }
 
 
-def cmd_classify(args: argparse.Namespace) -> int:
+def _json_result(args: argparse.Namespace, scan: Scan, result: ScanResult) -> dict[str, Any]:
+    """The ``--json`` object: :meth:`ScanResult.to_dict` with its slice indices turned into the
+    slice numbers a person reads (1 = the first slice), as in the text, the CSV and the PDF;
+    ``slice_probs`` stays a list whose first entry is slice 1."""
+    from lunglens.inference import slice_numbers
+
+    data = result.to_dict(slice_probs=result.n_slices > 1)
+    data["top_slices"] = slice_numbers(result.top_slices)
+    data["representative_slice"] = slice_numbers([result.representative_slice])[0]
+    if args.include_ids:
+        data["patient_id"] = scan.metadata.get("patient_id", "")
+    return data
+
+
+def _classify(args: argparse.Namespace) -> int:
     """Load, gate, choose the model, classify; print the result and append the audit line."""
     from lunglens.audit import append_audit
     from lunglens.errors import ModalityMismatch, NotChestImage, ScanError
@@ -133,14 +162,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     try:
         scan = load_scan(args.file)
-    except ScanError as exc:
-        err(f"{exc.code}: {exc}")
-        return EXIT_BAD_INPUT
-    try:  # before a model is chosen: a photo must not be routed, let alone scored
-        require_chest(scan, args.models_dir)
-    except NotChestImage as exc:
+    except ScanError as exc:  # unreadable, corrupt, too large, missing: no score, said so
         return _refuse(args, exc)
-    info = choose_model(args, scan)
+    try:  # before a model is chosen: a photo must not be routed, let alone scored
+        verdict = require_chest(scan, args.models_dir)
+        info = choose_model(args, scan, verdict)
+    except (NotChestImage, ModalityMismatch) as exc:  # ModalityUncertain: no model chosen
+        return _refuse(args, exc)
     if args.cam_class is not None and args.cam_class not in info.labels:
         raise UsageError(
             f"--cam-class {args.cam_class!r} is not a label of model {info.name} "
@@ -153,10 +181,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         return _refuse(args, exc)
     outputs = _write_outputs(args, scan, result)
     if args.json:
-        data = result.to_dict(slice_probs=result.n_slices > 1)
-        if args.include_ids:
-            data["patient_id"] = scan.metadata.get("patient_id", "")
-        print(json.dumps(data, indent=2))
+        print(json.dumps(_json_result(args, scan, result), indent=2))
     else:
         _print_result(result, sys.stdout)
         for path in outputs:
@@ -165,6 +190,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
             print(f"cam scale:   {note}")
     append_audit("classify", _audit_record(args, info, result, outputs))
     return EXIT_OK
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """:func:`_classify`, and an audit line (``outcome`` ``error``) for a run it stopped with an
+    error (model refused, output not written, ...): every run leaves its trace in the log."""
+    from lunglens.audit import append_audit
+
+    try:
+        return _classify(args)
+    except BaseException as exc:
+        append_audit("classify", {"input": str(args.file), **failure_fields(exc)})
+        raise
 
 
 def add_parser(add: AddCommand) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from lunglens import AUTO_MODEL
 
 if TYPE_CHECKING:
+    from lunglens.inference.gate import GateVerdict
     from lunglens.io.scan import Scan
     from lunglens.models.registry import ModelInfo
 
@@ -30,10 +31,10 @@ EXIT_CANCELLED = 130
 EPILOG = """exit codes:
   0    success
   1    score: some scans errored (see their rows); any command: disk full or unexpected error
-  2    usage error (bad option, results file exists without --resume, resume conflict,
-       results file in use by another run)
+  2    usage error (bad option, --resume with --overwrite, results file exists without
+       --resume or --overwrite, resume conflict, results file in use by another run)
   3    classify: the input cannot be read as a scan, is not a chest scan, or is of the
-       other modality than the --model named (no score)
+       other modality than the --model named (no score; "refused: <reason>" is printed)
   4    model refused (integrity check failed) or not found
   130  cancelled with Ctrl-C (score: rows so far are kept; rerun with --resume)
 
@@ -56,21 +57,49 @@ def err(msg: str) -> None:
     print(f"lunglens: {msg}", file=sys.stderr)
 
 
-def choose_model(args: argparse.Namespace, scan: Scan) -> ModelInfo:
+def failure_fields(exc: BaseException) -> dict[str, str]:
+    """The audit-log fields of a run that ``exc`` stopped: ``outcome`` (``cancelled`` for
+    Ctrl-C, else ``error``) and ``error``, the :mod:`lunglens.errors` code or, for any other
+    exception, its type name.
+
+    Only the code, never the message: an unexpected error's message may quote a DICOM value,
+    and the audit log must never hold patient names or ids.
+    """
+    from lunglens.errors import LungLensError
+
+    if isinstance(exc, KeyboardInterrupt):
+        return {"outcome": "cancelled", "error": "KeyboardInterrupt"}
+    code = exc.code if isinstance(exc, LungLensError) else type(exc).__name__
+    return {"outcome": "error", "error": code}
+
+
+def choose_model(
+    args: argparse.Namespace, scan: Scan, verdict: GateVerdict | None = None
+) -> ModelInfo:
     """``--model`` if given, else by the DICOM modality or, for plain images, the image check.
 
     Without an installed modality check a plain image falls back to the CT model, with a
-    warning on stderr.
+    warning on stderr. ``verdict`` is the chest-image gate's for the scan: its nearest training
+    modality must agree with the check for a plain image to be routed.
+
+    Raises
+    ------
+    ModalityUncertain
+        A plain image on which the check and the gate disagree (no model is chosen).
     """
     from lunglens.errors import ModelNotFound
+    from lunglens.inference import check_modality, with_gate
     from lunglens.inference import choose_model as by_modality
     from lunglens.io import SCORED_MODALITIES, Modality
     from lunglens.models import default_model_for, get_model
 
     if args.model and args.model != AUTO:
         return get_model(args.model, args.models_dir)
+    check = None
+    if scan.modality not in SCORED_MODALITIES:
+        check = with_gate(check_modality(scan, args.models_dir), verdict)
     try:
-        return by_modality(scan, args.models_dir)
+        return by_modality(scan, args.models_dir, check)
     except ModelNotFound:
         if scan.modality in SCORED_MODALITIES:
             raise

@@ -47,17 +47,17 @@ def _demo_row(args: argparse.Namespace, src: ScanSource, known: dict[str, str]) 
     A plain image's modality comes from the image check (marked ``*``); a scan refused by the
     chest-image gate (the brain-CT sample) is the gate at work, not a failure.
     """
-    from lunglens.errors import LungLensError, NotChestImage
-    from lunglens.inference import classify_scan, format_prob
+    from lunglens.errors import LungLensError, ModalityMismatch, NotChestImage
+    from lunglens.inference import classify_scan, format_prob, require_chest
     from lunglens.io import SCORED_MODALITIES, SourceKey, load_source
 
     name = SourceKey.parse(src.key).name
     label = known.get(name, "?")
     try:
         scan = load_source(src)
-        info = choose_model(args, scan)
+        info = choose_model(args, scan, require_chest(scan, args.models_dir))
         res = classify_scan(scan, info, with_cam=False)
-    except NotChestImage as exc:
+    except (NotChestImage, ModalityMismatch) as exc:  # the gate and routing at work
         return _DemoRow((name, label, "?", "-", "-", f"refused, no score: {exc.reason}"))
     except LungLensError as exc:
         return _DemoRow((name, label, "?", "-", "-", f"error: {exc.code}"), failed=True)

@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from lunglens.cli.common import EXIT_MODEL, EXIT_OK, AddCommand, err
+
+if TYPE_CHECKING:
+    from lunglens.models.registry import ModelInfo
+
+
+def verify_files(info: ModelInfo) -> None:
+    """Check every file of ``info`` that the app uses against its manifest: the ONNX model
+    and, for the modality check, its gate statistics (manifest ``ood``), with the same check
+    ``classify`` makes before using them, so "verified" means the model will not be refused.
+
+    Raises
+    ------
+    ModelRefused
+        A file is missing, damaged or modified (or the statistics are of another version).
+    """
+    from lunglens.inference.gate_stats import load_stats
+    from lunglens.models import verify_model
+
+    verify_model(info)
+    load_stats(info)  # None when the manifest names no statistics
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the models found; exit 4 when none is found or, with ``--verify``, one is refused."""
     from lunglens.errors import ModelError
-    from lunglens.models import discover_models, models_dir, verify_model
+    from lunglens.models import discover_models, models_dir
 
     models, problems = discover_models(args.models_dir)
     where = models_dir(args.models_dir)
@@ -23,7 +44,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         status = ""
         if args.verify:
             try:
-                verify_model(m)
+                verify_files(m)
                 status = "  verified"
             except ModelError as exc:
                 refused += 1
@@ -43,4 +64,4 @@ def cmd_models(args: argparse.Namespace) -> int:
 def add_parser(add: AddCommand) -> None:
     """Register ``models``."""
     p = add("models", cmd_models, "list installed models")
-    p.add_argument("--verify", action="store_true", help="check every model's SHA-256")
+    p.add_argument("--verify", action="store_true", help="check the SHA-256 of every model file")

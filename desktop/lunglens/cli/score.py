@@ -7,7 +7,9 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -20,6 +22,7 @@ from lunglens.cli.common import (
     AddCommand,
     UsageError,
     err,
+    failure_fields,
 )
 
 if TYPE_CHECKING:
@@ -60,10 +63,54 @@ class ProgressLine:
         self.stream.flush()
 
 
-def _run(args: argparse.Namespace, info: ModelInfo | None) -> Summary:
-    """Drive :func:`lunglens.batch.score` with a progress line; the first Ctrl-C asks it to
-    stop after the scans in hand, a second one aborts."""
+@dataclass
+class _SoFar:
+    """What a run had done when an error stopped it, for its audit line (the runner writes its
+    own line only for a run that finishes): the counts of its events, as in its summary."""
+
+    total: int = 0
+    skipped: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    t0: float = field(default_factory=time.perf_counter)
+
+    def see(self, ev: object) -> None:
+        """Count ``ev``, an event of :func:`lunglens.batch.score`."""
+        from lunglens.batch import Row, Started
+
+        if isinstance(ev, Started):
+            self.total, self.skipped = ev.total, ev.skipped
+        elif isinstance(ev, Row):
+            ok = ev.row["status"] == "ok"
+            self.counts.update(
+                done=1, ok=ok, errors=not ok, flagged=ev.row.get("flagged") == "true"
+            )
+
+
+def _failure_record(
+    args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar, exc: BaseException
+) -> dict[str, object]:
+    """The audit line of a run that ``exc`` stopped: the fields of a finished run's line
+    (:mod:`lunglens.batch.runner`) that are known, plus ``outcome`` and ``error``."""
+    return {
+        "inputs": [str(p) for p in args.paths],
+        "out_csv": str(args.out),
+        "model": info.name if info is not None else args.model,
+        "model_version": info.version if info is not None else "",
+        "model_sha256": info.sha256 if info is not None else "",
+        "total": so_far.total,
+        **{k: so_far.counts[k] for k in ("done", "ok", "errors", "flagged")},
+        "skipped": so_far.skipped,
+        "resume": args.resume,
+        "elapsed_s": round(time.perf_counter() - so_far.t0, 3),
+        **failure_fields(exc),
+    }
+
+
+def _run(args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar) -> Summary:
+    """Drive :func:`lunglens.batch.score` with a progress line, counting its events into
+    ``so_far``; the first Ctrl-C asks it to stop after the scans in hand, a second one aborts."""
     from lunglens.batch import Finished, Progress, Started, score
+    from lunglens.inference.wording import counted
 
     cancel = threading.Event()
 
@@ -91,6 +138,7 @@ def _run(args: argparse.Namespace, info: ModelInfo | None) -> Summary:
             models_dir=args.models_dir,
         )
         for ev in events:
+            so_far.see(ev)
             if isinstance(ev, Started):
                 skipped = f", {ev.skipped} already done" if ev.skipped else ""
                 how = (
@@ -98,7 +146,7 @@ def _run(args: argparse.Namespace, info: ModelInfo | None) -> Summary:
                     if info is not None
                     else "each with its modality's default model"
                 )
-                err(f"scoring {ev.total} scans {how}{skipped}")
+                err(f"scoring {counted(ev.total, 'scan')} {how}{skipped}")
             elif isinstance(ev, Progress):
                 bar.update(ev.done, ev.total, ev.rate, ev.eta_s)
             elif isinstance(ev, Finished):
@@ -111,15 +159,18 @@ def _run(args: argparse.Namespace, info: ModelInfo | None) -> Summary:
 
 
 def _print_summary(summary: Summary, automatic: bool) -> None:
+    from lunglens.inference.wording import counted
+
     if automatic:
         print("models: " + ", ".join(summary.models))
     print(
         f"{summary.done} scored: {summary.ok} ok, {summary.flagged} flagged, "
-        f"{summary.errors} errors ({summary.skipped} skipped as already done) "
+        f"{counted(summary.errors, 'error')} ({summary.skipped} skipped as already done) "
         f"in {summary.elapsed_s:.1f} s -> {summary.out_csv}"
     )
     if summary.ignored:
-        print(f"{len(summary.ignored)} files ignored (not scans), e.g. {summary.ignored[0]}")
+        ignored = counted(len(summary.ignored), "file")
+        print(f"{ignored} ignored (not scans), e.g. {summary.ignored[0]}")
     if summary.error_codes:
         print("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.error_codes.items())))
 
@@ -133,16 +184,22 @@ def _auto_models(models_dir: str | None) -> list[ModelInfo]:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score ``args.paths`` into ``args.out``; print the summary and write ``results.html``."""
     from lunglens import DISCLAIMER
+    from lunglens.audit import append_audit
     from lunglens.report.html import write_html_report  # before scoring: fails fast if broken
 
-    if args.workers < 1:
+    if args.workers < 1:  # a usage error, not a run: nothing to audit
         raise UsageError("--workers must be at least 1")
     info: ModelInfo | None = None  # automatic: each scan by its modality's default model
-    if args.model != AUTO:
-        from lunglens.models import get_model
+    so_far = _SoFar()
+    try:
+        if args.model != AUTO:
+            from lunglens.models import get_model
 
-        info = get_model(args.model, args.models_dir)
-    summary = _run(args, info)
+            info = get_model(args.model, args.models_dir)
+        summary = _run(args, info, so_far)
+    except BaseException as exc:  # refused model, full disk, ...: the run is audited still
+        append_audit("score", _failure_record(args, info, so_far, exc))
+        raise
     _print_summary(summary, automatic=info is None)
     if not args.no_report:
         models = [info] if info is not None else _auto_models(args.models_dir)
@@ -164,8 +221,10 @@ def add_parser(add: AddCommand) -> None:
         help="model name, or 'auto' (default): each scan by its modality's default model",
     )
     p.add_argument("--out", required=True, type=Path, metavar="results.csv")
-    p.add_argument("--resume", action="store_true", help="skip scans already in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    # One or the other: both at once would silently drop the rows --resume was meant to keep.
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="skip scans already in --out")
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--workers", type=int, default=2, help="decoder threads (default 2)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML summary")
     p.add_argument("--include-ids", action="store_true", help="add a patient_id column")

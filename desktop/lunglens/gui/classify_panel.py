@@ -222,6 +222,11 @@ class ClassifyPanel(QWidget):
             "Automatic (by modality)."
         )
 
+    def show_unrouted(self, reason: str) -> None:
+        """Automatic mode chose no model (the modality check and the gate disagree on a plain
+        image): the same red banner, no numbers."""
+        self._refuse(f"Not scored: {reason}.\nChoose the model that fits it (CT or X-ray).")
+
     def _refuse(self, text: str) -> None:
         self.clear_result("Not scored")
         self.refusal_label.setText(text)

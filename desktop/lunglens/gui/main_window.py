@@ -21,7 +21,7 @@ from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QVBoxLayout, QWidget
 
 from lunglens import DISCLAIMER
-from lunglens.errors import ModelError
+from lunglens.errors import ModalityUncertain, ModelError
 from lunglens.gui.banner import user_message
 from lunglens.gui.batch_panel import BatchPanel
 from lunglens.gui.cam_controls import CamControls
@@ -328,6 +328,10 @@ class MainWindow(QMainWindow):
             self.classify_panel.select_model(AUTO)
         try:
             info = default_model_for(routing_modality(scan, check), self.models_dir)
+        except ModalityUncertain as exc:  # the check and the gate disagree: no model, no score
+            self.state.unrouted = exc.reason
+            self.show_status(f"Plain image: {exc.reason}. Pick its model in the list.", 15000)
+            return
         except ModelError:
             if scan.modality == Modality.UNKNOWN and self.models:
                 self.show_status(
@@ -379,7 +383,9 @@ class MainWindow(QMainWindow):
             return
         info = self.chosen_model()
         if info is None:
-            if not self.models:
+            if self.state.unrouted:  # automatic mode chose no model: refused, as the core does
+                self.classify_panel.show_unrouted(self.state.unrouted)
+            elif not self.models:
                 self.show_error("No model is installed, so the scan cannot be classified.")
             else:
                 self.show_error(

@@ -29,6 +29,7 @@ from lunglens.inference.modality import (
     find_mismatch,
     modality_notes,
     routing_modality,
+    with_gate,
 )
 from lunglens.inference.result import ScanResult
 from lunglens.inference.wording import (
@@ -77,4 +78,5 @@ __all__ = [
     "slice_probabilities",
     "top_slices",
     "triage_headline",
+    "with_gate",
 ]

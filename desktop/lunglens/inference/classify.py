@@ -17,6 +17,7 @@ from lunglens.inference.modality import (
     choose_model,
     find_mismatch,
     modality_notes,
+    with_gate,
 )
 from lunglens.inference.result import ScanResult
 from lunglens.inference.view import predict_image
@@ -190,11 +191,10 @@ def classify_scan(
         The model failed its integrity check.
     """
     models_dir = info.path.parent if info is not None else None
-    if gate:
-        require_chest(scan, models_dir)
+    verdict = require_chest(scan, models_dir) if gate else None
     check = None
-    if modality_check:
-        check = check_modality(scan, models_dir)
+    if modality_check:  # the gate's nearest training modality is its second opinion
+        check = with_gate(check_modality(scan, models_dir), verdict)
     if info is None:
         info = choose_model(scan, check=check)
     elif (mismatch := find_mismatch(scan, info, check)) is not None:
@@ -206,6 +206,8 @@ def classify_scan(
     result = _score_and_explain(
         scan, get_engine(info), with_cam, cam_class, progress, cancel, batch_size
     )
-    result.notes.extend(modality_notes(scan, check))
+    # what loading noticed (a slice that could not be read, a series left out) belongs to the
+    # result as much as how the modality was decided: every output shows the result's notes
+    result.notes.extend([*scan.notes, *modality_notes(scan, check)])
     result.elapsed_ms = (time.perf_counter() - start) * 1000.0
     return result

@@ -90,6 +90,12 @@ class GateVerdict:
     distance, threshold
         The learned check's distance and the threshold it was compared with (``None`` when it
         did not run: refused earlier, or no statistics installed).
+    nearest
+        The modality whose training images the scan is nearest to (distance over that
+        modality's threshold), ``None`` when the learned check did not run. A second opinion on
+        what a plain image is, beside the modality check (:mod:`lunglens.inference.modality`):
+        on the 5,379 CT and X-ray training images it names the wrong family once, for an image
+        it refuses anyway, where the check's more probable label is wrong 16 times.
     """
 
     accepted: bool
@@ -97,6 +103,7 @@ class GateVerdict:
     rule: str = ""
     distance: float | None = None
     threshold: float | None = None
+    nearest: str | None = None
 
     def error(self, source: str) -> NotChestImage:
         """The :class:`NotChestImage` for a refused verdict."""
@@ -141,8 +148,9 @@ def learned_check(scan: Scan, info: ModelInfo, stats: GateStats) -> GateVerdict:
     pick = order[max(0, int(np.ceil(SERIES_QUORUM * len(idx))) - 1)]
     m = int(best[pick])
     distance, threshold = float(dist[pick, m]), float(stats.threshold[m])
+    nearest = str(stats.labels[m])
     if slice_ratio[pick] <= 1.0:
-        return GateVerdict(True, distance=distance, threshold=threshold)
+        return GateVerdict(True, distance=distance, threshold=threshold, nearest=nearest)
     what = " or ".join(_PLACES.get(lab, lab) for lab in stats.labels)
     series = f", {len(idx)} slices checked" if len(idx) > 1 else ""
     return GateVerdict(
@@ -152,6 +160,7 @@ def learned_check(scan: Scan, info: ModelInfo, stats: GateStats) -> GateVerdict:
         "distance",
         distance,
         threshold,
+        nearest,
     )
 
 

@@ -91,3 +91,9 @@ def headline(result: _Decided) -> str:
 def slice_numbers(indices: list[int] | tuple[int, ...]) -> list[int]:
     """0-based slice indices -> the 1-based numbers a person reads (slice 1 is the first)."""
     return [int(i) + 1 for i in indices]
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun`` in agreement: ``1 file``, ``2 files``, ``0 errors`` (``plural``
+    when adding ``s`` is wrong), so summaries never read "1 files ignored"."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"

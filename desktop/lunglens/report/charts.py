@@ -29,18 +29,43 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def score_histogram(scores: Sequence[float], threshold: float, label: str) -> Figure:
-    """Histogram of positive-class probabilities with the operating threshold marked."""
+#: (bar, line) colours of the groups of :func:`score_histogram`, in order.
+GROUP_COLORS = (("#4a7ab5", "#c0392b"), ("#e5a35b", "#6c3483"), ("#7dbb8a", "#1b4f72"))
+
+
+def score_histogram(groups: Sequence[tuple[str, Sequence[float], float]], label: str) -> Figure:
+    """Histogram of positive-class probabilities with the threshold each scan was judged by.
+
+    ``groups`` are ``(name, scores, threshold)``, e.g. ``single images`` and ``series`` of a
+    CT model, which are judged by different thresholds: their bars are stacked in one colour
+    each and each threshold is a dashed line of its own, labelled with its group, so no bar is
+    read against a cut that was not applied to it.
+    """
     fig = Figure(figsize=(6, 3.2))
     ax = fig.add_subplot()
-    ax.hist(list(scores), bins=20, range=(0.0, 1.0), color="#4a7ab5", edgecolor="white")
-    ax.axvline(
-        threshold, color="#c0392b", linestyle="--", label=f"threshold {format_threshold(threshold)}"
+    colors = [GROUP_COLORS[i % len(GROUP_COLORS)] for i in range(len(groups))]
+    named = len(groups) > 1
+    ax.hist(
+        [list(scores) for _, scores, _ in groups],
+        bins=20,
+        range=(0.0, 1.0),
+        stacked=True,
+        color=[bar for bar, _ in colors],
+        edgecolor="white",
+        label=[name for name, _, _ in groups] if named else None,
     )
+    for (name, _, threshold), (_, line) in zip(groups, colors, strict=True):
+        what = f" ({name})" if named else ""
+        ax.axvline(
+            threshold,
+            color=line,
+            linestyle="--",
+            label=f"threshold {format_threshold(threshold)}{what}",
+        )
     ax.set_xlabel(f"P({label})")
     ax.set_ylabel("scans")
     ax.set_xlim(0, 1)
-    ax.legend(loc="upper center")
+    ax.legend(loc="best", fontsize=8 if named else None)
     fig.tight_layout()
     return fig
 

@@ -192,9 +192,11 @@ def run(
         threshold=0.5,
         warn_probability=WARN_PROBABILITY,
         decision_rule=(
-            "route a plain image to the family of the more probable label; warn about a "
-            f"header/model/image disagreement only when that label's probability is >= "
-            f"{WARN_PROBABILITY}"
+            "route a plain image to the family of the more probable label only when its "
+            f"probability is >= {WARN_PROBABILITY} (below it no model is chosen: the image is "
+            "refused until one is); a plain image it places in the other family than a chosen "
+            "model's is refused at any probability; a DICOM header/image disagreement is noted "
+            f"only at >= {WARN_PROBABILITY}"
         ),
         export=dict(
             opset=export["opset"],
@@ -299,8 +301,9 @@ def card(m: ModelManifest) -> str:
         "## Limits",
         "- Only axial chest CT slices and frontal chest X-rays were seen: other body parts, "
         "coronal/sagittal CT reformats, lateral X-rays, photos or screenshots get an arbitrary "
-        "answer. The app therefore only warns; the user's or the DICOM header's modality stays "
-        "in charge of model choice except for plain images.",
+        "answer. So a DICOM header stays in charge of model choice (the check only adds a "
+        "note); a plain image has nothing else to say what it is, so there the check decides "
+        "the family, and an unsure answer chooses no model.",
         "",
         "## Intended use",
         f"- {m.intended_use}",

@@ -336,8 +336,10 @@ PRESETS: dict[str, Preset] = {
             calibration="auto",
             shipped=True,
             # 2.0.1: 2.0.0 re-quantized with 7-bit weights (quantize.WEIGHT_MAX); 2.0.2: the
-            # same search again on an idle machine (2.0.1's timings shared the CPU with an emulator)
-            version="2.0.2",
+            # same search again on an idle machine (2.0.1's timings shared the CPU with an
+            # emulator); 2.0.3: searched again from 2.0.2's float file in the app's sessions
+            # (`--stages quantize`: onnxruntime had run one of 2.0.2's float Convs in INT8)
+            version="2.0.3",
             compared_with=(
                 "ct-efficientnet-lite-plain",
                 "ct-squeezenet-views-long",

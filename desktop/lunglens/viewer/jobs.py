@@ -19,6 +19,7 @@ from lunglens.inference import (
     check_chest,
     check_modality,
     get_engine,
+    with_gate,
 )
 from lunglens.io import (
     SCORED_MODALITIES,
@@ -73,7 +74,7 @@ def load_and_check(
     verdict = check_chest(scan, models_dir)
     check = None
     if verdict.accepted and scan.modality not in SCORED_MODALITIES:
-        check = check_modality(scan, models_dir)
+        check = with_gate(check_modality(scan, models_dir), verdict)
     return scan, check, verdict
 
 

@@ -56,6 +56,9 @@ class ViewerState:
         The classification of the open scan and the model that made it.
     auto_model
         The default model of the open scan's modality (automatic model choice), if any.
+    unrouted
+        Why automatic model choice chose none for the open plain image (the modality check
+        and the chest-image gate disagree), or ``None``.
     cam
         How the CAM overlay is shown (:class:`~lunglens.viewer.cam.CamSettings`).
     cams
@@ -71,6 +74,7 @@ class ViewerState:
         self.result: ScanResult | None = None
         self.result_info: ModelInfo | None = None
         self.auto_model: ModelInfo | None = None
+        self.unrouted: str | None = None
         self.cam = cam or CamSettings()
         self.cams = CamCache()
 
@@ -89,6 +93,7 @@ class ViewerState:
         self.slice_index = 0
         self.display_window = scan.window if scan.raw is not None else None
         self.auto_model = None
+        self.unrouted = None
         self.clear_result()
         return self.scan_id
 
