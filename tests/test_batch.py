@@ -156,7 +156,14 @@ def test_existing_csv_needs_resume_and_same_model(env: Path, info: ModelInfo) ->
         list(score([env / "imgs"], other, out, resume=True))
     text = out.read_text()
     out.write_text(text.replace("p_non-covid", "p_normal", 1))
-    with pytest.raises(ResumeConflict, match="columns"):
+    with pytest.raises(ResumeConflict, match="columns") as other_labels:
+        list(score([env / "imgs"], info, out, resume=True))
+    assert "older LungLens" not in str(other_labels.value)
+    # a file from before the notes column: the hint says why, not "another model"
+    lines = text.splitlines(keepends=True)
+    head = lines[0].replace(",notes\n", "\n")
+    out.write_text(head + "".join(line.rsplit(",", 1)[0] + "\n" for line in lines[1:]))
+    with pytest.raises(ResumeConflict, match="older LungLens, without the notes column"):
         list(score([env / "imgs"], info, out, resume=True))
     out.write_text(text)
     events = list(score([env / "imgs"], info, out, overwrite=True))

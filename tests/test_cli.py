@@ -268,6 +268,24 @@ def test_resume_and_overwrite_exclude_each_other(
     assert main([*argv, "--overwrite"]) == 0 and main([*argv, "--resume"]) == 0
 
 
+def test_resume_says_when_the_rows_in_the_file_match_none_of_the_inputs(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys are compared as written: the same folder given as a relative and as an absolute
+    path makes other keys, so ``--resume`` scores everything again. It says so."""
+    write_png(env / "imgs" / "a.png", 0.5)
+    write_png(env / "imgs" / "b.png", 0.5)
+    monkeypatch.chdir(env)
+    out = env / "r.csv"
+    common = ["--out", str(out), "--model", "synthetic-ct", "--no-report"]
+    assert main(["score", "imgs", *common]) == 0
+    capsys.readouterr()
+    assert main(["score", "imgs", *common, "--resume"]) == 0  # same spelling: nothing to say
+    assert "match none" not in capsys.readouterr().err
+    assert main(["score", str(env / "imgs"), *common, "--resume"]) == 0
+    assert f"note: 2 rows already in {out} match none of these inputs" in capsys.readouterr().err
+
+
 def _unreadable_inputs(env: Path) -> dict[Path, str]:
     """Inputs ``classify`` cannot read as a scan, each with its error code."""
     from onnx_fixtures import write_bad_inputs
@@ -300,6 +318,7 @@ def test_unreadable_input_is_answered_like_a_refusal(
         line = _audit(env)[-1]
         assert line["event"] == "classify" and line["input"] == str(path)
         assert line["outcome"] == "refused" and line["error"] == code
+        assert "refused" not in line  # a decoder's words may quote the file: the code only
         assert main(["classify", str(path)]) == 3
         text = capsys.readouterr().out.splitlines()
         assert text[:2] == [f"file:        {path}", f"refused:     {data['reason']}"]

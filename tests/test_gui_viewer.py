@@ -708,13 +708,30 @@ def test_plain_image_the_check_and_the_gate_disagree_on_is_not_scored(
     try:
         win.open_path(str(shared_data / "cxr-3class" / "covid" / "covid-ieee8023-0256.jpg"))
         qtbot.waitUntil(lambda: win.scan is not None, timeout=TIMEOUT)
-        assert "training images of a chest X-ray" in (win.state.unrouted or "")
+        assert "nearer to the chest X-rays" in (win.state.unrouted or "")
         assert win.chosen_model() is None
         win.classify()
         qtbot.waitUntil(win.pool.idle, timeout=TIMEOUT)
         assert win.result is None
         assert "Not scored: cannot tell whether this plain image" in win.classify_panel.refusal()
         assert not win.classify_panel.bars_box.isVisibleTo(win)
+        # the user picks the X-ray model: its result replaces the banner, and says why
+        win.classify_panel.select_model("efficientnet-lite-cxr")
+        win.classify()
+        qtbot.waitUntil(lambda: win.result is not None, timeout=TIMEOUT)
+        assert win.classify_panel.refusal() == ""
+        assert "P " in win.classify_panel.prediction_label.text()
+        assert "check that the model fits the image" in win.classify_panel.notes_label.text()
     finally:
         win.pool.cancel_all()
         win.pool.wait(10_000)
+
+
+def test_batch_table_shows_a_rows_notes(qtbot) -> None:
+    """A series scored without a slice it could not read says so in the app's table too."""
+    from lunglens.gui.batch_table import result_columns, row_items
+
+    cols = result_columns([])
+    row = {"path": "ct#1.2.3", "status": "ok", "notes": "skipped slice: ct/3.dcm: cannot decode"}
+    cell = row_items(row, cols)[[key for key, _title in cols].index("notes")]
+    assert cell.text() == cell.toolTip() == row["notes"]

@@ -21,7 +21,9 @@ from lunglens.inference import (
     clear_engines,
     find_mismatch,
     modality_notes,
+    require_chest,
     routing_modality,
+    with_gate,
 )
 from lunglens.inference.modality import plain_check
 from lunglens.io import Scan, load_scan
@@ -265,7 +267,8 @@ def _check(modality: str, confident: bool, nearest: str | None = None) -> Modali
         ("unknown", _check("cxr", False), None),  # an unsure check alone raises no mismatch
         ("unknown", _check("cxr", False, "cxr"), "cxr"),  # unsure, but the gate agrees
         ("unknown", _check("cxr", False, "ct"), None),  # they disagree: the choice stands
-        ("unknown", _check("cxr", True, "ct"), "cxr"),  # a confident check is enough
+        ("unknown", _check("cxr", True, "ct"), None),  # sure, but the gate disagrees
+        ("unknown", _check("cxr", True), "cxr"),  # no gate statistics: a sure check decides
         ("unknown", _check("ct", False, "ct"), None),
         ("unknown", _check("cxr", True), "cxr"),
         ("unknown", _check("ct", True), None),
@@ -314,7 +317,7 @@ def test_routing_needs_the_check_and_the_gate_to_agree() -> None:
     assert routing_modality(plain, _check("cxr", False, "cxr")) == "cxr"
     assert routing_modality(plain, _check("ct", True)) == "ct"
     for check in (_check("cxr", False, "ct"), _check("cxr", True, "ct")):
-        with pytest.raises(ModalityUncertain, match="nearer to the training images of a CT"):
+        with pytest.raises(ModalityUncertain, match="nearer to the CT slices the models were"):
             routing_modality(plain, check, "folder/s.png")
     dicom = Scan("s.dcm", np.zeros((1, 32, 32), np.float32), modality="ct")
     assert routing_modality(dicom, _check("cxr", True, "cxr")) == "ct"
@@ -340,7 +343,13 @@ def test_shipped_models_refuse_a_plain_image_of_the_other_family(
     scan = load_scan(REPO_MODELS.parent / relpath)
     with pytest.raises(ModalityMismatch, match=f"{model} is for"):
         classify_scan(scan, get_model(model, shipped), with_cam=False)
-    assert classify_scan(scan, with_cam=False).model != model  # automatic mode routes it
+    family = get_model(model, shipped).modality
+    routed = classify_scan(scan, with_cam=False).model  # automatic mode routes it
+    assert get_model(routed, shipped).modality not in (family, "any")
+    err = find_mismatch(
+        scan, get_model(model, shipped), with_gate(check_modality(scan), require_chest(scan))
+    )
+    assert err is not None and "and the chest-image gate agrees" in str(err.error(relpath))
 
 
 def test_shipped_check_and_gate_disagreeing_route_nowhere(
@@ -351,7 +360,7 @@ def test_shipped_check_and_gate_disagreeing_route_nowhere(
     chosen X-ray model scores it with a note."""
     path = shared_data / "cxr-3class" / "covid" / "covid-ieee8023-0256.jpg"
     scan = load_scan(path)
-    with pytest.raises(ModalityUncertain, match="nearer to the training images of a chest X-ray"):
+    with pytest.raises(ModalityUncertain, match="nearer to the chest X-rays the models were"):
         classify_scan(scan, with_cam=False)
     res = classify_scan(scan, get_model("efficientnet-lite-cxr", shipped), with_cam=False)
     assert any("check that the model fits the image" in n for n in res.notes)

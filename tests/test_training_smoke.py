@@ -464,6 +464,18 @@ def test_quantize_stage_searches_a_shipped_model_again_as_a_new_version(
         and "# Model card: squeezenet-light-cxr 9.9.9" in card
     )
     assert verify_model(load_manifest(out)).version == "9.9.9"  # the app's check of the hash
+    # a failure after the search (here the CAM check) puts the folder back whole
+    from lunglens.training.pipeline import Pipeline
+
+    def broken(self: Pipeline, ds: object, limit: int = 150) -> None:
+        raise RuntimeError("CAM check failed")
+
+    files = {f.name: f.read_bytes() for f in out.iterdir()}
+    with monkeypatch.context() as m:
+        m.setattr(Pipeline, "stage_cam_check", broken)
+        with pytest.raises(RuntimeError, match="CAM check failed"):
+            main([*args, "--version", "9.9.10"])
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == files
     # a float file other than the manifest's is refused before anything is written
     (out / "model_fp32.onnx").write_bytes((out / "model.onnx").read_bytes())
     before = (out / "manifest.json").read_text()

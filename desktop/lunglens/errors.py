@@ -69,10 +69,10 @@ class ModalityMismatch(ScanError):
 
 
 class ModalityUncertain(ModalityMismatch):
-    """A plain image the modality check cannot place confidently (below its
-    ``warn_probability``) while no model was chosen: no model is picked for it, so it gets no
-    score (a chest X-ray routed to the CT model would get a headline from a model that never
-    saw one)."""
+    """A plain image on which the modality check and the chest-image gate disagree about CT or
+    X-ray, while no model was chosen: none is picked for it, so it gets no score (a chest X-ray
+    routed to the CT model would get a headline from a model that never saw one); a chosen
+    model scores it."""
 
 
 class OutputError(LungLensError):

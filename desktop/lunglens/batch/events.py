@@ -8,11 +8,14 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Started:
-    """Discovery done: ``total`` scans will be scored now, ``skipped`` were already in the CSV."""
+    """Discovery done: ``total`` scans will be scored now, ``skipped`` were already in the CSV;
+    ``in_file`` complete rows were in it before the run (``--resume``), so ``in_file - skipped``
+    of them match none of this run's inputs (keys are compared as written)."""
 
     total: int
     skipped: int
     out_csv: Path
+    in_file: int = 0
 
 
 @dataclass(frozen=True)

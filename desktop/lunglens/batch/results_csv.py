@@ -307,11 +307,15 @@ def open_results(
         _write_atomic(path, ",".join(header) + "\n")
         return ResultsWriter(path, header, set())
     if records[0] != header:
+        older = [c for c in header if c != "notes"] == records[0]  # before the notes column
         raise ResumeConflict(
             path,
             f"cannot resume: the file's columns ({', '.join(records[0])}) differ from those "
             f"of {names} ({', '.join(header)})",
-            "Use the model that wrote it (see its 'model' column) or another --out file.",
+            "It was written by an older LungLens, without the notes column: finish it with "
+            "that version, or start again with --overwrite or another --out file."
+            if older
+            else "Use the model that wrote it (see its 'model' column) or another --out file.",
         )
     good: list[list[str]] = []
     done: set[str] = set()

@@ -11,8 +11,9 @@ With a model chosen, every scan is scored by it (a scan of the other modality be
 ``ModalityMismatch`` error row). In automatic mode (``info=None``, ``lunglens score --model auto``,
 the default) each scan goes to its modality's default model
 (:func:`lunglens.inference.modality.default_models`): the DICOM Modality (0008,0060) decides, and
-for plain images the modality check; one results file then holds rows of several models, each
-row naming its model, version, hash and threshold.
+for plain images the modality check where the chest-image gate's nearest training modality agrees
+(a ``ModalityUncertain`` error row where they disagree); one results file then holds rows of
+several models, each row naming its model, version, hash and threshold.
 """
 
 from __future__ import annotations
@@ -425,7 +426,7 @@ def score(
     try:
         units, failures, skipped = _plan(path_list, recursive, ignored, writer.done)
         tally.total = len(units) + len(failures)
-        yield Started(total=tally.total, skipped=skipped, out_csv=writer.path)
+        yield Started(tally.total, skipped, writer.path, in_file=len(writer.done))
         for key, err in failures:
             if _cancelled(cancel):
                 break

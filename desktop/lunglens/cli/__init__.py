@@ -17,8 +17,9 @@ Exit codes
 2   usage error (bad option, --resume with --overwrite, existing results file without --resume
     or --overwrite, resume conflict, results file in use by another run)
 3   ``classify``: the input file cannot be read as a scan, or is not a chest scan (refused by
-    the chest-image gate), or is of the other modality than the named model: the reason is
-    printed as ``refused:`` (``"status": "refused"`` with --json), no score
+    the chest-image gate), or is of the other modality than the named model, or (automatic
+    model choice) is a plain image whose family the pixels cannot tell (``ModalityUncertain``):
+    the reason is printed as ``refused:`` (``"status": "refused"`` with --json), no score
 4   model refused (integrity check failed) or not found
 130 cancelled with Ctrl-C (rows written so far are kept; rerun ``score`` with --resume)
 

@@ -88,11 +88,16 @@ def _refuse(args: argparse.Namespace, exc: Any) -> int:
     """A refused or unreadable scan (:func:`_print_refusal`): its line on stderr and in the
     audit log; exit code 3."""
     from lunglens.audit import append_audit
+    from lunglens.errors import ModalityMismatch, NotChestImage
 
     _print_refusal(exc, str(args.file), args.json)
     err(f"{exc.code}: {exc}")
-    record = {"input": str(args.file), "refused": exc.reason}
-    append_audit("classify", {**record, "outcome": "refused", "error": exc.code})
+    record = {"input": str(args.file), "outcome": "refused", "error": exc.code}
+    # the gate's and the routing's reasons are LungLens's own words; a decoder's message may
+    # quote the file's content, and the audit log never holds patient data (failure_fields)
+    if isinstance(exc, NotChestImage | ModalityMismatch):
+        record["refused"] = exc.reason
+    append_audit("classify", record)
     return EXIT_BAD_INPUT
 
 

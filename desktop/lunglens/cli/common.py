@@ -33,8 +33,9 @@ EPILOG = """exit codes:
   1    score: some scans errored (see their rows); any command: disk full or unexpected error
   2    usage error (bad option, --resume with --overwrite, results file exists without
        --resume or --overwrite, resume conflict, results file in use by another run)
-  3    classify: the input cannot be read as a scan, is not a chest scan, or is of the
-       other modality than the --model named (no score; "refused: <reason>" is printed)
+  3    classify: the input cannot be read as a scan, is not a chest scan, is of the
+       other modality than the --model named, or (--model auto) is a plain image whose
+       family the pixels cannot tell (no score; "refused: <reason>" is printed)
   4    model refused (integrity check failed) or not found
   130  cancelled with Ctrl-C (score: rows so far are kept; rerun with --resume)
 
@@ -101,8 +102,8 @@ def choose_model(
     try:
         return by_modality(scan, args.models_dir, check)
     except ModelNotFound:
-        if scan.modality in SCORED_MODALITIES:
-            raise
+        if scan.modality in SCORED_MODALITIES or check is not None:
+            raise  # the fallback is for a missing check only, not a missing model
     info = default_model_for(Modality.CT, args.models_dir)
     err(
         f"warning: {Path(scan.source).name} has no modality information (plain image) and no "

@@ -147,6 +147,12 @@ def _run(args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar) -> Su
                     else "each with its modality's default model"
                 )
                 err(f"scoring {counted(ev.total, 'scan')} {how}{skipped}")
+                if unmatched := ev.in_file - ev.skipped:  # e.g. `mix` then `/data/mix`
+                    err(
+                        f"note: {counted(unmatched, 'row')} already in {ev.out_csv} "
+                        "match none of these inputs (paths are compared as written: give "
+                        "the same PATH arguments as the run that wrote them)"
+                    )
             elif isinstance(ev, Progress):
                 bar.update(ev.done, ev.total, ev.rate, ev.eta_s)
             elif isinstance(ev, Finished):

@@ -47,6 +47,7 @@ def result_columns(models: list[ModelInfo]) -> list[tuple[str, str]]:
         ("n_slices", "Slices"),
         ("elapsed_ms", "ms"),
         ("error", "Error"),
+        ("notes", "Notes"),  # e.g. a series scored without a slice it could not read
     ]
 
 
@@ -72,7 +73,7 @@ def row_items(row: dict[str, str], columns: list[tuple[str, str]]) -> list[QStan
         item = QStandardItem(text)
         item.setData(sort_value, SORT_ROLE)
         item.setData(key, KEY_ROLE)
-        item.setToolTip(value if col in ("path", "error") else text)
+        item.setToolTip(value if col in ("path", "error", "notes") else text)
         if flagged:
             item.setBackground(FLAGGED_BRUSH)
         elif error:

@@ -225,7 +225,7 @@ class ClassifyPanel(QWidget):
     def show_unrouted(self, reason: str) -> None:
         """Automatic mode chose no model (the modality check and the gate disagree on a plain
         image): the same red banner, no numbers."""
-        self._refuse(f"Not scored: {reason}.\nChoose the model that fits it (CT or X-ray).")
+        self._refuse(f"Not scored: {reason}.\nPick the model that fits it (CT or X-ray).")
 
     def _refuse(self, text: str) -> None:
         self.clear_result("Not scored")
@@ -254,7 +254,11 @@ class ClassifyPanel(QWidget):
         self.progress.setValue(0)
 
     def show_result(self, result: ScanResult, positions: list[float] | None = None) -> None:
-        """Display ``result``; ``positions`` (mm) label the suspicious slices of a series."""
+        """Display ``result``; ``positions`` (mm) label the suspicious slices of a series. A
+        result replaces the banner of an earlier refusal (e.g. automatic mode, before a model
+        was picked for the scan)."""
+        self.refusal_label.hide()
+        self.refusal_label.setText("")
         self.set_running(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(1)

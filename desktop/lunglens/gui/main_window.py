@@ -330,7 +330,7 @@ class MainWindow(QMainWindow):
             info = default_model_for(routing_modality(scan, check), self.models_dir)
         except ModalityUncertain as exc:  # the check and the gate disagree: no model, no score
             self.state.unrouted = exc.reason
-            self.show_status(f"Plain image: {exc.reason}. Pick its model in the list.", 15000)
+            self.show_status(f"No model chosen: {exc.reason}. Pick one in the list.", 15000)
             return
         except ModelError:
             if scan.modality == Modality.UNKNOWN and self.models:

@@ -171,8 +171,9 @@ def classify_scan(
         ``cancel`` stops between batches with :class:`Cancelled`.
     modality_check
         Run the image-level modality check (:mod:`lunglens.inference.modality`) from the
-        model's folder: it routes plain images when ``info`` is None and adds a note when the
-        image looks like the other modality than the header or the model.
+        model's folder, joined with the gate's nearest training modality: it routes plain
+        images when ``info`` is None, refuses a plain image of the other family than ``info``'s
+        and notes a DICOM header the pixels contradict.
     gate
         Refuse a scan that is not a chest CT slice or chest X-ray before any model runs
         (:mod:`lunglens.inference.gate`); only tests of the scoring itself turn it off.
@@ -182,9 +183,12 @@ def classify_scan(
     NotChestImage
         The gate refused the scan (the message gives the reason); no score exists.
     ModalityMismatch
-        ``info`` is a model for the other modality than the scan's (its DICOM header, or a
-        confident pixel check for a plain image:
+        ``info`` is a model for the other modality than the scan's (its DICOM header, or for a
+        plain image the pixel check with the gate agreeing:
         :func:`~lunglens.inference.modality.find_mismatch`); no score exists.
+    ModalityUncertain
+        No ``info`` given, and the check and the gate disagree on what a plain image is
+        (:func:`~lunglens.inference.modality.routing_modality`); no score exists.
     ModelNotFound
         No model given and none fits the scan's modality.
     ModelRefused

@@ -14,14 +14,16 @@ shipped ``modality-check`` model (a tiny CNN trained on the CT and X-ray data se
   slices, so its probability alone cannot route), the gate's nearest family for 1 (an image
   it refuses), and the two disagreed on 15 (0.3%), every one a wrong check;
 * a plain image that the evidence places in the other family than the chosen model's is
-  refused (:func:`find_mismatch`): the check confident (``warn_probability`` in its manifest,
-  0.9), or the check and the gate agreeing. A headline from a model that never saw that kind
-  of image would read as a triage decision;
+  refused (:func:`find_mismatch`): the check and the gate agreeing on it, or, where the gate did
+  not run, a confident check (``warn_probability`` in its manifest, 0.9). A headline from a
+  model that never saw that kind of image would read as a triage decision. Where the two
+  disagree, the chosen model scores it with a note: the user decides what the pixels cannot;
 * a note is added when it is confident that the image is of the other modality than the DICOM
   header (the header decides), and when the check and the gate disagree on a plain image a
   chosen model scores.
 
-Without that model installed everything still works: plain images then need a model choice.
+Without that model installed everything still works: plain images then need a model choice
+(``classify`` and ``demo`` fall back to the CT model with a warning).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from lunglens.models.registry import ModelInfo, default_model_for, modality_chec
 from lunglens.preprocess import to_model_input
 
 _NAMES: dict[str, str] = {Modality.CT: "a CT slice", Modality.CXR: "a chest X-ray"}
+_PLURALS: dict[str, str] = {Modality.CT: "CT slices", Modality.CXR: "chest X-rays"}
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,9 @@ class ModalityCheck:
     probability
         Its probability.
     confident
-        ``probability >= warn_probability`` of the check's manifest: sure enough to route a
-        plain image on its own.
+        ``probability >= warn_probability`` of the check's manifest: sure enough to refuse a
+        chosen model of the other family where the gate did not run (:func:`find_mismatch`),
+        and to note a DICOM header the pixels contradict.
     model
         ``"name version"`` of the check, for notes and audit.
     nearest
@@ -78,10 +82,10 @@ class ModalityCheck:
 
     def disagreement(self) -> str:
         """The check and the gate disagreeing, in words (:attr:`agrees` is False)."""
-        nearer = _NAMES.get(self.nearest or "", self.nearest)
+        nearer = _PLURALS.get(self.nearest or "", self.nearest)
         return (
             f"the modality check says it {self.looks_like()} ({self.model}), but it is nearer "
-            f"to the training images of {nearer}"
+            f"to the {nearer} the models were trained on"
         )
 
 
@@ -150,7 +154,7 @@ def routing_modality(scan: Scan, check: ModalityCheck | None, key: str | None = 
         raise ModalityUncertain(
             key or scan.source,
             "cannot tell whether this plain image is a CT slice or a chest X-ray: "
-            f"{check.disagreement()}; no model is chosen and no score is given",
+            f"{check.disagreement()}; no model was chosen for it",
             _UNCERTAIN_HINT,
         )
     return check.modality
@@ -236,9 +240,10 @@ class Mismatch:
         if self.check is None:
             reason = f"the scan is {self.modality.upper()} but model {model} is for {want}"
         else:
+            agreed = " and the chest-image gate agrees" if self.check.nearest else ""
             reason = (
-                f"plain image that {self.check.looks_like()} ({self.check.model}), but model "
-                f"{model} is for {want}"
+                f"plain image that {self.check.looks_like()} ({self.check.model}){agreed}, but "
+                f"model {model} is for {want}"
             )
         return ModalityMismatch(key, reason, _MISMATCH_HINT)
 
@@ -248,10 +253,10 @@ def find_mismatch(scan: Scan, info: ModelInfo, check: ModalityCheck | None) -> M
 
     The DICOM header decides when it names a scored modality (CT, or CR/DX for X-rays). A
     plain image carries none, so the pixels decide: it is not scored by a model of the other
-    family than the check's more probable label when the check is confident
-    (``warn_probability``) or the chest-image gate's nearest training modality agrees with it
-    (:attr:`ModalityCheck.nearest`). When the two disagree the user's choice stands, with a
-    note (:func:`modality_notes`); a missing check raises no mismatch.
+    family than the check's more probable label when the chest-image gate's nearest training
+    modality agrees with the check (:attr:`ModalityCheck.nearest`), or, where the gate did not
+    run, when the check is confident (``warn_probability``). When the two disagree the user's
+    choice stands, with a note (:func:`modality_notes`); a missing check raises no mismatch.
 
     Parameters
     ----------
@@ -271,7 +276,8 @@ def find_mismatch(scan: Scan, info: ModelInfo, check: ModalityCheck | None) -> M
     if scan.modality in SCORED_MODALITIES:
         return None if scan.modality == info.modality else Mismatch(scan.modality, info)
     if check is not None and check.modality != info.modality:
-        if check.confident or check.nearest == check.modality:
+        sure = check.confident if check.nearest is None else check.nearest == check.modality
+        if sure:
             return Mismatch(check.modality, info, check)
     return None
 

@@ -107,7 +107,10 @@ class ScanResult:
         return headline(self)
 
     def to_dict(self, *, slice_probs: bool = False) -> dict[str, Any]:
-        """JSON-ready dict (no arrays except optional per-slice probabilities)."""
+        """JSON-ready dict (no arrays except optional per-slice probabilities). Slice indices
+        (``top_slices``, ``representative_slice``) count from 0, as in Python; what users read
+        counts from 1 (``classify --json`` converts them with
+        :func:`~lunglens.inference.wording.slice_numbers`)."""
         out: dict[str, Any] = {
             "source": self.source,
             "model": self.model,

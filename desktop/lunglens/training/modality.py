@@ -192,11 +192,12 @@ def run(
         threshold=0.5,
         warn_probability=WARN_PROBABILITY,
         decision_rule=(
-            "route a plain image to the family of the more probable label only when its "
-            f"probability is >= {WARN_PROBABILITY} (below it no model is chosen: the image is "
-            "refused until one is); a plain image it places in the other family than a chosen "
-            "model's is refused at any probability; a DICOM header/image disagreement is noted "
-            f"only at >= {WARN_PROBABILITY}"
+            "route a plain image to the family of the more probable label where the "
+            "chest-image gate's nearest training set agrees (otherwise no model is chosen and "
+            "the image is refused until one is); refuse a plain image to a chosen model of the "
+            "other family where the gate agrees, or, without the gate's statistics, at a "
+            f"probability >= {WARN_PROBABILITY}; note a DICOM header/image disagreement at >= "
+            f"{WARN_PROBABILITY}"
         ),
         export=dict(
             opset=export["opset"],
@@ -303,7 +304,8 @@ def card(m: ModelManifest) -> str:
         "coronal/sagittal CT reformats, lateral X-rays, photos or screenshots get an arbitrary "
         "answer. So a DICOM header stays in charge of model choice (the check only adds a "
         "note); a plain image has nothing else to say what it is, so there the check decides "
-        "the family, and an unsure answer chooses no model.",
+        "the family together with the chest-image gate, and where the two disagree no model "
+        "is chosen.",
         "",
         "## Intended use",
         f"- {m.intended_use}",

@@ -1020,6 +1020,10 @@ class Pipeline:
         labels, pos = ds.labels[val_idx], self.positive(ds)
         int8 = self.out / manifest.file
         staged = private_tmp(int8)  # the shipped file is replaced only once the search is done
+        # the folder as it was, put back whole if anything fails after the search: a new INT8
+        # file under the old manifest, or the old CAM numbers under the new file, would be
+        # refused or wrong
+        kept = {f: f.read_bytes() for f in self.out.iterdir() if f.is_file()}
         try:
             q, p32, p8, _ = search_quantization(
                 fp32,
@@ -1033,9 +1037,9 @@ class Pipeline:
             )
             for t in q["trials"]:
                 self.log(f"quantization trial {t}")
-            os.replace(staged, int8)
-        finally:
+        except BaseException:
             staged.unlink(missing_ok=True)
+            raise
         q |= dict(
             threshold_basis="shipped",
             threshold=thr,
@@ -1054,21 +1058,34 @@ class Pipeline:
             f"INT8 {version}: agreement {par['agreement']:.4f}, accuracy change "
             f"{par['accuracy_change_points']:+.2f} points at {thr:.4f}"
         )
-        manifest = replace(
-            manifest, version=version, sha256=sha256_of(int8), quantization=q, cam_reference=None
-        )
-        self._rewrite_shipped(manifest, "the INT8 search")
-        # the CAM stages run the folder's INT8 file as the app does: measured again on it
-        self.state = dict(operating_point=op, val_fold=v)
-        self.stage_cam_check(ds)
-        self.stage_cam_reference(ds)
-        cam_ref = self.state.get("cam_reference") or {}
-        manifest = replace(
-            manifest,
-            cam_in_lungs=self.state["cam_in_lungs"],
-            cam_reference=cam_ref if cam_ref.get("values") else None,
-        )
-        self._rewrite_shipped(manifest, "the CAM check and reference of the new INT8 file")
+        try:
+            os.replace(staged, int8)
+            manifest = replace(
+                manifest,
+                version=version,
+                sha256=sha256_of(int8),
+                quantization=q,
+                cam_in_lungs=None,
+                cam_reference=None,
+            )
+            self._rewrite_shipped(manifest, "the INT8 search")
+            # the CAM stages run the folder's INT8 file as the app does: measured again on it
+            self.state = dict(operating_point=op, val_fold=v)
+            self.stage_cam_check(ds)
+            self.stage_cam_reference(ds)
+            cam_ref = self.state.get("cam_reference") or {}
+            manifest = replace(
+                manifest,
+                cam_in_lungs=self.state["cam_in_lungs"],
+                cam_reference=cam_ref if cam_ref.get("values") else None,
+            )
+            self._rewrite_shipped(manifest, "the CAM check and reference of the new INT8 file")
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            for f, data in kept.items():
+                f.write_bytes(data)
+            self.log(f"{self.out}: restored as it was (the new INT8 file was not shipped)")
+            raise
 
     def _shipped_manifest(self, ds: ImageSet) -> tuple[ModelManifest, int]:
         """The model folder's manifest and the validation fold its final model was chosen on,
