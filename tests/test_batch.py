@@ -204,21 +204,26 @@ def test_cancel_keeps_written_rows_valid(env: Path, info: ModelInfo) -> None:
     assert sorted(keys) == sorted(str(f) for f in files)
 
 
-def test_series_rows_name_slices(env: Path, info: ModelInfo) -> None:
+def _ct_series(folder: Path, n: int = 4) -> Path:
+    """``n`` copies of a real CT slice as one series, 5 mm apart (files ``s0.dcm`` ...)."""
     pydicom = pytest.importorskip("pydicom")
     ct = SHARED_DATA / "dicom" / "ct-misc" / "693_UNCI.dcm"
     if not ct.exists():
         pytest.skip("shared DICOM data not available")
-    series = env / "series"
-    series.mkdir()
+    folder.mkdir()
     uid = pydicom.uid.generate_uid()
-    for i in range(4):
+    for i in range(n):
         ds = pydicom.dcmread(ct)
         ds.SeriesInstanceUID = uid
         ds.SOPInstanceUID = pydicom.uid.generate_uid()
         ds.InstanceNumber = i + 1
         ds.ImagePositionPatient = [0.0, 0.0, float(i * 5)]
-        ds.save_as(series / f"s{i}.dcm")
+        ds.save_as(folder / f"s{i}.dcm")
+    return folder
+
+
+def test_series_rows_name_slices(env: Path, info: ModelInfo) -> None:
+    series = _ct_series(env / "series")
     out = env / "r.csv"
     list(score([series], info, out))
     rows = read_rows(out)
@@ -233,20 +238,7 @@ def test_series_rows_name_slices(env: Path, info: ModelInfo) -> None:
 def test_series_row_notes_a_slice_it_could_not_read(env: Path, info: ModelInfo) -> None:
     """A series scored without an unreadable slice says so in its row, as ``classify`` does:
     the reader must know the score came from fewer slices than the folder holds."""
-    pydicom = pytest.importorskip("pydicom")
-    ct = SHARED_DATA / "dicom" / "ct-misc" / "693_UNCI.dcm"
-    if not ct.exists():
-        pytest.skip("shared DICOM data not available")
-    series = env / "series"
-    series.mkdir()
-    uid = pydicom.uid.generate_uid()
-    for i in range(4):
-        ds = pydicom.dcmread(ct)
-        ds.SeriesInstanceUID = uid
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        ds.InstanceNumber = i + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(i * 5)]
-        ds.save_as(series / f"s{i}.dcm")
+    series = _ct_series(env / "series")
     torn = series / "s2.dcm"
     torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
     out = env / "r.csv"
