@@ -26,6 +26,7 @@ from PySide6.QtCore import QPoint, QSettings, Qt
 from PySide6.QtGui import QImage
 
 from lunglens import DISCLAIMER
+from lunglens.gui.classify_panel import AUTO
 from lunglens.gui.main_window import MainWindow
 from lunglens.gui.settings import Settings
 from lunglens.inference import clear_engines
@@ -722,6 +723,13 @@ def test_plain_image_the_check_and_the_gate_disagree_on_is_not_scored(
         assert win.classify_panel.refusal() == ""
         assert "P " in win.classify_panel.prediction_label.text()
         assert "check that the model fits the image" in win.classify_panel.notes_label.text()
+        # back to automatic: refused again, and the X-ray model's result is gone, not kept
+        # behind the banner (its map drawn, its PDF still written)
+        win.classify_panel.select_model(AUTO)
+        win.classify()
+        qtbot.waitUntil(win.pool.idle, timeout=TIMEOUT)
+        assert win.result is None and win.state.result_info is None
+        assert "cannot tell whether" in win.classify_panel.refusal()
     finally:
         win.pool.cancel_all()
         win.pool.wait(10_000)

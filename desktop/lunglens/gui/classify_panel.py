@@ -282,7 +282,7 @@ class ClassifyPanel(QWidget):
             f"\n{result.elapsed_ms:.0f} ms"
         )
         self.model_label.setToolTip(result.model_sha256)
-        self.notes_label.setText("\n".join(result.notes))
+        self.notes_label.setText("\n".join(f"• {note}" for note in result.notes))  # one per line
         self.disclaimer_label.setText(result.disclaimer or DISCLAIMER)
         self.slices_list.clear()
         self.slices_box.setVisible(series)

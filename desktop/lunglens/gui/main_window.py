@@ -385,6 +385,7 @@ class MainWindow(QMainWindow):
         if info is None:
             if self.state.unrouted:  # automatic mode chose no model: refused, as the core does
                 self.classify_panel.show_unrouted(self.state.unrouted)
+                self._on_refused(self.state.unrouted)  # and no earlier result stays live
             elif not self.models:
                 self.show_error("No model is installed, so the scan cannot be classified.")
             else:
