@@ -133,6 +133,14 @@ CASES = [
     ),
     ("truncated j2k dicom", _cut(CT_J2K, "cutj2k.dcm", 0.6), CorruptFile, "truncated", True),
     (
+        # cut before Rows: a CT Image Storage object without pixels is cut short, not a report
+        "dicom cut before its image attributes",
+        _cut(CT_EXPLICIT, "cut3k.dcm", 3000),
+        CorruptFile,
+        "always holds pixel data",
+        True,
+    ),
+    (
         "no pixel data",
         lambda tmp: DICOM / "ct-misc" / "no-pixel-data.dcm",
         NoPixelData,

@@ -103,6 +103,13 @@ def check_pixel_data(ds: Dataset, path: Path) -> None:
         )
     sop = ds.get("SOPClassUID")
     what = f"a {UID(str(sop)).name} object" if sop else "an object without an image"
+    if what.endswith("Image Storage object"):  # an image IOD always holds pixels: cut short
+        raise CorruptFile(
+            path,
+            f"it is {what}, which always holds Pixel Data (7FE0,0010), but the file ends "
+            "before it: it looks truncated",
+            "Export or copy the file again.",
+        )
     raise NoPixelData(
         path,
         f"no Pixel Data (7FE0,0010) in this DICOM file; it is {what}",
