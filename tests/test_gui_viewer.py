@@ -743,3 +743,23 @@ def test_batch_table_shows_a_rows_notes(qtbot) -> None:
     row = {"path": "ct#1.2.3", "status": "ok", "notes": "skipped slice: ct/3.dcm: cannot decode"}
     cell = row_items(row, cols)[[key for key, _title in cols].index("notes")]
     assert cell.text() == cell.toolTip() == row["notes"]
+
+
+def test_a_failed_open_clears_the_previous_scans_decision(
+    qtbot, window: MainWindow, ct_file: Path, tmp_path: Path
+) -> None:
+    """Opening a file that cannot be read keeps the previous image but not its headline: a
+    "Flagged" next to the new file's error banner would read as the new file's decision."""
+    open_and_classify(qtbot, window, ct_file)
+    assert window.result is not None
+    broken = tmp_path / "patient-b.dcm"
+    broken.write_text("not a DICOM file", encoding="utf-8")
+    with qtbot.waitSignal(window.errorShown, timeout=TIMEOUT) as shown:
+        window.open_path(str(broken))
+    assert "patient-b.dcm" in shown.args[0]
+    assert window.scan is not None and window.scan.source == str(ct_file)  # the image stays
+    assert window.result is None and window.cam.state.result is None
+    text = window.classify_panel.prediction_label.text()
+    assert text.startswith("No result shown: patient-b.dcm could not be opened")
+    assert "Flagged" not in text and "still CTImage.dcm" in text
+    assert all(bar.text() == "" for bar in window.classify_panel.bars.values())  # no old P

@@ -246,12 +246,14 @@ class ClassifyPanel(QWidget):
         self.threshold_label.setText("")
         self.model_label.setText("")
         self.notes_label.setText("")
-        for bar in self.bars.values():
+        for bar in self.bars.values():  # no number left from the previous result
             bar.setValue(0)
+            bar.setFormat("")
         self.slices_list.clear()
         self.slices_box.setVisible(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.progress.setFormat("%p%")  # not the previous run's "done"
 
     def show_result(self, result: ScanResult, positions: list[float] | None = None) -> None:
         """Display ``result``; ``positions`` (mm) label the suspicious slices of a series. A

@@ -30,6 +30,7 @@ from lunglens.gui.classify_panel import AUTO, ClassifyPanel
 from lunglens.gui.classify_runner import ClassifyRunner
 from lunglens.gui.gallery_dock import GalleryDock
 from lunglens.gui.menus import build_menus, fill_recent_menu
+from lunglens.gui.opening import ScanOpener
 from lunglens.gui.scroll import scrollable
 from lunglens.gui.settings import Settings
 from lunglens.gui.tags_panel import TagsPanel
@@ -45,7 +46,7 @@ from lunglens.inference import (
 from lunglens.io import SCORED_MODALITIES, Modality, Scan, SourceKey
 from lunglens.models import ModelInfo, default_model_for, list_models
 from lunglens.preprocess import Window
-from lunglens.viewer import ViewerState, load_and_check, write_pdf
+from lunglens.viewer import ViewerState, write_pdf
 
 
 class MainWindow(QMainWindow):
@@ -87,7 +88,7 @@ class MainWindow(QMainWindow):
         self.pool = WorkerPool(self)
         self.state = ViewerState()
         self.models: list[ModelInfo] = []
-        self._load_worker: Worker | None = None
+        self.opener = ScanOpener(self)
 
         self.setWindowTitle("LungLens")
         self.setAcceptDrops(True)
@@ -256,44 +257,9 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
 
     def open_path(self, path: str) -> None:
-        """Load ``path`` (file, folder or batch results key) in a worker; shows it when done."""
-        if self._load_worker is not None:
-            self._load_worker.cancel()  # its result will be ignored
-        worker = Worker(load_and_check, str(path), self.models_dir)
-        worker.signals.result.connect(
-            lambda res, w=worker, p=str(path): self._on_loaded(w, p, *res)
-        )
-        worker.signals.error.connect(
-            lambda exc, w=worker: None if w.cancelled else self.show_error(user_message(exc))
-        )
-        worker.signals.finished.connect(lambda w=worker: self._on_load_finished(w))
-        self._load_worker = worker
-        self.status_progress_label.setText(f"Loading {SourceKey.parse(path).name}…")
-        self.pool.start(worker)
-
-    def _on_load_finished(self, worker: Worker) -> None:
-        if worker is self._load_worker:
-            self._load_worker = None
-            self.status_progress_label.setText("")
-
-    def _on_loaded(
-        self,
-        worker: Worker,
-        path: str,
-        scan: Scan,
-        check: ModalityCheck | None = None,
-        verdict: GateVerdict | None = None,
-    ) -> None:
-        if worker.cancelled:
-            return
-        self.banner.dismiss()
-        self.set_scan(scan, check, verdict)
-        real = SourceKey.parse(path).path
-        self.settings.add_recent(real)
-        folder = real if os.path.isdir(real) else str(Path(real).parent)
-        self.settings.set_last_folder(folder)
-        if self.settings.auto_classify() and self.models:
-            self.classify()
+        """Load ``path`` (file, folder or batch results key) in a worker; shows it when done
+        (:class:`~lunglens.gui.opening.ScanOpener`)."""
+        self.opener.open(path)
 
     def set_scan(
         self, scan: Scan, check: ModalityCheck | None = None, verdict: GateVerdict | None = None
