@@ -414,20 +414,29 @@ def test_resume_after_sigkill(env: Path, info: ModelInfo) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_and_resumes(env: Path) -> None:
-    _pngs(env / "imgs", 40)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_exits_130_and_resumes(env: Path, signum: int) -> None:
+    """A stop (Ctrl-C, or SIGTERM from a service manager or a shutdown) writes the rows in
+    hand, releases the lock and exits 130; ``--resume`` finishes the run."""
+    files = _pngs(env / "imgs", 40)
     out = env / "results.csv"
     cmd = _score_cmd(env / "imgs", out)
     proc = subprocess.Popen(
         cmd, env=slow_env(env, 0.05), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     _wait_for_lines(out, 3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "--resume" in err
     records = _csv_records(out)
     assert all(len(r) == len(CONTRACT) for r in records) and len(records) < 41
+    assert not out.with_name(out.name + ".lock").exists()  # released, not left stale
+    rerun = subprocess.run(
+        [*cmd, "--resume"], env=dict(os.environ), capture_output=True, text=True, timeout=120
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(r[0] for r in _csv_records(out)[1:]) == sorted(str(f) for f in files)
 
 
 def test_error_code_is_the_text_before_the_first_colon() -> None:

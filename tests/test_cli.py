@@ -132,6 +132,9 @@ def test_score_exit_codes_and_report(env: Path, capsys: pytest.CaptureFixture[st
     assert "data:image/png;base64," in html and DISCLAIMER in html
     ct = ["--model", "synthetic-ct"]
     assert main(["score", str(env / "imgs"), "--out", str(out), *ct]) == 2  # exists, no --resume
+    assert f"lunglens: ResultsExist: {out}: the results file already exists" in (
+        capsys.readouterr().err
+    )  # one line, with its code, as docs/cli.md says
     assert main(["score", str(env / "imgs"), "--out", str(out), "--resume", *ct]) == 0
     (env / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     assert (

@@ -21,7 +21,7 @@ Exit codes
     model choice) is a plain image whose family the pixels cannot tell (``ModalityUncertain``):
     the reason is printed as ``refused:`` (``"status": "refused"`` with --json), no score
 4   model refused (integrity check failed) or not found
-130 cancelled with Ctrl-C (rows written so far are kept; rerun ``score`` with --resume)
+130 cancelled with Ctrl-C or SIGTERM (rows written so far are kept; rerun ``score`` with --resume)
 
 User errors are reported as one line on stderr, never as a traceback (``--debug`` shows one).
 """
@@ -97,7 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ScanError as exc:
         err(f"{exc.code}: {exc}")
         return EXIT_BAD_INPUT
-    except (LungLensError, UsageError) as exc:
+    except LungLensError as exc:  # ResultsExist, ResumeConflict, ResultsLocked: a usage error
+        err(f"{exc.code}: {exc}")
+        return EXIT_USAGE
+    except UsageError as exc:
         err(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:

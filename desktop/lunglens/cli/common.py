@@ -37,7 +37,7 @@ EPILOG = """exit codes:
        other modality than the --model named, or (--model auto) is a plain image whose
        family the pixels cannot tell (no score; "refused: <reason>" is printed)
   4    model refused (integrity check failed) or not found
-  130  cancelled with Ctrl-C (score: rows so far are kept; rerun with --resume)
+  130  cancelled with Ctrl-C or SIGTERM (score: rows so far are kept; rerun with --resume)
 
 Triage aid only - not a diagnosis. Results must be reviewed by a qualified clinician.
 """

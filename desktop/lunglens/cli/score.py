@@ -108,7 +108,9 @@ def _failure_record(
 
 def _run(args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar) -> Summary:
     """Drive :func:`lunglens.batch.score` with a progress line, counting its events into
-    ``so_far``; the first Ctrl-C asks it to stop after the scans in hand, a second one aborts."""
+    ``so_far``; the first Ctrl-C asks it to stop after the scans in hand, a second one aborts.
+    SIGTERM (a service stopped, a machine shutting down) stops the same way as the first
+    Ctrl-C: the rows in hand are written and the lock released."""
     from lunglens.batch import Finished, Progress, Started, score
     from lunglens.inference.wording import counted
 
@@ -120,9 +122,14 @@ def _run(args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar) -> Su
         cancel.set()
         err("stopping after the scans in hand (Ctrl-C again to abort now)")
 
-    previous: Callable[..., Any] | int | None = None
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        cancel.set()
+        err("terminate signal: stopping after the scans in hand")
+
+    previous: dict[int, Callable[..., Any] | int | None] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_sigint)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_sigterm)
     bar = ProgressLine()
     summary = None
     try:
@@ -158,8 +165,8 @@ def _run(args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar) -> Su
             elif isinstance(ev, Finished):
                 summary = ev.summary
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     assert summary is not None
     return summary
 
