@@ -723,9 +723,12 @@ def test_plain_image_the_check_and_the_gate_disagree_on_is_not_scored(
         assert win.classify_panel.refusal() == ""
         assert "P " in win.classify_panel.prediction_label.text()
         assert "check that the model fits the image" in win.classify_panel.notes_label.text()
+        assert win.batch_panel.current_model_name() == "efficientnet-lite-cxr"
         # back to automatic: refused again, and the X-ray model's result is gone, not kept
-        # behind the banner (its map drawn, its PDF still written)
-        win.classify_panel.select_model(AUTO)
+        # behind the banner (its map drawn, its PDF still written); the batch dock follows
+        combo = win.classify_panel.model_combo
+        combo.setCurrentIndex(combo.findData(AUTO))
+        assert win.batch_panel.current_model_name() == AUTO
         win.classify()
         qtbot.waitUntil(win.pool.idle, timeout=TIMEOUT)
         assert win.result is None and win.state.result_info is None

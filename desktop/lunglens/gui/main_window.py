@@ -393,6 +393,9 @@ class MainWindow(QMainWindow):
         self.show_status(f"Not scored: {reason}.")
 
     def _on_model_changed(self, _name: str) -> None:
+        # the batch dock follows the viewer's choice at once, not only after a result: back in
+        # automatic mode with a refused scan, it kept the model picked before
+        self.batch_panel.set_models(self.models, self.classify_panel.current_model_name())
         self._update_gallery_context()
         if self.scan is not None and (
             self.result is not None or self.classifier.running() or self.settings.auto_classify()
