@@ -723,12 +723,13 @@ def test_plain_image_the_check_and_the_gate_disagree_on_is_not_scored(
         assert win.classify_panel.refusal() == ""
         assert "P " in win.classify_panel.prediction_label.text()
         assert "check that the model fits the image" in win.classify_panel.notes_label.text()
-        assert win.batch_panel.current_model_name() == "efficientnet-lite-cxr"
+        # the batch dock keeps its own choice: a model picked for one image does not change
+        # (nor redirect to another CSV) what a folder is scored with
+        assert win.batch_panel.current_model_name() == AUTO
         # back to automatic: refused again, and the X-ray model's result is gone, not kept
-        # behind the banner (its map drawn, its PDF still written); the batch dock follows
+        # behind the banner (its map drawn, its PDF still written)
         combo = win.classify_panel.model_combo
         combo.setCurrentIndex(combo.findData(AUTO))
-        assert win.batch_panel.current_model_name() == AUTO
         win.classify()
         qtbot.waitUntil(win.pool.idle, timeout=TIMEOUT)
         assert win.result is None and win.state.result_info is None
@@ -766,3 +767,8 @@ def test_a_failed_open_clears_the_previous_scans_decision(
     assert text.startswith("No result shown: patient-b.dcm could not be opened")
     assert "Flagged" not in text and "still CTImage.dcm" in text
     assert all(bar.text() == "" for bar in window.classify_panel.bars.values())  # no old P
+    # two files of one name (IM0001.dcm of two series): their folders tell them apart
+    from lunglens.gui.opening import _names
+
+    assert _names("a/IM0001.dcm", "b/IM0001.dcm") == ("a/IM0001.dcm", "b/IM0001.dcm")
+    assert _names("a/x.dcm", "b/y.dcm") == ("x.dcm", "y.dcm")

@@ -73,6 +73,12 @@ def _retagged(tmp: Path, name: str, src: Path = CT_EXPLICIT, **attrs: object) ->
     return out
 
 
+def _cut_file(path: Path, n: int) -> Path:
+    """``path`` cut to its first ``n`` bytes, in place."""
+    path.write_bytes(path.read_bytes()[:n])
+    return path
+
+
 def _write(name: str, data: bytes | Callable[[], bytes]) -> Callable[[Path], Path]:
     def make(tmp: Path) -> Path:
         p = tmp / name
@@ -132,6 +138,17 @@ CASES = [
         True,
     ),
     ("truncated j2k dicom", _cut(CT_J2K, "cutj2k.dcm", 0.6), CorruptFile, "truncated", True),
+    (
+        # a chest DX ("Digital X-Ray Image Storage - For Presentation") cut before Rows
+        "dx dicom cut before its image attributes",
+        lambda tmp: _cut_file(
+            _retagged(tmp, "dx.dcm", CT_EXPLICIT, SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1"),
+            3000,
+        ),
+        CorruptFile,
+        "always holds pixel data",
+        True,
+    ),
     (
         # cut before Rows: a CT Image Storage object without pixels is cut short, not a report
         "dicom cut before its image attributes",

@@ -21,7 +21,9 @@ Exit codes
     model choice) is a plain image whose family the pixels cannot tell (``ModalityUncertain``):
     the reason is printed as ``refused:`` (``"status": "refused"`` with --json), no score
 4   model refused (integrity check failed) or not found
-130 cancelled with Ctrl-C or SIGTERM (rows written so far are kept; rerun ``score`` with --resume)
+130 cancelled with Ctrl-C (rows written so far are kept; rerun ``score`` with --resume)
+143 ``score`` stopped by SIGTERM (POSIX; a service stopped, a shutdown): the rows in hand are
+    written and the lock released (no HTML report); rerun with --resume
 
 User errors are reported as one line on stderr, never as a traceback (``--debug`` shows one).
 """

@@ -27,6 +27,8 @@ EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_MODEL = 4
 EXIT_CANCELLED = 130
+#: ``score`` stopped by SIGTERM (128 + 15, the shell's code for it), after a clean stop
+EXIT_TERMINATED = 143
 
 EPILOG = """exit codes:
   0    success
@@ -37,7 +39,8 @@ EPILOG = """exit codes:
        other modality than the --model named, or (--model auto) is a plain image whose
        family the pixels cannot tell (no score; "refused: <reason>" is printed)
   4    model refused (integrity check failed) or not found
-  130  cancelled with Ctrl-C or SIGTERM (score: rows so far are kept; rerun with --resume)
+  130  cancelled with Ctrl-C (score: rows so far are kept; rerun with --resume)
+  143  score stopped by SIGTERM (POSIX): rows in hand written, lock released; --resume
 
 Triage aid only - not a diagnosis. Results must be reviewed by a qualified clinician.
 """

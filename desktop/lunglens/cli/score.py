@@ -19,6 +19,7 @@ from lunglens.cli.common import (
     EXIT_CANCELLED,
     EXIT_ERRORS,
     EXIT_OK,
+    EXIT_TERMINATED,
     AddCommand,
     UsageError,
     err,
@@ -72,6 +73,8 @@ class _SoFar:
     skipped: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     t0: float = field(default_factory=time.perf_counter)
+    #: stopped by SIGTERM: exit 143, no HTML report (a service manager waits only so long)
+    terminated: bool = False
 
     def see(self, ev: object) -> None:
         """Count ``ev``, an event of :func:`lunglens.batch.score`."""
@@ -116,15 +119,22 @@ def _run(args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar) -> Su
 
     cancel = threading.Event()
 
+    def say(message: str) -> None:  # stderr may be gone (a closed pipe): the stop goes on
+        try:
+            err(message)
+        except OSError:
+            pass
+
     def on_sigint(signum: int, frame: FrameType | None) -> None:
         if cancel.is_set():
             raise KeyboardInterrupt
         cancel.set()
-        err("stopping after the scans in hand (Ctrl-C again to abort now)")
+        say("stopping after the scans in hand (Ctrl-C again to abort now)")
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         cancel.set()
-        err("terminate signal: stopping after the scans in hand")
+        so_far.terminated = True
+        say("terminate signal: stopping after the scans in hand")
 
     previous: dict[int, Callable[..., Any] | int | None] = {}
     if threading.current_thread() is threading.main_thread():
@@ -166,7 +176,8 @@ def _run(args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar) -> Su
                 summary = ev.summary
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # None: installed outside Python, cannot be put back
+                signal.signal(signum, handler)
     assert summary is not None
     return summary
 
@@ -214,6 +225,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         append_audit("score", _failure_record(args, info, so_far, exc))
         raise
     _print_summary(summary, automatic=info is None)
+    if so_far.terminated:
+        err("terminated; rerun with --resume to finish (no HTML report written)")
+        return EXIT_TERMINATED
     if not args.no_report:
         models = [info] if info is not None else _auto_models(args.models_dir)
         print(f"report: {write_html_report(summary.out_csv, models)}")

@@ -350,6 +350,7 @@ class MainWindow(QMainWindow):
         info = self.chosen_model()
         if info is None:
             if self.state.unrouted:  # automatic mode chose no model: refused, as the core does
+                self.cancel_classification()  # a late result of the model picked before: dropped
                 self.classify_panel.show_unrouted(self.state.unrouted)
                 self._on_refused(self.state.unrouted)  # and no earlier result stays live
             elif not self.models:
@@ -373,7 +374,6 @@ class MainWindow(QMainWindow):
         self.state.set_result(result, info)
         self.classify_panel.show_result(result, scan.slice_positions)
         self.cam.show_result(result)
-        self.batch_panel.set_models(self.models, self.classify_panel.current_model_name())
         if scan.n_slices > 1:
             self.set_slice(result.representative_slice)
         self.cam.update()
@@ -393,9 +393,6 @@ class MainWindow(QMainWindow):
         self.show_status(f"Not scored: {reason}.")
 
     def _on_model_changed(self, _name: str) -> None:
-        # the batch dock follows the viewer's choice at once, not only after a result: back in
-        # automatic mode with a refused scan, it kept the model picked before
-        self.batch_panel.set_models(self.models, self.classify_panel.current_model_name())
         self._update_gallery_context()
         if self.scan is not None and (
             self.result is not None or self.classifier.running() or self.settings.auto_classify()

@@ -74,9 +74,18 @@ class ScanOpener:
             win.cancel_classification()
             win.state.clear_result()
             win.cam.reset()
-            shown = SourceKey.parse(win.scan.source).name
+            failed, shown = _names(path, win.scan.source)
             win.classify_panel.clear_result(
-                f"No result shown: {SourceKey.parse(path).name} could not be opened; the image "
-                f"is still {shown}"
+                f"No result shown: {failed} could not be opened; the image is still {shown}"
             )
+            win._update_gallery_context()
         win.show_error(user_message(exc))
+
+
+def _names(failed: str, shown: str) -> tuple[str, str]:
+    """Display names of two keys: file names, with their folders when the names are the same
+    (``IM0001.dcm`` of two series)."""
+    a, b = SourceKey.parse(failed), SourceKey.parse(shown)
+    if a.name != b.name:
+        return a.name, b.name
+    return f"{Path(a.path).parent.name}/{a.name}", f"{Path(b.path).parent.name}/{b.name}"

@@ -103,7 +103,9 @@ def check_pixel_data(ds: Dataset, path: Path) -> None:
         )
     sop = ds.get("SOPClassUID")
     what = f"a {UID(str(sop)).name} object" if sop else "an object without an image"
-    if what.endswith("Image Storage object"):  # an image IOD always holds pixels: cut short
+    # an image IOD always holds pixels (names such as "Digital X-Ray Image Storage - For
+    # Presentation" go on after "Image Storage"): cut short
+    if " Image Storage" in what:
         raise CorruptFile(
             path,
             f"it is {what}, which always holds Pixel Data (7FE0,0010), but the file ends "
