@@ -451,3 +451,26 @@ def test_error_code_is_the_text_before_the_first_colon() -> None:
     text = error_text(CorruptFile("C:/scans/a.dcm", "truncated: 12 bytes", "Re-export it."))
     assert text.startswith("CorruptFile: ") and error_code(text) == "CorruptFile"
     assert error_code(error_text(ValueError("x: y"))) == "ValueError"
+
+
+def test_runs_that_do_not_finish_are_audited_by_the_runner(env: Path, info: ModelInfo) -> None:
+    """The app's batch dock calls the runner directly: a run refused by an error, or stopped
+    by its caller after a few rows, leaves one audit line with its outcome and counts, not
+    only runs that finish."""
+    _pngs(env / "imgs", 6)
+    out = env / "r.csv"
+    list(score([env / "imgs"], info, out))
+    with pytest.raises(ResultsExist):
+        list(score([env / "imgs"], info, out))
+    events = score([env / "imgs"], info, out, overwrite=True, batch_size=2)
+    assert isinstance(next(events), Started)
+    while not isinstance(next(events), Row):
+        pass
+    events.close()  # the caller stops reading (an exception in its loop does the same)
+    lines = [json.loads(x) for x in (env / "data" / "audit.log").read_text().splitlines()]
+    finished, refused, abandoned = lines[-3:]
+    assert "outcome" not in finished and finished["ok"] == 6
+    assert refused["outcome"] == "error" and refused["error"] == "ResultsExist"
+    assert refused["out_csv"] == str(out) and refused["model"] == info.name
+    assert abandoned["outcome"] == "abandoned" and abandoned["done"] == 1
+    assert abandoned["total"] == 6 and abandoned["model_sha256"] == info.sha256

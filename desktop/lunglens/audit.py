@@ -60,3 +60,17 @@ def append_audit(event: str, record: Mapping[str, Any]) -> Path | None:
         log.warning("could not write the audit log %s: %s", path, exc)
         return None
     return path
+
+
+def failure_fields(exc: BaseException) -> dict[str, str]:
+    """The audit fields of a run that ``exc`` stopped: ``outcome`` (``cancelled`` for Ctrl-C,
+    else ``error``) and ``error``, the error's code (a LungLens error's ``code``, e.g.
+    ``OutputError``) or its type name.
+
+    Only the code, never the message: an unexpected error's message may quote a DICOM value,
+    and the audit log must never hold patient names or ids.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return {"outcome": "cancelled", "error": "KeyboardInterrupt"}
+    code = getattr(exc, "code", None)
+    return {"outcome": "error", "error": code if isinstance(code, str) else type(exc).__name__}

@@ -35,6 +35,7 @@ from lunglens.batch.events import BatchEvent, Finished, Started, Summary
 from lunglens.batch.lock import ResultsLock
 from lunglens.batch.results_csv import ResultsWriter, open_results
 from lunglens.batch.rows import RowTally, error_row, error_text, result_row
+from lunglens.batch.run_audit import RunAudit, finished_record
 from lunglens.batch.units import discover
 from lunglens.errors import ModelNotFound
 from lunglens.inference.classify import BATCH_SIZE, result_from_probs
@@ -341,30 +342,6 @@ def _summary(
     )
 
 
-def _audit_record(
-    summary: Summary, models: list[ModelInfo], inputs: list[str], resume: bool
-) -> dict[str, object]:
-    """The audit line of a run: inputs, output, models and counts, never patient ids."""
-    return {
-        "inputs": inputs,
-        "out_csv": str(summary.out_csv),
-        "model": summary.model,
-        "model_version": summary.model_version,
-        "model_sha256": summary.model_sha256,
-        "models": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
-        "total": summary.total,
-        "done": summary.done,
-        "ok": summary.ok,
-        "errors": summary.errors,
-        "flagged": summary.flagged,
-        "skipped": summary.skipped,
-        "cancelled": summary.cancelled,
-        "ignored": len(summary.ignored),
-        "resume": resume,
-        "elapsed_s": round(summary.elapsed_s, 3),
-    }
-
-
 def score(
     paths: Iterable[str | os.PathLike[str]],
     info: ModelInfo | None,
@@ -392,41 +369,39 @@ def score(
         each scan goes to its modality's default model (all verified up front).
     out_csv
         Results CSV (contract columns, see :mod:`lunglens.batch.results_csv`).
-    resume
-        Skip scans already in ``out_csv`` (after repairing a torn last row).
-    overwrite
-        Replace an existing ``out_csv``. Without ``resume`` or ``overwrite`` an existing
-        non-empty file is refused (:class:`~lunglens.batch.results_csv.ResultsExist`).
+    resume, overwrite
+        Skip scans already in ``out_csv`` (after repairing a torn last row), or replace it;
+        without either an existing non-empty file is refused (``ResultsExist``).
     workers
         Decoder threads feeding the single inference session.
     cancel
-        When set, no new scans are started; the decoded batch in hand is scored and written,
-        then :class:`Finished` is yielded with ``summary.cancelled``.
+        When set, no new scans are started; the batch in hand is scored and written, then
+        :class:`Finished` is yielded with ``summary.cancelled``.
     include_ids
         Add a ``patient_id`` column (off by default: results files often leave the hospital).
     models_dir
-        Where automatic mode looks for models and the modality check (default: the registry's
-        search order); with a chosen model, its own folder's parent.
+        Where automatic mode looks for models and the modality check (default: the registry's).
 
     Yields
     ------
     Started, Row, Progress, Finished
-        :class:`Started` once, a :class:`Row` and a :class:`Progress` per scan, and
-        :class:`Finished` last.
+        :class:`Started` once, a :class:`Row` and a :class:`Progress` per scan, then
+        :class:`Finished`.
     """
     t0 = time.perf_counter()
-    models = _Models.load(info, models_dir)
-    lock, writer = _open_locked(
-        out_csv, models.models, resume=resume, overwrite=overwrite, include_ids=include_ids
-    )
     path_list = [str(p) for p in paths]
+    # a run an error stops, or its caller abandons, is audited too (command line or app)
+    run = RunAudit(path_list, str(out_csv), info, resume, t0, audit)
+    models = run.guard(_Models.load, info, models_dir)
+    opened = dict(resume=resume, overwrite=overwrite, include_ids=include_ids)
+    lock, writer = run.guard(_open_locked, out_csv, models.models, **opened)
     ignored: list[str] = []
-    tally = RowTally(writer, 0, t0)
+    tally = run.tally = RowTally(writer, 0, t0)
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lunglens-decode")
     try:
-        units, failures, skipped = _plan(path_list, recursive, ignored, writer.done)
+        units, failures, run.skipped = _plan(path_list, recursive, ignored, writer.done)
         tally.total = len(units) + len(failures)
-        yield Started(tally.total, skipped, writer.path, in_file=len(writer.done))
+        yield Started(tally.total, run.skipped, writer.path, in_file=len(writer.done))
         for key, err in failures:
             if _cancelled(cancel):
                 break
@@ -435,12 +410,15 @@ def score(
         for batch in decoded:
             for row in _score_decoded(models.engines, batch, batch_size, include_ids):
                 yield from tally.emit(row)
+    except BaseException as exc:  # GeneratorExit: the caller stopped reading (e.g. Ctrl-C)
+        run.log(exc)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         writer.close()
         lock.release()
     cancelled = decoded.cancelled or _cancelled(cancel)
-    summary = _summary(tally, models, writer.path, skipped, cancelled, ignored)
+    summary = _summary(tally, models, writer.path, run.skipped, cancelled, ignored)
     if audit:
-        append_audit("score", _audit_record(summary, models.models, path_list, resume))
+        append_audit("score", finished_record(summary, models.models, path_list, resume))
     yield Finished(summary)

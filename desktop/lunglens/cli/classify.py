@@ -14,7 +14,6 @@ from lunglens.cli.common import (
     UsageError,
     choose_model,
     err,
-    failure_fields,
 )
 
 if TYPE_CHECKING:
@@ -200,7 +199,7 @@ def _classify(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     """:func:`_classify`, and an audit line (``outcome`` ``error``) for a run it stopped with an
     error (model refused, output not written, ...): every run leaves its trace in the log."""
-    from lunglens.audit import append_audit
+    from lunglens.audit import append_audit, failure_fields
 
     try:
         return _classify(args)

@@ -61,22 +61,6 @@ def err(msg: str) -> None:
     print(f"lunglens: {msg}", file=sys.stderr)
 
 
-def failure_fields(exc: BaseException) -> dict[str, str]:
-    """The audit-log fields of a run that ``exc`` stopped: ``outcome`` (``cancelled`` for
-    Ctrl-C, else ``error``) and ``error``, the :mod:`lunglens.errors` code or, for any other
-    exception, its type name.
-
-    Only the code, never the message: an unexpected error's message may quote a DICOM value,
-    and the audit log must never hold patient names or ids.
-    """
-    from lunglens.errors import LungLensError
-
-    if isinstance(exc, KeyboardInterrupt):
-        return {"outcome": "cancelled", "error": "KeyboardInterrupt"}
-    code = exc.code if isinstance(exc, LungLensError) else type(exc).__name__
-    return {"outcome": "error", "error": code}
-
-
 def choose_model(
     args: argparse.Namespace, scan: Scan, verdict: GateVerdict | None = None
 ) -> ModelInfo:

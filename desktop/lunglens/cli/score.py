@@ -7,9 +7,8 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -23,7 +22,6 @@ from lunglens.cli.common import (
     AddCommand,
     UsageError,
     err,
-    failure_fields,
 )
 
 if TYPE_CHECKING:
@@ -65,53 +63,16 @@ class ProgressLine:
 
 
 @dataclass
-class _SoFar:
-    """What a run had done when an error stopped it, for its audit line (the runner writes its
-    own line only for a run that finishes): the counts of its events, as in its summary."""
+class _Stop:
+    """How a run was stopped: ``terminated`` by SIGTERM (exit 143, no HTML report: a service
+    manager waits only so long)."""
 
-    total: int = 0
-    skipped: int = 0
-    counts: Counter[str] = field(default_factory=Counter)
-    t0: float = field(default_factory=time.perf_counter)
-    #: stopped by SIGTERM: exit 143, no HTML report (a service manager waits only so long)
     terminated: bool = False
 
-    def see(self, ev: object) -> None:
-        """Count ``ev``, an event of :func:`lunglens.batch.score`."""
-        from lunglens.batch import Row, Started
 
-        if isinstance(ev, Started):
-            self.total, self.skipped = ev.total, ev.skipped
-        elif isinstance(ev, Row):
-            ok = ev.row["status"] == "ok"
-            self.counts.update(
-                done=1, ok=ok, errors=not ok, flagged=ev.row.get("flagged") == "true"
-            )
-
-
-def _failure_record(
-    args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar, exc: BaseException
-) -> dict[str, object]:
-    """The audit line of a run that ``exc`` stopped: the fields of a finished run's line
-    (:mod:`lunglens.batch.runner`) that are known, plus ``outcome`` and ``error``."""
-    return {
-        "inputs": [str(p) for p in args.paths],
-        "out_csv": str(args.out),
-        "model": info.name if info is not None else args.model,
-        "model_version": info.version if info is not None else "",
-        "model_sha256": info.sha256 if info is not None else "",
-        "total": so_far.total,
-        **{k: so_far.counts[k] for k in ("done", "ok", "errors", "flagged")},
-        "skipped": so_far.skipped,
-        "resume": args.resume,
-        "elapsed_s": round(time.perf_counter() - so_far.t0, 3),
-        **failure_fields(exc),
-    }
-
-
-def _run(args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar) -> Summary:
-    """Drive :func:`lunglens.batch.score` with a progress line, counting its events into
-    ``so_far``; the first Ctrl-C asks it to stop after the scans in hand, a second one aborts.
+def _run(args: argparse.Namespace, info: ModelInfo | None, stop: _Stop) -> Summary:
+    """Drive :func:`lunglens.batch.score` with a progress line; the first Ctrl-C asks it to
+    stop after the scans in hand, a second one aborts (the runner audits either way).
     SIGTERM (a service stopped, a machine shutting down) stops the same way as the first
     Ctrl-C: the rows in hand are written and the lock released."""
     from lunglens.batch import Finished, Progress, Started, score
@@ -133,7 +94,7 @@ def _run(args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar) -> Su
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         cancel.set()
-        so_far.terminated = True
+        stop.terminated = True
         say("terminate signal: stopping after the scans in hand")
 
     previous: dict[int, Callable[..., Any] | int | None] = {}
@@ -155,7 +116,6 @@ def _run(args: argparse.Namespace, info: ModelInfo | None, so_far: _SoFar) -> Su
             models_dir=args.models_dir,
         )
         for ev in events:
-            so_far.see(ev)
             if isinstance(ev, Started):
                 skipped = f", {ev.skipped} already done" if ev.skipped else ""
                 how = (
@@ -208,24 +168,33 @@ def _auto_models(models_dir: str | None) -> list[ModelInfo]:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score ``args.paths`` into ``args.out``; print the summary and write ``results.html``."""
     from lunglens import DISCLAIMER
-    from lunglens.audit import append_audit
+    from lunglens.audit import append_audit, failure_fields
     from lunglens.report.html import write_html_report  # before scoring: fails fast if broken
 
     if args.workers < 1:  # a usage error, not a run: nothing to audit
         raise UsageError("--workers must be at least 1")
     info: ModelInfo | None = None  # automatic: each scan by its modality's default model
-    so_far = _SoFar()
+    stop = _Stop()
     try:
         if args.model != AUTO:
             from lunglens.models import get_model
 
             info = get_model(args.model, args.models_dir)
-        summary = _run(args, info, so_far)
-    except BaseException as exc:  # refused model, full disk, ...: the run is audited still
-        append_audit("score", _failure_record(args, info, so_far, exc))
+    except BaseException as exc:  # refused or missing model: no run started, audited here
+        append_audit(
+            "score",
+            {
+                "inputs": [str(p) for p in args.paths],
+                "out_csv": str(args.out),
+                "model": args.model,
+                "resume": args.resume,
+                **failure_fields(exc),
+            },
+        )
         raise
+    summary = _run(args, info, stop)  # a run stopped by an error is audited by the runner
     _print_summary(summary, automatic=info is None)
-    if so_far.terminated:
+    if stop.terminated:
         err("terminated; rerun with --resume to finish (no HTML report written)")
         return EXIT_TERMINATED
     if not args.no_report:
