@@ -301,23 +301,30 @@ def test_lung_attention_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert (work / "model_qat_fp32.onnx").read_bytes() != (work / "model_fp32.onnx").read_bytes()
 
 
+def _shipped_copy(tmp_path: Path, stale: dict) -> tuple[Path, Path]:
+    """A copy of the shipped X-ray SqueezeNet folder, and a work folder holding a run's
+    ``state.json`` (``stale``) that the shipped-folder stages must leave as it is."""
+    out = tmp_path / "models" / "squeezenet-light-cxr"
+    shutil.copytree(MODELS / "squeezenet-light-cxr", out)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "state.json").write_text(json.dumps(stale))
+    return out, work
+
+
 def test_cam_stage_measures_a_shipped_x_ray_model_in_place(tmp_path: Path) -> None:
     """``--stages cam`` measures the CAM check on a model folder as it is (no work folder) and
     writes it into the manifest and card; nothing else in the folder changes."""
     from lunglens.training.cli import main
 
-    out = tmp_path / "models" / "squeezenet-light-cxr"
-    shutil.copytree(MODELS / "squeezenet-light-cxr", out)
+    stale = {"cam_in_lungs": {"mean": 0.99}, "note": "a training run's state"}
+    out, work = _shipped_copy(tmp_path, stale)
     manifest = json.loads((out / "manifest.json").read_text())
     manifest.pop("cam_in_lungs", None)
     # a folder written before the fold was recorded: the fold comes from the CAM reference
     manifest["training"]["final_model"].pop("val_fold", None)
     (out / "manifest.json").write_text(json.dumps(manifest))
     onnx_before = (out / "model.onnx").read_bytes()
-    work = tmp_path / "work"
-    work.mkdir()
-    stale = {"cam_in_lungs": {"mean": 0.99}, "note": "a training run's state"}
-    (work / "state.json").write_text(json.dumps(stale))
     args = ["cxr-squeezenet", "--stages", "cam", "--models-dir", str(tmp_path / "models")]
     assert main([*args, "--workdir", str(work)]) == 0
     written = json.loads((out / "manifest.json").read_text())
@@ -347,18 +354,14 @@ def test_parity_stage_scores_a_shipped_model_again_in_the_apps_sessions(tmp_path
     that is not the one the manifest names is refused."""
     from lunglens.training.cli import main
 
-    out = tmp_path / "models" / "squeezenet-light-cxr"
-    shutil.copytree(MODELS / "squeezenet-light-cxr", out)
+    stale = {"quantization": {"note": "a training run's state"}}
+    out, work = _shipped_copy(tmp_path, stale)
     manifest = json.loads((out / "manifest.json").read_text())
     q = manifest["quantization"]
     q.pop("parity_measured_again", None)
     q["parity_validation_fold"] = {**q["parity_validation_fold"], "agreement": 0.5}  # stale
     (out / "manifest.json").write_text(json.dumps(manifest))
     onnx_before = (out / "model.onnx").read_bytes()
-    work = tmp_path / "work"
-    work.mkdir()
-    stale = {"quantization": {"note": "a training run's state"}}
-    (work / "state.json").write_text(json.dumps(stale))
     args = ["cxr-squeezenet", "--stages", "parity", "--models-dir", str(tmp_path / "models")]
     assert main([*args, "--workdir", str(work)]) == 0
     assert json.loads((work / "state.json").read_text()) == stale  # the run's state untouched
@@ -422,14 +425,10 @@ def test_quantize_stage_searches_a_shipped_model_again_as_a_new_version(
         quantize.QuantCandidate("Percentile", float_first_convs=9, bias_correction=True),
     )
     monkeypatch.setattr(quantize, "QUANT_CANDIDATES", two)
-    out = tmp_path / "models" / "squeezenet-light-cxr"
-    shutil.copytree(MODELS / "squeezenet-light-cxr", out)
+    stale = {"quantization": {"note": "a training run's state"}}
+    out, work = _shipped_copy(tmp_path, stale)
     manifest = json.loads((out / "manifest.json").read_text())
     fp32_before = (out / "model_fp32.onnx").read_bytes()
-    work = tmp_path / "work"
-    work.mkdir()
-    stale = {"quantization": {"note": "a training run's state"}}
-    (work / "state.json").write_text(json.dumps(stale))
     args = ["cxr-squeezenet", "--stages", "quantize", "--models-dir", str(tmp_path / "models")]
     args += ["--workdir", str(work), "--calib-images", "16"]
     with pytest.raises(ValueError, match=r"version 2\.0\.1 is the folder's own"):

@@ -19,34 +19,11 @@ from lunglens.models.registry import ModelInfo
 _T = TypeVar("_T")
 
 
-def finished_record(
-    summary: Summary, models: list[ModelInfo], inputs: list[str], resume: bool
-) -> dict[str, object]:
-    """The audit line of a run: inputs, output, models and counts, never patient ids."""
-    return {
-        "inputs": inputs,
-        "out_csv": str(summary.out_csv),
-        "model": summary.model,
-        "model_version": summary.model_version,
-        "model_sha256": summary.model_sha256,
-        "models": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
-        "total": summary.total,
-        "done": summary.done,
-        "ok": summary.ok,
-        "errors": summary.errors,
-        "flagged": summary.flagged,
-        "skipped": summary.skipped,
-        "cancelled": summary.cancelled,
-        "ignored": len(summary.ignored),
-        "resume": resume,
-        "elapsed_s": round(summary.elapsed_s, 3),
-    }
-
-
 @dataclass
 class RunAudit:
-    """What the audit line of a run that did not finish says: its inputs, output and model,
-    and the counts of the rows written so far (:class:`RowTally`, once the file is open)."""
+    """The audit line of one run: its counts once it finishes (:meth:`finished`), or, when it
+    does not (:meth:`log`), its inputs, output and model and the counts of the rows written so
+    far (:class:`RowTally`, once the file is open). ``audit`` False writes nothing."""
 
     inputs: list[str]
     out_csv: str
@@ -65,7 +42,38 @@ class RunAudit:
             self.log(exc)
             raise
 
+    def finished(self, summary: Summary, models: list[ModelInfo]) -> None:
+        """The line of a run that finished (Ctrl-C once included: ``cancelled``): inputs,
+        output, models and counts, never patient ids."""
+        if not self.audit:
+            return
+        append_audit(
+            "score",
+            {
+                "inputs": self.inputs,
+                "out_csv": str(summary.out_csv),
+                "model": summary.model,
+                "model_version": summary.model_version,
+                "model_sha256": summary.model_sha256,
+                "models": [
+                    {"name": m.name, "version": m.version, "sha256": m.sha256} for m in models
+                ],
+                "total": summary.total,
+                "done": summary.done,
+                "ok": summary.ok,
+                "errors": summary.errors,
+                "flagged": summary.flagged,
+                "skipped": summary.skipped,
+                "cancelled": summary.cancelled,
+                "ignored": len(summary.ignored),
+                "resume": self.resume,
+                "elapsed_s": round(summary.elapsed_s, 3),
+            },
+        )
+
     def log(self, exc: BaseException) -> None:
+        """The line of a run that ``exc`` stopped (``GeneratorExit``: its caller stopped
+        reading)."""
         if not self.audit:
             return
         counts = self.tally.counts if self.tally is not None else {}

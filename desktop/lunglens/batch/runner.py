@@ -30,12 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from lunglens import AUTO_MODEL
-from lunglens.audit import append_audit
 from lunglens.batch.events import BatchEvent, Finished, Started, Summary
 from lunglens.batch.lock import ResultsLock
 from lunglens.batch.results_csv import ResultsWriter, open_results
 from lunglens.batch.rows import RowTally, error_row, error_text, result_row
-from lunglens.batch.run_audit import RunAudit, finished_record
+from lunglens.batch.run_audit import RunAudit
 from lunglens.batch.units import discover
 from lunglens.errors import ModelNotFound
 from lunglens.inference.classify import BATCH_SIZE, result_from_probs
@@ -419,6 +418,5 @@ def score(
         lock.release()
     cancelled = decoded.cancelled or _cancelled(cancel)
     summary = _summary(tally, models, writer.path, run.skipped, cancelled, ignored)
-    if audit:
-        append_audit("score", finished_record(summary, models.models, path_list, resume))
+    run.finished(summary, models.models)
     yield Finished(summary)

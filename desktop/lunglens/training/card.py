@@ -405,15 +405,22 @@ def _shipped_parity_text(par: Mapping[str, Any] | None) -> str:
     )
 
 
+def _sessions_text(again: Mapping[str, Any]) -> str:
+    """The command, runtime and session settings a shipped-folder stage measured with."""
+    off = ", ".join(again.get("disabled_optimizers", [])) or "none"
+    return (
+        f"`{again['command']}`, {again['runtime']}, the app's sessions, graph transformers "
+        f"off: {off}"
+    )
+
+
 def _measured_again_text(again: Mapping[str, Any] | None) -> str:
     """Where the parity was scored again on the files as shipped (``--stages parity``)."""
     if not again:
         return ""
-    off = ", ".join(again.get("disabled_optimizers", [])) or "none"
     return (
-        f" (measured again on the shipped files: `{again['command']}`, {again['runtime']}, "
-        f"the app's sessions, graph transformers off: {off}; the trials below are as the "
-        "search measured them)"
+        f" (measured again on the shipped files: {_sessions_text(again)}; the trials below are "
+        "as the search measured them)"
     )
 
 
@@ -422,7 +429,6 @@ def _searched_again_line(again: Mapping[str, Any] | None) -> list[str]:
     quantize``): the trials below are that search's."""
     if not again:
         return []
-    off = ", ".join(again.get("disabled_optimizers", [])) or "none"
     qat = (
         ""
         if again.get("qat_candidate")
@@ -430,8 +436,7 @@ def _searched_again_line(again: Mapping[str, Any] | None) -> list[str]:
     )
     return [
         f"- Searched again from the shipped float file (version {again['from_version']}'s "
-        f"INT8 replaced): `{again['command']}`, {again['runtime']}, the app's sessions, graph "
-        f"transformers off: {off}; validation fold {again['val_fold']}{qat}."
+        f"INT8 replaced): {_sessions_text(again)}; validation fold {again['val_fold']}{qat}."
     ]
 
 

@@ -110,6 +110,14 @@ def _recorded_val_fold(manifest: ModelManifest) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _shipped(path: Path, sha256: object) -> Path:
+    """``path``, refused unless its SHA-256 is the manifest's ``sha256``: a stage that measures
+    or rebuilds a model folder must work on the files the folder ships."""
+    if sha256_of(path) != sha256:
+        raise ValueError(f"{path}: SHA-256 differs from the manifest's: not the shipped file")
+    return path
+
+
 def _json(obj) -> str:
     def clean(o):
         if isinstance(o, float) and (o != o):  # NaN -> null (strict JSON)
@@ -940,23 +948,14 @@ class Pipeline:
         ``WeightBiasQuantization`` ran the SqueezeNets' last float Conv in INT8 until the
         app's sessions turned it off). The files must be the ones the manifest names (SHA-256).
         """
-        import onnxruntime as ort
-
-        from lunglens.inference.engine import DISABLED_OPTIMIZERS
-        from lunglens.models.hashing import sha256_of
         from lunglens.training.quantize import onnx_probs, parity
 
         manifest, v = self._shipped_manifest(ds)
         q = dict(manifest.quantization or {})
-        ref = manifest.reference_fp32 or {}
-        int8, fp32 = self.out / manifest.file, self.out / str(ref.get("file", ""))
-        if not q or not ref.get("file") or not fp32.is_file():
+        if not q:
             raise FileNotFoundError(f"{self.out}: no INT8 and float pair to compare")
-        for path, want in ((int8, manifest.sha256), (fp32, ref.get("sha256"))):
-            if sha256_of(path) != want:
-                raise ValueError(
-                    f"{path}: SHA-256 differs from the manifest's: not the shipped file"
-                )
+        fp32 = self._shipped_float(manifest)
+        int8 = _shipped(self.out / manifest.file, manifest.sha256)
         val_idx = ds.folds([v])
         labels, pos = ds.labels[val_idx], self.positive(ds)
         p32, p8 = onnx_probs(fp32, ds.images[val_idx]), onnx_probs(int8, ds.images[val_idx])
@@ -968,12 +967,7 @@ class Pipeline:
         q["parity_validation_fold"] = parity(p32, p8, labels, pos, recipe_thr)
         par = parity(p32, p8, labels, pos, shipped_thr)
         q["parity_shipped_threshold"] = {**par, "threshold": shipped_thr}
-        q["parity_measured_again"] = dict(
-            runtime=f"onnxruntime {ort.__version__}",
-            disabled_optimizers=list(DISABLED_OPTIMIZERS),
-            command=f"lunglens-train {self.p.name} --stages parity",
-            val_fold=v,
-        )
+        q["parity_measured_again"] = self._measured_with("parity", v)
         self.log(
             f"INT8 vs float, validation fold {v} ({len(val_idx)} images) at {shipped_thr:.4f}: "
             f"agreement {par['agreement']:.4f}, max |dp| {par['max_abs_prob_diff']:.3f}"
@@ -994,9 +988,6 @@ class Pipeline:
         preset's version (or ``--version``) must differ from the folder's. The quantization-aware
         candidate needs the training checkpoint and is not tried (the card says so).
         """
-        import onnxruntime as ort
-
-        from lunglens.inference.engine import DISABLED_OPTIMIZERS
         from lunglens.training.quantize import QUANT_CANDIDATES, parity, search_quantization
 
         manifest, v = self._shipped_manifest(ds)
@@ -1006,12 +997,7 @@ class Pipeline:
                 f"{self.out}: version {version} is the folder's own; a new INT8 file is a new "
                 "model version (raise the preset's version or give --version)"
             )
-        ref = manifest.reference_fp32 or {}
-        fp32 = self.out / str(ref.get("file", ""))
-        if not ref.get("file") or not fp32.is_file():
-            raise FileNotFoundError(f"{self.out}: no float file to quantize")
-        if sha256_of(fp32) != ref.get("sha256"):
-            raise ValueError(f"{fp32}: SHA-256 differs from the manifest's: not the shipped file")
+        fp32 = self._shipped_float(manifest)
         op = manifest.operating_point
         if not op:
             raise ValueError(f"{self.out}: no pooled operating point yet (run the preset first)")
@@ -1044,14 +1030,8 @@ class Pipeline:
             threshold_basis="shipped",
             threshold=thr,
             parity_shipped_threshold={**parity(p32, p8, labels, pos, thr), "threshold": thr},
-            searched_again=dict(
-                runtime=f"onnxruntime {ort.__version__}",
-                disabled_optimizers=list(DISABLED_OPTIMIZERS),
-                command=f"lunglens-train {self.p.name} --stages quantize",
-                val_fold=v,
-                from_version=manifest.version,
-                qat_candidate=False,
-            ),
+            searched_again=self._measured_with("quantize", v)
+            | dict(from_version=manifest.version, qat_candidate=False),
         )
         par = q["parity_validation_fold"]
         self.log(
@@ -1086,6 +1066,29 @@ class Pipeline:
                 f.write_bytes(data)
             self.log(f"{self.out}: restored as it was (the new INT8 file was not shipped)")
             raise
+
+    def _measured_with(self, stage: str, val_fold: int) -> dict:
+        """What a shipped-folder stage records of how it measured: the runtime, the graph
+        transformers the app's sessions turn off, its command and the validation fold (a card's
+        numbers hold only for the runtime and sessions they were measured with)."""
+        import onnxruntime as ort
+
+        from lunglens.inference.engine import DISABLED_OPTIMIZERS
+
+        return dict(
+            runtime=f"onnxruntime {ort.__version__}",
+            disabled_optimizers=list(DISABLED_OPTIMIZERS),
+            command=f"lunglens-train {self.p.name} --stages {stage}",
+            val_fold=val_fold,
+        )
+
+    def _shipped_float(self, manifest: ModelManifest) -> Path:
+        """The folder's float file (manifest ``reference_fp32``), the one its SHA-256 names."""
+        ref = manifest.reference_fp32 or {}
+        fp32 = self.out / str(ref.get("file", ""))
+        if not ref.get("file") or not fp32.is_file():
+            raise FileNotFoundError(f"{self.out}: no float file (reference_fp32)")
+        return _shipped(fp32, ref.get("sha256"))
 
     def _shipped_manifest(self, ds: ImageSet) -> tuple[ModelManifest, int]:
         """The model folder's manifest and the validation fold its final model was chosen on,
