@@ -749,6 +749,39 @@ def test_batch_table_shows_a_rows_notes(qtbot) -> None:
     assert cell.text() == cell.toolTip() == row["notes"]
 
 
+def test_batch_table_says_why_an_error_row_was_not_scored(qtbot) -> None:
+    """On a laptop screen the Error column is off to the right: the Triage cell of an error row
+    carries the reason, and a scored row keeps its decision."""
+    from lunglens.gui.batch_table import result_columns, row_items
+
+    cols = result_columns([])
+    triage = [key for key, _title in cols].index("prediction")
+    error = "NotChestImage: the DICOM header says BodyPartExamined HEAD"
+    bad = row_items({"path": "a.dcm", "status": "error", "error": error}, cols)[triage]
+    assert bad.text() == "Not scored - the DICOM header says BodyPartExamined HEAD"
+    assert bad.toolTip() == bad.text()
+    named = {"path": "in/a.dcm", "status": "error", "error": "CorruptFile: in/a.dcm: truncated"}
+    assert row_items(named, cols)[triage].text() == "Not scored - truncated"
+    ok = {"path": "b.dcm", "status": "ok", "prediction": "Not flagged (P 0.014 < 0.095)"}
+    assert row_items(ok, cols)[triage].text() == ok["prediction"]
+
+
+def test_cam_status_line_takes_no_row_when_empty(qtbot) -> None:
+    """An empty status line under the CAM legend is hidden (its row pushed Export below the
+    fold at 1366x768); a message shows it again."""
+    from lunglens.gui.cam_controls import CamControls
+
+    controls = CamControls()
+    qtbot.addWidget(controls)
+    controls.show()
+    controls.set_available(True)
+    assert not controls.status_label.isVisible()
+    controls.set_status("CAM of slice 3")
+    assert controls.status_label.isVisible()
+    controls.set_available(False)
+    assert controls.status_label.isVisible() and "Classify" in controls.status_label.text()
+
+
 def test_a_failed_open_clears_the_previous_scans_decision(
     qtbot, window: MainWindow, ct_file: Path, tmp_path: Path
 ) -> None:

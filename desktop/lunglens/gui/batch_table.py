@@ -2,7 +2,8 @@
 
 Rows are the results CSV's rows (:mod:`lunglens.batch`) as they are written; the table sorts
 by the positive probability, highest on top, with errors (no probability) last. Flagged rows are
-tinted red and error rows grey, so the ranking reads at a glance.
+tinted red and error rows grey, so the ranking reads at a glance; an error row says why it was
+not scored in its Triage cell.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ def short_key(key: str) -> str:
     if parsed.part is None:
         return parsed.name
     return f"{parsed.name}{SEPARATOR}…{parsed.part[-UID_TAIL:]}"
+
+
+def not_scored_text(error: str, path: str = "") -> str:
+    """Triage cell of an error row: ``Not scored - <reason>``, the reason without its code and
+    without the scan's own path (both stay in the Error column; the Scan column names it)."""
+    _code, sep, message = error.partition(": ")
+    reason = message if sep else error
+    reason = reason.removeprefix(f"{path}: ") if path else reason
+    return f"Not scored - {reason or 'no reason recorded'}"
 
 
 def result_columns(models: list[ModelInfo]) -> list[tuple[str, str]]:
@@ -64,6 +74,10 @@ def row_items(row: dict[str, str], columns: list[tuple[str, str]]) -> list[QStan
         text = value
         if col == "path":
             text = short_key(value)
+        elif col == "prediction" and error:
+            # the reason where the decision would be: the Error column is off screen on a
+            # laptop, and an empty Triage cell reads as "nothing to see"
+            text = value = not_scored_text(row.get("error", ""), key)
         elif col.startswith("p_") or col in ("elapsed_ms", "n_slices"):
             try:
                 sort_value = float(value)
@@ -73,7 +87,7 @@ def row_items(row: dict[str, str], columns: list[tuple[str, str]]) -> list[QStan
         item = QStandardItem(text)
         item.setData(sort_value, SORT_ROLE)
         item.setData(key, KEY_ROLE)
-        item.setToolTip(value if col in ("path", "error", "notes") else text)
+        item.setToolTip(value if col in ("path", "error", "notes", "prediction") else text)
         if flagged:
             item.setBackground(FLAGGED_BRUSH)
         elif error:

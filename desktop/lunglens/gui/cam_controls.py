@@ -98,13 +98,17 @@ class CamControls(QGroupBox):
         form.addRow("Opacity", opacity_row)
         form.addRow("Class", self.class_combo)
         form.addRow("Colormap", self.colormap_combo)
+        # the export button shares the first row: on a 1366x768 laptop screen a row of its own
+        # fell below the fold of the classification panel
+        top_row = QHBoxLayout()
+        top_row.addWidget(self.show_box, 1)
+        top_row.addWidget(self.export_button)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.show_box)
+        layout.addLayout(top_row)
         layout.addLayout(form)
         layout.addLayout(legend_row)
         layout.addWidget(self.caveat_label)
         layout.addWidget(self.status_label)
-        layout.addWidget(self.export_button)
         self._update_legend(self.colormap_combo.currentText())
         self.set_available(False)
 
@@ -115,7 +119,13 @@ class CamControls(QGroupBox):
         """Enable the controls once a result with a CAM exists."""
         for w in (self.show_box, self.class_combo, self.export_button):
             w.setEnabled(available)
-        self.status_label.setText("" if available else reason)
+        self.set_status("" if available else reason)
+
+    def set_status(self, text: str) -> None:
+        """The line under the legend (which slice's map, its colour scale); hidden when empty,
+        since an empty label still takes a row of the panel."""
+        self.status_label.setText(text)
+        self.status_label.setVisible(bool(text))
 
     def set_classes(self, labels: tuple[str, ...] | list[str], current: str) -> None:
         """Fill the class chooser without emitting ``classChanged``."""

@@ -130,7 +130,7 @@ class CamOverlay(QObject):
         self.view.set_overlay(heat)
         self.view.set_overlay_visible(True)
         where = f"CAM of slice {state.slice_index + 1}" if state.n_slices > 1 else ""
-        self.controls.status_label.setText("\n".join(filter(None, [where, state.cam_scale_note()])))
+        self.controls.set_status("\n".join(filter(None, [where, state.cam_scale_note()])))
         self.ready.emit()
 
     def _request(self) -> None:
@@ -147,7 +147,7 @@ class CamOverlay(QObject):
         worker.signals.finished.connect(lambda w=worker: self._on_finished(w))
         self._worker, self._pending = worker, request.key
         if request.raw is None:
-            self.controls.status_label.setText(f"Computing the CAM of slice {request.index + 1}…")
+            self.controls.set_status(f"Computing the CAM of slice {request.index + 1}…")
         self.pool.start(worker)
 
     def _on_heat(self, heat: SliceHeat) -> None:

@@ -321,6 +321,31 @@ PRESETS: dict[str, Preset] = {
             frozen_stages=1,
             compared_with=("cxr-efficientnet-lite-plain", "cxr-efficientnet-lite-balanced"),
         ),
+        # EfficientNet-Lite2 at its native 260 px in place of Lite0 at 224, the shipped X-ray
+        # recipe otherwise (issue 13: "pick Lite0 or Lite2 (and the resolution) by measured CV
+        # and latency"; pneumonia vs COVID is the X-ray model's weak point)
+        _preset(
+            _LITE_CXR,
+            _MEASURED,
+            name="cxr-efficientnet-lite2",
+            model_name="efficientnet-lite2-cxr",
+            arch="efficientnet-lite2",
+            size_cpu=260,
+            size_cuda=260,
+            lung_attention=1.0,
+            compared_with=("cxr-efficientnet-lite", "cxr-efficientnet-lite-288"),
+        ),
+        # the shipped X-ray recipe at 288 px: what the resolution alone gives
+        _preset(
+            _LITE_CXR,
+            _MEASURED,
+            name="cxr-efficientnet-lite-288",
+            model_name="efficientnet-lite-cxr-288",
+            size_cpu=288,
+            size_cuda=288,
+            lung_attention=1.0,
+            compared_with=("cxr-efficientnet-lite", "cxr-efficientnet-lite2"),
+        ),
         # the shipped CT SqueezeNet (2.0.0): distilled from the CT Lite teacher at 224 px for 30
         # epochs, about 10 hours on the 2 cores (each run resumes from its checkpoint), minutes
         # on a GPU (docs/training.md, "Training on a lent GPU"); the same recipe on either
