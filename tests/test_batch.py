@@ -108,7 +108,9 @@ def test_csv_contract(env: Path, info: ModelInfo) -> None:
                 f"{info.threshold:.3f})"
             )
         else:
-            assert r["prediction"] == f"Not flagged (P {p1:.3f} < {info.threshold:.3f})"
+            assert (
+                r["prediction"] == f"Not flagged for COVID-19 (P {p1:.3f} < {info.threshold:.3f})"
+            )
         assert int(r["n_slices"]) == 1 and r["top_slices"] == "1"  # slices count from 1
         assert float(r["elapsed_ms"]) >= 0
         assert datetime.fromisoformat(r["scored_at"]).utcoffset().total_seconds() == 0

@@ -39,7 +39,7 @@ def test_classify_text_cam_and_audit(env: Path, capsys: pytest.CaptureFixture[st
     assert main(["classify", str(img), "--cam", str(cam)]) == 0
     out, err = capsys.readouterr()
     assert "result:      Flagged for review - COVID-19 not ruled out (P " in out or (
-        "result:      Not flagged (P " in out
+        "result:      Not flagged for COVID-19 (P " in out
     )
     assert "prediction" not in out and DISCLAIMER in out
     assert "threshold:   0.500 on P(covid)" in out  # one precision for thresholds
@@ -179,7 +179,7 @@ def test_demo_prints_table_without_display(
     assert "pneumonia (Pneumocystis)" in bright
     assert "Flagged for review - COVID-19 not ruled out (P " in bright
     dark = next(line for line in out.splitlines() if line.startswith("dark.png"))
-    assert " ? " in dark and "Not flagged (P " in dark
+    assert " ? " in dark and "Not flagged for COVID-19 (P " in dark
     assert "FLAGGED" not in out and DISCLAIMER in out
     monkeypatch.setenv("LUNGLENS_RESOURCES_DIR", str(env / "none"))
     assert main(["demo"]) == 1

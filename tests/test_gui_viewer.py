@@ -140,6 +140,9 @@ def test_pixel_value_window_level_and_zoom(qtbot, window: MainWindow, ct_file: P
     with qtbot.waitSignal(window.scanLoaded, timeout=TIMEOUT):
         window.open_path(str(ct_file))
     assert window.scan is not None and window.scan.raw is not None
+    # the combo names the window the slice is shown in (the loader's lung window)
+    assert window.display_window is not None
+    assert window.window_combo.currentData() == window.display_window.name == "lung"
     window._on_hover(10, 20)
     hu = float(window.scan.raw[0, 20, 10])
     assert window.pixel_label.text() == f"(10, 20)  HU {hu:.0f}"
@@ -148,8 +151,10 @@ def test_pixel_value_window_level_and_zoom(qtbot, window: MainWindow, ct_file: P
     assert window.display_window is not None and window.display_window.name == "bone"
     assert window.window_label.text() == "W 1800  L 400"
     assert window.view.image_item.pixmap().toImage() != before
+    assert window.window_combo.currentData() == "bone"
     window._on_window_drag(20, -10)
     assert window.display_window.name == "custom" and window.display_window.width > 1800
+    assert window.window_combo.currentText() == "Window: custom"
     # right-drag on the view emits the same signal
     with qtbot.waitSignal(window.view.windowDragged, timeout=2000):
         vp = window.view.viewport()
@@ -235,6 +240,11 @@ def test_cxr_uses_cxr_model_and_gallery(qtbot, window: MainWindow, cxr_file: Pat
         gallery.show()
     assert sig.args == [4]  # the synthetic layer has 4 channels; top-16 gives all of them
     assert gallery.grid.count() == 4
+    # the maps name their model: with several installed they must be traceable to one
+    info = window.state.result_info
+    assert f"model {info.name} v{info.version} (SHA-256 {info.sha256[:12]})" in (
+        gallery.status.text()
+    )
     assert not gallery.grid.item(0).icon().isNull()
     gallery.grid.setCurrentRow(2)
     assert gallery.preview.pixmap() is not None and not gallery.preview.pixmap().isNull()
@@ -249,6 +259,7 @@ def test_cxr_uses_cxr_model_and_gallery(qtbot, window: MainWindow, cxr_file: Pat
     pix = gallery.enlarged.image.pixmap()
     assert pix.width() >= 400 and pix.height() >= 400  # the 64 px map, shown at 480 px
     assert "Channel" in gallery.enlarged.caption.text()
+    assert f"model {info.name} v{info.version}" in gallery.enlarged.caption.text()
     gallery.enlarged.close()
     # cached per scan: changing N and back does not recompute
     with qtbot.waitSignal(gallery.computed, timeout=TIMEOUT):
@@ -369,7 +380,8 @@ def test_batch_with_bad_file_table_and_open(
     assert summary.total == 7 and summary.errors == 1 and summary.ok == 6
     assert panel.row_count() == 7
     assert panel.progress.value() == panel.progress.maximum() == 7
-    assert panel.status.text().startswith("Done: 7/7")
+    assert panel.status.text().startswith("Done: 7/7 processed: 6 scans scored (")
+    assert "1 not scored" in panel.status.text()  # a refused file is not "scored"
     # ranked as it opens: highest P(covid) on top, the error row last
     pcol, tcol = panel.column("p_covid"), panel.column("prediction")
     shown = [panel.proxy.index(r, pcol).data() for r in range(7)]
@@ -386,7 +398,10 @@ def test_batch_with_bad_file_table_and_open(
         for c in range(panel.model.columnCount())
     ]
     models = {panel.proxy.index(r, panel.column("model")).data() for r in range(6)}
-    assert models == {"synthetic-ct", "synthetic-cxr"}  # each by its modality, one file
+    assert models == {
+        "synthetic-ct v0.0.1",
+        "synthetic-cxr v0.0.1",
+    }  # each by its modality, one file
     # flagged rows highlighted, error row grey
     flagged = [r for r in range(7) if panel.proxy.index(r, tcol).data().startswith("Flagged")]
     assert len(flagged) == 3
@@ -681,6 +696,20 @@ def test_non_chest_scan_is_shown_with_a_red_refusal_and_never_scored(
     assert "Not a chest scan: body part BRAIN" in panel.refusal()
     assert "#b00020" in panel.refusal_label.styleSheet()  # red banner
     assert not panel.bars_box.isVisibleTo(window)
+    assert window.cam_controls.status_label.text() == "No CAM: the scan was not scored"
+    # nor does the activation gallery show the model's view of a scan it must not judge
+    window.gallery.show()
+    qtbot.waitUntil(window.pool.idle, timeout=TIMEOUT)
+    assert window.gallery.grid.count() == 0 and not window.gallery.busy()
+    assert "No activation maps: not a chest scan" in window.gallery.status.text()
+    window.gallery.hide()
+    # a failed open of another file leaves this image refused, banner and all
+    broken = tmp_path / "broken.dcm"
+    broken.write_text("not a DICOM file", encoding="utf-8")
+    with qtbot.waitSignal(window.errorShown, timeout=TIMEOUT):
+        window.open_path(str(broken))
+    assert window.scan is not None and window.scan.source == str(brain)
+    assert "body part BRAIN" in panel.refusal() and not panel.bars_box.isVisibleTo(window)
     window.classify()  # the button does not score it either
     qtbot.waitUntil(window.pool.idle, timeout=TIMEOUT)
     assert window.result is None and "%" not in panel.prediction_label.text()
@@ -762,8 +791,18 @@ def test_batch_table_says_why_an_error_row_was_not_scored(qtbot) -> None:
     assert bad.toolTip() == bad.text()
     named = {"path": "in/a.dcm", "status": "error", "error": "CorruptFile: in/a.dcm: truncated"}
     assert row_items(named, cols)[triage].text() == "Not scored - truncated"
-    ok = {"path": "b.dcm", "status": "ok", "prediction": "Not flagged (P 0.014 < 0.095)"}
-    assert row_items(ok, cols)[triage].text() == ok["prediction"]
+    ok = {
+        "path": "b.dcm",
+        "status": "ok",
+        "prediction": "Not flagged for COVID-19 (P 0.014 < 0.095)",
+        "model": "efficientnet-lite-ct",
+        "model_version": "1.1.3",
+        "model_sha256": "07c8fde17903",
+    }
+    cells = row_items(ok, cols)
+    assert cells[triage].text() == ok["prediction"]
+    model = cells[[key for key, _title in cols].index("model")]
+    assert model.text() == "efficientnet-lite-ct v1.1.3" and "07c8fde17903" in model.toolTip()
 
 
 def test_cam_status_line_takes_no_row_when_empty(qtbot) -> None:
@@ -799,7 +838,9 @@ def test_a_failed_open_clears_the_previous_scans_decision(
     text = window.classify_panel.prediction_label.text()
     assert text.startswith("No result shown: patient-b.dcm could not be opened")
     assert "Flagged" not in text and "still CTImage.dcm" in text
-    assert all(bar.text() == "" for bar in window.classify_panel.bars.values())  # no old P
+    # no old P, and no rows of the old model's classes either
+    assert window.classify_panel.bars == {}
+    assert not window.classify_panel.bars_box.isVisibleTo(window)
     # two files of one name (IM0001.dcm of two series): their folders tell them apart
     from lunglens.gui.opening import _names
 

@@ -125,6 +125,8 @@ def test_cr_monochrome1_is_inverted_so_lungs_are_dark() -> None:
     scan = load_scan(path)
     assert scan.modality == "cxr" and scan.inverted
     assert scan.window == Window(15000, 30000, "file")  # WindowCenter/Width of the file
+    # the file's PixelSpacing is 0\0: shown as not given, not as a size
+    assert scan.metadata["pixel_spacing"] == "0,0 (zero: not given)"
     im = scan.image[0]
     h, w = im.shape
     lungs = (

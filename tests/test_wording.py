@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 
 from lunglens.inference import format_threshold, headline, slice_numbers, triage_headline
@@ -13,7 +15,7 @@ def test_headline_states_the_decision_not_a_class() -> None:
         triage_headline(True, 0.327, 0.1543)
         == "Flagged for review - COVID-19 not ruled out (P 0.327 >= threshold 0.154)"
     )
-    assert triage_headline(False, 0.08, 0.1543) == "Not flagged (P 0.080 < 0.154)"
+    assert triage_headline(False, 0.08, 0.1543) == "Not flagged for COVID-19 (P 0.080 < 0.154)"
     assert "covid" not in triage_headline(True, 0.2, 0.15)  # the label's id never shows
     assert triage_headline(True, 0.9, 0.5, "pneumonia").startswith(
         "Flagged for review - pneumonia not ruled out"
@@ -23,8 +25,12 @@ def test_headline_states_the_decision_not_a_class() -> None:
 @pytest.mark.parametrize(
     ("prob", "threshold", "text"),
     [
-        (0.1536, 0.1543, "Not flagged (P 0.1536 < 0.1543)"),  # 0.154 < 0.154 would misread
-        (0.15429, 0.1543, "Not flagged (P 0.15429 < 0.15430)"),
+        (
+            0.1536,
+            0.1543,
+            "Not flagged for COVID-19 (P 0.1536 < 0.1543)",
+        ),  # 0.154 < 0.154 would misread
+        (0.15429, 0.1543, "Not flagged for COVID-19 (P 0.15429 < 0.15430)"),
         (
             0.1543,
             0.1543,
@@ -50,8 +56,27 @@ def test_threshold_precision_and_slice_numbers() -> None:
 def test_headline_of_a_result() -> None:
     class R:
         flagged, positive_prob, threshold, positive_label = False, 0.01, 0.2031, "covid"
+        labels, probs, prediction = ("covid", "non-covid"), {"covid": 0.01, "non-covid": 0.99}, ""
 
-    assert headline(R()) == "Not flagged (P 0.010 < 0.203)"
+    assert headline(R()) == "Not flagged for COVID-19 (P 0.010 < 0.203)"
+
+
+def test_a_three_class_result_names_what_it_rates_most_probable() -> None:
+    """A bare "Not flagged" over a 97% pneumonia reads as a normal X-ray (the app trial)."""
+
+    class R:
+        flagged, positive_prob, threshold, positive_label = False, 0.0104, 0.2401, "covid"
+        labels = ("covid", "normal", "pneumonia")
+        probs: ClassVar = {"covid": 0.0104, "normal": 0.0206, "pneumonia": 0.969}
+        prediction = "pneumonia"
+
+    assert headline(R()) == (
+        "Not flagged for COVID-19 (P 0.010 < 0.240); most probable: pneumonia (P 0.969)"
+    )
+    R.flagged, R.positive_prob, R.prediction = True, 0.5, "covid"
+    assert headline(R()) == (
+        "Flagged for review - COVID-19 not ruled out (P 0.500 >= threshold 0.240)"
+    )
 
 
 def test_counted_agrees_in_number() -> None:

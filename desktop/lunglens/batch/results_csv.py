@@ -10,7 +10,8 @@ the threshold it was judged by.
 
 Numbers a person reads follow :mod:`lunglens.inference.wording`: the ``prediction`` column holds
 the triage headline (``Flagged for review - COVID-19 not ruled out (P 0.327 >= threshold
-0.154)`` or ``Not flagged (P 0.080 < 0.154)``), ``threshold`` the operating threshold, and
+0.154)`` or ``Not flagged for COVID-19 (P 0.080 < 0.154)``), ``threshold`` the operating
+threshold, and
 ``top_slices`` the most suspicious slices numbered from 1 (slice 1 is the first of the series,
 as in the app and the PDF), separated by ``;``.
 

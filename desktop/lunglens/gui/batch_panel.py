@@ -40,6 +40,7 @@ from lunglens.gui.batch_table import KEY_ROLE, ResultsTable
 from lunglens.gui.classify_panel import AUTO, fill_model_combo
 from lunglens.gui.workers import Worker, WorkerPool
 from lunglens.inference.modality import default_models
+from lunglens.inference.wording import counted
 from lunglens.models import ModelInfo
 from lunglens.report import data_dir
 
@@ -357,9 +358,11 @@ class BatchPanel(QWidget):
             state = "Cancelled" if s.cancelled else "Done"
             skipped = f", {s.skipped} skipped (already done)" if s.skipped else ""
             hint = " Tick Resume and press Start to continue." if s.cancelled else ""
+            # "scored" only for what got a score: a refused scan is processed, not scored
             self.status.setText(
-                f"{state}: {s.done}/{s.total} scored, {s.ok} ok, {s.flagged} flagged, "
-                f"{s.errors} errors{skipped} in {s.elapsed_s:.1f} s.{hint}"
+                f"{state}: {s.done}/{s.total} processed: {counted(s.ok, 'scan')} scored "
+                f"({s.flagged} flagged for review), {s.errors} not scored (see the Triage "
+                f"column){skipped} in {s.elapsed_s:.1f} s.{hint}"
             )
             if s.cancelled:
                 self.resume_box.setChecked(True)

@@ -74,6 +74,11 @@ def row_items(row: dict[str, str], columns: list[tuple[str, str]]) -> list[QStan
         text = value
         if col == "path":
             text = short_key(value)
+        elif col == "model" and value:
+            # the version tells two builds of one model apart; the hash is in the tooltip
+            version = row.get("model_version", "")
+            text = f"{value} v{version}" if version else value
+            value = f"{text}\nSHA-256 {row.get('model_sha256', '')}"
         elif col == "prediction" and error:
             # the reason where the decision would be: the Error column is off screen on a
             # laptop, and an empty Triage cell reads as "nothing to see"
@@ -87,7 +92,7 @@ def row_items(row: dict[str, str], columns: list[tuple[str, str]]) -> list[QStan
         item = QStandardItem(text)
         item.setData(sort_value, SORT_ROLE)
         item.setData(key, KEY_ROLE)
-        item.setToolTip(value if col in ("path", "error", "notes", "prediction") else text)
+        item.setToolTip(value if col in ("path", "error", "notes", "prediction", "model") else text)
         if flagged:
             item.setBackground(FLAGGED_BRUSH)
         elif error:
@@ -128,6 +133,7 @@ class ResultsTable(QTableView):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         self.setColumnWidth(0, 220)
         self.setColumnWidth(self.column("prediction"), 470)
+        self.setColumnWidth(self.column("model"), 190)  # "efficientnet-lite-cxr v1.1.1"
         self.sortByColumn(self.column(self.columns[1][0]), Qt.SortOrder.DescendingOrder)
 
     def column(self, key: str) -> int:

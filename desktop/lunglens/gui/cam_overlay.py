@@ -85,8 +85,12 @@ class CamOverlay(QObject):
         self.controls.set_available(result.cam is not None)
 
     def reset(self) -> None:
-        """Another scan was opened: no CAM until it is classified."""
-        self.controls.set_available(False)
+        """Another scan was opened, or the scan was refused: no CAM until it is classified,
+        and none at all for a scan that gets no score (it is not offered)."""
+        if self.state.unscored_reason() is not None:
+            self.controls.set_available(False, "No CAM: the scan was not scored")
+        else:
+            self.controls.set_available(False)
         self.view.set_overlay(None)
 
     def toggle(self) -> bool:

@@ -47,6 +47,8 @@ def fill_model_combo(
     return {m.name: m for m in models}
 
 
+#: Rows of the suspicious-slices list in view without scrolling.
+SUSPICIOUS_ROWS_SHOWN = 3
 #: Bar colours: the positive class stands out, the others stay neutral.
 BAR_STYLE = "QProgressBar { border: 1px solid #aaa; border-radius: 2px; text-align: center; }"
 POSITIVE_STYLE = "QProgressBar::chunk { background-color: #d9534f; }"
@@ -150,10 +152,12 @@ class ClassifyPanel(QWidget):
         layout.addWidget(self.refusal_label)
         layout.addWidget(self.prediction_label)
         layout.addWidget(self.threshold_label)
+        # which model decided sits under its decision: where the panel is squeezed (the
+        # gallery open on a laptop screen) the headline and its model stay in view together
+        layout.addWidget(self.model_label)
         layout.addWidget(self.bars_box)
         layout.addWidget(self.slices_box)
         layout.addWidget(self.notes_label)
-        layout.addWidget(self.model_label)
         layout.addStretch(1)
         layout.addWidget(self.disclaimer_label)
 
@@ -240,15 +244,15 @@ class ClassifyPanel(QWidget):
     def clear_result(self, message: str = "No result") -> None:
         self.refusal_label.hide()
         self.refusal_label.setText("")
-        self.bars_box.setVisible(True)
+        # no bars until a result: the previous model's classes (covid/normal/pneumonia over a
+        # CT) must not stay on screen as empty rows
+        self._remove_bars()
+        self.bars_box.setVisible(False)
         self.prediction_label.setText(message)
         self.prediction_label.setStyleSheet("")
         self.threshold_label.setText("")
         self.model_label.setText("")
         self.notes_label.setText("")
-        for bar in self.bars.values():  # no number left from the previous result
-            bar.setValue(0)
-            bar.setFormat("")
         self.slices_list.clear()
         self.slices_box.setVisible(False)
         self.progress.setRange(0, 1)
@@ -266,6 +270,7 @@ class ClassifyPanel(QWidget):
         self.progress.setValue(1)
         self.progress.setFormat("done")
         self._rebuild_bars(result)
+        self.bars_box.setVisible(True)
         for label, bar in self.bars.items():
             p = float(result.probs.get(label, 0.0))
             bar.setValue(round(p * 1000))
@@ -299,13 +304,24 @@ class ClassifyPanel(QWidget):
                 item = QListWidgetItem(f"slice {number}{where}: P={format_prob(p)}")
                 item.setData(Qt.ItemDataRole.UserRole, int(idx))
                 self.slices_list.addItem(item)
+            self._fit_slices_list()
+
+    def _fit_slices_list(self) -> None:
+        """At most :data:`SUSPICIOUS_ROWS_SHOWN` rows tall: the list's default height pushed the
+        disclaimer and the CAM controls below the fold at 1366x768."""
+        rows = min(self.slices_list.count(), SUSPICIOUS_ROWS_SHOWN)
+        row_height = self.slices_list.sizeHintForRow(0) if rows else 0
+        self.slices_list.setFixedHeight(rows * row_height + 2 * self.slices_list.frameWidth() + 2)
+
+    def _remove_bars(self) -> None:
+        while self.bars_layout.rowCount():
+            self.bars_layout.removeRow(0)
+        self.bars = {}
 
     def _rebuild_bars(self, result: ScanResult) -> None:
         if list(self.bars) == list(result.labels):
             return
-        while self.bars_layout.rowCount():
-            self.bars_layout.removeRow(0)
-        self.bars = {}
+        self._remove_bars()
         for label in result.labels:
             bar = QProgressBar()
             bar.setRange(0, 1000)

@@ -58,6 +58,10 @@ class EnlargedMap(QDialog):
         self.image.setMinimumSize(ENLARGED, ENLARGED)
         self.caption = QLabel("")
         self.caption.setWordWrap(True)
+        # a wrapped caption asks for its height only after layout; reserve it so the dialog
+        # does not draw the text over the bottom of the map
+        self.caption.setMinimumHeight(3 * self.caption.fontMetrics().lineSpacing())
+        self.caption.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -75,6 +79,7 @@ class EnlargedMap(QDialog):
         )
         self.image.setPixmap(pix)
         self.caption.setText(caption)
+        self.adjustSize()  # room for the wrapped caption under the map
         self.show()
         self.raise_()
 
@@ -124,6 +129,7 @@ class GalleryDock(QDockWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setMaximumHeight(12)
+        self.progress.setMinimumWidth(24)  # shares a row with three controls in a narrow dock
         self.progress.setTextVisible(False)
         self.status = QLabel("Open and classify a scan to see what the model's layers respond to.")
         self.status.setWordWrap(True)
@@ -158,11 +164,13 @@ class GalleryDock(QDockWidget):
         self.preview_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
 
     def _layout_body(self) -> QWidget:
+        # the layer's name and shape get a row of their own (beside three buttons the dock's
+        # width left "stage1 [1"); the progress bar shares the buttons' row
         row = QHBoxLayout()
-        row.addWidget(self.layer_combo, 1)
         row.addWidget(self.top_n)
         row.addWidget(self.enlarge_button)
         row.addWidget(self.cancel_button)
+        row.addWidget(self.progress, 1)
         preview_box = QWidget()
         pv = QVBoxLayout(preview_box)
         pv.setContentsMargins(0, 0, 0, 0)
@@ -176,8 +184,8 @@ class GalleryDock(QDockWidget):
         split.setSizes([300, 200])
         body = QWidget()
         layout = QVBoxLayout(body)
+        layout.addWidget(self.layer_combo)
         layout.addLayout(row)
-        layout.addWidget(self.progress)
         layout.addWidget(self.explain_label)
         layout.addWidget(self.status)
         layout.addWidget(split, 1)
@@ -189,15 +197,26 @@ class GalleryDock(QDockWidget):
 
     # context ------------------------------------------------------------------------------
     def set_context(
-        self, scan_key: Any, slice_index: int, image2d: np.ndarray | None, info: ModelInfo | None
+        self,
+        scan_key: Any,
+        slice_index: int,
+        image2d: np.ndarray | None,
+        info: ModelInfo | None,
+        unscored: str | None = None,
     ) -> None:
-        """The slice and model the gallery is about; recomputes (or hits the cache) if shown."""
+        """The slice and model the gallery is about; recomputes (or hits the cache) if shown.
+
+        ``info`` None (no model, or ``unscored``: why the scan gets no model output) empties
+        the gallery and cancels a computation in flight."""
         if image2d is None or info is None:
             self._context = None
+            self.cancel()
             self.layer_combo.blockSignals(True)
             self.layer_combo.clear()
             self.layer_combo.blockSignals(False)
             self._show([])
+            if unscored:
+                self.status.setText(f"No activation maps: {unscored}.")
             return
         old_model = self._context[3].name if self._context else None
         self._context = (scan_key, slice_index, image2d, info)
@@ -312,7 +331,7 @@ class GalleryDock(QDockWidget):
         if maps and self._context is not None:
             self.status.setText(
                 f"{len(maps)} most active channels of {self.layer_combo.currentText()}, "
-                f"slice {self._context[1] + 1}. Click one to enlarge."
+                f"slice {self._context[1] + 1}, {self.model_text()}. Click one to enlarge."
             )
         self.preview.setPixmap(QPixmap())
         self.preview.setText("Click a map to enlarge it" if maps else "")
@@ -348,5 +367,13 @@ class GalleryDock(QDockWidget):
         self.enlarged.show_map(
             map_rgb(m),
             f"Channel {m.channel} of {self.layer_combo.currentText()} (mean activation "
-            f"{m.mean:.3g}). {self.explain_label.text()}",
+            f"{m.mean:.3g}), {self.model_text()}. {self.explain_label.text()}",
         )
+
+    def model_text(self) -> str:
+        """The model the maps come from, as the classification panel names it (name, version,
+        hash prefix): with several models installed a map must be traceable to one."""
+        if self._context is None:
+            return ""
+        info = self._context[3]
+        return f"model {info.name} v{info.version} (SHA-256 {info.sha256[:12]})"

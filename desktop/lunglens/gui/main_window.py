@@ -388,11 +388,13 @@ class MainWindow(QMainWindow):
         """The core refused the scan for the chosen model: no result and no CAM stay shown,
         nor the previous result's status line."""
         self.state.clear_result()
+        self.state.refusal = reason
         self.cam.reset()
         self._update_gallery_context()
         self.show_status(f"Not scored: {reason}.")
 
     def _on_model_changed(self, _name: str) -> None:
+        self.state.refusal = None  # that refusal was of the model chosen before
         self._update_gallery_context()
         if self.scan is not None and (
             self.result is not None or self.classifier.running() or self.settings.auto_classify()
@@ -443,15 +445,19 @@ class MainWindow(QMainWindow):
 
     # gallery ------------------------------------------------------------------------------
     def _on_gallery_visible(self, visible: bool) -> None:
-        """Give the gallery most of the right column's height when it is opened."""
+        """Give the gallery half of the right column's height when it is opened (more left the
+        classification panel too short for its model line at 1366x768)."""
         if visible and not self.gallery.isFloating():
-            self.resizeDocks([self.classify_dock, self.gallery], [2, 3], Qt.Orientation.Vertical)
+            self.resizeDocks([self.classify_dock, self.gallery], [1, 1], Qt.Orientation.Vertical)
 
     def _update_gallery_context(self) -> None:
         info = self.state.result_info or self.chosen_model()
         scan, i = self.scan, self.slice_index
         image = scan.image[i] if scan is not None else None
-        self.gallery.set_context(self.state.scan_id, i, image, info)
+        reason = self.state.unscored_reason()
+        if reason is not None:
+            info = None  # a refused scan gets no model output, maps included
+        self.gallery.set_context(self.state.scan_id, i, image, info, reason)
 
     # lifetime -----------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -78,8 +78,22 @@ class ScanOpener:
             win.classify_panel.clear_result(
                 f"No result shown: {failed} could not be opened; the image is still {shown}"
             )
+            _show_standing_refusal(win)  # the image on screen may still be refused
             win._update_gallery_context()
         win.show_error(user_message(exc))
+
+
+def _show_standing_refusal(win: MainWindow) -> None:
+    """Put back the banner of the scan on screen when it was refused (not a chest scan, no
+    model chosen for it, or the chosen model refused): a failed open of another file does not
+    make it scorable."""
+    state, panel = win.state, win.classify_panel
+    if state.gate is not None and not state.gate.accepted:
+        panel.show_refusal(state.gate.reason)
+    elif state.unrouted and panel.is_auto():
+        panel.show_unrouted(state.unrouted)
+    elif state.refusal:
+        panel.show_mismatch(state.refusal)
 
 
 def _names(failed: str, shown: str) -> tuple[str, str]:

@@ -110,7 +110,7 @@ class ViewerPane(QWidget):
         if scan is None:
             return
         series = scan.n_slices > 1
-        self.window_combo.setCurrentIndex(0)
+        self._show_window_choice()
         self.view.series_mode = series
         self.slider.blockSignals(True)
         self.slider.setRange(0, scan.n_slices - 1)
@@ -155,12 +155,17 @@ class ViewerPane(QWidget):
         if refusal is not None:
             self.message.emit(refusal)
             return
-        applied = self.state.set_window(window)
-        if isinstance(window, str) and applied is not None:
-            self.window_combo.setCurrentIndex(self.window_combo.findData(applied.name))
-        elif window is None:
-            self.window_combo.setCurrentIndex(0)
+        self.state.set_window(window)
+        self._show_window_choice()
         self.show_slice()
+
+    def _show_window_choice(self) -> None:
+        """The combo names the window in use: its preset when it is one (a CT opened in the
+        lung window reads "Lung", not "as loaded" over a lung window), else "as loaded"."""
+        self.window_combo.setItemText(0, "Window: as loaded")
+        applied = self.state.display_window
+        index = self.window_combo.findData(applied.name) if applied is not None else -1
+        self.window_combo.setCurrentIndex(max(index, 0))
 
     def _on_window_combo(self, index: int) -> None:
         name = self.window_combo.itemData(index)

@@ -7,7 +7,12 @@ misreading. The headline says what the flag means (COVID-19 is not ruled out, a 
 look first) and carries the comparison that produced it, so it can be checked at a glance:
 
 * ``Flagged for review - COVID-19 not ruled out (P 0.327 >= threshold 0.154)``
-* ``Not flagged (P 0.080 < 0.154)``
+* ``Not flagged for COVID-19 (P 0.080 < 0.154)``
+
+The flag is about one condition, so a scan that is not flagged says which condition it is not
+flagged for; a model with more than two classes adds the class it rates most probable instead
+(``Not flagged for COVID-19 (P 0.010 < 0.240); most probable: pneumonia (P 0.969)``), since a
+bare "Not flagged" over a 97% pneumonia reads as a normal X-ray.
 
 Probabilities and thresholds are shown with the same precision (:data:`DECIMALS`), so the
 comparison printed is the comparison made; when rounding would make a probability just under
@@ -33,6 +38,9 @@ class _Decided(Protocol):
     positive_prob: float
     threshold: float
     positive_label: str
+    labels: tuple[str, ...]
+    probs: dict[str, float]
+    prediction: str
 
 
 def format_threshold(threshold: float) -> str:
@@ -67,24 +75,42 @@ def decision_words(flagged: bool, positive_label: str = "covid") -> str:
     """The decision without numbers: ``Flagged for review - COVID-19 not ruled out``."""
     if flagged:
         return f"{FLAGGED_WORDS} - {condition_name(positive_label)} not ruled out"
-    return NOT_FLAGGED_WORDS
+    return f"{NOT_FLAGGED_WORDS} for {condition_name(positive_label)}"
 
 
 def triage_headline(
-    flagged: bool, positive_prob: float, threshold: float, positive_label: str = "covid"
+    flagged: bool,
+    positive_prob: float,
+    threshold: float,
+    positive_label: str = "covid",
+    most_probable: tuple[str, float] | None = None,
 ) -> str:
-    """The headline of a result (see the module docstring for the two forms)."""
+    """The headline of a result (see the module docstring for its forms); ``most_probable``
+    (label, probability) is added to a scan that is not flagged."""
     d = comparison_digits(positive_prob, threshold)
     p, t = f"{positive_prob:.{d}f}", f"{threshold:.{d}f}"
     if flagged:
         return f"{decision_words(True, positive_label)} (P {p} >= threshold {t})"
-    return f"{NOT_FLAGGED_WORDS} (P {p} < {t})"
+    text = f"{decision_words(False, positive_label)} (P {p} < {t})"
+    if most_probable is not None:
+        label, prob = most_probable
+        text += f"; most probable: {label} (P {format_prob(prob)})"
+    return text
 
 
 def headline(result: _Decided) -> str:
-    """:func:`triage_headline` of a :class:`~lunglens.inference.ScanResult`."""
+    """:func:`triage_headline` of a :class:`~lunglens.inference.ScanResult`: the most probable
+    other class is named only for a model with more than two classes (for covid/non-covid it
+    would repeat the decision)."""
+    most_probable = None
+    if not result.flagged and len(result.labels) > 2 and result.prediction in result.probs:
+        most_probable = (result.prediction, result.probs[result.prediction])
     return triage_headline(
-        result.flagged, result.positive_prob, result.threshold, result.positive_label
+        result.flagged,
+        result.positive_prob,
+        result.threshold,
+        result.positive_label,
+        most_probable,
     )
 
 

@@ -194,6 +194,15 @@ def _fmt(value: Any) -> str:
     return str(value).strip()
 
 
+def _spacing_text(spacing: Any) -> str:
+    """PixelSpacing (0028,0030) as shown; a spacing of zero (some CR exports write 0\\0 for
+    "unknown") is said to be no spacing rather than shown as a size."""
+    shown = _fmt(spacing)
+    if shown and all(_is_number(v) and float(v) == 0.0 for v in shown.split(",")):
+        return f"{shown} (zero: not given)"
+    return shown
+
+
 def _is_number(v: Any) -> bool:
     try:
         float(v)
@@ -230,7 +239,7 @@ def _collect_metadata(ds: Dataset, window: Window | None) -> dict[str, str]:
         "series_description": text(ds, "SeriesDescription"),  # (0008,103E)
         "study_description": text(ds, "StudyDescription"),  # (0008,1030)
         "sop_class": UID(text(ds, "SOPClassUID")).name if text(ds, "SOPClassUID") else "",
-        "pixel_spacing": _fmt(spacing),
+        "pixel_spacing": _spacing_text(spacing),
         "slice_thickness": _fmt(thickness),
         "rows": text(ds, "Rows"),
         "columns": text(ds, "Columns"),

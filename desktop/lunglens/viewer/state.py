@@ -59,6 +59,9 @@ class ViewerState:
     unrouted
         Why automatic model choice chose none for the open plain image (the modality check
         and the chest-image gate disagree), or ``None``.
+    refusal
+        Why the core refused to score the open scan with the model chosen last (e.g. a model of
+        the other modality), or ``None``; see :meth:`unscored_reason`.
     cam
         How the CAM overlay is shown (:class:`~lunglens.viewer.cam.CamSettings`).
     cams
@@ -75,6 +78,7 @@ class ViewerState:
         self.result_info: ModelInfo | None = None
         self.auto_model: ModelInfo | None = None
         self.unrouted: str | None = None
+        self.refusal: str | None = None
         self.cam = cam or CamSettings()
         self.cams = CamCache()
 
@@ -94,8 +98,18 @@ class ViewerState:
         self.display_window = scan.window if scan.raw is not None else None
         self.auto_model = None
         self.unrouted = None
+        self.refusal = None
         self.clear_result()
         return self.scan_id
+
+    def unscored_reason(self) -> str | None:
+        """Why no model output may be shown for the open scan: the gate refused it, automatic
+        mode chose no model, or the core refused the chosen model; ``None`` when one may. A
+        refused scan gets no score, and no activation maps either: a model's view of a scan it
+        must not judge would undercut the refusal."""
+        if self.gate is not None and not self.gate.accepted:
+            return f"not a chest scan ({self.gate.reason})"
+        return self.refusal or self.unrouted
 
     @property
     def n_slices(self) -> int:
@@ -206,6 +220,7 @@ class ViewerState:
         becomes the one shown."""
         self.result = result
         self.result_info = info
+        self.refusal = None
         self.cams.clear(keep=result.representative_slice)
         if result.cam is not None:
             self.cams.put_raw(result.representative_slice, result.cam)
