@@ -459,9 +459,9 @@ def test_summary_counts_read_as_english(capsys: pytest.CaptureFixture[str]) -> N
     one = Summary(Path("r.csv"), "m", "1", "x", total=2, done=2, ok=1, errors=1, ignored=("a",))
     _print_summary(one, automatic=False)
     out = capsys.readouterr().out
-    assert "1 ok, 0 flagged, 1 error (0 skipped" in out
+    assert "2 processed: 1 scored (0 flagged for review), 1 not scored (0 skipped" in out
     assert "1 file ignored (not scans), e.g. a" in out
     two = Summary(Path("r.csv"), "m", "1", "x", total=2, done=2, errors=2, ignored=("a", "b"))
     _print_summary(two, automatic=False)
     out = capsys.readouterr().out
-    assert "2 errors (" in out and "2 files ignored" in out
+    assert "2 not scored (" in out and "2 files ignored" in out

@@ -380,7 +380,7 @@ def test_batch_with_bad_file_table_and_open(
     assert summary.total == 7 and summary.errors == 1 and summary.ok == 6
     assert panel.row_count() == 7
     assert panel.progress.value() == panel.progress.maximum() == 7
-    assert panel.status.text().startswith("Done: 7/7 processed: 6 scans scored (")
+    assert panel.status.text().startswith("Done: 7 of 7 processed, 6 scans scored (")
     assert "1 not scored" in panel.status.text()  # a refused file is not "scored"
     # ranked as it opens: highest P(covid) on top, the error row last
     pcol, tcol = panel.column("p_covid"), panel.column("prediction")
@@ -710,6 +710,9 @@ def test_non_chest_scan_is_shown_with_a_red_refusal_and_never_scored(
         window.open_path(str(broken))
     assert window.scan is not None and window.scan.source == str(brain)
     assert "body part BRAIN" in panel.refusal() and not panel.bars_box.isVisibleTo(window)
+    assert panel.prediction_label.text() == (
+        "Not scored; broken.dcm could not be opened; the image is still brain.dcm"
+    )
     window.classify()  # the button does not score it either
     qtbot.waitUntil(window.pool.idle, timeout=TIMEOUT)
     assert window.result is None and "%" not in panel.prediction_label.text()
@@ -752,6 +755,12 @@ def test_plain_image_the_check_and_the_gate_disagree_on_is_not_scored(
         assert win.classify_panel.refusal() == ""
         assert "P " in win.classify_panel.prediction_label.text()
         assert "check that the model fits the image" in win.classify_panel.notes_label.text()
+        # the scored image gets its maps too: nothing refused is left to hide them behind
+        assert win.unscored_reason() is None
+        with qtbot.waitSignal(win.gallery.computed, timeout=TIMEOUT) as maps:
+            win.gallery.show()
+        assert maps.args[0] > 0 and "efficientnet-lite-cxr" in win.gallery.status.text()
+        win.gallery.hide()
         # the batch dock keeps its own choice: a model picked for one image does not change
         # (nor redirect to another CSV) what a folder is scored with
         assert win.batch_panel.current_model_name() == AUTO

@@ -354,3 +354,29 @@ def test_heat_requests_of_two_models_are_not_the_same_job(classified: ViewerStat
     assert other.sha256 != request.info.sha256
     assert replace(request, info=other).key != request.key
     assert replace(request).key == request.key
+
+
+def test_unscored_reason_follows_the_refusal_the_model_choice_and_the_result(
+    classified: ViewerState, ct_scan: Scan
+) -> None:
+    """No model output (gallery, CAM) for a refused scan; once a model scores it, there is no
+    refusal left to show (the unrouted plain image a user picked a model for)."""
+    from lunglens.inference import GateVerdict
+
+    state = classified
+    assert state.unscored_reason() is None  # classified: a result is on screen
+    result, info = state.result, state.result_info
+    assert result is not None and info is not None
+    state.open(ct_scan, GateVerdict(False, "body part BRAIN", "body_part"))
+    assert state.unscored_reason() == "not a chest scan (body part BRAIN)"
+    assert state.unscored_reason(automatic=False) == "not a chest scan (body part BRAIN)"
+    state.open(ct_scan)
+    state.unrouted = "cannot tell whether this plain image is a CT slice or a chest X-ray"
+    assert state.unscored_reason() == state.unrouted  # automatic mode chose no model
+    assert state.unscored_reason(automatic=False) is None  # a model picked by hand may score
+    state.refusal = "the model is for chest X-rays"
+    assert state.unscored_reason(automatic=False) == state.refusal
+    state.set_result(result, info)  # the picked model scored it: nothing refused any more
+    assert state.refusal is None and state.unscored_reason() is None
+    state.open(ct_scan)
+    assert state.unrouted is None and state.refusal is None and state.unscored_reason() is None

@@ -56,7 +56,7 @@ def test_threshold_precision_and_slice_numbers() -> None:
 def test_headline_of_a_result() -> None:
     class R:
         flagged, positive_prob, threshold, positive_label = False, 0.01, 0.2031, "covid"
-        labels, probs, prediction = ("covid", "non-covid"), {"covid": 0.01, "non-covid": 0.99}, ""
+        labels, probs = ("covid", "non-covid"), {"covid": 0.01, "non-covid": 0.99}
 
     assert headline(R()) == "Not flagged for COVID-19 (P 0.010 < 0.203)"
 
@@ -68,15 +68,18 @@ def test_a_three_class_result_names_what_it_rates_most_probable() -> None:
         flagged, positive_prob, threshold, positive_label = False, 0.0104, 0.2401, "covid"
         labels = ("covid", "normal", "pneumonia")
         probs: ClassVar = {"covid": 0.0104, "normal": 0.0206, "pneumonia": 0.969}
-        prediction = "pneumonia"
 
     assert headline(R()) == (
         "Not flagged for COVID-19 (P 0.010 < 0.240); most probable: pneumonia (P 0.969)"
     )
-    R.flagged, R.positive_prob, R.prediction = True, 0.5, "covid"
+    R.flagged, R.positive_prob = True, 0.5
     assert headline(R()) == (
         "Flagged for review - COVID-19 not ruled out (P 0.500 >= threshold 0.240)"
     )
+    # under a threshold above 1/3 COVID itself may be the most probable class: not named
+    R.flagged, R.threshold, R.positive_prob = False, 0.5, 0.45
+    R.probs = {"covid": 0.45, "normal": 0.30, "pneumonia": 0.25}
+    assert headline(R()) == "Not flagged for COVID-19 (P 0.450 < 0.500)"
 
 
 def test_counted_agrees_in_number() -> None:

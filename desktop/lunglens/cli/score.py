@@ -147,9 +147,10 @@ def _print_summary(summary: Summary, automatic: bool) -> None:
 
     if automatic:
         print("models: " + ", ".join(summary.models))
+    # "scored" only for what got a score: a refused scan is processed, not scored
     print(
-        f"{summary.done} scored: {summary.ok} ok, {summary.flagged} flagged, "
-        f"{counted(summary.errors, 'error')} ({summary.skipped} skipped as already done) "
+        f"{summary.done} processed: {summary.ok} scored ({summary.flagged} flagged for review), "
+        f"{summary.errors} not scored ({summary.skipped} skipped as already done) "
         f"in {summary.elapsed_s:.1f} s -> {summary.out_csv}"
     )
     if summary.ignored:

@@ -359,10 +359,11 @@ class BatchPanel(QWidget):
             skipped = f", {s.skipped} skipped (already done)" if s.skipped else ""
             hint = " Tick Resume and press Start to continue." if s.cancelled else ""
             # "scored" only for what got a score: a refused scan is processed, not scored
+            refused = f", {s.errors} not scored (see the Triage column)" if s.errors else ""
             self.status.setText(
-                f"{state}: {s.done}/{s.total} processed: {counted(s.ok, 'scan')} scored "
-                f"({s.flagged} flagged for review), {s.errors} not scored (see the Triage "
-                f"column){skipped} in {s.elapsed_s:.1f} s.{hint}"
+                f"{state}: {s.done} of {s.total} processed, {counted(s.ok, 'scan')} scored "
+                f"({s.flagged} flagged for review){refused}{skipped} in {s.elapsed_s:.1f} s."
+                f"{hint}"
             )
             if s.cancelled:
                 self.resume_box.setChecked(True)

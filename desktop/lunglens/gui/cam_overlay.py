@@ -84,10 +84,11 @@ class CamOverlay(QObject):
         self.controls.set_classes(result.labels, result.cam_class)
         self.controls.set_available(result.cam is not None)
 
-    def reset(self) -> None:
+    def reset(self, unscored: str | None = None) -> None:
         """Another scan was opened, or the scan was refused: no CAM until it is classified,
-        and none at all for a scan that gets no score (it is not offered)."""
-        if self.state.unscored_reason() is not None:
+        and none at all for a scan that gets no score (``unscored``: why; the CAM is not
+        offered)."""
+        if unscored is not None:
             self.controls.set_available(False, "No CAM: the scan was not scored")
         else:
             self.controls.set_available(False)

@@ -45,6 +45,7 @@ ENLARGED = 480
 #: Smallest height of the gallery's content (the layer chooser and a row of maps; the rest
 #: scrolls), so the window with every dock open still fits a 1366x768 screen.
 GALLERY_MIN_HEIGHT = 150
+NO_CONTEXT_TEXT = "Open and classify a scan to see what the model's layers respond to."
 
 
 class EnlargedMap(QDialog):
@@ -107,6 +108,7 @@ class GalleryDock(QDockWidget):
         self._worker: Worker | None = None
         self._pending_key: Hashable | None = None
         self.maps: list[ChannelMap] = []
+        self._maps_model = ""
         self._build_controls()
         self._build_grid()
         self.setWidget(scrollable(self._layout_body(), GALLERY_MIN_HEIGHT))
@@ -131,7 +133,7 @@ class GalleryDock(QDockWidget):
         self.progress.setMaximumHeight(12)
         self.progress.setMinimumWidth(24)  # shares a row with three controls in a narrow dock
         self.progress.setTextVisible(False)
-        self.status = QLabel("Open and classify a scan to see what the model's layers respond to.")
+        self.status = QLabel(NO_CONTEXT_TEXT)
         self.status.setWordWrap(True)
         self.explain_label = QLabel("")
         self.explain_label.setObjectName("layer_explanation")
@@ -215,8 +217,7 @@ class GalleryDock(QDockWidget):
             self.layer_combo.clear()
             self.layer_combo.blockSignals(False)
             self._show([])
-            if unscored:
-                self.status.setText(f"No activation maps: {unscored}.")
+            self.status.setText(f"No activation maps: {unscored}." if unscored else NO_CONTEXT_TEXT)
             return
         old_model = self._context[3].name if self._context else None
         self._context = (scan_key, slice_index, image2d, info)
@@ -314,6 +315,7 @@ class GalleryDock(QDockWidget):
     # display ------------------------------------------------------------------------------
     def _show(self, maps: list[ChannelMap]) -> None:
         self.maps = list(maps)
+        self._maps_model = self.model_text()  # the maps keep their model's name
         self.grid.clear()
         for m in maps:
             pix = QPixmap.fromImage(to_qimage(map_rgb(m)))
@@ -367,7 +369,7 @@ class GalleryDock(QDockWidget):
         self.enlarged.show_map(
             map_rgb(m),
             f"Channel {m.channel} of {self.layer_combo.currentText()} (mean activation "
-            f"{m.mean:.3g}), {self.model_text()}. {self.explain_label.text()}",
+            f"{m.mean:.3g}), {self._maps_model}. {self.explain_label.text()}",
         )
 
     def model_text(self) -> str:

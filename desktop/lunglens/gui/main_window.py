@@ -279,7 +279,7 @@ class MainWindow(QMainWindow):
         self.classify_panel.clear_result("Not classified yet")
         if verdict is not None and not verdict.accepted:
             self.classify_panel.show_refusal(verdict.reason)
-        self.cam.reset()
+        self.cam.reset(self.unscored_reason())
         self.setWindowTitle(f"LungLens — {SourceKey.parse(scan.source).name}")
         self.pane.show_slice()
         self._update_gallery_context()
@@ -389,7 +389,7 @@ class MainWindow(QMainWindow):
         nor the previous result's status line."""
         self.state.clear_result()
         self.state.refusal = reason
-        self.cam.reset()
+        self.cam.reset(self.unscored_reason())
         self._update_gallery_context()
         self.show_status(f"Not scored: {reason}.")
 
@@ -405,7 +405,12 @@ class MainWindow(QMainWindow):
     def toggle_cam(self) -> None:
         """C: show or hide the overlay."""
         if not self.cam.toggle():
-            self.show_status("No CAM yet: classify the scan first.")
+            reason = self.unscored_reason()
+            self.show_status(
+                f"No CAM: the scan was not scored ({reason})."
+                if reason
+                else "No CAM yet: classify the scan first."
+            )
 
     def current_heat(self) -> np.ndarray | None:
         """Colored heat map (RGBA uint8, transparent low end) of the current slice and class,
@@ -450,11 +455,15 @@ class MainWindow(QMainWindow):
         if visible and not self.gallery.isFloating():
             self.resizeDocks([self.classify_dock, self.gallery], [1, 1], Qt.Orientation.Vertical)
 
+    def unscored_reason(self) -> str | None:
+        """:meth:`ViewerState.unscored_reason` under the model choice on screen."""
+        return self.state.unscored_reason(self.classify_panel.is_auto())
+
     def _update_gallery_context(self) -> None:
         info = self.state.result_info or self.chosen_model()
         scan, i = self.scan, self.slice_index
         image = scan.image[i] if scan is not None else None
-        reason = self.state.unscored_reason()
+        reason = self.unscored_reason()
         if reason is not None:
             info = None  # a refused scan gets no model output, maps included
         self.gallery.set_context(self.state.scan_id, i, image, info, reason)

@@ -73,20 +73,20 @@ class ScanOpener:
         if win.scan is not None:  # the image stays; its decision must not pass for the new file's
             win.cancel_classification()
             win.state.clear_result()
-            win.cam.reset()
+            win.cam.reset(win.unscored_reason())
             failed, shown = _names(path, win.scan.source)
-            win.classify_panel.clear_result(
-                f"No result shown: {failed} could not be opened; the image is still {shown}"
-            )
-            _show_standing_refusal(win)  # the image on screen may still be refused
+            message = f"{failed} could not be opened; the image is still {shown}"
+            win.classify_panel.clear_result(f"No result shown: {message}")
+            if _show_standing_refusal(win):  # the image on screen is still refused
+                win.classify_panel.prediction_label.setText(f"Not scored; {message}")
             win._update_gallery_context()
         win.show_error(user_message(exc))
 
 
-def _show_standing_refusal(win: MainWindow) -> None:
+def _show_standing_refusal(win: MainWindow) -> bool:
     """Put back the banner of the scan on screen when it was refused (not a chest scan, no
     model chosen for it, or the chosen model refused): a failed open of another file does not
-    make it scorable."""
+    make it scorable. ``True`` when a banner is shown."""
     state, panel = win.state, win.classify_panel
     if state.gate is not None and not state.gate.accepted:
         panel.show_refusal(state.gate.reason)
@@ -94,6 +94,9 @@ def _show_standing_refusal(win: MainWindow) -> None:
         panel.show_unrouted(state.unrouted)
     elif state.refusal:
         panel.show_mismatch(state.refusal)
+    else:
+        return False
+    return True
 
 
 def _names(failed: str, shown: str) -> tuple[str, str]:

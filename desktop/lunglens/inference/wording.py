@@ -40,7 +40,6 @@ class _Decided(Protocol):
     positive_label: str
     labels: tuple[str, ...]
     probs: dict[str, float]
-    prediction: str
 
 
 def format_threshold(threshold: float) -> str:
@@ -99,12 +98,14 @@ def triage_headline(
 
 
 def headline(result: _Decided) -> str:
-    """:func:`triage_headline` of a :class:`~lunglens.inference.ScanResult`: the most probable
-    other class is named only for a model with more than two classes (for covid/non-covid it
-    would repeat the decision)."""
+    """:func:`triage_headline` of a :class:`~lunglens.inference.ScanResult`: the class the
+    model rates most probable is named only for a model with more than two classes (for
+    covid/non-covid it would repeat the decision), and never when that class is the positive
+    one under its threshold (possible only with a threshold above 1/3)."""
     most_probable = None
-    if not result.flagged and len(result.labels) > 2 and result.prediction in result.probs:
-        most_probable = (result.prediction, result.probs[result.prediction])
+    top = max(result.probs, key=lambda label: result.probs[label]) if result.probs else ""
+    if not result.flagged and len(result.labels) > 2 and top != result.positive_label:
+        most_probable = (top, result.probs[top])
     return triage_headline(
         result.flagged,
         result.positive_prob,

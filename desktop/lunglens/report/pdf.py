@@ -33,6 +33,8 @@ from lunglens.report.charts import prob_bars
 CAM_CAVEAT = "The map shows where the model looked, not a lesion outline."
 #: Characters per line of the text blocks (monospace, 8 pt, fits the A4 width).
 WRAP = 98
+#: Characters per line of the headline (12 pt bold): 80 left 3-6 mm of margin on A4.
+HEADLINE_WRAP = 70
 
 #: ``(label, metadata key)`` of the identifying fields, in print order; DICOM tags in comments.
 PATIENT_FIELDS = (
@@ -100,7 +102,7 @@ def _draw_header(fig: Figure, scan: Scan, result: ScanResult, anonymize: bool) -
     fig.text(
         0.5,
         0.925,
-        "\n".join(textwrap.wrap(result.headline, 80)),
+        "\n".join(textwrap.wrap(result.headline, HEADLINE_WRAP)),
         ha="center",
         va="top",
         fontsize=12,

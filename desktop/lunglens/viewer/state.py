@@ -102,14 +102,17 @@ class ViewerState:
         self.clear_result()
         return self.scan_id
 
-    def unscored_reason(self) -> str | None:
-        """Why no model output may be shown for the open scan: the gate refused it, automatic
-        mode chose no model, or the core refused the chosen model; ``None`` when one may. A
-        refused scan gets no score, and no activation maps either: a model's view of a scan it
-        must not judge would undercut the refusal."""
+    def unscored_reason(self, automatic: bool = True) -> str | None:
+        """Why no model output may be shown for the open scan: the gate refused it, the core
+        refused the chosen model, or (``automatic`` model choice only: a model picked by hand
+        scores such an image) automatic mode chose none; ``None`` when one may, and always
+        once the scan has a result. A refused scan gets no score, and no activation maps
+        either: a model's view of a scan it must not judge would undercut the refusal."""
         if self.gate is not None and not self.gate.accepted:
             return f"not a chest scan ({self.gate.reason})"
-        return self.refusal or self.unrouted
+        if self.result is not None:
+            return None
+        return self.refusal or (self.unrouted if automatic else None)
 
     @property
     def n_slices(self) -> int:
