@@ -20,6 +20,15 @@ from lunglens.training.bias_correction import correct_biases
 from lunglens.training.gptq import round_weights
 
 _BATCH = 16  # calibration batch size
+#: Bytes of activations onnxruntime's calibrators may hold at once. They keep every calibrated
+#: tensor of every calibration batch until the end: EfficientNet-Lite0 at 224 px about 53 MB an
+#: image (16 GB for 300 images), the SqueezeNets at 224 px 44 MB, Lite2 at 260 px 102 MB (30
+#: GB), which the 24 GB training machine could not hold (the kernel killed the run). A bigger
+#: model calibrates on as many whole batches of images as fit (Lite2 at 260 px: 144), and its
+#: card says how many. onnxruntime's own bound for MinMax (``CalibMaxIntermediateOutputs``,
+#: onnxruntime 1.32) drops the batches it has held instead of folding their ranges in, so it
+#: is not used. Models up to Lite0 at 224 px stay under this and calibrate on every image.
+CALIB_MEMORY = 16e9
 
 #: Largest |int8| weight an INT8 file may hold: 7-bit weights (onnxruntime's ``reduce_range``).
 #: x86 CPUs without VNNI (AVX2 and AVX-512 before Cascade Lake / Ice Lake, Zen 1-3: most clinic
@@ -157,13 +166,15 @@ def quantize_model(
             # The histogram calibrators stack each tensor's batches into one array, so every
             # batch must have the same size: drop the incomplete last one.
             calib_images = calib_images[: len(calib_images) // _BATCH * _BATCH or len(calib_images)]
+        range_images = _calibration_images(graph, calib_images, quant_ops)
+        options = {"ActivationSymmetric": False, "WeightSymmetric": True}
         t0 = time.time()
 
         def run(out: Path, reduce_range: bool) -> None:
             quantize_static(
                 str(pre),
                 str(out),
-                _Reader(calib_images),
+                _Reader(range_images),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
@@ -173,7 +184,7 @@ def quantize_model(
                 op_types_to_quantize=quant_ops,
                 # True: weights within +-WEIGHT_MAX, no int16 saturation without VNNI
                 reduce_range=reduce_range,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                extra_options=options,
             )
 
         run(int8_path, reduce_range=True)
@@ -198,7 +209,7 @@ def quantize_model(
         depthwise_weight_max_abs=dw_max,
         depthwise_8bit=depthwise_8bit,
         calibration_method=method,
-        calibration_images=len(calib_images),  # after trimming to whole batches
+        calibration_images=len(range_images),  # after trimming to whole batches and memory
         quantized_op_types=quant_ops,
         float_nodes=exclude,
         float_first_convs=float_first_convs,
@@ -208,6 +219,35 @@ def quantize_model(
         float_op_types=sorted(set(op_types) - set(quant_ops)),
         seconds=round(time.time() - t0, 1),
     )
+
+
+def calibrated_bytes(graph, op_types: Sequence[str]) -> int:
+    """Bytes a calibrator holds per image: the float inputs and outputs of the nodes of
+    ``op_types`` (onnxruntime calibrates the tensors of the op types it quantizes) in a
+    shape-inferred graph, batch dimension taken as 1."""
+    sizes = {}
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        if tensor.elem_type == 1:  # FLOAT
+            sizes[info.name] = 4 * int(np.prod([max(1, d.dim_value) for d in tensor.shape.dim]))
+    weights = {w.name for w in graph.initializer}
+    names = {
+        name
+        for node in graph.node
+        if node.op_type in op_types
+        for name in (*node.input, *node.output)
+        if name and name not in weights
+    }
+    return sum(sizes.get(name, 0) for name in names)
+
+
+def _calibration_images(graph, images: np.ndarray, op_types: Sequence[str]) -> np.ndarray:
+    """The images the activation ranges are calibrated on: all of them, or as many whole
+    batches as keep the calibrator within :data:`CALIB_MEMORY` (at least one batch)."""
+    per_image = max(1, calibrated_bytes(graph, op_types))
+    if per_image * len(images) <= CALIB_MEMORY:
+        return images
+    return images[: max(_BATCH, int(CALIB_MEMORY // per_image) // _BATCH * _BATCH)]
 
 
 def _is_depthwise(node, weight_shape: Sequence[int]) -> bool:
