@@ -131,6 +131,7 @@ def test_open_ct_classify_and_show_result(qtbot, window: MainWindow, ct_file: Pa
     assert panel.bars["covid"].value() == round(result.probs["covid"] * 1000)
     assert panel.progress.value() == panel.progress.maximum()
     assert window.tags_panel.value("Modality") == "CT"
+    assert window.tags_panel.value("LungLens modality") == "CT"
     assert window.windowTitle().endswith("CTImage.dcm")
     assert window.settings.recent_files()[0] == str(ct_file)
     assert not panel.slices_box.isVisibleTo(window)  # single image: no slice list
@@ -229,6 +230,7 @@ def test_cam_toggle_opacity_class_and_export(
 def test_cxr_uses_cxr_model_and_gallery(qtbot, window: MainWindow, cxr_file: Path) -> None:
     open_and_classify(qtbot, window, cxr_file)
     assert window.scan is not None and window.scan.modality == "cxr"
+    assert window.tags_panel.value("LungLens modality") == "CXR"
     assert window.classify_panel.is_auto() and window.result.model == "synthetic-cxr"
     assert not window.window_combo.isEnabled()  # HU presets are CT only
     assert window.view.image_item.pixmap().width() == 1841
@@ -310,6 +312,7 @@ def test_plain_image_routed_by_modality_check(
     assert window.result is not None and window.result.model == "synthetic-cxr"
     assert on_load and "chest X-ray" in on_load[0] and "synthetic-cxr" in on_load[0]
     assert "chest X-ray" in window.classify_panel.notes_label.text()
+    assert window.tags_panel.value("LungLens modality").startswith("not in the file")
     assert window.cam.controls.show_box.isEnabled()  # the X-ray model's CAM
     # choosing the CT model for it is refused: a red banner, no numbers
     results: list[object] = []

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lunglens.io import Scan, SourceKey
+from lunglens.io import Modality, Scan, SourceKey
 
 #: Display order and names of the metadata keys the readers produce; unknown keys follow.
 LABELS: dict[str, str] = {
@@ -43,6 +43,15 @@ LABELS: dict[str, str] = {
 }
 
 
+def modality_text(scan: Scan) -> str:
+    """The scan's modality as read from its file; a plain image carries none (its pixels are
+    placed by the modality check, which the classification panel reports), and a bare
+    "UNKNOWN" beside a CT model's result read as a contradiction."""
+    if scan.modality == Modality.UNKNOWN:
+        return "not in the file (plain image; see Classification)"
+    return scan.modality.upper()
+
+
 class TagsPanel(QWidget):
     """Two-column table: attribute, value."""
 
@@ -68,7 +77,7 @@ class TagsPanel(QWidget):
         rows: list[tuple[str, str]] = [
             ("Source", SourceKey.parse(scan.source).name),
             ("Kind", scan.kind),
-            ("LungLens modality", scan.modality.upper()),
+            ("LungLens modality", modality_text(scan)),
             ("Size", f"{scan.n_slices} x {scan.image.shape[1]} x {scan.image.shape[2]}"),
         ]
         meta = dict(scan.metadata)
