@@ -44,8 +44,10 @@ def test_classify_text_cam_and_audit(env: Path, capsys: pytest.CaptureFixture[st
     assert "prediction" not in out and DISCLAIMER in out
     assert "threshold:   0.500 on P(covid)" in out  # one precision for thresholds
     assert "no modality" in err and "synthetic-ct" in err  # plain image -> CT model, warned
-    with Image.open(cam) as im:
-        assert im.size == (64, 64) and im.mode == "RGB"
+    with Image.open(cam) as im:  # the 64 px image over its caption, which says whose map
+        assert im.size[0] == 64 and im.size[1] > 64 and im.mode == "RGB"
+        assert "where the model looked, not a lesion outline" in im.text["Description"]
+        assert im.text["Model"].startswith("synthetic-ct ")
     line = _audit(env)[-1]
     assert line["event"] == "classify" and line["input"] == str(img)
     assert line["model"] == "synthetic-ct" and len(line["model_sha256"]) == 64

@@ -159,3 +159,20 @@ def test_a_not_flagged_map_is_drawn_against_the_reference_peak(engine) -> None: 
     a_own = colorize(own)[..., 3]
     a_faint = colorize(faint)[..., 3]
     assert a_own.max() == 255 and a_faint.max() == 0
+
+
+def test_an_exported_map_carries_its_caption_within_its_width() -> None:
+    """The footer under an exported CAM wraps to the image however narrow it is (a 64 px
+    slice), cuts a word longer than a line (a hash), and leaves the image's pixels alone."""
+    from lunglens.explain.caption import _wrap, with_footer
+
+    assert _wrap("aaa bbb ccc ddd", len, 7) == ["aaa bbb", "ccc ddd"]
+    assert _wrap("SHA-256 0123456789abcdef0123", len, 10) == ["SHA-256", "0123456789", "abcdef0123"]
+    rgb = np.full((64, 64, 3), 7, np.uint8)
+    lines = ["Triage aid only - not a diagnosis.", "Model m v1, SHA-256 0123456789ab"]
+    out = with_footer(rgb, lines)
+    assert out.shape[1] == 64 and out.shape[0] > 64 + 4 * 11  # several wrapped lines of text
+    assert np.array_equal(out[:64], rgb)
+    footer = out[64:]
+    assert (footer < 128).any()  # text drawn
+    assert (footer[:, -3:] == 255).all()  # nothing drawn past the right margin

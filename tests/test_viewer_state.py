@@ -247,12 +247,22 @@ def test_overlay_export_is_the_displayed_slice_with_its_cam(
     classified.cam.opacity = 0.6
     classified.cam.cam_class = "non-covid"
     out = classified.overlay_export().write(tmp_path / "cam.png")
-    written = np.asarray(Image.open(out))
+    png = Image.open(out)
+    written = np.asarray(png)
     result, info = classified.result, classified.result_info
     assert result is not None and result.cam is not None and info is not None
     image = classified.display_image()
     heat = cam_map(result.cam, label_index(info, "non-covid"), image.shape)
-    assert np.array_equal(written, overlay(image, heat, alpha=0.6, colormap="jet"))
+    h = image.shape[0]
+    assert np.array_equal(written[:h], overlay(image, heat, alpha=0.6, colormap="jet"))
+    # the map carries what it is and whose it is: a footer under the slice, and PNG text
+    footer = written[h:]
+    assert footer.shape[0] > 40 and (footer == 255).mean() > 0.8 and (footer < 100).any()
+    text = png.text  # type: ignore[attr-defined]
+    slice_no = classified.slice_index + 1
+    assert f"CAM of 'non-covid' of slice {slice_no}: where the model looked" in text["Description"]
+    assert result.headline in text["Description"] and "not a diagnosis" in text["Disclaimer"]
+    assert text["Model SHA-256"] == info.sha256 and text["Model"] == f"{info.name} {info.version}"
     assert classified.output_name("_cam.png") == "chest_cam.png"
     classified.slice_index = 1 - classified.slice_index  # no CAM there yet
     with pytest.raises(RuntimeError, match="still being computed"):
@@ -317,6 +327,7 @@ def test_a_not_flagged_result_draws_its_cam_against_the_reference(
     written = np.asarray(Image.open(export.write(tmp_path / "cam.png")))
     gray = np.asarray(Image.open(replace(export, opacity=0.0).write(tmp_path / "gray.png")))
     assert np.array_equal(written, gray), "the faint map leaves the slice as it is"
+    assert written.shape[0] > export.image.shape[0]  # under its caption
     classified.cam.cam_class = "non-covid"
     assert classified.cam_scale_note() == "" and classified.overlay_export().floor is None
 

@@ -110,12 +110,15 @@ def _cam_scale_note(result: ScanResult) -> str:
 
 def _write_outputs(args: argparse.Namespace, scan: Scan, result: ScanResult) -> list[str]:
     """The ``--cam`` PNG and the ``--pdf`` page asked for; their paths."""
-    from lunglens.explain import cam_map, overlay, save_png
+    from lunglens.explain import cam_map, caption_lines, overlay, png_text, save_png, with_footer
 
     outputs: list[str] = []
     if args.cam:
-        image = scan.image[result.representative_slice]
-        save_png(overlay(image, cam_map(result, None, image.shape)), args.cam)
+        i = result.representative_slice
+        image = scan.image[i]
+        lines = caption_lines(result, result.cam_class, i)
+        rgb = overlay(image, cam_map(result, None, image.shape))
+        save_png(with_footer(rgb, lines), args.cam, png_text(result, lines))
         outputs.append(str(args.cam))
     if args.pdf:
         from lunglens.report.pdf import scan_pdf

@@ -10,6 +10,7 @@ opacity from :data:`RAMP_FULL`, linear in between.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
@@ -83,12 +84,19 @@ def overlay(
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def save_png(rgb: np.ndarray, path: str | os.PathLike[str]) -> None:
-    """Write a uint8 RGB (or grayscale) array as PNG.
+def save_png(
+    rgb: np.ndarray, path: str | os.PathLike[str], text: Mapping[str, str] | None = None
+) -> None:
+    """Write a uint8 RGB (or grayscale) array as PNG, with ``text`` as its text chunks
+    (:mod:`lunglens.explain.caption`).
 
     Pillow is used rather than ``cv2.imwrite`` because OpenCV cannot open non-ASCII paths on
     Windows.
     """
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
-    Image.fromarray(np.ascontiguousarray(rgb)).save(os.fspath(path), format="PNG")
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)  # iTXt: UTF-8, whatever the names hold
+    Image.fromarray(np.ascontiguousarray(rgb)).save(os.fspath(path), format="PNG", pnginfo=info)

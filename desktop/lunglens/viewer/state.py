@@ -18,7 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from lunglens.explain import FLOOR_NOTE, cam_map, overlay, result_floor, save_png
+from lunglens.explain import (
+    FLOOR_NOTE,
+    cam_map,
+    caption_lines,
+    overlay,
+    png_text,
+    result_floor,
+    save_png,
+    with_footer,
+)
 from lunglens.explain.overlay import to_uint8
 from lunglens.inference import GateVerdict, ScanResult, label_index
 from lunglens.io import Modality, Scan, SourceKey
@@ -307,8 +316,16 @@ class ViewerState:
         cls = self.heat_class()
         info = self.result_info
         idx = label_index(info, cls) if info is not None else self.result.labels.index(cls)
+        lines = caption_lines(self.result, cls, self.slice_index)
         return OverlayExport(
-            self.display_image(), raw, idx, self.cam.opacity, self.cam.colormap, self.cam_floor(cls)
+            self.display_image(),
+            raw,
+            idx,
+            self.cam.opacity,
+            self.cam.colormap,
+            self.cam_floor(cls),
+            tuple(lines),
+            tuple(png_text(self.result, lines).items()),
         )
 
 
@@ -328,6 +345,9 @@ class OverlayExport:
         As on screen.
     floor
         The map's least scale peak, as on screen (:func:`lunglens.explain.display_floor`).
+    caption, text
+        The footer's lines burned under the image and the PNG's text chunks
+        (:mod:`lunglens.explain.caption`): an exported map says what it is and whose it is.
     """
 
     image: np.ndarray
@@ -336,6 +356,8 @@ class OverlayExport:
     opacity: float
     colormap: str
     floor: float | None = None
+    caption: tuple[str, ...] = ()
+    text: tuple[tuple[str, str], ...] = ()
 
     def rgb(self) -> np.ndarray:
         """uint8 RGB ``[H, W, 3]``: the slice in gray with the class's heat blended on top."""
@@ -343,6 +365,7 @@ class OverlayExport:
         return overlay(self.image, heat, alpha=self.opacity, colormap=self.colormap)
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`rgb` as a PNG at ``path``."""
-        save_png(self.rgb(), path)
+        """Write :meth:`rgb` as a PNG at ``path``, its caption under it and in its text."""
+        rgb = self.rgb()
+        save_png(with_footer(rgb, self.caption) if self.caption else rgb, path, dict(self.text))
         return Path(path)
