@@ -262,6 +262,11 @@ def test_cxr_uses_cxr_model_and_gallery(qtbot, window: MainWindow, cxr_file: Pat
     assert pix.width() >= 400 and pix.height() >= 400  # the 64 px map, shown at 480 px
     assert "Channel" in gallery.enlarged.caption.text()
     assert f"model {info.name} v{info.version}" in gallery.enlarged.caption.text()
+    caption, image = gallery.enlarged.caption, gallery.enlarged.image
+    qtbot.waitUntil(lambda: caption.height() > 0)
+    # the whole caption fits under the map, not over its bottom rows
+    assert caption.height() >= caption.heightForWidth(caption.width())
+    assert caption.geometry().top() > image.geometry().bottom()
     gallery.enlarged.close()
     # cached per scan: changing N and back does not recompute
     with qtbot.waitSignal(gallery.computed, timeout=TIMEOUT):
@@ -372,6 +377,7 @@ def test_batch_with_bad_file_table_and_open(
     triage words per row, report written beside the CSV and opened by a button."""
     write_modality_check(env / "models" / "synthetic-modality")  # routes the plain images
     folder = _batch_folder(env)
+    (folder / "notes.txt").write_text("not a scan", encoding="utf-8")
     window.batch_dock.show()
     panel = window.batch_panel
     assert panel.model_combo.currentText() == "Automatic (by modality)"
@@ -385,6 +391,7 @@ def test_batch_with_bad_file_table_and_open(
     assert panel.progress.value() == panel.progress.maximum() == 7
     assert panel.status.text().startswith("Done: 7 of 7 processed, 6 scans scored (")
     assert "1 not scored" in panel.status.text()  # a refused file is not "scored"
+    assert "1 file ignored (not scans)" in panel.status.text()  # every file accounted for
     # ranked as it opens: highest P(covid) on top, the error row last
     pcol, tcol = panel.column("p_covid"), panel.column("prediction")
     shown = [panel.proxy.index(r, pcol).data() for r in range(7)]
@@ -700,6 +707,9 @@ def test_non_chest_scan_is_shown_with_a_red_refusal_and_never_scored(
     assert "#b00020" in panel.refusal_label.styleSheet()  # red banner
     assert not panel.bars_box.isVisibleTo(window)
     assert window.cam_controls.status_label.text() == "No CAM: the scan was not scored"
+    with qtbot.waitSignal(window.cam.message, timeout=2000) as said:
+        window.cam.export_dialog()  # Ctrl+E: no dialog, and no "classify first" either
+    assert said.args[0].startswith("No CAM to export: the scan was not scored (not a chest")
     # nor does the activation gallery show the model's view of a scan it must not judge
     window.gallery.show()
     qtbot.waitUntil(window.pool.idle, timeout=TIMEOUT)

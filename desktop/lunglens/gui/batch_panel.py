@@ -360,6 +360,8 @@ class BatchPanel(QWidget):
             hint = " Tick Resume and press Start to continue." if s.cancelled else ""
             # "scored" only for what got a score: a refused scan is processed, not scored
             refused = f", {s.errors} not scored (see the Triage column)" if s.errors else ""
+            if s.ignored:  # as the command line says: every file is accounted for
+                refused += f", {counted(len(s.ignored), 'file')} ignored (not scans)"
             self.status.setText(
                 f"{state}: {s.done} of {s.total} processed, {counted(s.ok, 'scan')} scored "
                 f"({s.flagged} flagged for review){refused}{skipped} in {s.elapsed_s:.1f} s."

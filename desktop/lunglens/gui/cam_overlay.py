@@ -172,7 +172,12 @@ class CamOverlay(QObject):
     def export_dialog(self) -> None:
         """Ask where to save the PNG, then write it in a worker."""
         if self.state.result is None:
-            self.message.emit("Classify the scan before exporting its CAM.")
+            unscored = self.state.unscored_reason()
+            self.message.emit(
+                f"No CAM to export: the scan was not scored ({unscored})."
+                if unscored
+                else "Classify the scan before exporting its CAM."
+            )
             return
         default = Path(self.settings.last_folder() or ".") / self.state.output_name("_cam.png")
         parent = self.controls.window()

@@ -47,6 +47,9 @@ def fill_model_combo(
     return {m.name: m for m in models}
 
 
+#: Headline colours: red for flagged; a neutral dark blue, not green, for not flagged, which
+#: is no all-clear (a 97% pneumonia is not flagged for COVID-19).
+FLAGGED_COLOR, NOT_FLAGGED_COLOR = "#b00020", "#1f3a5f"
 #: Rows of the suspicious-slices list in view without scrolling.
 SUSPICIOUS_ROWS_SHOWN = 3
 #: Bar colours: the positive class stands out, the others stay neutral.
@@ -233,6 +236,7 @@ class ClassifyPanel(QWidget):
 
     def _refuse(self, text: str) -> None:
         self.clear_result("Not scored")
+        self.progress.setFormat("")  # nothing ran: no "0%"
         self.refusal_label.setText(text)
         self.refusal_label.show()
         self.bars_box.setVisible(False)
@@ -277,7 +281,7 @@ class ClassifyPanel(QWidget):
             bar.setFormat(f"{p:.1%}")
         series = result.n_slices > 1
         self.prediction_label.setText(result.headline)
-        color = "#b00020" if result.flagged else "#1b6e20"
+        color = FLAGGED_COLOR if result.flagged else NOT_FLAGGED_COLOR
         self.prediction_label.setStyleSheet(f"color: {color};")
         rule = f"series of {result.n_slices} slices: mean of the top slices" if series else "image"
         self.threshold_label.setText(

@@ -59,9 +59,6 @@ class EnlargedMap(QDialog):
         self.image.setMinimumSize(ENLARGED, ENLARGED)
         self.caption = QLabel("")
         self.caption.setWordWrap(True)
-        # a wrapped caption asks for its height only after layout; reserve it so the dialog
-        # does not draw the text over the bottom of the map
-        self.caption.setMinimumHeight(3 * self.caption.fontMetrics().lineSpacing())
         self.caption.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
@@ -80,7 +77,10 @@ class EnlargedMap(QDialog):
         )
         self.image.setPixmap(pix)
         self.caption.setText(caption)
-        self.adjustSize()  # room for the wrapped caption under the map
+        # a wrapped label asks for its height only after layout: reserve what the text needs
+        # at the map's width, so the dialog does not draw it over the bottom of the map
+        self.caption.setMinimumHeight(self.caption.heightForWidth(ENLARGED))
+        self.adjustSize()
         self.show()
         self.raise_()
 
@@ -217,6 +217,7 @@ class GalleryDock(QDockWidget):
             self.layer_combo.clear()
             self.layer_combo.blockSignals(False)
             self._show([])
+            self.explain_label.setText("")  # no layer to explain
             self.status.setText(f"No activation maps: {unscored}." if unscored else NO_CONTEXT_TEXT)
             return
         old_model = self._context[3].name if self._context else None

@@ -80,7 +80,7 @@ class ViewerPane(QWidget):
         self.window_combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
-        self.window_combo.setMinimumContentsLength(12)
+        self.window_combo.setMinimumContentsLength(20)  # "Mediastinum (W400 L40)" in full
         self.window_combo.setToolTip("CT window presets; right-drag on the image adjusts W/L")
         self.window_combo.activated.connect(self._on_window_combo)
         self.window_label = QLabel("")

@@ -98,7 +98,7 @@ def _draw_header(fig: Figure, scan: Scan, result: ScanResult, anonymize: bool) -
     """Title, disclaimer, the triage headline (red when flagged) and the patient/study lines."""
     fig.suptitle("LungLens - triage summary", fontsize=16, y=0.975)
     fig.text(0.5, 0.948, result.disclaimer, ha="center", fontsize=9, color="#c0392b", weight="bold")
-    color = "#b00020" if result.flagged else "#1b6e20"
+    color = "#b00020" if result.flagged else "#1f3a5f"  # not flagged is no all-clear: not green
     fig.text(
         0.5,
         0.925,
