@@ -176,3 +176,5 @@ def test_an_exported_map_carries_its_caption_within_its_width() -> None:
     footer = out[64:]
     assert (footer < 128).any()  # text drawn
     assert (footer[:, -3:] == 255).all()  # nothing drawn past the right margin
+    grey = with_footer(np.full((64, 64), 9, np.uint8), lines)  # a grey image gets one too
+    assert grey.shape == out.shape and np.array_equal(grey[:64, :, 0], np.full((64, 64), 9))

@@ -868,3 +868,18 @@ def test_a_failed_open_clears_the_previous_scans_decision(
 
     assert _names("a/IM0001.dcm", "b/IM0001.dcm") == ("a/IM0001.dcm", "b/IM0001.dcm")
     assert _names("a/x.dcm", "b/y.dcm") == ("x.dcm", "y.dcm")
+
+
+def test_scan_information_names_an_unknown_modality_by_its_source(qtbot) -> None:
+    """A plain image has no modality in the file; a DICOM file of another modality says which
+    (it is not a plain image)."""
+    from dataclasses import replace
+
+    from lunglens.gui.tags_panel import modality_text
+    from lunglens.io import Modality, Scan
+
+    plain = Scan("a.png", np.zeros((1, 4, 4), np.float32), Modality.UNKNOWN, kind="raster")
+    assert modality_text(plain).startswith("not in the file (plain image")
+    other = replace(plain, source="b.dcm", kind="dicom", metadata={"dicom_modality": "OT"})
+    assert modality_text(other) == "UNKNOWN (DICOM Modality OT)"
+    assert modality_text(replace(plain, modality=Modality.CT)) == "CT"

@@ -484,24 +484,28 @@ def test_gptq_changes_only_which_grid_point_each_weight_takes(tmp_path: Path) ->
 
 
 def test_calibration_memory_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Over :data:`CALIB_MEMORY` (Lite2 at 260 px held 30 GB and was killed) the ranges come
-    from as many whole batches as fit, and the report says how many; under it, from every
-    image. The file calibrated on the first 32 images is the one the budget gives."""
+    """Over :data:`CALIB_MEMORY` (Lite2 at 260 px held 30 GB and was killed) a histogram
+    method's ranges come from as many whole batches as fit, and the report says how many;
+    under it, from every image. The file calibrated on the first 32 images is the one the
+    budget gives. MinMax, which holds two numbers per tensor and batch, uses every image."""
     import onnx
 
     from lunglens.training import quantize
 
     fp32 = _exported(_TinyDWNet, tmp_path)
     x, _ = _images(64, np.random.default_rng(5))
-    whole = quantize.quantize_model(fp32, tmp_path / "whole.onnx", x)
+    pct = dict(method="Percentile")
+    whole = quantize.quantize_model(fp32, tmp_path / "whole.onnx", x, **pct)
     assert whole["calibration_images"] == 64
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(fp32))).graph
     per_image = quantize.calibrated_bytes(graph, whole["quantized_op_types"])
     assert per_image > 0
-    first = quantize.quantize_model(fp32, tmp_path / "first.onnx", x[:32])
+    first = quantize.quantize_model(fp32, tmp_path / "first.onnx", x[:32], **pct)
     monkeypatch.setattr(quantize, "CALIB_MEMORY", per_image * 40)  # room for 40 images
-    bounded = quantize.quantize_model(fp32, tmp_path / "bounded.onnx", x)
+    bounded = quantize.quantize_model(fp32, tmp_path / "bounded.onnx", x, **pct)
     assert bounded["calibration_images"] == first["calibration_images"] == 32
+    minmax = quantize.quantize_model(fp32, tmp_path / "minmax.onnx", x)
+    assert minmax["calibration_images"] == 64
     files = [onnx.load(str(tmp_path / f"{n}.onnx")) for n in ("whole", "first", "bounded")]
     ranges = [[t.raw_data for t in f.graph.initializer if "scale" in t.name] for f in files]
     assert ranges[1] == ranges[2] != ranges[0]

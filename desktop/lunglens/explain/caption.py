@@ -76,6 +76,8 @@ def with_footer(rgb: np.ndarray, lines: Sequence[str]) -> np.ndarray:
         font: ImageFont.ImageFont | ImageFont.FreeTypeFont = ImageFont.load_default(size=size)
     except (ImportError, OSError):  # Pillow without FreeType: its fixed bitmap font
         font = ImageFont.load_default()
+    if not isinstance(font, ImageFont.FreeTypeFont):  # the bitmap font draws Latin-1 only
+        lines = [line.encode("latin-1", "replace").decode("latin-1") for line in lines]
     room = w - 2 * size
     wrapped = [part for line in lines for part in _wrap(line, lambda t: font.getlength(t), room)]
     line_h = int(size * 1.35)
@@ -83,4 +85,6 @@ def with_footer(rgb: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     draw = ImageDraw.Draw(footer)
     for i, text in enumerate(wrapped):
         draw.text((size, size // 2 + i * line_h), text, fill=(20, 20, 20), font=font)
-    return np.vstack([np.ascontiguousarray(rgb[..., :3]), np.asarray(footer)])
+    if rgb.ndim == 2:  # a grey image gets the footer too
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    return np.vstack([np.ascontiguousarray(rgb[..., :3]).astype(np.uint8), np.asarray(footer)])

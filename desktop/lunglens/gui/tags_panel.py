@@ -47,9 +47,12 @@ def modality_text(scan: Scan) -> str:
     """The scan's modality as read from its file; a plain image carries none (its pixels are
     placed by the modality check, which the classification panel reports), and a bare
     "UNKNOWN" beside a CT model's result read as a contradiction."""
-    if scan.modality == Modality.UNKNOWN:
-        return "not in the file (plain image; see Classification)"
-    return scan.modality.upper()
+    if scan.modality != Modality.UNKNOWN:
+        return scan.modality.upper()
+    dicom = scan.metadata.get("dicom_modality")
+    if dicom:  # a DICOM file of another modality (OT, SC, MR...): named as the file says
+        return f"UNKNOWN (DICOM Modality {dicom})"
+    return "not in the file (plain image; see Classification)"
 
 
 class TagsPanel(QWidget):

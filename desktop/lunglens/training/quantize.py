@@ -20,14 +20,15 @@ from lunglens.training.bias_correction import correct_biases
 from lunglens.training.gptq import round_weights
 
 _BATCH = 16  # calibration batch size
-#: Bytes of activations onnxruntime's calibrators may hold at once. They keep every calibrated
-#: tensor of every calibration batch until the end: EfficientNet-Lite0 at 224 px about 53 MB an
-#: image (16 GB for 300 images), the SqueezeNets at 224 px 44 MB, Lite2 at 260 px 102 MB (30
-#: GB), which the 24 GB training machine could not hold (the kernel killed the run). A bigger
-#: model calibrates on as many whole batches of images as fit (Lite2 at 260 px: 144), and its
-#: card says how many. onnxruntime's own bound for MinMax (``CalibMaxIntermediateOutputs``,
-#: onnxruntime 1.32) drops the batches it has held instead of folding their ranges in, so it
-#: is not used. Models up to Lite0 at 224 px stay under this and calibrate on every image.
+#: Bytes of activations onnxruntime's histogram calibrators (Percentile, Entropy) may hold at
+#: once. They keep every calibrated tensor of every calibration batch until the end (and copy
+#: the largest while making its histogram: measured peaks about 1.25x this): EfficientNet-Lite0
+#: at 224 px about 53 MB an image (16 GB for 300 images), the SqueezeNets at 224 px 44 MB,
+#: Lite2 at 260 px 102 MB (30 GB), which the 24 GB training machine could not hold (the kernel
+#: killed the run). A bigger model's histogram calibration uses as many whole batches of images
+#: as fit (Lite2 at 260 px: 144), and its card says how many. MinMax keeps only each tensor's
+#: minimum and maximum per batch, so it always calibrates on every image. The shipped models'
+#: recipes stay under this and calibrate on every image as before.
 CALIB_MEMORY = 16e9
 
 #: Largest |int8| weight an INT8 file may hold: 7-bit weights (onnxruntime's ``reduce_range``).
@@ -166,7 +167,9 @@ def quantize_model(
             # The histogram calibrators stack each tensor's batches into one array, so every
             # batch must have the same size: drop the incomplete last one.
             calib_images = calib_images[: len(calib_images) // _BATCH * _BATCH or len(calib_images)]
-        range_images = _calibration_images(graph, calib_images, quant_ops)
+        range_images = calib_images  # MinMax holds two numbers per tensor and batch
+        if method != "MinMax":
+            range_images = _calibration_images(graph, calib_images, quant_ops)
         options = {"ActivationSymmetric": False, "WeightSymmetric": True}
         t0 = time.time()
 
@@ -222,7 +225,7 @@ def quantize_model(
 
 
 def calibrated_bytes(graph, op_types: Sequence[str]) -> int:
-    """Bytes a calibrator holds per image: the float inputs and outputs of the nodes of
+    """Bytes a histogram calibrator holds per image: the float inputs and outputs of the nodes of
     ``op_types`` (onnxruntime calibrates the tensors of the op types it quantizes) in a
     shape-inferred graph, batch dimension taken as 1."""
     sizes = {}
