@@ -305,3 +305,24 @@ def test_trial_table_marks_the_shipped_recipe_and_the_timing_the_rule_compared(
         and marked[0]
         == [line for line in text.splitlines() if line.startswith("| ") and "points" in line][other]
     )
+
+
+def test_a_rewritten_card_keeps_the_parity_measured_again_on_the_same_file(
+    tmp_path: Path,
+) -> None:
+    """A run that rewrites a model folder (a new comparison row) keeps what ``--stages parity``
+    measured on that folder's files, while the INT8 file is the same; a new file drops it."""
+    from dataclasses import replace
+
+    pytest.importorskip("torch")  # the pipeline module imports the trainer
+    from lunglens.training.pipeline import MEASURED_AGAIN, keep_measured_again
+
+    shipped, _metrics = _shipped("efficientnet-lite-cxr")
+    assert shipped.quantization is not None and "parity_measured_again" in shipped.quantization
+    (tmp_path / "manifest.json").write_text(json.dumps(shipped.to_dict()), encoding="utf-8")
+    q = {k: v for k, v in shipped.quantization.items() if k not in MEASURED_AGAIN}
+    from_state = replace(shipped, quantization=q)  # what a run's state writes
+    kept = keep_measured_again(tmp_path, from_state)
+    assert kept.quantization == shipped.quantization
+    other_file = replace(from_state, sha256="0" * 64)
+    assert keep_measured_again(tmp_path, other_file).quantization == q

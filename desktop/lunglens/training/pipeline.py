@@ -64,6 +64,26 @@ LUNG_FIELDS: dict[str, LungField] = {
 }
 
 
+#: What ``--stages parity`` measured on the shipped files and wrote into the model folder only
+#: (that stage keeps no run state).
+MEASURED_AGAIN = ("parity_validation_fold", "parity_shipped_threshold", "parity_measured_again")
+
+
+def keep_measured_again(folder: Path, manifest: ModelManifest) -> ModelManifest:
+    """``manifest`` with ``folder``'s ``--stages parity`` record kept while the INT8 file is
+    the same one (same SHA-256): a run that rewrote the card (for a new comparison row) used
+    to drop it."""
+    path = folder / "manifest.json"
+    if not path.is_file() or manifest.quantization is None:
+        return manifest
+    old = json.loads(path.read_text())
+    old_q = old.get("quantization") or {}
+    if old.get("sha256") != manifest.sha256 or "parity_measured_again" not in old_q:
+        return manifest
+    kept = {k: old_q[k] for k in MEASURED_AGAIN if k in old_q}
+    return replace(manifest, quantization={**manifest.quantization, **kept})
+
+
 @dataclass
 class PipelineOptions:
     data_root: Path
@@ -1195,7 +1215,7 @@ class Pipeline:
             )
             path.write_text(_json(metrics))
             write_plots(self.work, self.out, ds, self.positive(ds), self.shipped_threshold())
-        manifest = self.manifest(ds, metrics, model_path, fp32_path)
+        manifest = keep_measured_again(self.out, self.manifest(ds, metrics, model_path, fp32_path))
         (self.out / "manifest.json").write_text(_json(manifest.to_dict()))
         write_card(self.out, manifest, metrics, self.p)
         self.log(f"wrote {self.out}")

@@ -282,6 +282,8 @@ PRESETS: dict[str, Preset] = {
                 "cxr-efficientnet-lite-lungs-0.3",
                 "cxr-efficientnet-lite-balanced",
                 "cxr-efficientnet-lite-k1",
+                "cxr-efficientnet-lite2",
+                "cxr-efficientnet-lite-288",
             ),
         ),
         # the same recipe with classes balanced within each source (issue 13, point 4)
