@@ -211,7 +211,7 @@ def test_hostile_corpus_scores_to_the_end_twice(
 
     assert main([*cmd, "--resume"]) == 0  # nothing left to do: no row added, no crash
     assert read_rows(out) == first
-    assert capsys.readouterr().out.startswith("0 scored")
+    assert capsys.readouterr().out.startswith("0 processed: 0 scored")
 
 
 def test_classify_non_utf8_name_exits_0(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
