@@ -132,7 +132,7 @@ class ResultsTable(QTableView):
         header = self.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         self.setColumnWidth(0, 220)
-        self.setColumnWidth(self.column("prediction"), 470)
+        self.setColumnWidth(self.column("prediction"), 570)  # with "; most probable: ..."
         self.setColumnWidth(self.column("model"), 190)  # "efficientnet-lite-cxr v1.1.1"
         self.sortByColumn(self.column(self.columns[1][0]), Qt.SortOrder.DescendingOrder)
 
