@@ -785,6 +785,12 @@ def test_plain_image_the_check_and_the_gate_disagree_on_is_not_scored(
         qtbot.waitUntil(win.pool.idle, timeout=TIMEOUT)
         assert win.result is None and win.state.result_info is None
         assert "cannot tell whether" in win.classify_panel.refusal()
+        status = win.cam_controls.status_label
+        assert status.text() == "No CAM: the scan was not scored"
+        # a model picked in the list may score it: the CAM panel no longer says "not scored"
+        combo.setCurrentIndex(combo.findData("efficientnet-lite-cxr"))
+        assert status.text() != "No CAM: the scan was not scored" and win.cam.unscored is None
+        qtbot.waitUntil(win.pool.idle, timeout=TIMEOUT)
     finally:
         win.pool.cancel_all()
         win.pool.wait(10_000)

@@ -65,6 +65,8 @@ class CamOverlay(QObject):
         self.pool, self.settings = pool, settings
         self._worker: Worker | None = None
         self._pending: tuple[int, int, str, str] | None = None
+        #: why the open scan gets no CAM (the window's reason at the last :meth:`reset`)
+        self.unscored: str | None = None
         controls.set_opacity(settings.opacity())
         controls.set_colormap(settings.colormap())
         state.cam.visible = controls.is_shown()
@@ -87,7 +89,8 @@ class CamOverlay(QObject):
     def reset(self, unscored: str | None = None) -> None:
         """Another scan was opened, or the scan was refused: no CAM until it is classified,
         and none at all for a scan that gets no score (``unscored``: why; the CAM is not
-        offered)."""
+        offered; kept in :attr:`unscored` for what C and Export say)."""
+        self.unscored = unscored
         if unscored is not None:
             self.controls.set_available(False, "No CAM: the scan was not scored")
         else:
@@ -172,10 +175,9 @@ class CamOverlay(QObject):
     def export_dialog(self) -> None:
         """Ask where to save the PNG, then write it in a worker."""
         if self.state.result is None:
-            unscored = self.state.unscored_reason()
             self.message.emit(
-                f"No CAM to export: the scan was not scored ({unscored})."
-                if unscored
+                f"No CAM to export: the scan was not scored ({self.unscored})."
+                if self.unscored
                 else "Classify the scan before exporting its CAM."
             )
             return

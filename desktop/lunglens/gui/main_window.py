@@ -395,6 +395,8 @@ class MainWindow(QMainWindow):
 
     def _on_model_changed(self, _name: str) -> None:
         self.state.refusal = None  # that refusal was of the model chosen before
+        if self.result is None:  # the CAM panel's "not scored" may no longer hold either
+            self.cam.reset(self.unscored_reason())
         self._update_gallery_context()
         if self.scan is not None and (
             self.result is not None or self.classifier.running() or self.settings.auto_classify()
@@ -405,7 +407,7 @@ class MainWindow(QMainWindow):
     def toggle_cam(self) -> None:
         """C: show or hide the overlay."""
         if not self.cam.toggle():
-            reason = self.unscored_reason()
+            reason = self.cam.unscored
             self.show_status(
                 f"No CAM: the scan was not scored ({reason})."
                 if reason
