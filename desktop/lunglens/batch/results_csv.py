@@ -85,6 +85,13 @@ def error_code(error: str) -> str:
     return error.split(":", 1)[0]
 
 
+def error_message(error: str) -> str:
+    """The ``<message>`` of an ``error`` cell (``"<ErrorCode>: <message>"``): the cell itself
+    when it has no code."""
+    _code, sep, message = error.partition(": ")
+    return message if sep else error
+
+
 def utc_now() -> str:
     """ISO-8601 UTC timestamp with seconds, e.g. ``2024-05-01T12:00:00+00:00``."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

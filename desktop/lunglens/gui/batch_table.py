@@ -14,6 +14,7 @@ from PySide6.QtCore import QSortFilterProxyModel, Qt
 from PySide6.QtGui import QBrush, QColor, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
 
+from lunglens.batch.results_csv import error_message
 from lunglens.inference import format_prob
 from lunglens.io import SourceKey
 from lunglens.io.key import SEPARATOR
@@ -38,8 +39,7 @@ def short_key(key: str) -> str:
 def not_scored_text(error: str, path: str = "") -> str:
     """Triage cell of an error row: ``Not scored - <reason>``, the reason without its code and
     without the scan's own path (both stay in the Error column; the Scan column names it)."""
-    _code, sep, message = error.partition(": ")
-    reason = message if sep else error
+    reason = error_message(error)
     reason = reason.removeprefix(f"{path}: ") if path else reason
     return f"Not scored - {reason or 'no reason recorded'}"
 

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from lunglens import AUTO_MODEL, DISCLAIMER
 from lunglens.inference import ScanResult, format_prob, format_threshold, slice_numbers
+from lunglens.inference.wording import FLAGGED_COLOR, NOT_FLAGGED_COLOR
 from lunglens.models import ModelInfo
 
 AUTO = AUTO_MODEL  #: combo data of the automatic choice
@@ -47,9 +48,6 @@ def fill_model_combo(
     return {m.name: m for m in models}
 
 
-#: Headline colours: red for flagged; a neutral dark blue, not green, for not flagged, which
-#: is no all-clear (a 97% pneumonia is not flagged for COVID-19).
-FLAGGED_COLOR, NOT_FLAGGED_COLOR = "#b00020", "#1f3a5f"
 #: Rows of the suspicious-slices list in view without scrolling.
 SUSPICIOUS_ROWS_SHOWN = 3
 #: Bar colours: the positive class stands out, the others stay neutral.

@@ -29,6 +29,10 @@ DECIMALS = 3
 FLAGGED_WORDS = "Flagged for review"
 #: First words of the headline of a scan that is not flagged.
 NOT_FLAGGED_WORDS = "Not flagged"
+#: Colours of the headline wherever it is drawn (app, PDF): red when flagged; a neutral dark
+#: blue, not green, when not flagged, which is no all-clear (a 97% pneumonia is not flagged for
+#: COVID-19).
+FLAGGED_COLOR, NOT_FLAGGED_COLOR = "#b00020", "#1f3a5f"
 #: How the positive label of a model is named in sentences (labels are file-friendly ids).
 CONDITION_NAMES = {"covid": "COVID-19"}
 

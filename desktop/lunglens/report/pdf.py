@@ -24,7 +24,12 @@ from lunglens import DISCLAIMER, __version__
 from lunglens.explain.cam import FLOOR_NOTE, cam_map, result_floor
 from lunglens.explain.overlay import overlay
 from lunglens.inference.result import ScanResult
-from lunglens.inference.wording import format_threshold, slice_numbers
+from lunglens.inference.wording import (
+    FLAGGED_COLOR,
+    NOT_FLAGGED_COLOR,
+    format_threshold,
+    slice_numbers,
+)
 from lunglens.io.key import SourceKey
 from lunglens.io.scan import Scan
 from lunglens.report.charts import prob_bars
@@ -98,7 +103,7 @@ def _draw_header(fig: Figure, scan: Scan, result: ScanResult, anonymize: bool) -
     """Title, disclaimer, the triage headline (red when flagged) and the patient/study lines."""
     fig.suptitle("LungLens - triage summary", fontsize=16, y=0.975)
     fig.text(0.5, 0.948, result.disclaimer, ha="center", fontsize=9, color="#c0392b", weight="bold")
-    color = "#b00020" if result.flagged else "#1f3a5f"  # not flagged is no all-clear: not green
+    color = FLAGGED_COLOR if result.flagged else NOT_FLAGGED_COLOR
     fig.text(
         0.5,
         0.925,
