@@ -89,3 +89,8 @@ class ModelRefused(ModelError):
 
 class ModelNotFound(ModelError):
     """No shipped model has that name, or none fits the scan's modality."""
+
+
+class ValidationInputError(LungLensError):
+    """A labels file or results file given to local validation cannot be used (missing
+    columns, a label no model has, no scan in common)."""

@@ -34,7 +34,8 @@ EPILOG = """exit codes:
   0    success
   1    score: some scans errored (see their rows); any command: disk full or unexpected error
   2    usage error (bad option, --resume with --overwrite, results file exists without
-       --resume or --overwrite, resume conflict, results file in use by another run)
+       --resume or --overwrite, resume conflict, results file in use by another run;
+       validate: a labels or results file that cannot be used)
   3    classify: the input cannot be read as a scan, is not a chest scan, is of the
        other modality than the --model named, or (--model auto) is a plain image whose
        family the pixels cannot tell (no score; "refused: <reason>" is printed)

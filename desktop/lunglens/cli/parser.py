@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lunglens.cli import classify, demo, desktop, models, score
+from lunglens.cli import classify, demo, desktop, models, score, validate
 from lunglens.cli.common import EPILOG, Command
 
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    for module in (desktop, classify, score, models, demo):
+    for module in (desktop, classify, score, validate, models, demo):
         module.add_parser(add)
     add_selftest(add)
     return parser

@@ -211,7 +211,10 @@ def plain_check(checker: ModelInfo | None, scan: Scan) -> ModalityCheck | None:
 
 
 #: What to do about a mismatch (batch error rows).
-_MISMATCH_HINT = "Score it with a model for its modality (--model), or with --model auto."
+_MISMATCH_HINT = (
+    "Score it with a model for its modality (--model NAME, or pick it in the app's list), or in "
+    "automatic mode (--model auto; the app's 'Automatic (by modality)')."
+)
 
 
 @dataclass(frozen=True)

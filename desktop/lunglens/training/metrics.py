@@ -15,28 +15,23 @@ import numpy as np
 
 # the decision rule is the app's own, so metrics are measured as the app decides
 from lunglens.inference.decision import decide_classes as decide
+from lunglens.report.statistics import choose_threshold, roc_auc
+
+__all__ = [
+    "binary_metrics",
+    "choose_threshold",
+    "classification_report",
+    "decide",
+    "group_report",
+    "group_scores",
+    "macro_auc",
+    "mean_ci",
+    "roc_auc",
+    "roc_curve",
+    "summarize_folds",
+]
 
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve; NaN when only one class is present."""
-    pos, neg = score[y_true == 1], score[y_true == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    allv = np.concatenate([pos, neg])[order]
-    ranks = np.empty(len(allv))
-    i = 0
-    while i < len(allv):  # average ranks over ties
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[i : j + 1] = (i + j) / 2 + 1
-        i = j + 1
-    r = np.empty(len(allv))
-    r[order] = ranks
-    return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
@@ -104,19 +99,6 @@ def classification_report(
         per_class=per_class,
         confusion=confusion.tolist(),
     )
-
-
-def choose_threshold(y_pos: np.ndarray, p_pos: np.ndarray, min_sensitivity: float = 0.95) -> float:
-    """Largest threshold whose sensitivity on these (validation) images is >= min_sensitivity.
-
-    A triage aid must not miss positives; among thresholds meeting the sensitivity floor, the
-    largest gives the best specificity. Falls back to 0.5 when there are no positives.
-    """
-    pos = np.sort(p_pos[y_pos == 1])
-    if len(pos) == 0:
-        return 0.5
-    k = math.floor((1.0 - min_sensitivity) * len(pos))
-    return float(min(pos[k], 0.99))
 
 
 def mean_ci(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0)) -> dict:

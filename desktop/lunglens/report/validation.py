@@ -1,0 +1,394 @@
+"""Local validation: how the installed models triage a clinic's own labelled scans.
+
+The model cards describe public data sets; a hospital's scanners, protocols and patients are
+not in them. Before relying on the triage a site scores a labelled folder of its own
+(``lunglens score FOLDER --out results.csv``) and compares the results file with a labels file
+(``lunglens validate results.csv --labels labels.csv``): sensitivity, specificity, predictive
+values and accuracy *at the shipped threshold*, i.e. of the decisions the app makes, each with a
+95% Wilson interval, and the ROC AUC with a Hanley-McNeil interval. The contract is in
+``docs/local-validation.md``.
+
+Built from the results CSV rather than by scoring again, so it measures exactly the rows the
+clinic will read (model, version and hash included) and a resumed run counts once.
+Scans that were not scored (unreadable, refused as not a chest scan) are counted apart, never
+as negatives: the app gave them no decision, so a reader must look at them.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lunglens import DISCLAIMER
+from lunglens.batch.results_csv import read_rows
+from lunglens.errors import ValidationInputError
+from lunglens.inference.wording import condition_name, format_threshold
+from lunglens.report.statistics import auc_ci, choose_threshold, roc_auc, wilson_ci
+
+#: The labels file's columns (header names compared case-insensitively; others are ignored).
+PATH_COLUMN = "path"
+LABEL_COLUMN = "label"
+#: Sensitivity the shipped thresholds were chosen for (model cards, ``threshold_rule``).
+TARGET_SENSITIVITY = 0.95
+_EXAMPLES = 5  # keys named in a summary line before "..."
+#: Fewer scans of a class than this: no AUC interval (Hanley-McNeil is meant for larger sets)
+#: and no local threshold (with 20 positives, sensitivity 0.95 still allows one miss).
+MIN_PER_CLASS_AUC_CI = 10
+MIN_POSITIVES_THRESHOLD = 20
+_LABELS_HINT = (
+    "Expected a CSV with a header 'path,label' and one row per scan: its 'path' as in the "
+    "results file (e.g. 'scans/a.dcm', or 'folder#SeriesInstanceUID' for a series) and its true "
+    "label."
+)
+
+
+def _key(path: str) -> str:
+    """A scan key as compared: ``./a/b.png`` and ``a/b.png`` are one scan (and ``a\\b`` on
+    Windows); a series key's ``#SeriesInstanceUID`` is kept as it is."""
+    return os.path.normpath(path.strip())
+
+
+def read_labels(path: str | Path) -> dict[str, str]:
+    """The labels file: ``{scan key: label}``.
+
+    A CSV (UTF-8, optional BOM) with a header holding ``path`` and ``label``; ``path`` is the
+    results file's ``path`` cell of the scan (a file, or ``folder#SeriesInstanceUID`` for a
+    series), ``label`` a class name of the models (``covid``, ``non-covid``, ``normal``,
+    ``pneumonia``).
+
+    Raises
+    ------
+    ValidationInputError
+        The file cannot be read, lacks a column, has an empty cell, or names one scan twice
+        with different labels.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValidationInputError(path, f"the labels file cannot be read: {exc}") from exc
+    if not rows:
+        raise ValidationInputError(path, "the labels file is empty", _LABELS_HINT)
+    header = [h.strip().lower() for h in rows[0]]
+    missing = [c for c in (PATH_COLUMN, LABEL_COLUMN) if c not in header]
+    if missing:
+        raise ValidationInputError(
+            path,
+            f"the labels file has no {' or '.join(repr(c) for c in missing)} column "
+            f"(its header: {', '.join(rows[0]) or 'empty'})",
+            _LABELS_HINT,
+        )
+    ip, il = header.index(PATH_COLUMN), header.index(LABEL_COLUMN)
+    labels: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        if len(row) <= max(ip, il) or not row[ip].strip() or not row[il].strip():
+            raise ValidationInputError(
+                path, f"line {line} of the labels file has no path or no label"
+            )
+        key, label = _key(row[ip]), row[il].strip()
+        if labels.get(key, label) != label:
+            raise ValidationInputError(
+                path,
+                f"the labels file gives {row[ip].strip()!r} two labels: {labels[key]!r} and "
+                f"{label!r} (line {line})",
+            )
+        labels[key] = label
+    if not labels:
+        raise ValidationInputError(path, "the labels file holds no labelled scan", _LABELS_HINT)
+    return labels
+
+
+@dataclass
+class Proportion:
+    """``k`` of ``n`` with its 95% Wilson interval."""
+
+    k: int
+    n: int
+    value: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, k: int, n: int) -> Proportion:
+        lo, hi = wilson_ci(k, n)
+        return cls(k, n, k / n if n else float("nan"), lo, hi)
+
+    def text(self) -> str:
+        if not self.n:
+            return "not defined (none)"
+        return f"{self.value:.1%} ({self.k}/{self.n}; 95% CI {self.low:.1%}-{self.high:.1%})"
+
+
+@dataclass
+class ModelValidation:
+    """One model's rows of the results file against the labels.
+
+    ``by_label`` counts, per true label, scans flagged and not flagged; ``not_scored`` per
+    true label the error rows (no decision). ``local_threshold`` is the largest threshold that
+    would keep sensitivity >= 0.95 on these scans (``None`` under ``MIN_POSITIVES_THRESHOLD``
+    positives): information for the site, not a setting. ``auc_low``/``auc_high`` are NaN under
+    ``MIN_PER_CLASS_AUC_CI`` scans of a class or at a perfect separation (no interval).
+    """
+
+    model: str
+    version: str
+    sha256: str
+    positive: str
+    thresholds: list[float]
+    n: int
+    sensitivity: Proportion
+    specificity: Proportion
+    ppv: Proportion
+    npv: Proportion
+    accuracy: Proportion
+    auc: float
+    auc_low: float
+    auc_high: float
+    local_threshold: float | None
+    by_label: dict[str, dict[str, int]] = field(default_factory=dict)
+    not_scored: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Validation:
+    """The whole comparison: per model, and the rows that could not be compared."""
+
+    positive: str
+    models: list[ModelValidation]
+    #: error rows no model was chosen for (automatic mode), per true label
+    not_scored_unrouted: dict[str, int]
+    unlabelled: list[str]  #: results rows without a label (not counted)
+    not_in_results: list[str]  #: labelled scans the results file has no row for
+
+    def to_dict(self) -> dict:
+        """JSON-ready (``NaN`` becomes ``None``)."""
+
+        def clean(v):
+            if isinstance(v, float) and math.isnan(v):
+                return None
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+
+        return clean(asdict(self) | {"disclaimer": DISCLAIMER})
+
+
+def _model_labels(rows: Iterable[Mapping[str, str]]) -> set[str]:
+    """Every label the results file has a probability column for."""
+    return {c[2:] for row in rows for c in row if c.startswith("p_")}
+
+
+def validate(
+    rows: Sequence[Mapping[str, str]], labels: Mapping[str, str], positive: str = "covid"
+) -> Validation:
+    """Compare results rows (:func:`lunglens.batch.read_rows`) with labels (:func:`read_labels`).
+
+    Each ``ok`` row's decision is its ``flagged`` cell (what the app showed) and its score the
+    ``p_<positive>`` cell; rows are grouped by model name, version and SHA-256.
+
+    Raises
+    ------
+    ValidationInputError
+        ``positive`` is not a label of the results file, a label is not one of the models'
+        labels, or no results row has a label.
+    """
+    labels = {_key(k): v for k, v in labels.items()}
+    known = _model_labels(rows)
+    if positive not in known:
+        raise ValidationInputError(
+            None,
+            f"The results file has no probability column for {positive!r} "
+            f"(its labels: {', '.join(sorted(known)) or 'none'})",
+            "Pass --positive LABEL.",
+        )
+    unknown = sorted({lab for lab in labels.values() if lab not in known})
+    if unknown:
+        raise ValidationInputError(
+            None,
+            f"The labels file uses {', '.join(repr(u) for u in unknown)}, which no model of the "
+            f"results file has (its labels: {', '.join(sorted(known))})",
+            f"Use those names; any label but {positive!r} counts as negative.",
+        )
+    groups: dict[tuple[str, str, str], list[tuple[Mapping[str, str], str]]] = {}
+    unrouted: Counter[str] = Counter()
+    unlabelled: list[str] = []
+    seen: set[str] = set()
+    for row in rows:
+        key = _key(row.get("path", ""))
+        if key in seen:
+            continue  # a resumed file's duplicate: the first complete row counts
+        seen.add(key)
+        if key not in labels:
+            unlabelled.append(row.get("path", ""))
+            continue
+        ident = (row.get("model", ""), row.get("model_version", ""), row.get("model_sha256", ""))
+        if not ident[0] and row.get("status") != "ok":
+            unrouted[labels[key]] += 1
+            continue
+        groups.setdefault(ident, []).append((row, labels[key]))
+    if not groups and not unrouted:
+        raise ValidationInputError(
+            None, "No scan of the results file is in the labels file", _LABELS_HINT
+        )
+    models = [_one_model(ident, pairs, positive) for ident, pairs in groups.items()]
+    return Validation(
+        positive=positive,
+        models=models,
+        not_scored_unrouted=dict(unrouted),
+        unlabelled=unlabelled,
+        not_in_results=sorted(k for k in labels if k not in seen),
+    )
+
+
+def _one_model(
+    ident: tuple[str, str, str], pairs: list[tuple[Mapping[str, str], str]], positive: str
+) -> ModelValidation:
+    not_scored: Counter[str] = Counter()
+    by_label: dict[str, dict[str, int]] = {}
+    y, flagged, score, thresholds = [], [], [], set()
+    for row, label in pairs:
+        if row.get("status") != "ok":
+            not_scored[label] += 1
+            continue
+        cell = row.get(f"p_{positive}", "")
+        if not cell:
+            raise ValidationInputError(
+                row.get("path", ""),
+                f"{ident[0]} {ident[1]} gives no probability for {positive!r}",
+                "Validate its rows with --positive set to its label.",
+            )
+        f = row.get("flagged") == "true"
+        y.append(label == positive)
+        flagged.append(f)
+        score.append(float(cell))
+        thresholds.add(float(row["threshold"]))
+        counts = by_label.setdefault(label, {"flagged": 0, "not_flagged": 0})
+        counts["flagged" if f else "not_flagged"] += 1
+    yt, ft, st = np.array(y, bool), np.array(flagged, bool), np.array(score, float)
+    tp, fn = int((yt & ft).sum()), int((yt & ~ft).sum())
+    tn, fp = int((~yt & ~ft).sum()), int((~yt & ft).sum())
+    auc = roc_auc(yt.astype(int), st)
+    n_pos, n_neg = int(yt.sum()), int((~yt).sum())
+    lo, hi = float("nan"), float("nan")
+    if min(n_pos, n_neg) >= MIN_PER_CLASS_AUC_CI and 0.0 < auc < 1.0:
+        lo, hi = auc_ci(auc, n_pos, n_neg)
+    return ModelValidation(
+        model=ident[0],
+        version=ident[1],
+        sha256=ident[2],
+        positive=positive,
+        thresholds=sorted(thresholds),
+        n=len(yt),
+        sensitivity=Proportion.of(tp, tp + fn),
+        specificity=Proportion.of(tn, tn + fp),
+        ppv=Proportion.of(tp, tp + fp),
+        npv=Proportion.of(tn, tn + fn),
+        accuracy=Proportion.of(tp + tn, len(yt)),
+        auc=auc,
+        auc_low=lo,
+        auc_high=hi,
+        local_threshold=(
+            choose_threshold(yt.astype(int), st, TARGET_SENSITIVITY)
+            if n_pos >= MIN_POSITIVES_THRESHOLD
+            else None
+        ),
+        by_label=by_label,
+        not_scored=dict(not_scored),
+    )
+
+
+def _some(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:_EXAMPLES])
+    return shown + (", ..." if len(keys) > _EXAMPLES else "")
+
+
+def _per_label(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{lab} {n}" for lab, n in sorted(counts.items()))
+
+
+def summary_lines(v: Validation) -> list[str]:
+    """What ``lunglens validate`` prints: per model, the triage decision against the labels."""
+    cond = condition_name(v.positive)
+    out = [DISCLAIMER, f"Positive: label {v.positive!r} ({cond}); every other label negative."]
+    for m in v.models:
+        thr = ", ".join(format_threshold(t) for t in m.thresholds) or "-"
+        out += [
+            "",
+            f"{m.model} {m.version} (sha256 {m.sha256[:12]}): {m.n} labelled scans scored, "
+            f"threshold {thr}",
+            f"  sensitivity  {m.sensitivity.text()}  ({cond} scans flagged for review)",
+            f"  specificity  {m.specificity.text()}  (other scans not flagged)",
+            f"  PPV          {m.ppv.text()}",
+            f"  NPV          {m.npv.text()}",
+            f"  accuracy     {m.accuracy.text()}  (flagged or not, against the label)",
+        ]
+        if math.isnan(m.auc):
+            out.append("  ROC AUC      not defined (the labels hold one class only)")
+        else:
+            ci = (
+                f"95% CI {m.auc_low:.3f}-{m.auc_high:.3f}"
+                if not math.isnan(m.auc_low)
+                else f"no interval: under {MIN_PER_CLASS_AUC_CI} scans of a class, or a "
+                "perfect separation; score more scans"
+            )
+            out.append(f"  ROC AUC      {m.auc:.3f} ({ci})")
+        for lab, c in sorted(m.by_label.items()):
+            out.append(f"  true {lab}: {c['flagged']} flagged, {c['not_flagged']} not flagged")
+        if m.not_scored:
+            out.append(
+                f"  not scored (no decision; read these yourself): {sum(m.not_scored.values())}"
+                f" ({_per_label(m.not_scored)})"
+            )
+        if m.local_threshold is not None:
+            out.append(
+                f"  the largest threshold keeping sensitivity >= {TARGET_SENSITIVITY:.0%} on "
+                f"these scans: {format_threshold(m.local_threshold)} (the model's: {thr}; the "
+                "app keeps the model's)"
+            )
+    if v.not_scored_unrouted:
+        out.append(
+            "\nNot scored before a model was chosen (e.g. not a chest scan, unreadable): "
+            f"{sum(v.not_scored_unrouted.values())} "
+            f"({_per_label(v.not_scored_unrouted)})"
+        )
+    if v.unlabelled:
+        out.append(
+            f"\nResults rows without a label (not counted): {len(v.unlabelled)}: "
+            f"{_some(v.unlabelled)}"
+        )
+    if v.not_in_results:
+        out.append(
+            f"\nLabelled scans with no results row (not scored in this file): "
+            f"{len(v.not_in_results)}: {_some(v.not_in_results)}"
+        )
+    return out
+
+
+def validate_files(results: str | Path, labels: str | Path, positive: str = "covid") -> Validation:
+    """:func:`validate` on a results CSV and a labels CSV.
+
+    Raises
+    ------
+    ValidationInputError
+        Either file cannot be used (see :func:`read_labels` and :func:`validate`).
+    """
+    if not Path(results).is_file():
+        raise ValidationInputError(results, "the results file does not exist")
+    try:
+        rows = read_rows(results)
+    except (OSError, csv.Error) as exc:
+        raise ValidationInputError(results, f"the results file cannot be read: {exc}") from exc
+    if not rows:
+        raise ValidationInputError(results, "the results file holds no rows")
+    return validate(rows, read_labels(labels), positive)

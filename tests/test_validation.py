@@ -1,0 +1,202 @@
+"""Local validation (``lunglens validate``): a results file against a clinic's own labels."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lunglens.cli import main
+from lunglens.errors import ValidationInputError
+from lunglens.report.statistics import auc_ci, roc_auc, wilson_ci
+from lunglens.report.validation import read_labels, summary_lines, validate, validate_files
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "resources" / "samples"
+
+
+def test_wilson_interval_matches_the_published_formula_values() -> None:
+    lo, hi = wilson_ci(8, 10)  # Brown, Cai & DasGupta 2001; statsmodels gives the same
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    lo, hi = wilson_ci(0, 5)
+    assert lo == 0.0 and hi == pytest.approx(0.4345, abs=1e-4)  # not zero-width at 0/n
+    assert all(math.isnan(v) for v in wilson_ci(0, 0))
+
+
+def test_hanley_mcneil_standard_error_of_their_table() -> None:
+    lo, hi = auc_ci(0.9, 50, 50)  # Hanley & McNeil 1982, table 1: SE 0.032 at A=0.9, n=50/50
+    assert (hi - lo) / (2 * 1.96) == pytest.approx(0.032, abs=6e-4)
+    assert all(math.isnan(v) for v in auc_ci(float("nan"), 3, 3))
+
+
+def test_auc_counts_ties_half() -> None:
+    y = np.array([1, 1, 0, 0])
+    assert roc_auc(y, np.array([0.8, 0.5, 0.5, 0.1])) == pytest.approx(3.5 / 4)
+    assert math.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.3])))
+
+
+def _row(path: str, p: float, thr: float = 0.2, model: str = "m", status: str = "ok") -> dict:
+    ok = status == "ok"
+    return {
+        "path": path,
+        "status": status,
+        "error": "" if ok else "CorruptFile: broken",
+        "model": model,
+        "model_version": "1.0" if model else "",
+        "model_sha256": "ab" * 32 if model else "",
+        "p_covid": f"{p:.6f}" if ok else "",
+        "p_non-covid": f"{1 - p:.6f}" if ok else "",
+        "flagged": ("true" if p >= thr else "false") if ok else "",
+        "threshold": f"{thr:.3f}" if model else "",
+    }
+
+
+def test_counts_decisions_at_the_rows_threshold_and_keeps_errors_apart() -> None:
+    rows = [
+        _row("a.png", 0.9),  # covid, flagged: TP
+        _row("b.png", 0.1),  # covid, missed: FN
+        _row("c.png", 0.3),  # non-covid, flagged: FP
+        _row("d.png", 0.05),  # non-covid: TN
+        _row("e.png", 0.04),  # non-covid: TN
+        _row("f.png", 0.0, status="error"),  # covid, not scored
+        _row("g.png", 0.0, model="", status="error"),  # refused before a model was chosen
+        _row("h.png", 0.5),  # not labelled
+        _row("a.png", 0.1),  # a resumed file's duplicate: the first row counts
+    ]
+    labels = {
+        "a.png": "covid",
+        "b.png": "covid",
+        "c.png": "non-covid",
+        "d.png": "non-covid",
+        "e.png": "non-covid",
+        "f.png": "covid",
+        "g.png": "non-covid",
+        "z.png": "covid",
+    }
+    v = validate(rows, labels)
+    (m,) = v.models
+    assert (m.n, m.sensitivity.k, m.sensitivity.n) == (5, 1, 2)
+    assert (m.specificity.k, m.specificity.n) == (2, 3)
+    assert (m.ppv.k, m.ppv.n, m.npv.k, m.npv.n) == (1, 2, 2, 3)
+    assert m.accuracy.value == pytest.approx(3 / 5)
+    assert m.auc == pytest.approx(5 / 6)  # a beats c, d, e; b beats d, e (not c)
+    assert m.by_label == {
+        "covid": {"flagged": 1, "not_flagged": 1},
+        "non-covid": {"flagged": 1, "not_flagged": 2},
+    }
+    assert m.not_scored == {"covid": 1}
+    assert v.not_scored_unrouted == {"non-covid": 1}
+    assert v.unlabelled == ["h.png"] and v.not_in_results == ["z.png"]
+    assert m.thresholds == [0.2] and m.local_threshold is None  # 2 positives: no suggestion
+    text = "\n".join(summary_lines(v))
+    assert "sensitivity  50.0% (1/2" in text and "specificity  66.7% (2/3" in text
+    assert "not scored (no decision; read these yourself): 1 (covid 1)" in text
+    assert "no interval: under 10 scans" in text
+    assert text.startswith("Triage aid only")
+
+
+def test_local_threshold_and_auc_interval_with_enough_scans() -> None:
+    rng = np.random.default_rng(0)
+    p = np.r_[rng.uniform(0.1, 1.0, 40), rng.uniform(0.0, 0.5, 60)]
+    rows = [_row(f"s{i}.png", float(x)) for i, x in enumerate(p)]
+    labels = {f"s{i}.png": "covid" if i < 40 else "non-covid" for i in range(100)}
+    (m,) = validate(rows, labels).models
+    assert m.local_threshold is not None
+    pos = np.round(p[:40], 6)  # as the results file holds them
+    assert (pos >= m.local_threshold).mean() >= 0.95  # keeps the floor ...
+    assert (pos > m.local_threshold).mean() < 0.95 or m.local_threshold == 0.99  # ... the largest
+    assert m.auc_low < m.auc < m.auc_high
+
+
+def test_paths_match_however_written() -> None:
+    v = validate([_row("scans/a.png", 0.9)], {"scans/./a.png": "covid"})
+    assert v.models[0].n == 1 and v.unlabelled == []
+
+
+def test_unknown_label_and_positive_are_refused_with_the_known_names() -> None:
+    with pytest.raises(ValidationInputError, match=r"'COVID-19'.*covid, non-covid"):
+        validate([_row("a.png", 0.9)], {"a.png": "COVID-19"})
+    with pytest.raises(ValidationInputError, match="no probability column for 'pneumonia'"):
+        validate([_row("a.png", 0.9)], {"a.png": "covid"}, positive="pneumonia")
+    with pytest.raises(ValidationInputError, match="No scan of the results file"):
+        validate([_row("a.png", 0.9)], {"b.png": "covid"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,label\na.png,covid\n", "no 'path' column"),
+        ("path,label\na.png,covid\na.png,non-covid\n", "two labels"),
+        ("path,label\na.png,\n", "line 2 .* no path or no label"),
+        ("path,label\n", "holds no labelled scan"),
+        ("", "is empty"),
+    ],
+)
+def test_bad_labels_files(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "labels.csv"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(ValidationInputError, match=message):
+        read_labels(f)
+
+
+def test_labels_file_with_bom_spaces_and_extra_columns(tmp_path: Path) -> None:
+    f = tmp_path / "labels.csv"
+    f.write_text("\ufeffPatient, Path ,Label\nx, a.png , covid\n\n", encoding="utf-8")
+    assert read_labels(f) == {"a.png": "covid"}
+    with pytest.raises(ValidationInputError, match="cannot be read"):
+        read_labels(tmp_path / "absent.csv")
+
+
+def test_validate_command_on_the_scored_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """End to end: ``lunglens score`` on the bundled samples, then ``lunglens validate``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path / "data"))
+    results = tmp_path / "results.csv"
+    assert main(["score", str(SAMPLES), "--out", str(results), "--no-report"]) in (0, 1)
+    truth = {
+        "ct-covid-covid-ct-ucsd-0001.jpg": "covid",
+        "ct-covid-mosmed-0001.jpg": "covid",
+        "ct-noncovid-sars-cov-2-ct-0001.jpg": "non-covid",
+        "cxr-covid-ieee8023-0401.jpg": "covid",
+        "cxr-normal-ieee8023-0006.jpg": "normal",
+        "cxr-pneumonia-ieee8023-0036.jpg": "pneumonia",
+        "ct-dicom-enhanced-2frames-rle.dcm": "non-covid",  # the BRAIN DICOM: refused
+    }
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "path,label\n" + "".join(f"{SAMPLES / k},{v}\n" for k, v in truth.items()),
+        encoding="utf-8",
+    )
+    capsys.readouterr()
+    out_json = tmp_path / "v.json"
+    assert main(["validate", str(results), "--labels", str(labels), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out_json.read_text(encoding="utf-8"))
+    by_model = {m["model"]: m for m in data["models"]}
+    assert set(by_model) == {"efficientnet-lite-ct", "efficientnet-lite-cxr"}
+    ct, cxr = by_model["efficientnet-lite-ct"], by_model["efficientnet-lite-cxr"]
+    assert (ct["n"], cxr["n"]) == (3, 3)
+    assert ct["sensitivity"]["n"] == 2 and cxr["specificity"]["n"] == 2
+    assert data["not_scored_unrouted"] == {"non-covid": 1}
+    assert len(data["unlabelled"]) == 2  # the chest CT DICOM and the X-ray DICOM
+    assert "Triage aid only" in data["disclaimer"]
+    for m in (ct, cxr):
+        assert m["sha256"] and m["version"] and m["auc_low"] is None  # tiny set: no interval
+        assert f"{m['model']} {m['version']} (sha256 {m['sha256'][:12]})" in out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\n" + f"{SAMPLES / 'cxr-normal-ieee8023-0006.jpg'},healthy\n")
+    assert main(["validate", str(results), "--labels", str(bad)]) == 2
+    assert "'healthy'" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "none.csv"), "--labels", str(labels)]) == 2
+
+
+def test_validate_files_refuses_an_empty_results_file(tmp_path: Path) -> None:
+    results = tmp_path / "r.csv"
+    results.write_text("", encoding="utf-8")
+    with pytest.raises(ValidationInputError, match="holds no rows"):
+        validate_files(results, tmp_path / "labels.csv")
