@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lunglens import __version__, cli
-from lunglens.cli import classify, demo, desktop, models, parser, score
+from lunglens.cli import classify, demo, desktop, models, parser, score, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,10 +33,11 @@ def test_console_script_and_module_entry_points_run_main() -> None:
 def test_each_command_module_registers_its_command() -> None:
     sub = next(a for a in parser.build_parser()._actions if a.dest == "command")
     commands = {name: p.get_default("func") for name, p in sub.choices.items()}  # type: ignore[union-attr]
-    assert list(commands) == ["gui", "classify", "score", "models", "demo", "selftest"]
+    assert list(commands) == ["gui", "classify", "score", "validate", "models", "demo", "selftest"]
     assert commands["gui"] is desktop.cmd_gui
     assert commands["classify"] is classify.cmd_classify
     assert commands["score"] is score.cmd_score
+    assert commands["validate"] is validate.cmd_validate
     assert commands["models"] is models.cmd_models
     assert commands["demo"] is demo.cmd_demo
 

@@ -3,6 +3,7 @@ INT8, the fine-tune moves the simulated network toward the float one, and the re
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from pathlib import Path
 
@@ -142,3 +143,31 @@ def test_fine_tune_brings_the_simulated_int8_network_closer_to_float(tmp_path: P
     assert not any(mod._forward_hooks for mod in tuned.modules())
     out = export_onnx(tuned, 16, tmp_path / "tuned.onnx")
     assert out["probs_max_abs_diff"] < 1e-5
+
+
+def test_float_layers_are_simulated_float_and_ranges_are_calibrated_on_float_weights() -> None:
+    """As ``quantize_model(float_first_convs=N)`` makes the file: the tensors between float
+    layers carry no QuantizeLinear, only the input of the first INT8 conv does; and the
+    activation ranges are onnxruntime's MinMax over the float model."""
+    from lunglens.training.qat import fold_batchnorm, simulate_int8
+
+    m = _model()
+    calib = _x(_images(32))
+    student, hooks = simulate_int8(m, calib, float_convs=2)  # stem and conv_pw float
+    # conv_pw's output (block bn1) feeds the first INT8 conv; the stem's output is float
+    assert len(hooks) == 3  # block bn1, block bn2, the residual sum
+    outs: list[torch.Tensor] = []
+    student.stem[1].register_forward_hook(lambda _m, _i, o: outs.append(o))
+    with torch.no_grad():
+        student(calib[:4])
+    codes = outs[0] / (outs[0].abs().max() / 255)
+    assert not torch.allclose(codes, codes.round(), atol=1e-2)  # not on a uint8 grid
+    # ranges are those of the float network (weights not fake-quantized while observed)
+    ref = copy.deepcopy(m)
+    fold_batchnorm(ref)
+    seen: list[torch.Tensor] = []
+    ref.block.bn2.register_forward_hook(lambda _m, _i, o: seen.append(o))
+    with torch.no_grad():
+        ref(calib)
+    assert hooks[1].hi == pytest.approx(float(seen[0].max()), rel=1e-5)
+    assert hooks[1].lo == pytest.approx(min(0.0, float(seen[0].min())), rel=1e-5)

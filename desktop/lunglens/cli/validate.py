@@ -4,24 +4,48 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from lunglens.cli.common import EXIT_OK, AddCommand
+from lunglens.cli.common import EXIT_OK, AddCommand, UsageError
+
+
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as JSON, whole or not at all (a temporary file, then a rename). ASCII with
+    ``\\u`` escapes, so a file name that is not UTF-8 on disk (a lone surrogate in Python)
+    is written too.
+
+    Raises
+    ------
+    OutputError
+        The file cannot be written (a missing folder, no permission, a full disk).
+    """
+    from lunglens.errors import OutputError
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=True) + "\n", encoding="ascii")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(path, f"the JSON file cannot be written: {exc.strerror or exc}") from exc
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print sensitivity, specificity and the rest per model; ``--json`` writes them too."""
     from lunglens.report.validation import summary_lines, validate_files
 
-    result = validate_files(args.results, args.labels, args.positive)
-    print(f"Local validation of {args.results} against {args.labels}")
+    if args.json:
+        out = Path(args.json).resolve()
+        if out in (Path(args.results).resolve(), Path(args.labels).resolve()):
+            raise UsageError(f"--json {args.json} would overwrite an input file")
+    result = validate_files(args.results, args.labels)
     for line in summary_lines(result):
         print(line)
+    print(f"\n(validated {args.results} against {args.labels})")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        print(f"\nwritten: {args.json}")
+        write_json(Path(args.json), result.to_dict())
+        print(f"written: {args.json}")
     return EXIT_OK
 
 
@@ -30,17 +54,14 @@ def add_parser(add: AddCommand) -> None:
     p = add(
         "validate",
         cmd_validate,
-        "compare a results file with your own labels: sensitivity, specificity, AUC at the "
-        "shipped threshold (docs/local-validation.md)",
+        "compare a results file with your own labels: sensitivity, specificity, AUC of the "
+        "triage decisions (docs/local-validation.md)",
     )
     p.add_argument("results", help="results CSV written by 'lunglens score'")
     p.add_argument(
         "--labels",
         required=True,
         help="CSV with a header 'path,label': each scan's path as in the results file and its "
-        "true label (a model label, e.g. covid, non-covid, normal, pneumonia)",
-    )
-    p.add_argument(
-        "--positive", default="covid", help="the label the triage flags (default: covid)"
+        "true label (a model label: covid, non-covid, normal, pneumonia)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")

@@ -1,7 +1,9 @@
-"""Small statistics shared by local validation (the app) and training (numpy only).
+"""Small statistics for local validation (``lunglens validate``), numpy only.
 
-Kept below the training package so that ``lunglens validate`` computes a clinic's numbers with
-exactly the functions the model cards were computed with, without torch installed.
+Below the training package, so the app computes them without torch: the ROC AUC and the
+sensitivity-floor threshold rule are the ones the training module uses for the model cards
+(``lunglens.training.metrics`` re-exports them); the Wilson and Hanley-McNeil intervals are for
+a single labelled set (the cards' intervals are t-intervals across folds).
 """
 
 from __future__ import annotations

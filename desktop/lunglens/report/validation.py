@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
+import posixpath
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lunglens import DISCLAIMER
-from lunglens.batch.results_csv import read_rows
+from lunglens.batch.results_csv import ERRORS, read_rows, unescape_cell
 from lunglens.errors import ValidationInputError
 from lunglens.inference.wording import condition_name, format_threshold
 from lunglens.report.statistics import auc_ci, choose_threshold, roc_auc, wilson_ci
@@ -42,6 +42,20 @@ _EXAMPLES = 5  # keys named in a summary line before "..."
 #: and no local threshold (with 20 positives, sensitivity 0.95 still allows one miss).
 MIN_PER_CLASS_AUC_CI = 10
 MIN_POSITIVES_THRESHOLD = 20
+#: The label the triage flags: every shipped triage model's manifest ``positive_label``.
+POSITIVE = "covid"
+#: What a results row must have to be compared (docs/results-csv.md).
+REQUIRED_COLUMNS = (
+    "path",
+    "status",
+    "model",
+    "model_version",
+    "model_sha256",
+    "flagged",
+    "threshold",
+    f"p_{POSITIVE}",
+)
+_RESULTS_HINT = "Give the results CSV that 'lunglens score --out' wrote."
 _LABELS_HINT = (
     "Expected a CSV with a header 'path,label' and one row per scan: its 'path' as in the "
     "results file (e.g. 'scans/a.dcm', or 'folder#SeriesInstanceUID' for a series) and its true "
@@ -50,18 +64,22 @@ _LABELS_HINT = (
 
 
 def _key(path: str) -> str:
-    """A scan key as compared: ``./a/b.png`` and ``a/b.png`` are one scan (and ``a\\b`` on
-    Windows); a series key's ``#SeriesInstanceUID`` is kept as it is."""
-    return os.path.normpath(path.strip())
+    """A scan key as compared: ``./a/b.png``, ``a/b.png`` and ``a\\b.png`` are one scan (a
+    results file written on Windows validated elsewhere, or the other way round), and a key
+    spreadsheet-escaped as the results file writes it (``'=x.png``) is the file ``=x.png``; a
+    series key's ``#SeriesInstanceUID`` is kept as it is."""
+    return posixpath.normpath(unescape_cell(path.strip()).replace("\\", "/"))
 
 
 def read_labels(path: str | Path) -> dict[str, str]:
     """The labels file: ``{scan key: label}``.
 
-    A CSV (UTF-8, optional BOM) with a header holding ``path`` and ``label``; ``path`` is the
-    results file's ``path`` cell of the scan (a file, or ``folder#SeriesInstanceUID`` for a
-    series), ``label`` a class name of the models (``covid``, ``non-covid``, ``normal``,
-    ``pneumonia``).
+    A CSV with a header holding ``path`` and ``label``; ``path`` is the results file's ``path``
+    cell of the scan (a file, or ``folder#SeriesInstanceUID`` for a series), ``label`` a class
+    name of the models (``covid``, ``non-covid``, ``normal``, ``pneumonia``). UTF-8 (a BOM is
+    allowed); bytes that are not UTF-8 are kept as the results file keeps them
+    (``surrogateescape``), so a file name that is not UTF-8 on disk still matches, and an
+    accented byte in another column of a spreadsheet export does not stop the reading.
 
     Raises
     ------
@@ -69,20 +87,23 @@ def read_labels(path: str | Path) -> dict[str, str]:
         The file cannot be read, lacks a column, has an empty cell, or names one scan twice
         with different labels.
     """
+    if Path(path).is_dir():
+        raise ValidationInputError(path, "the labels file is a folder", _LABELS_HINT)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
+        with open(path, encoding="utf-8-sig", errors=ERRORS, newline="") as fh:
             rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except (OSError, csv.Error) as exc:
         raise ValidationInputError(path, f"the labels file cannot be read: {exc}") from exc
     if not rows:
         raise ValidationInputError(path, "the labels file is empty", _LABELS_HINT)
     header = [h.strip().lower() for h in rows[0]]
     missing = [c for c in (PATH_COLUMN, LABEL_COLUMN) if c not in header]
     if missing:
+        shown = ", ".join(rows[0])[:120] or "empty"
         raise ValidationInputError(
             path,
             f"the labels file has no {' or '.join(repr(c) for c in missing)} column "
-            f"(its header: {', '.join(rows[0]) or 'empty'})",
+            f"(its header: {shown})",
             _LABELS_HINT,
         )
     ip, il = header.index(PATH_COLUMN), header.index(LABEL_COLUMN)
@@ -154,6 +175,8 @@ class ModelValidation:
     auc_low: float
     auc_high: float
     local_threshold: float | None
+    n_positive: int = 0
+    n_negative: int = 0
     by_label: dict[str, dict[str, int]] = field(default_factory=dict)
     not_scored: dict[str, int] = field(default_factory=dict)
 
@@ -189,90 +212,115 @@ def _model_labels(rows: Iterable[Mapping[str, str]]) -> set[str]:
     return {c[2:] for row in rows for c in row if c.startswith("p_")}
 
 
-def validate(
-    rows: Sequence[Mapping[str, str]], labels: Mapping[str, str], positive: str = "covid"
-) -> Validation:
+def _check_columns(rows: Sequence[Mapping[str, str]]) -> None:
+    """Refuse a file that is not a results CSV of ``lunglens score``."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
+    if missing:
+        raise ValidationInputError(
+            None,
+            f"The results file has no {', '.join(repr(c) for c in missing)} column, so it is not "
+            "a results CSV written by 'lunglens score' (docs/results-csv.md)",
+        )
+
+
+def validate(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str]) -> Validation:
     """Compare results rows (:func:`lunglens.batch.read_rows`) with labels (:func:`read_labels`).
 
     Each ``ok`` row's decision is its ``flagged`` cell (what the app showed) and its score the
-    ``p_<positive>`` cell; rows are grouped by model name, version and SHA-256.
+    ``p_covid`` cell; rows are grouped by model name, version and SHA-256. Only the labels of
+    scans the results file holds are checked, so one labels file serves every run of a site.
 
     Raises
     ------
     ValidationInputError
-        ``positive`` is not a label of the results file, a label is not one of the models'
-        labels, or no results row has a label.
+        The rows are not a results file's, a matched scan's label is not one of the models'
+        labels, a cell cannot be read, or no results row has a label.
     """
+    if not rows:
+        raise ValidationInputError(None, "The results file holds no rows")
+    _check_columns(rows)
     labels = {_key(k): v for k, v in labels.items()}
     known = _model_labels(rows)
-    if positive not in known:
-        raise ValidationInputError(
-            None,
-            f"The results file has no probability column for {positive!r} "
-            f"(its labels: {', '.join(sorted(known)) or 'none'})",
-            "Pass --positive LABEL.",
-        )
-    unknown = sorted({lab for lab in labels.values() if lab not in known})
-    if unknown:
-        raise ValidationInputError(
-            None,
-            f"The labels file uses {', '.join(repr(u) for u in unknown)}, which no model of the "
-            f"results file has (its labels: {', '.join(sorted(known))})",
-            f"Use those names; any label but {positive!r} counts as negative.",
-        )
     groups: dict[tuple[str, str, str], list[tuple[Mapping[str, str], str]]] = {}
     unrouted: Counter[str] = Counter()
     unlabelled: list[str] = []
     seen: set[str] = set()
     for row in rows:
-        key = _key(row.get("path", ""))
+        key = _key(row["path"])
         if key in seen:
             continue  # a resumed file's duplicate: the first complete row counts
         seen.add(key)
         if key not in labels:
-            unlabelled.append(row.get("path", ""))
+            unlabelled.append(row["path"])
             continue
-        ident = (row.get("model", ""), row.get("model_version", ""), row.get("model_sha256", ""))
-        if not ident[0] and row.get("status") != "ok":
+        if labels[key] not in known:
+            raise ValidationInputError(
+                None,
+                f"The labels file gives {row['path']!r} the label {labels[key]!r}, which no "
+                f"model of the results file has (its labels: {', '.join(sorted(known))})",
+                f"Use those names; any label but {POSITIVE!r} counts as negative.",
+            )
+        ident = (row["model"], row["model_version"], row["model_sha256"])
+        if not ident[0] and row["status"] != "ok":
             unrouted[labels[key]] += 1
             continue
         groups.setdefault(ident, []).append((row, labels[key]))
     if not groups and not unrouted:
         raise ValidationInputError(
-            None, "No scan of the results file is in the labels file", _LABELS_HINT
+            None,
+            "No scan of the results file is in the labels file (results: "
+            f"{_some([r['path'] for r in rows], 2)}; labels: {_some(sorted(labels), 2)})",
+            "The labels' 'path' must be the results file's 'path' as written (relative stays "
+            "relative; 'folder#SeriesInstanceUID' for a series).",
         )
-    models = [_one_model(ident, pairs, positive) for ident, pairs in groups.items()]
     return Validation(
-        positive=positive,
-        models=models,
+        positive=POSITIVE,
+        models=[_one_model(ident, pairs) for ident, pairs in groups.items()],
         not_scored_unrouted=dict(unrouted),
         unlabelled=unlabelled,
         not_in_results=sorted(k for k in labels if k not in seen),
     )
 
 
+def _decision(row: Mapping[str, str]) -> tuple[bool, float, float]:
+    """``(flagged, p_covid, threshold)`` of an ``ok`` row. ``flagged`` in any case (a
+    spreadsheet re-saves ``true`` as ``TRUE``); anything else is refused, never read as
+    "not flagged"."""
+    flag = row["flagged"].strip().lower()
+    try:
+        if flag not in ("true", "false"):
+            raise ValueError(f"flagged is {row['flagged']!r}, not true or false")
+        return flag == "true", float(row[f"p_{POSITIVE}"]), float(row["threshold"])
+    except ValueError as exc:
+        raise ValidationInputError(
+            row["path"], f"its results row cannot be read ({exc})", _RESULTS_HINT
+        ) from exc
+
+
+def _local_threshold(y: np.ndarray, p: np.ndarray, thresholds: set[float]) -> float | None:
+    """The largest threshold keeping sensitivity >= 95% on these scans, rounded *down* to the
+    3 decimals it is shown with (rounding up could lose a positive); ``None`` with too few
+    positives, or when single images and series (two decision rules) are mixed."""
+    if int(y.sum()) < MIN_POSITIVES_THRESHOLD or len(thresholds) != 1:
+        return None
+    return math.floor(choose_threshold(y.astype(int), p, TARGET_SENSITIVITY) * 1000) / 1000
+
+
 def _one_model(
-    ident: tuple[str, str, str], pairs: list[tuple[Mapping[str, str], str]], positive: str
+    ident: tuple[str, str, str], pairs: list[tuple[Mapping[str, str], str]]
 ) -> ModelValidation:
     not_scored: Counter[str] = Counter()
     by_label: dict[str, dict[str, int]] = {}
     y, flagged, score, thresholds = [], [], [], set()
     for row, label in pairs:
-        if row.get("status") != "ok":
+        if row["status"] != "ok":
             not_scored[label] += 1
             continue
-        cell = row.get(f"p_{positive}", "")
-        if not cell:
-            raise ValidationInputError(
-                row.get("path", ""),
-                f"{ident[0]} {ident[1]} gives no probability for {positive!r}",
-                "Validate its rows with --positive set to its label.",
-            )
-        f = row.get("flagged") == "true"
-        y.append(label == positive)
+        f, p, thr = _decision(row)
+        y.append(label == POSITIVE)
         flagged.append(f)
-        score.append(float(cell))
-        thresholds.add(float(row["threshold"]))
+        score.append(p)
+        thresholds.add(thr)
         counts = by_label.setdefault(label, {"flagged": 0, "not_flagged": 0})
         counts["flagged" if f else "not_flagged"] += 1
     yt, ft, st = np.array(y, bool), np.array(flagged, bool), np.array(score, float)
@@ -287,9 +335,11 @@ def _one_model(
         model=ident[0],
         version=ident[1],
         sha256=ident[2],
-        positive=positive,
+        positive=POSITIVE,
         thresholds=sorted(thresholds),
         n=len(yt),
+        n_positive=n_pos,
+        n_negative=n_neg,
         sensitivity=Proportion.of(tp, tp + fn),
         specificity=Proportion.of(tn, tn + fp),
         ppv=Proportion.of(tp, tp + fp),
@@ -298,19 +348,15 @@ def _one_model(
         auc=auc,
         auc_low=lo,
         auc_high=hi,
-        local_threshold=(
-            choose_threshold(yt.astype(int), st, TARGET_SENSITIVITY)
-            if n_pos >= MIN_POSITIVES_THRESHOLD
-            else None
-        ),
+        local_threshold=_local_threshold(yt, st, thresholds),
         by_label=by_label,
         not_scored=dict(not_scored),
     )
 
 
-def _some(keys: Sequence[str]) -> str:
-    shown = ", ".join(keys[:_EXAMPLES])
-    return shown + (", ..." if len(keys) > _EXAMPLES else "")
+def _some(keys: Sequence[str], n: int = _EXAMPLES) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (", ..." if len(keys) > n else "")
 
 
 def _per_label(counts: Mapping[str, int]) -> str:
@@ -334,14 +380,17 @@ def summary_lines(v: Validation) -> list[str]:
             f"  accuracy     {m.accuracy.text()}  (flagged or not, against the label)",
         ]
         if math.isnan(m.auc):
-            out.append("  ROC AUC      not defined (the labels hold one class only)")
-        else:
-            ci = (
-                f"95% CI {m.auc_low:.3f}-{m.auc_high:.3f}"
-                if not math.isnan(m.auc_low)
-                else f"no interval: under {MIN_PER_CLASS_AUC_CI} scans of a class, or a "
-                "perfect separation; score more scans"
+            out.append(
+                f"  ROC AUC      not defined ({m.n_positive} {cond} and {m.n_negative} other "
+                "scans scored: it needs both)"
             )
+        else:
+            if not math.isnan(m.auc_low):
+                ci = f"95% CI {m.auc_low:.3f}-{m.auc_high:.3f}"
+            elif min(m.n_positive, m.n_negative) < MIN_PER_CLASS_AUC_CI:
+                ci = f"no interval: under {MIN_PER_CLASS_AUC_CI} scans of a class"
+            else:
+                ci = "no interval: the scores separate the classes completely"
             out.append(f"  ROC AUC      {m.auc:.3f} ({ci})")
         for lab, c in sorted(m.by_label.items()):
             out.append(f"  true {lab}: {c['flagged']} flagged, {c['not_flagged']} not flagged")
@@ -352,9 +401,11 @@ def summary_lines(v: Validation) -> list[str]:
             )
         if m.local_threshold is not None:
             out.append(
-                f"  the largest threshold keeping sensitivity >= {TARGET_SENSITIVITY:.0%} on "
-                f"these scans: {format_threshold(m.local_threshold)} (the model's: {thr}; the "
-                "app keeps the model's)"
+                f"  for information: on these same scans, sensitivity >= "
+                f"{TARGET_SENSITIVITY:.0%} holds up to threshold "
+                f"{format_threshold(m.local_threshold)} (the model's: {thr}). Chosen on the "
+                "scans it is measured on, it is optimistic; it is not a setting, and the app "
+                "always uses the model's threshold"
             )
     if v.not_scored_unrouted:
         out.append(
@@ -375,7 +426,7 @@ def summary_lines(v: Validation) -> list[str]:
     return out
 
 
-def validate_files(results: str | Path, labels: str | Path, positive: str = "covid") -> Validation:
+def validate_files(results: str | Path, labels: str | Path) -> Validation:
     """:func:`validate` on a results CSV and a labels CSV.
 
     Raises
@@ -383,12 +434,15 @@ def validate_files(results: str | Path, labels: str | Path, positive: str = "cov
     ValidationInputError
         Either file cannot be used (see :func:`read_labels` and :func:`validate`).
     """
-    if not Path(results).is_file():
-        raise ValidationInputError(results, "the results file does not exist")
+    where = Path(results)
+    if where.is_dir():
+        raise ValidationInputError(results, "the results file is a folder", _RESULTS_HINT)
+    if not where.is_file():
+        raise ValidationInputError(results, "the results file does not exist", _RESULTS_HINT)
     try:
         rows = read_rows(results)
-    except (OSError, csv.Error) as exc:
+    except (OSError, csv.Error, ValueError) as exc:
         raise ValidationInputError(results, f"the results file cannot be read: {exc}") from exc
     if not rows:
-        raise ValidationInputError(results, "the results file holds no rows")
-    return validate(rows, read_labels(labels), positive)
+        raise ValidationInputError(results, "the results file holds no rows", _RESULTS_HINT)
+    return validate(rows, read_labels(labels))

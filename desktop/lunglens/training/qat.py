@@ -52,7 +52,14 @@ class _WeightFakeQuant(nn.Module):
     """Per-output-channel symmetric int8 fake quantization of a conv weight (a parametrization:
     the optimizer updates the float weight, the forward pass sees its quantized copy)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: off while activation ranges are calibrated: onnxruntime calibrates the float model
+        self.enabled = True
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return w
         scale = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1e-12) / _W_MAX
         zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
         return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -_W_MAX, _W_MAX)
@@ -114,12 +121,46 @@ def fold_batchnorm(model: nn.Module) -> int:
     return n
 
 
-def _activation_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules whose outputs onnxruntime quantizes: every conv's BatchNorm (+ activation)
-    and every block that ends in a residual sum (timm ``has_skip``)."""
-    mods: list[nn.Module] = [b for _c, b in _conv_bn_pairs(model)]
-    mods += [m for m in model.modules() if getattr(m, "has_skip", False)]
-    return mods
+def _activation_modules(model: nn.Module, float_convs: int, probe: torch.Tensor) -> list[nn.Module]:
+    """The modules whose outputs onnxruntime quantizes: every BatchNorm (+ activation) of an
+    INT8 conv, every block that ends in a residual sum (timm ``has_skip``) with an INT8 conv
+    in it, and, of the float layers, only the one whose output the first INT8 conv reads.
+
+    ``quantize_model(float_first_convs=N)`` leaves the first N convs and what precedes them
+    in float, so the tensors between them carry no QuantizeLinear; only the input of the first
+    INT8 op does. Simulating the float layers' outputs too (as this module once did) made the
+    simulation flip 34 of 919 CT validation decisions where onnxruntime's file flips 21 (first
+    3 convs float, mean |dp| between them 0.016); without them 22 (docs/measurements.md).
+    Which float module feeds the first INT8 conv is found by running ``probe`` (one image)
+    and matching tensors; when an op outside any module lies between them (a functional
+    activation), the last float BatchNorm is taken.
+    """
+    pairs = list(_conv_bn_pairs(model))
+    skips = [m for m in model.modules() if getattr(m, "has_skip", False)]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    float_ids = {id(c) for c in convs[:float_convs]}
+    int8: list[nn.Module] = [b for c, b in pairs if id(c) not in float_ids]
+    int8 += [m for m in skips if any(id(c) not in float_ids for c in m.modules() if c in convs)]
+    floats: list[nn.Module] = [b for c, b in pairs if id(c) in float_ids]
+    floats += [m for m in skips if m not in int8]
+    if not floats or float_convs >= len(convs):
+        return int8
+    made: dict[int, nn.Module] = {}
+    fed: list[nn.Module | None] = []
+    handles = [
+        m.register_forward_hook(lambda mod, _i, out: made.__setitem__(id(out), mod)) for m in floats
+    ]
+    handles.append(
+        convs[float_convs].register_forward_pre_hook(
+            lambda _m, inp: fed.append(made.get(id(inp[0])))
+        )
+    )
+    with torch.no_grad():
+        model(probe[:1])
+    for h in handles:
+        h.remove()
+    feeder = fed[0] if fed and fed[0] is not None else [b for _c, b in pairs][float_convs - 1]
+    return [feeder, *int8]
 
 
 def simulate_int8(
@@ -137,7 +178,7 @@ def simulate_int8(
     for conv in convs[float_convs:]:
         parametrize.register_parametrization(conv, "weight", _WeightFakeQuant())
     hooks = []
-    for mod in _activation_modules(student):
+    for mod in _activation_modules(student, float_convs, calib):
         h = _ActivationFakeQuant()
         mod.register_forward_hook(h)
         hooks.append(h)
@@ -150,14 +191,19 @@ def calibrate(
     student: nn.Module, hooks: list[_ActivationFakeQuant], calib: torch.Tensor, batch: int = 16
 ) -> None:
     """Set every simulated activation range to its min/max over ``calib`` with the current
-    weights (float activations while observing), as onnxruntime's MinMax calibration will do
-    on the fine-tuned float model."""
+    float weights and float activations, as onnxruntime's MinMax calibration does on the
+    fine-tuned float model (the weights' fake quantization is off meanwhile)."""
+    weights = [m for m in student.modules() if isinstance(m, _WeightFakeQuant)]
+    for w in weights:
+        w.enabled = False
     for h in hooks:
         h.lo, h.hi, h.observing = 0.0, 0.0, True
     for i in range(0, len(calib), batch):
         student(calib[i : i + batch])
     for h in hooks:
         h.observing = False
+    for w in weights:
+        w.enabled = True
 
 
 def strip_simulation(student: nn.Module) -> nn.Module:
