@@ -171,3 +171,30 @@ def test_float_layers_are_simulated_float_and_ranges_are_calibrated_on_float_wei
         ref(calib)
     assert hooks[1].hi == pytest.approx(float(seen[0].max()), rel=1e-5)
     assert hooks[1].lo == pytest.approx(min(0.0, float(seen[0].min())), rel=1e-5)
+
+
+def test_a_lite_network_is_read_back_from_its_float_file(tmp_path: Path) -> None:
+    """``float_model_from_onnx``: what QAT of a shipped folder starts from (no checkpoint)."""
+    from lunglens.training.export import export_onnx
+    from lunglens.training.models import create_model
+    from lunglens.training.qat import float_model_from_onnx
+
+    torch.manual_seed(0)
+    m = create_model("efficientnet-lite0", 3).eval()
+    with torch.no_grad():  # trained-looking BatchNorms, so the folding is exercised
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.3, 0.3)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+    path = tmp_path / "fp32.onnx"
+    export_onnx(m, 64, path)
+    back = float_model_from_onnx(path, "efficientnet-lite0", 3)
+    x = _x(_images(4, 5).repeat(4, 1).repeat(4, 2))  # 64 px
+    with torch.no_grad():
+        torch.testing.assert_close(
+            torch.softmax(back(x), 1), torch.softmax(m(x), 1), rtol=1e-4, atol=1e-5
+        )
+    with pytest.raises(ValueError, match="matches no module of squeezenet-light"):
+        float_model_from_onnx(path, "squeezenet-light", 3)

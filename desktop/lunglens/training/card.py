@@ -430,9 +430,9 @@ def _searched_again_line(again: Mapping[str, Any] | None) -> list[str]:
     if not again:
         return []
     qat = (
-        ""
+        " (with the quantization-aware candidate, fine-tuned from the float file's own network)"
         if again.get("qat_candidate")
-        else " (no quantization-aware candidate: it needs the training checkpoint)"
+        else ""  # the preset has none (the only folder searched before QAT could run here)
     )
     return [
         f"- Searched again from the shipped float file (version {again['from_version']}'s "

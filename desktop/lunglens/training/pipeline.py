@@ -634,30 +634,43 @@ class Pipeline:
         )
         self.save_state()
 
-    def qat_model(self, ds: ImageSet, calib: np.ndarray, float_convs: int) -> Path:
+    def qat_model(
+        self, ds: ImageSet, calib: np.ndarray, float_convs: int, source: Path | None = None
+    ) -> Path:
         """The final model fine-tuned with INT8 simulated (:mod:`lunglens.training.qat`),
         exported as ``model_qat_fp32.onnx``: what a ``qat`` quantization candidate is made from.
 
         Made once per recipe (``state["qat"]`` records it; a new model's search runs twice, at
         the validation fold's threshold and at the shipped one). Its images are the final model's
         training folds, never the validation fold the INT8 file is scored on: at most
-        ``Preset.qat_images`` of them, a fixed draw.
+        ``Preset.qat_images`` of them, a fixed draw. The model is the work folder's checkpoint,
+        or with ``source`` a float ONNX file's network (:func:`~lunglens.training.qat.
+        float_model_from_onnx`: a shipped folder searched again without its work folder).
         """
         from lunglens.training.export import export_onnx
-        from lunglens.training.qat import fine_tune
+        from lunglens.training.qat import fine_tune, float_model_from_onnx
         from lunglens.training.quantize import WEIGHT_MAX
         from lunglens.training.train import load_best
 
         path = self.work / "model_qat_fp32.onnx"
-        # a copy tuned for another weight range (full int8, before 7-bit weights) is made again
-        recipe = dict(epochs=self.p.qat_epochs, float_convs=float_convs, weight_max=WEIGHT_MAX)
+        # a copy tuned for another weight range (full int8, before 7-bit weights), or from
+        # another float model, is made again
+        recipe = dict(
+            epochs=self.p.qat_epochs,
+            float_convs=float_convs,
+            weight_max=WEIGHT_MAX,
+            source=sha256_of(source) if source else "checkpoint",
+        )
         done = self.state.get("qat")
         if done and path.exists() and all(done.get(k) == v for k, v in recipe.items()):
             return path
         v = self.val_fold(ds)
         pool = ds.folds(self.final_train_folds(v))
         pool = np.sort(np.random.default_rng(1).permutation(pool)[: self.p.qat_images])
-        model = load_best(self.work / "final", self.p.arch, len(ds.classes))
+        if source is not None:
+            model = float_model_from_onnx(source, self.p.arch, len(ds.classes))
+        else:
+            model = load_best(self.work / "final", self.p.arch, len(ds.classes))
         tuned, report = fine_tune(
             model,
             ds.images[pool],
@@ -667,7 +680,7 @@ class Pipeline:
             log=self.log,
         )
         export_onnx(tuned, self.size, path)
-        self.state["qat"] = report
+        self.state["qat"] = report | {"source": recipe["source"]}
         self.save_state()
         return path
 
@@ -1005,10 +1018,17 @@ class Pipeline:
         (``--requantize`` needs it): the search's trials were measured in the sessions of their
         day, and onnxruntime's ``WeightBiasQuantization`` ran a float Conv of the SqueezeNets in
         INT8 until the app's sessions turned it off. A new file is a new model version, so the
-        preset's version (or ``--version``) must differ from the folder's. The quantization-aware
-        candidate needs the training checkpoint and is not tried (the card says so).
+        preset's version (or ``--version``) must differ from the folder's. A preset with
+        quantization-aware fine-tuning (``Preset.qat_epochs``) tries its candidate too, fine-tuned
+        from the float file's own network (:func:`~lunglens.training.qat.float_model_from_onnx`),
+        since the checkpoint is in the work folder that is gone.
         """
-        from lunglens.training.quantize import QUANT_CANDIDATES, parity, search_quantization
+        from lunglens.training.quantize import (
+            QAT_CANDIDATE,
+            QUANT_CANDIDATES,
+            parity,
+            search_quantization,
+        )
 
         manifest, v = self._shipped_manifest(ds)
         version = self.o.version or self.p.version
@@ -1030,6 +1050,7 @@ class Pipeline:
         # file under the old manifest, or the old CAM numbers under the new file, would be
         # refused or wrong
         kept = {f: f.read_bytes() for f in self.out.iterdir() if f.is_file()}
+        qat = self.p.qat_epochs > 0
         try:
             q, p32, p8, _ = search_quantization(
                 fp32,
@@ -1039,10 +1060,13 @@ class Pipeline:
                 labels,
                 pos,
                 lambda y_pos, p_pos: thr,
-                candidates=QUANT_CANDIDATES,
+                candidates=(*QUANT_CANDIDATES, QAT_CANDIDATE) if qat else QUANT_CANDIDATES,
+                qat_fp32=(lambda n: self.qat_model(ds, calib, n, source=fp32)) if qat else None,
             )
             for t in q["trials"]:
                 self.log(f"quantization trial {t}")
+            if qat:
+                q["qat"] = self.state["qat"]
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
@@ -1051,7 +1075,7 @@ class Pipeline:
             threshold=thr,
             parity_shipped_threshold={**parity(p32, p8, labels, pos, thr), "threshold": thr},
             searched_again=self._measured_with("quantize", v)
-            | dict(from_version=manifest.version, qat_candidate=False),
+            | dict(from_version=manifest.version, qat_candidate=qat, qat_in_preset=qat),
         )
         par = q["parity_validation_fold"]
         self.log(

@@ -35,6 +35,7 @@ import copy
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -296,3 +297,78 @@ def fine_tune(
         seconds=round(time.time() - t0, 1),
     )
     return strip_simulation(student), report
+
+
+@torch.no_grad()
+def float_model_from_onnx(fp32: Path, arch: str, num_classes: int) -> nn.Module:
+    """The trained float model back from its exported file, BatchNorm folded.
+
+    A shipped model folder keeps ``model_fp32.onnx`` (the float graph its CV describes) but not
+    the PyTorch checkpoint, which lives in the training run's work folder and is gone once that
+    is cleaned (or was replaced by a later run). The export folds every BatchNorm into its
+    convolution, which is the form :func:`simulate_int8` fine-tunes anyway, so the network
+    is rebuilt with identity BatchNorms and each Conv's weight and bias (and the classifier's)
+    copied from the graph's initializers by node name (``/blocks/blocks.1/blocks.1.0/conv_pw/
+    Conv`` is module ``...blocks.1.0.conv_pw``). What this enables: quantization-aware
+    distillation of a shipped model from its folder alone (``--stages quantize``).
+
+    Raises
+    ------
+    ValueError
+        A Conv of the graph has no module of that name in ``arch``, or a module's Conv is
+        missing from the graph (another architecture's file).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from lunglens.training.models import create_model
+
+    model = create_model(arch, num_classes).eval()
+    fold_batchnorm(model)  # identity BatchNorms, every conv with a bias
+    graph = onnx.load(str(fp32)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    # Conv2d and ConvTranspose2d (the SqueezeNet-light's upsampling), as the graph's Conv and
+    # ConvTranspose nodes
+    convs = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
+    }
+    filled: set[str] = set()
+    for node in graph.node:
+        parts = node.name.strip("/").split("/")[:-1]
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or not parts:
+            continue  # the CAM's 1x1 conv of the classifier weights sits at the top level
+        if node.op_type == "Gemm":
+            target: nn.Conv2d | nn.ConvTranspose2d | nn.Linear = model.classifier  # type: ignore[assignment]
+            name = "classifier"
+        else:
+            suffix = ".".join(parts[-2:]) if len(parts) > 1 else parts[0]
+            names = [n for n in convs if n == suffix or n.endswith("." + suffix)]
+            if len(names) != 1:
+                raise ValueError(
+                    f"{fp32}: Conv {node.name} matches {names or 'no'} module of {arch}"
+                )
+            name = names[0]
+            target = convs[name]
+        if any(i not in inits for i in node.input[1:3]):
+            raise ValueError(
+                f"{fp32}: the weights of {node.name} are computed in the graph (a layer the export "
+                "rewrote), so the network cannot be read back from this file"
+            )
+        weight = torch.from_numpy(inits[node.input[1]].copy())
+        bias = torch.from_numpy(inits[node.input[2]].copy()) if len(node.input) > 2 else None
+        if weight.shape != target.weight.shape:
+            raise ValueError(
+                f"{fp32}: {node.name} weight {tuple(weight.shape)} does not fit {name}"
+            )
+        target.weight.copy_(weight)
+        if target.bias is not None:  # every conv before a BatchNorm got one from the folding
+            target.bias.copy_(bias if bias is not None else torch.zeros_like(target.bias))
+        elif bias is not None and bias.abs().max() > 0:
+            raise ValueError(f"{fp32}: {node.name} has a bias that {name} of {arch} has not")
+        filled.add(name)
+    missing = [n for n in convs if n not in filled]
+    if missing:
+        raise ValueError(f"{fp32}: no Conv in the graph for {', '.join(missing[:3])} of {arch}")
+    return model
