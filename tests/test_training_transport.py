@@ -175,6 +175,21 @@ def test_a_run_trained_elsewhere_is_finished_with_its_own_size_and_epochs(tmp_pa
         pipe(size=48)
     with pytest.raises(ValueError, match="trained with epochs 3"):
         pipe(epochs=1)
+    # a repeat with another seed never finishes (or reuses the caches of) a seed-0 run
+    with pytest.raises(ValueError, match="trained with seed 0, not 2"):
+        pipe(seed=2)
+    fresh = tmp_path / "w2"
+    p2 = Pipeline(preset, PipelineOptions(tmp_path, tmp_path / "m", fresh, seed=2), lambda m: None)
+    assert p2.cfg.seed == 2 and p2._seed_tag() == "_s2" and p._seed_tag() == ""
+
+
+def test_seed_repeats_go_to_their_own_folders() -> None:
+    from lunglens.training.cli import default_models_dir
+    from lunglens.training.presets import PRESETS
+
+    shipped = PRESETS["cxr-efficientnet-lite"]
+    assert default_models_dir(shipped).name == "models"
+    assert default_models_dir(shipped, 3).parts[-3:] == ("runs", "candidate-models", "seed3")
 
 
 @pytest.mark.slow

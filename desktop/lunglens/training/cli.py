@@ -40,9 +40,13 @@ def _repo_root() -> Path:
 CANDIDATES = Path("runs") / "candidate-models"
 
 
-def default_models_dir(preset: Preset | None) -> Path:
+def default_models_dir(preset: Preset | None, seed: int = 0) -> Path:
     """``models/`` for the shipped presets and the routing model; ``runs/candidate-models``
-    for a measured variant, so that running one never adds a folder to what the app ships."""
+    for a measured variant, so that running one never adds a folder to what the app ships;
+    ``runs/candidate-models/seed<N>`` for any preset trained with another seed (a repeat that
+    measures the run-to-run spread, never a shipped folder)."""
+    if seed:
+        return _repo_root() / CANDIDATES / f"seed{seed}"
     if preset is None or preset.shipped:
         return _repo_root() / "models"
     return _repo_root() / CANDIDATES
@@ -89,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the INT8 file again (a new recipe or candidates) from the trained model; the "
         "training, the CV and the operating point are kept",
     )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed (initial weights, batch order, augmentation; default 0, the shipped "
+        "runs'): another seed repeats a recipe to measure its run-to-run spread, in its own "
+        "work folder (runs/<model>-seed<N>) and models folder (runs/candidate-models/seed<N>)",
+    )
     ap.add_argument("--version", default=None, help="manifest version (default: the preset's)")
     ap.add_argument(
         "--stages",
@@ -126,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             "--stages teacher keeps a teacher's logits or the lung cells of its views, for "
             f"presets trained on a teacher's views only ({args.preset} needs neither)"
         )
-    models_dir = args.models_dir or default_models_dir(preset)
+    if args.seed and args.preset in (OOD, MODALITY_CHECK):
+        parser.error("--seed is for the triage presets only")
+    if args.seed and args.stages in ("cam", "parity", "quantize"):
+        parser.error(f"--stages {args.stages} measures a shipped folder: --seed trains nothing")
+    models_dir = args.models_dir or default_models_dir(preset, args.seed)
     if args.preset == OOD:
         from lunglens.training import ood
 
@@ -152,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = PipelineOptions(
         data_root=args.data_root,
         models_dir=models_dir,
-        workdir=args.workdir or default_workdir(preset.model_name),
+        workdir=args.workdir
+        or default_workdir(preset.model_name + (f"-seed{args.seed}" if args.seed else "")),
         device=args.device,
+        seed=args.seed,
         size=args.size,
         epochs=args.epochs,
         limit=args.limit,

@@ -101,6 +101,7 @@ class PipelineOptions:
     requantize: bool = False  # forget the recorded INT8 recipe: quantize (search) again
     min_sensitivity: float = 0.95
     version: str | None = None  # None: the preset's
+    seed: int = 0  #: TrainConfig.seed: 0 for the shipped runs, others to measure the spread
     #: more folders where the models named in ``Preset.compared_with`` may be (card table)
     compare_dirs: tuple[Path, ...] = ()
 
@@ -185,6 +186,7 @@ class Pipeline:
             frozen_stages=preset.frozen_stages,
             balance=preset.balance,
             lung_attention=preset.lung_attention,
+            seed=opts.seed,
         )
         self._features: np.ndarray | None = None
         self._lungs: np.ndarray | None = None
@@ -205,6 +207,11 @@ class Pipeline:
         trained = self.state.get("trained_on")
         if not trained or not (self.work / "final" / "done.json").exists():
             return size, epochs
+        if o.seed != trained.get("seed", 0):
+            raise ValueError(
+                f"{self.work} holds a final model trained with seed {trained.get('seed', 0)}, "
+                f"not {o.seed}: use another --workdir"
+            )
         for name, given in (("size", o.size), ("epochs", o.epochs)):
             if given is not None and given != trained[name]:
                 raise ValueError(
@@ -212,6 +219,10 @@ class Pipeline:
                     f"not {given}: use another --workdir, or leave --{name} out"
                 )
         return int(trained["size"]), int(trained["epochs"])
+
+    def _seed_tag(self) -> str:
+        """Cache-name suffix of a run with another seed: its augmented views differ."""
+        return f"_s{self.cfg.seed}" if self.cfg.seed else ""
 
     def save_state(self) -> None:
         if self.keep_state:
@@ -397,7 +408,8 @@ class Pipeline:
             from lunglens.training.train import frozen_features
 
             path = self.work / (
-                f"features_{self.size}_k{self.cfg.frozen_stages}_v{self.cfg.feature_views}.npy"
+                f"features_{self.size}_k{self.cfg.frozen_stages}_v{self.cfg.feature_views}"
+                f"{self._seed_tag()}.npy"
             )
             if not path.exists():
                 save_npy(path, frozen_features(ds, self.cfg, self.rt, self.log))
@@ -436,7 +448,10 @@ class Pipeline:
             views = src.cfg.feature_views
             # a teacher's views: the cells belong to that teacher's augmentation and size
             whose = "" if src is self else f"_from_{src.p.name}_{src.size}"
-            name = f"lungs_{field_of.__name__}_{self.size}_g{grid}_v{views}{whose}.npy"
+            name = (
+                f"lungs_{field_of.__name__}_{self.size}_g{grid}_v{views}{whose}"
+                f"{src._seed_tag()}.npy"
+            )
             path = self.work / name
             if not path.exists():
                 from lunglens.training.data import load_lung_fields
@@ -526,6 +541,7 @@ class Pipeline:
                 device=self.rt.describe(),
                 epochs=self.cfg.epochs,
                 size=self.size,
+                seed=self.cfg.seed,
                 images=describe(self.cache_path()),
             )
         self.save_state()
