@@ -244,3 +244,69 @@ def test_validate_files_refuses_an_empty_results_file(tmp_path: Path) -> None:
     results.write_text("", encoding="utf-8")
     with pytest.raises(ValidationInputError, match="holds no rows"):
         validate_files(results, tmp_path / "labels.csv")
+
+
+def test_a_row_the_app_cannot_have_written_is_refused() -> None:
+    edited = _row("a.png", 0.9) | {"flagged": "false"}  # P 0.9 over threshold 0.2
+    with pytest.raises(ValidationInputError, match="changed after scoring"):
+        validate([edited], {"a.png": "covid"})
+    # within the cells' rounding (threshold 0.2004 written as 0.200) the flag stands
+    edge = _row("b.png", 0.2002) | {"flagged": "false"}
+    (m,) = validate([edge], {"b.png": "covid"}).models
+    assert m.sensitivity.k == 0
+
+
+def test_error_rows_keep_any_label_and_are_listed_by_name() -> None:
+    """A site-wide labels file on a run with --model NAME: X-rays the CT model refused."""
+    rows = [_row("ct.png", 0.9), _row("xr.png", 0.0, status="error")]
+    v = validate(rows, {"ct.png": "covid", "xr.png": "pneumonia"})
+    assert v.not_scored == ["xr.png"] and v.models[0].not_scored == {"pneumonia": 1}
+    assert "No decision for 1 labelled scans (a person must read them): xr.png" in "\n".join(
+        summary_lines(v)
+    )
+
+
+def _write_results(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_results_files_spoilt_by_hand_or_spreadsheet_are_refused(tmp_path: Path) -> None:
+    from lunglens.report.validation_inputs import read_results
+
+    good = tmp_path / "r.csv"
+    _write_results(good, [_row("a.png", 0.9), _row("b.png", 0.1)])
+    text = good.read_text(encoding="utf-8")
+    semi = tmp_path / "semi.csv"
+    semi.write_text(text.replace(",", ";").replace("0.9", "0,9"), encoding="utf-8")
+    with pytest.raises(ValidationInputError, match="separated by semicolons"):
+        read_results(semi)
+    torn = tmp_path / "torn.csv"
+    torn.write_text(text + "c.png,ok\n", encoding="utf-8")
+    with pytest.raises(ValidationInputError, match=r"1 row\(s\) .*first at line 4"):
+        read_results(torn)
+    html = tmp_path / "r.html"
+    html.write_text("<html></html>", encoding="utf-8")
+    with pytest.raises(ValidationInputError, match="HTML report"):
+        read_results(html)
+    pasted = tmp_path / "pasted.csv"
+    pasted.write_text(text + text, encoding="utf-8")  # two runs pasted, header and all
+    assert [r["path"] for r in read_results(pasted)] == ["a.png", "b.png", "a.png", "b.png"]
+    with pytest.raises(ValidationInputError, match="'threshold', 'p_covid' column, so it is not"):
+        bare = tmp_path / "bare.csv"
+        bare.write_text("path,status\na.png,ok\n", encoding="utf-8")
+        read_results(bare)
+
+
+def test_labels_with_a_column_twice_or_semicolons(tmp_path: Path) -> None:
+    f = tmp_path / "labels.csv"
+    f.write_text("path,Label,label\na.png,covid,normal\n", encoding="utf-8")
+    with pytest.raises(ValidationInputError, match="'label' twice"):
+        read_labels(f)
+    f.write_text("path;label\na.png;covid\n", encoding="utf-8")
+    with pytest.raises(ValidationInputError, match="separated by semicolons"):
+        read_labels(f)

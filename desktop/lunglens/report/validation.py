@@ -16,9 +16,7 @@ as negatives: the app gave them no decision, so a reader must look at them.
 
 from __future__ import annotations
 
-import csv
 import math
-import posixpath
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,14 +25,20 @@ from pathlib import Path
 import numpy as np
 
 from lunglens import DISCLAIMER
-from lunglens.batch.results_csv import ERRORS, read_rows, unescape_cell
 from lunglens.errors import ValidationInputError
 from lunglens.inference.wording import condition_name, format_threshold
 from lunglens.report.statistics import auc_ci, choose_threshold, roc_auc, wilson_ci
+from lunglens.report.validation_inputs import (
+    POSITIVE,
+    RESULTS_HINT,
+    read_labels,
+    read_results,
+    require_columns,
+    scan_key,
+)
 
-#: The labels file's columns (header names compared case-insensitively; others are ignored).
-PATH_COLUMN = "path"
-LABEL_COLUMN = "label"
+__all__ = ["Validation", "read_labels", "summary_lines", "validate", "validate_files"]
+
 #: Sensitivity the shipped thresholds were chosen for (model cards, ``threshold_rule``).
 TARGET_SENSITIVITY = 0.95
 _EXAMPLES = 5  # keys named in a summary line before "..."
@@ -42,90 +46,7 @@ _EXAMPLES = 5  # keys named in a summary line before "..."
 #: and no local threshold (with 20 positives, sensitivity 0.95 still allows one miss).
 MIN_PER_CLASS_AUC_CI = 10
 MIN_POSITIVES_THRESHOLD = 20
-#: The label the triage flags: every shipped triage model's manifest ``positive_label``.
-POSITIVE = "covid"
-#: What a results row must have to be compared (docs/results-csv.md).
-REQUIRED_COLUMNS = (
-    "path",
-    "status",
-    "model",
-    "model_version",
-    "model_sha256",
-    "flagged",
-    "threshold",
-    f"p_{POSITIVE}",
-)
-_RESULTS_HINT = "Give the results CSV that 'lunglens score --out' wrote."
-_LABELS_HINT = (
-    "Expected a CSV with a header 'path,label' and one row per scan: its 'path' as in the "
-    "results file (e.g. 'scans/a.dcm', or 'folder#SeriesInstanceUID' for a series) and its true "
-    "label."
-)
-
-
-def _key(path: str) -> str:
-    """A scan key as compared: ``./a/b.png``, ``a/b.png`` and ``a\\b.png`` are one scan (a
-    results file written on Windows validated elsewhere, or the other way round), and a key
-    spreadsheet-escaped as the results file writes it (``'=x.png``) is the file ``=x.png``; a
-    series key's ``#SeriesInstanceUID`` is kept as it is."""
-    return posixpath.normpath(unescape_cell(path.strip()).replace("\\", "/"))
-
-
-def read_labels(path: str | Path) -> dict[str, str]:
-    """The labels file: ``{scan key: label}``.
-
-    A CSV with a header holding ``path`` and ``label``; ``path`` is the results file's ``path``
-    cell of the scan (a file, or ``folder#SeriesInstanceUID`` for a series), ``label`` a class
-    name of the models (``covid``, ``non-covid``, ``normal``, ``pneumonia``). UTF-8 (a BOM is
-    allowed); bytes that are not UTF-8 are kept as the results file keeps them
-    (``surrogateescape``), so a file name that is not UTF-8 on disk still matches, and an
-    accented byte in another column of a spreadsheet export does not stop the reading.
-
-    Raises
-    ------
-    ValidationInputError
-        The file cannot be read, lacks a column, has an empty cell, or names one scan twice
-        with different labels.
-    """
-    if Path(path).is_dir():
-        raise ValidationInputError(path, "the labels file is a folder", _LABELS_HINT)
-    try:
-        with open(path, encoding="utf-8-sig", errors=ERRORS, newline="") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, csv.Error) as exc:
-        raise ValidationInputError(path, f"the labels file cannot be read: {exc}") from exc
-    if not rows:
-        raise ValidationInputError(path, "the labels file is empty", _LABELS_HINT)
-    header = [h.strip().lower() for h in rows[0]]
-    missing = [c for c in (PATH_COLUMN, LABEL_COLUMN) if c not in header]
-    if missing:
-        shown = ", ".join(rows[0])[:120] or "empty"
-        raise ValidationInputError(
-            path,
-            f"the labels file has no {' or '.join(repr(c) for c in missing)} column "
-            f"(its header: {shown})",
-            _LABELS_HINT,
-        )
-    ip, il = header.index(PATH_COLUMN), header.index(LABEL_COLUMN)
-    labels: dict[str, str] = {}
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue  # blank line
-        if len(row) <= max(ip, il) or not row[ip].strip() or not row[il].strip():
-            raise ValidationInputError(
-                path, f"line {line} of the labels file has no path or no label"
-            )
-        key, label = _key(row[ip]), row[il].strip()
-        if labels.get(key, label) != label:
-            raise ValidationInputError(
-                path,
-                f"the labels file gives {row[ip].strip()!r} two labels: {labels[key]!r} and "
-                f"{label!r} (line {line})",
-            )
-        labels[key] = label
-    if not labels:
-        raise ValidationInputError(path, "the labels file holds no labelled scan", _LABELS_HINT)
-    return labels
+_ROUNDING = 0.0005  # half the last decimal of the threshold cell
 
 
 @dataclass
@@ -189,6 +110,7 @@ class Validation:
     models: list[ModelValidation]
     #: error rows no model was chosen for (automatic mode), per true label
     not_scored_unrouted: dict[str, int]
+    not_scored: list[str]  #: every labelled scan without a decision (error rows): read them
     unlabelled: list[str]  #: results rows without a label (not counted)
     not_in_results: list[str]  #: labelled scans the results file has no row for
 
@@ -212,17 +134,6 @@ def _model_labels(rows: Iterable[Mapping[str, str]]) -> set[str]:
     return {c[2:] for row in rows for c in row if c.startswith("p_")}
 
 
-def _check_columns(rows: Sequence[Mapping[str, str]]) -> None:
-    """Refuse a file that is not a results CSV of ``lunglens score``."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
-    if missing:
-        raise ValidationInputError(
-            None,
-            f"The results file has no {', '.join(repr(c) for c in missing)} column, so it is not "
-            "a results CSV written by 'lunglens score' (docs/results-csv.md)",
-        )
-
-
 def validate(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str]) -> Validation:
     """Compare results rows (:func:`lunglens.batch.read_rows`) with labels (:func:`read_labels`).
 
@@ -236,24 +147,25 @@ def validate(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str]) -> Va
         The rows are not a results file's, a matched scan's label is not one of the models'
         labels, a cell cannot be read, or no results row has a label.
     """
-    if not rows:
-        raise ValidationInputError(None, "The results file holds no rows")
-    _check_columns(rows)
-    labels = {_key(k): v for k, v in labels.items()}
+    require_columns(rows)
+    labels = {scan_key(k): v for k, v in labels.items()}
     known = _model_labels(rows)
     groups: dict[tuple[str, str, str], list[tuple[Mapping[str, str], str]]] = {}
     unrouted: Counter[str] = Counter()
     unlabelled: list[str] = []
+    not_scored: list[str] = []
     seen: set[str] = set()
     for row in rows:
-        key = _key(row["path"])
+        key = scan_key(row["path"])
         if key in seen:
             continue  # a resumed file's duplicate: the first complete row counts
         seen.add(key)
         if key not in labels:
             unlabelled.append(row["path"])
             continue
-        if labels[key] not in known:
+        if labels[key] not in known and row["status"] == "ok":
+            # an error row's label is not checked: a scan refused by a model of the other
+            # modality (--model NAME) has a label that model lacks, and gets no decision
             raise ValidationInputError(
                 None,
                 f"The labels file gives {row['path']!r} the label {labels[key]!r}, which no "
@@ -261,6 +173,8 @@ def validate(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str]) -> Va
                 f"Use those names; any label but {POSITIVE!r} counts as negative.",
             )
         ident = (row["model"], row["model_version"], row["model_sha256"])
+        if row["status"] != "ok":
+            not_scored.append(row["path"])
         if not ident[0] and row["status"] != "ok":
             unrouted[labels[key]] += 1
             continue
@@ -277,6 +191,7 @@ def validate(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str]) -> Va
         positive=POSITIVE,
         models=[_one_model(ident, pairs) for ident, pairs in groups.items()],
         not_scored_unrouted=dict(unrouted),
+        not_scored=not_scored,
         unlabelled=unlabelled,
         not_in_results=sorted(k for k in labels if k not in seen),
     )
@@ -290,11 +205,23 @@ def _decision(row: Mapping[str, str]) -> tuple[bool, float, float]:
     try:
         if flag not in ("true", "false"):
             raise ValueError(f"flagged is {row['flagged']!r}, not true or false")
-        return flag == "true", float(row[f"p_{POSITIVE}"]), float(row["threshold"])
+        p, thr = float(row[f"p_{POSITIVE}"]), float(row["threshold"])
     except ValueError as exc:
         raise ValidationInputError(
-            row["path"], f"its results row cannot be read ({exc})", _RESULTS_HINT
+            row["path"], f"its results row cannot be read ({exc})", RESULTS_HINT
         ) from exc
+    flagged = flag == "true"
+    # the cells are rounded (P to 6 decimals, the threshold to 3): only a contradiction beyond
+    # that rounding is one the app cannot have written
+    if abs(p - thr) > _ROUNDING and flagged != (p >= thr):
+        raise ValidationInputError(
+            row["path"],
+            f"its results row says flagged {row['flagged']} with P {row[f'p_{POSITIVE}']} and "
+            f"threshold {row['threshold']}: the app never writes that, so the file was changed "
+            "after scoring",
+            RESULTS_HINT,
+        )
+    return flagged, p, thr
 
 
 def _local_threshold(y: np.ndarray, p: np.ndarray, thresholds: set[float]) -> float | None:
@@ -377,8 +304,13 @@ def summary_lines(v: Validation) -> list[str]:
             f"  specificity  {m.specificity.text()}  (other scans not flagged)",
             f"  PPV          {m.ppv.text()}",
             f"  NPV          {m.npv.text()}",
-            f"  accuracy     {m.accuracy.text()}  (flagged or not, against the label)",
+            f"  accuracy     {m.accuracy.text()}  (the flag against the label, {cond} or not)",
         ]
+        if m.n:
+            out.append(
+                f"  PPV and NPV hold for these scans, {m.n_positive / m.n:.0%} of them {cond}; "
+                "they change with how common it is"
+            )
         if math.isnan(m.auc):
             out.append(
                 f"  ROC AUC      not defined ({m.n_positive} {cond} and {m.n_negative} other "
@@ -413,6 +345,11 @@ def summary_lines(v: Validation) -> list[str]:
             f"{sum(v.not_scored_unrouted.values())} "
             f"({_per_label(v.not_scored_unrouted)})"
         )
+    if v.not_scored:
+        out.append(
+            f"\nNo decision for {len(v.not_scored)} labelled scans (a person must read them): "
+            f"{_some(v.not_scored)}"
+        )
     if v.unlabelled:
         out.append(
             f"\nResults rows without a label (not counted): {len(v.unlabelled)}: "
@@ -432,17 +369,7 @@ def validate_files(results: str | Path, labels: str | Path) -> Validation:
     Raises
     ------
     ValidationInputError
-        Either file cannot be used (see :func:`read_labels` and :func:`validate`).
+        Either file cannot be used (:func:`read_results`, :func:`read_labels`) or they do not
+        fit together (:func:`validate`).
     """
-    where = Path(results)
-    if where.is_dir():
-        raise ValidationInputError(results, "the results file is a folder", _RESULTS_HINT)
-    if not where.is_file():
-        raise ValidationInputError(results, "the results file does not exist", _RESULTS_HINT)
-    try:
-        rows = read_rows(results)
-    except (OSError, csv.Error, ValueError) as exc:
-        raise ValidationInputError(results, f"the results file cannot be read: {exc}") from exc
-    if not rows:
-        raise ValidationInputError(results, "the results file holds no rows", _RESULTS_HINT)
-    return validate(rows, read_labels(labels))
+    return validate(read_results(results), read_labels(labels))
