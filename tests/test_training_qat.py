@@ -94,8 +94,8 @@ def test_simulation_quantizes_weights_per_channel_and_activations_to_uint8() -> 
     m = _model()
     calib = _x(_images(32))
     student, hooks = simulate_int8(m, calib, float_convs=1)
-    # stem BN, block bn1, block bn2 outputs and the residual sum
-    assert len(hooks) == 4 and all(not h.observing and h.hi > h.lo for h in hooks)
+    # stem BN, block bn1, block bn2 outputs, the residual sum, the pooled features
+    assert len(hooks) == 5 and all(not h.observing and h.hi > h.lo for h in hooks)
     w = student.block.conv_pw.weight  # the quantized copy the forward pass sees
     scale = w.abs().amax(dim=(1, 2, 3), keepdim=True) / _W_MAX
     steps = (w / scale).detach()
@@ -145,17 +145,33 @@ def test_fine_tune_brings_the_simulated_int8_network_closer_to_float(tmp_path: P
     assert out["probs_max_abs_diff"] < 1e-5
 
 
+class _TwoConvStem(_TinyLite):
+    """A stem of two conv + BatchNorm pairs before the residual block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 4, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(4),
+            nn.ReLU6(),
+            nn.Conv2d(4, 8, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(8),
+        )
+
+
 def test_float_layers_are_simulated_float_and_ranges_are_calibrated_on_float_weights() -> None:
     """As ``quantize_model(float_first_convs=N)`` makes the file: the tensors between float
     layers carry no QuantizeLinear, only the input of the first INT8 conv does; and the
     activation ranges are onnxruntime's MinMax over the float model."""
     from lunglens.training.qat import fold_batchnorm, simulate_int8
 
-    m = _model()
+    torch.manual_seed(1)
+    m = _TwoConvStem().eval()
     calib = _x(_images(32))
-    student, hooks = simulate_int8(m, calib, float_convs=2)  # stem and conv_pw float
-    # conv_pw's output (block bn1) feeds the first INT8 conv; the stem's output is float
-    assert len(hooks) == 3  # block bn1, block bn2, the residual sum
+    student, hooks = simulate_int8(m, calib, float_convs=2)  # the stem float
+    # the stem's last BatchNorm feeds the first INT8 conv; its first one stays float
+    assert len(hooks) == 5  # stem.4, block bn1, block bn2, the residual sum, the pooled input
     outs: list[torch.Tensor] = []
     student.stem[1].register_forward_hook(lambda _m, _i, o: outs.append(o))
     with torch.no_grad():
@@ -169,8 +185,11 @@ def test_float_layers_are_simulated_float_and_ranges_are_calibrated_on_float_wei
     ref.block.bn2.register_forward_hook(lambda _m, _i, o: seen.append(o))
     with torch.no_grad():
         ref(calib)
-    assert hooks[1].hi == pytest.approx(float(seen[0].max()), rel=1e-5)
-    assert hooks[1].lo == pytest.approx(min(0.0, float(seen[0].min())), rel=1e-5)
+    assert hooks[2].hi == pytest.approx(float(seen[0].max()), rel=1e-5)
+    assert hooks[2].lo == pytest.approx(min(0.0, float(seen[0].min())), rel=1e-5)
+    # ending the float layers inside the residual block cannot be simulated exactly: refused
+    with pytest.raises(ValueError, match="residual sum"):
+        simulate_int8(m, calib, float_convs=3)
 
 
 def test_a_lite_network_is_read_back_from_its_float_file(tmp_path: Path) -> None:

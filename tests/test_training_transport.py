@@ -283,3 +283,25 @@ def test_teacher_stage_refuses_presets_that_keep_nothing(
     assert exc.value.code == 2
     why = "for the triage presets only" if preset == "ood" else f"({preset} needs neither)"
     assert why in capsys.readouterr().err
+
+
+def test_a_student_repeated_with_another_seed_learns_from_the_seed0_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``views_from`` presets: the teacher's run is the shipped one (seed 0), whatever the
+    student's ``--seed``; its work folder's seed check must not refuse it."""
+    pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from lunglens.training.pipeline import Pipeline, PipelineOptions
+    from lunglens.training.presets import PRESETS
+
+    student = next(p for p in PRESETS.values() if p.views_from is not None)
+    stub = SimpleNamespace(records=[])
+    monkeypatch.setattr(Pipeline, "data", lambda self: stub)
+    monkeypatch.setenv("LUNGLENS_RUNS", str(tmp_path / "runs"))
+    opts = PipelineOptions(tmp_path, tmp_path / "m", tmp_path / "w", device="cpu", seed=3)
+    pipe = Pipeline(student, opts, log=lambda m: None)
+    teacher, _ = pipe.teacher_pipeline(stub)  # type: ignore[arg-type]
+    assert pipe.cfg.seed == 3 and teacher.cfg.seed == 0
+    assert teacher.work == tmp_path / "runs" / PRESETS[student.views_from].model_name

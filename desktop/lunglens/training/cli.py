@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             "--stages teacher keeps a teacher's logits or the lung cells of its views, for "
             f"presets trained on a teacher's views only ({args.preset} needs neither)"
         )
+    if args.seed < 0:
+        parser.error("--seed must be 0 or more")
     if args.seed and args.preset in (OOD, MODALITY_CHECK):
         parser.error("--seed is for the triage presets only")
     if args.seed and args.stages in ("cam", "parity", "quantize"):

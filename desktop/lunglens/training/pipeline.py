@@ -300,7 +300,11 @@ class Pipeline:
 
             assert self.p.views_from is not None
             tp = PRESETS[self.p.views_from]
-            opts = replace(self.o, workdir=default_workdir(tp.model_name), size=None, epochs=None)
+            # the teacher's own run (seed 0): a student repeated with another seed learns from
+            # the same teacher views, so only its own training varies
+            opts = replace(
+                self.o, workdir=default_workdir(tp.model_name), size=None, epochs=None, seed=0
+            )
             tpipe = Pipeline(tp, opts, self.log)
             tds = tpipe.data()
             if [r.path for r in tds.records] != [r.path for r in ds.records]:
@@ -668,14 +672,18 @@ class Pipeline:
         from lunglens.training.quantize import WEIGHT_MAX
         from lunglens.training.train import load_best
 
-        path = self.work / "model_qat_fp32.onnx"
+        origin = sha256_of(source) if source else "checkpoint"
+        # a shipped folder's copy has a name of its own: never taken for the run's (whose work
+        # folder this may be), nor the other way round
+        name = "model_qat_fp32.onnx" if source is None else f"model_qat_fp32_{origin[:12]}.onnx"
+        path = self.work / name
         # a copy tuned for another weight range (full int8, before 7-bit weights), or from
         # another float model, is made again
         recipe = dict(
             epochs=self.p.qat_epochs,
             float_convs=float_convs,
             weight_max=WEIGHT_MAX,
-            source=sha256_of(source) if source else "checkpoint",
+            source=origin,
         )
         done = self.state.get("qat")
         if done and path.exists() and all(done.get(k) == v for k, v in recipe.items()):
@@ -695,7 +703,12 @@ class Pipeline:
             float_convs=float_convs,
             log=self.log,
         )
-        export_onnx(tuned, self.size, path)
+        staged = private_tmp(path)  # whole or not at all: the export checks after writing
+        try:
+            export_onnx(tuned, self.size, staged)
+            staged.replace(path)
+        finally:
+            staged.unlink(missing_ok=True)
         self.state["qat"] = report | {"source": recipe["source"]}
         self.save_state()
         return path
@@ -1066,7 +1079,7 @@ class Pipeline:
         # file under the old manifest, or the old CAM numbers under the new file, would be
         # refused or wrong
         kept = {f: f.read_bytes() for f in self.out.iterdir() if f.is_file()}
-        qat = self.p.qat_epochs > 0
+        qat = self.p.qat_epochs > 0 and self._float_network_readable(fp32, len(ds.classes))
         try:
             q, p32, p8, _ = search_quantization(
                 fp32,
@@ -1126,6 +1139,18 @@ class Pipeline:
                 f.write_bytes(data)
             self.log(f"{self.out}: restored as it was (the new INT8 file was not shipped)")
             raise
+
+    def _float_network_readable(self, fp32: Path, n_classes: int) -> bool:
+        """Whether the quantization-aware candidate can start from ``fp32`` (checked before
+        the search, so a file it cannot read skips that candidate, not the whole search)."""
+        from lunglens.training.qat import float_model_from_onnx
+
+        try:
+            float_model_from_onnx(fp32, self.p.arch, n_classes)
+        except ValueError as exc:
+            self.log(f"no quantization-aware candidate: {exc}")
+            return False
+        return True
 
     def _measured_with(self, stage: str, val_fold: int) -> dict:
         """What a shipped-folder stage records of how it measured: the runtime, the graph
@@ -1285,7 +1310,9 @@ class Pipeline:
         op = self.state.get("operating_point")
         return ModelManifest(
             name=self.p.model_name,
-            version=self.o.version or self.p.version,
+            # a seed repeat is not the shipped model: its version says which seed (semver build)
+            version=self.o.version
+            or self.p.version + (f"+seed{self.o.seed}" if self.o.seed else ""),
             architecture=spec.description,
             arch=self.p.arch,
             modality=self.p.modality,
