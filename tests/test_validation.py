@@ -310,3 +310,38 @@ def test_labels_with_a_column_twice_or_semicolons(tmp_path: Path) -> None:
     f.write_text("path;label\na.png;covid\n", encoding="utf-8")
     with pytest.raises(ValidationInputError, match="separated by semicolons"):
         read_labels(f)
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite-ct", "squeezenet-light-ct"])
+def test_a_scan_exactly_at_a_shipped_threshold_is_accepted(name: str) -> None:
+    """Thresholds 0.0945 and 0.0965 are written 0.095 and 0.097; a P at the threshold is
+    written 0.094500 (0.096500) and flagged: a row the app writes, never refused."""
+    from lunglens.batch.rows import result_row
+    from lunglens.inference.classify import result_from_probs
+    from lunglens.models.registry import load_manifest
+
+    info = load_manifest(REPO / "models" / name)
+    p = float(np.float32(info.threshold))
+    probs = np.array([[p, 1 - p]], np.float32)
+    row = result_row(result_from_probs(info, "a.png", probs), "a.png", info, 1.0)
+    assert row["flagged"] == "true"
+    (m,) = validate([row], {"a.png": "covid"}).models
+    assert m.sensitivity.k == 1
+
+
+def test_a_torn_last_row_and_a_pasted_file_of_other_columns(tmp_path: Path) -> None:
+    from lunglens.report.validation_inputs import read_results
+
+    good = tmp_path / "r.csv"
+    _write_results(good, [_row("a.png", 0.9), _row("b.png", 0.1)])
+    text = good.read_text(encoding="utf-8")
+    torn = tmp_path / "torn.csv"
+    torn.write_text(text + text.splitlines()[1][:20], encoding="utf-8")  # a run stopped mid-row
+    with pytest.raises(ValidationInputError, match=r"stopped while writing it.*--resume"):
+        read_results(torn)
+    other = tmp_path / "other.csv"
+    lines = text.splitlines()
+    pasted_header = lines[0].replace("model_sha256", "patient_id")
+    other.write_text(text + pasted_header + "\n" + lines[1] + "\n", encoding="utf-8")
+    with pytest.raises(ValidationInputError, match="other columns was pasted"):
+        read_results(other)

@@ -46,7 +46,9 @@ _EXAMPLES = 5  # keys named in a summary line before "..."
 #: and no local threshold (with 20 positives, sensitivity 0.95 still allows one miss).
 MIN_PER_CLASS_AUC_CI = 10
 MIN_POSITIVES_THRESHOLD = 20
-_ROUNDING = 0.0005  # half the last decimal of the threshold cell
+#: half the last decimal of the threshold cell (3 decimals) and of the P cell (6), and float
+#: slack: a P of exactly the threshold 0.0945 is written 0.094500 next to a threshold 0.095
+_ROUNDING = 0.0005 + 0.0000005 + 1e-9
 
 
 @dataclass

@@ -14,7 +14,13 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lunglens.batch.results_csv import ENCODING, ERRORS, read_rows, unescape_cell
+from lunglens.batch.results_csv import (
+    ENCODING,
+    ERRORS,
+    complete_length,
+    read_rows,
+    unescape_cell,
+)
 from lunglens.errors import ValidationInputError
 
 #: The labels file's columns (header names compared case-insensitively; others are ignored).
@@ -123,8 +129,9 @@ def read_labels(path: str | Path) -> dict[str, str]:
 
 def _check_records(path: str | Path) -> None:
     """Refuse a results file whose rows do not fit its header: re-saved with semicolons or
-    decimal commas, or a row damaged by hand. ``read_rows`` skips such rows (a resumed
-    run's torn last line), which here would silently drop scans from the numbers."""
+    decimal commas, or a row damaged by hand. ``read_rows`` skips such rows, which here would
+    silently drop scans from the numbers. A torn last row (a run stopped while writing it) is
+    named as such: ``score --resume`` repairs it."""
     with open(path, encoding=ENCODING, errors=ERRORS, newline="") as fh:
         records = csv.reader(fh)
         header = next(records, [])
@@ -133,7 +140,18 @@ def _check_records(path: str | Path) -> None:
             raise ValidationInputError(
                 path, f"the results file is not comma-separated{extra}", RESULTS_HINT
             )
-        bad = [n for n, r in enumerate(records, start=2) if r and len(r) != len(header)]
+        bad, last = [], 1
+        for last, r in enumerate(records, start=2):
+            if r and len(r) != len(header):
+                bad.append(last)
+    data = Path(path).read_bytes()
+    if bad == [last] and complete_length(data) < len(data):  # the app's own torn last row
+        raise ValidationInputError(
+            path,
+            "its last row is incomplete: the run was stopped while writing it",
+            "Finish it with the same 'lunglens score ... --out FILE --resume' (that repairs the "
+            "last row and scores what is left), then validate.",
+        )
     if bad:
         raise ValidationInputError(
             path,
@@ -168,7 +186,14 @@ def read_results(path: str | Path) -> list[dict[str, str]]:
         rows = read_rows(path)
     except (OSError, csv.Error, ValueError) as exc:
         raise ValidationInputError(path, f"the results file cannot be read: {exc}") from exc
-    rows = [r for r in rows if r.get("path") != "path" or r.get("status") != "status"]
+    repeated = [r for r in rows if r.get("path") == "path" and r.get("status") == "status"]
+    if any(list(r.values()) != list(r) for r in repeated):
+        raise ValidationInputError(
+            path,
+            "a second results file with other columns was pasted into this one",
+            "Validate each results file on its own.",
+        )
+    rows = [r for r in rows if r not in repeated]
     require_columns(rows, path)
     return rows
 
