@@ -160,7 +160,8 @@ def test_keys_match_escaped_windows_and_non_utf8_names(tmp_path: Path) -> None:
         ("path;label\na.png;covid\n", "no 'path' or 'label' column"),
         ("file,label\na.png,covid\n", "no 'path' column"),
         ("path,label\na.png,covid\na.png,non-covid\n", "two labels"),
-        ("path,label\na.png,\n", "line 2 .* no path or no label"),
+        ("path,label\n,covid\n", "line 2 of the labels file has no path"),
+        ("path,label\na.png,\nb.png, \n", "holds no labelled scan"),
         ("path,label\n", "holds no labelled scan"),
         ("", "is empty"),
     ],
@@ -174,8 +175,10 @@ def test_bad_labels_files(tmp_path: Path, text: str, message: str) -> None:
 
 def test_labels_file_with_bom_spaces_and_extra_columns(tmp_path: Path) -> None:
     f = tmp_path / "labels.csv"
-    f.write_text("\ufeffPatient, Path ,Label\nx, a.png , covid\n\n", encoding="utf-8")
-    assert read_labels(f) == {"a.png": "covid"}
+    f.write_text(
+        "\ufeffPatient, Path ,Label\nx, a.png , covid\n\ny,b.png,\nz,c.png\n", encoding="utf-8"
+    )
+    assert read_labels(f) == {"a.png": "covid"}  # b and c: not labelled yet
     with pytest.raises(ValidationInputError, match="cannot be read"):
         read_labels(tmp_path / "absent.csv")
 

@@ -68,7 +68,9 @@ def read_labels(path: str | Path) -> dict[str, str]:
 
     A CSV with a header holding ``path`` and ``label``; ``path`` is the results file's ``path``
     cell of the scan (a file, or ``folder#SeriesInstanceUID`` for a series), ``label`` a class
-    name of the models (``covid``, ``non-covid``, ``normal``, ``pneumonia``). UTF-8 (a BOM is
+    name of the models (``covid``, ``non-covid``, ``normal``, ``pneumonia``); a row with an empty
+    label is a scan not labelled yet, left out (it is then counted among the results rows
+    without a label, never as a negative). UTF-8 (a BOM is
     allowed); bytes that are not UTF-8 are kept as the results file keeps them
     (``surrogateescape``), so a file name that is not UTF-8 on disk still matches, and an
     accented byte in another column of a spreadsheet export does not stop the reading.
@@ -76,8 +78,8 @@ def read_labels(path: str | Path) -> dict[str, str]:
     Raises
     ------
     ValidationInputError
-        The file cannot be read, lacks a column or has one twice, has an empty cell, or names
-        one scan twice with different labels.
+        The file cannot be read, lacks a column or has one twice, has a row without a path,
+        or names one scan twice with different labels.
     """
     if Path(path).is_dir():
         raise ValidationInputError(path, "the labels file is a folder", LABELS_HINT)
@@ -108,12 +110,12 @@ def read_labels(path: str | Path) -> dict[str, str]:
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue  # blank line
-        if len(row) <= max(ip, il) or not row[ip].strip() or not row[il].strip():
-            raise ValidationInputError(
-                path,
-                f"line {line} of the labels file has no path or no label",
-                "Give every row both, or leave out the rows of scans not yet labelled.",
-            )
+        cells = [*row, "", ""]
+        if not cells[ip].strip():
+            raise ValidationInputError(path, f"line {line} of the labels file has no path")
+        if not cells[il].strip():
+            continue  # not labelled yet (a filled-in template): listed as without a label
+        row = cells
         key, label = scan_key(row[ip]), row[il].strip()
         if labels.get(key, label) != label:
             raise ValidationInputError(
