@@ -123,26 +123,25 @@ def fold_batchnorm(model: nn.Module) -> int:
     return n
 
 
-def _activation_modules(model: nn.Module, float_convs: int, probe: torch.Tensor) -> list[nn.Module]:
+def _activation_modules(model: nn.Module, float_convs: int) -> list[nn.Module]:
     """The modules whose outputs onnxruntime quantizes: every BatchNorm (+ activation) of an
     INT8 conv, every block that ends in a residual sum (timm ``has_skip``) with an INT8 conv
-    in it, and, of the float layers, only the one whose output the first INT8 conv reads.
+    in it, and, of the float layers, only the BatchNorm of the last float conv, whose output
+    the first INT8 conv reads.
 
     ``quantize_model(float_first_convs=N)`` leaves the first N convs and what precedes them
     in float, so the tensors between them carry no QuantizeLinear; only the input of the first
     INT8 op does. Simulating the float layers' outputs too (as this module once did) made the
     simulation flip 34 of 919 CT validation decisions where onnxruntime's file flips 21 (first
     3 convs float, mean |dp| between them 0.016); without them 22 (docs/measurements.md).
-    Which float module feeds the first INT8 conv is found by running ``probe`` (one image)
-    and matching tensors; when a module-less op lies between them (a functional activation),
-    the BatchNorm of the last float conv is taken.
 
     Exact only where the float layers end at a block boundary without a residual sum (for
     EfficientNet-Lite 1 or 3 float convs: the stem, then the first block, which has no skip;
     ``QAT_CANDIDATE`` uses 3). Where they end inside a block with a skip, or at the end of one,
     onnxruntime also quantizes both inputs of that INT8 residual Add, one of them read by float
     convs too (found by comparing the files' QuantizeLinear inputs with these hooks): refused
-    (``ValueError``) rather than simulated wrongly.
+    (``ValueError``) rather than simulated wrongly. Everywhere else the last float conv's
+    output is what the first INT8 conv reads.
     """
     pairs = list(_conv_bn_pairs(model))
     skips = [m for m in model.modules() if getattr(m, "has_skip", False)]
@@ -150,9 +149,7 @@ def _activation_modules(model: nn.Module, float_convs: int, probe: torch.Tensor)
     float_ids = {id(c) for c in convs[:float_convs]}
     int8: list[nn.Module] = [b for c, b in pairs if id(c) not in float_ids]
     int8 += [m for m in skips if any(id(c) not in float_ids for c in m.modules() if c in convs)]
-    floats: list[nn.Module] = [b for c, b in pairs if id(c) in float_ids]
-    floats += [m for m in skips if m not in int8]
-    if not floats or float_convs >= len(convs):
+    if not float_convs or float_convs >= len(convs):
         return int8
     straddling = [m for m in skips if m in int8 and any(id(c) in float_ids for c in m.modules())]
     last_float = convs[float_convs - 1]
@@ -163,24 +160,7 @@ def _activation_modules(model: nn.Module, float_convs: int, probe: torch.Tensor)
             "sum: the simulation is exact only at a block boundary without one (1 or 3 for "
             "EfficientNet-Lite)"
         )
-    made: list[tuple[torch.Tensor, nn.Module]] = []  # the tensors kept alive: ids are reused
-    fed: list[nn.Module | None] = []
-
-    def feeder_of(inp: torch.Tensor) -> nn.Module | None:
-        return next((mod for out, mod in made if out is inp), None)
-
-    handles = [
-        m.register_forward_hook(lambda mod, _i, out: made.append((out, mod))) for m in floats
-    ]
-    handles.append(
-        convs[float_convs].register_forward_pre_hook(lambda _m, inp: fed.append(feeder_of(inp[0])))
-    )
-    with torch.no_grad():
-        model(probe[:1])
-    for h in handles:
-        h.remove()
-    fallback = next(b for c, b in pairs if c is last_float)
-    return [fed[0] if fed and fed[0] is not None else fallback, *int8]
+    return [next(b for c, b in pairs if c is last_float), *int8]
 
 
 class _InputFakeQuant:
@@ -209,7 +189,7 @@ def simulate_int8(
     for conv in convs[float_convs:]:
         parametrize.register_parametrization(conv, "weight", _WeightFakeQuant())
     hooks = []
-    for mod in _activation_modules(student, float_convs, calib):
+    for mod in _activation_modules(student, float_convs):
         h = _ActivationFakeQuant()
         mod.register_forward_hook(h)
         hooks.append(h)
