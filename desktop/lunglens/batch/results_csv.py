@@ -203,7 +203,16 @@ class ResultsWriter:
         self.close()
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file, fsync, a rename).
+
+    Raises
+    ------
+    OutputError
+        The disk is full.
+    OSError
+        Any other failure to write (the temporary file is removed).
+    """
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "w", encoding=ENCODING, errors=ERRORS, newline="") as fh:
@@ -305,14 +314,14 @@ def open_results(
             "Pass --resume to continue it, --overwrite to replace it, or choose another --out.",
         )
     if not has_content or overwrite:
-        _write_atomic(path, ",".join(header) + "\n")
+        write_atomic(path, ",".join(header) + "\n")
         return ResultsWriter(path, header, set())
     repair_torn_tail(path)
     with open(path, encoding=ENCODING, errors=ERRORS, newline="") as fh:
         text = fh.read()
     records = list(csv.reader(io.StringIO(text)))
     if not records:  # only a torn header was there
-        _write_atomic(path, ",".join(header) + "\n")
+        write_atomic(path, ",".join(header) + "\n")
         return ResultsWriter(path, header, set())
     if records[0] != header:
         older = [c for c in header if c != "notes"] == records[0]  # before the notes column
@@ -343,5 +352,5 @@ def open_results(
         done.add(row["path"])
         good.append(rec)
     if len(good) != len(records) - 1:  # drop broken or duplicate rows so each key appears once
-        _write_atomic(path, "".join(format_record(rec) for rec in [header, *good]))
+        write_atomic(path, "".join(format_record(rec) for rec in [header, *good]))
     return ResultsWriter(path, header, done)

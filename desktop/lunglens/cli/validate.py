@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from lunglens.cli.common import EXIT_OK, AddCommand, UsageError
 
 
 def write_json(path: Path, data: dict) -> None:
-    """``data`` as JSON, whole or not at all (a temporary file, then a rename). ASCII with
+    """``data`` as JSON, whole or not at all (``results_csv.write_atomic``). ASCII with
     ``\\u`` escapes, so a file name that is not UTF-8 on disk (a lone surrogate in Python)
     is written too.
 
@@ -20,14 +19,12 @@ def write_json(path: Path, data: dict) -> None:
     OutputError
         The file cannot be written (a missing folder, no permission, a full disk).
     """
+    from lunglens.batch.results_csv import write_atomic
     from lunglens.errors import OutputError
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=True) + "\n", encoding="ascii")
-        tmp.replace(path)
+        write_atomic(path, json.dumps(data, indent=2, ensure_ascii=True) + "\n")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(path, f"the JSON file cannot be written: {exc.strerror or exc}") from exc
 
 

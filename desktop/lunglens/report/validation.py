@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -131,9 +131,10 @@ class Validation:
         return clean(asdict(self) | {"disclaimer": DISCLAIMER})
 
 
-def _model_labels(rows: Iterable[Mapping[str, str]]) -> set[str]:
-    """Every label the results file has a probability column for."""
-    return {c[2:] for row in rows for c in row if c.startswith("p_")}
+def _model_labels(rows: Sequence[Mapping[str, str]]) -> set[str]:
+    """Every label the results file has a probability column for (every row has the header's
+    columns)."""
+    return {c[2:] for c in rows[0] if c.startswith("p_")}
 
 
 def validate(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str]) -> Validation:

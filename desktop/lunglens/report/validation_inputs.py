@@ -129,6 +129,12 @@ def read_labels(path: str | Path) -> dict[str, str]:
     return labels
 
 
+def _torn(path: str | Path) -> bool:
+    """Whether the file ends in an incomplete row (``results_csv.complete_length``)."""
+    data = Path(path).read_bytes()
+    return complete_length(data) < len(data)
+
+
 def _check_records(path: str | Path) -> None:
     """Refuse a results file whose rows do not fit its header: re-saved with semicolons or
     decimal commas, or a row damaged by hand. ``read_rows`` skips such rows, which here would
@@ -146,8 +152,7 @@ def _check_records(path: str | Path) -> None:
         for last, r in enumerate(records, start=2):
             if r and len(r) != len(header):
                 bad.append(last)
-    data = Path(path).read_bytes()
-    if bad == [last] and complete_length(data) < len(data):  # the app's own torn last row
+    if bad == [last] and _torn(path):  # the app's own torn last row
         raise ValidationInputError(
             path,
             "its last row is incomplete: the run was stopped while writing it",

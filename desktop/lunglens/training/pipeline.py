@@ -709,7 +709,7 @@ class Pipeline:
             staged.replace(path)
         finally:
             staged.unlink(missing_ok=True)
-        self.state["qat"] = report | {"source": recipe["source"]}
+        self.state["qat"] = report | {"source": origin}
         self.save_state()
         return path
 
@@ -1104,7 +1104,7 @@ class Pipeline:
             threshold=thr,
             parity_shipped_threshold={**parity(p32, p8, labels, pos, thr), "threshold": thr},
             searched_again=self._measured_with("quantize", v)
-            | dict(from_version=manifest.version, qat_candidate=qat, qat_in_preset=qat),
+            | dict(from_version=manifest.version, qat_candidate=qat),
         )
         par = q["parity_validation_fold"]
         self.log(
