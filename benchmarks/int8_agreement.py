@@ -15,7 +15,6 @@ slices on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from quant_sensitivity import quiet_pipeline
 
+    from lunglens.models.manifest import ModelManifest
     from lunglens.training.metrics import decide
     from lunglens.training.quantize import onnx_probs
 
@@ -37,7 +37,8 @@ def main() -> None:
     pipe = quiet_pipeline(args.preset)
     preset = pipe.p
     folder = ROOT / "models" / preset.model_name
-    manifest = json.loads((folder / "manifest.json").read_text())
+    # read as the app reads it: a manifest edited after its seal is refused
+    manifest = ModelManifest.read(folder / "manifest.json").to_dict()
     ds = pipe.data()
     _, val_idx = pipe.quantization_images(ds)
     pos = ds.classes.index(manifest["positive_label"])

@@ -19,7 +19,6 @@ Needs ``qemu-user`` (Debian/Ubuntu: ``apt-get install qemu-user``, QEMU 7.2 or l
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -66,6 +65,7 @@ def main() -> None:
     from bench_quantization import folder, real_images
 
     from lunglens.inference.engine import DISABLED_OPTIMIZERS
+    from lunglens.models.manifest import ModelManifest
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default="efficientnet-lite-cxr")
@@ -77,7 +77,8 @@ def main() -> None:
     if qemu is None:
         sys.exit("qemu-x86_64 not found: apt-get install qemu-user (QEMU >= 7.2)")
     d = folder(args.model)
-    manifest = json.loads((d / "manifest.json").read_text())
+    # read as the app reads it: a manifest edited after its seal is refused
+    manifest = ModelManifest.read(d / "manifest.json").to_dict()
     images = real_images(manifest, args.images, manifest["input"]["size"])
     files = [str(d / "model.onnx")] + ([] if args.no_float else [str(d / "model_fp32.onnx")])
     pos = manifest["labels"].index(manifest["positive_label"])

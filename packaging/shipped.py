@@ -17,9 +17,12 @@ Standard library only: ``setup.py`` imports this file by path in a bare build en
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path, PurePosixPath
+from types import ModuleType
 from typing import Any
 
 MANIFEST = "manifest.json"
@@ -31,6 +34,19 @@ RESOURCE_FOLDERS = ("samples", "icons")
 
 class ShippingError(RuntimeError):
     """A model folder cannot be shipped as it is (the message names the file and the fix)."""
+
+
+@cache
+def _seal() -> ModuleType:
+    """``lunglens.models.seal``, loaded by path (standard library only, like this file): the
+    one definition of a manifest's seal, which the app checks on every model it loads."""
+    path = Path(__file__).resolve().parents[1] / "desktop" / "lunglens" / "models" / "seal.py"
+    spec = importlib.util.spec_from_file_location("_lunglens_seal", path)
+    if spec is None or spec.loader is None:  # pragma: no cover - the checkout is incomplete
+        raise ShippingError(f"{path}: missing; build from a LungLens checkout")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _named_files(manifest: dict[str, Any]) -> Iterator[str]:
@@ -58,6 +74,13 @@ def _model_folder_files(folder: Path) -> list[Path]:
         ) from exc
     if not isinstance(manifest, dict):
         raise ShippingError(f"{mpath}: not a JSON object; fix or remove the model folder")
+    sealed = _seal().seal_matches(manifest)
+    if not sealed:
+        what = "not sealed (no decision_sha256)" if sealed is None else "edited after its seal"
+        raise ShippingError(
+            f"{mpath}: {what}, so the app would refuse it; write the model folder again with "
+            "lunglens-train (or restore it from the release) before building"
+        )
     wanted = {MANIFEST}
     for name in _named_files(manifest):
         path = folder / name
@@ -86,8 +109,9 @@ def model_files(models_root: Path) -> list[tuple[Path, PurePosixPath]]:
     Raises
     ------
     ShippingError
-        A manifest is unreadable or names a file that does not exist: the build stops instead
-        of shipping a model the registry would refuse.
+        A manifest is unreadable, unsealed or edited after its seal (``decision_sha256``), or
+        names a file that does not exist: the build stops instead of shipping a model the
+        registry would refuse.
     """
     out: list[tuple[Path, PurePosixPath]] = []
     for folder in sorted(p for p in models_root.iterdir() if (p / MANIFEST).is_file()):

@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import SHARED_DATA
+from lunglens.models.seal import decision_digest
 
 SIZE = 32
 CAM = 8
@@ -89,9 +90,12 @@ def write_model(
     modality: str = "ct",
     version: str = "0.0.1",
     size: int = SIZE,
+    seal: bool = True,
     **manifest_extra: Any,
 ) -> Path:
-    """Write ``folder/{model.onnx, manifest.json, MODEL_CARD.md}``; return ``folder``."""
+    """Write ``folder/{model.onnx, manifest.json, MODEL_CARD.md}``; return ``folder``. The
+    manifest is sealed (``decision_sha256``) as the training module seals it, unless ``seal``
+    is false (a manifest from before seals)."""
     folder.mkdir(parents=True, exist_ok=True)
     data = build_onnx(size).SerializeToString()
     (folder / "model.onnx").write_bytes(data)
@@ -124,9 +128,19 @@ def write_model(
     if "input_preprocessing" in manifest_extra:
         manifest["input"]["preprocessing"] = manifest_extra.pop("input_preprocessing")
     manifest.update(manifest_extra)
+    if seal:
+        manifest["decision_sha256"] = decision_digest(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     (folder / "MODEL_CARD.md").write_text("# synthetic\nTests only.\n", encoding="utf-8")
     return folder
+
+
+def rewrite_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` into ``folder`` sealed again, as the training module would: for tests
+    that change a decision field to reach a check other than the seal's."""
+    manifest = {k: v for k, v in manifest.items() if k != "decision_sha256"}
+    manifest["decision_sha256"] = decision_digest(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
 def make_models_dir(root: Path, modality_check: bool = False) -> Path:

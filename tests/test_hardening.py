@@ -32,7 +32,7 @@ from lunglens.io import DEFAULT_MAX_PIXELS, load_scan
 from lunglens.io.raster import MAX_DECODED_SIDE
 from lunglens.io.sniff import MIN_SCAN_SIDE
 from lunglens.models import get_model, load_manifest
-from onnx_fixtures import make_models_dir, write_model, write_png
+from onnx_fixtures import make_models_dir, rewrite_manifest, write_model, write_png
 
 SAMPLE_CT_DICOM = Path(__file__).resolve().parents[1] / "resources/samples/ct-dicom-chest-j2k.dcm"
 
@@ -278,12 +278,12 @@ def test_manifest_file_is_confined_to_its_folder(tmp_path: Path) -> None:
     for target in ("../../elsewhere.onnx", str(outside), "/etc/hostname"):
         data = Path(target if target.startswith("/") else outside).read_bytes()
         manifest.update(file=target, sha256=hashlib.sha256(data).hexdigest())
-        (folder / "manifest.json").write_text(json.dumps(manifest))
+        rewrite_manifest(folder, manifest)
         with pytest.raises(ModelRefused, match="outside the model folder"):
             load_manifest(folder)
     (folder / "link.onnx").symlink_to(outside)
     manifest.update(file="link.onnx")
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(folder, manifest)
     with pytest.raises(ModelRefused, match="outside the model folder"):
         load_manifest(folder)
 

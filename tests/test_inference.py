@@ -20,7 +20,7 @@ from lunglens.inference import (
 )
 from lunglens.io.scan import Scan
 from lunglens.models import get_model
-from onnx_fixtures import blob_image, make_models_dir, textured
+from onnx_fixtures import blob_image, make_models_dir, rewrite_manifest, textured
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def _rewrite_model(folder: Path, data: bytes) -> None:
     (folder / "model.onnx").write_bytes(data)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["sha256"] = hashlib.sha256(data).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(folder, manifest)
 
 
 def test_model_without_an_image_input_is_refused(tmp_path: Path) -> None:

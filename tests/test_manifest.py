@@ -10,6 +10,7 @@ import pytest
 
 from lunglens.errors import ModelRefused
 from lunglens.models import ModelManifest, load_manifest, sha256_bytes, sha256_of
+from lunglens.models.seal import SEAL, decision_digest, seal_matches
 from lunglens.preprocess import Preprocessing
 from onnx_fixtures import write_model
 
@@ -30,18 +31,23 @@ def test_shipped_manifests_exist() -> None:
     assert {p.parent.name for p in SHIPPED} >= {"modality-check", "squeezenet-light-ct"}
 
 
+def _sealed(data: dict) -> dict:
+    """``data`` with the seal of its decision fields, as a writer seals it."""
+    return {k: v for k, v in data.items() if k != SEAL} | {SEAL: decision_digest(data)}
+
+
 def _without_cam_fields(name: str) -> dict:
     """A shipped manifest without its optional CAM measurements (a model from before them)."""
     data = json.loads((REPO / "models" / name / "manifest.json").read_text(encoding="utf-8"))
-    return {k: v for k, v in data.items() if k not in ("cam_in_lungs", "cam_reference")}
+    return {k: v for k, v in data.items() if k not in ("cam_in_lungs", "cam_reference", SEAL)}
 
 
 def test_absent_and_null_stay_apart() -> None:
     """An optional key written as ``null`` comes back as ``null``; an absent one stays absent."""
     base = _without_cam_fields("squeezenet-light-cxr")
-    assert "cam_in_lungs" not in ModelManifest.from_dict(base).to_dict()
+    assert "cam_in_lungs" not in ModelManifest.from_dict(_sealed(base)).to_dict()
     with_null = base | {"cam_in_lungs": None}
-    assert ModelManifest.from_dict(with_null).to_dict()["cam_in_lungs"] is None
+    assert ModelManifest.from_dict(_sealed(with_null)).to_dict()["cam_in_lungs"] is None
 
 
 def test_unknown_keys_are_kept_after_the_known_ones() -> None:
@@ -69,16 +75,18 @@ def test_typed_fields_and_derived_values() -> None:
 
 
 def _minimal() -> dict:
-    return {
-        "name": "m",
-        "version": "1",
-        "modality": "ct",
-        "labels": ["covid", "non-covid"],
-        "positive_label": "covid",
-        "input": {"size": [8, 8]},
-        "file": "model.onnx",
-        "sha256": "AB" * 32,
-    }
+    return _sealed(
+        {
+            "name": "m",
+            "version": "1",
+            "modality": "ct",
+            "labels": ["covid", "non-covid"],
+            "positive_label": "covid",
+            "input": {"size": [8, 8]},
+            "file": "model.onnx",
+            "sha256": "AB" * 32,
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -95,7 +103,7 @@ def _minimal() -> dict:
     ],
 )
 def test_from_dict_checks(change: dict, message: str, tmp_path: Path) -> None:
-    data = _minimal() | change
+    data = _sealed(_minimal() | change)  # refused for what it holds, not for its seal
     assert ModelManifest.from_dict(_minimal()).input_size() == (8, 8)
     with pytest.raises(ModelRefused, match=message) as err:
         ModelManifest.from_dict(data, tmp_path / "manifest.json")
@@ -124,6 +132,7 @@ def test_registry_wraps_the_schema(tmp_path: Path) -> None:
     folder = write_model(tmp_path / "m", threshold=0.25, vendor_note="kept")
     data = json.loads((folder / "manifest.json").read_text())
     data["sha256"] = data["sha256"].upper()
+    data["decision_sha256"] = decision_digest(data)  # as a writer of upper-case hashes seals
     (folder / "manifest.json").write_text(json.dumps(data))
     info = load_manifest(folder)
     assert info.spec == ModelManifest.from_dict(data)
@@ -163,8 +172,11 @@ def test_ood_writer_keeps_the_rest_of_the_manifest(tmp_path: Path) -> None:
     record_stats(folder, entry)
     info = load_manifest(folder)
     assert info.spec.ood == entry
-    assert {k: v for k, v in info.manifest.items() if k != "ood"} == {
-        k: v for k, v in json.loads(text).items() if k != "ood"
+    # sealed again by the writer: the gate's thresholds decide which images are refused
+    written = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert seal_matches(written) is True and written[SEAL] != json.loads(text)[SEAL]
+    assert {k: v for k, v in info.manifest.items() if k not in ("ood", SEAL)} == {
+        k: v for k, v in json.loads(text).items() if k not in ("ood", SEAL)
     }
 
 
@@ -176,8 +188,8 @@ def test_cam_reference_is_read_and_checked() -> None:
     info = default_model_for("ct", REPO / "models")
     assert set(info.cam_reference) == {"covid"} and info.cam_reference["covid"] > 0
     base = _without_cam_fields("squeezenet-light-cxr")
-    assert ModelManifest.from_dict(base).cam_references() == {}
-    good = base | {"cam_reference": {"values": {"covid": 4.5}, "rule": "r"}}
+    assert ModelManifest.from_dict(_sealed(base)).cam_references() == {}
+    good = _sealed(base | {"cam_reference": {"values": {"covid": 4.5}, "rule": "r"}})
     assert ModelManifest.from_dict(good).cam_references() == {"covid": 4.5}
     for values in ({"flu": 4.5}, {"covid": 0}, {"covid": -1.0}, {"covid": float("nan")}):
         with pytest.raises(ModelRefused, match="cam_reference"):

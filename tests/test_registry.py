@@ -18,6 +18,7 @@ from lunglens.models import (
     models_dir,
     verify_model,
 )
+from lunglens.models.seal import decision_digest
 from onnx_fixtures import make_models_dir, write_model
 
 
@@ -158,6 +159,7 @@ def test_manifests_are_parsed_once_and_again_when_edited(mdir: Path) -> None:
     text = mpath.read_text(encoding="utf-8")
     data = json.loads(text)
     data["version"] = "9" * len(str(data["version"]))  # same length
+    data["decision_sha256"] = decision_digest(data)  # sealed again, as a new release is
     edited = json.dumps(data, indent=2)
     edited += " " * (len(text) - len(edited))  # same size
     mpath.write_text(edited, encoding="utf-8")

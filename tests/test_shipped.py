@@ -17,14 +17,19 @@ import pytest
 
 from dist_helpers import REPO, load_packaging_module
 from lunglens.models import discover_models, models_dir, resources_dir, verify_model
+from lunglens.models.seal import decision_digest
 from onnx_fixtures import make_models_dir
 
 shipped = load_packaging_module("shipped")
 
 
+def _sealed(manifest: Mapping[str, object]) -> dict[str, object]:
+    return {**manifest, "decision_sha256": decision_digest(manifest)}
+
+
 def _model_folder(folder: Path, manifest: Mapping[str, object], files: list[str]) -> Path:
     folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    (folder / "manifest.json").write_text(json.dumps(_sealed(manifest)), encoding="utf-8")
     for name in files:
         (folder / name).write_bytes(b"x")
     return folder
@@ -73,8 +78,14 @@ def test_model_selection_keeps_what_the_app_opens(tmp_path: Path) -> None:
     [
         ('{"file": "model.onnx"', "not a readable JSON manifest"),
         ('["model.onnx"]', "not a JSON object"),
-        ('{"file": "missing.onnx"}', "names 'missing.onnx', which is not a file"),
-        ('{"file": "../other/model.onnx"}', "names '../other/model.onnx'"),
+        (json.dumps(_sealed({"file": "missing.onnx"})), "names 'missing.onnx', which is not a"),
+        (json.dumps(_sealed({"file": "../other/model.onnx"})), "names '../other/model.onnx'"),
+        # the app refuses a manifest without its seal or edited after it: no build ships one
+        ('{"file": "model.onnx"}', "not sealed (no decision_sha256)"),
+        (
+            json.dumps({**_sealed({"file": "model.onnx", "threshold": 0.2}), "threshold": 0.1}),
+            "edited after its seal",
+        ),
     ],
 )
 def test_model_selection_refuses_a_folder_the_registry_would_refuse(

@@ -114,14 +114,16 @@ def test_student_card_compares_teacher_and_control_on_the_same_folds(tmp_path: P
     write_card(out, student_manifest, weaker, student)
     text = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.startswith("| `")]
+    # the network column comes from each manifest (the own manifest here is the Lite's; the
+    # teacher's folder holds no manifest, so its network is not known)
     assert rows[0].startswith(
-        "| `ct-squeezenet-distilled` (this model) | body | 0 | per class | - "
-        "| `ct-efficientnet-lite-plain` | 0.500 |"
+        "| `ct-squeezenet-distilled` (this model) | efficientnet-lite0, 224 px | body | 0 "
+        "| per class | - | `ct-efficientnet-lite-plain` | 0.500 |"
     )
     auc = lite_metrics["pooled_out_of_fold"]["per_class"]["covid"]["auc"]
     sars = lite_metrics["per_source"]["sars-cov-2-ct"]["per_class"]["covid"]["auc"]
     assert rows[1].startswith(
-        f"| `ct-efficientnet-lite-plain` | body | 3 | per class | - | - | {auc:.3f} |"
+        f"| `ct-efficientnet-lite-plain` | - | body | 3 | per class | - | - | {auc:.3f} |"
     )
     # the last of the sources in name order, then the CAM's share inside the lungs: the own
     # manifest has one; the teacher's folder holds no manifest, so its share is not known
@@ -155,7 +157,10 @@ def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> No
     body_dir = tmp_path / PRESETS["ct-efficientnet-lite-plain"].model_name
     body_dir.mkdir()
     (body_dir / "metrics.json").write_text(json.dumps(body_metrics), encoding="utf-8")
-    shutil.copy(MODELS / "efficientnet-lite-ct" / "manifest.json", body_dir / "manifest.json")
+    # the compared model's network and input size come from its own manifest
+    body_manifest = json.loads((MODELS / "efficientnet-lite-ct" / "manifest.json").read_text())
+    body_manifest["input"]["size"] = [288, 288]
+    (body_dir / "manifest.json").write_text(json.dumps(body_manifest), encoding="utf-8")
     out = tmp_path / lungs.model_name
     out.mkdir()
     snap = comparison_snapshot(out, lungs, "covid")
@@ -176,10 +181,12 @@ def test_comparison_is_kept_when_the_compared_model_leaves(tmp_path: Path) -> No
         if line.startswith("| `")
     ]
     assert rows[0].startswith(
-        "| `ct-efficientnet-lite-lungs` (this model) | lungs | 3 | per class | - | - | 0.750 |"
+        "| `ct-efficientnet-lite-lungs` (this model) | efficientnet-lite0, 224 px | lungs | 3 |"
+        " per class | - | - | 0.750 |"
     )
     assert rows[1].startswith(
-        f"| `ct-efficientnet-lite-plain` | body | 3 | per class | - | - | {auc:.3f} |"
+        f"| `ct-efficientnet-lite-plain` | efficientnet-lite0, 288 px | body | 3 | per class | - |"
+        f" - | {auc:.3f} |"
     )
     # the compared model's CAM share came from its manifest and stays in the snapshot
     assert rows[1].endswith(f"| {100 * manifest.cam_in_lungs['mean']:.1f}% |")

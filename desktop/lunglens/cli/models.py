@@ -29,7 +29,8 @@ def verify_files(info: ModelInfo) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the models found; exit 4 when none is found or, with ``--verify``, one is refused."""
+    """List the models found; exit 4 when none is found or, with ``--verify``, one is refused
+    (a manifest without its seal, or edited after it, is among the unusable folders)."""
     from lunglens.errors import ModelError
     from lunglens.models import discover_models, models_dir
 
@@ -64,4 +65,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 def add_parser(add: AddCommand) -> None:
     """Register ``models``."""
     p = add("models", cmd_models, "list installed models")
-    p.add_argument("--verify", action="store_true", help="check the SHA-256 of every model file")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the SHA-256 of every model file and the seal of every manifest's decision "
+        "fields (threshold, labels, input)",
+    )

@@ -5,10 +5,11 @@ and written by the training module (``lunglens.training.pipeline``, ``lunglens.t
 and ``lunglens.training.ood``), so the app and the code that makes the models agree on one
 definition of every field, in the spirit of timm's ``PretrainedCfg``.
 
-:meth:`ModelManifest.from_dict` checks what the app relies on (required keys, types, labels);
-:meth:`ModelManifest.to_dict` gives back the JSON object key for key: a manifest read from disk
-round-trips unchanged, including keys written as ``null`` and keys this schema does not know
-(kept in :attr:`ModelManifest.extra`).
+:meth:`ModelManifest.from_dict` checks what the app relies on (required keys, types, labels,
+and the seal of the decision fields, :mod:`lunglens.models.seal`); :meth:`ModelManifest.to_dict`
+gives back the JSON object key for key, sealed: a manifest read from disk round-trips unchanged,
+including keys written as ``null`` and keys this schema does not know (kept in
+:attr:`ModelManifest.extra`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lunglens.errors import ModelRefused
+from lunglens.models.seal import SEAL, decision_digest, seal_matches
 from lunglens.preprocess import WINDOW_PRESETS, Preprocessing, Window
 
 #: Manifest ``task`` values.
@@ -56,6 +58,9 @@ class ModelManifest:
     name, version, modality, labels, positive_label, input, file, sha256
         Required: identity, the classes in ``probs`` order, the ``input`` block and the ONNX
         file with its hash (kept as written; the registry compares it lower-cased).
+    decision_sha256
+        The seal of the fields that decide a scan (:data:`lunglens.models.seal.SEALED`):
+        required and checked when read, computed again by :meth:`to_dict`.
     task
         ``"triage"`` when absent, or ``"modality-check"``.
     threshold, series_aggregation, warn_probability, default_for_modality, outputs, ood,
@@ -84,6 +89,7 @@ class ModelManifest:
     outputs: JSONObject | None = None
     file: str
     sha256: str
+    decision_sha256: str | None = None
     reference_fp32: JSONObject | None = None
     threshold: float | None = None
     threshold_rule: str | None = None
@@ -166,7 +172,8 @@ class ModelManifest:
         ModelRefused
             Not a JSON object, missing required keys, a field of the wrong type (labels,
             input size, window, preprocessing, gallery, threshold...), a ``positive_label``
-            that is not one of ``labels``, or fewer than two labels.
+            that is not one of ``labels``, fewer than two labels, no ``decision_sha256``, or
+            decision fields that no longer match it (edited after it was written).
         """
         if not isinstance(data, dict):
             raise ModelRefused(
@@ -201,21 +208,45 @@ class ModelManifest:
             )
         if len(manifest.labels) < 2:
             raise ModelRefused(source, "a model needs at least two labels")
+        sealed = seal_matches(data)
+        if sealed is None:
+            raise ModelRefused(
+                source,
+                f"manifest is not sealed (no {SEAL}): its threshold, labels and input are not "
+                "protected against edits",
+                "Reinstall the model folder from a LungLens release, or write it again with "
+                "lunglens-train.",
+            )
+        if not sealed:
+            raise ModelRefused(
+                source,
+                "manifest edited after the model was made: its decision fields (threshold, "
+                "labels, input, series rule, gate, name, version, model hash) no longer match "
+                f"its {SEAL}",
+                "Reinstall the model folder. A threshold of your own is not a setting: "
+                "`lunglens validate` reports one for information.",
+            )
         return manifest
 
     # -- writing -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``manifest.json``: known fields in declaration order, then
-        :attr:`extra`. Values are the objects held (not copies); ``labels`` is a list."""
+        :attr:`extra`. Values are the objects held (not copies); ``labels`` is a list.
+        ``decision_sha256`` is the seal of the fields as they are now (a writer seals what it
+        writes), whatever the manifest was read with."""
         out: dict[str, Any] = {}
         for f in fields(self):
             if f.name in ("extra", "keep_null"):
+                continue
+            if f.name == SEAL:  # its place in the file; the value is computed below
+                out[SEAL] = None
                 continue
             value = getattr(self, f.name)
             if value is None and f.name not in self.keep_null:
                 continue
             out[f.name] = list(value) if f.name == "labels" else value
         out.update(self.extra)
+        out[SEAL] = decision_digest(out)  # SEALED does not hold the seal itself
         return out
 
     # -- what the app derives ----------------------------------------------------------------
@@ -292,6 +323,7 @@ _COERCE: dict[str, Any] = {
     "positive_label": str,
     "file": str,
     "sha256": str,
+    "decision_sha256": _optional(str),
     "task": _optional(str),
     "architecture": _optional(str),
     "threshold": float,

@@ -185,10 +185,22 @@ def write_card(out: Path, manifest: ModelManifest, metrics: dict | None, preset:
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 
-def _summary(met: Mapping[str, Any], pos: str, cam: Mapping[str, Any] | None) -> dict[str, Any]:
+def _network(manifest: Mapping[str, Any]) -> str | None:
+    """The architecture and input size a manifest names ("efficientnet-lite0, 288 px"): the
+    compared models may differ in either, which the recipe columns do not show."""
+    size = (manifest.get("input") or {}).get("size")
+    if not manifest.get("arch") or not size:
+        return None
+    return f"{manifest['arch']}, {size[0]} px"
+
+
+def _summary(
+    met: Mapping[str, Any], pos: str, cam: Mapping[str, Any] | None, network: str | None = None
+) -> dict[str, Any]:
     """What the comparison table shows of one model's ``metrics.json``: pooled out-of-fold
-    numbers, the other classes' sensitivity, the AUC within every two-class source, and the
-    share of CAM mass inside the lung field (``cam``: the manifest's ``cam_in_lungs``)."""
+    numbers, the other classes' sensitivity, the AUC within every two-class source, the
+    share of CAM mass inside the lung field (``cam``: the manifest's ``cam_in_lungs``) and the
+    network and input size (``network``, from the manifest)."""
     pooled = met["pooled_out_of_fold"]
     c = pooled["per_class"][pos]
     aucs = {
@@ -207,6 +219,7 @@ def _summary(met: Mapping[str, Any], pos: str, cam: Mapping[str, Any] | None) ->
         other_sensitivity=others,
         within=within,
         cam_in_lungs=(cam or {}).get("mean"),
+        network=network,
     )
 
 
@@ -234,11 +247,14 @@ def comparison_snapshot(
             None,
         )
         if folder is not None:
-            manifest = folder / "manifest.json"
-            cam = None
-            if manifest.is_file():
-                cam = json.loads(manifest.read_text()).get("cam_in_lungs")
-            rows[name] = _summary(json.loads((folder / "metrics.json").read_text()), pos, cam)
+            path = folder / "manifest.json"
+            manifest = json.loads(path.read_text()) if path.is_file() else {}
+            rows[name] = _summary(
+                json.loads((folder / "metrics.json").read_text()),
+                pos,
+                manifest.get("cam_in_lungs"),
+                _network(manifest),
+            )
         elif previous and name in previous:
             rows[name] = dict(previous[name])
     return rows
@@ -256,7 +272,7 @@ def _comparison_lines(
 
     pos = m.positive_label
     snapshot = comparison_snapshot(out, preset, pos, metrics.get("compared"))
-    own = _summary(metrics, pos, m.cam_in_lungs)
+    own = _summary(metrics, pos, m.cam_in_lungs, _network(m.to_dict()))
     rows = [(preset, own)] + [(PRESETS[name], snapshot.get(name)) for name in preset.compared_with]
     sources = list(own["within"])
     # the other classes' sensitivity only where there are several (X-ray: normal, pneumonia)
@@ -265,6 +281,7 @@ def _comparison_lines(
     cam = any(row and row.get("cam_in_lungs") is not None for _, row in rows)
     header = [
         "model",
+        "network",
         "crop",
         "frozen stages",
         "loss weights",
@@ -292,6 +309,7 @@ def _comparison_lines(
             continue
         cells = [
             f"`{p.name}`{' (this model)' if p is preset else ''}",
+            row.get("network") or "-",
             p.preprocessing.crop,
             str(p.frozen_stages),
             "per source" if p.balance == "source" else "per class",

@@ -27,6 +27,7 @@ from lunglens.io import Modality
 from lunglens.models.hashing import sha256_bytes
 from lunglens.models.manifest import MODALITY_CHECK, ModelManifest
 from lunglens.models.registry import MANIFEST, load_manifest
+from lunglens.models.seal import plain_json
 from lunglens.preprocess import to_model_input
 from lunglens.training.data import load_unit_image, read_manifest
 
@@ -106,4 +107,5 @@ def record_stats(folder: Path, entry: dict[str, Any]) -> None:
     """Set the ``ood`` entry of ``folder``'s manifest; every other key is written back as read."""
     path = folder / MANIFEST
     manifest = replace(ModelManifest.read(path), ood=entry)
-    path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(plain_json(manifest.to_dict()), indent=2)  # strict JSON, as sealed
+    path.write_text(text + "\n", encoding="utf-8")

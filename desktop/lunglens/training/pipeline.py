@@ -31,6 +31,7 @@ import numpy as np
 from lunglens.io import Modality
 from lunglens.models.hashing import sha256_of
 from lunglens.models.manifest import ModelManifest
+from lunglens.models.seal import plain_json
 from lunglens.preprocess import lung_field
 from lunglens.training.data import ImageSet, load_imageset, read_manifest, save_image_cache
 from lunglens.training.device import setup_runtime
@@ -140,20 +141,8 @@ def _shipped(path: Path, sha256: object) -> Path:
 
 
 def _json(obj) -> str:
-    def clean(o):
-        if isinstance(o, float) and (o != o):  # NaN -> null (strict JSON)
-            return None
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if isinstance(o, (np.floating,)):
-            return clean(float(o))
-        if isinstance(o, (np.integer,)):
-            return int(o)
-        return o
-
-    return json.dumps(clean(obj), indent=2)
+    """``obj`` as strict, indented JSON (NumPy values as numbers, NaN as null)."""
+    return json.dumps(plain_json(obj), indent=2)
 
 
 class Pipeline:
