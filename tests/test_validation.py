@@ -221,6 +221,19 @@ def test_validate_command_on_the_scored_samples(
     for m in (ct, cxr):
         assert m["sha256"] and m["version"] and m["auc_low"] is None  # tiny set: no interval
         assert f"{m['model']} {m['version']} (sha256 {m['sha256'][:12]})" in out
+        assert m["n_patients"] is None
+    # the two CT slices of one patient: the intervals count patients
+    with_patients = tmp_path / "patients.csv"
+    with_patients.write_text(
+        "path,label,patient\n"
+        + "".join(
+            f"{SAMPLES / k},{v},{'A' if k.startswith('ct-covid') else k}\n"
+            for k, v in truth.items()
+        ),
+        encoding="utf-8",
+    )
+    assert main(["validate", str(results), "--labels", str(with_patients)]) == 0
+    assert "95% intervals by patient: 3 scans of 2 patients" in capsys.readouterr().out
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\n" + f"{SAMPLES / 'cxr-normal-ieee8023-0006.jpg'},healthy\n")
     assert main(["validate", str(results), "--labels", str(bad)]) == 2
@@ -348,3 +361,99 @@ def test_a_torn_last_row_and_a_pasted_file_of_other_columns(tmp_path: Path) -> N
     other.write_text(text + pasted_header + "\n" + lines[1] + "\n", encoding="utf-8")
     with pytest.raises(ValidationInputError, match="other columns was pasted"):
         read_results(other)
+
+
+# ---------------------------------------------------------------- intervals by patient
+
+
+def test_clustered_intervals_reduce_to_the_independent_ones() -> None:
+    """One scan per patient: Obuchowski's AUC variance is DeLong's (computed here by brute
+    force) and the clustered Wilson interval is Wilson's."""
+    from lunglens.report.statistics import Z95, clustered_auc_ci, clustered_wilson_ci
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 80)
+    s = np.round(rng.normal(y * 0.9, 1.0), 1)  # rounded: ties, counted half
+    pos, neg = s[y == 1], s[y == 0]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    auc = psi.mean()
+    var = psi.mean(1).var(ddof=1) / len(pos) + psi.mean(0).var(ddof=1) / len(neg)
+    lo, hi = clustered_auc_ci(y, s, np.arange(80))
+    assert lo == pytest.approx(auc - Z95 * math.sqrt(var), abs=1e-12)
+    assert hi == pytest.approx(auc + Z95 * math.sqrt(var), abs=1e-12)
+    k = np.r_[np.ones(23), np.zeros(17)]
+    assert clustered_wilson_ci(k, np.ones(40)) == pytest.approx(wilson_ci(23, 40))
+
+
+def test_clustered_intervals_count_patients() -> None:
+    """Patients whose scans all agree carry one patient's worth of evidence each: the interval
+    is the one of the patients, not of the scans; the AUC's agrees with a patient bootstrap."""
+    from lunglens.report.statistics import clustered_auc_ci, clustered_wilson_ci
+
+    k = np.array([8, 0, 8, 8, 0, 8, 8, 8, 0, 8])  # 7 of 10 patients, 8 scans each
+    n = np.full(10, 8)
+    assert clustered_wilson_ci(k, n) == pytest.approx(wilson_ci(7, 10))
+    assert wilson_ci(56, 80)[0] > clustered_wilson_ci(k, n)[0] + 0.15  # per scan: too narrow
+    # every scan a success: no variance to estimate, each patient counts once
+    assert clustered_wilson_ci(np.full(10, 8), n) == pytest.approx(wilson_ci(10, 10))
+
+    rng = np.random.default_rng(0)
+    cluster = np.repeat(np.arange(30), 6)
+    y = np.repeat(rng.integers(0, 2, 30), 6)
+    s = np.repeat(rng.normal(0, 1, 30), 6) + 0.8 * y + rng.normal(0, 0.1, 180)
+    lo, hi = clustered_auc_ci(y, s, cluster)
+    boot = []
+    for _ in range(2000):
+        pick = rng.integers(0, 30, 30)
+        idx = np.concatenate([np.flatnonzero(cluster == c) for c in pick])
+        boot.append(roc_auc(y[idx], s[idx]))
+    sd = np.nanstd(boot)
+    assert (hi - lo) / (2 * 1.96) == pytest.approx(sd, rel=0.2)
+    independent = clustered_auc_ci(y, s, np.arange(180))
+    assert (hi - lo) > 1.8 * (independent[1] - independent[0])
+    assert all(math.isnan(v) for v in clustered_auc_ci(y[:12], s[:12], cluster[:12]))
+
+
+def test_a_patient_column_makes_the_intervals_count_patients(tmp_path: Path) -> None:
+    """12 patients, 5 slices each, all five scored alike: by patient the intervals are about
+    those of 12 scans; a patient left empty is one of its own; the summary says which."""
+    rng = np.random.default_rng(3)
+    rows, lines = [], ["path,label,patient"]
+    for pat in range(12):
+        covid = pat < 6
+        p = float(rng.uniform(0.3, 1.0) if covid else rng.uniform(0.0, 0.6))
+        for sl in range(5):
+            name = f"p{pat}/s{sl}.png"
+            rows.append(_row(name, p + sl * 1e-4))
+            lines.append(f"{name},{'covid' if covid else 'non-covid'},{'' if pat == 11 else pat}")
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from lunglens.report.validation_inputs import read_labels_and_patients
+
+    labels, patients = read_labels_and_patients(labels_csv)
+    assert patients is not None and len(patients) == 55 and patients["p0/s0.png"] == "0"
+    (by_scan,) = validate(rows, labels).models
+    (by_patient,) = validate(rows, labels, patients).models
+    assert by_scan.n_patients is None and by_patient.n_patients == 12 + 4  # 4 more: pat 11
+    for name in ("sensitivity", "specificity", "accuracy"):
+        a, b = getattr(by_scan, name), getattr(by_patient, name)
+        assert (a.k, a.n, a.value) == (b.k, b.n, b.value)  # same counts, wider intervals
+        assert b.high - b.low > a.high - a.low or a.value in (0.0, 1.0)
+    text = "\n".join(summary_lines(validate(rows, labels, patients)))
+    assert "95% intervals by patient: 60 scans of 16 patients" in text
+    assert "treat the 60 scans as independent" in "\n".join(summary_lines(validate(rows, labels)))
+
+
+def test_patient_column_refusals(tmp_path: Path) -> None:
+    from lunglens.report.validation_inputs import read_labels_and_patients
+
+    bad = tmp_path / "labels.csv"
+    bad.write_text("path,label,patient\na.png,covid,1\na.png,covid,2\n", encoding="utf-8")
+    with pytest.raises(ValidationInputError, match="two patients: '1' and '2'"):
+        read_labels_and_patients(bad)
+    bad.write_text("path,label,patient,Patient\na.png,covid,1,1\n", encoding="utf-8")
+    with pytest.raises(ValidationInputError, match="'patient' twice"):
+        read_labels_and_patients(bad)
+    empty = tmp_path / "empty.csv"  # a column left empty: as without it
+    empty.write_text("path,label,patient\na.png,covid,\nb.png,non-covid\n", encoding="utf-8")
+    assert read_labels_and_patients(empty) == ({"a.png": "covid", "b.png": "non-covid"}, None)

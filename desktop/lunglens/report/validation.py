@@ -5,8 +5,11 @@ not in them. Before relying on the triage a site scores a labelled folder of its
 (``lunglens score FOLDER --out results.csv``) and compares the results file with a labels file
 (``lunglens validate results.csv --labels labels.csv``): sensitivity, specificity, predictive
 values and accuracy *at the shipped threshold*, i.e. of the decisions the app makes, each with a
-95% Wilson interval, and the ROC AUC with a Hanley-McNeil interval. The contract is in
-``docs/local-validation.md``.
+95% Wilson interval, and the ROC AUC with a Hanley-McNeil interval. When the labels file says
+whose each scan is (a ``patient`` column), the intervals count patients: several slices or
+series of one patient are not independent, and per-scan intervals would be too narrow
+(clustered Wilson and Obuchowski's AUC variance, ``lunglens.report.statistics``). The contract
+is in ``docs/local-validation.md``.
 
 Built from the results CSV rather than by scoring again, so it measures exactly the rows the
 clinic will read (model, version and hash included) and a resumed run counts once.
@@ -27,11 +30,19 @@ import numpy as np
 from lunglens import DISCLAIMER
 from lunglens.errors import ValidationInputError
 from lunglens.inference.wording import condition_name, format_threshold
-from lunglens.report.statistics import auc_ci, choose_threshold, roc_auc, wilson_ci
+from lunglens.report.statistics import (
+    auc_ci,
+    choose_threshold,
+    clustered_auc_ci,
+    clustered_wilson_ci,
+    roc_auc,
+    wilson_ci,
+)
 from lunglens.report.validation_inputs import (
     POSITIVE,
     RESULTS_HINT,
     read_labels,
+    read_labels_and_patients,
     read_results,
     require_columns,
     scan_key,
@@ -66,6 +77,17 @@ class Proportion:
         lo, hi = wilson_ci(k, n)
         return cls(k, n, k / n if n else float("nan"), lo, hi)
 
+    @classmethod
+    def by_patient(cls, hits: np.ndarray, counted: np.ndarray, patient: np.ndarray) -> Proportion:
+        """``hits`` of the ``counted`` scans, the interval by patient (``patient[i]``: the
+        index of scan ``i``'s patient): :func:`clustered_wilson_ci`."""
+        size = int(patient.max()) + 1 if len(patient) else 0
+        k_c = np.bincount(patient, weights=hits & counted, minlength=size)
+        n_c = np.bincount(patient, weights=counted, minlength=size)
+        k, n = int(k_c.sum()), int(n_c.sum())
+        lo, hi = clustered_wilson_ci(k_c, n_c)
+        return cls(k, n, k / n if n else float("nan"), lo, hi)
+
     def text(self) -> str:
         if not self.n:
             return "not defined (none)"
@@ -81,6 +103,8 @@ class ModelValidation:
     would keep sensitivity >= 0.95 on these scans (``None`` under ``MIN_POSITIVES_THRESHOLD``
     positives): information for the site, not a setting. ``auc_low``/``auc_high`` are NaN under
     ``MIN_PER_CLASS_AUC_CI`` scans of a class or at a perfect separation (no interval).
+    ``n_patients`` is the number of patients the scored scans are of when the labels file
+    names them (then every interval is by patient), else ``None`` (intervals by scan).
     """
 
     model: str
@@ -100,6 +124,7 @@ class ModelValidation:
     local_threshold: float | None
     n_positive: int = 0
     n_negative: int = 0
+    n_patients: int | None = None
     by_label: dict[str, dict[str, int]] = field(default_factory=dict)
     not_scored: dict[str, int] = field(default_factory=dict)
 
@@ -137,12 +162,18 @@ def _model_labels(rows: Sequence[Mapping[str, str]]) -> set[str]:
     return {c[2:] for c in rows[0] if c.startswith("p_")}
 
 
-def validate(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str]) -> Validation:
+def validate(
+    rows: Sequence[Mapping[str, str]],
+    labels: Mapping[str, str],
+    patients: Mapping[str, str] | None = None,
+) -> Validation:
     """Compare results rows (:func:`lunglens.batch.read_rows`) with labels (:func:`read_labels`).
 
     Each ``ok`` row's decision is its ``flagged`` cell (what the app showed) and its score the
     ``p_covid`` cell; rows are grouped by model name, version and SHA-256. Only the labels of
     scans the results file holds are checked, so one labels file serves every run of a site.
+    With ``patients`` (scan key -> patient; a scan not in it is a patient of its own) the
+    intervals are by patient.
 
     Raises
     ------
@@ -152,6 +183,7 @@ def validate(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str]) -> Va
     """
     require_columns(rows)
     labels = {scan_key(k): v for k, v in labels.items()}
+    by_scan = None if patients is None else {scan_key(k): v for k, v in patients.items()}
     known = _model_labels(rows)
     groups: dict[tuple[str, str, str], list[tuple[Mapping[str, str], str]]] = {}
     unrouted: Counter[str] = Counter()
@@ -192,7 +224,7 @@ def validate(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str]) -> Va
         )
     return Validation(
         positive=POSITIVE,
-        models=[_one_model(ident, pairs) for ident, pairs in groups.items()],
+        models=[_one_model(ident, pairs, by_scan) for ident, pairs in groups.items()],
         not_scored_unrouted=dict(unrouted),
         not_scored=not_scored,
         unlabelled=unlabelled,
@@ -237,16 +269,22 @@ def _local_threshold(y: np.ndarray, p: np.ndarray, thresholds: set[float]) -> fl
 
 
 def _one_model(
-    ident: tuple[str, str, str], pairs: list[tuple[Mapping[str, str], str]]
+    ident: tuple[str, str, str],
+    pairs: list[tuple[Mapping[str, str], str]],
+    patients: Mapping[str, str] | None = None,
 ) -> ModelValidation:
     not_scored: Counter[str] = Counter()
     by_label: dict[str, dict[str, int]] = {}
     y, flagged, score, thresholds = [], [], [], set()
+    whose: list[tuple[str, str]] = []  # (kind, id): a named patient, or a scan of its own
     for row, label in pairs:
         if row["status"] != "ok":
             not_scored[label] += 1
             continue
         f, p, thr = _decision(row)
+        key = scan_key(row["path"])
+        named = (patients or {}).get(key)
+        whose.append(("patient", named) if named else ("scan", key))
         y.append(label == POSITIVE)
         flagged.append(f)
         score.append(p)
@@ -254,13 +292,17 @@ def _one_model(
         counts = by_label.setdefault(label, {"flagged": 0, "not_flagged": 0})
         counts["flagged" if f else "not_flagged"] += 1
     yt, ft, st = np.array(y, bool), np.array(flagged, bool), np.array(score, float)
-    tp, fn = int((yt & ft).sum()), int((yt & ~ft).sum())
-    tn, fp = int((~yt & ~ft).sum()), int((~yt & ft).sum())
     auc = roc_auc(yt.astype(int), st)
     n_pos, n_neg = int(yt.sum()), int((~yt).sum())
+    index: dict[tuple[str, str], int] = {}
+    ids = np.array([index.setdefault(w, len(index)) for w in whose], int)
     lo, hi = float("nan"), float("nan")
     if min(n_pos, n_neg) >= MIN_PER_CLASS_AUC_CI and 0.0 < auc < 1.0:
-        lo, hi = auc_ci(auc, n_pos, n_neg)
+        if patients is None:
+            lo, hi = auc_ci(auc, n_pos, n_neg)
+        else:
+            lo, hi = clustered_auc_ci(yt.astype(int), st, ids)
+    rates = _rates(yt, ft, ids if patients is not None else None)
     return ModelValidation(
         model=ident[0],
         version=ident[1],
@@ -270,11 +312,8 @@ def _one_model(
         n=len(yt),
         n_positive=n_pos,
         n_negative=n_neg,
-        sensitivity=Proportion.of(tp, tp + fn),
-        specificity=Proportion.of(tn, tn + fp),
-        ppv=Proportion.of(tp, tp + fp),
-        npv=Proportion.of(tn, tn + fn),
-        accuracy=Proportion.of(tp + tn, len(yt)),
+        n_patients=None if patients is None else len(index),
+        **rates,
         auc=auc,
         auc_low=lo,
         auc_high=hi,
@@ -284,6 +323,23 @@ def _one_model(
     )
 
 
+def _rates(y: np.ndarray, flagged: np.ndarray, patient: np.ndarray | None) -> dict[str, Proportion]:
+    """Sensitivity, specificity, PPV, NPV and accuracy of the flags against the labels; by
+    patient when ``patient`` gives each scan's patient index, else treating scans as
+    independent."""
+    correct = y == flagged
+    parts = {  # (hits, scans counted)
+        "sensitivity": (flagged, y),
+        "specificity": (~flagged, ~y),
+        "ppv": (y, flagged),
+        "npv": (~y, ~flagged),
+        "accuracy": (correct, np.ones_like(y)),
+    }
+    if patient is None:
+        return {k: Proportion.of(int((h & c).sum()), int(c.sum())) for k, (h, c) in parts.items()}
+    return {k: Proportion.by_patient(h, c, patient) for k, (h, c) in parts.items()}
+
+
 def _some(keys: Sequence[str], n: int = _EXAMPLES) -> str:
     shown = ", ".join(keys[:n])
     return shown + (", ..." if len(keys) > n else "")
@@ -291,6 +347,19 @@ def _some(keys: Sequence[str], n: int = _EXAMPLES) -> str:
 
 def _per_label(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{lab} {n}" for lab, n in sorted(counts.items()))
+
+
+def _interval_basis(m: ModelValidation) -> str:
+    """What the 95% intervals count: patients, when the labels file names them."""
+    if m.n_patients is None:
+        return (
+            f"  95% intervals treat the {m.n} scans as independent (a 'patient' column in the "
+            "labels file makes them count patients)"
+        )
+    return (
+        f"  95% intervals by patient: {m.n} scans of {m.n_patients} patients (scans of one "
+        "patient are not independent)"
+    )
 
 
 def summary_lines(v: Validation) -> list[str]:
@@ -303,6 +372,7 @@ def summary_lines(v: Validation) -> list[str]:
             "",
             f"{m.model} {m.version} (sha256 {m.sha256[:12]}): {m.n} labelled scans scored, "
             f"threshold {thr}",
+            _interval_basis(m),
             f"  sensitivity  {m.sensitivity.text()}  ({cond} scans flagged for review)",
             f"  specificity  {m.specificity.text()}  (other scans not flagged)",
             f"  PPV          {m.ppv.text()}",
@@ -375,4 +445,4 @@ def validate_files(results: str | Path, labels: str | Path) -> Validation:
         Either file cannot be used (:func:`read_results`, :func:`read_labels`) or they do not
         fit together (:func:`validate`).
     """
-    return validate(read_results(results), read_labels(labels))
+    return validate(read_results(results), *read_labels_and_patients(labels))

@@ -26,6 +26,9 @@ from lunglens.errors import ValidationInputError
 #: The labels file's columns (header names compared case-insensitively; others are ignored).
 PATH_COLUMN = "path"
 LABEL_COLUMN = "label"
+#: Optional: who the scan is of, so that intervals count patients, not scans (several slices or
+#: series of one patient are not independent evidence).
+PATIENT_COLUMN = "patient"
 #: The label the triage flags: every shipped triage model's manifest ``positive_label``.
 POSITIVE = "covid"
 #: What a results row must have to be compared (docs/results-csv.md).
@@ -64,7 +67,13 @@ def _not_comma_separated(header: list[str]) -> str:
 
 
 def read_labels(path: str | Path) -> dict[str, str]:
-    """The labels file: ``{scan key: label}``.
+    """The labels file: ``{scan key: label}`` (:func:`read_labels_and_patients`)."""
+    return read_labels_and_patients(path)[0]
+
+
+def read_labels_and_patients(path: str | Path) -> tuple[dict[str, str], dict[str, str] | None]:
+    """The labels file: ``{scan key: label}``, and ``{scan key: patient}`` when it has a
+    ``patient`` column with at least one cell filled (else ``None``).
 
     A CSV with a header holding ``path`` and ``label``; ``path`` is the results file's ``path``
     cell of the scan (a file, or ``folder#SeriesInstanceUID`` for a series), ``label`` a class
@@ -73,7 +82,9 @@ def read_labels(path: str | Path) -> dict[str, str]:
     without a label, never as a negative). UTF-8 (a BOM is
     allowed); bytes that are not UTF-8 are kept as the results file keeps them
     (``surrogateescape``), so a file name that is not UTF-8 on disk still matches, and an
-    accented byte in another column of a spreadsheet export does not stop the reading.
+    accented byte in another column of a spreadsheet export does not stop the reading. An
+    optional ``patient`` column names whose scan it is (any identifier; an empty cell: a patient
+    of its own).
 
     Raises
     ------
@@ -100,17 +111,19 @@ def read_labels(path: str | Path) -> dict[str, str]:
             f"(its header: {shown}){_not_comma_separated(rows[0])}",
             LABELS_HINT,
         )
-    twice = [c for c in (PATH_COLUMN, LABEL_COLUMN) if header.count(c) > 1]
+    twice = [c for c in (PATH_COLUMN, LABEL_COLUMN, PATIENT_COLUMN) if header.count(c) > 1]
     if twice:
         raise ValidationInputError(
             path, f"the labels file has {' and '.join(repr(c) for c in twice)} twice in its header"
         )
     ip, il = header.index(PATH_COLUMN), header.index(LABEL_COLUMN)
+    ipat = header.index(PATIENT_COLUMN) if PATIENT_COLUMN in header else None
     labels: dict[str, str] = {}
+    patients: dict[str, str] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue  # blank line
-        cells = [*row, "", ""]
+        cells = [*row, *[""] * (len(header) - len(row))]  # a short row: its last cells empty
         if not cells[ip].strip():
             raise ValidationInputError(path, f"line {line} of the labels file has no path")
         if not cells[il].strip():
@@ -124,9 +137,18 @@ def read_labels(path: str | Path) -> dict[str, str]:
                 f"{label!r} (line {line})",
             )
         labels[key] = label
+        patient = row[ipat].strip() if ipat is not None else ""
+        if patient:
+            if patients.get(key, patient) != patient:
+                raise ValidationInputError(
+                    path,
+                    f"the labels file gives {row[ip].strip()!r} two patients: {patients[key]!r} "
+                    f"and {patient!r} (line {line})",
+                )
+            patients[key] = patient
     if not labels:
         raise ValidationInputError(path, "the labels file holds no labelled scan", LABELS_HINT)
-    return labels
+    return labels, patients or None
 
 
 def _torn(path: str | Path) -> bool:
