@@ -8,6 +8,7 @@ and then checks what the user would see: label texts, table rows, progress value
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -889,3 +890,22 @@ def test_scan_information_names_an_unknown_modality_by_its_source(qtbot) -> None
     other = replace(plain, source="b.dcm", kind="dicom", metadata={"dicom_modality": "OT"})
     assert modality_text(other) == "UNKNOWN (DICOM Modality OT)"
     assert modality_text(replace(plain, modality=Modality.CT)) == "CT"
+
+
+def test_a_refused_model_folder_is_named_in_the_banner(
+    qtbot, env: Path, settings: Settings
+) -> None:
+    """A model folder the registry refuses (here: its threshold edited after the manifest was
+    sealed) is not offered, and the window says which and why, instead of leaving a CT scan to
+    "no model handles CT" without a reason."""
+    mpath = env / "models" / "synthetic-ct" / "manifest.json"
+    data = json.loads(mpath.read_text(encoding="utf-8"))
+    data["threshold"] = 0.01
+    mpath.write_text(json.dumps(data), encoding="utf-8")
+    win = MainWindow(settings)
+    qtbot.addWidget(win)
+    win.show()
+    assert [m.name for m in win.models] == ["synthetic-cxr"]
+    message = win.banner.message()
+    assert win.banner.isVisible() and "1 model folder(s) refused" in message
+    assert "synthetic-ct" in message and "decision_sha256" in message

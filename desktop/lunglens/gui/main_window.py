@@ -44,7 +44,8 @@ from lunglens.inference import (
     routing_modality,
 )
 from lunglens.io import SCORED_MODALITIES, Modality, Scan, SourceKey
-from lunglens.models import ModelInfo, default_model_for, list_models
+from lunglens.models import ModelInfo, default_model_for, discover_models
+from lunglens.models.manifest import TRIAGE
 from lunglens.preprocess import Window
 from lunglens.viewer import ViewerState, write_pdf
 
@@ -218,9 +219,13 @@ class MainWindow(QMainWindow):
         sb.addPermanentWidget(disclaimer)
 
     def reload_models(self) -> None:
-        """Re-read the model registry (manifests only; hashing happens in the worker)."""
+        """Re-read the model registry (manifests only; hashing happens in the worker). A
+        refused model folder (a manifest edited after its seal, a missing file) is named in the
+        banner: a CT scan must not meet "no model handles CT" without the reason."""
+        problems: list[ModelError] = []
         try:
-            self.models = list_models(self.models_dir)
+            found, problems = discover_models(self.models_dir)
+            self.models = [m for m in found if m.task == TRIAGE]
         except Exception as exc:  # a broken models folder must not stop the viewer
             self.models = []
             self.show_error(f"Could not list models: {exc}")
@@ -230,6 +235,11 @@ class MainWindow(QMainWindow):
             self.show_error(
                 "No model is installed, so scans cannot be classified. "
                 "Reinstall LungLens or set LUNGLENS_MODELS_DIR."
+            )
+        elif problems:
+            self.show_error(
+                f"{len(problems)} model folder(s) refused and not offered: "
+                + "; ".join(str(p) for p in problems)
             )
 
     # messages -----------------------------------------------------------------------------
