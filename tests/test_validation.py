@@ -368,8 +368,8 @@ def test_a_torn_last_row_and_a_pasted_file_of_other_columns(tmp_path: Path) -> N
 
 def test_clustered_intervals_reduce_to_the_independent_ones() -> None:
     """One scan per patient: Obuchowski's AUC variance is DeLong's (computed here by brute
-    force) and the clustered Wilson interval is Wilson's."""
-    from lunglens.report.statistics import Z95, clustered_auc_ci, clustered_wilson_ci
+    force; with t on n - 1 degrees of freedom) and the clustered Wilson interval is Wilson's."""
+    from lunglens.report.statistics import clustered_auc_ci, clustered_wilson_ci, t975
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 80)
@@ -379,8 +379,8 @@ def test_clustered_intervals_reduce_to_the_independent_ones() -> None:
     auc = psi.mean()
     var = psi.mean(1).var(ddof=1) / len(pos) + psi.mean(0).var(ddof=1) / len(neg)
     lo, hi = clustered_auc_ci(y, s, np.arange(80))
-    assert lo == pytest.approx(auc - Z95 * math.sqrt(var), abs=1e-12)
-    assert hi == pytest.approx(auc + Z95 * math.sqrt(var), abs=1e-12)
+    assert lo == pytest.approx(auc - t975(79) * math.sqrt(var), abs=1e-12)
+    assert hi == pytest.approx(auc + t975(79) * math.sqrt(var), abs=1e-12)
     k = np.r_[np.ones(23), np.zeros(17)]
     assert clustered_wilson_ci(k, np.ones(40)) == pytest.approx(wilson_ci(23, 40))
 
@@ -388,14 +388,22 @@ def test_clustered_intervals_reduce_to_the_independent_ones() -> None:
 def test_clustered_intervals_count_patients() -> None:
     """Patients whose scans all agree carry one patient's worth of evidence each: the interval
     is the one of the patients, not of the scans; the AUC's agrees with a patient bootstrap."""
-    from lunglens.report.statistics import clustered_auc_ci, clustered_wilson_ci
+    from lunglens.report.statistics import clustered_auc_ci, clustered_wilson_ci, t975
 
     k = np.array([8, 0, 8, 8, 0, 8, 8, 8, 0, 8])  # 7 of 10 patients, 8 scans each
     n = np.full(10, 8)
-    assert clustered_wilson_ci(k, n) == pytest.approx(wilson_ci(7, 10))
+    # the 10 patients' interval, made wider by the degrees-of-freedom factor (9 vs 79)
+    n_eff = 10 * (t975(79) / t975(9)) ** 2
+    assert clustered_wilson_ci(k, n) == pytest.approx(wilson_ci(0.7 * n_eff, n_eff))
     assert wilson_ci(56, 80)[0] > clustered_wilson_ci(k, n)[0] + 0.15  # per scan: too narrow
     # every scan a success: no variance to estimate, each patient counts once
     assert clustered_wilson_ci(np.full(10, 8), n) == pytest.approx(wilson_ci(10, 10))
+    # patients with equal proportions: the variance is 0 exactly (not a rounding residue), so
+    # every scan counts, times the factor; the same for any such proportion
+    for hits, size in ((5, 10), (15, 22), (1, 3)):
+        got = clustered_wilson_ci(np.full(3, hits), np.full(3, size))
+        n_eff = 3 * size * (t975(3 * size - 1) / t975(2)) ** 2
+        assert got == pytest.approx(wilson_ci(hits / size * n_eff, n_eff))
 
     rng = np.random.default_rng(0)
     cluster = np.repeat(np.arange(30), 6)
@@ -412,6 +420,10 @@ def test_clustered_intervals_count_patients() -> None:
     independent = clustered_auc_ci(y, s, np.arange(180))
     assert (hi - lo) > 1.8 * (independent[1] - independent[0])
     assert all(math.isnan(v) for v in clustered_auc_ci(y[:12], s[:12], cluster[:12]))
+    # two identical patients holding both classes: a variance of 0 gives no interval
+    twin = np.array([0.2, 0.7, 0.2, 0.7])
+    got = clustered_auc_ci(np.array([1, 0, 1, 0]), twin, np.array([0, 0, 1, 1]))
+    assert all(math.isnan(v) for v in got)
 
 
 def test_a_patient_column_makes_the_intervals_count_patients(tmp_path: Path) -> None:
@@ -442,6 +454,22 @@ def test_a_patient_column_makes_the_intervals_count_patients(tmp_path: Path) -> 
     text = "\n".join(summary_lines(validate(rows, labels, patients)))
     assert "95% intervals by patient: 60 scans of 16 patients" in text
     assert "treat the 60 scans as independent" in "\n".join(summary_lines(validate(rows, labels)))
+
+
+def test_intervals_by_patient_only_where_this_run_names_patients() -> None:
+    """A site-wide labels file may name patients for other runs only: this run's intervals
+    stay by scan. With 12 COVID scans of one patient the AUC has no interval, and says why."""
+    rng = np.random.default_rng(5)
+    p = np.r_[rng.uniform(0.2, 1.0, 12), rng.uniform(0.0, 0.8, 12)]
+    rows = [_row(f"s{i}.png", float(x)) for i, x in enumerate(p)]
+    labels = {f"s{i}.png": "covid" if i < 12 else "non-covid" for i in range(24)}
+    (m,) = validate(rows, labels, {"other-run.png": "P1"}).models
+    assert m.n_patients is None and not math.isnan(m.auc_low)  # Hanley-McNeil, by scan
+    one = {f"s{i}.png": "P1" for i in range(12)}  # the 12 COVID scans: one patient
+    v = validate(rows, labels, one)
+    (m,) = v.models
+    assert m.n_patients == 13 and math.isnan(m.auc_low) and 0 < m.auc < 1
+    assert "no interval: too few patients of a class" in "\n".join(summary_lines(v))
 
 
 def test_patient_column_refusals(tmp_path: Path) -> None:

@@ -70,26 +70,57 @@ def wilson_ci(successes: float, n: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+#: Two-sided 95% quantiles of Student's t for 1-30 degrees of freedom (beyond: t975).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (no scipy in the app):
+    the table to 30, then the Cornish-Fisher expansion around the normal quantile (error under
+    1e-4 there)."""
+    if df < 1:
+        return float("nan")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z, v = Z95, float(df)
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+    )
+
+
 def clustered_wilson_ci(successes: np.ndarray, totals: np.ndarray) -> tuple[float, float]:
     """95% Wilson interval of ``sum(successes) / sum(totals)`` when the counts come in clusters
     (``successes[c]`` of ``totals[c]`` scans of patient ``c``), whose scans are not independent.
 
     Korn & Graubard (1998, Survey Methodology 24:193-201): the Wilson interval at the effective
     sample size ``p(1 - p) / var``, ``var`` the cluster-robust (ratio-estimator) variance of the
-    pooled proportion, and never above the number of scans (no narrower than treating them as
-    independent). Where that variance cannot be estimated (every scan a success or none, or one
-    patient) each patient counts once.
+    pooled proportion, never above the number of scans ``n`` (no narrower than treating them as
+    independent), times their degrees-of-freedom factor ``(t(n - 1) / t(C - 1))**2`` for ``C``
+    patients. The variance is computed in integers, so patients with equal proportions give
+    exactly 0 (then ``n``, times the factor). Without the small-sample factor ``C / (C - 1)``:
+    one scan per patient gives Wilson's interval exactly. Where the variance says nothing (every
+    scan a success or none, or one patient) each patient counts once.
     """
     keep = totals > 0
-    k, n = successes[keep].astype(float), totals[keep].astype(float)
-    total, clusters = n.sum(), len(n)
+    k = [int(x) for x in successes[keep]]
+    n = [int(x) for x in totals[keep]]
+    big_k, total, clusters = sum(k), sum(n), len(n)
     if total == 0:
         return float("nan"), float("nan")
-    p = k.sum() / total
-    # without the small-sample factor C / (C - 1): one scan per patient then gives Wilson's
-    # interval exactly, and all-alike patients of equal size the interval of the patients
-    var = float(((k - p * n) ** 2).sum()) / total**2 if clusters > 1 else 0.0
-    n_eff = min(total, p * (1 - p) / var) if var > 0 and 0 < p < 1 else float(clusters)
+    p = big_k / total
+    if clusters == 1 or big_k in (0, total):
+        return wilson_ci(p * clusters, float(clusters))
+    # var = sum((k_c - p n_c)^2) / total^2, exactly: sum((k_c T - K n_c)^2) / T^4
+    var_num = sum((kc * total - big_k * nc) ** 2 for kc, nc in zip(k, n, strict=True))
+    n_eff = float(total) if var_num == 0 else min(total, p * (1 - p) * total**4 / var_num)
+    n_eff *= (t975(total - 1) / t975(clusters - 1)) ** 2 if total > 1 else 1.0
     return wilson_ci(p * n_eff, n_eff)
 
 
@@ -99,7 +130,9 @@ def clustered_auc_ci(
     """95% interval of the ROC AUC when scans come in clusters (patients): Obuchowski (1997,
     Biometrics 53:567-578), the nonparametric variance of DeLong et al. (1988) with the
     structural components summed per patient (it is DeLong's when every patient has one
-    scan). NaN bounds when either class has fewer than two patients or the AUC is undefined.
+    scan), with Student's t on (patients - 1) degrees of freedom rather than the normal
+    quantile: few patients make the variance itself uncertain. NaN bounds when either class
+    has fewer than two patients, the AUC is undefined or the variance is 0.
     """
     pos, neg = score[y_true == 1], score[y_true == 0]
     m, n = len(pos), len(neg)
@@ -129,7 +162,9 @@ def clustered_auc_ci(
     s01 = i01 / ((i01 - 1) * n) * float((d01**2).sum())
     s11 = i_all / (i_all - 1) * float((d10 * d01).sum())
     var = s10 / m + s01 / n + 2 * s11 / (m * n)
-    half = Z95 * math.sqrt(max(var, 0.0))
+    if var <= 0:
+        return float("nan"), float("nan")
+    half = t975(i_all - 1) * math.sqrt(var)
     return max(0.0, auc - half), min(1.0, auc + half)
 
 

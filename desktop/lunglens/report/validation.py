@@ -102,9 +102,11 @@ class ModelValidation:
     true label the error rows (no decision). ``local_threshold`` is the largest threshold that
     would keep sensitivity >= 0.95 on these scans (``None`` under ``MIN_POSITIVES_THRESHOLD``
     positives): information for the site, not a setting. ``auc_low``/``auc_high`` are NaN under
-    ``MIN_PER_CLASS_AUC_CI`` scans of a class or at a perfect separation (no interval).
-    ``n_patients`` is the number of patients the scored scans are of when the labels file
-    names them (then every interval is by patient), else ``None`` (intervals by scan).
+    ``MIN_PER_CLASS_AUC_CI`` scans of a class, at a perfect separation, or by patient with
+    fewer than two patients of a class (no interval). ``n_patients`` is the number of patients
+    the scored scans are of when the labels file names a patient for at least one of them
+    (then every interval is by patient, a scan without one a patient of its own), else
+    ``None`` (intervals by scan).
     """
 
     model: str
@@ -296,13 +298,16 @@ def _one_model(
     n_pos, n_neg = int(yt.sum()), int((~yt).sum())
     index: dict[tuple[str, str], int] = {}
     ids = np.array([index.setdefault(w, len(index)) for w in whose], int)
+    # by patient only where the labels name a patient for some scan of this model's rows (a
+    # site-wide labels file may name them for other runs only)
+    by_patient = any(kind == "patient" for kind, _ in whose)
     lo, hi = float("nan"), float("nan")
     if min(n_pos, n_neg) >= MIN_PER_CLASS_AUC_CI and 0.0 < auc < 1.0:
-        if patients is None:
-            lo, hi = auc_ci(auc, n_pos, n_neg)
-        else:
+        if by_patient:
             lo, hi = clustered_auc_ci(yt.astype(int), st, ids)
-    rates = _rates(yt, ft, ids if patients is not None else None)
+        else:
+            lo, hi = auc_ci(auc, n_pos, n_neg)
+    rates = _rates(yt, ft, ids if by_patient else None)
     return ModelValidation(
         model=ident[0],
         version=ident[1],
@@ -312,7 +317,7 @@ def _one_model(
         n=len(yt),
         n_positive=n_pos,
         n_negative=n_neg,
-        n_patients=None if patients is None else len(index),
+        n_patients=len(index) if by_patient else None,
         **rates,
         auc=auc,
         auc_low=lo,
@@ -394,6 +399,8 @@ def summary_lines(v: Validation) -> list[str]:
                 ci = f"95% CI {m.auc_low:.3f}-{m.auc_high:.3f}"
             elif min(m.n_positive, m.n_negative) < MIN_PER_CLASS_AUC_CI:
                 ci = f"no interval: under {MIN_PER_CLASS_AUC_CI} scans of a class"
+            elif m.n_patients is not None and 0.0 < m.auc < 1.0:
+                ci = "no interval: too few patients of a class (under 2) to estimate it"
             else:
                 ci = "no interval: the scores separate the classes completely"
             out.append(f"  ROC AUC      {m.auc:.3f} ({ci})")
