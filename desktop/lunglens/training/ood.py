@@ -103,9 +103,22 @@ def run(
     return entry
 
 
+def _next_version(version: str) -> str:
+    """``1.0.0`` -> ``1.0.1``; a version whose last part is not a number gets ``.1``."""
+    head, _, last = version.rpartition(".")
+    if last.isdigit():
+        return f"{head}.{int(last) + 1}" if head else str(int(last) + 1)
+    return f"{version}.1"
+
+
 def record_stats(folder: Path, entry: dict[str, Any]) -> None:
-    """Set the ``ood`` entry of ``folder``'s manifest; every other key is written back as read."""
+    """Set the ``ood`` entry of ``folder``'s manifest; every other key is written back as read,
+    except the version: new gate statistics decide which images are refused, so a changed
+    entry raises the last part of the version (``1.0.0`` -> ``1.0.1``), and the same name and
+    version always mean the same decisions (the seal covers both)."""
     path = folder / MANIFEST
-    manifest = replace(ModelManifest.read(path), ood=entry)
+    current = ModelManifest.read(path)
+    version = current.version if current.ood == entry else _next_version(current.version)
+    manifest = replace(current, ood=entry, version=version)
     text = json.dumps(plain_json(manifest.to_dict()), indent=2)  # strict JSON, as sealed
     path.write_text(text + "\n", encoding="utf-8")
