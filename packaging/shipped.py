@@ -66,7 +66,7 @@ def _named_files(manifest: dict[str, Any]) -> Iterator[str]:
 def _model_folder_files(folder: Path) -> list[Path]:
     mpath = folder / MANIFEST
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        manifest = json.loads(mpath.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ShippingError(
             f"{mpath}: not a readable JSON manifest ({exc}); fix or remove the model folder "

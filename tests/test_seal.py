@@ -83,8 +83,11 @@ def test_documentation_and_formatting_are_not_sealed(tmp_path: Path) -> None:
     data["metrics"] = {"auc": 0.91}
     data["intended_use"] = "rewritten"
     data["default_for_modality"] = True
+    data["input"]["window"]["center"] = -600.0  # jq, PowerShell: whole numbers either way
     reordered = dict(reversed(list(data.items())))
-    (folder / "manifest.json").write_text(json.dumps(reordered, indent=7), encoding="utf-8")
+    # another indentation, key order, Windows line ends and a byte-order mark (Notepad)
+    text = json.dumps(reordered, indent=7).replace("\n", "\r\n")
+    (folder / "manifest.json").write_text("\ufeff" + text, encoding="utf-8")
     info = load_manifest(folder)
     assert info.threshold == 0.3 and info.spec.metrics == {"auc": 0.91}
     assert set(SEALED).isdisjoint({"metrics", "intended_use", "default_for_modality"})
@@ -123,3 +126,27 @@ def test_a_manifest_without_a_seal_is_refused(
     assert main(["--models-dir", str(models), "models", "--verify"]) == 4
     out = capsys.readouterr().out
     assert out.count("verified") == 1 and "unusable" in out and "not sealed" in out
+
+
+def test_a_refused_default_model_is_not_replaced_by_the_next(tmp_path: Path) -> None:
+    """Automatic mode never falls back to another model when the one it would use is refused
+    (a clinic would otherwise be scored by a weaker model without being told); a model chosen
+    by name still works."""
+    from lunglens.models import default_model_for, get_model
+
+    models = tmp_path / "models"
+    write_model(models / "a-default", name="a-default", default_for_modality=True)
+    write_model(models / "b-other", name="b-other")
+    assert default_model_for("ct", models).name == "a-default"
+    data = _data(models / "a-default")
+    data["threshold"] = 0.01
+    (models / "a-default" / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ModelRefused, match="automatic mode uses, a-default, is refused") as err:
+        default_model_for("ct", models)
+    assert SEAL in str(err.value) and "--model NAME" in str(err.value)
+    assert get_model("b-other", models).name == "b-other"
+    # a refused model that automatic mode would not have used changes nothing
+    data["default_for_modality"] = False
+    (models / "a-default" / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+    write_model(models / "c-marked", name="c-marked", default_for_modality=True)
+    assert default_model_for("ct", models).name == "c-marked"

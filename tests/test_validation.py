@@ -453,6 +453,7 @@ def test_a_patient_column_makes_the_intervals_count_patients(tmp_path: Path) -> 
         assert b.high - b.low > a.high - a.low or a.value in (0.0, 1.0)
     text = "\n".join(summary_lines(validate(rows, labels, patients)))
     assert "95% intervals by patient: 60 scans of 16 patients" in text
+    assert "with under 20 patients the AUC's interval is too narrow" in text
     assert "treat the 60 scans as independent" in "\n".join(summary_lines(validate(rows, labels)))
 
 
@@ -479,9 +480,13 @@ def test_patient_column_refusals(tmp_path: Path) -> None:
     bad.write_text("path,label,patient\na.png,covid,1\na.png,covid,2\n", encoding="utf-8")
     with pytest.raises(ValidationInputError, match="two patients: '1' and '2'"):
         read_labels_and_patients(bad)
-    bad.write_text("path,label,patient,Patient\na.png,covid,1,1\n", encoding="utf-8")
+    bad.write_text("path,label,patient,Patient ID\na.png,covid,1,1\n", encoding="utf-8")
     with pytest.raises(ValidationInputError, match="'patient' twice"):
         read_labels_and_patients(bad)
+    # a worklist's spelling of the column is the patient column, not ignored
+    for name in ("Patient ID", "patient_id", "PatientID"):
+        bad.write_text(f"Path,Label,{name}\na.png,covid,P1\n", encoding="utf-8")
+        assert read_labels_and_patients(bad) == ({"a.png": "covid"}, {"a.png": "P1"})
     empty = tmp_path / "empty.csv"  # a column left empty: as without it
     empty.write_text("path,label,patient\na.png,covid,\nb.png,non-covid\n", encoding="utf-8")
     assert read_labels_and_patients(empty) == ({"a.png": "covid", "b.png": "non-covid"}, None)

@@ -127,11 +127,11 @@ class ModelManifest:
         Raises
         ------
         ModelRefused
-            Missing or unreadable file, or not UTF-8.
+            Missing or unreadable file, or not UTF-8 (a byte-order mark is allowed).
         """
         path = Path(path)
         try:
-            return path.read_text(encoding="utf-8")
+            return path.read_text(encoding="utf-8-sig")  # a BOM (Windows Notepad) is harmless
         except FileNotFoundError as exc:
             raise ModelRefused(path, "no manifest.json in the model folder") from exc
         except (OSError, UnicodeDecodeError) as exc:

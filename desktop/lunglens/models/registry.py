@@ -193,13 +193,22 @@ def _confine(mpath: Path, folder: Path, onnx_path: Path) -> None:
         )
 
 
+def _lenient(folder: Path) -> dict[str, Any] | None:
+    """A manifest's JSON object read without any check (for a folder whose manifest failed:
+    what it claims to be), ``None`` when it cannot be read as one."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _task_of(folder: Path) -> str:
     """The ``task`` a manifest declares, read leniently (for a folder whose manifest failed)."""
-    try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        return str(data.get("task", TRIAGE)) if isinstance(data, dict) else ""
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    data = _lenient(folder)
+    if data is None:
         return MODALITY_CHECK if folder.name == MODALITY_CHECK else ""
+    return str(data.get("task", TRIAGE))
 
 
 def discover_models(
@@ -213,24 +222,29 @@ def discover_models(
         Valid models sorted by name, and one :class:`~lunglens.errors.ModelError` per folder
         that could not be used (so one bad folder never hides the good ones).
     """
-    root = _models_dir(models_dir)
+    models, refused = _scan(_models_dir(models_dir))
+    return [models[k] for k in sorted(models)], [exc for _, exc in refused]
+
+
+def _scan(root: Path) -> tuple[dict[str, ModelInfo], list[tuple[Path, ModelError]]]:
+    """:func:`discover_models` with each refused folder kept beside its error."""
     models: dict[str, ModelInfo] = {}
-    problems: list[ModelError] = []
+    refused: list[tuple[Path, ModelError]] = []
     if not root.is_dir():
-        return [], []
+        return {}, []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if not (folder / MANIFEST).exists():
             continue  # not a model folder (e.g. a README or scratch space)
         try:
             info = load_manifest(folder)
         except ModelError as exc:
-            problems.append(exc)
+            refused.append((folder, exc))
             continue
         if info.name in models:
-            problems.append(ModelRefused(folder, f"duplicate model name {info.name!r}"))
+            refused.append((folder, ModelRefused(folder, f"duplicate model name {info.name!r}")))
             continue
         models[info.name] = info
-    return [models[k] for k in sorted(models)], problems
+    return models, refused
 
 
 def list_models(
@@ -300,17 +314,36 @@ def default_model_for(modality: str, models_dir: str | os.PathLike[str] | None =
     ------
     ModelNotFound
         No installed model handles that modality (e.g. ``"unknown"`` for a plain PNG).
+    ModelRefused
+        The model automatic mode would use (marked default, else preferred) is refused (a
+        manifest edited after its seal, a missing file...): the next one is never used instead.
     """
-    models = list_models(models_dir)
-    fitting = {m.name: m for m in models if m.modality == modality}
-    marked = sorted(n for n, m in fitting.items() if m.spec.default_for_modality)
-    if marked:
-        return fitting[marked[0]]
-    for name in PREFERRED.get(modality, ()):
-        if name in fitting:
-            return fitting[name]
-    if fitting:
-        return fitting[sorted(fitting)[0]]
+    models, refused = _scan(_models_dir(models_dir))
+    for _, problem in refused:
+        log.warning("skipping model: %s", problem)
+    fitting = {n: m for n, m in models.items() if m.modality == modality and m.task == TRIAGE}
+    # what automatic mode would choose, refused folders included (as their manifests claim):
+    # a refused default is reported, never silently replaced by the next model
+    ranked: list[tuple[tuple[int, int, str], ModelInfo | tuple[str, ModelError]]] = [
+        (_rank(m.name, modality, bool(m.spec.default_for_modality)), m) for m in fitting.values()
+    ]
+    for folder, problem in refused:
+        claims = _lenient(folder) or {}
+        if claims.get("modality") == modality and claims.get("task", TRIAGE) == TRIAGE:
+            name = str(claims.get("name", folder.name))
+            marked = claims.get("default_for_modality") is True
+            ranked.append((_rank(name, modality, marked), (name, problem)))
+    if ranked:
+        _, first = min(ranked, key=lambda pair: pair[0])
+        if isinstance(first, ModelInfo):
+            return first
+        name, problem = first
+        raise ModelRefused(
+            problem.path,
+            f"the {modality} model automatic mode uses, {name}, is refused: {problem.reason}",
+            "Reinstall it, or choose another model by name (--model NAME; in the app, the Model "
+            "list): automatic mode does not fall back to a model that is not the default.",
+        )
     if modality not in SCORED_MODALITIES:
         raise ModelNotFound(
             None,
@@ -322,6 +355,14 @@ def default_model_for(modality: str, models_dir: str | os.PathLike[str] | None =
         f"no installed model handles {modality!r} scans",
         "Install a model folder or pick one with --model.",
     )
+
+
+def _rank(name: str, modality: str, marked: bool) -> tuple[int, int, str]:
+    """Automatic mode's order: a model marked ``default_for_modality``, then :data:`PREFERRED`,
+    then by name."""
+    preferred = PREFERRED.get(modality, ())
+    order = preferred.index(name) if name in preferred else len(preferred)
+    return (0 if marked else 1, order, name)
 
 
 def read_verified(info: ModelInfo) -> bytes:

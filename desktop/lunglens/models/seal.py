@@ -72,11 +72,24 @@ def plain_json(obj: Any) -> Any:
     return obj
 
 
+def _canonical(obj: Any) -> Any:
+    """Whole floats as integers (``-600.0`` and ``-600`` are one value; JSON tools such as jq
+    or PowerShell write the one or the other)."""
+    if isinstance(obj, dict):
+        return {k: _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    return obj
+
+
 def decision_digest(manifest: Mapping[str, Any]) -> str:
     """SHA-256 of the :data:`SEALED` fields of the JSON object ``manifest``, canonically
-    encoded (sorted keys, no spaces, ASCII): the same for any formatting of the same values."""
-    sealed = {k: manifest[k] for k in SEALED if k in manifest}
-    text = json.dumps(plain_json(sealed), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    encoded (sorted keys, no spaces, ASCII, whole floats as integers): the same for any
+    formatting of the same values."""
+    sealed = _canonical(plain_json({k: manifest[k] for k in SEALED if k in manifest}))
+    text = json.dumps(sealed, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 

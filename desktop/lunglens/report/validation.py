@@ -57,6 +57,9 @@ _EXAMPLES = 5  # keys named in a summary line before "..."
 #: and no local threshold (with 20 positives, sensitivity 0.95 still allows one miss).
 MIN_PER_CLASS_AUC_CI = 10
 MIN_POSITIVES_THRESHOLD = 20
+#: Fewer patients than this: the clustered AUC interval covers clearly less than 95% (about 82%
+#: at 8-10 patients in simulation, docs/local-validation.md), which the summary says.
+FEW_PATIENTS = 20
 #: half the last decimal of the threshold cell (3 decimals) and of the P cell (6), and float
 #: slack: a P of exactly the threshold 0.0945 is written 0.094500 next to a threshold 0.095
 _ROUNDING = 0.0005 + 0.0000005 + 1e-9
@@ -361,9 +364,15 @@ def _interval_basis(m: ModelValidation) -> str:
             f"  95% intervals treat the {m.n} scans as independent (a 'patient' column in the "
             "labels file makes them count patients)"
         )
+    few = (
+        f"; with under {FEW_PATIENTS} patients the AUC's interval is too narrow"
+        if m.n_patients < FEW_PATIENTS
+        else ""
+    )
     return (
-        f"  95% intervals by patient: {m.n} scans of {m.n_patients} patients (scans of one "
-        "patient are not independent)"
+        f"  95% intervals by patient: {m.n} scans of {m.n_patients} "
+        f"patient{'s' if m.n_patients != 1 else ''} (scans of one patient are not "
+        f"independent{few})"
     )
 
 

@@ -58,6 +58,17 @@ def scan_key(path: str) -> str:
     return posixpath.normpath(unescape_cell(path.strip()).replace("\\", "/"))
 
 
+#: Other spellings of the patient column in worklist and spreadsheet exports.
+PATIENT_ALIASES = frozenset({"patient id", "patient_id", "patientid", "patient-id"})
+
+
+def _column(name: str) -> str:
+    """A labels header cell as compared: case and surrounding spaces ignored, the patient
+    column's usual spellings (``Patient ID``, ``patient_id``...) read as ``patient``."""
+    name = name.strip().lower()
+    return PATIENT_COLUMN if name in PATIENT_ALIASES else name
+
+
 def _not_comma_separated(header: list[str]) -> str:
     """A hint when a one-column header is really another delimiter's."""
     if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
@@ -101,7 +112,7 @@ def read_labels_and_patients(path: str | Path) -> tuple[dict[str, str], dict[str
         raise ValidationInputError(path, f"the labels file cannot be read: {exc}") from exc
     if not rows:
         raise ValidationInputError(path, "the labels file is empty", LABELS_HINT)
-    header = [h.strip().lower() for h in rows[0]]
+    header = [_column(h) for h in rows[0]]
     missing = [c for c in (PATH_COLUMN, LABEL_COLUMN) if c not in header]
     if missing:
         shown = ", ".join(rows[0])[:120] or "empty"
