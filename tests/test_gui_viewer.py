@@ -893,7 +893,7 @@ def test_scan_information_names_an_unknown_modality_by_its_source(qtbot) -> None
 
 
 def test_a_refused_model_folder_is_named_in_the_banner(
-    qtbot, env: Path, settings: Settings
+    qtbot, env: Path, settings: Settings, ct_file: Path
 ) -> None:
     """A model folder the registry refuses (here: its threshold edited after the manifest was
     sealed) is not offered, and the window says which and why, instead of leaving a CT scan to
@@ -909,3 +909,11 @@ def test_a_refused_model_folder_is_named_in_the_banner(
     message = win.banner.message()
     assert win.banner.isVisible() and "1 model folder(s) refused" in message
     assert "synthetic-ct" in message and "decision_sha256" in message
+
+    # a CT scan in automatic mode: refused with the reason, never scored by the X-ray model
+    win.open_path(str(ct_file))
+    qtbot.waitUntil(lambda: win.scan is not None, timeout=TIMEOUT)
+    assert "automatic mode uses, synthetic-ct, is refused" in win.banner.message()
+    win.classify()
+    assert win.result is None
+    assert "Not scored: the ct model automatic mode uses" in win.classify_panel.refusal()

@@ -21,7 +21,7 @@ from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QVBoxLayout, QWidget
 
 from lunglens import DISCLAIMER
-from lunglens.errors import ModalityUncertain, ModelError
+from lunglens.errors import ModalityUncertain, ModelError, ModelRefused
 from lunglens.gui.banner import user_message
 from lunglens.gui.batch_panel import BatchPanel
 from lunglens.gui.cam_controls import CamControls
@@ -219,9 +219,8 @@ class MainWindow(QMainWindow):
         sb.addPermanentWidget(disclaimer)
 
     def reload_models(self) -> None:
-        """Re-read the model registry (manifests only; hashing happens in the worker). A
-        refused model folder (a manifest edited after its seal, a missing file) is named in the
-        banner: a CT scan must not meet "no model handles CT" without the reason."""
+        """Re-read the model registry (manifests only; hashing happens in the worker); the
+        banner names refused model folders (e.g. a manifest edited after its seal)."""
         problems: list[ModelError] = []
         try:
             found, problems = discover_models(self.models_dir)
@@ -231,16 +230,19 @@ class MainWindow(QMainWindow):
             self.show_error(f"Could not list models: {exc}")
         self.classify_panel.set_models(self.models)
         self.batch_panel.set_models(self.models)
+        refused = (
+            f"{len(problems)} model folder(s) refused and not offered: "
+            + "; ".join(str(p) for p in problems)
+            if problems
+            else ""
+        )
         if not self.models:
             self.show_error(
-                "No model is installed, so scans cannot be classified. "
-                "Reinstall LungLens or set LUNGLENS_MODELS_DIR."
+                "No usable model is installed, so scans cannot be classified. "
+                + (refused or "Reinstall LungLens or set LUNGLENS_MODELS_DIR.")
             )
-        elif problems:
-            self.show_error(
-                f"{len(problems)} model folder(s) refused and not offered: "
-                + "; ".join(str(p) for p in problems)
-            )
+        elif refused:
+            self.show_error(refused)
 
     # messages -----------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
@@ -307,6 +309,10 @@ class MainWindow(QMainWindow):
         except ModalityUncertain as exc:  # the check and the gate disagree: no model, no score
             self.state.unrouted = exc.reason
             self.show_status(f"No model chosen: {exc.reason}. Pick one in the list.", 15000)
+            return
+        except ModelRefused as exc:  # the model automatic mode uses is refused: not another
+            self.state.unrouted = exc.reason
+            self.show_error(str(exc))
             return
         except ModelError:
             if scan.modality == Modality.UNKNOWN and self.models:
