@@ -140,26 +140,29 @@ def read_labels_and_patients(path: str | Path) -> tuple[dict[str, str], dict[str
         if not cells[il].strip():
             continue  # not labelled yet (a filled-in template): listed as without a label
         row = cells
-        key, label = scan_key(row[ip]), row[il].strip()
-        if labels.get(key, label) != label:
-            raise ValidationInputError(
-                path,
-                f"the labels file gives {row[ip].strip()!r} two labels: {labels[key]!r} and "
-                f"{label!r} (line {line})",
-            )
-        labels[key] = label
+        key, where = scan_key(row[ip]), (path, row[ip].strip(), line)
+        _set_once(labels, key, row[il].strip(), "label", where)
         patient = row[ipat].strip() if ipat is not None else ""
         if patient:
-            if patients.get(key, patient) != patient:
-                raise ValidationInputError(
-                    path,
-                    f"the labels file gives {row[ip].strip()!r} two patients: {patients[key]!r} "
-                    f"and {patient!r} (line {line})",
-                )
-            patients[key] = patient
+            _set_once(patients, key, patient, "patient", where)
     if not labels:
         raise ValidationInputError(path, "the labels file holds no labelled scan", LABELS_HINT)
     return labels, patients or None
+
+
+def _set_once(
+    table: dict[str, str], key: str, value: str, what: str, where: tuple[str | Path, str, int]
+) -> None:
+    """``table[key] = value``, refused when the labels file gave that scan another ``what``
+    (``where``: the file, the scan's path as written and the line)."""
+    path, shown, line = where
+    if table.get(key, value) != value:
+        raise ValidationInputError(
+            path,
+            f"the labels file gives {shown!r} two {what}s: {table[key]!r} and {value!r} "
+            f"(line {line})",
+        )
+    table[key] = value
 
 
 def _torn(path: str | Path) -> bool:
