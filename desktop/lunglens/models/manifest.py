@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lunglens.errors import ModelRefused
-from lunglens.models.seal import SEAL, decision_digest, seal_matches
+from lunglens.models.seal import SEAL, decision_digest, plain_json, seal_matches
 from lunglens.preprocess import WINDOW_PRESETS, Preprocessing, Window
 
 #: Manifest ``task`` values.
@@ -248,6 +248,11 @@ class ModelManifest:
         out.update(self.extra)
         out[SEAL] = decision_digest(out)  # SEALED does not hold the seal itself
         return out
+
+    def to_json(self) -> str:
+        """The text of ``manifest.json`` as every writer writes it: :meth:`to_dict` as strict,
+        indented JSON (NumPy values as numbers, NaN as ``null``: what the seal hashed)."""
+        return json.dumps(plain_json(self.to_dict()), indent=2)
 
     # -- what the app derives ----------------------------------------------------------------
     def task_or_default(self) -> str:

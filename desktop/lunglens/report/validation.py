@@ -30,6 +30,7 @@ import numpy as np
 from lunglens import DISCLAIMER
 from lunglens.errors import ValidationInputError
 from lunglens.inference.wording import condition_name, format_threshold
+from lunglens.models.seal import plain_json
 from lunglens.report.statistics import (
     auc_ci,
     choose_threshold,
@@ -147,18 +148,8 @@ class Validation:
     not_in_results: list[str]  #: labelled scans the results file has no row for
 
     def to_dict(self) -> dict:
-        """JSON-ready (``NaN`` becomes ``None``)."""
-
-        def clean(v):
-            if isinstance(v, float) and math.isnan(v):
-                return None
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [clean(x) for x in v]
-            return v
-
-        return clean(asdict(self) | {"disclaimer": DISCLAIMER})
+        """JSON-ready (``NaN`` becomes ``None``: :func:`lunglens.models.seal.plain_json`)."""
+        return plain_json(asdict(self) | {"disclaimer": DISCLAIMER})
 
 
 def _model_labels(rows: Sequence[Mapping[str, str]]) -> set[str]:

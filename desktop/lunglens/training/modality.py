@@ -32,7 +32,6 @@ from lunglens.training.data import ImageSet, Record, load_records, read_manifest
 from lunglens.training.device import setup_runtime
 from lunglens.training.export import export_onnx, input_contract
 from lunglens.training.metrics import classification_report, mean_ci
-from lunglens.training.pipeline import _json
 from lunglens.training.train import TrainConfig, load_best, predict_probs, train_run
 
 NAME = MODALITY_CHECK
@@ -237,7 +236,7 @@ def run(
             "slice or a chest X-ray. Not a triage model; it says nothing about disease."
         ),
     )
-    (out / "manifest.json").write_text(_json(manifest.to_dict()))
+    (out / "manifest.json").write_text(manifest.to_json())
     (out / "MODEL_CARD.md").write_text(card(manifest))
     (workdir / "done.json").write_text(json.dumps({"out": str(out)}))
     return out

@@ -12,7 +12,6 @@ modality-check model or :mod:`lunglens.preprocess` changes.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,7 +26,6 @@ from lunglens.io import Modality
 from lunglens.models.hashing import sha256_bytes
 from lunglens.models.manifest import MODALITY_CHECK, ModelManifest
 from lunglens.models.registry import MANIFEST, load_manifest
-from lunglens.models.seal import plain_json
 from lunglens.preprocess import to_model_input
 from lunglens.training.data import load_unit_image, read_manifest
 
@@ -120,5 +118,4 @@ def record_stats(folder: Path, entry: dict[str, Any]) -> None:
     current = ModelManifest.read(path)
     version = current.version if current.ood == entry else _next_version(current.version)
     manifest = replace(current, ood=entry, version=version)
-    text = json.dumps(plain_json(manifest.to_dict()), indent=2)  # strict JSON, as sealed
-    path.write_text(text + "\n", encoding="utf-8")
+    path.write_text(manifest.to_json() + "\n", encoding="utf-8")

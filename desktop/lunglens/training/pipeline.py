@@ -1192,7 +1192,7 @@ class Pipeline:
         from lunglens.training.card import write_card
 
         path = self.out / "manifest.json"
-        path.write_text(_json(manifest.to_dict()))
+        path.write_text(manifest.to_json())
         metrics_path = self.out / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
         write_card(self.out, manifest, metrics, self.p)
@@ -1270,7 +1270,7 @@ class Pipeline:
             path.write_text(_json(metrics))
             write_plots(self.work, self.out, ds, self.positive(ds), self.shipped_threshold())
         manifest = keep_measured_again(self.out, self.manifest(ds, metrics, model_path, fp32_path))
-        (self.out / "manifest.json").write_text(_json(manifest.to_dict()))
+        (self.out / "manifest.json").write_text(manifest.to_json())
         write_card(self.out, manifest, metrics, self.p)
         self.log(f"wrote {self.out}")
 
