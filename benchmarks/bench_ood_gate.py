@@ -5,7 +5,8 @@ reason; the acceptance of every ct-covid-binary and cxr-3class image (overall, p
 per source; these are the images the statistics were fitted on, the held-out numbers are in
 the modality-check manifest) and of the real chest DICOM files of ``../shared/data``.
 
-Run: ``python benchmarks/bench_ood_gate.py`` (about a minute on 2 cores).
+Run: ``python benchmarks/bench_ood_gate.py [MODELS_DIR]`` (about a minute on 2 cores; the
+default is the shipped ``models/``, another folder compares a refitted gate).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def main() -> int:
     from lunglens.io import load_scan
     from ood_corpus import CHEST_DICOM, hard_cases, non_chest_corpus, training_images
 
-    models = REPO / "models"
+    models = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "models"
 
     def verdict(path: Path) -> tuple[bool, str]:
         try:

@@ -443,15 +443,22 @@ def test_models_verify_checks_the_gate_statistics(
     import shutil
 
     shutil.copytree(MODALITY_CHECK, env / "models" / "modality-check")
+    # the gate's CT feature check is fitted on this model's features: without it, refused
+    assert main(["models", "--verify"]) == 4
+    refused = next(
+        line for line in capsys.readouterr().out.splitlines() if "modality-check" in line
+    )
+    assert "REFUSED" in refused and "needs the model 'efficientnet-lite-ct'" in refused
+    shutil.copytree(MODALITY_CHECK.parent / "efficientnet-lite-ct", env / "models" / "lite")
     assert main(["models", "--verify"]) == 0
-    assert capsys.readouterr().out.count("verified") == 3
+    assert capsys.readouterr().out.count("verified") == 4
     stats = env / "models" / "modality-check" / "ood.npz"
     stats.write_bytes(stats.read_bytes()[:-8] + b"tampered")
     assert main(["models", "--verify"]) == 4
     out = capsys.readouterr().out
     refused = next(line for line in out.splitlines() if "modality-check" in line)
     assert "REFUSED" in refused and "gate statistics failed their integrity check" in refused
-    assert out.count("verified") == 2  # the triage models are fine
+    assert out.count("verified") == 3  # the triage models are fine
 
 
 def test_summary_counts_read_as_english(capsys: pytest.CaptureFixture[str]) -> None:

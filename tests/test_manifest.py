@@ -166,17 +166,17 @@ def test_ood_writer_keeps_the_rest_of_the_manifest(tmp_path: Path) -> None:
     text = (folder / "manifest.json").read_text(encoding="utf-8")
     shipped = ModelManifest.read(folder / "manifest.json")
     assert shipped.ood is not None
-    record_stats(folder, dict(shipped.ood))
+    record_stats(folder, ood=dict(shipped.ood))
     assert (folder / "manifest.json").read_text(encoding="utf-8") == text
     entry = dict(shipped.ood) | {"thresholds": {"ct": 1.0, "cxr": 2.0}}
-    record_stats(folder, entry)
+    record_stats(folder, ood=entry)
     info = load_manifest(folder)
     assert info.spec.ood == entry
     # sealed again by the writer: the gate's thresholds decide which images are refused
     written = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     assert seal_matches(written) is True and written[SEAL] != json.loads(text)[SEAL]
     # new statistics decide other refusals: a new version (the same ones kept the file above)
-    assert info.version == "1.0.1" and json.loads(text)["version"] == "1.0.0"
+    assert info.version == "1.1.1" and json.loads(text)["version"] == "1.1.0"
     changed = ("ood", SEAL, "version")
     assert {k: v for k, v in info.manifest.items() if k not in changed} == {
         k: v for k, v in json.loads(text).items() if k not in changed

@@ -67,7 +67,8 @@ def test_selftest_checks_the_shipped_models_including_the_modality_check() -> No
     repo_models = RESOURCES.parent / "models"
     assert selftest.run(repo_models, RESOURCES, gui=False, out=out) == 0, out.getvalue()
     text = out.getvalue()
-    assert "modality-check 1.0.0 [any]" in text
+    assert "modality-check 1.1.0 [any]" in text
+    assert "gate statistics match (CT feature check on efficientnet-lite-ct)" in text
     assert "ct-dicom-chest-j2k.dcm -> ct" in text and "cxr-dicom-dx-nccid-j2k.dcm -> cxr" in text
 
 
@@ -88,17 +89,26 @@ def test_selftest_blames_tampered_gate_statistics_on_the_modality_check(models: 
     models, which are intact, pass."""
     import shutil
 
-    shutil.copytree(RESOURCES.parent / "models" / "modality-check", models / "modality-check")
+    shipped = RESOURCES.parent / "models"
+    shutil.copytree(shipped / "modality-check", models / "modality-check")
+    # the gate's CT feature check compares this model's features: it must be installed
+    shutil.copytree(shipped / "efficientnet-lite-ct", models / "efficientnet-lite-ct")
     out = io.StringIO()
     assert selftest.run(models, RESOURCES, gui=False, out=out) == 0, out.getvalue()
-    assert "gate statistics match" in out.getvalue()
-    stats = models / "modality-check" / "ood.npz"
-    stats.write_bytes(stats.read_bytes()[:-8] + b"tampered")
-    clear_engines()
-    out = io.StringIO()
-    assert selftest.run(models, RESOURCES, gui=False, out=out) == 1
-    text = out.getvalue()
-    failed = [line for line in text.splitlines() if "FAIL" in line and "self-test" not in line]
-    assert len(failed) == 1 and "FAIL  modality-check" in failed[0], text
-    assert "gate statistics failed their integrity check" in failed[0]
-    assert "ok    synthetic-ct" in text and "ok    synthetic-cxr" in text
+    assert "gate statistics match (CT feature check on efficientnet-lite-ct)" in out.getvalue()
+    for name, says in (
+        ("ood.npz", "gate statistics failed their integrity check"),
+        ("ct_features.npz", "gate statistics failed their integrity check"),
+    ):
+        stats = models / "modality-check" / name
+        good = stats.read_bytes()
+        stats.write_bytes(good[:-8] + b"tampered")
+        clear_engines()
+        out = io.StringIO()
+        assert selftest.run(models, RESOURCES, gui=False, out=out) == 1
+        text = out.getvalue()
+        failed = [line for line in text.splitlines() if "FAIL" in line and "self-test" not in line]
+        assert len(failed) == 1 and "FAIL  modality-check" in failed[0], text
+        assert says in failed[0] and name in failed[0]
+        assert "ok    synthetic-ct" in text and "ok    synthetic-cxr" in text
+        stats.write_bytes(good)

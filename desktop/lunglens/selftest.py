@@ -7,7 +7,8 @@ one line per check:
    onnxruntime and scores one scan of its modality (a bundled sample when there is one, else a
    synthetic image) with finite probabilities that sum to 1 and a class activation map; the
    modality check names the family of a bundled CT and X-ray sample, and its chest-image gate
-   statistics (``ood.npz``) match their SHA-256 and let those samples through (a fault of the
+   statistics (``ood.npz``, ``ct_features.npz`` with the CT model they were fitted on) match
+   their SHA-256 and let those samples through (a fault of the
    gate is reported on the modality check's line, not on the triage models');
 2. the pylibjpeg decoder plugins (openjpeg, libjpeg, rle) are registered (a frozen app only
    finds them when their packages' entry-point metadata was bundled), every bundled DICOM sample
@@ -123,13 +124,16 @@ def _check_model(info: ModelInfo, files: list[Path]) -> str:
 
 
 def _gate_accepts(info: ModelInfo, stats: GateStats | None, scan: Scan, name: str) -> None:
-    """The chest-image gate's learned check (``stats``, when installed) must let a bundled
-    chest sample through: a gate refusing real chest scans would leave every scan unscored."""
-    from lunglens.inference.gate import learned_check
+    """The chest-image gate's learned check (``stats``, when installed) and the CT feature check
+    after it must let a bundled chest sample through: a gate refusing real chest scans would
+    leave every scan unscored."""
+    from lunglens.inference.gate import feature_check, learned_check
 
     if stats is None:
         return
     verdict = learned_check(scan, info, stats)
+    if verdict.accepted:
+        verdict = feature_check(scan, info, verdict, info.path.parent)
     if not verdict.accepted:
         raise ValueError(f"the chest-image gate refuses {name}: {verdict.reason}")
 
@@ -142,12 +146,14 @@ def _check_modality_model(info: ModelInfo, files: list[Path]) -> str:
 
     from lunglens.inference import get_engine
     from lunglens.inference.gate import load_stats
+    from lunglens.inference.gate_feature_check import load_feature_check
     from lunglens.io import load_scan
     from lunglens.models import verify_model
     from lunglens.preprocess import to_model_input
 
     verify_model(info)
     stats = load_stats(info)  # ModelRefused naming ood.npz when it was damaged or modified
+    check = load_feature_check(info, info.path.parent)  # ... or ct_features.npz, or its model
     engine = get_engine(info)
     said = []
     for family in info.labels:
@@ -175,6 +181,7 @@ def _check_modality_model(info: ModelInfo, files: list[Path]) -> str:
     if not said:
         raise ValueError("no bundled sample to check it on")
     gate = "; gate statistics match" if stats is not None else ""
+    gate += f" (CT feature check on {check.model.name})" if check is not None else ""
     return f"sha256 {info.short_hash} matches{gate}; " + ", ".join(said)
 
 

@@ -13,19 +13,23 @@ if TYPE_CHECKING:
 
 def verify_files(info: ModelInfo) -> None:
     """Check every file of ``info`` that the app uses against its manifest: the ONNX model
-    and, for the modality check, its gate statistics (manifest ``ood``), with the same check
-    ``classify`` makes before using them, so "verified" means the model will not be refused.
+    and, for the modality check, its gate statistics (manifest ``ood`` and ``feature_check``,
+    the latter with the CT model it was fitted on, in the same folder of models), with the same
+    checks ``classify`` makes before using them, so "verified" means the model will not be
+    refused.
 
     Raises
     ------
     ModelRefused
         A file is missing, damaged or modified (or the statistics are of another version).
     """
+    from lunglens.inference.gate_feature_check import load_feature_check
     from lunglens.inference.gate_stats import load_stats
     from lunglens.models import verify_model
 
     verify_model(info)
     load_stats(info)  # None when the manifest names no statistics
+    load_feature_check(info, info.path.parent)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -26,6 +26,10 @@ Rules, checked in order (a small registry, :mod:`lunglens.inference.gate_rules`;
    folds), so >= 99.5 % of real chest images pass; the statistics live in
    ``models/modality-check/ood.npz``, hashed in that model's manifest and verified on load.
    ``lunglens-train ood`` refits them.
+4. For a scan scored as CT, the CT feature check
+   (:mod:`lunglens.inference.gate_feature_check`): the same distance in the default CT
+   model's own stage-4 features, which sets head, neck and abdominal CT slices apart from
+   chest CT where the learned check does not.
 
 A CT series is accepted when at least a quarter of up to :data:`SERIES_SAMPLES` evenly spaced
 slices pass (series start above the lungs and end below them).
@@ -37,15 +41,30 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from lunglens.errors import ModelError, ModelRefused, NotChestImage
 from lunglens.inference.engine import get_engine
+from lunglens.inference.gate_feature_check import (
+    BLOCK,
+    FeatureCheck,
+    feature_distance,
+    load_feature_check,
+)
 from lunglens.inference.gate_features import DESCRIPTOR_VERSION, descriptor
 from lunglens.inference.gate_rules import RULES, Rule, register_rule
-from lunglens.inference.gate_stats import GateStats, fit_stats, load_stats
-from lunglens.io.scan import Modality, Scan
+from lunglens.inference.gate_stats import (
+    SERIES_QUORUM,
+    SERIES_SAMPLES,
+    GateStats,
+    fit_stats,
+    load_stats,
+    quorum_slice,
+    sample_slices,
+)
+from lunglens.io.scan import SCORED_MODALITIES, Modality, Scan
 from lunglens.models.registry import ModelInfo, modality_checker
 from lunglens.preprocess import to_model_input
 
@@ -66,10 +85,6 @@ __all__ = [  # the rules, descriptor and statistics are re-exported: callers met
     "require_chest",
     "sample_slices",
 ]
-
-#: Slices sampled from a series; a series passes when at least ``SERIES_QUORUM`` of them pass.
-SERIES_SAMPLES = 16
-SERIES_QUORUM = 0.25
 
 _PLACES: dict[str, str] = {Modality.CT: "a chest CT slice", Modality.CXR: "a chest X-ray"}
 log = logging.getLogger(__name__)
@@ -115,6 +130,7 @@ class GateVerdict:
 
 
 _STATS: dict[tuple[str, str], GateStats | None] = {}
+_CHECKS: dict[tuple[str, str, str], FeatureCheck | None] = {}
 _STATS_LOCK = threading.Lock()
 
 
@@ -127,11 +143,48 @@ def _cached_stats(info: ModelInfo) -> GateStats | None:
         return _STATS[key]
 
 
-def sample_slices(n: int, limit: int = SERIES_SAMPLES) -> np.ndarray:
-    """Up to ``limit`` evenly spaced slice indices of an ``n``-slice scan."""
-    if n <= limit:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+def _cached_check(
+    info: ModelInfo, models_dir: str | os.PathLike[str] | None
+) -> FeatureCheck | None:
+    entry = info.manifest.get(BLOCK) or {}
+    where = str(Path(models_dir).resolve()) if models_dir is not None else ""
+    key = (str(info.path.resolve()), str(entry.get("sha256", "")), where)
+    with _STATS_LOCK:
+        if key not in _CHECKS:
+            _CHECKS[key] = load_feature_check(info, models_dir)
+        return _CHECKS[key]
+
+
+def _routed_to(scan: Scan, verdict: GateVerdict) -> str | None:
+    """The family ``scan`` is scored as: its DICOM modality, or for a plain image the learned
+    check's nearest training set (the modality check must agree, or routing refuses it)."""
+    if scan.modality in SCORED_MODALITIES:
+        return str(scan.modality)
+    return verdict.nearest
+
+
+def feature_check(
+    scan: Scan, info: ModelInfo, verdict: GateVerdict, models_dir: str | os.PathLike[str] | None
+) -> GateVerdict:
+    """The CT feature check (:mod:`lunglens.inference.gate_feature_check`) on a scan the
+    learned check accepted; ``verdict`` when it does not apply (an X-ray, no check installed)."""
+    check = _cached_check(info, models_dir)
+    if check is None or _routed_to(scan, verdict) != check.modality:
+        return verdict
+    found = feature_distance(scan, check)
+    if found.passed:
+        return verdict
+    series = f", {found.slices} slices checked" if found.slices > 1 else ""
+    return GateVerdict(
+        False,
+        f"does not look like {_PLACES.get(check.modality, check.modality)} to the CT model "
+        f"{check.model.name} (feature distance {found.distance:.1f} > "
+        f"{found.threshold:.1f}{series})",
+        "ct-features",
+        found.distance,
+        found.threshold,
+        verdict.nearest,
+    )
 
 
 def learned_check(scan: Scan, info: ModelInfo, stats: GateStats) -> GateVerdict:
@@ -143,9 +196,7 @@ def learned_check(scan: Scan, info: ModelInfo, stats: GateStats) -> GateVerdict:
     ratio = dist / stats.threshold
     best = ratio.argmin(axis=1)  # nearest modality per slice
     slice_ratio = ratio[np.arange(len(idx)), best]
-    # the quorum-th best slice decides: at least SERIES_QUORUM of the slices must pass
-    order = np.argsort(slice_ratio)
-    pick = order[max(0, int(np.ceil(SERIES_QUORUM * len(idx))) - 1)]
+    pick = quorum_slice(slice_ratio)
     m = int(best[pick])
     distance, threshold = float(dist[pick, m]), float(stats.threshold[m])
     nearest = str(stats.labels[m])
@@ -190,7 +241,8 @@ def check_chest(scan: Scan, models_dir: str | os.PathLike[str] | None = None) ->
         log.warning("chest-image gate: no learned check installed; tags and pixel rules only")
         return GateVerdict(True)
     try:
-        return learned_check(scan, info, stats)
+        verdict = learned_check(scan, info, stats)
+        return feature_check(scan, info, verdict, models_dir) if verdict.accepted else verdict
     except ModelRefused:
         raise
     except ModelError as exc:

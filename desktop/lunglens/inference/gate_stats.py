@@ -10,6 +10,7 @@ threshold from held-out folds; :func:`load_stats` reads the fitted ``ood.npz`` o
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,25 @@ from lunglens.inference.gate_features import DESCRIPTOR_VERSION
 from lunglens.io.scan import SCORED_MODALITIES
 from lunglens.models.hashing import sha256_bytes
 from lunglens.models.registry import ModelInfo
+
+#: Slices sampled from a series; a series passes when at least ``SERIES_QUORUM`` of them pass.
+SERIES_SAMPLES = 16
+SERIES_QUORUM = 0.25
+
+
+def sample_slices(n: int, limit: int = SERIES_SAMPLES) -> np.ndarray:
+    """Up to ``limit`` evenly spaced slice indices of an ``n``-slice scan."""
+    if n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+def quorum_slice(ratio: np.ndarray) -> int:
+    """Index of the slice that decides a series: the ``SERIES_QUORUM``-th best ``ratio``
+    (distance / threshold), so a series passes when at least that share of its sampled slices
+    pass (series start above the lungs and end below them). One slice decides itself."""
+    order = np.argsort(ratio)
+    return int(order[max(0, int(np.ceil(SERIES_QUORUM * len(ratio))) - 1)])
 
 
 @dataclass(frozen=True)
@@ -78,15 +98,15 @@ def fit_stats(
     folds: np.ndarray,
     *,
     labels: tuple[str, ...] = SCORED_MODALITIES,
-    acceptance: float = 0.995,
+    acceptance: float | Mapping[str, float] = 0.995,
     shrink: float = 0.01,
 ) -> tuple[GateStats, np.ndarray]:
     """Fit the learned check; thresholds from held-out folds.
 
     For each fold ``k`` the Gaussians are fitted on the other folds and the distances of fold
     ``k``'s images to their own modality are recorded; each modality's threshold is the
-    ``acceptance`` quantile of its held-out distances. The returned statistics are then fitted on
-    all images with those thresholds.
+    ``acceptance`` quantile of its held-out distances (one share for all, or one per label). The
+    returned statistics are then fitted on all images with those thresholds.
 
     Returns
     -------
@@ -102,8 +122,11 @@ def fit_stats(
             mu, prec = shrunk_precision(desc[~test & (modality == label)], shrink)
             z = desc[test] - mu
             heldout[test, m] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, prec, z), 0))
+    share = {
+        lab: acceptance[lab] if isinstance(acceptance, Mapping) else acceptance for lab in labels
+    }
     thresholds = np.array(
-        [np.quantile(heldout[modality == lab, m], acceptance) for m, lab in enumerate(labels)]
+        [np.quantile(heldout[modality == lab, m], share[lab]) for m, lab in enumerate(labels)]
     )
     fitted = [shrunk_precision(desc[modality == lab], shrink) for lab in labels]
     means, precs = [f[0] for f in fitted], [f[1] for f in fitted]
@@ -111,10 +134,12 @@ def fit_stats(
     return stats, (heldout / thresholds).min(axis=1)
 
 
-def load_stats(info: ModelInfo) -> GateStats | None:
-    """The learned check's statistics named in ``info``'s manifest (``ood``), verified.
+def load_stats(info: ModelInfo, block: str = "ood") -> GateStats | None:
+    """The statistics file named in ``info``'s manifest block ``block``, verified.
 
-    Returns ``None`` when the manifest names none.
+    ``ood`` holds the learned check's statistics, ``feature_check`` those of the CT feature
+    check (:mod:`lunglens.inference.gate_feature_check`). Returns ``None`` when the manifest
+    has no such block.
 
     Raises
     ------
@@ -122,7 +147,7 @@ def load_stats(info: ModelInfo) -> GateStats | None:
         The file is missing, its SHA-256 differs from the manifest, or it is not the
         statistics of this version of :func:`descriptor`.
     """
-    entry = info.manifest.get("ood")
+    entry = info.manifest.get(block)
     if not entry:
         return None
     path = info.path / str(entry["file"])

@@ -64,7 +64,7 @@ class ModelManifest:
     task
         ``"triage"`` when absent, or ``"modality-check"``.
     threshold, series_aggregation, warn_probability, default_for_modality, outputs, ood,
-    cam_reference
+    feature_check, cam_reference
         Read by the app (decision, CT series, modality warning, model choice, gallery, gate,
         the CAM's colour scale on a scan that is not flagged).
     architecture, arch, reference_fp32, threshold_rule, decision_rule, operating_point,
@@ -105,6 +105,7 @@ class ModelManifest:
     training: JSONObject | None = None
     intended_use: str | None = None
     ood: JSONObject | None = None
+    feature_check: JSONObject | None = None
     extra: JSONObject = field(default_factory=dict, repr=False)
     keep_null: frozenset[str] = field(default=frozenset(), repr=False)
 

@@ -52,6 +52,7 @@ SEALED = (
     "series_aggregation",
     "cam_reference",
     "ood",
+    "feature_check",
 )
 
 

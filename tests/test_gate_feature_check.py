@@ -1,0 +1,183 @@
+"""The chest-image gate's CT feature check: CT of another body part, without tags, gets no score.
+
+The learned check lets untagged head CT slices through (their distance is inside the chest CT
+spread) and the CT model then flags them; the feature check, in the default CT model's own
+stage-4 features, refuses them. These tests use the shipped models and real DICOM files of
+``../shared/data/dicom`` (pydicom-data, MIT), and PNG exports of them made at test time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.pixels import apply_modality_lut
+
+from lunglens.errors import ModelRefused
+from lunglens.inference import check_chest
+from lunglens.inference import gate as gate_module
+from lunglens.inference.gate import learned_check, load_stats
+from lunglens.inference.gate_feature_check import feature_distance, load_feature_check
+from lunglens.inference.gate_stats import quorum_slice
+from lunglens.io import load_scan
+from lunglens.models import get_model, modality_checker
+from onnx_fixtures import rewrite_manifest
+from ood_corpus import CHEST_CT, DICOM, REPO, SHARED
+
+MODELS = REPO / "models"
+SAMPLES = REPO / "resources" / "samples"
+#: Head CT slices whose headers name no body part (the learned check alone scored them).
+HEAD_CT = [DICOM / "chest-ct-transfer-syntaxes" / "CT2_J2KR", DICOM / "ct-misc" / "693_J2KR.dcm"]
+pytestmark = pytest.mark.usefixtures("shared_data")
+
+
+def _png_export(path: Path, out: Path, center: float = -600.0, width: float = 1500.0) -> Path:
+    """A slice as a viewer exports it without its header: 8-bit grey PNG in a window."""
+    ds = pydicom.dcmread(path)
+    hu = np.asarray(apply_modality_lut(ds.pixel_array, ds), np.float64)
+    grey = np.clip((hu - (center - width / 2)) / width * 255.0, 0, 255).astype(np.uint8)
+    Image.fromarray(grey).save(out)
+    return out
+
+
+def test_untagged_head_ct_is_refused_by_the_feature_check(tmp_path: Path) -> None:
+    info = modality_checker(MODELS)
+    assert info is not None
+    stats = load_stats(info)
+    assert stats is not None
+    for path in HEAD_CT:
+        png = _png_export(path, tmp_path / f"{path.stem}.png")
+        for scan in (load_scan(path), load_scan(png)):
+            # the learned check alone takes it for a chest CT slice: the feature check refuses
+            assert learned_check(scan, info, stats).accepted, scan.source
+            verdict = check_chest(scan, MODELS)
+            assert not verdict.accepted and verdict.rule == "ct-features", scan.source
+            assert "to the CT model efficientnet-lite-ct" in verdict.reason
+            assert verdict.distance is not None and verdict.threshold is not None
+            assert verdict.distance > verdict.threshold
+
+
+def test_chest_ct_passes_and_xrays_are_not_compared_with_ct_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = modality_checker(MODELS)
+    assert info is not None
+    check = load_feature_check(info, MODELS)
+    assert check is not None and check.model.name == "efficientnet-lite-ct"
+    chest_ct = [CHEST_CT, *sorted(SAMPLES.glob("ct-*.jpg")), SAMPLES / "ct-dicom-chest-j2k.dcm"]
+    chest_ct.append(_png_export(CHEST_CT, tmp_path / "chest.png"))
+    for path in chest_ct:
+        found = feature_distance(load_scan(path), check)
+        assert found.passed, (path, found)
+        assert check_chest(load_scan(path), MODELS).accepted, path
+
+    def never(*_: object) -> None:
+        raise AssertionError("an X-ray was compared with chest CT features")
+
+    monkeypatch.setattr(gate_module, "feature_distance", never)
+    for path in sorted(SAMPLES.glob("cxr-*")):
+        assert check_chest(load_scan(path), MODELS).accepted, path
+
+
+def _models_copy(tmp_path: Path) -> Path:
+    models = tmp_path / "models"
+    for name in ("modality-check", "efficientnet-lite-ct"):
+        shutil.copytree(MODELS / name, models / name)
+    return models
+
+
+def test_a_changed_ct_model_or_tampered_statistics_refuse_the_gate(tmp_path: Path) -> None:
+    """Features of another CT model file mean nothing to the statistics: the gate is refused
+    (exit code 4 in the CLI), never silently passed."""
+    models = _models_copy(tmp_path)
+    folder = models / "modality-check"
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest["feature_check"]["model_sha256"] = "0" * 64
+    rewrite_manifest(folder, manifest)
+    with pytest.raises(ModelRefused, match="fitted on efficientnet-lite-ct 000000000000"):
+        check_chest(load_scan(CHEST_CT), models)
+
+    models = _models_copy(tmp_path / "second")
+    stats = models / "modality-check" / "ct_features.npz"
+    stats.write_bytes(stats.read_bytes()[:-8] + b"tampered")
+    with pytest.raises(ModelRefused, match="integrity"):
+        check_chest(load_scan(CHEST_CT), models)
+
+    models = _models_copy(tmp_path / "third")
+    shutil.rmtree(models / "efficientnet-lite-ct")
+    with pytest.raises(ModelRefused, match="needs the model 'efficientnet-lite-ct'"):
+        check_chest(load_scan(CHEST_CT), models)
+
+
+def test_a_series_needs_a_quarter_of_its_sampled_slices() -> None:
+    assert quorum_slice(np.array([3.0])) == 0
+    # 4 slices: the best one decides (a quarter of 4)
+    assert quorum_slice(np.array([2.0, 0.5, 3.0, 4.0])) == 1
+    # 16 slices: the 4th best decides, so 4 passing slices pass the series and 3 do not
+    ratio = np.full(16, 2.0)
+    ratio[:4] = [0.2, 0.4, 0.6, 0.8]
+    assert ratio[quorum_slice(ratio)] == 0.8
+    ratio[3] = 1.5
+    assert ratio[quorum_slice(ratio)] > 1.0
+
+
+def test_fit_measures_acceptance_by_fold_and_for_a_source_left_out() -> None:
+    from lunglens.training import feature_check
+
+    model = get_model("efficientnet-lite-ct", MODELS)
+    rng = np.random.default_rng(0)
+    near = rng.normal(0.0, 1.0, (1500, 6))
+    shifted = rng.normal(3.0, 1.0, (300, 6))  # a source that looks like no other
+    desc = np.concatenate([near, shifted])
+    sources = np.array(["a"] * 750 + ["c"] * 750 + ["b"] * 300)  # a and c look alike
+    folds = rng.integers(0, 5, len(desc))
+    data, entry, ratio = feature_check.fit(model, desc, folds, sources, log=lambda _: None)
+    assert data.startswith(b"PK") and entry["model_sha256"] == model.sha256
+    assert entry["output"] == "act_3" and entry["layer"] == "stage4"
+    assert 0.99 <= float((ratio <= 1.0).mean()) <= 0.999  # the 99.6% quantile, held out
+    left_out = entry["new_source_acceptance"]
+    assert set(left_out) == {"a", "b", "c"} and left_out["b"]["n"] == 300
+    assert (
+        left_out["b"]["accepted"] < 0.5 < min(left_out["a"]["accepted"], left_out["c"]["accepted"])
+    )
+
+
+def _subset(root: Path, name: str, every: int) -> None:
+    """A small copy of a data set of ../shared/data: every ``every``-th row, images linked."""
+    src = SHARED / name
+    (root / name).mkdir(parents=True)
+    with open(src / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(root / name / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[::every])
+    for folder in {Path(r["path"]).parts[0] for r in rows}:
+        (root / name / folder).symlink_to(src / folder)
+
+
+@pytest.mark.slow
+def test_lunglens_train_ood_fits_both_checks_and_seals_them(tmp_path: Path) -> None:
+    from lunglens.models.manifest import ModelManifest
+    from lunglens.training import ood
+
+    data = tmp_path / "data"
+    _subset(data, "ct-covid-binary", 8)
+    _subset(data, "cxr-3class", 4)
+    models = _models_copy(tmp_path)
+    before = ModelManifest.read(models / "modality-check" / "manifest.json")
+    ood.run(data, models, log=lambda _: None)
+    after = ModelManifest.read(models / "modality-check" / "manifest.json")  # sealed
+    assert after.version != before.version and after.feature_check is not None
+    block = after.feature_check
+    assert block["file"] == "ct_features.npz" and block["model"] == "efficientnet-lite-ct"
+    for key in ("heldout_acceptance", "gate_and_check_new_source_acceptance"):
+        assert set(block[key]) >= {"ct-covid-binary/sars-cov-2-ct", "ct-covid-binary/ct-512"}
+    verdict = check_chest(load_scan(CHEST_CT), models)  # the refitted gate loads and runs
+    assert verdict.distance is not None
