@@ -92,10 +92,11 @@ def _minimal() -> dict:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"labels": 5}, "manifest is malformed"),
+        ({"labels": 5}, "manifest is malformed: labels: 5 is not a valid value"),
+        ({"threshold": None}, "manifest is malformed: threshold: null is not a valid value"),
         ({"input": {"shape": [1]}}, "manifest is malformed"),
         ({"input": {}}, "manifest is malformed"),
-        ({"threshold": "high"}, "manifest is malformed"),
+        ({"threshold": "high"}, "malformed: threshold: 'high' is not a valid value"),
         ({"input": {"size": [8, 8], "preprocessing": {"crop": "heart"}}}, "manifest is malformed"),
         ({"outputs": {"gallery": [{"layer": "x"}]}}, "manifest is malformed"),
         ({"positive_label": "pneumonia"}, "positive_label 'pneumonia' is not one of"),
@@ -108,6 +109,7 @@ def test_from_dict_checks(change: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(ModelRefused, match=message) as err:
         ModelManifest.from_dict(data, tmp_path / "manifest.json")
     assert err.value.path == str(tmp_path / "manifest.json")
+    assert "Reinstall the model folder from the LungLens release" in str(err.value)
 
 
 def test_from_dict_refuses_non_objects_and_missing_keys() -> None:

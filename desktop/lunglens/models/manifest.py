@@ -136,9 +136,7 @@ class ModelManifest:
         except FileNotFoundError as exc:
             raise ModelRefused(path, "no manifest.json in the model folder") from exc
         except (OSError, UnicodeDecodeError) as exc:
-            raise ModelRefused(
-                path, f"manifest is not valid JSON ({exc})", "Reinstall the model folder."
-            ) from exc
+            raise ModelRefused(path, f"manifest is not valid JSON ({exc})", _REINSTALL) from exc
 
     @classmethod
     def parse(cls, text: str, path: str | os.PathLike[str]) -> ModelManifest:
@@ -153,7 +151,7 @@ class ModelManifest:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ModelRefused(
-                Path(path), f"manifest is not valid JSON ({exc})", "Reinstall the model folder."
+                Path(path), f"manifest is not valid JSON ({exc})", _REINSTALL
             ) from exc
         return cls.from_dict(data, Path(path))
 
@@ -177,18 +175,14 @@ class ModelManifest:
             decision fields that no longer match it (edited after it was written).
         """
         if not isinstance(data, dict):
-            raise ModelRefused(
-                source, "manifest is not a JSON object", "Reinstall the model folder."
-            )
+            raise ModelRefused(source, "manifest is not a JSON object", _REINSTALL)
         missing = [k for k in REQUIRED if k not in data]
         if missing:
-            raise ModelRefused(
-                source, f"manifest lacks {', '.join(missing)}", "Reinstall the model."
-            )
+            raise ModelRefused(source, f"manifest lacks {', '.join(missing)}", _REINSTALL)
         known = {f.name for f in fields(cls)} - {"extra", "keep_null"}
         try:
             manifest = cls(
-                **{k: _COERCE.get(k, _as_is)(v) for k, v in data.items() if k in known},
+                **{k: _coerced(k, v) for k, v in data.items() if k in known},
                 extra={k: v for k, v in data.items() if k not in known},
                 keep_null=frozenset(k for k, v in data.items() if k in known and v is None),
             )
@@ -198,17 +192,18 @@ class ModelManifest:
             manifest.preprocessing()
             manifest.gallery()
             manifest.cam_references()
+        except _FieldError as exc:
+            raise ModelRefused(source, f"manifest is malformed: {exc}", _REINSTALL) from exc
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ModelRefused(
-                source, f"manifest is malformed ({exc!r})", "Reinstall the model."
-            ) from exc
+            raise ModelRefused(source, f"manifest is malformed ({exc!r})", _REINSTALL) from exc
         if manifest.positive_label not in manifest.labels:
             raise ModelRefused(
                 source,
                 f"positive_label {manifest.positive_label!r} is not one of {list(manifest.labels)}",
+                _REINSTALL,
             )
         if len(manifest.labels) < 2:
-            raise ModelRefused(source, "a model needs at least two labels")
+            raise ModelRefused(source, "a model needs at least two labels", _REINSTALL)
         sealed = seal_matches(data)
         if sealed is None:
             raise ModelRefused(
@@ -321,6 +316,24 @@ def _optional(convert: Any) -> Any:
 
 
 #: How :meth:`ModelManifest.from_dict` types each field the app reads; the rest are kept as read.
+#: What a refused manifest's message advises.
+_REINSTALL = "Reinstall the model folder from the LungLens release or bundle it came with."
+
+
+class _FieldError(ValueError):
+    """A top-level field whose value has the wrong type (named in the refusal)."""
+
+
+def _coerced(key: str, value: Any) -> Any:
+    """``value`` of field ``key`` as the schema wants it; :class:`_FieldError` names the field
+    (``threshold: null is not a number``) instead of a bare ``float()`` error."""
+    try:
+        return _COERCE.get(key, _as_is)(value)
+    except (TypeError, ValueError) as exc:
+        shown = "null" if value is None else repr(value)
+        raise _FieldError(f"{key}: {shown} is not a valid value ({exc})") from exc
+
+
 _COERCE: dict[str, Any] = {
     "name": str,
     "version": str,
