@@ -23,7 +23,7 @@ from lunglens.errors import ModelRefused
 from lunglens.inference import check_chest
 from lunglens.inference import gate as gate_module
 from lunglens.inference.gate import learned_check, load_stats
-from lunglens.inference.gate_feature_check import feature_distance, load_feature_check
+from lunglens.inference.gate_feature_check import feature_ratios, load_feature_check
 from lunglens.inference.gate_stats import quorum_slice
 from lunglens.io import load_scan
 from lunglens.models import get_model, modality_checker
@@ -73,14 +73,14 @@ def test_chest_ct_passes_and_xrays_are_not_compared_with_ct_features(
     chest_ct = [CHEST_CT, *sorted(SAMPLES.glob("ct-*.jpg")), SAMPLES / "ct-dicom-chest-j2k.dcm"]
     chest_ct.append(_png_export(CHEST_CT, tmp_path / "chest.png"))
     for path in chest_ct:
-        found = feature_distance(load_scan(path), check)
-        assert found.passed, (path, found)
+        _, ratio = feature_ratios(load_scan(path), check)
+        assert (ratio <= 1.0).all(), (path, ratio)
         assert check_chest(load_scan(path), MODELS).accepted, path
 
     def never(*_: object) -> None:
         raise AssertionError("an X-ray was compared with chest CT features")
 
-    monkeypatch.setattr(gate_module, "feature_distance", never)
+    monkeypatch.setattr(gate_module, "feature_ratios", never)
     for path in sorted(SAMPLES.glob("cxr-*")):
         assert check_chest(load_scan(path), MODELS).accepted, path
 
@@ -180,4 +180,85 @@ def test_lunglens_train_ood_fits_both_checks_and_seals_them(tmp_path: Path) -> N
     for key in ("heldout_acceptance", "gate_and_check_new_source_acceptance"):
         assert set(block[key]) >= {"ct-covid-binary/sars-cov-2-ct", "ct-covid-binary/ct-512"}
     verdict = check_chest(load_scan(CHEST_CT), models)  # the refitted gate loads and runs
-    assert verdict.distance is not None
+    assert verdict.accepted and verdict.distance is not None
+
+
+def test_a_named_ct_model_gets_the_feature_check_on_an_image_routing_would_not_give_it(
+    tmp_path: Path,
+) -> None:
+    """A plain chest X-ray that the modality check takes for CT while the learned check's
+    nearest set is X-ray: routing refuses it as uncertain, but a CT model named by the user
+    used to score it (P 0.52, flagged) without the CT feature check. It is now refused."""
+    from lunglens.batch import score
+    from lunglens.errors import ModalityUncertain, NotChestImage
+    from lunglens.inference import classify_scan
+
+    path = SHARED / "cxr-3class" / "normal" / "normal-threeway-0036.jpg"
+    scan = load_scan(path)
+    verdict = check_chest(scan, MODELS)
+    assert verdict.accepted and verdict.nearest == "cxr"
+    with pytest.raises(ModalityUncertain):
+        classify_scan(scan)  # automatic routing: the two opinions disagree
+    with pytest.raises(NotChestImage, match="to the CT model efficientnet-lite-ct"):
+        classify_scan(scan, get_model("efficientnet-lite-ct", MODELS))
+    out = tmp_path / "rows.csv"
+    list(score([path], get_model("efficientnet-lite-ct", MODELS), out, audit=False))
+    with open(out, newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["status"] == "error" and "efficientnet-lite-ct (feature distance" in row["error"]
+    assert not row["p_covid"]
+
+
+def test_xrays_need_no_ct_model_and_a_replaced_ct_model_is_seen_at_once(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    for name in ("modality-check", "efficientnet-lite-cxr"):
+        shutil.copytree(MODELS / name, models / name)
+    for path in sorted(SAMPLES.glob("cxr-*")):  # the CT feature check never loads for X-rays
+        assert check_chest(load_scan(path), models).accepted, path
+    with pytest.raises(ModelRefused, match="needs the model 'efficientnet-lite-ct'"):
+        check_chest(load_scan(CHEST_CT), models)
+    shutil.copytree(MODELS / "efficientnet-lite-ct", models / "efficientnet-lite-ct")
+    assert check_chest(load_scan(CHEST_CT), models).accepted
+    # the CT model is replaced while the app runs: its features no longer fit the statistics
+    folder = models / "efficientnet-lite-ct"
+    onnx = folder / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")  # trailing bytes: still a loadable model
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    import hashlib
+
+    manifest["sha256"] = hashlib.sha256(onnx.read_bytes()).hexdigest()
+    rewrite_manifest(folder, manifest)
+    with pytest.raises(ModelRefused, match="was fitted on efficientnet-lite-ct"):
+        check_chest(load_scan(CHEST_CT), models)
+
+
+def test_a_padded_xray_is_left_to_routing_not_called_a_ct_slice(tmp_path: Path) -> None:
+    """An X-ray on a black frame (a quarter of its size each side): the learned check's nearest
+    set is CT but the modality check says X-ray. The gate used to run the CT check on it and
+    refuse it as "not a chest CT slice"; routing now refuses it as uncertain, with its advice
+    to name the model, and an X-ray model named for it scores it."""
+    from lunglens.errors import ModalityUncertain
+    from lunglens.inference import classify_scan
+
+    grey = np.asarray(Image.open(SHARED / "cxr-3class/covid/covid-ieee8023-0052.jpg").convert("L"))
+    h, w = grey.shape
+    framed = np.zeros((h + 2 * (h // 4), w + 2 * (w // 4)), np.uint8)
+    framed[h // 4 : h // 4 + h, w // 4 : w // 4 + w] = grey
+    path = tmp_path / "padded.png"
+    Image.fromarray(framed).save(path)
+    scan = load_scan(path)
+    verdict = check_chest(scan, MODELS)
+    assert verdict.accepted and verdict.nearest == "ct", verdict
+    with pytest.raises(ModalityUncertain, match="says it looks like a chest X-ray"):
+        classify_scan(scan)
+    result = classify_scan(scan, get_model("efficientnet-lite-cxr", MODELS), with_cam=False)
+    assert 0.0 <= result.positive_prob <= 1.0
+
+
+def test_refusal_numbers_never_print_equal() -> None:
+    """A refusal once read "feature distance 17.7 > 17.7"."""
+    assert gate_module._pair(25.2, 17.7) == "25.2 > 17.7"
+    assert gate_module._pair(17.72, 17.706) == "17.72 > 17.71"
+    assert gate_module._pair(17.7061, 17.706) == "17.7061 > 17.7060"

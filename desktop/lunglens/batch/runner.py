@@ -39,7 +39,7 @@ from lunglens.batch.units import discover
 from lunglens.errors import ModelNotFound
 from lunglens.inference.classify import BATCH_SIZE, result_from_probs
 from lunglens.inference.engine import Engine, get_engine
-from lunglens.inference.gate import GateVerdict, require_chest
+from lunglens.inference.gate import GateVerdict, require_chest, require_scored_as
 from lunglens.inference.modality import (
     ModalityCheck,
     check_with,
@@ -124,6 +124,8 @@ def _decode(
             mismatch = find_mismatch(scan, info, check)
             if mismatch is not None:
                 raise mismatch.error(key)
+        if chosen is not None:  # a named model's family gets the gate's checks for it too
+            require_scored_as(scan, verdict, chosen.modality, gate_dir)
         notes = (*scan.notes, *modality_notes(scan, check))
         return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0, chosen, notes)
     except Exception as exc:  # a bad file must never stop the run: it becomes an error row

@@ -11,7 +11,7 @@ import numpy as np
 from lunglens.inference.aggregate import aggregate, top_slices
 from lunglens.inference.decision import decide
 from lunglens.inference.engine import BATCH_SIZE, Engine, batches, get_engine
-from lunglens.inference.gate import require_chest
+from lunglens.inference.gate import require_chest, require_scored_as
 from lunglens.inference.modality import (
     check_modality,
     choose_model,
@@ -205,6 +205,8 @@ def classify_scan(
         # a scan of the other modality gets no score from a model it was not trained on: a
         # "flagged" headline from it would read as a triage decision (batch: an error row)
         raise mismatch.error(scan.source)
+    if verdict is not None:  # a named model's family gets the gate's checks for it too
+        require_scored_as(scan, verdict, info.modality, models_dir)
     label_index(info, cam_class)  # fail fast on a bad label, before any work
     start = time.perf_counter()
     result = _score_and_explain(

@@ -50,9 +50,11 @@ from lunglens.inference.engine import get_engine
 from lunglens.inference.gate_feature_check import (
     BLOCK,
     FeatureCheck,
-    feature_distance,
+    feature_model,
+    feature_ratios,
     load_feature_check,
 )
+from lunglens.inference.gate_feature_check import MODALITY as FEATURE_MODALITY
 from lunglens.inference.gate_features import DESCRIPTOR_VERSION, descriptor
 from lunglens.inference.gate_rules import RULES, Rule, register_rule
 from lunglens.inference.gate_stats import (
@@ -83,6 +85,7 @@ __all__ = [  # the rules, descriptor and statistics are re-exported: callers met
     "load_stats",
     "register_rule",
     "require_chest",
+    "require_scored_as",
     "sample_slices",
 ]
 
@@ -103,14 +106,19 @@ class GateVerdict:
     rule
         Name of the rule that refused, or ``""``.
     distance, threshold
-        The learned check's distance and the threshold it was compared with (``None`` when it
-        did not run: refused earlier, or no statistics installed).
+        The distance that decided and the threshold it was compared with: the learned check's,
+        or for rule ``ct-features`` the CT feature check's (``None`` when neither ran: refused
+        earlier, or no statistics installed).
     nearest
         The modality whose training images the scan is nearest to (distance over that
         modality's threshold), ``None`` when the learned check did not run. A second opinion on
         what a plain image is, beside the modality check (:mod:`lunglens.inference.modality`):
         on the 5,379 CT and X-ray training images it names the wrong family once, for an image
         it refuses anyway, where the check's more probable label is wrong 16 times.
+    slice_ratios
+        The learned check's distance over threshold for each sampled slice
+        (:func:`sample_slices`), so the CT feature check can ask a series for a quarter of its
+        slices passing both checks, not each check on its own quarter.
     """
 
     accepted: bool
@@ -119,6 +127,7 @@ class GateVerdict:
     distance: float | None = None
     threshold: float | None = None
     nearest: str | None = None
+    slice_ratios: tuple[float, ...] = ()
 
     def error(self, source: str) -> NotChestImage:
         """The :class:`NotChestImage` for a refused verdict."""
@@ -130,7 +139,7 @@ class GateVerdict:
 
 
 _STATS: dict[tuple[str, str], GateStats | None] = {}
-_CHECKS: dict[tuple[str, str, str], FeatureCheck | None] = {}
+_CHECKS: dict[tuple[str, str, str, str], FeatureCheck | None] = {}
 _STATS_LOCK = threading.Lock()
 
 
@@ -146,45 +155,103 @@ def _cached_stats(info: ModelInfo) -> GateStats | None:
 def _cached_check(
     info: ModelInfo, models_dir: str | os.PathLike[str] | None
 ) -> FeatureCheck | None:
+    model = feature_model(info, models_dir)  # looked up each time: a replaced CT model is seen
+    if model is None:
+        return None
     entry = info.manifest.get(BLOCK) or {}
     where = str(Path(models_dir).resolve()) if models_dir is not None else ""
-    key = (str(info.path.resolve()), str(entry.get("sha256", "")), where)
+    key = (str(info.path.resolve()), str(entry.get("sha256", "")), where, model.sha256)
     with _STATS_LOCK:
         if key not in _CHECKS:
             _CHECKS[key] = load_feature_check(info, models_dir)
         return _CHECKS[key]
 
 
-def _routed_to(scan: Scan, verdict: GateVerdict) -> str | None:
-    """The family ``scan`` is scored as: its DICOM modality, or for a plain image the learned
-    check's nearest training set (the modality check must agree, or routing refuses it)."""
+def _routed_to(scan: Scan, verdict: GateVerdict, info: ModelInfo) -> str | None:
+    """The family automatic routing scores ``scan`` as: its DICOM modality, or for a plain
+    image the learned check's nearest training set where the modality check ``info`` agrees
+    (``None`` where they disagree: routing refuses such an image as uncertain, and it must not
+    read "not a chest CT slice" for an X-ray with black padding). A model chosen by name is
+    checked for its own family by :func:`require_scored_as`."""
     if scan.modality in SCORED_MODALITIES:
         return str(scan.modality)
-    return verdict.nearest
+    from lunglens.inference.modality import check_with  # modality imports this module
+
+    says = check_with(info, scan)
+    return verdict.nearest if says is not None and says.modality == verdict.nearest else None
+
+
+def _pair(distance: float, threshold: float) -> str:
+    """``"d > t"`` with enough decimals that the two numbers differ as printed."""
+    for digits in range(1, 7):
+        if round(distance, digits) != round(threshold, digits):
+            break
+    return f"{distance:.{digits}f} > {threshold:.{digits}f}"
 
 
 def feature_check(
-    scan: Scan, info: ModelInfo, verdict: GateVerdict, models_dir: str | os.PathLike[str] | None
+    scan: Scan,
+    info: ModelInfo,
+    verdict: GateVerdict,
+    models_dir: str | os.PathLike[str] | None,
+    family: str | None = None,
 ) -> GateVerdict:
     """The CT feature check (:mod:`lunglens.inference.gate_feature_check`) on a scan the
-    learned check accepted; ``verdict`` when it does not apply (an X-ray, no check installed)."""
+    learned check accepted, for a scan scored as CT (``family``, default: how routing scores
+    it); ``verdict`` when it does not apply (an X-ray, no check installed). A series passes
+    when a quarter of its sampled slices pass both checks."""
+    if (family or _routed_to(scan, verdict, info)) != FEATURE_MODALITY:
+        return verdict
     check = _cached_check(info, models_dir)
-    if check is None or _routed_to(scan, verdict) != check.modality:
+    if check is None:
         return verdict
-    found = feature_distance(scan, check)
-    if found.passed:
+    dist, ratio = feature_ratios(scan, check)
+    both = ratio
+    if len(verdict.slice_ratios) == len(ratio):
+        both = np.maximum(ratio, np.asarray(verdict.slice_ratios))
+    pick = quorum_slice(both)
+    if both[pick] <= 1.0:
         return verdict
-    series = f", {found.slices} slices checked" if found.slices > 1 else ""
-    return GateVerdict(
-        False,
-        f"does not look like {_PLACES.get(check.modality, check.modality)} to the CT model "
-        f"{check.model.name} (feature distance {found.distance:.1f} > "
-        f"{found.threshold:.1f}{series})",
-        "ct-features",
-        found.distance,
-        found.threshold,
-        verdict.nearest,
-    )
+    distance, threshold = float(dist[pick]), float(check.stats.threshold[0])
+    place = _PLACES.get(FEATURE_MODALITY, FEATURE_MODALITY)
+    if len(ratio) > 1:
+        what = (
+            f"fewer than a quarter of {len(ratio)} sampled slices look like {place} both to "
+            f"the image check and to the CT model {check.model.name} (deciding slice: "
+            f"feature distance {_pair(distance, threshold)})"
+        )
+    else:
+        what = (
+            f"does not look like {place} to the CT model {check.model.name} "
+            f"(feature distance {_pair(distance, threshold)})"
+        )
+    return GateVerdict(False, what, "ct-features", distance, threshold, verdict.nearest)
+
+
+def require_scored_as(
+    scan: Scan,
+    verdict: GateVerdict,
+    family: str,
+    models_dir: str | os.PathLike[str] | None = None,
+) -> GateVerdict:
+    """The gate's checks for the family a chosen model scores ``scan`` as.
+
+    A model chosen by name can score a plain image that the learned check placed nearer the
+    other family (:func:`~lunglens.inference.modality.find_mismatch` lets it, with a note):
+    the CT feature check then runs for it too. A no-op when routing already scored it so.
+
+    Raises
+    ------
+    NotChestImage
+        The check refuses the scan.
+    """
+    info = modality_checker(models_dir)
+    if info is None or not verdict.accepted or _routed_to(scan, verdict, info) == family:
+        return verdict
+    out = feature_check(scan, info, verdict, models_dir, family)
+    if not out.accepted:
+        raise out.error(scan.source)
+    return out
 
 
 def learned_check(scan: Scan, info: ModelInfo, stats: GateStats) -> GateVerdict:
@@ -200,13 +267,14 @@ def learned_check(scan: Scan, info: ModelInfo, stats: GateStats) -> GateVerdict:
     m = int(best[pick])
     distance, threshold = float(dist[pick, m]), float(stats.threshold[m])
     nearest = str(stats.labels[m])
+    ratios = tuple(float(r) for r in slice_ratio)
     if slice_ratio[pick] <= 1.0:
-        return GateVerdict(True, distance=distance, threshold=threshold, nearest=nearest)
+        return GateVerdict(True, "", "", distance, threshold, nearest, ratios)
     what = " or ".join(_PLACES.get(lab, lab) for lab in stats.labels)
     series = f", {len(idx)} slices checked" if len(idx) > 1 else ""
     return GateVerdict(
         False,
-        f"does not look like {what} (distance {distance:.1f} > {threshold:.1f} "
+        f"does not look like {what} (distance {_pair(distance, threshold)} "
         f"for {_PLACES.get(stats.labels[m], stats.labels[m])}{series})",
         "distance",
         distance,

@@ -21,16 +21,20 @@ import logging
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 from lunglens.errors import ModelNotFound, ModelRefused
 from lunglens.inference.engine import get_engine
-from lunglens.inference.gate_features import feature_descriptor
-from lunglens.inference.gate_stats import GateStats, load_stats, quorum_slice, sample_slices
-from lunglens.io.scan import Scan
+from lunglens.inference.gate_features import FEATURE_DESCRIPTOR_VERSION, feature_descriptor
+from lunglens.inference.gate_stats import GateStats, load_stats, sample_slices
+from lunglens.io.scan import Modality, Scan
 from lunglens.models.registry import ModelInfo, get_model
 from lunglens.preprocess import to_model_input
 
 #: Manifest block of the modality check that names the feature check.
 BLOCK = "feature_check"
+#: The family whose scans the check applies to (its statistics' one label).
+MODALITY = Modality.CT.value
 log = logging.getLogger(__name__)
 
 
@@ -53,42 +57,21 @@ class FeatureCheck:
     layer: str
     stats: GateStats
 
-    @property
-    def modality(self) -> str:
-        return self.stats.labels[0]
 
-
-@dataclass(frozen=True)
-class FeatureDistance:
-    """The distance of the slice that decides (see :func:`quorum_slice`)."""
-
-    distance: float
-    threshold: float
-    slices: int
-
-    @property
-    def passed(self) -> bool:
-        return self.distance <= self.threshold
-
-
-def load_feature_check(
-    gate: ModelInfo, models_dir: str | os.PathLike[str] | None = None
-) -> FeatureCheck | None:
-    """The feature check named by the modality check ``gate``, or ``None`` if it names none.
+def feature_model(gate: ModelInfo, models_dir: str | os.PathLike[str] | None) -> ModelInfo | None:
+    """The CT model the modality check ``gate``'s feature check was fitted on, as installed
+    (``None`` when the gate names no feature check).
 
     Raises
     ------
     ModelRefused
-        The statistics failed their integrity check, the named model is not installed in a
-        folder where the gate expects it, or its ONNX file is not the one the statistics were
-        fitted on (a CT model updated without ``lunglens-train ood``): the gate must not pass
-        everything silently.
+        It is not installed, or its ONNX file is not the one the statistics were fitted on (a
+        CT model updated without ``lunglens-train ood``): features of another file mean nothing
+        to them, and the gate must not pass CT silently.
     """
     entry = gate.manifest.get(BLOCK)
     if not entry:
         return None
-    stats = load_stats(gate, BLOCK)
-    assert stats is not None  # the block exists
     name = str(entry.get("model", ""))
     try:
         model = get_model(name, models_dir)
@@ -108,14 +91,40 @@ def load_feature_check(
             f"installed file is {model.sha256[:12]}...",
             "Refit the gate with 'lunglens-train ood' after changing a model.",
         )
+    return model
+
+
+def load_feature_check(
+    gate: ModelInfo, models_dir: str | os.PathLike[str] | None = None
+) -> FeatureCheck | None:
+    """The feature check named by the modality check ``gate``, or ``None`` if it names none.
+
+    Raises
+    ------
+    ModelRefused
+        The statistics failed their integrity check, are of another descriptor version or of
+        another family than CT, or :func:`feature_model` refuses the CT model.
+    """
+    model = feature_model(gate, models_dir)
+    if model is None:
+        return None
+    stats = load_stats(gate, BLOCK, FEATURE_DESCRIPTOR_VERSION)
+    assert stats is not None  # the block exists
+    if stats.labels != (MODALITY,):
+        raise ModelRefused(
+            gate.path / "manifest.json",
+            f"the CT feature check's statistics are for {list(stats.labels)}, not [{MODALITY!r}]",
+            "Refit the gate with 'lunglens-train ood'.",
+        )
+    entry = gate.manifest[BLOCK]
     return FeatureCheck(model, str(entry["output"]), str(entry.get("layer", "")), stats)
 
 
-def feature_distance(scan: Scan, check: FeatureCheck) -> FeatureDistance:
-    """Distance of ``scan``'s deciding slice (up to 16 sampled, a quarter must pass)."""
+def feature_ratios(scan: Scan, check: FeatureCheck) -> tuple[np.ndarray, np.ndarray]:
+    """Feature distances of ``scan``'s sampled slices (:func:`sample_slices`, the learned
+    check's) and their ratios to the threshold (a slice passes at <= 1)."""
     idx = sample_slices(scan.n_slices)
     batch = to_model_input(scan.image[idx], check.model.input_size, check.model.preprocessing)
     out = get_engine(check.model).predict(batch, (check.output,))[check.output]
     dist = check.stats.distances(feature_descriptor(out))[:, 0]
-    pick = quorum_slice(dist / check.stats.threshold[0])
-    return FeatureDistance(float(dist[pick]), float(check.stats.threshold[0]), len(idx))
+    return dist, dist / check.stats.threshold[0]

@@ -18,6 +18,8 @@ LAYOUT = 8
 HIST_BINS = 16
 #: Version of :func:`descriptor`; ``ood.npz`` records the one it was fitted with.
 DESCRIPTOR_VERSION = 1
+#: Version of :func:`feature_descriptor`; ``ct_features.npz`` records the one it was fitted with.
+FEATURE_DESCRIPTOR_VERSION = 1
 
 
 def descriptor(engine: Engine, batch: np.ndarray) -> np.ndarray:

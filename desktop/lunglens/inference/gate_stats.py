@@ -68,8 +68,9 @@ class GateStats:
             out[:, m] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision[m], z), 0))
         return out
 
-    def to_bytes(self) -> bytes:
-        """``.npz`` bytes (no pickles) for :func:`load_stats`."""
+    def to_bytes(self, version: int = DESCRIPTOR_VERSION) -> bytes:
+        """``.npz`` bytes (no pickles) for :func:`load_stats`, recording the ``version`` of the
+        descriptor the statistics were fitted on."""
         buf = io.BytesIO()
         np.savez(
             buf,
@@ -77,7 +78,7 @@ class GateStats:
             mean=self.mean,
             precision=self.precision,
             threshold=self.threshold,
-            descriptor_version=np.array(DESCRIPTOR_VERSION),
+            descriptor_version=np.array(version),
         )
         return buf.getvalue()
 
@@ -134,7 +135,9 @@ def fit_stats(
     return stats, (heldout / thresholds).min(axis=1)
 
 
-def load_stats(info: ModelInfo, block: str = "ood") -> GateStats | None:
+def load_stats(
+    info: ModelInfo, block: str = "ood", version: int = DESCRIPTOR_VERSION
+) -> GateStats | None:
     """The statistics file named in ``info``'s manifest block ``block``, verified.
 
     ``ood`` holds the learned check's statistics, ``feature_check`` those of the CT feature
@@ -145,7 +148,8 @@ def load_stats(info: ModelInfo, block: str = "ood") -> GateStats | None:
     ------
     ModelRefused
         The file is missing, its SHA-256 differs from the manifest, or it is not the
-        statistics of this version of :func:`descriptor`.
+        statistics of descriptor ``version`` (:func:`descriptor`'s, or for ``feature_check``
+        :func:`feature_descriptor`'s).
     """
     entry = info.manifest.get(block)
     if not entry:
@@ -165,7 +169,7 @@ def load_stats(info: ModelInfo, block: str = "ood") -> GateStats | None:
         )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            version = int(npz["descriptor_version"])
+            found = int(npz["descriptor_version"])
             stats = GateStats(
                 tuple(str(x) for x in npz["labels"]),
                 np.asarray(npz["mean"], np.float64),
@@ -174,11 +178,10 @@ def load_stats(info: ModelInfo, block: str = "ood") -> GateStats | None:
             )
     except (KeyError, ValueError, OSError) as exc:
         raise ModelRefused(path, f"gate statistics are malformed ({exc})") from exc
-    if version != DESCRIPTOR_VERSION:
+    if found != version:
         raise ModelRefused(
             path,
-            f"gate statistics are for descriptor version {version}, this app computes "
-            f"{DESCRIPTOR_VERSION}",
+            f"gate statistics are for descriptor version {found}, this app computes {version}",
             "Refit them with 'lunglens-train ood'.",
         )
     return stats

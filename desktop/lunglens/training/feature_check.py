@@ -20,7 +20,7 @@ import numpy as np
 
 from lunglens.inference.engine import get_engine
 from lunglens.inference.gate_feature_check import BLOCK
-from lunglens.inference.gate_features import DESCRIPTOR_VERSION, feature_descriptor
+from lunglens.inference.gate_features import FEATURE_DESCRIPTOR_VERSION, feature_descriptor
 from lunglens.inference.gate_stats import fit_stats
 from lunglens.models.hashing import sha256_bytes
 from lunglens.models.registry import ModelInfo
@@ -51,7 +51,7 @@ def descriptors(model: ModelInfo, records: list[Record], output: str) -> np.ndar
     return np.concatenate(out)
 
 
-def _accepted(ok: np.ndarray, groups: np.ndarray) -> dict[str, dict[str, float | int]]:
+def accepted_by_group(ok: np.ndarray, groups: np.ndarray) -> dict[str, dict[str, float | int]]:
     return {
         str(g): {"n": int((groups == g).sum()), "accepted": round(float(ok[groups == g].mean()), 4)}
         for g in sorted(set(groups.tolist()))
@@ -115,13 +115,13 @@ def fit(
         "model_sha256": model.sha256,
         "output": output,
         "layer": layer,
-        "descriptor_version": DESCRIPTOR_VERSION,
+        "descriptor_version": FEATURE_DESCRIPTOR_VERSION,
         "method": "Mahalanobis distance (shrunk covariance, shrink 0.01) of "
         "lunglens.inference.gate_features.feature_descriptor of the model's "
         f"{output} ({layer}); threshold = {acceptance:.1%} quantile of held-out distances "
         "(group-wise folds)",
         "threshold": round(float(stats.threshold[0]), 3),
-        "heldout_acceptance": _accepted(heldout <= 1.0, sources),
+        "heldout_acceptance": accepted_by_group(heldout <= 1.0, sources),
         "new_source_acceptance": new_source_acceptance(desc, folds, sources, acceptance),
     }
     log(
@@ -130,7 +130,7 @@ def fit(
     )
     for s, r in entry["new_source_acceptance"].items():
         log(f"  {s} left out: {r['accepted']:.3f} of {r['n']} accepted")
-    return stats.to_bytes(), entry, heldout
+    return stats.to_bytes(FEATURE_DESCRIPTOR_VERSION), entry, heldout
 
 
 def write(folder: Path, data: bytes, entry: dict[str, Any]) -> dict[str, Any]:

@@ -118,7 +118,9 @@ def run(
             model, fdesc, folds[ct], sources[ct], log=log
         )
         both = (heldout[ct] <= 1.0) & (ratio <= 1.0)
-        fitted["gate_and_check_heldout_acceptance"] = _rates(both, sources[ct])
+        fitted["gate_and_check_heldout_acceptance"] = feature_check.accepted_by_group(
+            both, sources[ct]
+        )
         log(f"chest CT accepted by both checks, held out by fold: {both.mean():.4f}")
         fitted["gate_and_check_new_source_acceptance"] = feature_check.joint_new_source(
             desc[ct],
