@@ -262,3 +262,42 @@ def test_refusal_numbers_never_print_equal() -> None:
     assert gate_module._pair(25.2, 17.7) == "25.2 > 17.7"
     assert gate_module._pair(17.72, 17.706) == "17.72 > 17.71"
     assert gate_module._pair(17.7061, 17.706) == "17.7061 > 17.7060"
+
+
+def test_one_image_scored_by_the_ct_model_is_judged_on_its_own_scoring_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """classify_scan judges the CT feature check on the layer output of the scoring call
+    itself (one image, CAM wanted): the same distance as the check's own pass, the same
+    refusal, and no second pass of the CT model."""
+    from lunglens.errors import NotChestImage
+    from lunglens.inference import classify_scan
+    from lunglens.inference import gate_feature_check as gfc
+
+    head = load_scan(_png_export(HEAD_CT[0], tmp_path / "head.png"))
+    chest = load_scan(SAMPLES / "ct-covid-mosmed-0001.jpg")
+    info = modality_checker(MODELS)
+    assert info is not None
+    check = load_feature_check(info, MODELS)
+    assert check is not None
+    own = {p.name: feature_ratios(load_scan(p), check)[0][0] for p in (tmp_path / "head.png",)}
+    ct = get_model("efficientnet-lite-ct", MODELS)
+    for with_cam in (False, True):  # separate pass / the scoring pass
+        with pytest.raises(NotChestImage, match="feature distance") as err:
+            classify_scan(head, ct, with_cam=with_cam)
+        assert f"{own['head.png']:.1f}" in str(err.value)
+    passes: list[bool] = []
+    real = gfc.feature_ratios
+
+    def counting(scan: object, chk: object, activations: object = None) -> object:
+        passes.append(activations is None)  # True: the check ran the CT model itself
+        return real(scan, chk, activations)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gfc, "feature_ratios", counting)
+    monkeypatch.setattr(gate_module, "feature_ratios", counting)
+    fused = classify_scan(chest, ct, with_cam=True)
+    assert passes == [False]  # judged once, on the scoring pass's output
+    passes.clear()
+    alone = classify_scan(chest, ct, with_cam=False)
+    assert passes == [True]
+    assert abs(fused.positive_prob - alone.positive_prob) < 1e-6

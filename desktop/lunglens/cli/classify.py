@@ -171,8 +171,9 @@ def _classify(args: argparse.Namespace) -> int:
         scan = load_scan(args.file)
     except ScanError as exc:  # unreadable, corrupt, too large, missing: no score, said so
         return _refuse(args, exc)
-    try:  # before a model is chosen: a photo must not be routed, let alone scored
-        verdict = require_chest(scan, args.models_dir)
+    try:  # before a model is chosen: a photo must not be routed, let alone scored (the CT
+        # feature check is judged by classify_scan, for the chosen model's family)
+        verdict = require_chest(scan, args.models_dir, features=False)
         info = choose_model(args, scan, verdict)
     except (NotChestImage, ModalityMismatch) as exc:  # ModalityUncertain: no model chosen
         return _refuse(args, exc)
@@ -184,8 +185,8 @@ def _classify(args: argparse.Namespace) -> int:
     want_cam = bool(args.cam or args.pdf)
     try:
         result = classify_scan(scan, info, with_cam=want_cam, cam_class=args.cam_class)
-    except ModalityMismatch as exc:  # the other modality's model was named: refused, no score
-        return _refuse(args, exc)
+    except (NotChestImage, ModalityMismatch) as exc:  # the CT feature check; the other
+        return _refuse(args, exc)  # modality's model named: refused, no score
     outputs = _write_outputs(args, scan, result)
     if args.json:
         print(json.dumps(_json_result(args, scan, result), indent=2))

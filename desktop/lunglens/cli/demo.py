@@ -55,7 +55,7 @@ def _demo_row(args: argparse.Namespace, src: ScanSource, known: dict[str, str]) 
     label = known.get(name, "?")
     try:
         scan = load_source(src)
-        info = choose_model(args, scan, require_chest(scan, args.models_dir))
+        info = choose_model(args, scan, require_chest(scan, args.models_dir, features=False))
         res = classify_scan(scan, info, with_cam=False)
     except (NotChestImage, ModalityMismatch) as exc:  # the gate and routing at work
         return _DemoRow((name, label, "?", "-", "-", f"refused, no score: {exc.reason}"))

@@ -11,8 +11,15 @@ import numpy as np
 from lunglens.inference.aggregate import aggregate, top_slices
 from lunglens.inference.decision import decide
 from lunglens.inference.engine import BATCH_SIZE, Engine, batches, get_engine
-from lunglens.inference.gate import require_chest, require_scored_as
+from lunglens.inference.gate import (
+    GateVerdict,
+    judge_features,
+    pending_features,
+    require_chest,
+)
+from lunglens.inference.gate_feature_check import FeatureCheck
 from lunglens.inference.modality import (
+    ModalityCheck,
     check_modality,
     choose_model,
     find_mismatch,
@@ -114,13 +121,20 @@ def _score_and_explain(
     progress: Progress | None,
     cancel: threading.Event | None,
     batch_size: int,
+    fused: FeatureCheck | None = None,
 ) -> ScanResult:
     """The scoring part of :func:`classify_scan`: every slice, then the representative
-    slice's CAM (for a single image both come from one call)."""
+    slice's CAM (for a single image both come from one call). ``fused``: the gate's CT feature
+    check, judged on the layer output of that same call (one image, CAM wanted)."""
     info = engine.info
     single_cam = None
     if scan.n_slices == 1 and with_cam:  # one call for both outputs: the common case
-        out = predict_image(engine, scan.image[0], ("probs", "cam"))
+        extra = (fused.output,) if fused is not None else ()
+        out = predict_image(engine, scan.image[0], ("probs", "cam", *extra), exact=bool(extra))
+        if fused is not None:  # the gate's last check, from this very pass: refuse, or go on
+            found = judge_features(scan, GateVerdict(True), fused, out[fused.output])
+            if not found.accepted:
+                raise found.error(scan.source)
         probs, single_cam = out["probs"], out["cam"][0].astype(np.float32)
         if progress is not None:
             progress(1, 1)
@@ -137,6 +151,33 @@ def _score_and_explain(
         rep = scan.image[result.representative_slice]
         result.cam = predict_image(engine, rep, ("cam",))["cam"][0].astype(np.float32)
     return result
+
+
+def _gate_and_route(
+    scan: Scan, info: ModelInfo | None, gate: bool, modality_check: bool, with_cam: bool
+) -> tuple[ModelInfo, ModalityCheck | None, FeatureCheck | None]:
+    """The gate, the modality check and the model choice of :func:`classify_scan`: the model,
+    the check, and the CT feature check left to the scoring pass (``None`` when judged here or
+    not owed)."""
+    models_dir = info.path.parent if info is not None else None
+    # the CT feature check waits for the model choice: it is judged for the family the chosen
+    # model scores, and for one image scored by the CT model itself, from the scoring pass
+    verdict = require_chest(scan, models_dir, features=False) if gate else None
+    check = None
+    if modality_check:  # the gate's nearest training modality is its second opinion
+        check = with_gate(check_modality(scan, models_dir), verdict)
+    if info is None:
+        info = choose_model(scan, check=check)
+    elif (mismatch := find_mismatch(scan, info, check)) is not None:
+        # a scan of the other modality gets no score from a model it was not trained on: a
+        # "flagged" headline from it would read as a triage decision (batch: an error row)
+        raise mismatch.error(scan.source)
+    if verdict is not None and (owed := pending_features(scan, verdict, info, models_dir)):
+        if scan.n_slices == 1 and with_cam and owed.model.sha256 == info.sha256:
+            return info, check, owed  # judged on the scoring pass's own layer output
+        if not (found := judge_features(scan, verdict, owed)).accepted:
+            raise found.error(scan.source)
+    return info, check, None
 
 
 def classify_scan(
@@ -194,23 +235,18 @@ def classify_scan(
     ModelRefused
         The model failed its integrity check.
     """
-    models_dir = info.path.parent if info is not None else None
-    verdict = require_chest(scan, models_dir) if gate else None
-    check = None
-    if modality_check:  # the gate's nearest training modality is its second opinion
-        check = with_gate(check_modality(scan, models_dir), verdict)
-    if info is None:
-        info = choose_model(scan, check=check)
-    elif (mismatch := find_mismatch(scan, info, check)) is not None:
-        # a scan of the other modality gets no score from a model it was not trained on: a
-        # "flagged" headline from it would read as a triage decision (batch: an error row)
-        raise mismatch.error(scan.source)
-    if verdict is not None:  # a named model's family gets the gate's checks for it too
-        require_scored_as(scan, verdict, info.modality, models_dir)
+    info, check, fused = _gate_and_route(scan, info, gate, modality_check, with_cam)
     label_index(info, cam_class)  # fail fast on a bad label, before any work
     start = time.perf_counter()
     result = _score_and_explain(
-        scan, get_engine(info), with_cam, cam_class, progress, cancel, batch_size
+        scan,
+        get_engine(info),
+        with_cam,
+        cam_class,
+        progress,
+        cancel,
+        batch_size,
+        fused,
     )
     # what loading noticed (a slice that could not be read, a series left out) belongs to the
     # result as much as how the modality was decided: every output shows the result's notes

@@ -216,9 +216,10 @@ class Engine:
                 "Reinstall the model folder.",
             ) from exc
 
-    def _session(self, outputs: Sequence[str]) -> ort.InferenceSession:
-        """The session for ``outputs`` (built on first use, outside the lock, then cached)."""
-        key = self._graph_key(outputs)
+    def _session(self, outputs: Sequence[str], exact: bool = False) -> ort.InferenceSession:
+        """The session for ``outputs`` (built on first use, outside the lock, then cached);
+        ``exact``: a graph pruned to exactly these outputs, not the shared one serving them."""
+        key = frozenset(outputs) if exact else self._graph_key(outputs)
         with self._lock:
             sess = self._sessions.get(key)
         if sess is None:
@@ -230,7 +231,7 @@ class Engine:
         return sess
 
     def predict(
-        self, batch: np.ndarray, outputs: Sequence[str] = ("probs",)
+        self, batch: np.ndarray, outputs: Sequence[str] = ("probs",), *, exact: bool = False
     ) -> dict[str, np.ndarray]:
         """Run the model on a ``[N, 1, H, W]`` float32 batch in [0, 1].
 
@@ -241,6 +242,11 @@ class Engine:
         outputs
             Output names to compute (``"probs"``, ``"cam"``, ``"act_<k>"``, at least one):
             ``probs`` and ``cam`` run a graph pruned to them (see ``GRAPHS``).
+        exact
+            Run a graph pruned to exactly ``outputs`` (one more session, built on first use):
+            for a caller that asks for the same early layer on every scan (the chest-image
+            gate's CT feature check: stage 4 of the CT model, about half its work), not for
+            the gallery, whose layers share the full graph.
 
         Returns
         -------
@@ -258,7 +264,7 @@ class Engine:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != 1:
             raise ValueError(f"expected a [N, 1, H, W] batch, got {batch.shape}")
-        values = self._session(outputs).run(list(outputs), {self.input_name: batch})
+        values = self._session(outputs, exact).run(list(outputs), {self.input_name: batch})
         return {name: np.asarray(v) for name, v in zip(outputs, values, strict=True)}
 
 

@@ -47,14 +47,12 @@ import numpy as np
 
 from lunglens.errors import ModelError, ModelRefused, NotChestImage
 from lunglens.inference.engine import get_engine
+from lunglens.inference.gate_feature_check import MODALITY as FEATURE_MODALITY
 from lunglens.inference.gate_feature_check import (
-    BLOCK,
     FeatureCheck,
-    feature_model,
     feature_ratios,
     load_feature_check,
 )
-from lunglens.inference.gate_feature_check import MODALITY as FEATURE_MODALITY
 from lunglens.inference.gate_features import DESCRIPTOR_VERSION, descriptor
 from lunglens.inference.gate_rules import RULES, Rule, register_rule
 from lunglens.inference.gate_stats import (
@@ -139,12 +137,12 @@ class GateVerdict:
 
 
 _STATS: dict[tuple[str, str], GateStats | None] = {}
-_CHECKS: dict[tuple[str, str, str, str], FeatureCheck | None] = {}
+_CHECKS: dict[tuple[str, str, str], tuple[FeatureCheck, tuple[tuple[int, int], ...]]] = {}
 _STATS_LOCK = threading.Lock()
 
 
 def _cached_stats(info: ModelInfo) -> GateStats | None:
-    entry = info.manifest.get("ood") or {}
+    entry = info.spec.ood or {}  # the field itself: info.manifest rebuilds the JSON and seal
     key = (str(info.path.resolve()), str(entry.get("sha256", "")))
     with _STATS_LOCK:
         if key not in _STATS:
@@ -152,19 +150,35 @@ def _cached_stats(info: ModelInfo) -> GateStats | None:
         return _STATS[key]
 
 
+def _stamp(model: ModelInfo) -> tuple[tuple[int, int], ...]:
+    """Size and change time of ``model``'s manifest and ONNX file (missing: ``(-1, -1)``)."""
+    out = []
+    for path in (model.path / "manifest.json", model.onnx_path):
+        try:
+            st = path.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((-1, -1))
+    return tuple(out)
+
+
 def _cached_check(
     info: ModelInfo, models_dir: str | os.PathLike[str] | None
 ) -> FeatureCheck | None:
-    model = feature_model(info, models_dir)  # looked up each time: a replaced CT model is seen
-    if model is None:
+    """The feature check, loaded once per gate, folder and CT model files: a CT model replaced
+    while the app runs (its files' size or time changed) is looked up and checked again."""
+    entry = info.spec.feature_check or {}
+    if not entry:
         return None
-    entry = info.manifest.get(BLOCK) or {}
     where = str(Path(models_dir).resolve()) if models_dir is not None else ""
-    key = (str(info.path.resolve()), str(entry.get("sha256", "")), where, model.sha256)
+    key = (str(info.path.resolve()), str(entry.get("sha256", "")), where)
     with _STATS_LOCK:
-        if key not in _CHECKS:
-            _CHECKS[key] = load_feature_check(info, models_dir)
-        return _CHECKS[key]
+        cached = _CHECKS.get(key)
+        if cached is None or _stamp(cached[0].model) != cached[1]:
+            check = load_feature_check(info, models_dir)  # ModelRefused: missing or changed
+            assert check is not None  # the block exists
+            cached = _CHECKS[key] = (check, _stamp(check.model))
+        return cached[0]
 
 
 def _routed_to(scan: Scan, verdict: GateVerdict, info: ModelInfo) -> str | None:
@@ -203,9 +217,34 @@ def feature_check(
     if (family or _routed_to(scan, verdict, info)) != FEATURE_MODALITY:
         return verdict
     check = _cached_check(info, models_dir)
-    if check is None:
-        return verdict
-    dist, ratio = feature_ratios(scan, check)
+    return verdict if check is None else judge_features(scan, verdict, check)
+
+
+def pending_features(
+    scan: Scan, verdict: GateVerdict, model: ModelInfo, models_dir: str | os.PathLike[str] | None
+) -> FeatureCheck | None:
+    """The CT feature check still owed to ``scan`` before ``model`` scores it, when the gate
+    ran without it (``check_chest(..., features=False)``); ``None`` when none is owed (an
+    X-ray model, no check installed). It is owed for the family of the model that scores, so
+    a CT model named for a plain image the learned check placed nearer the X-rays owes it too."""
+    if not verdict.accepted or model.modality != FEATURE_MODALITY:
+        return None
+    info = modality_checker(models_dir)
+    return None if info is None else _cached_check(info, models_dir)
+
+
+def judge_features(
+    scan: Scan,
+    verdict: GateVerdict,
+    check: FeatureCheck,
+    activations: np.ndarray | None = None,
+) -> GateVerdict:
+    """``verdict`` when ``scan`` passes the CT feature ``check``, else the refusal.
+
+    ``activations``: the check's layer output for the sampled slices, when the caller already
+    ran the CT model on exactly them (scoring one slice with that model computes it in the
+    same call, which saves a second pass)."""
+    dist, ratio = feature_ratios(scan, check, activations)
     both = ratio
     if len(verdict.slice_ratios) == len(ratio):
         both = np.maximum(ratio, np.asarray(verdict.slice_ratios))
@@ -283,8 +322,12 @@ def learned_check(scan: Scan, info: ModelInfo, stats: GateStats) -> GateVerdict:
     )
 
 
-def check_chest(scan: Scan, models_dir: str | os.PathLike[str] | None = None) -> GateVerdict:
-    """Run the gate on ``scan``: header and pixel rules, then the learned check.
+def check_chest(
+    scan: Scan, models_dir: str | os.PathLike[str] | None = None, *, features: bool = True
+) -> GateVerdict:
+    """Run the gate on ``scan``: header and pixel rules, then the learned check and, for a scan
+    routed to CT, the CT feature check (``features=False`` leaves that to the caller, which
+    then owes it: :func:`pending_features`, :func:`judge_features`).
 
     Parameters
     ----------
@@ -310,7 +353,9 @@ def check_chest(scan: Scan, models_dir: str | os.PathLike[str] | None = None) ->
         return GateVerdict(True)
     try:
         verdict = learned_check(scan, info, stats)
-        return feature_check(scan, info, verdict, models_dir) if verdict.accepted else verdict
+        if not (verdict.accepted and features):
+            return verdict
+        return feature_check(scan, info, verdict, models_dir)
     except ModelRefused:
         raise
     except ModelError as exc:
@@ -318,7 +363,9 @@ def check_chest(scan: Scan, models_dir: str | os.PathLike[str] | None = None) ->
         return GateVerdict(True)
 
 
-def require_chest(scan: Scan, models_dir: str | os.PathLike[str] | None = None) -> GateVerdict:
+def require_chest(
+    scan: Scan, models_dir: str | os.PathLike[str] | None = None, *, features: bool = True
+) -> GateVerdict:
     """:func:`check_chest`, raising :class:`NotChestImage` on refusal.
 
     Raises
@@ -326,7 +373,7 @@ def require_chest(scan: Scan, models_dir: str | os.PathLike[str] | None = None) 
     NotChestImage
         The scan is not a chest CT slice or chest X-ray; the message says why.
     """
-    verdict = check_chest(scan, models_dir)
+    verdict = check_chest(scan, models_dir, features=features)
     if not verdict.accepted:
         raise verdict.error(scan.source)
     return verdict

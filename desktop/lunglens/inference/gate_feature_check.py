@@ -69,7 +69,7 @@ def feature_model(gate: ModelInfo, models_dir: str | os.PathLike[str] | None) ->
         CT model updated without ``lunglens-train ood``): features of another file mean nothing
         to them, and the gate must not pass CT silently.
     """
-    entry = gate.manifest.get(BLOCK)
+    entry = gate.spec.feature_check
     if not entry:
         return None
     name = str(entry.get("model", ""))
@@ -116,15 +116,21 @@ def load_feature_check(
             f"the CT feature check's statistics are for {list(stats.labels)}, not [{MODALITY!r}]",
             "Refit the gate with 'lunglens-train ood'.",
         )
-    entry = gate.manifest[BLOCK]
+    entry = gate.spec.feature_check or {}
     return FeatureCheck(model, str(entry["output"]), str(entry.get("layer", "")), stats)
 
 
-def feature_ratios(scan: Scan, check: FeatureCheck) -> tuple[np.ndarray, np.ndarray]:
+def feature_ratios(
+    scan: Scan, check: FeatureCheck, activations: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Feature distances of ``scan``'s sampled slices (:func:`sample_slices`, the learned
-    check's) and their ratios to the threshold (a slice passes at <= 1)."""
-    idx = sample_slices(scan.n_slices)
-    batch = to_model_input(scan.image[idx], check.model.input_size, check.model.preprocessing)
-    out = get_engine(check.model).predict(batch, (check.output,))[check.output]
+    check's) and their ratios to the threshold (a slice passes at <= 1); ``activations``: the
+    layer output on those slices, when the caller already has it."""
+    out = activations
+    if out is None:
+        idx = sample_slices(scan.n_slices)
+        model = check.model
+        batch = to_model_input(scan.image[idx], model.input_size, model.preprocessing)
+        out = get_engine(model).predict(batch, (check.output,), exact=True)[check.output]
     dist = check.stats.distances(feature_descriptor(out))[:, 0]
     return dist, dist / check.stats.threshold[0]

@@ -151,7 +151,7 @@ def load_stats(
         statistics of descriptor ``version`` (:func:`descriptor`'s, or for ``feature_check``
         :func:`feature_descriptor`'s).
     """
-    entry = info.manifest.get(block)
+    entry = getattr(info.spec, block, None)  # the field: info.manifest rebuilds JSON and seal
     if not entry:
         return None
     path = info.path / str(entry["file"])

@@ -119,7 +119,7 @@ def check_with(info: ModelInfo, scan: Scan) -> ModalityCheck | None:
     batch = to_model_input(image, info.input_size, info.preprocessing)
     probs = engine.predict(batch, ("probs",))["probs"][0]
     idx = int(np.argmax(probs))
-    warn_at = float(info.manifest.get("warn_probability", 0.9))
+    warn_at = info.spec.warn_probability if info.spec.warn_probability is not None else 0.9
     return ModalityCheck(
         modality=info.labels[idx],
         probability=float(probs[idx]),

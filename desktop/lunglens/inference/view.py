@@ -17,16 +17,21 @@ from lunglens.preprocess import model_input_with_boxes, uncrop_cam
 
 
 def predict_image(
-    engine: Engine, image2d: np.ndarray, outputs: Sequence[str] = ("probs", "cam")
+    engine: Engine,
+    image2d: np.ndarray,
+    outputs: Sequence[str] = ("probs", "cam"),
+    *,
+    exact: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run ``outputs`` for one ``[H, W]`` image in [0, 1]; ``cam`` comes back in image frame.
 
     Returns the engine's outputs with their batch axis of 1 kept; ``cam`` is
     ``[1, C, h', w']`` with the image's aspect ratio when the model crops, else the graph's.
+    ``exact``: a graph pruned to exactly ``outputs`` (:meth:`Engine.predict`).
     """
     info = engine.info
     batch, boxes = model_input_with_boxes(image2d, info.input_size, info.preprocessing)
-    out = engine.predict(batch, tuple(outputs))
+    out = engine.predict(batch, tuple(outputs), exact=exact)
     if "cam" in out:
         out["cam"] = uncrop_cam(out["cam"][0], boxes[0], image2d.shape)[None]
     return out
