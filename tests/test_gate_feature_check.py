@@ -301,3 +301,55 @@ def test_one_image_scored_by_the_ct_model_is_judged_on_its_own_scoring_pass(
     alone = classify_scan(chest, ct, with_cam=False)
     assert passes == [True]
     assert abs(fused.positive_prob - alone.positive_prob) < 1e-6
+
+
+def test_fused_and_separate_passes_give_the_same_distance_and_only_for_the_fitted_folder(
+    tmp_path: Path,
+) -> None:
+    """The scoring call's stage-4 output stands in for the check's own pass only for the very
+    model folder the check was fitted on: a copy of the same ONNX file with another input
+    contract computes other features (a review found 7.75 vs 11.11)."""
+    from lunglens.inference import classify_scan
+    from lunglens.inference.classify import _gate_and_route
+    from lunglens.inference.view import predict_image
+
+    info = modality_checker(MODELS)
+    assert info is not None
+    check = load_feature_check(info, MODELS)
+    assert check is not None
+    engine = gate_module.get_engine(check.model)
+    for path in (SAMPLES / "ct-covid-mosmed-0001.jpg", SAMPLES / "ct-dicom-chest-j2k.dcm"):
+        scan = load_scan(path)
+        alone = feature_ratios(scan, check)[0]
+        out = predict_image(engine, scan.image[0], ("probs", "cam", check.output), exact=True)
+        fused = feature_ratios(scan, check, out[check.output])[0]
+        np.testing.assert_allclose(fused, alone, rtol=1e-6)
+    models = tmp_path / "models"
+    shutil.copytree(MODELS, models)
+    copy = models / "ct-copy"
+    shutil.copytree(models / "efficientnet-lite-ct", copy)
+    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+    manifest["name"], manifest["default_for_modality"] = "ct-copy", False
+    manifest["input"]["preprocessing"] = {"crop": "none", "intensity": "none"}
+    rewrite_manifest(copy, manifest)
+    scan = load_scan(SAMPLES / "ct-covid-mosmed-0001.jpg")
+    _, _, fused_check = _gate_and_route(scan, get_model("ct-copy", models), True, True, True)
+    assert fused_check is None  # judged on its own pass, not on the copy's features
+    _, _, fused_check = _gate_and_route(
+        scan, get_model("efficientnet-lite-ct", models), True, True, True
+    )
+    assert fused_check is not None
+    assert classify_scan(scan, get_model("ct-copy", models)).positive_prob >= 0.0
+
+
+def test_cli_classify_refuses_an_exported_head_ct_slice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lunglens.cli import EXIT_BAD_INPUT, main
+
+    png = _png_export(HEAD_CT[1], tmp_path / "head.png", 40.0, 400.0)  # soft-tissue window
+    for extra in ([], ["--model", "efficientnet-lite-ct"], ["--model", "squeezenet-light-ct"]):
+        code = main(["--models-dir", str(MODELS), "classify", str(png), *extra])
+        out = capsys.readouterr().out
+        assert code == EXIT_BAD_INPUT, (extra, out)
+        assert "refused:" in out and "to the CT model efficientnet-lite-ct" in out

@@ -173,7 +173,7 @@ def _gate_and_route(
         # "flagged" headline from it would read as a triage decision (batch: an error row)
         raise mismatch.error(scan.source)
     if verdict is not None and (owed := pending_features(scan, verdict, info, models_dir)):
-        if scan.n_slices == 1 and with_cam and owed.model.sha256 == info.sha256:
+        if scan.n_slices == 1 and with_cam and owed.model.path == info.path:
             return info, check, owed  # judged on the scoring pass's own layer output
         if not (found := judge_features(scan, verdict, owed)).accepted:
             raise found.error(scan.source)

@@ -50,6 +50,7 @@ from lunglens.inference.engine import get_engine
 from lunglens.inference.gate_feature_check import MODALITY as FEATURE_MODALITY
 from lunglens.inference.gate_feature_check import (
     FeatureCheck,
+    feature_model,
     feature_ratios,
     load_feature_check,
 )
@@ -137,7 +138,7 @@ class GateVerdict:
 
 
 _STATS: dict[tuple[str, str], GateStats | None] = {}
-_CHECKS: dict[tuple[str, str, str], tuple[FeatureCheck, tuple[tuple[int, int], ...]]] = {}
+_CHECKS: dict[tuple[str, str, str], tuple[FeatureCheck, tuple[tuple[int, ...], ...]]] = {}
 _STATS_LOCK = threading.Lock()
 
 
@@ -150,15 +151,17 @@ def _cached_stats(info: ModelInfo) -> GateStats | None:
         return _STATS[key]
 
 
-def _stamp(model: ModelInfo) -> tuple[tuple[int, int], ...]:
-    """Size and change time of ``model``'s manifest and ONNX file (missing: ``(-1, -1)``)."""
-    out = []
+def _stamp(model: ModelInfo) -> tuple[tuple[int, ...], ...]:
+    """Inode, size, modification and status-change times of ``model``'s manifest and ONNX
+    file (missing: ``(-1,)``): a copy over them with its times preserved still changes the
+    status-change time."""
+    out: list[tuple[int, ...]] = []
     for path in (model.path / "manifest.json", model.onnx_path):
         try:
             st = path.stat()
-            out.append((st.st_mtime_ns, st.st_size))
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         except OSError:
-            out.append((-1, -1))
+            out.append((-1,))
     return tuple(out)
 
 
@@ -175,9 +178,12 @@ def _cached_check(
     with _STATS_LOCK:
         cached = _CHECKS.get(key)
         if cached is None or _stamp(cached[0].model) != cached[1]:
-            check = load_feature_check(info, models_dir)  # ModelRefused: missing or changed
-            assert check is not None  # the block exists
-            cached = _CHECKS[key] = (check, _stamp(check.model))
+            model = feature_model(info, models_dir)  # ModelRefused: missing or changed
+            assert model is not None  # the block exists
+            stamp = _stamp(model)  # before reading: a change while loading is seen next time
+            check = load_feature_check(info, models_dir)
+            assert check is not None
+            cached = _CHECKS[key] = (check, stamp)
         return cached[0]
 
 
@@ -254,10 +260,11 @@ def judge_features(
     distance, threshold = float(dist[pick]), float(check.stats.threshold[0])
     place = _PLACES.get(FEATURE_MODALITY, FEATURE_MODALITY)
     if len(ratio) > 1:
+        learned = f"; image check at {both[pick]:.2f} of its threshold" if ratio[pick] <= 1 else ""
         what = (
             f"fewer than a quarter of {len(ratio)} sampled slices look like {place} both to "
             f"the image check and to the CT model {check.model.name} (deciding slice: "
-            f"feature distance {_pair(distance, threshold)})"
+            f"feature distance {distance:.1f}, threshold {threshold:.1f}{learned})"
         )
     else:
         what = (
