@@ -15,10 +15,20 @@ from onnx_fixtures import make_models_dir
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 
 
+SHIPPED = RESOURCES.parent / "models"
+
+
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
+    """Synthetic triage models with the shipped chest-image gate (the modality check and the
+    CT model its feature check is fitted on): an installation the self-test passes."""
+    import shutil
+
     clear_engines()
-    return make_models_dir(tmp_path / "models")
+    root = make_models_dir(tmp_path / "models")
+    for name in ("modality-check", "efficientnet-lite-ct"):
+        shutil.copytree(SHIPPED / name, root / name)
+    return root
 
 
 def test_selftest_passes_with_good_models(models: Path) -> None:
@@ -30,6 +40,16 @@ def test_selftest_passes_with_good_models(models: Path) -> None:
     assert "pylibjpeg plugins" in text and "libjpeg, openjpeg, rle" in text
     assert "RLE Lossless" in text and "JPEG 2000" in text  # compressed samples decoded
     assert "FAIL" not in text
+
+
+def test_selftest_fails_without_the_chest_image_gate(tmp_path: Path) -> None:
+    """A folder of models without the modality check would score a head CT saved as PNG
+    (the gate keeps only its tag and pixel rules): the self-test says so."""
+    out = io.StringIO()
+    assert selftest.run(make_models_dir(tmp_path / "m"), RESOURCES, gui=False, out=out) == 1
+    text = out.getvalue()
+    assert "FAIL  chest-image gate  no modality-check model in" in text
+    assert "ok    synthetic-ct" in text and "self-test FAILED (1 failed)" in text
 
 
 def test_selftest_fails_on_tampered_model(models: Path) -> None:
@@ -87,12 +107,8 @@ def test_selftest_blames_tampered_gate_statistics_on_the_modality_check(models: 
     """A modified ``ood.npz`` used to pass the modality check's line and fail every triage
     model's: the failure now names the modality check's gate statistics, and the triage
     models, which are intact, pass."""
-    import shutil
 
-    shipped = RESOURCES.parent / "models"
-    shutil.copytree(shipped / "modality-check", models / "modality-check")
-    # the gate's CT feature check compares this model's features: it must be installed
-    shutil.copytree(shipped / "efficientnet-lite-ct", models / "efficientnet-lite-ct")
+    # the fixture installs the shipped gate: modality check and the CT model it needs
     out = io.StringIO()
     assert selftest.run(models, RESOURCES, gui=False, out=out) == 0, out.getvalue()
     assert "gate statistics match (CT feature check on efficientnet-lite-ct)" in out.getvalue()

@@ -303,6 +303,13 @@ def run(
         rep.fail("models", f"no model folders found in {mdir}")
     for problem in problems:
         rep.fail("model folder", str(problem))
+    if models and not any(m.task == "modality-check" for m in models):
+        # without it the chest-image gate has only its tag and pixel rules: a head CT saved as
+        # PNG would be scored, and plain images cannot be routed (classify warns, score refuses)
+        rep.fail(
+            "chest-image gate",
+            f"no modality-check model in {mdir}: reinstall the models shipped with this version",
+        )
     for info in models:
         check = _MODEL_CHECKS.get(info.task)
         if check is None:
