@@ -39,7 +39,12 @@ from lunglens.batch.units import discover
 from lunglens.errors import ModelNotFound
 from lunglens.inference.classify import BATCH_SIZE, result_from_probs
 from lunglens.inference.engine import Engine, get_engine
-from lunglens.inference.gate import GateVerdict, require_chest, require_scored_as
+from lunglens.inference.gate import (
+    GateVerdict,
+    judge_features,
+    pending_features,
+    require_chest,
+)
 from lunglens.inference.modality import (
     ModalityCheck,
     check_with,
@@ -116,7 +121,8 @@ def _decode(
     chosen: ModelInfo | None = info
     try:
         scan = load_source(source)  # type: ignore[arg-type]
-        verdict = require_chest(scan, gate_dir)  # not a chest scan: an error row, no score
+        # not a chest scan: an error row, no score (the CT feature check waits for the model)
+        verdict = require_chest(scan, gate_dir, features=False)
         if info is None:
             chosen, check = _route(key, scan, routes or {}, checker, verdict)
         else:
@@ -124,8 +130,10 @@ def _decode(
             mismatch = find_mismatch(scan, info, check)
             if mismatch is not None:
                 raise mismatch.error(key)
-        if chosen is not None:  # a named model's family gets the gate's checks for it too
-            require_scored_as(scan, verdict, chosen.modality, gate_dir)
+        # the CT feature check, for the family of the model that scores (as in classify_scan)
+        if chosen is not None and (owed := pending_features(scan, verdict, chosen, gate_dir)):
+            if not (found := judge_features(scan, verdict, owed)).accepted:
+                raise found.error(scan.source)
         notes = (*scan.notes, *modality_notes(scan, check))
         return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0, chosen, notes)
     except Exception as exc:  # a bad file must never stop the run: it becomes an error row

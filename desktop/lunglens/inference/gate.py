@@ -84,7 +84,6 @@ __all__ = [  # the rules, descriptor and statistics are re-exported: callers met
     "load_stats",
     "register_rule",
     "require_chest",
-    "require_scored_as",
     "sample_slices",
 ]
 
@@ -191,8 +190,9 @@ def _routed_to(scan: Scan, verdict: GateVerdict, info: ModelInfo) -> str | None:
     """The family automatic routing scores ``scan`` as: its DICOM modality, or for a plain
     image the learned check's nearest training set where the modality check ``info`` agrees
     (``None`` where they disagree: routing refuses such an image as uncertain, and it must not
-    read "not a chest CT slice" for an X-ray with black padding). A model chosen by name is
-    checked for its own family by :func:`require_scored_as`."""
+    read "not a chest CT slice" for an X-ray with black padding). Scoring paths defer the
+    check until a model is chosen and judge it for that model's family instead
+    (:func:`pending_features`)."""
     if scan.modality in SCORED_MODALITIES:
         return str(scan.modality)
     from lunglens.inference.modality import check_with  # modality imports this module
@@ -210,17 +210,13 @@ def _pair(distance: float, threshold: float) -> str:
 
 
 def feature_check(
-    scan: Scan,
-    info: ModelInfo,
-    verdict: GateVerdict,
-    models_dir: str | os.PathLike[str] | None,
-    family: str | None = None,
+    scan: Scan, info: ModelInfo, verdict: GateVerdict, models_dir: str | os.PathLike[str] | None
 ) -> GateVerdict:
     """The CT feature check (:mod:`lunglens.inference.gate_feature_check`) on a scan the
-    learned check accepted, for a scan scored as CT (``family``, default: how routing scores
-    it); ``verdict`` when it does not apply (an X-ray, no check installed). A series passes
-    when a quarter of its sampled slices pass both checks."""
-    if (family or _routed_to(scan, verdict, info)) != FEATURE_MODALITY:
+    learned check accepted and routing scores as CT; ``verdict`` when it does not apply (an
+    X-ray, no check installed). A series passes when a quarter of its sampled slices pass both
+    checks."""
+    if _routed_to(scan, verdict, info) != FEATURE_MODALITY:
         return verdict
     check = _cached_check(info, models_dir)
     return verdict if check is None else judge_features(scan, verdict, check)
@@ -272,32 +268,6 @@ def judge_features(
             f"(feature distance {_pair(distance, threshold)})"
         )
     return GateVerdict(False, what, "ct-features", distance, threshold, verdict.nearest)
-
-
-def require_scored_as(
-    scan: Scan,
-    verdict: GateVerdict,
-    family: str,
-    models_dir: str | os.PathLike[str] | None = None,
-) -> GateVerdict:
-    """The gate's checks for the family a chosen model scores ``scan`` as.
-
-    A model chosen by name can score a plain image that the learned check placed nearer the
-    other family (:func:`~lunglens.inference.modality.find_mismatch` lets it, with a note):
-    the CT feature check then runs for it too. A no-op when routing already scored it so.
-
-    Raises
-    ------
-    NotChestImage
-        The check refuses the scan.
-    """
-    info = modality_checker(models_dir)
-    if info is None or not verdict.accepted or _routed_to(scan, verdict, info) == family:
-        return verdict
-    out = feature_check(scan, info, verdict, models_dir, family)
-    if not out.accepted:
-        raise out.error(scan.source)
-    return out
 
 
 def learned_check(scan: Scan, info: ModelInfo, stats: GateStats) -> GateVerdict:
