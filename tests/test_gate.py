@@ -13,7 +13,7 @@ from PIL import Image
 
 from lunglens.batch import score
 from lunglens.cli import EXIT_BAD_INPUT, main
-from lunglens.errors import ModelRefused, NotChestImage
+from lunglens.errors import ModelError, ModelRefused, NotChestImage
 from lunglens.inference import check_chest, classify_scan
 from lunglens.inference.gate import fit_stats, load_stats
 from lunglens.io import load_scan
@@ -135,6 +135,20 @@ def test_tampered_gate_statistics_are_refused(tmp_path: Path) -> None:
     assert info is not None
     with pytest.raises(ModelRefused, match="integrity"):
         load_stats(info)
+
+
+def test_a_gate_that_cannot_run_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any model error in the learned check stops the scan: it is never waved through."""
+    import lunglens.inference.gate as gate
+
+    def broken(*args: object) -> None:
+        raise ModelError(MODELS / "modality-check", "onnxruntime could not run the graph")
+
+    monkeypatch.setattr(gate, "learned_check", broken)
+    with pytest.raises(ModelError, match="could not run"):
+        check_chest(load_scan(CHEST_CT), MODELS)
+    with pytest.raises(ModelError, match="could not run"):
+        classify_scan(load_scan(CHEST_CT))
 
 
 def test_fit_stats_thresholds_accept_the_target_share_of_held_out_images() -> None:

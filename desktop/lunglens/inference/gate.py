@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lunglens.errors import ModelError, ModelRefused, NotChestImage
+from lunglens.errors import NotChestImage
 from lunglens.inference.engine import get_engine
 from lunglens.inference.gate_feature_check import MODALITY as FEATURE_MODALITY
 from lunglens.inference.gate_feature_check import (
@@ -317,7 +317,9 @@ def check_chest(
     ------
     ModelRefused
         The gate statistics failed their integrity check (a tampered gate must not pass
-        everything silently).
+        everything silently), or the CT feature check's model is missing or changed.
+    ModelError
+        Any other failure of the gate's models: it fails closed, the scan gets no score.
     """
     for rule in RULES:
         reason = rule.check(scan)
@@ -328,16 +330,11 @@ def check_chest(
     if info is None or stats is None:  # only in development set-ups: the app ships both
         log.warning("chest-image gate: no learned check installed; tags and pixel rules only")
         return GateVerdict(True)
-    try:
-        verdict = learned_check(scan, info, stats)
-        if not (verdict.accepted and features):
-            return verdict
-        return feature_check(scan, info, verdict, models_dir)
-    except ModelRefused:
-        raise
-    except ModelError as exc:
-        log.warning("chest-image gate: learned check unavailable (%s)", exc)
-        return GateVerdict(True)
+    # any model error propagates: a gate that cannot run must not pass the scan (fail closed)
+    verdict = learned_check(scan, info, stats)
+    if not (verdict.accepted and features):
+        return verdict
+    return feature_check(scan, info, verdict, models_dir)
 
 
 def require_chest(
