@@ -8,6 +8,7 @@ with ImageMagick's ``import -window root``.
 Usage::
 
     DISPLAY=:77 python benchmarks/gui_screenshots.py SCAN FOLDER --out DIR [--other-model NAME]
+        [--slice N]
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="after the first shot, pick this model in the list and shoot the result again "
         "(e.g. a model for the other modality: the refusal banner)",
+    )
+    parser.add_argument(
+        "--slice",
+        type=int,
+        metavar="N",
+        help="after the first shot, go to slice N (1 = the first) and shoot it too (e.g. a "
+        "slice left out of a series' score)",
     )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     wait(win.resultReady)
     win.cam_controls.show_box.setChecked(True)
     shot("1-viewer-headline")
+    if args.slice:
+        win.set_slice(args.slice - 1)
+        settle(3000)  # its CAM (or the note that it has none) is computed in a worker
+        shot(f"1c-viewer-slice-{args.slice}")
+        print(f"slice {args.slice}:", win.cam_controls.status_label.text())
+        win.set_slice(win.state.result.representative_slice if win.state.result else 0)
     if args.other_model:
         combo = win.classify_panel.model_combo
         combo.setCurrentIndex(combo.findData(args.other_model))

@@ -253,9 +253,9 @@ SLOW_SITECUSTOMIZE = """
 import os, time
 from lunglens.inference import engine as _engine
 _orig = _engine.Engine.predict
-def _slow(self, batch, outputs=("probs",)):
+def _slow(self, batch, outputs=("probs",), **kwargs):
     time.sleep(float(os.environ.get("LUNGLENS_TEST_DELAY_S", "0.05")) * len(batch))
-    return _orig(self, batch, outputs)
+    return _orig(self, batch, outputs, **kwargs)
 _engine.Engine.predict = _slow
 """
 

@@ -289,9 +289,12 @@ def test_one_image_scored_by_the_ct_model_is_judged_on_its_own_scoring_pass(
     passes: list[bool] = []
     real = gfc.feature_ratios
 
-    def counting(scan: object, chk: object, activations: object = None) -> object:
-        passes.append(activations is None)  # True: the check ran the CT model itself
-        return real(scan, chk, activations)  # type: ignore[arg-type]
+    def counting(
+        scan: object, chk: object, activations: object = None, descriptors: object = None
+    ) -> object:
+        # True: the check ran the CT model itself
+        passes.append(activations is None and descriptors is None)
+        return real(scan, chk, activations, descriptors)  # type: ignore[arg-type]
 
     monkeypatch.setattr(gfc, "feature_ratios", counting)
     monkeypatch.setattr(gate_module, "feature_ratios", counting)
@@ -333,12 +336,10 @@ def test_fused_and_separate_passes_give_the_same_distance_and_only_for_the_fitte
     manifest["input"]["preprocessing"] = {"crop": "none", "intensity": "none"}
     rewrite_manifest(copy, manifest)
     scan = load_scan(SAMPLES / "ct-covid-mosmed-0001.jpg")
-    _, _, fused_check = _gate_and_route(scan, get_model("ct-copy", models), True, True, True)
-    assert fused_check is None  # judged on its own pass, not on the copy's features
-    _, _, fused_check = _gate_and_route(
-        scan, get_model("efficientnet-lite-ct", models), True, True, True
-    )
-    assert fused_check is not None
+    *_, judged = _gate_and_route(scan, get_model("ct-copy", models), True, True, True)
+    assert judged  # on its own pass, not on the copy's features
+    *_, judged = _gate_and_route(scan, get_model("efficientnet-lite-ct", models), True, True, True)
+    assert not judged  # left to the scoring pass
     assert classify_scan(scan, get_model("ct-copy", models)).positive_prob >= 0.0
 
 
@@ -353,3 +354,40 @@ def test_cli_classify_refuses_an_exported_head_ct_slice(
         out = capsys.readouterr().out
         assert code == EXIT_BAD_INPUT, (extra, out)
         assert "refused:" in out and "to the CT model efficientnet-lite-ct" in out
+
+
+def test_batch_judges_one_image_on_its_scoring_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch scoring with the CT model the check was fitted on judges a single image on the
+    stage-4 output of the scoring pass itself (no pass of its own): the same refusal and the
+    same probability as ``classify_scan``."""
+    from lunglens.batch import score
+    from lunglens.inference import classify_scan
+    from lunglens.inference import gate_feature_check as gfc
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _png_export(HEAD_CT[0], folder / "head.png")
+    shutil.copy(SAMPLES / "ct-covid-mosmed-0001.jpg", folder / "chest.jpg")
+    ct = get_model("efficientnet-lite-ct", MODELS)
+    want = classify_scan(load_scan(folder / "chest.jpg"), ct)
+    passes: list[bool] = []
+    real = gfc.feature_ratios
+
+    def counting(
+        scan: object, chk: object, activations: object = None, descriptors: object = None
+    ) -> object:
+        passes.append(activations is None and descriptors is None)
+        return real(scan, chk, activations, descriptors)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gate_module, "feature_ratios", counting)
+    out = tmp_path / "r.csv"
+    list(score([folder], ct, out, audit=False, models_dir=MODELS))
+    with open(out, newline="") as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert passes == [False, False]  # both judged, neither by a pass of its own
+    head, chest = rows["head.png"], rows["chest.jpg"]
+    assert head["status"] == "error" and "feature distance" in head["error"]
+    assert not head["p_covid"]
+    assert chest["status"] == "ok" and abs(float(chest["p_covid"]) - want.positive_prob) < 1e-5

@@ -44,7 +44,8 @@ def ct_model() -> ModelInfo:
 
 def write_series(src: Path, folder: Path, n: int, uid: str | None = None) -> Path:
     """``n`` slices of the real chest CT slice ``src`` as one series, 5 mm apart; slice 1 has a
-    bright square, so the slices differ."""
+    denser square (+300 HU, like an opacity; a square at the brightest value makes a slice
+    unlike chest CT to the CT feature check), so the slices differ."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -57,7 +58,7 @@ def write_series(src: Path, folder: Path, n: int, uid: str | None = None) -> Pat
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         if i == 1:
             arr = ds.pixel_array.copy()
-            arr[100:180, 300:380] = arr.max()
+            arr[100:180, 300:380] += 300
             ds.PixelData = arr.tobytes()
         ds.save_as(folder / f"{uid[-6:]}-{i:02d}.dcm")
     return folder

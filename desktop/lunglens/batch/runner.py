@@ -33,12 +33,14 @@ from lunglens import AUTO_MODEL
 from lunglens.batch.events import BatchEvent, Finished, Started, Summary
 from lunglens.batch.lock import ResultsLock
 from lunglens.batch.results_csv import ResultsWriter, open_results
-from lunglens.batch.rows import RowTally, error_row, error_text, result_row
+from lunglens.batch.rows import RowTally, error_row, error_text
 from lunglens.batch.run_audit import RunAudit
+from lunglens.batch.scoring import Decoded as _Decoded
+from lunglens.batch.scoring import score_decoded as _score_decoded
 from lunglens.batch.units import discover
 from lunglens.errors import ModelNotFound
-from lunglens.inference.classify import BATCH_SIZE, result_from_probs
-from lunglens.inference.engine import Engine, get_engine
+from lunglens.inference.classify import BATCH_SIZE
+from lunglens.inference.engine import Engine, batches, get_engine
 from lunglens.inference.gate import (
     GateVerdict,
     judge_features,
@@ -55,23 +57,15 @@ from lunglens.inference.modality import (
     routing_modality,
     with_gate,
 )
+from lunglens.inference.slice_filter import (
+    fused_output,
+    left_out,
+    separate_descriptors,
+)
 from lunglens.io.scan import SCORED_MODALITIES, Scan
 from lunglens.models.registry import ModelInfo, modality_checker
-from lunglens.preprocess import to_model_input
 
 AUTO = AUTO_MODEL  #: ``--model auto``: each scan is scored by its modality's default model.
-
-
-@dataclass
-class _Decoded:
-    key: str
-    scan: Scan | None
-    error: str
-    decode_ms: float
-    #: The model that scores it (``None`` when the model could not be decided).
-    info: ModelInfo | None = None
-    #: What the row's reader must know (loading and modality notes), as ``classify`` gives.
-    notes: tuple[str, ...] = ()
 
 
 def _route(
@@ -131,52 +125,23 @@ def _decode(
             if mismatch is not None:
                 raise mismatch.error(key)
         # the CT feature check, for the family of the model that scores (as in classify_scan)
-        if chosen is not None and (owed := pending_features(scan, verdict, chosen, gate_dir)):
+        owed = pending_features(scan, verdict, chosen, gate_dir) if chosen is not None else None
+        pending = chosen is not None and fused_output(owed, chosen) is not None
+        single = scan.n_slices == 1
+        # one image scored by the check's own model is judged on the scoring pass (as in
+        # classify_scan); a series' quorum is judged here, its slices on the scoring pass
+        if owed is not None and not (single and pending):
             if not (found := judge_features(scan, verdict, owed)).accepted:
                 raise found.error(scan.source)
+        unscored: tuple[int, ...] = ()
+        if owed is not None and not single and not pending:  # another CT model scores
+            desc = [separate_descriptors(scan.image[p], owed) for p in batches(scan.n_slices)]
+            unscored = left_out(owed, np.concatenate(desc), scan.source)
         notes = (*scan.notes, *modality_notes(scan, check))
-        return _Decoded(key, scan, "", (time.perf_counter() - start) * 1000.0, chosen, notes)
+        took = (time.perf_counter() - start) * 1000.0
+        return _Decoded(key, scan, "", took, chosen, notes, owed, pending, unscored, verdict)
     except Exception as exc:  # a bad file must never stop the run: it becomes an error row
         return _Decoded(key, None, error_text(exc), (time.perf_counter() - start) * 1000.0, chosen)
-
-
-def _score_decoded(
-    engines: dict[str, Engine], items: list[_Decoded], batch_size: int, include_ids: bool
-) -> list[dict[str, str]]:
-    """Run all slices of ``items`` through their model's engine in batches; one row per item,
-    in the order of ``items``."""
-    rows: dict[int, dict[str, str]] = {}
-    by_model: dict[str, list[int]] = {}
-    for i, it in enumerate(items):
-        if it.scan is None or it.info is None:
-            rows[i] = error_row(it.key, it.info, it.error, it.decode_ms)
-        else:
-            by_model.setdefault(it.info.name, []).append(i)
-    for name, idx in by_model.items():
-        engine = engines[name]
-        info = engine.info
-        group = [items[i] for i in idx]
-        slices = [im for it in group if it.scan is not None for im in it.scan.image]
-        start = time.perf_counter()
-        probs = np.empty((len(slices), len(info.labels)), np.float32)
-        for lo in range(0, len(slices), batch_size):
-            chunk = to_model_input(
-                slices[lo : lo + batch_size], info.input_size, info.preprocessing
-            )
-            probs[lo : lo + len(chunk)] = engine.predict(chunk, ("probs",))["probs"]
-        per_slice = (time.perf_counter() - start) * 1000.0 / max(1, len(slices))
-        offset = 0
-        for i, it in zip(idx, group, strict=True):
-            assert it.scan is not None
-            n = it.scan.n_slices
-            result = result_from_probs(
-                info, it.key, probs[offset : offset + n], modality=it.scan.modality
-            )
-            result.notes.extend(it.notes)
-            offset += n
-            pid = it.scan.metadata.get("patient_id", "") if include_ids else None
-            rows[i] = result_row(result, it.key, info, it.decode_ms + per_slice * n, pid)
-    return [rows[i] for i in range(len(items))]
 
 
 def _lookahead(workers: int, batch_size: int, items: int, slices: int) -> int:

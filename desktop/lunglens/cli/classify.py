@@ -155,6 +155,7 @@ def _json_result(args: argparse.Namespace, scan: Scan, result: ScanResult) -> di
     data = result.to_dict(slice_probs=result.n_slices > 1)
     data["top_slices"] = slice_numbers(result.top_slices)
     data["representative_slice"] = slice_numbers([result.representative_slice])[0]
+    data["unscored_slices"] = slice_numbers(result.unscored_slices)
     if args.include_ids:
         data["patient_id"] = scan.metadata.get("patient_id", "")
     return data

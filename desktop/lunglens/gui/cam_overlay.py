@@ -130,6 +130,10 @@ class CamOverlay(QObject):
         if not state.cam.visible or state.result is None or state.scan is None:
             self.view.set_overlay_visible(False)
             return
+        if note := state.unscored_note():  # a slice left out of the series score: no map
+            self.view.set_overlay_visible(False)
+            self.controls.set_status(note)
+            return
         heat = state.current_heat()
         if heat is None:
             self.view.set_overlay_visible(False)

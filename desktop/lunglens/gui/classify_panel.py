@@ -281,7 +281,11 @@ class ClassifyPanel(QWidget):
         self.prediction_label.setText(result.headline)
         color = FLAGGED_COLOR if result.flagged else NOT_FLAGGED_COLOR
         self.prediction_label.setStyleSheet(f"color: {color};")
-        rule = f"series of {result.n_slices} slices: mean of the top slices" if series else "image"
+        kept = result.n_slices - len(result.unscored_slices)
+        of = f", {kept} scored" if kept < result.n_slices else ""
+        rule = (
+            f"series of {result.n_slices} slices{of}: mean of the top slices" if series else "image"
+        )
         self.threshold_label.setText(
             f"P({result.positive_label}) = {format_prob(result.positive_prob)} ({rule}); "
             f"flagged when >= operating threshold {format_threshold(result.threshold)}"

@@ -4,7 +4,8 @@ COVID-19 findings (ground-glass opacities, consolidation) are focal: they show o
 slices, so the plain mean over a series dilutes a clear finding with dozens of normal slices. The
 maximum is the opposite mistake: one noisy slice (motion, a vessel, an artefact) decides the series.
 The default, the mean of the top-k slice probabilities (k = 3 unless the manifest says otherwise),
-needs a finding on a few slices and is far less noisy than the maximum.
+needs a finding on a few slices and is far less noisy than the maximum. Only the slices that
+look like chest CT to the CT model reach it (:mod:`lunglens.inference.slice_filter`).
 """
 
 from __future__ import annotations

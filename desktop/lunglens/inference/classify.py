@@ -18,6 +18,7 @@ from lunglens.inference.gate import (
     require_chest,
 )
 from lunglens.inference.gate_feature_check import FeatureCheck
+from lunglens.inference.gate_features import feature_descriptor
 from lunglens.inference.modality import (
     ModalityCheck,
     check_modality,
@@ -27,6 +28,12 @@ from lunglens.inference.modality import (
     with_gate,
 )
 from lunglens.inference.result import ScanResult
+from lunglens.inference.slice_filter import (
+    left_out,
+    left_out_note,
+    scoring_outputs,
+    separate_descriptors,
+)
 from lunglens.inference.view import predict_image
 from lunglens.io.scan import Modality, Scan
 from lunglens.models.registry import ModelInfo
@@ -62,16 +69,40 @@ def slice_probabilities(
     cancel: threading.Event | None = None,
 ) -> np.ndarray:
     """``[S, C]`` probabilities of every slice of an ``[S, H, W]`` stack, in batches."""
-    size = engine.info.input_size
-    out = np.empty((images.shape[0], len(engine.info.labels)), np.float32)
+    return _score_slices(engine, images, None, batch_size, progress, cancel)[0]
+
+
+def _score_slices(
+    engine: Engine,
+    images: np.ndarray,
+    check: FeatureCheck | None,
+    batch_size: int = BATCH_SIZE,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`slice_probabilities` and, with a CT feature ``check`` owed, every slice's feature
+    descriptor (from the same pass when ``engine`` is the check's model, else from a pass of
+    that model on the same batch: :mod:`lunglens.inference.slice_filter`)."""
+    info = engine.info
+    outputs, exact = scoring_outputs(check, info)
+    out = np.empty((images.shape[0], len(info.labels)), np.float32)
+    desc: list[np.ndarray] = []
     for part in batches(images.shape[0], batch_size):
         if cancel is not None and cancel.is_set():
             raise Cancelled("classification cancelled")
-        batch = to_model_input(images[part], size, engine.info.preprocessing)
-        out[part] = engine.predict(batch, ("probs",))["probs"]
+        batch = to_model_input(images[part], info.input_size, info.preprocessing)
+        got = engine.predict(batch, outputs, exact=exact)
+        out[part] = got["probs"]
+        if check is not None:
+            fused = got.get(check.output) if len(outputs) > 1 else None
+            desc.append(
+                feature_descriptor(fused)
+                if fused is not None
+                else separate_descriptors(images[part], check)
+            )
         if progress is not None:
             progress(part.stop, images.shape[0])
-    return out
+    return out, (np.concatenate(desc) if desc else None)
 
 
 def result_from_probs(
@@ -81,10 +112,14 @@ def result_from_probs(
     *,
     modality: str = Modality.UNKNOWN,
     cam_class: str | int | None = None,
+    unscored: tuple[int, ...] = (),
 ) -> ScanResult:
-    """Build a :class:`ScanResult` (without CAM) from per-slice probabilities."""
+    """Build a :class:`ScanResult` (without CAM) from per-slice probabilities; the slices
+    ``unscored`` (0-based, not all of them) are left out of the aggregate, the most suspicious
+    slices and the representative one (:mod:`lunglens.inference.slice_filter`)."""
     method, k = info.series_aggregation
-    probs = aggregate(slice_probs, info.positive_index, method, k)
+    kept = np.setdiff1d(np.arange(slice_probs.shape[0]), np.asarray(unscored, int))
+    probs = aggregate(slice_probs[kept], info.positive_index, method, k)
     # a series is judged by the threshold calibrated on patients, a slice by the slice one
     threshold = info.series_threshold if slice_probs.shape[0] > 1 else info.threshold
     prediction, flagged = decide(probs, info, threshold)
@@ -103,13 +138,14 @@ def result_from_probs(
         threshold=threshold,
         n_slices=int(slice_probs.shape[0]),
         slice_probs=slice_probs,
-        top_slices=top_slices(slice_probs, info.positive_index, 3),
-        representative_slice=top_slices(slice_probs, cam_idx, 1)[0],
+        top_slices=[int(kept[i]) for i in top_slices(slice_probs[kept], info.positive_index, 3)],
+        representative_slice=int(kept[top_slices(slice_probs[kept], cam_idx, 1)[0]]),
         cam_class=info.labels[cam_idx],
         cam_reference=info.cam_reference,
         slice_threshold=info.threshold,
         modality=modality,
         model_modality=info.modality,
+        unscored_slices=tuple(unscored),
     )
 
 
@@ -121,13 +157,18 @@ def _score_and_explain(
     progress: Progress | None,
     cancel: threading.Event | None,
     batch_size: int,
-    fused: FeatureCheck | None = None,
+    owed: FeatureCheck | None = None,
+    judged: bool = True,
 ) -> ScanResult:
     """The scoring part of :func:`classify_scan`: every slice, then the representative
-    slice's CAM (for a single image both come from one call). ``fused``: the gate's CT feature
-    check, judged on the layer output of that same call (one image, CAM wanted)."""
+    slice's CAM (for a single image both come from one call). ``owed``: the gate's CT feature
+    check for the chosen model; not yet ``judged`` (one image, CAM wanted, scored by the
+    check's model), it is judged on the layer output of that same call. A series is scored
+    from its slices that pass it (:mod:`lunglens.inference.slice_filter`)."""
     info = engine.info
     single_cam = None
+    unscored: tuple[int, ...] = ()
+    fused = None if judged else owed
     if scan.n_slices == 1 and with_cam:  # one call for both outputs: the common case
         extra = (fused.output,) if fused is not None else ()
         out = predict_image(engine, scan.image[0], ("probs", "cam", *extra), exact=bool(extra))
@@ -139,12 +180,15 @@ def _score_and_explain(
         if progress is not None:
             progress(1, 1)
     else:
-        probs = slice_probabilities(
-            engine, scan.image, batch_size=batch_size, progress=progress, cancel=cancel
-        )
+        series = owed if scan.n_slices > 1 else None
+        probs, desc = _score_slices(engine, scan.image, series, batch_size, progress, cancel)
+        if series is not None and desc is not None:
+            unscored = left_out(series, desc, scan.source)
     result = result_from_probs(
-        info, scan.source, probs, modality=scan.modality, cam_class=cam_class
+        info, scan.source, probs, modality=scan.modality, cam_class=cam_class, unscored=unscored
     )
+    if owed is not None and (note := left_out_note(owed, unscored, scan.n_slices)):
+        result.notes.append(note)
     if single_cam is not None:
         result.cam = single_cam
     elif with_cam:
@@ -155,10 +199,10 @@ def _score_and_explain(
 
 def _gate_and_route(
     scan: Scan, info: ModelInfo | None, gate: bool, modality_check: bool, with_cam: bool
-) -> tuple[ModelInfo, ModalityCheck | None, FeatureCheck | None]:
+) -> tuple[ModelInfo, ModalityCheck | None, FeatureCheck | None, bool]:
     """The gate, the modality check and the model choice of :func:`classify_scan`: the model,
-    the check, and the CT feature check left to the scoring pass (``None`` when judged here or
-    not owed)."""
+    the check, the CT feature check owed (``None``: not owed) and whether it was judged here
+    (else the scoring pass judges it on its own layer output)."""
     models_dir = info.path.parent if info is not None else None
     # the CT feature check waits for the model choice: it is judged for the family the chosen
     # model scores, and for one image scored by the CT model itself, from the scoring pass
@@ -174,10 +218,11 @@ def _gate_and_route(
         raise mismatch.error(scan.source)
     if verdict is not None and (owed := pending_features(scan, verdict, info, models_dir)):
         if scan.n_slices == 1 and with_cam and owed.model.path == info.path:
-            return info, check, owed  # judged on the scoring pass's own layer output
+            return info, check, owed, False  # judged on the scoring pass's own layer output
         if not (found := judge_features(scan, verdict, owed)).accepted:
             raise found.error(scan.source)
-    return info, check, None
+        return info, check, owed, True
+    return info, check, None, True
 
 
 def classify_scan(
@@ -235,7 +280,7 @@ def classify_scan(
     ModelRefused
         The model failed its integrity check.
     """
-    info, check, fused = _gate_and_route(scan, info, gate, modality_check, with_cam)
+    info, check, owed, judged = _gate_and_route(scan, info, gate, modality_check, with_cam)
     label_index(info, cam_class)  # fail fast on a bad label, before any work
     start = time.perf_counter()
     result = _score_and_explain(
@@ -246,7 +291,8 @@ def classify_scan(
         progress,
         cancel,
         batch_size,
-        fused,
+        owed,
+        judged,
     )
     # what loading noticed (a slice that could not be read, a series left out) belongs to the
     # result as much as how the modality was decided: every output shows the result's notes

@@ -32,7 +32,8 @@ Rules, checked in order (a small registry, :mod:`lunglens.inference.gate_rules`;
    chest CT where the learned check does not.
 
 A CT series is accepted when at least a quarter of up to :data:`SERIES_SAMPLES` evenly spaced
-slices pass (series start above the lungs and end below them).
+slices pass (series start above the lungs and end below them); it is then scored from its
+slices that pass the CT feature check only (:mod:`lunglens.inference.slice_filter`).
 """
 
 from __future__ import annotations
@@ -240,13 +241,14 @@ def judge_features(
     verdict: GateVerdict,
     check: FeatureCheck,
     activations: np.ndarray | None = None,
+    descriptors: np.ndarray | None = None,
 ) -> GateVerdict:
     """``verdict`` when ``scan`` passes the CT feature ``check``, else the refusal.
 
-    ``activations``: the check's layer output for the sampled slices, when the caller already
-    ran the CT model on exactly them (scoring one slice with that model computes it in the
-    same call, which saves a second pass)."""
-    dist, ratio = feature_ratios(scan, check, activations)
+    ``activations``: the check's layer output for the sampled slices, or ``descriptors`` of
+    it, when the caller already ran the CT model on exactly them (scoring one slice with that
+    model computes it in the same call, which saves a second pass)."""
+    dist, ratio = feature_ratios(scan, check, activations, descriptors)
     both = ratio
     if len(verdict.slice_ratios) == len(ratio):
         both = np.maximum(ratio, np.asarray(verdict.slice_ratios))

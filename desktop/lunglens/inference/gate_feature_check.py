@@ -121,16 +121,22 @@ def load_feature_check(
 
 
 def feature_ratios(
-    scan: Scan, check: FeatureCheck, activations: np.ndarray | None = None
+    scan: Scan,
+    check: FeatureCheck,
+    activations: np.ndarray | None = None,
+    descriptors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feature distances of ``scan``'s sampled slices (:func:`sample_slices`, the learned
     check's) and their ratios to the threshold (a slice passes at <= 1); ``activations``: the
-    layer output on those slices, when the caller already has it."""
-    out = activations
-    if out is None:
-        idx = sample_slices(scan.n_slices)
-        model = check.model
-        batch = to_model_input(scan.image[idx], model.input_size, model.preprocessing)
-        out = get_engine(model).predict(batch, (check.output,), exact=True)[check.output]
-    dist = check.stats.distances(feature_descriptor(out))[:, 0]
+    layer output on those slices, or ``descriptors`` (:func:`feature_descriptor` of it), when
+    the caller already has it."""
+    if descriptors is None:
+        out = activations
+        if out is None:
+            idx = sample_slices(scan.n_slices)
+            model = check.model
+            batch = to_model_input(scan.image[idx], model.input_size, model.preprocessing)
+            out = get_engine(model).predict(batch, (check.output,), exact=True)[check.output]
+        descriptors = feature_descriptor(out)
+    dist = check.stats.distances(descriptors)[:, 0]
     return dist, dist / check.stats.threshold[0]

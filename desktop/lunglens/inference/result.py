@@ -36,9 +36,10 @@ class ScanResult:
     threshold
         The model's operating threshold from its manifest.
     n_slices
-        Slices scored (1 for a single image).
+        Slices of the scan (1 for a single image), scored or not.
     slice_probs
-        float32 ``[S, C]`` per-slice probabilities.
+        float32 ``[S, C]`` per-slice probabilities (rows of ``unscored_slices`` included: the
+        model ran on them, but no output shows them).
     top_slices
         0-based indices of the most suspicious slices (highest positive probability), best
         first; outputs a person reads number slices from 1
@@ -62,6 +63,10 @@ class ScanResult:
         Wall time of preprocessing plus inference.
     modality
         The scan's modality; ``model_modality`` the model's.
+    unscored_slices
+        0-based indices of the slices of a CT series left out of its score: they do not look
+        like chest CT to the CT model (:mod:`lunglens.inference.slice_filter`); the notes say
+        so in words. ``top_slices`` and ``representative_slice`` are never among them.
     notes
         Warnings worth showing (e.g. a model of another modality was used).
     disclaimer
@@ -92,10 +97,14 @@ class ScanResult:
     model_modality: str = Modality.UNKNOWN
     notes: list[str] = field(default_factory=list)
     disclaimer: str = DISCLAIMER
+    unscored_slices: tuple[int, ...] = ()
 
     def slice_flagged(self, index: int) -> bool:
         """Whether slice ``index`` alone reaches the slice threshold (the unit the CAM's
-        reference peak was measured in; a series' own decision is :attr:`flagged`)."""
+        reference peak was measured in; a series' own decision is :attr:`flagged`); never for a
+        slice left out of the score."""
+        if index in self.unscored_slices:
+            return False
         pos = self.labels.index(self.positive_label)
         limit = self.threshold if self.slice_threshold is None else self.slice_threshold
         return bool(self.slice_probs[index, pos] >= limit)
@@ -107,10 +116,11 @@ class ScanResult:
         return headline(self)
 
     def to_dict(self, *, slice_probs: bool = False) -> dict[str, Any]:
-        """JSON-ready dict (no arrays except optional per-slice probabilities). Slice indices
-        (``top_slices``, ``representative_slice``) count from 0, as in Python; what users read
-        counts from 1 (``classify --json`` converts them with
-        :func:`~lunglens.inference.wording.slice_numbers`)."""
+        """JSON-ready dict (no arrays except optional per-slice probabilities, ``null`` for the
+        slices left out of the score). Slice indices (``top_slices``, ``representative_slice``,
+        ``unscored_slices``) count from 0, as in Python; what users read counts from 1
+        (``classify --json`` converts them with :func:`~lunglens.inference.wording.slice_numbers`).
+        """
         out: dict[str, Any] = {
             "source": self.source,
             "model": self.model,
@@ -129,11 +139,15 @@ class ScanResult:
             "n_slices": self.n_slices,
             "top_slices": list(self.top_slices),
             "representative_slice": self.representative_slice,
+            "unscored_slices": list(self.unscored_slices),
             "cam_class": self.cam_class,
             "elapsed_ms": round(self.elapsed_ms, 2),
             "notes": list(self.notes),
             "disclaimer": self.disclaimer,
         }
-        if slice_probs:
-            out["slice_probs"] = np.round(self.slice_probs, 6).tolist()
+        if slice_probs:  # a slice left out of the score shows no probability: null
+            rows = np.round(self.slice_probs, 6).tolist()
+            out["slice_probs"] = [
+                None if i in self.unscored_slices else row for i, row in enumerate(rows)
+            ]
         return out

@@ -21,6 +21,7 @@ the threshold look equal to it, both get more digits (:func:`comparison_digits`)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 #: Decimals of every probability and threshold a person reads.
@@ -122,6 +123,22 @@ def headline(result: _Decided) -> str:
 def slice_numbers(indices: list[int] | tuple[int, ...]) -> list[int]:
     """0-based slice indices -> the 1-based numbers a person reads (slice 1 is the first)."""
     return [int(i) + 1 for i in indices]
+
+
+def slice_ranges(indices: Sequence[int]) -> str:
+    """0-based slice indices as the 1-based runs a person reads: ``[0, 1, 2, 5]`` ->
+    ``"1-3, 6"`` (a series may leave out dozens of slices at each end)."""
+    numbers = sorted(set(slice_numbers(tuple(indices))))
+    runs: list[str] = []
+    start = prev = None
+    for n in [*numbers, None]:
+        if n is not None and prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            runs.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = n
+    return ", ".join(runs)
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:

@@ -156,13 +156,16 @@ class ViewerState:
         return to_uint8(self.display_image())
 
     def slice_text(self) -> str:
-        """``Slice i/n · z mm`` for a series (position from ImagePositionPatient), else ``""``."""
+        """``Slice i/n · z mm`` for a series (position from ImagePositionPatient), else ``""``;
+        ``· not scored`` on a slice left out of the series' score."""
         scan = self.scan
         if scan is None or scan.n_slices <= 1:
             return ""
         text = f"Slice {self.slice_index + 1}/{scan.n_slices}"
         if scan.slice_positions is not None and self.slice_index < len(scan.slice_positions):
             text += f" · {scan.slice_positions[self.slice_index]:.1f} mm"
+        if self.result is not None and self.slice_index in self.result.unscored_slices:
+            text += " · not scored"
         return text
 
     def window_text(self) -> str:
@@ -251,10 +254,24 @@ class ViewerState:
             return None
         return self.cams.heat(self.slice_index, self.heat_class(), self.cam.colormap)
 
+    def unscored_note(self) -> str:
+        """What the CAM panel says on a slice of the series left out of its score (the CT
+        model does not see chest CT in it: :mod:`lunglens.inference.slice_filter`), where it
+        shows no map; "" on a scored slice."""
+        if self.result is None or self.slice_index not in self.result.unscored_slices:
+            return ""
+        return (
+            f"Slice {self.slice_index + 1} was not scored: it does not look like a chest CT "
+            "slice to the CT model. No CAM."
+        )
+
     def heat_request(self) -> HeatRequest | None:
-        """What to compute for the slice on screen, or ``None`` (cached, or no result)."""
+        """What to compute for the slice on screen, or ``None`` (cached, no result, or a slice
+        left out of the score)."""
         scan, info = self.scan, self.result_info
         if scan is None or self.result is None or info is None or self.current_heat() is not None:
+            return None
+        if self.unscored_note():
             return None
         i = self.slice_index
         return HeatRequest(
@@ -310,6 +327,8 @@ class ViewerState:
         written from it, in a worker or not, while the user goes on scrolling)."""
         if self.scan is None or self.result is None:
             raise RuntimeError("classify a scan before exporting its CAM")
+        if note := self.unscored_note():
+            raise RuntimeError(note)
         raw = self.cams.raw.get(self.slice_index)
         if raw is None:
             raise RuntimeError("the CAM of this slice is still being computed")
