@@ -177,3 +177,27 @@ def test_corpus_refused_and_chest_images_accepted(tmp_path: Path) -> None:
         accepted.setdefault(dataset, []).append(check_chest(load_scan(path), MODELS).accepted)
     for dataset, oks in accepted.items():
         assert np.mean(oks) >= 0.995, dataset
+
+
+def test_inverted_chest_images_are_refused_as_inverted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chest image saved with its grey levels inverted gets no score, and the refusal says
+    why; half of such CT slices passed the learned check and were scored near P 0.5."""
+    samples = REPO / "resources" / "samples"
+    names = ["ct-noncovid-sars-cov-2-ct-0001.jpg", "ct-covid-covid-ct-ucsd-0001.jpg"]
+    for name in [*names, "cxr-covid-ieee8023-0401.jpg", "cxr-normal-ieee8023-0006.jpg"]:
+        grey = np.asarray(Image.open(samples / name).convert("L"))
+        inverted = tmp_path / f"inv-{Path(name).stem}.png"
+        Image.fromarray(255 - grey).save(inverted)
+        assert check_chest(load_scan(samples / name), MODELS).accepted, name
+        verdict = check_chest(load_scan(inverted), MODELS)
+        assert not verdict.accepted, name
+        if name in names:  # these pass the learned distance: only the inversion rule refuses
+            assert verdict.rule == "inverted" and "look inverted" in verdict.reason
+    inverted = tmp_path / "inv-ct-noncovid-sars-cov-2-ct-0001.png"
+    monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path / "data"))  # the audit log
+    with pytest.raises(NotChestImage, match="grey levels look inverted"):
+        classify_scan(load_scan(inverted))
+    assert main(["--models-dir", str(MODELS), "classify", str(inverted)]) == EXIT_BAD_INPUT
+    assert "usual grey levels (air dark)" in capsys.readouterr().out

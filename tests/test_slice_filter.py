@@ -30,6 +30,7 @@ from lunglens.inference.slice_filter import left_out
 from lunglens.inference.wording import slice_ranges
 from lunglens.io import load_scan
 from lunglens.models import get_model, modality_checker
+from lunglens.report.pdf import result_lines
 from lunglens.viewer.state import ViewerState
 from ood_corpus import DICOM, REPO
 
@@ -57,20 +58,30 @@ def _write(src: Path, out: Path, uid: str, z: float, seed: int) -> None:
     ds.save_as(out, enforce_file_format=True)
 
 
+#: Series layouts along the body, ``c`` a chest CT slice and ``h`` an untagged head CT slice.
+LAYOUTS = {
+    "mixed": "c" * 4 + "h" * 12,  # a series running past the lungs at its end
+    "chest": "c" * 4,
+    "heads-first": "h" * 12 + "c" * 4,
+    "one-chest": "hchh",  # a quarter of the slices pass: the gate's quorum
+    "middle": "hcchcch",  # a failing slice between chest slices is scored
+    "all-heads": "h" * 8,
+}
+
+
 @pytest.fixture(scope="module")
 def series(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``mixed``: 4 chest CT slices (1-4), then 12 head CT slices (5-16), one series with no
-    body part in its tags; ``chest``: the same 4 chest slices alone."""
+    """One DICOM series folder per :data:`LAYOUTS` entry, no body part in its tags; chest
+    slices are the same real slice with their own noise, head slices alternate the two files."""
     root = tmp_path_factory.mktemp("series")
     out = {}
-    for name, heads in (("mixed", HEADS), ("chest", 0)):
+    for name, layout in LAYOUTS.items():
         folder, uid = root / name, generate_uid()
         folder.mkdir()
-        for i in range(CHEST):
-            _write(CHEST_CT, folder / f"c{i:02d}.dcm", uid, 5.0 * i, i)
-        for j in range(heads):
-            src = HEAD_CT[j % 2]
-            _write(src, folder / f"h{j:02d}.dcm", uid, 5.0 * (CHEST + j), 100 + j)
+        for z, kind in enumerate(layout):
+            nth = layout[:z].count(kind)  # the n-th chest slice has the same noise everywhere
+            src = CHEST_CT if kind == "c" else HEAD_CT[nth % 2]
+            _write(src, folder / f"{z:02d}.dcm", uid, 5.0 * z, nth + (0 if kind == "c" else 100))
         out[name] = folder
     return out
 
@@ -90,13 +101,69 @@ def test_head_slices_are_left_out_of_the_series_score(series: dict[str, Path]) -
     assert abs(result.positive_prob - chest.positive_prob) < 1e-5
     assert not set(result.top_slices) & set(HEAD_IDX)
     assert result.representative_slice not in HEAD_IDX and result.cam is not None
-    assert "12 slices of 16 not scored (slice 5-16)" in " ".join(result.notes)
+    assert "12 slices of 16 not scored (slices 5-16)" in " ".join(result.notes)
     # without the filter the head slices (P about 0.5) would have flagged this series
     probs = slice_probabilities(get_engine(ct), scan.image)
     method, k = ct.series_aggregation
     unfiltered = aggregate(probs, ct.positive_index, method, k)[ct.positive_index]
     assert unfiltered >= ct.series_threshold > result.positive_prob
     assert result.flagged is False and chest.flagged is False
+
+
+def test_the_kept_slices_are_mapped_back_and_only_end_runs_are_left_out(
+    series: dict[str, Path],
+) -> None:
+    """Left-out head slices before the chest slices shift every index; a head slice between
+    chest slices stays scored; with either CT model (the second has its own pass)."""
+    chest = classify_scan(load_scan(series["chest"]), get_model("efficientnet-lite-ct", MODELS))
+    for name in ("efficientnet-lite-ct", "squeezenet-light-ct"):
+        model = get_model(name, MODELS)
+        for cam_class in (None, "non-covid"):
+            r = classify_scan(load_scan(series["heads-first"]), model, cam_class=cam_class)
+            assert r.unscored_slices == tuple(range(HEADS)), name
+            assert set(r.top_slices) <= set(range(HEADS, HEADS + CHEST))
+            assert HEADS <= r.representative_slice < HEADS + CHEST
+        if name == chest.model:
+            assert abs(r.positive_prob - chest.positive_prob) < 1e-5
+        middle = classify_scan(load_scan(series["middle"]), model)
+        assert middle.unscored_slices == (0, 6), name  # slice 3 (a head) is between chest ones
+        assert "2 slices of 7 not scored (slices 1, 7)" in " ".join(middle.notes)
+
+
+def test_a_series_left_with_one_slice_is_judged_as_that_slice(series: dict[str, Path]) -> None:
+    ct = get_model("efficientnet-lite-ct", MODELS)
+    r = classify_scan(load_scan(series["one-chest"]), ct)
+    assert r.unscored_slices == (0, 2, 3)
+    assert r.threshold == ct.threshold != ct.series_threshold
+    alone = classify_scan(load_scan(CHEST_CT), ct)
+    assert abs(r.positive_prob - alone.positive_prob) < 0.01  # the slice with its own noise
+    assert "3 slices of 4 not scored (slices 1, 3-4)" in " ".join(r.notes)
+    assert "the other 1 slice" in " ".join(r.notes)
+
+
+def test_a_series_none_of_whose_slices_pass_is_refused_in_classify_and_batch(
+    series: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the gate's quorum (let through here), a series none of whose slices look like
+    chest CT gets no score: ``NotChestImage`` in ``classify_scan``, an error row in batch."""
+    import lunglens.batch.runner as runner
+    import lunglens.inference.classify as classify
+
+    def accept(scan: object, verdict: object, *args: object, **kw: object) -> object:
+        return verdict
+
+    monkeypatch.setattr(classify, "judge_features", accept)
+    monkeypatch.setattr(runner, "judge_features", accept)
+    scan = load_scan(series["all-heads"])
+    for name in ("efficientnet-lite-ct", "squeezenet-light-ct"):
+        with pytest.raises(NotChestImage, match="none of its 8 slices"):
+            classify_scan(scan, get_model(name, MODELS))
+        out = tmp_path / f"{name}.csv"
+        list(score([series["all-heads"]], get_model(name, MODELS), out, audit=False))
+        with open(out, newline="") as fh:
+            (row,) = list(csv.DictReader(fh))
+        assert row["status"] == "error" and "none of its 8 slices" in row["error"]
+        assert not row["p_covid"]
 
 
 def test_batch_leaves_out_the_same_slices_with_either_ct_model(
@@ -111,7 +178,7 @@ def test_batch_leaves_out_the_same_slices_with_either_ct_model(
         with open(out, newline="") as fh:
             (row,) = list(csv.DictReader(fh))
         assert row["status"] == "ok", row["error"]
-        assert "12 slices of 16 not scored (slice 5-16)" in row["notes"]
+        assert "12 slices of 16 not scored (slices 5-16)" in row["notes"]
         tops = {int(n) for n in row["top_slices"].split(";")}
         assert tops and tops <= set(range(1, CHEST + 1))
         if name == want.model:
@@ -143,7 +210,11 @@ def test_the_viewer_shows_no_cam_on_an_unscored_slice(series: dict[str, Path]) -
     assert state.heat_request() is None
     with pytest.raises(RuntimeError, match="not scored"):
         state.overlay_export()
+    assert state.unscored_slice_reason() is not None  # the gallery shows no maps either
+    assert state.result is not None
+    assert any(line.endswith("16 (4 scored)") for line in result_lines(scan, state.result))
     state.slice_index = CHEST - 1
+    assert state.unscored_slice_reason() is None
     assert state.unscored_note() == "" and state.heat_request() is not None
     assert not state.slice_text().endswith("· not scored")
 
@@ -186,7 +257,7 @@ def test_the_window_says_which_slices_were_scored(
         win.open_path(str(series["mixed"]))
     panel = win.classify_panel
     assert "series of 16 slices, 4 scored" in panel.threshold_label.text()
-    assert "12 slices of 16 not scored (slice 5-16)" in panel.notes_label.text()
+    assert "12 slices of 16 not scored (slices 5-16)" in panel.notes_label.text()
     assert win.slice_index < CHEST
     win.cam_controls.show_box.setChecked(True)
     win.set_slice(HEAD_IDX[3])
@@ -194,3 +265,22 @@ def test_the_window_says_which_slices_were_scored(
     qtbot.waitUntil(lambda: "was not scored" in win.cam_controls.status_label.text())
     win.pool.cancel_all()
     win.pool.wait(10_000)
+
+
+def test_batch_fuses_the_check_when_the_models_folder_is_reached_by_a_link(
+    series: dict[str, Path], tmp_path: Path
+) -> None:
+    """The engine cache is keyed by the resolved ONNX path: a model first loaded through a
+    link to the models folder serves the same model named by its real path, and the series is
+    still scored from its chest slices (a review found a KeyError here)."""
+    link = tmp_path / "models-link"
+    link.symlink_to(MODELS, target_is_directory=True)
+    clear_engines()
+    classify_scan(load_scan(series["chest"]), get_model("efficientnet-lite-ct", link))
+    out = tmp_path / "r.csv"
+    model = get_model("efficientnet-lite-ct", MODELS)
+    list(score([series["mixed"]], model, out, audit=False, models_dir=MODELS))
+    with open(out, newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["status"] == "ok", row["error"]
+    assert "12 slices of 16 not scored (slices 5-16)" in row["notes"]

@@ -22,7 +22,7 @@ from lunglens.inference.engine import Engine
 from lunglens.inference.gate import GateVerdict, judge_features
 from lunglens.inference.gate_feature_check import FeatureCheck
 from lunglens.inference.gate_features import feature_descriptor
-from lunglens.inference.slice_filter import left_out, left_out_note, scoring_outputs
+from lunglens.inference.slice_filter import left_out, left_out_note
 from lunglens.io.scan import Scan
 from lunglens.models.registry import ModelInfo
 from lunglens.preprocess import to_model_input
@@ -56,17 +56,19 @@ def run_group(
 ) -> tuple[np.ndarray, np.ndarray | None, float]:
     """All slices of ``group`` (scans of one model) in batches: ``[S, C]`` probabilities, the
     feature descriptors when a scan of the group owes the CT feature check to this very pass
-    (:func:`lunglens.inference.slice_filter.scoring_outputs`), and ms per slice."""
+    (pending: the check's own model scores them), and ms per slice."""
     info = engine.info
     check = next((it.check for it in group if it.pending), None)
-    outputs, exact = scoring_outputs(check, info)
+    # pending means the check's own model scores (decided on the scan's chosen model: the
+    # engine's info may be the same folder reached by another path)
+    outputs = ("probs",) if check is None else ("probs", check.output)
     slices = [im for it in group if it.scan is not None for im in it.scan.image]
     start = time.perf_counter()
     probs = np.empty((len(slices), len(info.labels)), np.float32)
     desc: list[np.ndarray] = []
     for lo in range(0, len(slices), batch_size):
         chunk = to_model_input(slices[lo : lo + batch_size], info.input_size, info.preprocessing)
-        got = engine.predict(chunk, outputs, exact=exact)
+        got = engine.predict(chunk, outputs, exact=check is not None)
         probs[lo : lo + len(chunk)] = got["probs"]
         if check is not None:
             desc.append(feature_descriptor(got[check.output]))
@@ -84,8 +86,10 @@ def judged(it: Decoded, desc: np.ndarray | None) -> tuple[int, ...]:
     NotChestImage
         The image, or every slice of the series, fails the check.
     """
-    if not (it.pending and it.check is not None and desc is not None and it.scan is not None):
+    if not it.pending or it.scan is None:
         return it.unscored
+    if it.check is None or desc is None:  # never judged: fail closed, never score unchecked
+        raise RuntimeError(f"{it.key}: the CT feature check owed to the scoring pass did not run")
     if it.scan.n_slices > 1:
         return left_out(it.check, desc, it.key)
     found = judge_features(it.scan, it.verdict or GateVerdict(True), it.check, descriptors=desc)
@@ -119,7 +123,7 @@ def score_decoded(
             took = it.decode_ms + per_slice * n
             try:
                 unscored = judged(it, desc[part] if desc is not None else None)
-            except NotChestImage as exc:  # the CT feature check refused: an error row
+            except (NotChestImage, RuntimeError) as exc:  # refused, or not checked: an error row
                 rows[i] = error_row(it.key, info, error_text(exc), took)
                 continue
             result = result_from_probs(

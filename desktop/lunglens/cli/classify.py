@@ -57,8 +57,11 @@ def _no_score_reason(exc: Any) -> str:
 
     if isinstance(exc, ModalityMismatch):
         return f"none; {exc.hint[:1].lower()}{exc.hint[1:]}"
-    if isinstance(exc, NotChestImage):
-        return "none (LungLens scores chest CT slices and chest X-rays only)"
+    if isinstance(exc, NotChestImage):  # its hint, e.g. how to export an inverted image
+        rest = exc.hint.removeprefix("No score is given: ").rstrip(".")
+        if not rest or rest.startswith("LungLens scores"):
+            return "none (LungLens scores chest CT slices and chest X-rays only)"
+        return f"none; {rest}"
     return "none (the input could not be read as a scan)"
 
 

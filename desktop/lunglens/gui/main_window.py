@@ -481,9 +481,9 @@ class MainWindow(QMainWindow):
         info = self.state.result_info or self.chosen_model()
         scan, i = self.scan, self.slice_index
         image = scan.image[i] if scan is not None else None
-        reason = self.unscored_reason()
+        reason = self.unscored_reason() or self.state.unscored_slice_reason()
         if reason is not None:
-            info = None  # a refused scan gets no model output, maps included
+            info = None  # a refused scan (or slice) gets no model output, maps included
         self.gallery.set_context(self.state.scan_id, i, image, info, reason)
 
     # lifetime -----------------------------------------------------------------------------

@@ -47,6 +47,11 @@ class _Decided(Protocol):
     probs: dict[str, float]
 
 
+class _Counted(Protocol):
+    n_slices: int
+    unscored_slices: tuple[int, ...]
+
+
 def format_threshold(threshold: float) -> str:
     """The operating threshold as shown everywhere (``0.154``)."""
     return f"{threshold:.{DECIMALS}f}"
@@ -123,6 +128,13 @@ def headline(result: _Decided) -> str:
 def slice_numbers(indices: list[int] | tuple[int, ...]) -> list[int]:
     """0-based slice indices -> the 1-based numbers a person reads (slice 1 is the first)."""
     return [int(i) + 1 for i in indices]
+
+
+def slice_count(result: _Counted) -> str:
+    """``16`` or ``16 (4 scored)``: a scan's slices, and how many of them its score comes from
+    when some were left out (:mod:`lunglens.inference.slice_filter`)."""
+    kept = result.n_slices - len(result.unscored_slices)
+    return f"{result.n_slices}" + (f" ({kept} scored)" if kept < result.n_slices else "")
 
 
 def slice_ranges(indices: Sequence[int]) -> str:

@@ -28,6 +28,7 @@ from lunglens.inference.wording import (
     FLAGGED_COLOR,
     NOT_FLAGGED_COLOR,
     format_threshold,
+    slice_count,
     slice_numbers,
 )
 from lunglens.io.key import SourceKey
@@ -184,7 +185,7 @@ def result_lines(scan: Scan, result: ScanResult) -> list[str]:
         f"Threshold:          {format_threshold(result.threshold)} on "
         f"P({result.positive_label}) ({rule})",
         f"Scan:               {SourceKey.parse(result.source).name}",
-        f"Slices scored:      {result.n_slices}",
+        f"Slices:             {slice_count(result)}",
     ]
     if result.n_slices > 1:
         lines.append(

@@ -254,6 +254,14 @@ class ViewerState:
             return None
         return self.cams.heat(self.slice_index, self.heat_class(), self.cam.colormap)
 
+    def unscored_slice_reason(self) -> str | None:
+        """Why the slice on screen gets no activation maps (the gallery's words), ``None`` on a
+        scored slice: it was left out of the series' score, so no model output is shown for
+        it."""
+        if self.result is None or self.slice_index not in self.result.unscored_slices:
+            return None
+        return f"slice {self.slice_index + 1} was not scored (not like a chest CT slice)"
+
     def unscored_note(self) -> str:
         """What the CAM panel says on a slice of the series left out of its score (the CT
         model does not see chest CT in it: :mod:`lunglens.inference.slice_filter`), where it
