@@ -264,6 +264,25 @@ def test_refusal_numbers_never_print_equal() -> None:
     assert gate_module._pair(17.7061, 17.706) == "17.7061 > 17.7060"
 
 
+def _count_own_passes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Wrap the feature check's distance function: the list gets ``True`` for each call that
+    ran the CT model itself, ``False`` for one judged on a layer output the caller had."""
+    from lunglens.inference import gate_feature_check as gfc
+
+    passes: list[bool] = []
+    real = gfc.feature_ratios
+
+    def counting(
+        scan: object, chk: object, activations: object = None, descriptors: object = None
+    ) -> object:
+        passes.append(activations is None and descriptors is None)
+        return real(scan, chk, activations, descriptors)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gfc, "feature_ratios", counting)
+    monkeypatch.setattr(gate_module, "feature_ratios", counting)
+    return passes
+
+
 def test_one_image_scored_by_the_ct_model_is_judged_on_its_own_scoring_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,7 +291,6 @@ def test_one_image_scored_by_the_ct_model_is_judged_on_its_own_scoring_pass(
     refusal, and no second pass of the CT model."""
     from lunglens.errors import NotChestImage
     from lunglens.inference import classify_scan
-    from lunglens.inference import gate_feature_check as gfc
 
     head = load_scan(_png_export(HEAD_CT[0], tmp_path / "head.png"))
     chest = load_scan(SAMPLES / "ct-covid-mosmed-0001.jpg")
@@ -286,18 +304,7 @@ def test_one_image_scored_by_the_ct_model_is_judged_on_its_own_scoring_pass(
         with pytest.raises(NotChestImage, match="feature distance") as err:
             classify_scan(head, ct, with_cam=with_cam)
         assert f"{own['head.png']:.1f}" in str(err.value)
-    passes: list[bool] = []
-    real = gfc.feature_ratios
-
-    def counting(
-        scan: object, chk: object, activations: object = None, descriptors: object = None
-    ) -> object:
-        # True: the check ran the CT model itself
-        passes.append(activations is None and descriptors is None)
-        return real(scan, chk, activations, descriptors)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(gfc, "feature_ratios", counting)
-    monkeypatch.setattr(gate_module, "feature_ratios", counting)
+    passes = _count_own_passes(monkeypatch)
     fused = classify_scan(chest, ct, with_cam=True)
     assert passes == [False]  # judged once, on the scoring pass's output
     passes.clear()
@@ -364,7 +371,6 @@ def test_batch_judges_one_image_on_its_scoring_pass(
     same probability as ``classify_scan``."""
     from lunglens.batch import score
     from lunglens.inference import classify_scan
-    from lunglens.inference import gate_feature_check as gfc
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -372,16 +378,7 @@ def test_batch_judges_one_image_on_its_scoring_pass(
     shutil.copy(SAMPLES / "ct-covid-mosmed-0001.jpg", folder / "chest.jpg")
     ct = get_model("efficientnet-lite-ct", MODELS)
     want = classify_scan(load_scan(folder / "chest.jpg"), ct)
-    passes: list[bool] = []
-    real = gfc.feature_ratios
-
-    def counting(
-        scan: object, chk: object, activations: object = None, descriptors: object = None
-    ) -> object:
-        passes.append(activations is None and descriptors is None)
-        return real(scan, chk, activations, descriptors)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(gate_module, "feature_ratios", counting)
+    passes = _count_own_passes(monkeypatch)
     out = tmp_path / "r.csv"
     list(score([folder], ct, out, audit=False, models_dir=MODELS))
     with open(out, newline="") as fh:
