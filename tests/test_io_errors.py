@@ -254,3 +254,22 @@ def test_fifo_does_not_hang(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(UnsupportedFile, match="regular file"):
         load_scan(fifo)
+
+
+@needs_data
+def test_a_folder_reports_an_image_file_cut_before_its_image_as_an_error(tmp_path: Path) -> None:
+    """In a folder (batch discovery reads headers only), a CT Image Storage file cut before
+    its image attributes is an error row, not "ignored: DICOM object without an image"; a
+    report without an image (Basic Text SR) is still only ignored."""
+    from lunglens.io import discover_sources
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _cut(CT_EXPLICIT, "cut3k.dcm", 3000)(folder)
+    (folder / "report.dcm").write_bytes((DICOM / "ct-misc" / "no-pixel-data.dcm").read_bytes())
+    ignored: list[str] = []
+    sources, errors = discover_sources(folder, ignored=ignored)
+    assert not sources
+    assert [(Path(p).name, type(e)) for p, e in errors] == [("cut3k.dcm", CorruptFile)]
+    assert "always holds pixel data" in str(errors[0][1]).lower()
+    assert len(ignored) == 1 and "report.dcm" in ignored[0]

@@ -22,12 +22,14 @@ from pydicom.dataset import Dataset
 from lunglens.errors import (
     CorruptFile,
     ImageTooLarge,
+    NoPixelData,
     ScanError,
     UnreadablePath,
     UnsupportedFile,
 )
 from lunglens.io.dicom_file import (
     DicomValues,
+    check_pixel_data,
     collect_metadata,
     is_truncated,
     read_dataset,
@@ -128,9 +130,16 @@ def read_headers(paths: Iterable[Path]) -> FolderHeaders:
         if "Rows" not in ds:
             if is_truncated(ds):
                 found.errors.append((str(path), CorruptFile(path, "DICOM header is truncated")))
-            else:
-                sop = str(ds.get("SOPClassUID", "")) or "unknown SOP class"
-                found.ignored.append(f"ignored {path}: DICOM object without an image ({sop})")
+                continue
+            try:  # an image object (CT Image Storage, ...) cut before its image: an error
+                check_pixel_data(ds, path)
+            except CorruptFile as exc:
+                found.errors.append((str(path), exc))
+                continue
+            except NoPixelData:  # SR, KO, PR, DICOMDIR: not a scan
+                pass
+            sop = str(ds.get("SOPClassUID", "")) or "unknown SOP class"
+            found.ignored.append(f"ignored {path}: DICOM object without an image ({sop})")
             continue
         found.images.append((path, ds))
     return found
