@@ -13,7 +13,7 @@ from conftest import SHARED_DATA
 from lunglens import DISCLAIMER
 from lunglens.cli import main
 from lunglens.inference import clear_engines
-from onnx_fixtures import blob_image, make_models_dir, write_png
+from onnx_fixtures import blob_image, make_models_dir, write_modality_check, write_png
 
 
 @pytest.fixture
@@ -154,9 +154,16 @@ def test_score_exit_codes_and_report(env: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_models_listing(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    # both triage models verify, but without a modality check the install is not complete:
+    # the chest-image gate would keep only its tag and pixel rules (as selftest says)
+    assert main(["models", "--verify"]) == 4
+    out = capsys.readouterr().out
+    assert out.count("verified") == 2 and "missing: no modality-check model" in out
+    write_modality_check(env / "models" / "synthetic-modality")
     assert main(["models", "--verify"]) == 0
     out = capsys.readouterr().out
-    assert out.count("verified") == 2
+    assert out.count("verified") == 3 and "missing" not in out
     assert main(["--models-dir", str(env / "empty"), "models"]) == 4
 
 

@@ -34,7 +34,8 @@ def verify_files(info: ModelInfo) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the models found; exit 4 when none is found or, with ``--verify``, one is refused
-    (a manifest without its seal, or edited after it, is among the unusable folders)."""
+    (a manifest without its seal, or edited after it, is among the unusable folders) or the
+    chest-image gate's modality-check model is missing."""
     from lunglens.errors import ModelError
     from lunglens.models import discover_models, models_dir
 
@@ -61,7 +62,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     for problem in problems:
         print(f"  unusable: {problem}")
-    if args.verify and (refused or problems):
+    # without it the chest-image gate keeps only its tag and pixel rules (a head CT saved as
+    # PNG would be scored): the install is not complete, as selftest says too
+    gateless = args.verify and models and not any(m.task == "modality-check" for m in models)
+    if gateless:
+        print(
+            "  missing: no modality-check model: the chest-image gate would keep only its tag "
+            "and pixel rules; reinstall the models shipped with this version"
+        )
+    if args.verify and (refused or problems or gateless):
         return EXIT_MODEL
     return EXIT_OK
 
