@@ -115,9 +115,9 @@ def test_a_manifest_without_a_seal_is_refused(
 ) -> None:
     """Deleting the seal is no way around it: an unsealed manifest is refused by the app and by
     the training stages that read a shipped folder (one reader, ``ModelManifest.from_dict``)."""
-    models = make_models_dir(tmp_path / "models")
+    models = make_models_dir(tmp_path / "models", modality_check=True)
     assert main(["--models-dir", str(models), "models", "--verify"]) == 0
-    assert capsys.readouterr().out.count("verified") == 2
+    assert capsys.readouterr().out.count("verified") == 3
     write_model(models / "synthetic-ct", name="synthetic-ct", seal=False)
     with pytest.raises(ModelRefused, match="not sealed"):
         load_manifest(models / "synthetic-ct")
@@ -125,7 +125,7 @@ def test_a_manifest_without_a_seal_is_refused(
         ModelManifest.read(models / "synthetic-ct" / "manifest.json")
     assert main(["--models-dir", str(models), "models", "--verify"]) == 4
     out = capsys.readouterr().out
-    assert out.count("verified") == 1 and "unusable" in out and "not sealed" in out
+    assert out.count("verified") == 2 and "unusable" in out and "not sealed" in out
 
 
 def test_a_refused_default_model_is_not_replaced_by_the_next(tmp_path: Path) -> None:
