@@ -13,7 +13,7 @@ from PIL import Image
 
 from lunglens.batch import score
 from lunglens.cli import EXIT_BAD_INPUT, main
-from lunglens.errors import ModelError, ModelRefused, NotChestImage
+from lunglens.errors import InvertedImage, ModelError, ModelRefused, NotChestImage
 from lunglens.inference import check_chest, classify_scan
 from lunglens.inference.gate import fit_stats, load_stats
 from lunglens.io import load_scan
@@ -193,11 +193,43 @@ def test_inverted_chest_images_are_refused_as_inverted(
         assert check_chest(load_scan(samples / name), MODELS).accepted, name
         verdict = check_chest(load_scan(inverted), MODELS)
         assert not verdict.accepted, name
-        if name in names:  # these pass the learned distance: only the inversion rule refuses
-            assert verdict.rule == "inverted" and "look inverted" in verdict.reason
+        # all four say why: the two CT slices pass the learned distance and only the inversion
+        # rule refuses them; the X-rays fail it, and their inverted copy (the original) passes
+        assert verdict.rule == "inverted" and "look inverted" in verdict.reason, name
+        place = "a chest CT slice" if name.startswith("ct") else "a chest X-ray"
+        assert place in verdict.reason, verdict.reason
     inverted = tmp_path / "inv-ct-noncovid-sars-cov-2-ct-0001.png"
     monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path / "data"))  # the audit log
-    with pytest.raises(NotChestImage, match="grey levels look inverted"):
+    with pytest.raises(InvertedImage, match="grey levels look inverted"):
         classify_scan(load_scan(inverted))
     assert main(["--models-dir", str(MODELS), "classify", str(inverted)]) == EXIT_BAD_INPUT
     assert "usual grey levels (air dark)" in capsys.readouterr().out
+
+
+def test_the_window_tells_how_to_export_an_inverted_image(
+    qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The red banner gives the inverted image's own advice, not "LungLens scores chest CT
+    slices and chest X-rays only" under a reason that says it is a chest image."""
+    from PySide6.QtCore import QSettings
+
+    from lunglens.gui.main_window import MainWindow
+    from lunglens.gui.settings import Settings
+    from lunglens.inference import clear_engines
+
+    grey = np.asarray(Image.open(REPO / "resources/samples/cxr-normal-ieee8023-0006.jpg"))
+    inverted = tmp_path / "inverted.png"
+    Image.fromarray(255 - grey).convert("L").save(inverted)
+    clear_engines()
+    monkeypatch.setenv("LUNGLENS_MODELS_DIR", str(MODELS))
+    monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path / "data"))
+    win = MainWindow(Settings(QSettings(str(tmp_path / "l.ini"), QSettings.Format.IniFormat)))
+    qtbot.addWidget(win)
+    win.show()
+    win.open_path(str(inverted))
+    panel = win.classify_panel
+    qtbot.waitUntil(lambda: "look inverted" in panel.refusal(), timeout=30_000)
+    assert "usual grey levels (air dark)" in panel.refusal()
+    assert "chest X-rays only" not in panel.refusal()
+    win.pool.cancel_all()
+    win.pool.wait(10_000)

@@ -63,6 +63,11 @@ class NotChestImage(ScanError):
     """The scan's modality or body part is not a chest CT or chest X-ray."""
 
 
+class InvertedImage(NotChestImage):
+    """A chest image, most likely, with its grey levels inverted (air light, bone dark): the
+    triage models score such an image at random, so it gets no score either."""
+
+
 class ModalityMismatch(ScanError):
     """The scan's modality (DICOM header, or the pixel check for plain images) is not the
     model's (e.g. a chest X-ray given to the CT model); batch scoring writes an error row."""

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 def _print_result(result: ScanResult, out: TextIO) -> None:
     from lunglens.inference import format_prob, format_threshold, slice_numbers
+    from lunglens.inference.wording import slice_count
 
     print(f"result:      {result.headline}", file=out)
     print(f"file:        {result.source}", file=out)
@@ -39,7 +40,7 @@ def _print_result(result: ScanResult, out: TextIO) -> None:
     )
     if result.n_slices > 1:
         print(
-            f"slices:      {result.n_slices}; most suspicious (1 = first): "
+            f"slices:      {slice_count(result)}; most suspicious (1 = first): "
             + ", ".join(str(n) for n in slice_numbers(result.top_slices)),
             file=out,
         )
@@ -77,7 +78,13 @@ def _print_refusal(exc: Any, source: str, as_json: bool) -> None:
 
     where = exc.path if exc.path is not None else source
     if as_json:
-        data = {"source": where, "status": "refused", "error": exc.code, "reason": exc.reason}
+        data = {
+            "source": where,
+            "status": "refused",
+            "error": exc.code,
+            "reason": exc.reason,
+            "hint": exc.hint,
+        }
         print(json.dumps(data, indent=2))
         return
     print(f"file:        {where}")

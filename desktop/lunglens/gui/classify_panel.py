@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from lunglens import AUTO_MODEL, DISCLAIMER
+from lunglens.errors import NotChestImage
 from lunglens.inference import ScanResult, format_prob, format_threshold, slice_numbers
 from lunglens.inference.wording import FLAGGED_COLOR, NOT_FLAGGED_COLOR
 from lunglens.models import ModelInfo
@@ -213,12 +214,11 @@ class ClassifyPanel(QWidget):
         self.progress.setFormat(f"{done}/{total} slices" if total > 1 else "%p%")
 
     # result -------------------------------------------------------------------------------
-    def show_refusal(self, reason: str) -> None:
-        """The chest-image gate refused the scan: a red banner with the reason, no numbers."""
-        self._refuse(
-            f"Not a chest scan: {reason}.\nNo score is given: LungLens scores chest CT slices "
-            "and chest X-rays only."
-        )
+    def show_refusal(self, error: NotChestImage) -> None:
+        """The chest-image gate refused the scan: a red banner with the reason and the error's
+        own advice (an inverted image gets how to export it), no numbers."""
+        reason = error.reason.rstrip(".")
+        self._refuse(f"{reason[:1].upper()}{reason[1:]}.\n{error.hint}")
 
     def show_mismatch(self, reason: str) -> None:
         """The chosen model is for the other modality: the same red banner, no numbers."""

@@ -17,9 +17,6 @@ from lunglens.inference import Cancelled, ScanResult, classify_scan
 from lunglens.io import Scan
 from lunglens.models import ModelInfo
 
-#: Prefix of the core's refusal reason, left out of the panel's "Not a chest scan: ..." banner.
-REFUSAL_PREFIX = "not a chest scan: "
-
 
 class ClassifyRunner(QObject):
     """The running classification of one window and its panel's busy state.
@@ -100,7 +97,7 @@ class ClassifyRunner(QObject):
         if worker.cancelled or isinstance(exc, Cancelled):
             return
         if isinstance(exc, NotChestImage):
-            self.panel.show_refusal(exc.reason.removeprefix(REFUSAL_PREFIX))
+            self.panel.show_refusal(exc)
             self.refused.emit(exc.reason)
             return
         if isinstance(exc, ModalityMismatch):

@@ -290,7 +290,7 @@ class MainWindow(QMainWindow):
         self._choose_model_for(scan, check)
         self.classify_panel.clear_result("Not classified yet")
         if verdict is not None and not verdict.accepted:
-            self.classify_panel.show_refusal(verdict.reason)
+            self.classify_panel.show_refusal(verdict.error(scan.source))
         self.cam.reset(self.unscored_reason())
         self.setWindowTitle(f"LungLens — {SourceKey.parse(scan.source).name}")
         self.pane.show_slice()
@@ -360,7 +360,7 @@ class MainWindow(QMainWindow):
             return
         gate = self.state.gate
         if gate is not None and not gate.accepted:
-            self.classify_panel.show_refusal(gate.reason)
+            self.classify_panel.show_refusal(gate.error(self.scan.source))
             self.show_status(f"Not scored: not a chest scan ({gate.reason}).")
             return
         info = self.chosen_model()

@@ -89,7 +89,7 @@ def _show_standing_refusal(win: MainWindow) -> bool:
     make it scorable. ``True`` when a banner is shown."""
     state, panel = win.state, win.classify_panel
     if state.gate is not None and not state.gate.accepted:
-        panel.show_refusal(state.gate.reason)
+        panel.show_refusal(state.gate.error(state.scan.source if state.scan else ""))
     elif state.unrouted and panel.is_auto():
         panel.show_unrouted(state.unrouted)
     elif state.refusal:

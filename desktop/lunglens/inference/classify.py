@@ -120,9 +120,9 @@ def result_from_probs(
     method, k = info.series_aggregation
     kept = np.setdiff1d(np.arange(slice_probs.shape[0]), np.asarray(unscored, int))
     probs = aggregate(slice_probs[kept], info.positive_index, method, k)
-    # a series is judged by the threshold calibrated on patients, a slice by the slice one; a
-    # series left with one scored slice is that slice (the same evidence, the same decision)
-    threshold = info.series_threshold if len(kept) > 1 else info.threshold
+    # a series is judged by the threshold calibrated on patients (groups of 1-40 slices), a
+    # slice by the slice one; a series stays a series however few of its slices are scored
+    threshold = info.series_threshold if slice_probs.shape[0] > 1 else info.threshold
     prediction, flagged = decide(probs, info, threshold)
     cam_idx = label_index(info, cam_class)
     return ScanResult(

@@ -8,10 +8,13 @@ about 0.5 (head slices 0.46-0.53, a pancreas slice 0.51), well over the series t
 flagged on them: 12 untagged head slices and 4 chest slices were flagged at P 0.505 where the
 4 chest slices alone give 0.078. Every slice of a series therefore goes through the gate's CT
 feature check (:mod:`lunglens.inference.gate_feature_check`), and the series is scored from
-the slices that pass; the runs of failing slices at either end of the series are listed in the
-result ("not scored") and get no probability of their own in any output. A failing slice
-between two passing ones is scored: it is a chest slice the model finds unusual, often because
-of dense disease (:func:`end_runs`).
+the slices that pass; the others are listed in the result ("not scored") and get no
+probability of their own in any output.
+
+What it does not catch: CT slices of the neck base and the upper abdomen that pass the check
+(a neck-base slice at feature distance 13.7-14.5, a pancreas slice at 15.9, threshold 17.7) are
+scored, at P 0.46-0.51, so two or three of them can still flag a series
+(docs/measurements.md).
 
 The check costs almost nothing when the CT model it was fitted on scores the series: its
 stage-4 output comes from the scoring pass itself (:func:`fused_output`). Another CT model
@@ -59,25 +62,11 @@ def separate_descriptors(images: np.ndarray, check: FeatureCheck) -> np.ndarray:
     return feature_descriptor(engine.predict(batch, (check.output,), exact=True)[check.output])
 
 
-def end_runs(fails: np.ndarray) -> tuple[int, ...]:
-    """0-based indices of the failing slices before the first and after the last passing one.
-
-    Why only these: a series is ordered along the body, so the neck or head lies at one end and
-    the abdomen at the other; a slice that fails between two chest slices is a chest slice the
-    CT model finds unusual, and dense disease is what makes a chest slice unusual (ground-glass
-    filling both lungs of a real slice moved its distance from 14.5 to 17.9, over the
-    threshold 17.7). Leaving it out would drop the evidence the triage is for.
-    """
-    passing = np.flatnonzero(~fails)
-    if not len(passing):
-        return tuple(range(len(fails)))
-    first, last = int(passing[0]), int(passing[-1])
-    return (*range(first), *range(last + 1, len(fails)))
-
-
 def left_out(check: FeatureCheck, descriptors: np.ndarray, source: str) -> tuple[int, ...]:
-    """0-based indices of the slices left out of the score: the runs of slices at either end
-    of the series whose feature distance is over the check's threshold (:func:`end_runs`).
+    """0-based indices of the slices left out of the score: those whose feature distance is
+    over the check's threshold, wherever they lie in the series. (Leaving out only the runs at
+    either end was tried: one passing abdominal slice at the end then brought the failing ones
+    before it back into the score, and a trial flagged a series on them.)
 
     Raises
     ------
@@ -87,7 +76,7 @@ def left_out(check: FeatureCheck, descriptors: np.ndarray, source: str) -> tuple
     """
     dist = check.stats.distances(descriptors)[:, 0]
     threshold = float(check.stats.threshold[0])
-    out = end_runs(dist > threshold)
+    out = tuple(int(i) for i in np.flatnonzero(dist > threshold))
     if len(out) == len(dist):
         raise NotChestImage(
             source,
@@ -105,10 +94,11 @@ def left_out_note(check: FeatureCheck, unscored: Sequence[int], n_slices: int) -
         return ""
     one = len(unscored) == 1
     kept = n_slices - len(unscored)
+    rest = "the other slice" if kept == 1 else f"the other {kept} slices"
     return (
         f"{counted(len(unscored), 'slice')} of {n_slices} not scored "
         f"({'slice' if one else 'slices'} {slice_ranges(unscored)}): "
         f"{'it does' if one else 'they do'} not look like chest CT to the CT model "
         f"{check.model.name} (feature distance over {float(check.stats.threshold[0]):.1f}); "
-        f"the series score comes from the other {counted(kept, 'slice')}"
+        f"the series score comes from {rest}"
     )

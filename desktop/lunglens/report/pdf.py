@@ -189,7 +189,7 @@ def result_lines(scan: Scan, result: ScanResult) -> list[str]:
     ]
     if result.n_slices > 1:
         lines.append(
-            "Most suspicious:    slices "
+            f"Most suspicious:    {'slice' if len(result.top_slices) == 1 else 'slices'} "
             + ", ".join(str(n) for n in slice_numbers(result.top_slices))
             + " (1 = first)"
         )
