@@ -195,12 +195,12 @@ def test_inverted_chest_images_are_refused_as_inverted(
         assert not verdict.accepted, name
         # all four say why: the two CT slices pass the learned distance and only the inversion
         # rule refuses them; the X-rays fail it, and their inverted copy (the original) passes
-        assert verdict.rule == "inverted" and "look inverted" in verdict.reason, name
+        assert verdict.rule == "inverted" and "inverted grey levels" in verdict.reason, name
         place = "a chest CT slice" if name.startswith("ct") else "a chest X-ray"
         assert place in verdict.reason, verdict.reason
     inverted = tmp_path / "inv-ct-noncovid-sars-cov-2-ct-0001.png"
     monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path / "data"))  # the audit log
-    with pytest.raises(InvertedImage, match="grey levels look inverted"):
+    with pytest.raises(InvertedImage, match="inverted grey levels"):
         classify_scan(load_scan(inverted))
     assert main(["--models-dir", str(MODELS), "classify", str(inverted)]) == EXIT_BAD_INPUT
     assert "usual grey levels (air dark)" in capsys.readouterr().out
@@ -228,7 +228,7 @@ def test_the_window_tells_how_to_export_an_inverted_image(
     win.show()
     win.open_path(str(inverted))
     panel = win.classify_panel
-    qtbot.waitUntil(lambda: "look inverted" in panel.refusal(), timeout=30_000)
+    qtbot.waitUntil(lambda: "Inverted grey levels" in panel.refusal(), timeout=30_000)
     assert "usual grey levels (air dark)" in panel.refusal()
     assert "chest X-rays only" not in panel.refusal()
     win.pool.cancel_all()

@@ -136,7 +136,7 @@ class GateVerdict:
         if self.rule == "inverted":  # a chest image, most likely, with the wrong polarity
             return InvertedImage(
                 source,
-                f"not scored: {self.reason}",
+                self.reason,
                 "No score is given: export the image with the usual grey levels (air dark); "
                 "for a DICOM file, check its Photometric Interpretation (0028,0004).",
             )
@@ -323,7 +323,7 @@ def inversion_check(
     place = _PLACES.get(label, label)
     return GateVerdict(
         False,
-        "its grey levels look inverted (air light, bone dark): reversed, it looks "
+        "inverted grey levels (air light, bone dark): reversed, it looks "
         + (f"like {place}; as it is, it does not" if refused else f"much more like {place}"),
         "inverted",
         nearest=label,
