@@ -196,7 +196,7 @@ def test_inverted_chest_images_are_refused_as_inverted(
         # all four say why: the two CT slices pass the learned distance and only the inversion
         # rule refuses them; the X-rays fail it, and their inverted copy (the original) passes
         assert verdict.rule == "inverted" and "inverted grey levels" in verdict.reason, name
-        place = "a chest CT slice" if name.startswith("ct") else "a chest X-ray"
+        place = "chest CT slices" if name.startswith("ct") else "chest X-rays"
         assert place in verdict.reason, verdict.reason
     inverted = tmp_path / "inv-ct-noncovid-sars-cov-2-ct-0001.png"
     monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path / "data"))  # the audit log
@@ -204,6 +204,10 @@ def test_inverted_chest_images_are_refused_as_inverted(
         classify_scan(load_scan(inverted))
     assert main(["--models-dir", str(MODELS), "classify", str(inverted)]) == EXIT_BAD_INPUT
     assert "usual grey levels (air dark)" in capsys.readouterr().out
+    argv = ["--models-dir", str(MODELS), "classify", str(inverted), "--json"]
+    assert main(argv) == EXIT_BAD_INPUT
+    data = json.loads(capsys.readouterr().out)
+    assert data["error"] == "InvertedImage" and "usual grey levels" in data["hint"]
 
 
 def test_the_window_tells_how_to_export_an_inverted_image(
@@ -231,5 +235,29 @@ def test_the_window_tells_how_to_export_an_inverted_image(
     qtbot.waitUntil(lambda: "Inverted grey levels" in panel.refusal(), timeout=30_000)
     assert "usual grey levels (air dark)" in panel.refusal()
     assert "chest X-rays only" not in panel.refusal()
+    assert win.unscored_reason() is not None and "chest scan" not in win.unscored_reason()
+    win.classify()  # the status bar says the same as the banner
+    assert "not a chest scan" not in win.statusBar().currentMessage()
+    assert "inverted grey levels" in win.statusBar().currentMessage()
     win.pool.cancel_all()
     win.pool.wait(10_000)
+
+
+def test_framed_xrays_and_text_pages_are_not_called_inverted(tmp_path: Path) -> None:
+    """Two look-alikes of an inverted image keep their own refusal (or pass): an X-ray with a
+    narrow bright frame, as collimation leaves, and a black-on-white text page (whose inverted
+    copy is nearer to the chest CT set, at 0.86-0.95 of its distance)."""
+    from ood_corpus import _text_page
+
+    samples = REPO / "resources" / "samples"
+    for name in ("cxr-covid-ieee8023-0401.jpg", "cxr-normal-ieee8023-0006.jpg"):
+        grey = np.asarray(Image.open(samples / name).convert("L")).copy()
+        k = int(0.05 * min(grey.shape))
+        grey[:k], grey[-k:], grey[:, :k], grey[:, -k:] = 255, 255, 255, 255
+        framed = tmp_path / f"framed-{name}.png"
+        Image.fromarray(grey).save(framed)
+        assert check_chest(load_scan(framed), MODELS).rule != "inverted", name
+    for k, (size, font) in enumerate((((850, 1100), 14), ((600, 800), 10))):  # the corpus's
+        page = _text_page(tmp_path / f"text_{k}.png", size, font)
+        verdict = check_chest(load_scan(page), MODELS)
+        assert not verdict.accepted and verdict.rule != "inverted", verdict.reason

@@ -64,7 +64,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"  unusable: {problem}")
     # without it the chest-image gate keeps only its tag and pixel rules (a head CT saved as
     # PNG would be scored): the install is not complete, as selftest says too
-    gateless = args.verify and models and not any(m.task == "modality-check" for m in models)
+    gateless = (
+        args.verify
+        and models
+        and not any(m.task == "modality-check" for m in models)
+        and not any("modality-check" in str(p) for p in problems)  # there, but unusable
+    )
     if gateless:
         print(
             "  missing: no modality-check model: the chest-image gate would keep only its tag "

@@ -361,7 +361,7 @@ class MainWindow(QMainWindow):
         gate = self.state.gate
         if gate is not None and not gate.accepted:
             self.classify_panel.show_refusal(gate.error(self.scan.source))
-            self.show_status(f"Not scored: not a chest scan ({gate.reason}).")
+            self.show_status(f"Not scored: {gate.error(self.scan.source).reason}.")
             return
         info = self.chosen_model()
         if info is None:

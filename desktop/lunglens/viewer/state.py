@@ -118,6 +118,8 @@ class ViewerState:
         once the scan has a result. A refused scan gets no score, and no activation maps
         either: a model's view of a scan it must not judge would undercut the refusal."""
         if self.gate is not None and not self.gate.accepted:
+            if self.gate.rule == "inverted":  # a chest image the wrong way round
+                return self.gate.reason
             return f"not a chest scan ({self.gate.reason})"
         if self.result is not None:
             return None
