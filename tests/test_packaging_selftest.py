@@ -128,3 +128,20 @@ def test_selftest_blames_tampered_gate_statistics_on_the_modality_check(models: 
         assert says in failed[0] and name in failed[0]
         assert "ok    synthetic-ct" in text and "ok    synthetic-cxr" in text
         stats.write_bytes(good)
+
+
+def test_selftest_fails_when_the_gate_lacks_a_check(models: Path) -> None:
+    """A modality check whose (re-sealed) manifest names no CT feature check would let the gate
+    run without it, as the previous version did: the self-test says so and fails."""
+    import json
+
+    from onnx_fixtures import rewrite_manifest
+
+    folder = models / "modality-check"
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest.pop("feature_check")
+    rewrite_manifest(folder, manifest)
+    clear_engines()
+    out = io.StringIO()
+    assert selftest.run(models, RESOURCES, gui=False, out=out) == 1
+    assert "names no 'feature_check' statistics" in out.getvalue()

@@ -180,8 +180,14 @@ def _check_modality_model(info: ModelInfo, files: list[Path]) -> str:
         said.append(f"{path.name} -> {got} (p={float(probs.max()):.2f})")
     if not said:
         raise ValueError("no bundled sample to check it on")
-    gate = "; gate statistics match" if stats is not None else ""
-    gate += f" (CT feature check on {check.model.name})" if check is not None else ""
+    for block, found in (("ood", stats), ("feature_check", check)):
+        if found is None:  # the gate would keep fewer rules than the shipped one: say so
+            raise ValueError(
+                f"its manifest names no '{block}' statistics: the chest-image gate would run "
+                "without that check; reinstall the models shipped with this version"
+            )
+    assert check is not None  # checked just above
+    gate = f"; gate statistics match (CT feature check on {check.model.name})"
     return f"sha256 {info.short_hash} matches{gate}; " + ", ".join(said)
 
 
