@@ -917,3 +917,31 @@ def test_a_refused_model_folder_is_named_in_the_banner(
     win.classify()
     assert win.result is None
     assert "Not scored: the ct model automatic mode uses" in win.classify_panel.refusal()
+
+
+def test_a_failed_open_puts_back_a_core_refusal_as_first_worded(
+    qtbot, window: MainWindow, ct_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the core refused the scan at classification time (e.g. the CT feature check for a
+    model chosen by hand), a failed open of another file puts back that banner, not a
+    "Not scored with this model" wording of a modality mismatch."""
+    import lunglens.gui.classify_runner as runner
+    from lunglens.errors import NotChestImage
+
+    def refuse(scan: object, *args: object, **kwargs: object) -> None:
+        raise NotChestImage(
+            str(ct_file),
+            "not a chest scan: does not look like a chest CT slice to the CT model x",
+            "No score is given: LungLens scores chest CT slices and chest X-rays only.",
+        )
+
+    monkeypatch.setattr(runner, "classify_scan", refuse)
+    panel = window.classify_panel
+    window.open_path(str(ct_file))
+    qtbot.waitUntil(lambda: "Not a chest scan" in panel.refusal(), timeout=TIMEOUT)
+    first = panel.refusal()
+    broken = tmp_path / "broken.dcm"
+    broken.write_text("not a DICOM file", encoding="utf-8")
+    with qtbot.waitSignal(window.errorShown, timeout=TIMEOUT):
+        window.open_path(str(broken))
+    assert panel.refusal() == first and "with this model" not in panel.refusal()

@@ -232,6 +232,10 @@ class ClassifyPanel(QWidget):
         image): the same red banner, no numbers."""
         self._refuse(f"Not scored: {reason}.\nPick the model that fits it (CT or X-ray).")
 
+    def show_banner(self, text: str) -> None:
+        """Show a refusal banner again, worded as it was first shown."""
+        self._refuse(text)
+
     def _refuse(self, text: str) -> None:
         self.clear_result("Not scored")
         self.progress.setFormat("")  # nothing ran: no "0%"

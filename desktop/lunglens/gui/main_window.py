@@ -88,6 +88,7 @@ class MainWindow(QMainWindow):
         self.models_dir = models_dir
         self.pool = WorkerPool(self)
         self.state = ViewerState()
+        self.refusal_banner = ""  #: the core's last refusal banner, put back after a failed open
         self.models: list[ModelInfo] = []
         self.opener = ScanOpener(self)
 
@@ -404,7 +405,7 @@ class MainWindow(QMainWindow):
         """The core refused the scan for the chosen model: no result and no CAM stay shown,
         nor the previous result's status line."""
         self.state.clear_result()
-        self.state.refusal = reason
+        self.state.refusal, self.refusal_banner = reason, self.classify_panel.refusal()
         self.cam.reset(self.unscored_reason())
         self._update_gallery_context()
         self.show_status(f"Not scored: {reason}.")

@@ -92,6 +92,8 @@ def _show_standing_refusal(win: MainWindow) -> bool:
         panel.show_refusal(state.gate.error(state.scan.source if state.scan else ""))
     elif state.unrouted and panel.is_auto():
         panel.show_unrouted(state.unrouted)
+    elif state.refusal and win.refusal_banner:  # as first worded: not a chest scan, ...
+        panel.show_banner(win.refusal_banner)
     elif state.refusal:
         panel.show_mismatch(state.refusal)
     else:
