@@ -211,25 +211,14 @@ def test_inverted_chest_images_are_refused_as_inverted(
 
 
 def test_the_window_tells_how_to_export_an_inverted_image(
-    qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    qtbot, shipped_window, tmp_path: Path
 ) -> None:
     """The red banner gives the inverted image's own advice, not "LungLens scores chest CT
     slices and chest X-rays only" under a reason that says it is a chest image."""
-    from PySide6.QtCore import QSettings
-
-    from lunglens.gui.main_window import MainWindow
-    from lunglens.gui.settings import Settings
-    from lunglens.inference import clear_engines
-
     grey = np.asarray(Image.open(REPO / "resources/samples/cxr-normal-ieee8023-0006.jpg"))
     inverted = tmp_path / "inverted.png"
     Image.fromarray(255 - grey).convert("L").save(inverted)
-    clear_engines()
-    monkeypatch.setenv("LUNGLENS_MODELS_DIR", str(MODELS))
-    monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path / "data"))
-    win = MainWindow(Settings(QSettings(str(tmp_path / "l.ini"), QSettings.Format.IniFormat)))
-    qtbot.addWidget(win)
-    win.show()
+    win = shipped_window
     win.open_path(str(inverted))
     panel = win.classify_panel
     qtbot.waitUntil(lambda: "Inverted grey levels" in panel.refusal(), timeout=30_000)
@@ -239,8 +228,6 @@ def test_the_window_tells_how_to_export_an_inverted_image(
     win.classify()  # the status bar says the same as the banner
     assert "not a chest scan" not in win.statusBar().currentMessage()
     assert "inverted grey levels" in win.statusBar().currentMessage()
-    win.pool.cancel_all()
-    win.pool.wait(10_000)
 
 
 def test_framed_xrays_and_text_pages_are_not_called_inverted(tmp_path: Path) -> None:

@@ -241,21 +241,11 @@ def test_slice_ranges_read_as_runs() -> None:
 
 
 def test_the_window_says_which_slices_were_scored(
-    qtbot, series: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    qtbot, shipped_window, series: dict[str, Path]
 ) -> None:
     """The app on the mixed series: the rule line counts the scored slices, the note names the
     others, and on a head slice the slice label and the CAM panel say it was not scored."""
-    from PySide6.QtCore import QSettings
-
-    from lunglens.gui.main_window import MainWindow
-    from lunglens.gui.settings import Settings
-
-    clear_engines()
-    monkeypatch.setenv("LUNGLENS_MODELS_DIR", str(MODELS))
-    monkeypatch.setenv("LUNGLENS_DATA_DIR", str(tmp_path / "data"))
-    win = MainWindow(Settings(QSettings(str(tmp_path / "l.ini"), QSettings.Format.IniFormat)))
-    qtbot.addWidget(win)
-    win.show()
+    win = shipped_window
     with qtbot.waitSignal(win.resultReady, timeout=30_000):
         win.open_path(str(series["mixed"]))
     panel = win.classify_panel
@@ -266,8 +256,6 @@ def test_the_window_says_which_slices_were_scored(
     win.set_slice(HEAD_IDX[3])
     assert win.slice_label.text().endswith("· not scored")
     qtbot.waitUntil(lambda: "was not scored" in win.cam_controls.status_label.text())
-    win.pool.cancel_all()
-    win.pool.wait(10_000)
 
 
 def test_batch_fuses_the_check_when_the_models_folder_is_reached_by_a_link(
