@@ -47,6 +47,7 @@ from lunglens.inference.gate import (
     pending_features,
     require_chest,
 )
+from lunglens.inference.gate_feature_check import separate_descriptors
 from lunglens.inference.modality import (
     ModalityCheck,
     check_with,
@@ -60,7 +61,6 @@ from lunglens.inference.modality import (
 from lunglens.inference.slice_filter import (
     fused_output,
     left_out,
-    separate_descriptors,
 )
 from lunglens.io.scan import SCORED_MODALITIES, Scan
 from lunglens.models.registry import ModelInfo, modality_checker

@@ -17,7 +17,7 @@ from lunglens.inference.gate import (
     pending_features,
     require_chest,
 )
-from lunglens.inference.gate_feature_check import FeatureCheck
+from lunglens.inference.gate_feature_check import FeatureCheck, separate_descriptors
 from lunglens.inference.gate_features import feature_descriptor
 from lunglens.inference.modality import (
     ModalityCheck,
@@ -32,7 +32,6 @@ from lunglens.inference.slice_filter import (
     left_out,
     left_out_note,
     scoring_outputs,
-    separate_descriptors,
 )
 from lunglens.inference.view import predict_image
 from lunglens.io.scan import Modality, Scan

@@ -120,6 +120,15 @@ def load_feature_check(
     return FeatureCheck(model, str(entry["output"]), str(entry.get("layer", "")), stats)
 
 
+def separate_descriptors(images: np.ndarray, check: FeatureCheck) -> np.ndarray:
+    """``[N, C]`` feature descriptors of ``images`` (``[N, H, W]``, one batch) from a pass of
+    the check's own model pruned to its layer (when no scoring pass has them)."""
+    model = check.model
+    batch = to_model_input(images, model.input_size, model.preprocessing)
+    out = get_engine(model).predict(batch, (check.output,), exact=True)[check.output]
+    return feature_descriptor(out)
+
+
 def feature_ratios(
     scan: Scan,
     check: FeatureCheck,
@@ -130,13 +139,9 @@ def feature_ratios(
     check's) and their ratios to the threshold (a slice passes at <= 1); ``activations``: the
     layer output on those slices, or ``descriptors`` (:func:`feature_descriptor` of it), when
     the caller already has it."""
-    if descriptors is None:
-        out = activations
-        if out is None:
-            idx = sample_slices(scan.n_slices)
-            model = check.model
-            batch = to_model_input(scan.image[idx], model.input_size, model.preprocessing)
-            out = get_engine(model).predict(batch, (check.output,), exact=True)[check.output]
-        descriptors = feature_descriptor(out)
+    if descriptors is None and activations is not None:
+        descriptors = feature_descriptor(activations)
+    elif descriptors is None:
+        descriptors = separate_descriptors(scan.image[sample_slices(scan.n_slices)], check)
     dist = check.stats.distances(descriptors)[:, 0]
     return dist, dist / check.stats.threshold[0]

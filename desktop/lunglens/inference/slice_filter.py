@@ -28,19 +28,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from lunglens.errors import NotChestImage
-from lunglens.inference.engine import Engine, get_engine
 from lunglens.inference.gate_feature_check import FeatureCheck
-from lunglens.inference.gate_features import feature_descriptor
 from lunglens.inference.wording import counted, slice_ranges
 from lunglens.models.registry import ModelInfo
-from lunglens.preprocess import to_model_input
 
 
 def fused_output(check: FeatureCheck | None, info: ModelInfo) -> str | None:
     """The layer output to ask the scoring pass for, when the model ``info`` scoring the series
     is the very folder the check was fitted on (a copy with another input contract computes
     other features; the same folder reached through a link is the same); ``None``: no check
-    owed, or a second pass is needed (:func:`separate_descriptors`)."""
+    owed, or a second pass is needed
+    (:func:`~lunglens.inference.gate_feature_check.separate_descriptors`)."""
     if check is None or check.model.path.resolve() != info.path.resolve():
         return None
     return check.output
@@ -51,15 +49,6 @@ def scoring_outputs(check: FeatureCheck | None, info: ModelInfo) -> tuple[tuple[
     pruned to exactly them (:meth:`~lunglens.inference.engine.Engine.predict`)."""
     layer = fused_output(check, info)
     return (("probs", layer), True) if layer else (("probs",), False)
-
-
-def separate_descriptors(images: np.ndarray, check: FeatureCheck) -> np.ndarray:
-    """``[N, C]`` feature descriptors of ``images`` (``[N, H, W]``, one batch) from a pass of
-    the check's own model pruned to its layer."""
-    model = check.model
-    batch = to_model_input(images, model.input_size, model.preprocessing)
-    engine: Engine = get_engine(model)
-    return feature_descriptor(engine.predict(batch, (check.output,), exact=True)[check.output])
 
 
 def left_out(check: FeatureCheck, descriptors: np.ndarray, source: str) -> tuple[int, ...]:

@@ -166,7 +166,7 @@ class ViewerState:
         text = f"Slice {self.slice_index + 1}/{scan.n_slices}"
         if scan.slice_positions is not None and self.slice_index < len(scan.slice_positions):
             text += f" · {scan.slice_positions[self.slice_index]:.1f} mm"
-        if self.result is not None and self.slice_index in self.result.unscored_slices:
+        if self.slice_unscored():
             text += " · not scored"
         return text
 
@@ -256,11 +256,16 @@ class ViewerState:
             return None
         return self.cams.heat(self.slice_index, self.heat_class(), self.cam.colormap)
 
+    def slice_unscored(self) -> bool:
+        """Whether the slice on screen was left out of the series' score
+        (:mod:`lunglens.inference.slice_filter`)."""
+        return self.result is not None and self.slice_index in self.result.unscored_slices
+
     def unscored_slice_reason(self) -> str | None:
         """Why the slice on screen gets no activation maps (the gallery's words), ``None`` on a
         scored slice: it was left out of the series' score, so no model output is shown for
         it."""
-        if self.result is None or self.slice_index not in self.result.unscored_slices:
+        if not self.slice_unscored():
             return None
         return f"slice {self.slice_index + 1} was not scored (not like a chest CT slice)"
 
@@ -268,7 +273,7 @@ class ViewerState:
         """What the CAM panel says on a slice of the series left out of its score (the CT
         model does not see chest CT in it: :mod:`lunglens.inference.slice_filter`), where it
         shows no map; "" on a scored slice."""
-        if self.result is None or self.slice_index not in self.result.unscored_slices:
+        if not self.slice_unscored():
             return ""
         return (
             f"Slice {self.slice_index + 1} was not scored: it does not look like a chest CT "
